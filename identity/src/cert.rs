@@ -552,8 +552,9 @@ impl CertChain {
         Ok(verified)
     }
 
-    /// Signatures, links, nesting and (when `now` is given) validity windows; no revocations.
-    pub(crate) fn verify_structure(
+    /// Signatures, links, nesting and (when `now` is given) validity windows, but not
+    /// revocations: for showing what a chain claims even when it is revoked or expired.
+    pub fn verify_structure(
         &self,
         root: &PublicKey,
         now: Option<UnixTime>,
@@ -592,22 +593,24 @@ impl CertChain {
             // An invite above a user only bounds when that user was made (`check_nesting`); an
             // invite that is itself the leaf is being redeemed now, so it must be valid now.
             let time_checked = cert.kind != CertKind::Invite || is_leaf;
-            if let (Some(now), true) = (now, time_checked) {
-                if now.saturating_add_secs(CLOCK_SKEW_SECS) < cert.not_before {
-                    return Err(ChainError::NotYetValid {
-                        cert: cert.describe(),
-                        not_before: cert.not_before,
-                        now,
-                    });
-                }
-                if now > cert.not_after {
-                    return Err(ChainError::Expired {
-                        cert: cert.describe(),
-                        not_after: cert.not_after,
-                        now,
-                    });
-                }
+            if time_checked {
                 expires_at = expires_at.min(cert.not_after);
+                if let Some(now) = now {
+                    if now.saturating_add_secs(CLOCK_SKEW_SECS) < cert.not_before {
+                        return Err(ChainError::NotYetValid {
+                            cert: cert.describe(),
+                            not_before: cert.not_before,
+                            now,
+                        });
+                    }
+                    if now > cert.not_after {
+                        return Err(ChainError::Expired {
+                            cert: cert.describe(),
+                            not_after: cert.not_after,
+                            now,
+                        });
+                    }
+                }
             }
             match cert.kind {
                 CertKind::User => {

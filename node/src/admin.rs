@@ -1,0 +1,620 @@
+//! `jarvis admin …`: the org's admin workstation.
+
+use anyhow::{Context, Result, anyhow, bail};
+use jarvis_identity::{
+    AuditAction, AuditLog, CertChain, CertKind, CertTemplate, Certificate, Invite, JoinRequest,
+    KeyMaterial, Name, OrgInfo, PublicKey, RequestKind, Revocation, RevocationTarget, Roles,
+    SecretKey, UnixTime,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cli::{AdminCommand, InfraRole, InviteRole, RelaysCommand, RevokeArgs};
+use crate::home::{Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now};
+use crate::output::Output;
+
+/// How long the first admin's certificate lasts; renewal is an admin action in a later release.
+const ADMIN_CERT_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// `admin.json`: what this workstation has done, for `members` and for the audit head.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AdminState {
+    #[serde(default)]
+    invites: Vec<InviteRecord>,
+    #[serde(default)]
+    enrolled: Vec<EnrolledRecord>,
+    #[serde(default)]
+    revoked: Vec<RevokedRecord>,
+    #[serde(default)]
+    relays: Vec<String>,
+    audit_head: Option<AuditHead>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct InviteRecord {
+    user: String,
+    roles: Vec<String>,
+    serial: String,
+    created_at: u64,
+    expires_at: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EnrolledRecord {
+    kind: String,
+    name: String,
+    id: String,
+    serial: String,
+    not_after: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RevokedRecord {
+    /// device | user | peer
+    kind: String,
+    id: String,
+    reason: String,
+    at: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct AuditHead {
+    seq: u64,
+    hash: [u8; 32],
+}
+
+const ADMIN_FILE: &str = "admin.json";
+const AUDIT_FILE: &str = "audit.log";
+
+/// An admin workstation, loaded.
+struct Admin {
+    home: Home,
+    org: OrgInfo,
+    chain: CertChain,
+    state: AdminState,
+}
+
+impl Admin {
+    fn load(home: Home) -> Result<Self> {
+        let home_state = home.load()?;
+        if home_state.kind != HomeKind::Admin {
+            bail!(
+                "{} is a {:?} home, not an admin workstation; pass the --home where you ran `jarvis admin init`",
+                home.dir().display(),
+                home_state.kind
+            );
+        }
+        let org = home_state.org()?.context("the admin home has no org")?;
+        let chain = home_state
+            .chain()?
+            .context("the admin home has no certificate")?;
+        let state = match home.read_optional(ADMIN_FILE)? {
+            Some(bytes) => serde_json::from_slice(&bytes).context("admin.json is damaged")?,
+            None => AdminState::default(),
+        };
+        Ok(Self {
+            home,
+            org,
+            chain,
+            state,
+        })
+    }
+
+    /// The org as invites and bundles should carry it: with the recorded relays.
+    fn org_with_relays(&self) -> OrgInfo {
+        OrgInfo {
+            relays: self.state.relays.clone(),
+            ..self.org.clone()
+        }
+    }
+
+    fn unlock(&self) -> Result<SecretKey> {
+        let passphrase = Passphrase::get("the admin key")?;
+        Ok(self
+            .home
+            .unseal_key(KeyFile::Identity, &passphrase)?
+            .signing)
+    }
+
+    fn audit_log(&self) -> Result<AuditLog> {
+        let bytes = self.home.read_optional(AUDIT_FILE)?.unwrap_or_default();
+        let head = self.state.audit_head.map(|h| (h.seq, h.hash));
+        AuditLog::verify(self.org.root, &bytes, head)
+            .context("the audit log does not verify; run `jarvis admin audit` to see where")
+    }
+
+    /// Appends `action` to the audit log (durably), then records the new head with `state`.
+    fn record(&mut self, key: &SecretKey, action: AuditAction) -> Result<()> {
+        let mut log = self.audit_log()?;
+        let entry = log.append(key, now(), action)?;
+        self.home.append_durable(AUDIT_FILE, &entry.frame())?;
+        self.state.audit_head = Some(AuditHead {
+            seq: entry.seq(),
+            hash: entry.hash(),
+        });
+        self.save()
+    }
+
+    fn save(&self) -> Result<()> {
+        let json = serde_json::to_vec_pretty(&self.state)?;
+        self.home.write_atomic(ADMIN_FILE, &json, false)
+    }
+}
+
+pub fn run(home: Home, out: Output, command: AdminCommand) -> Result<()> {
+    match command {
+        AdminCommand::Init { org } => init(home, out, &org),
+        AdminCommand::Invite {
+            user,
+            role,
+            expires,
+        } => invite(Admin::load(home)?, out, &user, role, expires),
+        AdminCommand::Enroll {
+            request,
+            role,
+            name,
+            valid,
+        } => enroll(Admin::load(home)?, out, &request, role, name, valid),
+        AdminCommand::Revoke(args) => revoke(Admin::load(home)?, out, args),
+        AdminCommand::Members => members(&Admin::load(home)?, out),
+        AdminCommand::Audit => audit(&Admin::load(home)?, out),
+        AdminCommand::Relays(RelaysCommand::Add { multiaddr }) => {
+            relays_add(Admin::load(home)?, out, &multiaddr)
+        }
+        AdminCommand::Relays(RelaysCommand::List) => {
+            let admin = Admin::load(home)?;
+            out.emit(&json!({ "relays": admin.state.relays }), || {
+                if admin.state.relays.is_empty() {
+                    "No relays recorded; add one with `jarvis admin relays add MULTIADDR`.".into()
+                } else {
+                    admin.state.relays.join("\n")
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+fn init(home: Home, out: Output, org_name: &str) -> Result<()> {
+    if home.exists() {
+        let existing = home.load()?;
+        bail!(
+            "{} is already a Jarvis home ({:?}); choose an empty directory with --home",
+            home.dir().display(),
+            existing.kind
+        );
+    }
+    let org_name = Name::new(org_name).map_err(|e| anyhow!("invalid org name: {e}"))?;
+    let passphrase = Passphrase::new_for("the org's root and admin keys")?;
+    let root = SecretKey::generate();
+    let admin = SecretKey::generate();
+    let at = now();
+    let admin_cert = Certificate::issue(
+        CertTemplate {
+            kind: CertKind::Admin,
+            subject: admin.public(),
+            name: Name::new("admin")?,
+            roles: Roles::ADMIN,
+            not_before: at,
+            not_after: at.saturating_add_secs(ADMIN_CERT_SECS),
+            age_recipient: None,
+        },
+        &root,
+    )?;
+    let org = OrgInfo {
+        name: org_name.clone(),
+        root: root.public(),
+        relays: Vec::new(),
+    };
+    home.seal_key(
+        KeyFile::Root,
+        &KeyMaterial {
+            signing: root,
+            age: None,
+        },
+        &passphrase,
+    )?;
+    home.seal_key(
+        KeyFile::Identity,
+        &KeyMaterial {
+            signing: admin,
+            age: None,
+        },
+        &passphrase,
+    )?;
+    let root_key = home.unseal_key(KeyFile::Root, &passphrase)?.signing;
+    let mut log = AuditLog::new(org.root);
+    let entry = log.append(
+        &root_key,
+        at,
+        AuditAction::OrgCreated {
+            org: org_name.clone(),
+            admin: admin_cert.clone(),
+        },
+    )?;
+    home.write_atomic(AUDIT_FILE, &entry.frame(), false)?;
+    let state = AdminState {
+        audit_head: Some(AuditHead {
+            seq: entry.seq(),
+            hash: entry.hash(),
+        }),
+        ..AdminState::default()
+    };
+    home.write_atomic(ADMIN_FILE, &serde_json::to_vec_pretty(&state)?, false)?;
+    let mut home_state = HomeState::new(HomeKind::Admin);
+    home_state.set_org(&org);
+    home_state.chain = Some(encode_chain(&CertChain::new(vec![admin_cert])?));
+    home.save(&home_state)?;
+
+    let org_id = org.root.to_string();
+    out.emit(
+        &json!({ "org_id": org_id, "org": org_name.as_str(), "home": home.dir() }),
+        || {
+            format!(
+                "Created org `{org_name}`.\n  org id: {org_id}\n  home:   {}\n\nNext: invite a user with `jarvis admin invite NAME`.",
+                home.dir().display()
+            )
+        },
+    );
+    Ok(())
+}
+
+fn invite(
+    mut admin: Admin,
+    out: Output,
+    user: &str,
+    role: InviteRole,
+    expires: std::time::Duration,
+) -> Result<()> {
+    let user = Name::new(user).map_err(|e| anyhow!("invalid user name: {e}"))?;
+    let roles = match role {
+        InviteRole::Member => Roles::MEMBER,
+        InviteRole::Admin => Roles::MEMBER.union(Roles::ADMIN),
+    };
+    if expires.as_secs() == 0 {
+        bail!("--expires must be at least one second");
+    }
+    let key = admin.unlock()?;
+    let at = now();
+    let expires_at = at.saturating_add_secs(expires.as_secs());
+    let invite = Invite::create(
+        admin.org_with_relays(),
+        Some(&admin.chain),
+        &key,
+        user.clone(),
+        roles,
+        at,
+        expires_at,
+    )?;
+    let serial = invite
+        .certificate()
+        .map(Certificate::serial)
+        .context("invite without certificate")?;
+    admin.record(
+        &key,
+        AuditAction::Invited {
+            user: user.clone(),
+            roles,
+            invite: serial,
+            expires_at,
+        },
+    )?;
+    admin.state.invites.push(InviteRecord {
+        user: user.to_string(),
+        roles: roles.names().into_iter().map(str::to_owned).collect(),
+        serial: serial.to_string(),
+        created_at: at.0,
+        expires_at: expires_at.0,
+    });
+    admin.save()?;
+    let token = invite.to_token();
+    out.note(&format!(
+        "Invite for `{user}` ({}), valid until {expires_at}. Give it to {user} privately; on their first device they run:\n  jarvis join <token>",
+        roles.names().join("+")
+    ));
+    out.emit(
+        &json!({
+            "token": token,
+            "expires_at": expires_at.to_string(),
+            "expires_at_unix": expires_at.0,
+            "user": user.as_str(),
+            "serial": serial.to_string(),
+        }),
+        || token.clone(),
+    );
+    Ok(())
+}
+
+fn enroll(
+    mut admin: Admin,
+    out: Output,
+    request: &str,
+    role: Option<InfraRole>,
+    name: Option<String>,
+    valid: std::time::Duration,
+) -> Result<()> {
+    let request = JoinRequest::from_token(request).context("the enrolment request is not valid")?;
+    let (kind, label) = match request.kind() {
+        RequestKind::Relay => (CertKind::Relay, InfraRole::Relay),
+        RequestKind::Gpu => (CertKind::Gpu, InfraRole::Gpu),
+        RequestKind::Device => bail!(
+            "this is a device's pairing request: approve it on one of the user's devices with `jarvis devices approve`"
+        ),
+    };
+    if let Some(role) = role {
+        if role != label {
+            bail!(
+                "the request asks to be a {}, not a {:?}; check you pasted the right request",
+                request.kind().as_str(),
+                role
+            );
+        }
+    }
+    let name = name
+        .map(|n| Name::new(&n))
+        .transpose()
+        .map_err(|e| anyhow!("invalid name: {e}"))?;
+    let key = admin.unlock()?;
+    let bundle = request.enroll(
+        &admin.org_with_relays(),
+        &key,
+        Some(&admin.chain),
+        name,
+        now(),
+        valid.as_secs(),
+    )?;
+    let cert = bundle.chain.leaf().context("empty bundle")?.clone();
+    admin.record(
+        &key,
+        AuditAction::Enrolled {
+            kind,
+            name: cert.name().clone(),
+            peer: cert.subject(),
+            serial: cert.serial(),
+        },
+    )?;
+    admin.state.enrolled.push(EnrolledRecord {
+        kind: kind.as_str().into(),
+        name: cert.name().to_string(),
+        id: cert.subject().to_string(),
+        serial: cert.serial().to_string(),
+        not_after: cert.not_after().0,
+    });
+    admin.save()?;
+    let token = bundle.to_token();
+    out.note(&format!(
+        "Enrolled {kind} `{}` ({}). Install this bundle on it with `{} install <bundle>`:",
+        cert.name(),
+        cert.subject(),
+        if kind == CertKind::Relay {
+            "jarvis-relay"
+        } else {
+            "jarvis gpu"
+        }
+    ));
+    out.emit(
+        &json!({ "bundle": token, "peer_id": cert.subject().to_string(), "kind": kind.as_str() }),
+        || token.clone(),
+    );
+    Ok(())
+}
+
+fn parse_id(id: &str) -> Result<PublicKey> {
+    id.parse::<PublicKey>().map_err(|e| anyhow!("{e}"))
+}
+
+fn revoke(mut admin: Admin, out: Output, args: RevokeArgs) -> Result<()> {
+    let (target, kind, id) = match (&args.target.device, &args.target.user, &args.target.peer) {
+        (Some(device), None, None) => (
+            RevocationTarget::Key(parse_id(device)?),
+            "device",
+            device.trim().to_owned(),
+        ),
+        (None, Some(user), None) => (
+            RevocationTarget::User(Name::new(user).map_err(|e| anyhow!("invalid user name: {e}"))?),
+            "user",
+            user.clone(),
+        ),
+        (None, None, Some(peer)) => (
+            RevocationTarget::Key(parse_id(peer)?),
+            "peer",
+            peer.trim().to_owned(),
+        ),
+        _ => bail!("name exactly one of --device, --user or --peer"),
+    };
+    if let RevocationTarget::Key(key) = &target {
+        if *key == admin.org.root {
+            bail!("the org root cannot be revoked; to retire an org, stop using its root key");
+        }
+        let own = admin.chain.leaf().map(Certificate::subject);
+        if Some(*key) == own && !args.force {
+            bail!(
+                "{id} is this workstation's own admin key, the org's only admin here: revoking it leaves nobody able to manage the org. Pass --force if that is what you want"
+            );
+        }
+    }
+    let key = admin.unlock()?;
+    let at = now();
+    let record = Revocation::issue(target.clone(), &args.reason, at, Some(&admin.chain), &key)?;
+    let mut set = admin.home.revocations(&admin.org.root)?;
+    let already = set.iter().any(|r| *r.target() == target);
+    set.insert(record)?;
+    admin.home.save_revocations(&set)?;
+    admin.record(
+        &key,
+        AuditAction::Revoked {
+            target,
+            reason: args.reason.clone(),
+        },
+    )?;
+    admin.state.revoked.push(RevokedRecord {
+        kind: kind.into(),
+        id: id.clone(),
+        reason: args.reason.clone(),
+        at: at.0,
+    });
+    admin.save()?;
+    out.emit(
+        &json!({ "revoked": id, "kind": kind, "revocations": set.len(), "published_to_relays": false }),
+        || {
+            format!(
+                "Revoked {kind} {id}{}.\nRecorded in this admin home and the audit log; it reaches devices through the org's relays once they run (jarvis-relay).",
+                if already { " (it was already revoked)" } else { "" }
+            )
+        },
+    );
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct Member {
+    kind: &'static str,
+    name: String,
+    id: String,
+    user: String,
+    status: &'static str,
+}
+
+fn members(admin: &Admin, out: Output) -> Result<()> {
+    let set = admin.home.revocations(&admin.org.root)?;
+    let at = now();
+    let mut members: Vec<Member> = Vec::new();
+    for invite in &admin.state.invites {
+        if members
+            .iter()
+            .any(|m| m.kind == "user" && m.name == invite.user)
+        {
+            continue;
+        }
+        let revoked = Name::new(&invite.user).is_ok_and(|n| set.is_user_revoked(&n));
+        members.push(Member {
+            kind: "user",
+            name: invite.user.clone(),
+            id: invite.user.clone(),
+            user: invite.user.clone(),
+            status: if revoked { "revoked" } else { "active" },
+        });
+    }
+    for peer in &admin.state.enrolled {
+        let revoked = parse_id(&peer.id).is_ok_and(|k| set.is_key_revoked(&k));
+        members.push(Member {
+            kind: if peer.kind == "relay" { "relay" } else { "gpu" },
+            name: peer.name.clone(),
+            id: peer.id.clone(),
+            user: String::new(),
+            status: if revoked {
+                "revoked"
+            } else if UnixTime(peer.not_after) < at {
+                "expired"
+            } else {
+                "active"
+            },
+        });
+    }
+    // Devices report to the org through its relays; until then the admin knows the devices it
+    // has revoked.
+    for revoked in admin.state.revoked.iter().filter(|r| r.kind == "device") {
+        if members.iter().any(|m| m.id == revoked.id) {
+            continue;
+        }
+        members.push(Member {
+            kind: "device",
+            name: String::new(),
+            id: revoked.id.clone(),
+            user: String::new(),
+            status: "revoked",
+        });
+    }
+    out.emit(&json!({ "members": members }), || {
+        if members.is_empty() {
+            return "No members yet; invite one with `jarvis admin invite NAME`.".into();
+        }
+        let mut text = format!("{:<7} {:<8} {:<20} ID\n", "KIND", "STATUS", "NAME");
+        for m in &members {
+            text.push_str(&format!(
+                "{:<7} {:<8} {:<20} {}\n",
+                m.kind, m.status, m.name, m.id
+            ));
+        }
+        text.trim_end().to_owned()
+    });
+    Ok(())
+}
+
+fn audit(admin: &Admin, out: Output) -> Result<()> {
+    let bytes = admin.home.read_optional(AUDIT_FILE)?.unwrap_or_default();
+    let head = admin.state.audit_head.map(|h| (h.seq, h.hash));
+    match AuditLog::verify(admin.org.root, &bytes, head) {
+        Ok(log) => {
+            let entries: Vec<_> = log
+                .entries()
+                .iter()
+                .map(|e| {
+                    json!({
+                        "seq": e.seq(),
+                        "at": e.at().to_string(),
+                        "actor": e.actor().to_string(),
+                        "action": e.action().kind(),
+                        "description": e.action().to_string(),
+                        "verified": true,
+                    })
+                })
+                .collect();
+            out.emit(&json!({ "entries": entries, "verified": true }), || {
+                let mut text = String::new();
+                for e in log.entries() {
+                    text.push_str(&format!("#{:<4} {}  {}\n", e.seq(), e.at(), e.action()));
+                }
+                text.push_str(&format!(
+                    "Verified: {} entries, signatures and hash chain intact.",
+                    log.entries().len()
+                ));
+                text
+            });
+            Ok(())
+        }
+        Err(e) => {
+            out.emit(
+                &json!({ "entries": [], "verified": false, "error": e.to_string() }),
+                String::new,
+            );
+            Err(anyhow!(e)).context("the audit log does NOT verify: it was altered or damaged")
+        }
+    }
+}
+
+fn relays_add(mut admin: Admin, out: Output, multiaddr: &str) -> Result<()> {
+    let addr: multiaddr::Multiaddr = multiaddr.parse().map_err(|e| {
+        anyhow!(
+            "`{multiaddr}` is not a multiaddr ({e}); e.g. /dns/relay.example.org/udp/4001/quic-v1"
+        )
+    })?;
+    let addr = addr.to_string();
+    if addr.len() > jarvis_identity::enrol::MAX_RELAY_ADDR_BYTES {
+        bail!("the relay address is too long");
+    }
+    if admin.state.relays.contains(&addr) {
+        out.emit(&json!({ "relays": admin.state.relays }), || {
+            format!("{addr} is already recorded.")
+        });
+        return Ok(());
+    }
+    if admin.state.relays.len() >= jarvis_identity::enrol::MAX_RELAYS {
+        bail!(
+            "an org carries at most {} relay addresses",
+            jarvis_identity::enrol::MAX_RELAYS
+        );
+    }
+    let key = admin.unlock()?;
+    admin.state.relays.push(addr.clone());
+    admin.record(
+        &key,
+        AuditAction::RelayAdded {
+            address: addr.clone(),
+        },
+    )?;
+    out.emit(&json!({ "relays": admin.state.relays }), || {
+        format!("Recorded relay {addr}; new invites and bundles carry it.")
+    });
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The command line, exactly as `shared/design/cli.md` specifies it (plus `devices request`,
+//! `devices approve`, `admin relays list` and `gpu request`/`gpu install`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Jarvis: a private voice assistant for you and your organisation.
+///
+/// Each home (--home) is one device, admin workstation or GPU peer. Secret keys are sealed with a
+/// passphrase, taken from JARVIS_PASSPHRASE or asked for on the terminal.
+#[derive(Debug, Parser)]
+#[command(
+    name = "jarvis",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Directory holding this device's keys, certificates and data.
+    #[arg(long, global = true, env = "JARVIS_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the org: create it, invite users, enrol relays and GPU peers, revoke, audit.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+
+    /// Join an org with an admin's invite (first device) or install a pairing bundle (further
+    /// devices; see `jarvis devices request`).
+    Join(JoinArgs),
+
+    /// This user's devices; pair a new one.
+    Devices(DevicesArgs),
+
+    /// Who this home is: org, user, device id, roles and certificate expiry.
+    Whoami,
+
+    /// Run the node. With no org joined it runs in personal mode: a one-person org of its own.
+    Up(UpArgs),
+
+    /// Run this machine as a GPU peer of the org (enrolment for now).
+    #[command(subcommand)]
+    Gpu(GpuCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create the org root key and the first admin; prints the org id.
+    Init {
+        /// The org's name, shown to its members.
+        #[arg(long, value_name = "NAME")]
+        org: String,
+    },
+    /// Print a single-use, expiring invite token for USER's first device.
+    Invite {
+        /// The user's name in the org (e.g. alice).
+        user: String,
+        #[arg(long, value_enum, default_value_t = InviteRole::Member)]
+        role: InviteRole,
+        /// How long the invite can be redeemed, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        expires: std::time::Duration,
+    },
+    /// Sign a relay's or GPU peer's enrolment request; prints its certificate bundle.
+    Enroll {
+        /// The request printed by `jarvis-relay request` or `jarvis gpu request`.
+        #[arg(long, value_name = "REQ")]
+        request: String,
+        /// The role to grant; must match what the request asks for.
+        #[arg(long, value_enum)]
+        role: Option<InfraRole>,
+        /// A name for the peer (default: the name in the request).
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the certificate lasts.
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        valid: std::time::Duration,
+    },
+    /// Sign a revocation of a device, a user (all their devices) or a relay/GPU peer.
+    Revoke(RevokeArgs),
+    /// Users, devices, relays and GPU peers, with their status.
+    Members,
+    /// The signed audit log, verified entry by entry.
+    Audit,
+    /// The relay addresses that invites and bundles carry.
+    #[command(subcommand)]
+    Relays(RelaysCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InviteRole {
+    Member,
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InfraRole {
+    Relay,
+    Gpu,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false, id = "target")]
+pub struct RevokeTarget {
+    /// A device id (as `jarvis whoami` shows it).
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+    /// A user name: revokes the user and every device of theirs.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// A relay's, GPU peer's or admin's id.
+    #[arg(long, value_name = "ID")]
+    pub peer: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub target: RevokeTarget,
+    /// Why, for the audit log and the people affected.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Revoke even if this leaves the org without a working admin.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RelaysCommand {
+    /// Record a relay address (a multiaddr such as /dns/relay.example.org/udp/4001/quic-v1).
+    Add { multiaddr: String },
+    /// The recorded relay addresses.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// An invite (`jvinvite_…`) or a pairing bundle (`jvbundle_…`).
+    pub token: String,
+    /// This device's name, as the user's other devices will show it (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub device_name: Option<String>,
+    /// Refuse the token unless it is for this org id (as `jarvis admin init` printed it).
+    #[arg(long, value_name = "ORG_ID")]
+    pub org: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    #[command(subcommand)]
+    pub command: Option<DevicesCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// Pair a new device over the network (needs the mesh; see `request`/`approve` for the
+    /// offline form).
+    Pair,
+    /// On a NEW device: make this device's keys and print a request to approve on a device you
+    /// already have.
+    Request {
+        /// This device's name (default: the host name).
+        #[arg(long, value_name = "NAME")]
+        device_name: Option<String>,
+    },
+    /// On a device you already have: approve a new device's request; prints the bundle to give
+    /// to `jarvis join` on the new device.
+    Approve {
+        /// The `jvrequest_…` text printed by `jarvis devices request`.
+        request: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Do not start the voice pipeline (typed and API input only).
+    #[arg(long)]
+    pub no_voice: bool,
+    /// In personal mode, the user name for the new one-person org (default: $USER).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GpuCommand {
+    /// Make this machine's GPU-peer key and print an enrolment request for `jarvis admin enroll`.
+    Request {
+        /// The peer's name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Install the bundle `jarvis admin enroll` printed.
+    Install {
+        /// The `jvbundle_…` text.
+        bundle: String,
+    },
+}

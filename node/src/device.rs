@@ -1,0 +1,443 @@
+//! A user's device: `join`, `devices`, `whoami`, and the GPU peer's enrolment (`gpu request`,
+//! `gpu install`), which follows the same request → bundle path.
+
+use anyhow::{Context, Result, anyhow, bail};
+use jarvis_identity::{
+    Bundle, CertChain, CertKind, DeviceKeys, Invite, JoinRequest, KeyMaterial, Name, OrgInfo,
+    PublicKey, RequestKind, SecretKey, TokenKind, UnixTime,
+};
+use serde_json::json;
+
+use crate::cli::{DevicesCommand, GpuCommand, JoinArgs};
+use crate::home::{
+    ApprovedDevice, Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now,
+};
+use crate::output::Output;
+
+/// The host name, as a default device name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .unwrap_or_else(|| "my-device".to_owned())
+}
+
+fn device_name(given: Option<String>) -> Result<Name> {
+    let name = given.unwrap_or_else(host_name);
+    Name::new(&name).map_err(|e| anyhow!("invalid device name `{name}`: {e}"))
+}
+
+fn parse_org_id(id: Option<&str>) -> Result<Option<PublicKey>> {
+    id.map(|id| {
+        id.parse::<PublicKey>()
+            .map_err(|e| anyhow!("invalid --org: {e}"))
+    })
+    .transpose()
+}
+
+/// Refuses to join a home that already belongs to an org.
+fn ensure_not_joined(home: &Home, state: &HomeState) -> Result<()> {
+    if let Some(org) = state.org()? {
+        bail!(
+            "{} already belongs to org `{}` ({}); a home is one device of one org. Use another --home to join a different org",
+            home.dir().display(),
+            org.name,
+            org.root
+        );
+    }
+    Ok(())
+}
+
+pub fn join(home: Home, out: Output, args: JoinArgs) -> Result<()> {
+    let pinned = parse_org_id(args.org.as_deref())?;
+    match TokenKind::sniff(&args.token) {
+        Some(TokenKind::Invite) => join_with_invite(home, out, &args, pinned.as_ref()),
+        Some(TokenKind::Bundle) => {
+            install_bundle(home, out, &args.token, pinned.as_ref(), RequestKind::Device)
+        }
+        Some(TokenKind::Request) => bail!(
+            "this is a join request, not an invite: approve it on a device you already have with `jarvis devices approve`"
+        ),
+        None => bail!(
+            "this is not a Jarvis invite (jvinvite_…) or pairing bundle (jvbundle_…); copy the whole token"
+        ),
+    }
+}
+
+fn join_with_invite(
+    home: Home,
+    out: Output,
+    args: &JoinArgs,
+    pinned: Option<&PublicKey>,
+) -> Result<()> {
+    let state = home.load_or_new(HomeKind::Device)?;
+    ensure_not_joined(&home, &state)?;
+    if state.pending_request.is_some() {
+        bail!(
+            "this home is waiting for a pairing bundle from one of your devices (it ran `jarvis devices request`); an invite is for a user's first device. Use a fresh --home for the invite"
+        );
+    }
+    if state.kind != HomeKind::Device {
+        bail!(
+            "{} is a {:?} home, not a device",
+            home.dir().display(),
+            state.kind
+        );
+    }
+    let invite = Invite::from_token(&args.token).context("cannot use this invite")?;
+    let name = device_name(args.device_name.clone())?;
+    let device_key = SecretKey::generate();
+    let age_identity = jarvis_identity::age::x25519::Identity::generate();
+    let recipient = age_identity.to_public().to_string();
+    let redeemed = invite
+        .redeem(
+            now(),
+            pinned,
+            &DeviceKeys {
+                key: device_key.public(),
+                name: &name,
+                age_recipient: &recipient,
+            },
+        )
+        .context("cannot use this invite")?;
+    let passphrase = Passphrase::new_for("this device's keys")?;
+    home.seal_key(
+        KeyFile::Identity,
+        &KeyMaterial {
+            signing: device_key,
+            age: Some(age_identity),
+        },
+        &passphrase,
+    )?;
+    home.seal_key(
+        KeyFile::User,
+        &KeyMaterial {
+            signing: redeemed.user_key,
+            age: None,
+        },
+        &passphrase,
+    )?;
+    let mut state = HomeState::new(HomeKind::Device);
+    state.set_org(&redeemed.org);
+    state.chain = Some(encode_chain(&redeemed.device_chain));
+    state.user_chain = Some(encode_chain(&redeemed.user_chain));
+    home.save(&state)?;
+    report_joined(&home, out, &redeemed.org, &redeemed.device_chain)
+}
+
+fn report_joined(home: &Home, out: Output, org: &OrgInfo, chain: &CertChain) -> Result<()> {
+    let set = home.revocations(&org.root)?;
+    let verified = chain.verify(&org.root, now(), &set)?;
+    let user = verified
+        .user
+        .as_ref()
+        .map(Name::to_string)
+        .unwrap_or_default();
+    out.emit(
+        &json!({
+            "org_id": org.root.to_string(),
+            "org": org.name.as_str(),
+            "user": user,
+            "device_id": verified.subject.to_string(),
+            "device_name": verified.name.as_str(),
+            "kind": verified.kind.as_str(),
+        }),
+        || {
+            format!(
+                "Joined org `{}` as {} `{}`.\n  {} id: {}\n  org id:    {}",
+                org.name, verified.kind, verified.name, verified.kind, verified.subject, org.root
+            )
+        },
+    );
+    Ok(())
+}
+
+fn install_bundle(
+    home: Home,
+    out: Output,
+    token: &str,
+    pinned: Option<&PublicKey>,
+    kind: RequestKind,
+) -> Result<()> {
+    let mut state = home.load().with_context(|| {
+        format!(
+            "a bundle answers a request made on this machine; run `{}` here first",
+            if kind == RequestKind::Device {
+                "jarvis devices request"
+            } else {
+                "jarvis gpu request"
+            }
+        )
+    })?;
+    ensure_not_joined(&home, &state)?;
+    let request = state
+        .pending_request
+        .as_deref()
+        .context("this home made no request, so no bundle can be for it")?;
+    let request = JoinRequest::from_token(request).context("the stored request is damaged")?;
+    if request.kind() != kind {
+        bail!(
+            "this home asked to be a {}, but the bundle is being installed as a {}",
+            request.kind().as_str(),
+            kind.as_str()
+        );
+    }
+    let bundle = Bundle::from_token(token).context("cannot use this bundle")?;
+    bundle
+        .check_for(&request, pinned, now())
+        .context("cannot use this bundle")?;
+    state.set_org(&bundle.org);
+    state.chain = Some(encode_chain(&bundle.chain));
+    state.pending_request = None;
+    home.save(&state)?;
+    report_joined(&home, out, &bundle.org, &bundle.chain)
+}
+
+/// Makes this home's key and a request of `kind`; prints the request. Idempotent: asked again,
+/// it prints the same request.
+fn make_request(home: &Home, out: Output, kind: RequestKind, name: Name) -> Result<()> {
+    let home_kind = match kind {
+        RequestKind::Device => HomeKind::Device,
+        RequestKind::Gpu => HomeKind::Gpu,
+        RequestKind::Relay => HomeKind::Relay,
+    };
+    let mut state = home.load_or_new(home_kind)?;
+    ensure_not_joined(home, &state)?;
+    if state.kind != home_kind {
+        bail!(
+            "{} is a {:?} home, not a {:?}",
+            home.dir().display(),
+            state.kind,
+            home_kind
+        );
+    }
+    let token = match &state.pending_request {
+        Some(existing) => {
+            out.note("This home already made a request; here it is again.");
+            existing.clone()
+        }
+        None => {
+            let passphrase = Passphrase::new_for("this machine's keys")?;
+            let key = SecretKey::generate();
+            let age = (kind == RequestKind::Device)
+                .then(jarvis_identity::age::x25519::Identity::generate);
+            let recipient = age.as_ref().map(|a| a.to_public().to_string());
+            let request = JoinRequest::create(kind, &key, name, recipient, now());
+            home.seal_key(
+                KeyFile::Identity,
+                &KeyMaterial { signing: key, age },
+                &passphrase,
+            )?;
+            let token = request.to_token();
+            state.pending_request = Some(token.clone());
+            home.save(&state)?;
+            token
+        }
+    };
+    let request = JoinRequest::from_token(&token)?;
+    out.note(&match kind {
+        RequestKind::Device => "On a device you already have (the one you first joined with), run\n  jarvis devices approve <request>\nthen install what it prints here with `jarvis join <bundle>`. The request:".to_owned(),
+        _ => "Give this request to an org admin (`jarvis admin enroll --request <request>`), then install the bundle they give you. The request:".to_owned(),
+    });
+    out.emit(
+        &json!({ "request": token, "peer_id": request.key().to_string() }),
+        || token.clone(),
+    );
+    Ok(())
+}
+
+pub fn devices(home: Home, out: Output, command: Option<DevicesCommand>) -> Result<()> {
+    match command {
+        None => list_devices(&home, out),
+        Some(DevicesCommand::Pair) => bail!(
+            "pairing over the network needs the mesh, which this build does not have yet. Pair offline instead:\n  1. on the new device:   jarvis devices request\n  2. on this device:      jarvis devices approve <request>\n  3. on the new device:   jarvis join <bundle>"
+        ),
+        Some(DevicesCommand::Request { device_name: name }) => {
+            make_request(&home, out, RequestKind::Device, device_name(name)?)
+        }
+        Some(DevicesCommand::Approve { request }) => approve(&home, out, &request),
+    }
+}
+
+/// A joined device's org and chain, or a clear error.
+fn joined(home: &Home, state: &HomeState) -> Result<(OrgInfo, CertChain)> {
+    let org = state.org()?;
+    let chain = state.chain()?;
+    match (org, chain) {
+        (Some(org), Some(chain)) => Ok((org, chain)),
+        _ if state.pending_request.is_some() => {
+            bail!("this home is waiting for its bundle: install it with `jarvis join <bundle>`")
+        }
+        _ => bail!(
+            "{} has not joined an org: run `jarvis join TOKEN` (or `jarvis up` for personal mode)",
+            home.dir().display()
+        ),
+    }
+}
+
+fn approve(home: &Home, out: Output, request: &str) -> Result<()> {
+    let mut state = home.load()?;
+    let (org, _) = joined(home, &state)?;
+    let user_chain = state.user_chain()?;
+    let (Some(user_chain), true) = (user_chain, home.has_key(KeyFile::User)) else {
+        bail!(
+            "this device does not hold your user key, so it cannot approve devices: run `jarvis devices approve` on the device you first joined with (the one that used the invite)"
+        );
+    };
+    let request = JoinRequest::from_token(request).context("the pairing request is not valid")?;
+    if request.kind() != RequestKind::Device {
+        bail!(
+            "this is a {} enrolment request: an org admin enrols it with `jarvis admin enroll`",
+            request.kind().as_str()
+        );
+    }
+    let passphrase = Passphrase::get("your user key")?;
+    let user_key = home.unseal_key(KeyFile::User, &passphrase)?.signing;
+    let bundle = request.approve_device(&org, &user_key, &user_chain, now())?;
+    state.approved_devices.push(ApprovedDevice {
+        id: request.key().to_string(),
+        name: request.name().to_string(),
+        approved_at: now().0,
+    });
+    home.save(&state)?;
+    let token = bundle.to_token();
+    out.note(&format!(
+        "Approved `{}` ({}). On the new device run:\n  jarvis join <bundle>\nThe bundle:",
+        request.name(),
+        request.key()
+    ));
+    out.emit(
+        &json!({ "bundle": token, "device_id": request.key().to_string() }),
+        || token.clone(),
+    );
+    Ok(())
+}
+
+fn list_devices(home: &Home, out: Output) -> Result<()> {
+    let state = home.load()?;
+    let (org, chain) = joined(home, &state)?;
+    let set = home.revocations(&org.root)?;
+    let leaf = chain.leaf().context("empty chain")?;
+    let status = |id: &str| match id.parse::<PublicKey>() {
+        Ok(key) if set.is_key_revoked(&key) => "revoked",
+        _ => "active",
+    };
+    let this_id = leaf.subject().to_string();
+    let mut devices = vec![json!({
+        "id": this_id,
+        "name": leaf.name().as_str(),
+        "status": status(&this_id),
+        "last_sync": null,
+        "this_device": true,
+    })];
+    for d in &state.approved_devices {
+        devices.push(json!({
+            "id": d.id,
+            "name": d.name,
+            "status": status(&d.id),
+            "last_sync": null,
+            "this_device": false,
+            "approved_at": UnixTime(d.approved_at).to_string(),
+        }));
+    }
+    out.emit(&json!({ "devices": devices }), || {
+        let mut text = format!("{:<20} {:<8} {:<12} ID\n", "NAME", "STATUS", "LAST SYNC");
+        for d in &devices {
+            text.push_str(&format!(
+                "{:<20} {:<8} {:<12} {}{}\n",
+                d["name"].as_str().unwrap_or_default(),
+                d["status"].as_str().unwrap_or_default(),
+                "never",
+                d["id"].as_str().unwrap_or_default(),
+                if d["this_device"] == true {
+                    "  (this device)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        text.push_str("Devices paired from other devices appear once sync runs (the mesh).");
+        text
+    });
+    Ok(())
+}
+
+pub fn whoami(home: Home, out: Output) -> Result<()> {
+    let state = home.load()?;
+    let (org, chain) = joined(&home, &state)?;
+    let set = home.revocations(&org.root)?;
+    let at = now();
+    let leaf = chain.leaf().context("empty chain")?;
+    let (status, problem) = match chain.verify(&org.root, at, &set) {
+        Ok(_) => ("active", None),
+        Err(e @ jarvis_identity::ChainError::Revoked { .. }) => ("revoked", Some(e.to_string())),
+        Err(e @ jarvis_identity::ChainError::Expired { .. }) => ("expired", Some(e.to_string())),
+        Err(e) => ("invalid", Some(e.to_string())),
+    };
+    let verified = chain
+        .verify_structure(&org.root, None)
+        .context("this home's certificate chain does not verify; the home is damaged")?;
+    let user = chain
+        .certs()
+        .iter()
+        .rev()
+        .find(|c| c.kind() == CertKind::User)
+        .map(|c| c.name().to_string());
+    let user = match (state.kind, user) {
+        (_, Some(user)) => user,
+        (HomeKind::Admin, None) => leaf.name().to_string(),
+        (_, None) => String::new(),
+    };
+    let roles = verified.roles.names();
+    let expires_at = verified.expires_at;
+    let value = json!({
+        "org_id": org.root.to_string(),
+        "org": org.name.as_str(),
+        "user": user,
+        "device_id": leaf.subject().to_string(),
+        "device_name": leaf.name().as_str(),
+        "kind": leaf.kind().as_str(),
+        "roles": roles,
+        "expires_at": expires_at.to_string(),
+        "status": status,
+        "personal": state.personal,
+        "holds_user_key": home.has_key(KeyFile::User),
+    });
+    out.emit(&value, || {
+        let mut text = format!(
+            "org:        {} ({})\nuser:       {}\n{:<11} {} `{}`\nroles:      {}\nexpires:    {}\nstatus:     {}",
+            org.name,
+            org.root,
+            if user.is_empty() { "-" } else { &user },
+            format!("{}:", leaf.kind()),
+            leaf.subject(),
+            leaf.name(),
+            if roles.is_empty() { "-".to_owned() } else { roles.join(", ") },
+            expires_at,
+            status
+        );
+        if state.personal {
+            text.push_str("\nmode:       personal (a one-person org of this device)");
+        }
+        text
+    });
+    if let Some(problem) = problem {
+        out.note(&format!("warning: {problem}"));
+    }
+    Ok(())
+}
+
+pub fn gpu(home: Home, out: Output, command: GpuCommand) -> Result<()> {
+    match command {
+        GpuCommand::Request { name } => {
+            let name = device_name(name)?;
+            make_request(&home, out, RequestKind::Gpu, name)
+        }
+        GpuCommand::Install { bundle } => {
+            install_bundle(home, out, &bundle, None, RequestKind::Gpu)
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! A home: the directory that holds one device's, admin workstation's, relay's or GPU peer's
+//! keys, certificates and state (`--home`, `JARVIS_HOME`, or the platform data directory).
+//!
+//! ```text
+//! home.json           public state: what this home is, its org, its certificate chains
+//! keys/identity.age   this home's signing key (and a device's age identity), sealed
+//! keys/user.age       the user's key, on the device that redeemed the invite
+//! keys/root.age       the org root key, on the admin workstation (or a personal node)
+//! revocations         the revocation set this home knows (jarvis_identity encoding)
+//! admin.json          admin workstation only: invites, enrolments, relays, audit head
+//! audit.log           admin workstation only: the signed audit log
+//! ```
+//!
+//! Every file is replaced atomically (write to a temporary file, fsync, rename, fsync the
+//! directory), so a crash leaves the old or the new version, never half of one. Secret files are
+//! created with mode 0600.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use jarvis_identity::sealed::{self, DEFAULT_WORK_FACTOR, KeyMaterial, MIN_WORK_FACTOR};
+use jarvis_identity::{CertChain, OrgInfo, PublicKey, RevocationSet, UnixTime};
+use serde::{Deserialize, Serialize};
+
+const STATE_VERSION: u32 = 1;
+
+/// What a home is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HomeKind {
+    Admin,
+    Device,
+    Relay,
+    Gpu,
+}
+
+/// `home.json`: the public state of a home. Binary values are hex of their canonical encodings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HomeState {
+    pub version: u32,
+    pub kind: HomeKind,
+    /// Present once the home belongs to an org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// This home's own chain (admin, device, relay or GPU certificate at the leaf).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// The user's chain, on the device that holds the user key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_chain: Option<String>,
+    /// A request made by this home and not yet answered with a bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_request: Option<String>,
+    /// A personal node: its own one-person org.
+    #[serde(default)]
+    pub personal: bool,
+    /// Devices this device certified, so `jarvis devices` can list them.
+    #[serde(default)]
+    pub approved_devices: Vec<ApprovedDevice>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovedDevice {
+    pub id: String,
+    pub name: String,
+    pub approved_at: u64,
+}
+
+impl HomeState {
+    pub fn new(kind: HomeKind) -> Self {
+        Self {
+            version: STATE_VERSION,
+            kind,
+            org: None,
+            chain: None,
+            user_chain: None,
+            pending_request: None,
+            personal: false,
+            approved_devices: Vec::new(),
+        }
+    }
+
+    pub fn org(&self) -> Result<Option<OrgInfo>> {
+        self.org
+            .as_deref()
+            .map(|hex_org| {
+                OrgInfo::decode(&hex::decode(hex_org).context("org is not hex")?)
+                    .context("home.json holds a malformed org")
+            })
+            .transpose()
+    }
+
+    pub fn set_org(&mut self, org: &OrgInfo) {
+        self.org = Some(hex::encode(org.encode()));
+    }
+
+    pub fn chain(&self) -> Result<Option<CertChain>> {
+        decode_chain(self.chain.as_deref(), "chain")
+    }
+
+    pub fn user_chain(&self) -> Result<Option<CertChain>> {
+        decode_chain(self.user_chain.as_deref(), "user_chain")
+    }
+}
+
+fn decode_chain(field: Option<&str>, what: &str) -> Result<Option<CertChain>> {
+    field
+        .map(|h| {
+            CertChain::decode(&hex::decode(h).with_context(|| format!("{what} is not hex"))?)
+                .with_context(|| format!("home.json holds a malformed {what}"))
+        })
+        .transpose()
+}
+
+pub fn encode_chain(chain: &CertChain) -> String {
+    hex::encode(chain.encode())
+}
+
+/// Which sealed key file.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyFile {
+    /// The home's own signing key.
+    Identity,
+    User,
+    Root,
+}
+
+impl KeyFile {
+    fn file_name(self) -> &'static str {
+        match self {
+            Self::Identity => "identity.age",
+            Self::User => "user.age",
+            Self::Root => "root.age",
+        }
+    }
+}
+
+/// An opened home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+impl Home {
+    /// The home at `dir`, or the platform default.
+    pub fn locate(dir: Option<PathBuf>) -> Result<Self> {
+        let dir = match dir {
+            Some(dir) => dir,
+            None => directories::ProjectDirs::from("org", "Jarvis", "jarvis")
+                .context("no home directory found; pass --home DIR or set JARVIS_HOME")?
+                .data_dir()
+                .to_path_buf(),
+        };
+        Ok(Self { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("home.json")
+    }
+
+    pub fn exists(&self) -> bool {
+        self.state_path().exists()
+    }
+
+    /// The state, or a clear error if this directory is not a home yet.
+    pub fn load(&self) -> Result<HomeState> {
+        let path = self.state_path();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "{} is not a Jarvis home yet: run `jarvis admin init`, `jarvis join TOKEN` or `jarvis up` first",
+                self.dir.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let state: HomeState = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is damaged", path.display()))?;
+        if state.version != STATE_VERSION {
+            bail!(
+                "{} was written by another version of Jarvis (state version {}); upgrade Jarvis",
+                path.display(),
+                state.version
+            );
+        }
+        Ok(state)
+    }
+
+    pub fn load_or_new(&self, kind: HomeKind) -> Result<HomeState> {
+        if self.exists() {
+            self.load()
+        } else {
+            Ok(HomeState::new(kind))
+        }
+    }
+
+    pub fn save(&self, state: &HomeState) -> Result<()> {
+        let json = serde_json::to_vec_pretty(state).context("encoding home.json")?;
+        self.write_atomic("home.json", &json, false)
+    }
+
+    /// Replaces `name` (relative to the home) atomically and durably.
+    pub fn write_atomic(&self, name: &str, bytes: &[u8], secret: bool) -> Result<()> {
+        let path = self.dir.join(name);
+        let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
+        fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+        let tmp = parent.join(format!(
+            ".{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        ));
+        {
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            if secret {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            #[cfg(not(unix))]
+            let _ = secret;
+            let mut file = options
+                .open(&tmp)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        sync_dir(&parent);
+        Ok(())
+    }
+
+    /// Appends to `name` and fsyncs before returning.
+    pub fn append_durable(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.dir.join(name);
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("appending to {}", path.display()))?;
+        sync_dir(&self.dir);
+        Ok(())
+    }
+
+    pub fn read_optional(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join(name);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn seal_key(&self, which: KeyFile, keys: &KeyMaterial, passphrase: &str) -> Result<()> {
+        let sealed = sealed::seal(keys, passphrase, work_factor()?)?;
+        self.write_atomic(&format!("keys/{}", which.file_name()), &sealed, true)
+    }
+
+    pub fn has_key(&self, which: KeyFile) -> bool {
+        self.dir.join("keys").join(which.file_name()).exists()
+    }
+
+    pub fn unseal_key(&self, which: KeyFile, passphrase: &str) -> Result<KeyMaterial> {
+        let path = self.dir.join("keys").join(which.file_name());
+        let bytes = fs::read(&path)
+            .with_context(|| format!("reading {} (this home has no such key)", path.display()))?;
+        sealed::unseal(&bytes, passphrase)
+            .with_context(|| format!("cannot open {}", path.display()))
+    }
+
+    /// The revocations this home knows, verified against `root`.
+    pub fn revocations(&self, root: &PublicKey) -> Result<RevocationSet> {
+        match self.read_optional("revocations")? {
+            None => Ok(RevocationSet::new(*root)),
+            Some(bytes) => RevocationSet::decode(root, &bytes)
+                .context("the stored revocation set is damaged or forged"),
+        }
+    }
+
+    pub fn save_revocations(&self, set: &RevocationSet) -> Result<()> {
+        self.write_atomic("revocations", &set.encode(), false)
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) {
+    // Makes a rename or a new file durable. Best effort: some filesystems refuse to fsync a
+    // directory, and the data itself was already synced.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) {}
+
+/// scrypt work factor for new key files: `JARVIS_KDF_WORK_FACTOR` (for tests and slow machines;
+/// at least 10), else age's interactive default.
+fn work_factor() -> Result<u8> {
+    match std::env::var("JARVIS_KDF_WORK_FACTOR") {
+        Err(_) => Ok(DEFAULT_WORK_FACTOR),
+        Ok(v) => {
+            let n: u8 = v
+                .parse()
+                .with_context(|| format!("JARVIS_KDF_WORK_FACTOR={v} is not a number"))?;
+            if n < MIN_WORK_FACTOR {
+                bail!("JARVIS_KDF_WORK_FACTOR={n} is below the minimum of {MIN_WORK_FACTOR}");
+            }
+            Ok(n)
+        }
+    }
+}
+
+/// The current time as the identity library wants it.
+pub fn now() -> UnixTime {
+    UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
+/// Where a passphrase comes from: `JARVIS_PASSPHRASE`, else a prompt on the terminal.
+pub struct Passphrase;
+
+impl Passphrase {
+    /// For opening existing keys.
+    pub fn get(purpose: &str) -> Result<String> {
+        if let Ok(p) = std::env::var("JARVIS_PASSPHRASE") {
+            return Ok(p);
+        }
+        Self::prompt(&format!("Passphrase to unlock {purpose}: "))
+    }
+
+    /// For sealing new keys: asks twice on a terminal.
+    pub fn new_for(purpose: &str) -> Result<String> {
+        if let Ok(p) = std::env::var("JARVIS_PASSPHRASE") {
+            if p.is_empty() {
+                bail!("JARVIS_PASSPHRASE is empty; choose a passphrase");
+            }
+            return Ok(p);
+        }
+        let first = Self::prompt(&format!("New passphrase for {purpose}: "))?;
+        if first.is_empty() {
+            bail!("the passphrase is empty; choose one");
+        }
+        let second = Self::prompt("Repeat the passphrase: ")?;
+        if first != second {
+            bail!("the passphrases do not match; try again");
+        }
+        Ok(first)
+    }
+
+    fn prompt(text: &str) -> Result<String> {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "a passphrase is needed but there is no terminal to ask on: set JARVIS_PASSPHRASE"
+            );
+        }
+        rpassword::prompt_password(text).context("reading the passphrase")
+    }
+}

@@ -1,0 +1,48 @@
+//! `jarvis`: the node daemon and command-line interface. See `shared/design/cli.md` for the
+//! contract and ARCHITECTURE.md for how the pieces fit.
+
+mod admin;
+mod cli;
+mod device;
+mod home;
+mod output;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::home::Home;
+use crate::output::Output;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JARVIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = Output { json: cli.json };
+    let home = Home::locate(cli.home)?;
+    match cli.command {
+        Command::Admin(command) => admin::run(home, out, command),
+        Command::Join(args) => device::join(home, out, args),
+        Command::Devices(args) => device::devices(home, out, args.command),
+        Command::Whoami => device::whoami(home, out),
+        Command::Up(args) => up::run(home, out, args),
+        Command::Gpu(command) => device::gpu(home, out, command),
+    }
+}

@@ -1,0 +1,212 @@
+//! `jarvis up`: run the node.
+//!
+//! With no org joined, the node runs in personal mode: it creates a one-person org whose root,
+//! user and device keys all live in this home, so a single user needs no admin. Today the node
+//! unlocks its identity, reports it and waits for Ctrl-C (or SIGTERM); sync, voice and inference
+//! join this loop as they are built.
+
+use anyhow::{Context, Result, bail};
+use jarvis_identity::{
+    CertChain, CertKind, CertTemplate, Certificate, DeviceKeys, KeyMaterial, Name, OrgInfo, Roles,
+    SecretKey,
+};
+use serde_json::json;
+use tokio_util_lite::shutdown_signal;
+
+use crate::cli::UpArgs;
+use crate::device::host_name;
+use crate::home::{Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now};
+use crate::output::Output;
+
+/// How long a personal org's user certificate lasts; the device renews it itself.
+const PERSONAL_CERT_SECS: u64 = 10 * 365 * 24 * 3600;
+
+pub fn run(home: Home, out: Output, args: UpArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(up(home, out, args))
+}
+
+async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
+    let state = if home.exists() {
+        home.load()?
+    } else {
+        create_personal(&home, out, args.user.as_deref())?
+    };
+    match state.kind {
+        HomeKind::Device => {}
+        HomeKind::Admin => bail!(
+            "{} is an admin workstation; run the node from a device home (another --home)",
+            home.dir().display()
+        ),
+        HomeKind::Gpu => bail!(
+            "{} is a GPU peer's home; run it with `jarvis gpu up`",
+            home.dir().display()
+        ),
+        HomeKind::Relay => bail!(
+            "{} is a relay's home; run it with `jarvis-relay up`",
+            home.dir().display()
+        ),
+    }
+    let (Some(org), Some(chain)) = (state.org()?, state.chain()?) else {
+        bail!(
+            "this home is waiting for its pairing bundle: install it with `jarvis join <bundle>` first"
+        );
+    };
+    let passphrase = Passphrase::get("this device's keys")?;
+    let keys = home.unseal_key(KeyFile::Identity, &passphrase)?;
+    let revocations = home.revocations(&org.root)?;
+    let verified = chain
+        .verify(&org.root, now(), &revocations)
+        .context("this device's certificate is not valid")?;
+    if verified.subject != keys.signing.public() {
+        bail!("this home's key does not match its certificate; the home is damaged");
+    }
+    let peer_id = keys
+        .signing
+        .to_libp2p_keypair()
+        .context("deriving the libp2p identity")?
+        .public()
+        .to_peer_id();
+    let user = verified.user.map(|u| u.to_string()).unwrap_or_default();
+    tracing::info!(%peer_id, org = %org.name, %user, personal = state.personal, "node up");
+    out.emit(
+        &json!({
+            "event": "up",
+            "device_id": peer_id.to_string(),
+            "org_id": org.root.to_string(),
+            "user": user,
+            "personal": state.personal,
+            "voice": false,
+        }),
+        || {
+            format!(
+                "Jarvis node up{}.\n  device: {} `{}`\n  user:   {}\n  org:    {} ({})\n{}Press Ctrl-C to stop.",
+                if state.personal { " in personal mode" } else { "" },
+                peer_id,
+                verified.name,
+                user,
+                org.name,
+                org.root,
+                if args.no_voice { "" } else { "  voice:  not built yet (arrives with the voice pipeline)\n" }
+            )
+        },
+    );
+    shutdown_signal().await;
+    out.emit(&json!({ "event": "stopped" }), || {
+        "Stopped cleanly.".to_owned()
+    });
+    Ok(())
+}
+
+/// Creates a one-person org in `home`: root, user and device keys, all sealed here.
+fn create_personal(home: &Home, out: Output, user: Option<&str>) -> Result<HomeState> {
+    let user = user
+        .map(str::to_owned)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "me".to_owned());
+    let user = Name::new(&user).context("invalid user name")?;
+    let device_name = Name::new(&host_name()).or_else(|_| Name::new("my-device"))?;
+    out.note(&format!(
+        "No org joined in {}: creating a personal one-person org for `{user}`.",
+        home.dir().display()
+    ));
+    let passphrase = Passphrase::new_for("this device's keys")?;
+    let at = now();
+    let root = SecretKey::generate();
+    let user_key = SecretKey::generate();
+    let device_key = SecretKey::generate();
+    let age_identity = jarvis_identity::age::x25519::Identity::generate();
+    let org = OrgInfo {
+        name: Name::new(&format!("personal-{user}")).or_else(|_| Name::new("personal"))?,
+        root: root.public(),
+        relays: Vec::new(),
+    };
+    let user_cert = Certificate::issue(
+        CertTemplate {
+            kind: CertKind::User,
+            subject: user_key.public(),
+            name: user,
+            roles: Roles::MEMBER.union(Roles::ADMIN),
+            not_before: at,
+            not_after: at.saturating_add_secs(PERSONAL_CERT_SECS),
+            age_recipient: None,
+        },
+        &root,
+    )?;
+    let user_chain = CertChain::new(vec![user_cert])?;
+    let device_cert = jarvis_identity::enrol::certify_device(
+        &user_key,
+        &user_chain,
+        &DeviceKeys {
+            key: device_key.public(),
+            name: &device_name,
+            age_recipient: &age_identity.to_public().to_string(),
+        },
+        at,
+    )?;
+    let device_chain = user_chain.extend(device_cert)?;
+    home.seal_key(
+        KeyFile::Root,
+        &KeyMaterial {
+            signing: root,
+            age: None,
+        },
+        &passphrase,
+    )?;
+    home.seal_key(
+        KeyFile::User,
+        &KeyMaterial {
+            signing: user_key,
+            age: None,
+        },
+        &passphrase,
+    )?;
+    home.seal_key(
+        KeyFile::Identity,
+        &KeyMaterial {
+            signing: device_key,
+            age: Some(age_identity),
+        },
+        &passphrase,
+    )?;
+    let mut state = HomeState::new(HomeKind::Device);
+    state.set_org(&org);
+    state.chain = Some(encode_chain(&device_chain));
+    state.user_chain = Some(encode_chain(&user_chain));
+    state.personal = true;
+    home.save(&state)?;
+    Ok(state)
+}
+
+/// Waiting for the signals that mean "stop": Ctrl-C, and SIGTERM from service managers.
+mod tokio_util_lite {
+    pub async fn shutdown_signal() {
+        let ctrl_c = async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut sig) => {
+                    sig.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = terminate => {},
+        }
+    }
+}

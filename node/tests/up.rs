@@ -1,0 +1,83 @@
+//! `jarvis up` in personal mode: creates a one-person org, reports its identity, and stops
+//! cleanly on SIGINT (Ctrl-C) and SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn jarvis(home: &std::path::Path) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("jarvis"));
+    cmd.env_remove("JARVIS_HOME")
+        .env("JARVIS_PASSPHRASE", "pw")
+        .env("JARVIS_KDF_WORK_FACTOR", "10")
+        .arg("--home")
+        .arg(home);
+    cmd
+}
+
+/// Starts `jarvis up --json`, waits for its "up" line, sends `signal`, and returns the device id
+/// and the exit status.
+fn up_then_signal(
+    home: &std::path::Path,
+    signal: &str,
+) -> (String, std::process::ExitStatus, Vec<Value>) {
+    let mut child = jarvis(home)
+        .args(["up", "--json", "--user", "pat"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["event"], "up");
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let exit = child.wait().unwrap();
+    (first["device_id"].as_str().unwrap().to_owned(), exit, rest)
+}
+
+#[cfg(unix)]
+#[test]
+fn personal_mode_starts_reports_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("node");
+
+    let (device_id, exit, rest) = up_then_signal(&home, "-INT");
+    assert!(exit.success(), "exit status {exit:?}");
+    assert_eq!(rest.last().unwrap()["event"], "stopped");
+
+    // The identity persists: a second run is the same device, and SIGTERM also stops it cleanly.
+    let (again, exit, _) = up_then_signal(&home, "-TERM");
+    assert!(exit.success());
+    assert_eq!(again, device_id);
+
+    let out = jarvis(&home).args(["whoami", "--json"]).output().unwrap();
+    let who: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(who["personal"], true);
+    assert_eq!(who["user"], "pat");
+    assert_eq!(who["device_id"], device_id.as_str());
+    assert_eq!(who["roles"], serde_json::json!(["member", "admin"]));
+}
+
+#[test]
+fn up_with_a_wrong_passphrase_fails_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("node");
+    let (_, exit, _) = up_then_signal(&home, "-INT");
+    assert!(exit.success());
+    let out = jarvis(&home)
+        .env("JARVIS_PASSPHRASE", "wrong")
+        .args(["up"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wrong passphrase"), "{stderr}");
+}

@@ -374,6 +374,13 @@ impl Certificate {
         Ok(cert)
     }
 
+    /// `(issuer key, domain || to-be-signed bytes, signature)`, for the benchmark reference.
+    pub(crate) fn signed_parts(&self) -> ([u8; 32], Vec<u8>, [u8; 64]) {
+        let mut message = domain::CERTIFICATE.to_vec();
+        message.extend_from_slice(&self.to_be_signed());
+        (self.issuer.to_bytes(), message, self.signature.to_bytes())
+    }
+
     fn verify_signature(&self) -> Result<(), SignatureError> {
         self.issuer
             .verify(domain::CERTIFICATE, &self.to_be_signed(), &self.signature)

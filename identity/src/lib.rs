@@ -70,3 +70,15 @@ pub use token::{TokenError, TokenKind};
 
 /// Re-exported so callers make age identities with the same version this crate parses.
 pub use age;
+
+/// For `jarvis-bench` only: the raw signed parts of a chain, so a benchmark can verify the same
+/// signatures with ed25519-dalek directly as its reference.
+#[doc(hidden)]
+pub mod bench_support {
+    use crate::cert::CertChain;
+
+    /// `(issuer key bytes, domain-tagged message, signature bytes)` for each certificate.
+    pub fn signed_parts(chain: &CertChain) -> Vec<([u8; 32], Vec<u8>, [u8; 64])> {
+        chain.certs().iter().map(|c| c.signed_parts()).collect()
+    }
+}

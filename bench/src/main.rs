@@ -1,0 +1,88 @@
+//! `jarvis-bench`: benchmarks that measure a reference in the same run (cli.md, "Benchmarks").
+//!
+//! `jarvis-bench list` names them; `jarvis-bench NAME [--quick] [--json]` runs one and prints one
+//! JSON object per figure: `{bench, metric, ours, reference, ratio, goal, unit}`.
+
+mod harness;
+mod identity_verify;
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+use crate::harness::Figure;
+
+/// A benchmark: its name, what it measures, and how to run it.
+struct Bench {
+    name: &'static str,
+    about: &'static str,
+    run: fn(bool) -> Result<Vec<Figure>>,
+}
+
+const BENCHES: &[Bench] = &[Bench {
+    name: identity_verify::NAME,
+    about: "certificate-chain verification vs raw ed25519-dalek on the same signatures",
+    run: identity_verify::run,
+}];
+
+/// Jarvis benchmarks. Each one measures our code and a reference on the same input in the same
+/// run, and reports ours ÷ reference, so figures compare across noisy shared machines.
+#[derive(Debug, Parser)]
+#[command(name = "jarvis-bench", version)]
+struct Args {
+    /// `list`, or the name of a benchmark.
+    name: String,
+    /// Finish in under a minute (fewer, shorter rounds).
+    #[arg(long)]
+    quick: bool,
+    /// One JSON object per figure.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    if args.name == "list" {
+        for bench in BENCHES {
+            if args.json {
+                println!("{}", serde_json::json!({ "bench": bench.name, "about": bench.about }));
+            } else {
+                println!("{:<20} {}", bench.name, bench.about);
+            }
+        }
+        return Ok(());
+    }
+    let Some(bench) = BENCHES.iter().find(|b| b.name == args.name) else {
+        let names: Vec<_> = BENCHES.iter().map(|b| b.name).collect();
+        bail!("no benchmark `{}`; there are: {}", args.name, names.join(", "));
+    };
+    for figure in (bench.run)(args.quick)? {
+        if args.json {
+            println!("{}", serde_json::to_string(&figure)?);
+        } else {
+            println!(
+                "{} {}: ours {:.1} {unit}, reference {} → ratio {} (goal {})",
+                figure.bench,
+                figure.metric,
+                figure.ours,
+                figure
+                    .reference
+                    .map_or("-".to_owned(), |r| format!("{r:.1} {}", figure.unit)),
+                figure.ratio.map_or("-".to_owned(), |r| format!("{r:.3}")),
+                figure.goal.as_deref().unwrap_or("-"),
+                unit = figure.unit,
+            );
+        }
+    }
+    Ok(())
+}

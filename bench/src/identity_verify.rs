@@ -15,7 +15,7 @@ use jarvis_identity::{
     RevocationSet, RevocationTarget, Roles, SecretKey, UnixTime,
 };
 
-use crate::harness::{compare_rates, Budget, Figure};
+use crate::harness::{Budget, Figure, compare_rates};
 
 pub const NAME: &str = "identity-verify";
 
@@ -109,7 +109,10 @@ pub fn run(quick: bool) -> Result<Vec<Figure>> {
         })
     };
     anyhow::ensure!(raw_ok(&f.raw), "the reference signatures do not verify");
-    anyhow::ensure!(f.raw.len() == f.chain.certs().len(), "one signature per certificate");
+    anyhow::ensure!(
+        f.raw.len() == f.chain.certs().len(),
+        "one signature per certificate"
+    );
 
     let (ours, reference) = compare_rates(
         Budget::new(quick),

@@ -8,7 +8,7 @@ mod identity_verify;
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use clap::Parser;
 
 use crate::harness::Figure;
@@ -55,7 +55,10 @@ fn run(args: Args) -> Result<()> {
     if args.name == "list" {
         for bench in BENCHES {
             if args.json {
-                println!("{}", serde_json::json!({ "bench": bench.name, "about": bench.about }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "bench": bench.name, "about": bench.about })
+                );
             } else {
                 println!("{:<20} {}", bench.name, bench.about);
             }
@@ -64,7 +67,11 @@ fn run(args: Args) -> Result<()> {
     }
     let Some(bench) = BENCHES.iter().find(|b| b.name == args.name) else {
         let names: Vec<_> = BENCHES.iter().map(|b| b.name).collect();
-        bail!("no benchmark `{}`; there are: {}", args.name, names.join(", "));
+        bail!(
+            "no benchmark `{}`; there are: {}",
+            args.name,
+            names.join(", ")
+        );
     };
     for figure in (bench.run)(args.quick)? {
         if args.json {

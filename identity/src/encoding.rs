@@ -5,7 +5,7 @@
 //! Because the encoding is canonical, a signature over it is a signature over the value, and the
 //! decoder can reject anything that is not byte-for-byte what the encoder would produce.
 //!
-//! The [`Reader`] never panics and never allocates more than the input it was given: every length
+//! The `Reader` never panics and never allocates more than the input it was given: every length
 //! is checked against both a field maximum and the bytes remaining before anything is copied.
 
 use thiserror::Error;

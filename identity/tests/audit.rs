@@ -1,5 +1,12 @@
 //! The audit log verifies end to end and fails on any single flipped byte.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use jarvis_identity::{
     AuditAction, AuditError, AuditLog, CertKind, CertTemplate, Certificate, Name, RevocationTarget,
     Roles, SecretKey, Serial, UnixTime,

@@ -1,5 +1,12 @@
 //! Certificate chains, invites, pairing and enrolment, end to end at the library boundary.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use jarvis_identity::{
     Bundle, CertChain, CertKind, CertTemplate, Certificate, ChainError, DeviceKeys, EnrolError,
     Invite, JoinRequest, Name, OrgInfo, RequestKind, Revocation, RevocationSet, RevocationTarget,

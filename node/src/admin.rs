@@ -341,14 +341,12 @@ fn enroll(
             "this is a device's pairing request: approve it on one of the user's devices with `jarvis devices approve`"
         ),
     };
-    if let Some(role) = role {
-        if role != label {
-            bail!(
-                "the request asks to be a {}, not a {:?}; check you pasted the right request",
-                request.kind().as_str(),
-                role
-            );
-        }
+    if let Some(role) = role.filter(|r| *r != label) {
+        bail!(
+            "the request asks to be a {}, not a {:?}; check you pasted the right request",
+            request.kind().as_str(),
+            role
+        );
     }
     let name = name
         .map(|n| Name::new(&n))

@@ -2,6 +2,13 @@
 //! homes on disk: init, invite, join, offline pairing, whoami, members, revocation, audit, and
 //! each refusal a user can meet.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

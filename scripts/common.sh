@@ -1,0 +1,62 @@
+# Shared by the scripts: where builds and downloads live (outside the clone, so repeat runs are
+# fast and the clone stays clean), and how to install what is missing.
+# shellcheck shell=bash
+set -euo pipefail
+
+export JARVIS_CACHE="${JARVIS_CACHE:-$HOME/.cache/jarvis}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$JARVIS_CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-auto}"
+mkdir -p "$JARVIS_CACHE"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to run: $*" >&2; return 1; fi
+}
+
+# System packages, by platform. Nothing is needed beyond a C toolchain today; the ML issues add
+# cmake, libclang and ALSA here.
+install_system_packages() {
+  local debian_packages=(build-essential pkg-config)
+  case "$(uname -s)" in
+    Linux)
+      if command -v apt-get >/dev/null; then
+        local missing=()
+        for p in "${debian_packages[@]}"; do
+          dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+        done
+        if [ ${#missing[@]} -gt 0 ]; then
+          say "installing ${missing[*]}"
+          as_root apt-get update -qq
+          as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        fi
+      fi
+      ;;
+    Darwin)
+      xcode-select -p >/dev/null 2>&1 || { say "installing the Xcode command line tools"; xcode-select --install || true; }
+      ;;
+  esac
+}
+
+# A Rust toolchain new enough for edition 2024.
+ensure_rust() {
+  if ! command -v cargo >/dev/null; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null; then
+    say "installing Rust with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  local minor
+  minor=$(rustc --version | sed -E 's/rustc 1\.([0-9]+).*/\1/')
+  if [ "$minor" -lt 88 ]; then
+    echo "Rust 1.88 or newer is needed (found $(rustc --version)); run: rustup update" >&2
+    exit 1
+  fi
+}
+
+ensure_cargo_tool() { # binary crate
+  command -v "$1" >/dev/null || { say "installing $2"; cargo install --locked "$2"; }
+}

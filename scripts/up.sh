@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs a Jarvis node with the embedded defaults: `jarvis up`. With no org joined this is personal
+# mode (a one-person org of this machine). Extra arguments go to `jarvis up`.
+source "$(dirname "$0")/common.sh"
+cd "$(dirname "$0")/.."
+install_system_packages
+ensure_rust
+say "building jarvis (release)"
+cargo build --release --locked -p jarvis-node --bin jarvis
+exec "$CARGO_TARGET_DIR/release/jarvis" up "$@"

@@ -206,6 +206,17 @@ fn init(home: Home, out: Output, org_name: &str) -> Result<()> {
         root: root.public(),
         relays: Vec::new(),
     };
+    let mut log = AuditLog::new(org.root);
+    let entry = log
+        .append(
+            &root,
+            at,
+            AuditAction::OrgCreated {
+                org: org_name.clone(),
+                admin: admin_cert.clone(),
+            },
+        )?
+        .clone();
     home.seal_key(
         KeyFile::Root,
         &KeyMaterial {
@@ -221,16 +232,6 @@ fn init(home: Home, out: Output, org_name: &str) -> Result<()> {
             age: None,
         },
         &passphrase,
-    )?;
-    let root_key = home.unseal_key(KeyFile::Root, &passphrase)?.signing;
-    let mut log = AuditLog::new(org.root);
-    let entry = log.append(
-        &root_key,
-        at,
-        AuditAction::OrgCreated {
-            org: org_name.clone(),
-            admin: admin_cert.clone(),
-        },
     )?;
     home.write_atomic(AUDIT_FILE, &entry.frame(), false)?;
     let state = AdminState {

@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use jarvis_identity::sealed::{self, DEFAULT_WORK_FACTOR, KeyMaterial, MIN_WORK_FACTOR};
 use jarvis_identity::{CertChain, OrgInfo, PublicKey, RevocationSet, UnixTime};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 const STATE_VERSION: u32 = 1;
 
@@ -334,20 +335,20 @@ pub struct Passphrase;
 
 impl Passphrase {
     /// For opening existing keys.
-    pub fn get(purpose: &str) -> Result<String> {
+    pub fn get(purpose: &str) -> Result<Zeroizing<String>> {
         if let Ok(p) = std::env::var("JARVIS_PASSPHRASE") {
-            return Ok(p);
+            return Ok(Zeroizing::new(p));
         }
         Self::prompt(&format!("Passphrase to unlock {purpose}: "))
     }
 
     /// For sealing new keys: asks twice on a terminal.
-    pub fn new_for(purpose: &str) -> Result<String> {
+    pub fn new_for(purpose: &str) -> Result<Zeroizing<String>> {
         if let Ok(p) = std::env::var("JARVIS_PASSPHRASE") {
             if p.is_empty() {
                 bail!("JARVIS_PASSPHRASE is empty; choose a passphrase");
             }
-            return Ok(p);
+            return Ok(Zeroizing::new(p));
         }
         let first = Self::prompt(&format!("New passphrase for {purpose}: "))?;
         if first.is_empty() {
@@ -360,13 +361,15 @@ impl Passphrase {
         Ok(first)
     }
 
-    fn prompt(text: &str) -> Result<String> {
+    fn prompt(text: &str) -> Result<Zeroizing<String>> {
         use std::io::IsTerminal;
         if !std::io::stdin().is_terminal() {
             bail!(
                 "a passphrase is needed but there is no terminal to ask on: set JARVIS_PASSPHRASE"
             );
         }
-        rpassword::prompt_password(text).context("reading the passphrase")
+        rpassword::prompt_password(text)
+            .map(Zeroizing::new)
+            .context("reading the passphrase")
     }
 }

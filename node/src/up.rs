@@ -12,6 +12,7 @@ use jarvis_identity::{
 };
 use serde_json::json;
 use tokio_util_lite::shutdown_signal;
+use zeroize::Zeroizing;
 
 use crate::cli::UpArgs;
 use crate::device::host_name;
@@ -30,10 +31,12 @@ pub fn run(home: Home, out: Output, args: UpArgs) -> Result<()> {
 }
 
 async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
-    let state = if home.exists() {
-        home.load()?
+    // A new personal org was just sealed with a passphrase: do not ask for it twice.
+    let (state, new_passphrase) = if home.exists() {
+        (home.load()?, None)
     } else {
-        create_personal(&home, out, args.user.as_deref())?
+        let (state, passphrase) = create_personal(&home, out, args.user.as_deref())?;
+        (state, Some(passphrase))
     };
     match state.kind {
         HomeKind::Device => {}
@@ -55,7 +58,10 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
             "this home is waiting for its pairing bundle: install it with `jarvis join <bundle>` first"
         );
     };
-    let passphrase = Passphrase::get("this device's keys")?;
+    let passphrase = match new_passphrase {
+        Some(passphrase) => passphrase,
+        None => Passphrase::get("this device's keys")?,
+    };
     let keys = home.unseal_key(KeyFile::Identity, &passphrase)?;
     let revocations = home.revocations(&org.root)?;
     let verified = chain
@@ -102,7 +108,11 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
 }
 
 /// Creates a one-person org in `home`: root, user and device keys, all sealed here.
-fn create_personal(home: &Home, out: Output, user: Option<&str>) -> Result<HomeState> {
+fn create_personal(
+    home: &Home,
+    out: Output,
+    user: Option<&str>,
+) -> Result<(HomeState, Zeroizing<String>)> {
     let user = user
         .map(str::to_owned)
         .or_else(|| std::env::var("USER").ok())
@@ -178,7 +188,7 @@ fn create_personal(home: &Home, out: Output, user: Option<&str>) -> Result<HomeS
     state.user_chain = Some(encode_chain(&user_chain));
     state.personal = true;
     home.save(&state)?;
-    Ok(state)
+    Ok((state, passphrase))
 }
 
 /// Waiting for the signals that mean "stop": Ctrl-C, and SIGTERM from service managers.

@@ -107,3 +107,35 @@ pub fn compare_rates<A, B>(
     }
     (median(ours_rates), median(ref_rates))
 }
+
+/// Times single runs of two long operations, alternating which goes first, `rounds` times each;
+/// returns the median seconds of each.
+pub fn compare_times<A, B>(
+    rounds: usize,
+    mut ours: impl FnMut() -> A,
+    mut reference: impl FnMut() -> B,
+) -> (f64, f64) {
+    let mut time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    };
+    let mut ours_times = Vec::with_capacity(rounds);
+    let mut ref_times = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let mut o = || {
+            std::hint::black_box(ours());
+        };
+        let mut r = || {
+            std::hint::black_box(reference());
+        };
+        if round % 2 == 0 {
+            ours_times.push(time(&mut o));
+            ref_times.push(time(&mut r));
+        } else {
+            ref_times.push(time(&mut r));
+            ours_times.push(time(&mut o));
+        }
+    }
+    (median(ours_times), median(ref_times))
+}

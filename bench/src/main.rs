@@ -3,6 +3,7 @@
 //! `jarvis-bench list` names them; `jarvis-bench NAME [--quick] [--json]` runs one and prints one
 //! JSON object per figure: `{bench, metric, ours, reference, ratio, goal, unit}`.
 
+mod crdt;
 mod harness;
 mod identity_verify;
 
@@ -20,11 +21,23 @@ struct Bench {
     run: fn(bool) -> Result<Vec<Figure>>,
 }
 
-const BENCHES: &[Bench] = &[Bench {
-    name: identity_verify::NAME,
-    about: "certificate-chain verification vs raw ed25519-dalek on the same signatures",
-    run: identity_verify::run,
-}];
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: identity_verify::NAME,
+        about: "certificate-chain verification vs raw ed25519-dalek on the same signatures",
+        run: identity_verify::run,
+    },
+    Bench {
+        name: crdt::SEAL,
+        about: "sealing changes (AEAD + signature + encoding) vs raw AEAD + ed25519 on the same bytes",
+        run: crdt::seal,
+    },
+    Bench {
+        name: crdt::CATCH_UP,
+        about: "an empty device syncing a 100,000-message conversation vs Automerge::load of it",
+        run: crdt::catch_up,
+    },
+];
 
 /// Jarvis benchmarks. Each one measures our code and a reference on the same input in the same
 /// run, and reports ours ÷ reference, so figures compare across noisy shared machines.

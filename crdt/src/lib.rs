@@ -1,6 +1,28 @@
-//! Jarvis conversations: per-user index and per-conversation Automerge documents, sealed with a
-//! per-epoch document key, synced by a sans-IO state machine, stored behind a `Store` trait.
+//! Jarvis conversations: encrypted Automerge documents and the sans-IO sync that moves them.
 //!
-//! Not built yet: this crate is filled by the "Encrypted conversation store and sans-IO sync"
-//! issue. It exists now so the workspace has its final shape and its invariants (no tokio, no
-//! I/O outside the sled store) are checked from the start.
+//! - [`doc`]: the typed document API (conversations, messages streamed as growing text, the
+//!   per-user index) over Automerge.
+//! - [`envelope`]: per-epoch document keys wrapped with age to each device, changes sealed with
+//!   XChaCha20-Poly1305 and signed by their author, encrypted snapshots.
+//! - [`replica`]: one party's holdings over a [`store::Store`]: a device opens and applies what
+//!   it receives; a keyless relay only verifies and stores ciphertext.
+//! - [`sync`]: the per-peer protocol state machine (version vectors, bounded batches, live push,
+//!   resync timer), with no sockets, clocks or threads.
+//! - [`store`]: the `Store` trait, an in-memory store and the sled store: the one module of this
+//!   crate that touches disk.
+//!
+//! See [`sync`] for a runnable example of two devices converging.
+
+pub mod doc;
+pub mod envelope;
+pub mod ids;
+pub mod replica;
+pub mod store;
+pub mod sync;
+
+pub use doc::{ConversationEntry, Doc, DocError, Message, NewMessage, Role, Status};
+pub use envelope::{ChangeHeader, DocKey, EnvelopeError, KeyRecord, SealedChange, SealedSnapshot};
+pub use ids::{DocId, VersionVector};
+pub use replica::{Received, Replica, ReplicaError};
+pub use store::{MemStore, Put, Store, StoreError};
+pub use sync::{HaveKind, Session, SyncMessage};

@@ -46,7 +46,8 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+    /// A field whose bytes decode but whose value is not allowed.
+    pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
         Self::Invalid {
             what,
             reason: reason.into(),
@@ -56,36 +57,36 @@ impl DecodeError {
 
 /// Appends canonical encodings to a buffer.
 #[derive(Default)]
-pub(crate) struct Writer {
+pub struct Writer {
     buf: Vec<u8>,
 }
 
 impl Writer {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self::default()
     }
 
-    pub(crate) fn u8(&mut self, v: u8) -> &mut Self {
+    pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
     }
 
-    pub(crate) fn u16(&mut self, v: u16) -> &mut Self {
+    pub fn u16(&mut self, v: u16) -> &mut Self {
         self.buf.extend_from_slice(&v.to_be_bytes());
         self
     }
 
-    pub(crate) fn u32(&mut self, v: u32) -> &mut Self {
+    pub fn u32(&mut self, v: u32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_be_bytes());
         self
     }
 
-    pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
+    pub fn u64(&mut self, v: u64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_be_bytes());
         self
     }
 
-    pub(crate) fn fixed(&mut self, bytes: &[u8]) -> &mut Self {
+    pub fn fixed(&mut self, bytes: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(bytes);
         self
     }
@@ -93,7 +94,7 @@ impl Writer {
     /// A `u16` length and the bytes. Callers only pass values their types already bounded; a
     /// longer slice is truncated to `u16::MAX`, which the matching reader then rejects, rather
     /// than panicking in an encoder.
-    pub(crate) fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+    pub fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
         let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
         self.u16(len);
         self.buf
@@ -101,23 +102,28 @@ impl Writer {
         self
     }
 
-    pub(crate) fn str(&mut self, s: &str) -> &mut Self {
+    pub fn str(&mut self, s: &str) -> &mut Self {
         self.bytes(s.as_bytes())
     }
 
-    pub(crate) fn finish(self) -> Vec<u8> {
+    pub fn finish(self) -> Vec<u8> {
         self.buf
     }
 }
 
 /// Reads a canonical encoding; see the module documentation for its guarantees.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+    pub fn new(bytes: &'a [u8]) -> Self {
         Self { rest: bytes }
+    }
+
+    /// Exactly `n` raw bytes (the caller has bounded `n`).
+    pub fn take_bytes(&mut self, what: &'static str, n: usize) -> Result<&'a [u8], DecodeError> {
+        self.take(what, n)
     }
 
     fn take(&mut self, what: &'static str, n: usize) -> Result<&'a [u8], DecodeError> {
@@ -133,38 +139,31 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(
-        &mut self,
-        what: &'static str,
-    ) -> Result<[u8; N], DecodeError> {
+    pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
         let bytes = self.take(what, N)?;
         let mut out = [0u8; N];
         out.copy_from_slice(bytes);
         Ok(out)
     }
 
-    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(u8::from_be_bytes(self.array(what)?))
     }
 
-    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array(what)?))
     }
 
-    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array(what)?))
     }
 
-    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array(what)?))
     }
 
     /// A `u16`-length-prefixed byte string of at most `max` bytes.
-    pub(crate) fn bytes(
-        &mut self,
-        what: &'static str,
-        max: usize,
-    ) -> Result<&'a [u8], DecodeError> {
+    pub fn bytes(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = usize::from(self.u16(what)?);
         if len > max {
             return Err(DecodeError::TooLong { what, len, max });
@@ -173,13 +172,13 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-prefixed UTF-8 string of at most `max` bytes.
-    pub(crate) fn str(&mut self, what: &'static str, max: usize) -> Result<&'a str, DecodeError> {
+    pub fn str(&mut self, what: &'static str, max: usize) -> Result<&'a str, DecodeError> {
         let bytes = self.bytes(what, max)?;
         std::str::from_utf8(bytes).map_err(|_| DecodeError::invalid(what, "not UTF-8"))
     }
 
     /// A one-byte version that must equal `supported`.
-    pub(crate) fn version(&mut self, what: &'static str, supported: u8) -> Result<(), DecodeError> {
+    pub fn version(&mut self, what: &'static str, supported: u8) -> Result<(), DecodeError> {
         let version = self.u8(what)?;
         if version != supported {
             return Err(DecodeError::UnknownVersion {
@@ -192,7 +191,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A presence tag for an optional field: 0 absent, 1 present, anything else invalid.
-    pub(crate) fn present(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+    pub fn present(&mut self, what: &'static str) -> Result<bool, DecodeError> {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
@@ -201,7 +200,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Ends decoding: any byte left over is an error.
-    pub(crate) fn finish(self, what: &'static str) -> Result<(), DecodeError> {
+    pub fn finish(self, what: &'static str) -> Result<(), DecodeError> {
         if self.rest.is_empty() {
             Ok(())
         } else {

@@ -24,12 +24,12 @@ pub(crate) mod domain {
     pub const AUDIT: &[u8] = b"jarvis/audit-entry/v1\0";
 }
 
-/// Fills `buf` from the operating system's random source.
+/// Random bytes from the operating system's random source.
 ///
 /// # Panics
 /// Only if the OS has no entropy source at all, in which case no key can be made safely.
 #[allow(clippy::expect_used)]
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
     getrandom::fill(&mut buf).expect("the operating system's random source failed");
     buf
@@ -68,7 +68,7 @@ impl PublicKey {
     }
 
     /// Verifies `signature` over `domain || message` with strict (non-malleable) ed25519.
-    pub(crate) fn verify(
+    pub fn verify(
         self,
         domain: &[u8],
         message: &[u8],
@@ -93,11 +93,11 @@ impl PublicKey {
         out
     }
 
-    pub(crate) fn write(self, w: &mut Writer) {
+    pub fn write(self, w: &mut Writer) {
         w.fixed(&self.0);
     }
 
-    pub(crate) fn read(r: &mut Reader<'_>, what: &'static str) -> Result<Self, DecodeError> {
+    pub fn read(r: &mut Reader<'_>, what: &'static str) -> Result<Self, DecodeError> {
         let bytes = r.array::<32>(what)?;
         Self::from_bytes(bytes).map_err(|_| DecodeError::invalid(what, "not a valid ed25519 point"))
     }
@@ -139,11 +139,11 @@ impl FromStr for PublicKey {
 pub struct Signature([u8; 64]);
 
 impl Signature {
-    pub(crate) fn write(&self, w: &mut Writer) {
+    pub fn write(&self, w: &mut Writer) {
         w.fixed(&self.0);
     }
 
-    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    pub fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self(r.array::<64>("signature")?))
     }
 
@@ -152,7 +152,7 @@ impl Signature {
     }
 
     /// Wraps bytes without checking them; they are checked when verified.
-    pub(crate) fn from_bytes_unchecked(bytes: [u8; 64]) -> Self {
+    pub fn from_bytes_unchecked(bytes: [u8; 64]) -> Self {
         Self(bytes)
     }
 }
@@ -197,7 +197,9 @@ impl SecretKey {
         PublicKey(self.0.verifying_key().to_bytes())
     }
 
-    pub(crate) fn sign(&self, domain: &[u8], message: &[u8]) -> Signature {
+    /// Signs `domain || message`. `domain` must be a tag no other use shares, ending in a NUL
+    /// byte (see the tags in this module and in `jarvis-crdt`).
+    pub fn sign(&self, domain: &[u8], message: &[u8]) -> Signature {
         let mut signed = Vec::with_capacity(domain.len() + message.len());
         signed.extend_from_slice(domain);
         signed.extend_from_slice(message);

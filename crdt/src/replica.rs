@@ -1,0 +1,385 @@
+//! A replica: the sans-IO holder of one party's sealed data, over a [`Store`].
+//!
+//! A **device** replica holds the device's keys, opens what it receives, and applies it to its
+//! [`Doc`]s; local edits are sealed and stored before they are offered to peers. A **keyless**
+//! replica (the relay) verifies signatures and stores ciphertext, and can never open anything.
+//! Both answer the sync protocol the same way ([`crate::sync`]).
+
+use std::collections::{BTreeSet, HashMap};
+
+use jarvis_identity::{PublicKey, SecretKey};
+use thiserror::Error;
+
+use crate::doc::{Doc, DocError};
+use crate::envelope::{
+    ChangeHeader, DocKey, EnvelopeError, KeyRecord, Keyring, SealedChange, SealedSnapshot,
+};
+use crate::ids::{DocId, VersionVector};
+use crate::store::{Put, Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Doc(#[from] DocError),
+    #[error("{0} is not one of this user's devices: its changes are refused")]
+    Unauthorized(PublicKey),
+    #[error("this replica holds no keys (a relay): it cannot {0}")]
+    Keyless(&'static str),
+    #[error("document {0} is not open on this device")]
+    UnknownDoc(DocId),
+    #[error("no key for document {0}: it cannot be edited here")]
+    NoKey(DocId),
+}
+
+/// What receiving did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Newly stored changes, to fan out to other peers.
+    pub stored: Vec<SealedChange>,
+    /// Documents whose readable content changed (device replicas only).
+    pub changed: BTreeSet<DocId>,
+}
+
+struct DeviceKeys {
+    key: SecretKey,
+    age: age::x25519::Identity,
+    keyrings: HashMap<DocId, Keyring>,
+    docs: HashMap<DocId, Doc>,
+    /// What has been applied to each `Doc`: everything in the store up to this vector.
+    applied: HashMap<DocId, VersionVector>,
+}
+
+pub struct Replica<S: Store> {
+    store: S,
+    device: Option<DeviceKeys>,
+    /// The keys allowed to write (the user's current devices); `None` accepts any signer, for
+    /// callers that check membership before handing changes over.
+    writers: Option<BTreeSet<PublicKey>>,
+}
+
+impl<S: Store> Replica<S> {
+    /// A device's replica.
+    pub fn device(store: S, key: SecretKey, age: age::x25519::Identity) -> Self {
+        Self {
+            store,
+            device: Some(DeviceKeys {
+                key,
+                age,
+                keyrings: HashMap::new(),
+                docs: HashMap::new(),
+                applied: HashMap::new(),
+            }),
+            writers: None,
+        }
+    }
+
+    /// Reopens a device's replica from its store (after a restart): unwraps every key it is a
+    /// recipient of, loads snapshots and applies every stored change it can open.
+    pub fn open_device(
+        store: S,
+        key: SecretKey,
+        age: age::x25519::Identity,
+    ) -> Result<Self, ReplicaError> {
+        let mut replica = Self::device(store, key, age);
+        for doc in replica.store.docs()? {
+            let keys = replica.store.keys(doc)?;
+            replica.receive_keys(&keys)?;
+            if let Some(snapshot) = replica.store.snapshot(doc)? {
+                replica.receive_snapshot(&snapshot)?;
+            }
+            replica.catch_up(doc)?;
+        }
+        Ok(replica)
+    }
+
+    /// A relay's replica: stores and forwards ciphertext, holds no keys.
+    pub fn keyless(store: S) -> Self {
+        Self {
+            store,
+            device: None,
+            writers: None,
+        }
+    }
+
+    /// Restricts who may write to the given device keys (from verified certificate chains).
+    pub fn set_writers(&mut self, writers: impl IntoIterator<Item = PublicKey>) {
+        self.writers = Some(writers.into_iter().collect());
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn device_key(&self) -> Option<PublicKey> {
+        self.device.as_ref().map(|d| d.key.public())
+    }
+
+    pub fn docs(&self) -> Result<Vec<DocId>, ReplicaError> {
+        Ok(self.store.docs()?)
+    }
+
+    pub fn vector(&self, doc: DocId) -> Result<VersionVector, ReplicaError> {
+        Ok(self.store.vector(doc)?)
+    }
+
+    /// A readable document (device replicas).
+    pub fn doc(&self, id: DocId) -> Option<&Doc> {
+        self.device.as_ref().and_then(|d| d.docs.get(&id))
+    }
+
+    fn device_mut(&mut self, what: &'static str) -> Result<&mut DeviceKeys, ReplicaError> {
+        self.device.as_mut().ok_or(ReplicaError::Keyless(what))
+    }
+
+    fn check_writer(&self, key: &PublicKey) -> Result<(), ReplicaError> {
+        match &self.writers {
+            Some(writers) if !writers.contains(key) => Err(ReplicaError::Unauthorized(*key)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates a document on this device: epoch 0's key wrapped to `recipients` (every device of
+    /// the user, this one included), and the document's first change. Returns what to send.
+    pub fn create(
+        &mut self,
+        make: impl FnOnce(&PublicKey) -> Result<Doc, DocError>,
+        recipients: &[age::x25519::Recipient],
+    ) -> Result<(DocId, KeyRecord, SealedChange), ReplicaError> {
+        let id = DocId::random();
+        let device = self.device_mut("create documents")?;
+        let key = DocKey::generate();
+        let record = KeyRecord::wrap(id, 0, &key, recipients, &device.key)?;
+        let mut doc = make(&device.key.public())?;
+        device.keyrings.entry(id).or_default().insert(0, key);
+        let (seq, bytes) = doc
+            .last_local_change()
+            .ok_or(DocError::Missing("first change"))?;
+        device.docs.insert(id, doc);
+        self.store.put_key(&record)?;
+        let sealed = self.seal_local(id, seq, &bytes)?;
+        Ok((id, record, sealed))
+    }
+
+    /// Makes one local edit to `doc` and returns the sealed change, already stored durably.
+    pub fn edit(
+        &mut self,
+        id: DocId,
+        edit: impl FnOnce(&mut Doc, &PublicKey) -> Result<(), DocError>,
+    ) -> Result<SealedChange, ReplicaError> {
+        let device = self.device_mut("edit")?;
+        let me = device.key.public();
+        let doc = device
+            .docs
+            .get_mut(&id)
+            .ok_or(ReplicaError::UnknownDoc(id))?;
+        if device
+            .keyrings
+            .get(&id)
+            .and_then(Keyring::current)
+            .is_none()
+        {
+            return Err(ReplicaError::NoKey(id));
+        }
+        edit(doc, &me)?;
+        let (seq, bytes) = doc
+            .last_local_change()
+            .ok_or(DocError::Missing("local change"))?;
+        self.seal_local(id, seq, &bytes)
+    }
+
+    fn seal_local(
+        &mut self,
+        id: DocId,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<SealedChange, ReplicaError> {
+        let device = self.device_mut("seal")?;
+        let (epoch, key) = device
+            .keyrings
+            .get(&id)
+            .and_then(Keyring::current)
+            .ok_or(ReplicaError::NoKey(id))?;
+        let header = ChangeHeader {
+            doc: id,
+            actor: device.key.public(),
+            seq,
+            epoch,
+        };
+        let sealed = SealedChange::seal(header, bytes, key, &device.key)?;
+        device.applied.entry(id).or_default().set(header.actor, seq);
+        self.store.put_change(&sealed)?;
+        Ok(sealed)
+    }
+
+    /// Starts a new key epoch for `doc`, wrapped only to `recipients` (the user's devices minus a
+    /// revoked one). Everything sealed from now on is unreadable to devices left out.
+    pub fn rotate(
+        &mut self,
+        id: DocId,
+        recipients: &[age::x25519::Recipient],
+    ) -> Result<KeyRecord, ReplicaError> {
+        let device = self.device_mut("rotate keys")?;
+        let next = device
+            .keyrings
+            .get(&id)
+            .and_then(Keyring::current)
+            .map_or(0, |(e, _)| e + 1);
+        let key = DocKey::generate();
+        let record = KeyRecord::wrap(id, next, &key, recipients, &device.key)?;
+        device.keyrings.entry(id).or_default().insert(next, key);
+        self.store.put_key(&record)?;
+        Ok(record)
+    }
+
+    /// A sealed snapshot of `doc` as this device has it, stored and returned.
+    pub fn snapshot(&mut self, id: DocId) -> Result<SealedSnapshot, ReplicaError> {
+        let device = self.device_mut("make snapshots")?;
+        let doc = device
+            .docs
+            .get_mut(&id)
+            .ok_or(ReplicaError::UnknownDoc(id))?;
+        let (epoch, key) = device
+            .keyrings
+            .get(&id)
+            .and_then(Keyring::current)
+            .ok_or(ReplicaError::NoKey(id))?;
+        let vector = device.applied.get(&id).cloned().unwrap_or_default();
+        let saved = doc.save();
+        let snapshot = SealedSnapshot::seal(id, epoch, vector, &saved, key, &device.key)?;
+        self.store.put_snapshot(&snapshot)?;
+        Ok(snapshot)
+    }
+
+    /// Receives changes from a peer: verifies, stores durably, and (on a device) opens and
+    /// applies what it can. Changes that would leave a gap are dropped; the peer resends them.
+    pub fn receive_changes(&mut self, changes: &[SealedChange]) -> Result<Received, ReplicaError> {
+        let mut sorted: Vec<&SealedChange> = changes.iter().collect();
+        sorted.sort_by_key(|c| (c.header().doc, c.header().actor, c.header().seq));
+        let mut received = Received::default();
+        for change in sorted {
+            change.verify()?;
+            self.check_writer(&change.header().actor)?;
+            if self.store.put_change(change)? == Put::Stored {
+                received.stored.push(change.clone());
+            }
+        }
+        let docs: BTreeSet<DocId> = received.stored.iter().map(|c| c.header().doc).collect();
+        for doc in docs {
+            if self.catch_up(doc)? {
+                received.changed.insert(doc);
+            }
+        }
+        Ok(received)
+    }
+
+    /// Receives key records: stored on every replica, unwrapped on a device that is a recipient.
+    pub fn receive_keys(&mut self, records: &[KeyRecord]) -> Result<Received, ReplicaError> {
+        let mut received = Received::default();
+        for record in records {
+            record.verify()?;
+            self.check_writer(&record.author)?;
+            let new = self.store.put_key(record)?;
+            if let Some(device) = self.device.as_mut() {
+                let known = device
+                    .keyrings
+                    .get(&record.doc)
+                    .is_some_and(|k| k.get(record.epoch).is_some());
+                if !known {
+                    match record.unwrap_key(&device.age) {
+                        Ok(key) => device
+                            .keyrings
+                            .entry(record.doc)
+                            .or_default()
+                            .insert(record.epoch, key),
+                        // Not a recipient: a later epoch this device was left out of.
+                        Err(EnvelopeError::NotARecipient { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                    if self.catch_up(record.doc)? {
+                        received.changed.insert(record.doc);
+                    }
+                }
+            }
+            let _ = new;
+        }
+        Ok(received)
+    }
+
+    /// Receives a snapshot: stored; on a device, loaded if it covers more than the device has.
+    pub fn receive_snapshot(
+        &mut self,
+        snapshot: &SealedSnapshot,
+    ) -> Result<Received, ReplicaError> {
+        snapshot.verify()?;
+        self.check_writer(&snapshot.author)?;
+        let mut received = Received::default();
+        self.store.put_snapshot(snapshot)?;
+        if let Some(device) = self.device.as_mut() {
+            let applied = device.applied.entry(snapshot.doc).or_default();
+            if !applied.dominates(&snapshot.vector) {
+                let key = device
+                    .keyrings
+                    .get(&snapshot.doc)
+                    .and_then(|k| k.get(snapshot.epoch))
+                    .ok_or(EnvelopeError::NoKey {
+                        doc: snapshot.doc,
+                        epoch: snapshot.epoch,
+                    })?;
+                let saved = snapshot.open(key)?;
+                let me = device.key.public();
+                let mut loaded = Doc::load(&me, &saved)?;
+                match device.docs.get_mut(&snapshot.doc) {
+                    Some(existing) => existing.merge(&mut loaded)?,
+                    None => {
+                        device.docs.insert(snapshot.doc, loaded);
+                    }
+                }
+                applied.merge(&snapshot.vector);
+                received.changed.insert(snapshot.doc);
+            }
+        }
+        if self.catch_up(snapshot.doc)? {
+            received.changed.insert(snapshot.doc);
+        }
+        Ok(received)
+    }
+
+    /// Applies to the device's document every stored change past what it has applied, actor by
+    /// actor, stopping at the first change whose epoch key this device lacks. Returns whether
+    /// anything was applied.
+    fn catch_up(&mut self, id: DocId) -> Result<bool, ReplicaError> {
+        let Some(device) = self.device.as_mut() else {
+            return Ok(false);
+        };
+        let held = self.store.vector(id)?;
+        let applied = device.applied.entry(id).or_default();
+        let me = device.key.public();
+        let doc = device.docs.entry(id).or_insert_with(|| Doc::empty(&me));
+        let mut any = false;
+        for (actor, top) in held.iter() {
+            let mut next = applied.get(actor) + 1;
+            while next <= *top {
+                let Some(change) = self.store.change(id, actor, next)? else {
+                    break;
+                };
+                let Some(key) = device
+                    .keyrings
+                    .get(&id)
+                    .and_then(|k| k.get(change.header().epoch))
+                else {
+                    break;
+                };
+                let bytes = change.open(key)?;
+                doc.apply(actor, next, &bytes)?;
+                applied.set(*actor, next);
+                any = true;
+                next += 1;
+            }
+        }
+        Ok(any)
+    }
+}

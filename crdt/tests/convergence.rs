@@ -1,0 +1,241 @@
+//! Convergence: devices and a keyless relay, random edits, random delivery order, duplication
+//! and loss (recovered by the resync timer), always end with identical documents.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Net, devices};
+use jarvis_crdt::{Doc, DocId, MemStore, NewMessage, Role, Status};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append {
+        device: usize,
+        text: String,
+    },
+    Stream {
+        device: usize,
+        pick: usize,
+        chunk: String,
+    },
+    Finish {
+        device: usize,
+        pick: usize,
+    },
+    Deliver {
+        pick: usize,
+    },
+    Drop {
+        pick: usize,
+    },
+    Duplicate {
+        pick: usize,
+    },
+    Tick,
+}
+
+fn op(n_devices: usize) -> impl Strategy<Value = Op> {
+    let d = 1..=n_devices;
+    prop_oneof![
+        3 => (d.clone(), "[a-z ]{0,12}").prop_map(|(device, text)| Op::Append { device, text }),
+        4 => (d.clone(), any::<usize>(), "[a-z ]{1,6}")
+            .prop_map(|(device, pick, chunk)| Op::Stream { device, pick, chunk }),
+        1 => (d, any::<usize>()).prop_map(|(device, pick)| Op::Finish { device, pick }),
+        8 => any::<usize>().prop_map(|pick| Op::Deliver { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::Drop { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::Duplicate { pick }),
+        1 => Just(Op::Tick),
+    ]
+}
+
+/// The ids of the messages `device` can see, if the conversation reached it.
+fn message_ids(net: &Net<MemStore>, device: usize, doc: DocId) -> Option<Vec<String>> {
+    let d = net.nodes[device].replica.doc(doc)?;
+    d.messages()
+        .ok()
+        .map(|m| m.into_iter().map(|m| m.id).collect())
+}
+
+fn edit(
+    net: &mut Net<MemStore>,
+    device: usize,
+    doc: DocId,
+    f: impl FnOnce(&mut Doc, &jarvis_identity::PublicKey) -> Result<(), jarvis_crdt::DocError>,
+) {
+    let change = net.nodes[device].replica.edit(doc, f).unwrap();
+    net.fan_out(device, None, &[change]);
+}
+
+fn run(n_devices: usize, ops: Vec<Op>) {
+    let setups = devices(n_devices);
+    let recipients: Vec<_> = setups.iter().map(|s| s.age.to_public()).collect();
+    let mut net = Net::star(setups);
+    let (doc, key, first) = net.nodes[1]
+        .replica
+        .create(|me| Doc::create_conversation(me, "chat", 0), &recipients)
+        .unwrap();
+    net.start();
+    net.fan_out_key(1, &key);
+    net.fan_out(1, None, &[first]);
+    let mut counter = 0i64;
+    let mut appended = 0usize;
+
+    for op in ops {
+        counter += 1;
+        match op {
+            Op::Append { device, text } => {
+                // A device can only edit once the conversation's creation has reached it.
+                if message_ids(&net, device, doc).is_none() {
+                    continue;
+                }
+                let id = format!("m{device}-{counter}");
+                appended += 1;
+                edit(&mut net, device, doc, |d, me| {
+                    d.append(
+                        NewMessage {
+                            id: &id,
+                            role: Role::User,
+                            text: &text,
+                            status: Status::Streaming,
+                            now_ms: counter,
+                        },
+                        me,
+                    )
+                });
+            }
+            Op::Stream {
+                device,
+                pick,
+                chunk,
+            } => {
+                let Some(ids) = message_ids(&net, device, doc).filter(|i| !i.is_empty()) else {
+                    continue;
+                };
+                let id = ids[pick % ids.len()].clone();
+                edit(&mut net, device, doc, |d, _| d.stream(&id, &chunk, counter));
+            }
+            Op::Finish { device, pick } => {
+                let Some(ids) = message_ids(&net, device, doc).filter(|i| !i.is_empty()) else {
+                    continue;
+                };
+                let id = ids[pick % ids.len()].clone();
+                let timings =
+                    BTreeMap::from([("end_of_speech_to_first_token".to_owned(), counter as u64)]);
+                edit(&mut net, device, doc, |d, _| {
+                    d.finish(&id, Status::Done, Some("smollm2"), &timings, counter)
+                });
+            }
+            Op::Deliver { pick } if !net.queue.is_empty() => {
+                let i = pick % net.queue.len();
+                net.deliver(i);
+            }
+            Op::Drop { pick } if !net.queue.is_empty() => {
+                let i = pick % net.queue.len();
+                net.queue.remove(i);
+            }
+            Op::Duplicate { pick } if !net.queue.is_empty() => {
+                let i = pick % net.queue.len();
+                let copy = net.queue[i].clone();
+                net.queue.push_back(copy);
+            }
+            Op::Tick => net.tick(),
+            _ => {}
+        }
+    }
+
+    // The network heals: no more loss; the resync timer recovers whatever was dropped.
+    net.settle();
+
+    let relay_vector = net.nodes[0].replica.vector(doc).unwrap();
+    let mut reference: Option<(Vec<automerge::ChangeHash>, Vec<jarvis_crdt::Message>)> = None;
+    for device in 1..=n_devices {
+        assert_eq!(
+            net.nodes[device].replica.vector(doc).unwrap(),
+            relay_vector,
+            "device {device} holds different changes than the relay"
+        );
+        let mut d = net.nodes[device]
+            .replica
+            .doc(doc)
+            .expect("document reached every device")
+            .clone();
+        let state = (d.heads(), d.messages().unwrap());
+        match &reference {
+            None => reference = Some(state),
+            Some(r) => assert_eq!(&state, r, "device {device} diverged"),
+        }
+    }
+    // Every message appended anywhere made it everywhere, exactly once.
+    let messages = reference.expect("at least one device").1;
+    assert_eq!(messages.len(), appended);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn replicas_converge(n in 2usize..=4, ops in proptest::collection::vec(op(4), 0..60)) {
+        let ops = ops.into_iter().map(|o| match o {
+            Op::Append { device, text } => Op::Append { device: 1 + (device - 1) % n, text },
+            Op::Stream { device, pick, chunk } => Op::Stream { device: 1 + (device - 1) % n, pick, chunk },
+            Op::Finish { device, pick } => Op::Finish { device: 1 + (device - 1) % n, pick },
+            other => other,
+        }).collect();
+        run(n, ops);
+    }
+}
+
+#[test]
+fn a_long_streamed_answer_arrives_whole_through_the_relay() {
+    let setups = devices(2);
+    let recipients: Vec<_> = setups.iter().map(|s| s.age.to_public()).collect();
+    let mut net = Net::star(setups);
+    // Only the relay path: drop the direct link.
+    net.nodes[1].sessions.remove(&2);
+    net.nodes[2].sessions.remove(&1);
+    let (doc, key, first) = net.nodes[1]
+        .replica
+        .create(|me| Doc::create_conversation(me, "q", 0), &recipients)
+        .unwrap();
+    net.start();
+    net.fan_out_key(1, &key);
+    net.fan_out(1, None, &[first]);
+    net.drain();
+    edit(&mut net, 1, doc, |d, me| {
+        d.append(
+            NewMessage {
+                id: "a",
+                role: Role::Assistant,
+                text: "",
+                status: Status::Streaming,
+                now_ms: 1,
+            },
+            me,
+        )
+    });
+    let words: Vec<String> = (0..2000).map(|i| format!("w{i} ")).collect();
+    for (i, w) in words.iter().enumerate() {
+        edit(&mut net, 1, doc, |d, _| d.stream("a", w, i as i64));
+        // The other device sees the answer grow while it streams.
+        if i % 500 == 0 {
+            net.drain();
+            let seen = net.nodes[2].replica.doc(doc).unwrap().messages().unwrap()[0]
+                .text
+                .clone();
+            assert_eq!(seen, words[..=i].concat());
+        }
+    }
+    net.settle();
+    let m = &net.nodes[2].replica.doc(doc).unwrap().messages().unwrap()[0];
+    assert_eq!(m.text, words.concat());
+    assert_eq!(m.status, Status::Streaming);
+}

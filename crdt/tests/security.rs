@@ -1,0 +1,289 @@
+//! What the encryption promises: a revoked device reads nothing sealed after its revocation; a
+//! keyless relay's store holds no plaintext; altered, replayed, misdirected and wrongly-keyed
+//! changes are refused.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::{Net, devices};
+use jarvis_crdt::envelope::{ChangeHeader, DocKey, EnvelopeError};
+use jarvis_crdt::store::sled::SledStore;
+use jarvis_crdt::{
+    Doc, MemStore, NewMessage, Replica, ReplicaError, Role, SealedChange, Status, Store,
+    SyncMessage,
+};
+use jarvis_identity::SecretKey;
+
+fn say(
+    replica: &mut Replica<MemStore>,
+    doc: jarvis_crdt::DocId,
+    id: &str,
+    text: &str,
+) -> SealedChange {
+    replica
+        .edit(doc, |d, me| {
+            d.append(
+                NewMessage {
+                    id,
+                    role: Role::User,
+                    text,
+                    status: Status::Done,
+                    now_ms: 1,
+                },
+                me,
+            )
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_revoked_device_reads_nothing_sealed_after_revocation() {
+    let [a, b, c]: [_; 3] = devices(3).try_into().ok().unwrap();
+    let all = [a.age.to_public(), b.age.to_public(), c.age.to_public()];
+    let c_age = c.age.clone();
+    let mut ra = Replica::device(MemStore::new(), a.key, a.age);
+    let mut rb = Replica::device(MemStore::new(), b.key, b.age);
+    let mut rc = Replica::device(MemStore::new(), c.key, c.age);
+
+    let (doc, key0, first) = ra
+        .create(|me| Doc::create_conversation(me, "t", 0), &all)
+        .unwrap();
+    let before = say(&mut ra, doc, "1", "before revocation");
+    for r in [&mut rb, &mut rc] {
+        r.receive_keys(&[key0.clone()]).unwrap();
+        r.receive_changes(&[first.clone(), before.clone()]).unwrap();
+    }
+    assert_eq!(
+        rc.doc(doc).unwrap().messages().unwrap()[0].text,
+        "before revocation"
+    );
+
+    // C is revoked: A starts epoch 1, wrapped to A and B only.
+    let key1 = ra.rotate(doc, &all[..2]).unwrap();
+    let secrets = ["the new plan", "launch on tuesday", "password is swordfish"];
+    let after: Vec<SealedChange> = secrets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| say(&mut ra, doc, &format!("s{i}"), s))
+        .collect();
+    assert!(after.iter().all(|c| c.header().epoch == 1));
+
+    // C is given every ciphertext produced after its revocation, and the new key record.
+    assert!(matches!(
+        key1.unwrap_key(&c_age),
+        Err(EnvelopeError::NotARecipient { .. })
+    ));
+    rc.receive_keys(&[key1.clone()]).unwrap();
+    rc.receive_changes(&after).unwrap();
+    let c_view = rc.doc(doc).unwrap().messages().unwrap();
+    assert_eq!(c_view.len(), 1, "C applied nothing new");
+    // No key C has opens any of them.
+    let old_key = key0.unwrap_key(&c_age).unwrap();
+    for change in &after {
+        assert!(matches!(change.open(&old_key), Err(EnvelopeError::Decrypt)));
+    }
+
+    // B, still a member, reads everything.
+    rb.receive_keys(&[key1]).unwrap();
+    rb.receive_changes(&after).unwrap();
+    let texts: Vec<String> = rb
+        .doc(doc)
+        .unwrap()
+        .messages()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "before revocation",
+            "the new plan",
+            "launch on tuesday",
+            "password is swordfish"
+        ]
+    );
+}
+
+#[test]
+fn the_relay_store_holds_no_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    // The relay and both devices use real sled stores on disk.
+    let [a, b]: [_; 2] = devices(2).try_into().ok().unwrap();
+    let relay = SledStore::open(&dir.path().join("relay")).unwrap();
+    let device_b = SledStore::open(&dir.path().join("device-b")).unwrap();
+    let recipients_ab = [a.age.to_public(), b.age.to_public()];
+    let mut net: Net<SledStore> = Net {
+        nodes: vec![
+            common::Node {
+                replica: Replica::keyless(relay),
+                sessions: Default::default(),
+            },
+            common::Node {
+                replica: Replica::device(
+                    SledStore::open(&dir.path().join("device-a")).unwrap(),
+                    a.key,
+                    a.age,
+                ),
+                sessions: Default::default(),
+            },
+            common::Node {
+                replica: Replica::device(device_b, b.key, b.age),
+                sessions: Default::default(),
+            },
+        ],
+        queue: Default::default(),
+        now_ms: 0,
+    };
+    net.link(0, 1);
+    net.link(0, 2);
+    let (doc, key, first) = net.nodes[1]
+        .replica
+        .create(
+            |me| Doc::create_conversation(me, "Top secret title", 0),
+            &recipients_ab,
+        )
+        .unwrap();
+    net.start();
+    net.fan_out_key(1, &key);
+    net.fan_out(1, None, &[first]);
+    let secret = "the quarterly numbers are 4711";
+    let change = net.nodes[1]
+        .replica
+        .edit(doc, |d, me| {
+            d.append(
+                NewMessage {
+                    id: "x",
+                    role: Role::User,
+                    text: secret,
+                    status: Status::Done,
+                    now_ms: 1,
+                },
+                me,
+            )
+        })
+        .unwrap();
+    net.fan_out(1, None, &[change]);
+    net.settle();
+
+    // Device B got it through the relay...
+    assert_eq!(
+        net.nodes[2].replica.doc(doc).unwrap().messages().unwrap()[0].text,
+        secret
+    );
+    assert!(net.nodes[0].replica.store().stored_bytes().unwrap() > 0);
+    drop(net);
+
+    // ...and no file the relay or either device wrote contains the text or the title.
+    let mut files = Vec::new();
+    #[allow(clippy::items_after_statements)]
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out)
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    // A canary proves the search finds plaintext that sled does hold.
+    {
+        let canary = sled::open(dir.path().join("canary")).unwrap();
+        canary.insert(b"k", secret.as_bytes()).unwrap();
+        canary.flush().unwrap();
+    }
+    walk(dir.path(), &mut files);
+    let (canary, files): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|f| f.starts_with(dir.path().join("canary")));
+    assert!(
+        canary.iter().any(|f| {
+            let bytes = std::fs::read(f).unwrap();
+            bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
+        }),
+        "the search cannot see plaintext in a sled file"
+    );
+    assert!(files.len() > 3);
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        for needle in [
+            secret.as_bytes(),
+            b"Top secret title".as_slice(),
+            b"4711".as_slice(),
+        ] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds plaintext",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn altered_replayed_and_wrongly_keyed_changes_are_refused() {
+    let [a, b]: [_; 2] = devices(2).try_into().ok().unwrap();
+    let all = [a.age.to_public(), b.age.to_public()];
+    let a_pub = a.key.public();
+    let mut ra = Replica::device(MemStore::new(), a.key, a.age);
+    let mut rb = Replica::device(MemStore::new(), b.key, b.age);
+    let (doc, key, first) = ra
+        .create(|me| Doc::create_conversation(me, "t", 0), &all)
+        .unwrap();
+    rb.receive_keys(&[key]).unwrap();
+
+    // A flipped byte anywhere is refused (bad signature or malformed), never a panic.
+    let bytes = first.encode();
+    for i in (0..bytes.len()).step_by(7) {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x40;
+        if let Ok(change) = SealedChange::decode(&bad) {
+            assert!(
+                rb.receive_changes(&[change]).is_err(),
+                "flipped byte {i} accepted"
+            );
+        }
+    }
+    // Truncated and oversized.
+    assert!(SealedChange::decode(&bytes[..bytes.len() - 1]).is_err());
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(SealedChange::decode(&longer).is_err());
+    assert!(SyncMessage::decode(&vec![1u8; jarvis_crdt::sync::MAX_MESSAGE_BYTES + 1]).is_err());
+
+    // A change replayed under another sequence number or document fails to open: the header is
+    // bound to the ciphertext, and re-signing needs the author's key.
+    let stranger = SecretKey::generate();
+    let forged_key = DocKey::generate();
+    let forged = SealedChange::seal(
+        ChangeHeader {
+            doc,
+            actor: stranger.public(),
+            seq: 1,
+            epoch: 0,
+        },
+        b"not automerge",
+        &forged_key,
+        &stranger,
+    )
+    .unwrap();
+    rb.set_writers([a_pub]);
+    assert!(matches!(
+        rb.receive_changes(&[forged]),
+        Err(ReplicaError::Unauthorized(_))
+    ));
+
+    // The real change applies; delivering it again is a no-op.
+    let got = rb.receive_changes(&[first.clone()]).unwrap();
+    assert_eq!(got.stored.len(), 1);
+    let again = rb.receive_changes(&[first]).unwrap();
+    assert!(again.stored.is_empty());
+    assert_eq!(rb.doc(doc).unwrap().title().unwrap(), "t");
+}

@@ -40,30 +40,34 @@ pub fn seal(quick: bool) -> Result<Vec<Figure>> {
     let raw_key = [7u8; 32];
     let raw_cipher = XChaCha20Poly1305::new((&raw_key).into());
     let raw_signer = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
-    let mut i = 0usize;
-    let mut j = 0usize;
+    let mut ours_input = payloads.iter().enumerate().cycle();
+    let mut reference_input = payloads.iter().cycle();
     let (ours, reference) = compare_rates(
         Budget::new(quick),
         || {
-            i = (i + 1) % payloads.len();
+            let Some((i, payload)) = ours_input.next() else {
+                return 0;
+            };
             let header = ChangeHeader {
                 doc,
                 actor: author.public(),
                 seq: i as u64 + 1,
                 epoch: 0,
             };
-            SealedChange::seal(header, &payloads[i], &key, &author)
+            SealedChange::seal(header, payload, &key, &author)
                 .map(|c| c.encode().len())
                 .unwrap_or(0)
         },
         || {
-            j = (j + 1) % payloads.len();
+            let Some(payload) = reference_input.next() else {
+                return 0;
+            };
             let nonce: [u8; 24] = jarvis_identity::keys::random_bytes();
             let ciphertext = raw_cipher
                 .encrypt(
                     XNonce::from_slice(&nonce),
                     Payload {
-                        msg: &payloads[j],
+                        msg: payload,
                         aad: &doc.0,
                     },
                 )
@@ -83,14 +87,17 @@ pub fn seal(quick: bool) -> Result<Vec<Figure>> {
 }
 
 /// A device with a conversation of `messages` messages and a snapshot of it.
-fn long_conversation(
-    messages: usize,
-) -> Result<(
-    Replica<MemStore>,
-    DocId,
-    Vec<age::x25519::Identity>,
-    Vec<u8>,
-)> {
+struct LongConversation {
+    /// The device that has it, with its snapshot stored.
+    device: Replica<MemStore>,
+    doc: DocId,
+    /// The age identity of the empty device that will catch up (a recipient of the key).
+    newcomer: age::x25519::Identity,
+    /// The plain `Automerge::save` of the same document: the reference's input.
+    saved: Vec<u8>,
+}
+
+fn long_conversation(messages: usize) -> Result<LongConversation> {
     let a_age = age::x25519::Identity::generate();
     let b_age = age::x25519::Identity::generate();
     let recipients = [a_age.to_public(), b_age.to_public()];
@@ -122,7 +129,12 @@ fn long_conversation(
         .context("the conversation is open")?
         .clone()
         .save();
-    Ok((a, doc, vec![b_age], saved))
+    Ok(LongConversation {
+        device: a,
+        doc,
+        newcomer: b_age,
+        saved,
+    })
 }
 
 /// Syncs an empty device from `a` through real sessions; returns the message count it ends with.
@@ -159,8 +171,12 @@ pub fn catch_up(quick: bool) -> Result<Vec<Figure>> {
     let messages = if quick { 10_000 } else { 100_000 };
     eprintln!("building a conversation of {messages} messages…");
     let started = Instant::now();
-    let (mut a, doc, ages, saved) = long_conversation(messages)?;
-    let b_age = ages.first().context("b")?.clone();
+    let LongConversation {
+        device: mut a,
+        doc,
+        newcomer: b_age,
+        saved,
+    } = long_conversation(messages)?;
     eprintln!(
         "built in {:.1}s; measuring",
         started.elapsed().as_secs_f64()

@@ -115,7 +115,7 @@ pub fn compare_times<A, B>(
     mut ours: impl FnMut() -> A,
     mut reference: impl FnMut() -> B,
 ) -> (f64, f64) {
-    let mut time = |f: &mut dyn FnMut()| {
+    let time = |f: &mut dyn FnMut()| {
         let start = Instant::now();
         f();
         start.elapsed().as_secs_f64()

@@ -240,10 +240,10 @@ impl Doc {
     fn find(&self, id: &str) -> Result<ObjId, DocError> {
         let list = self.messages_obj()?;
         for i in (0..self.doc.length(&list)).rev() {
-            if let Some((Value::Object(ObjType::Map), m)) = self.doc.get(&list, i)? {
-                if str_of(&self.doc, &m, "id")?.as_deref() == Some(id) {
-                    return Ok(m);
-                }
+            if let Some((Value::Object(ObjType::Map), m)) = self.doc.get(&list, i)?
+                && str_of(&self.doc, &m, "id")?.as_deref() == Some(id)
+            {
+                return Ok(m);
             }
         }
         Err(DocError::NoSuchMessage(id.to_owned()))
@@ -307,10 +307,10 @@ impl Doc {
         let timings = obj_of(doc, m, "timings")?;
         let mut timings_ms = BTreeMap::new();
         for key in doc.keys(&timings) {
-            if let Some((Value::Scalar(v), _)) = doc.get(&timings, key.as_str())? {
-                if let Some(ms) = v.as_u64() {
-                    timings_ms.insert(key, ms);
-                }
+            if let Some((Value::Scalar(v), _)) = doc.get(&timings, key.as_str())?
+                && let Some(ms) = v.as_u64()
+            {
+                timings_ms.insert(key, ms);
             }
         }
         Ok(Message {

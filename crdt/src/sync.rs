@@ -493,13 +493,13 @@ impl Session {
             }
             let peer_empty = peer.has.is_empty();
             if needs_snapshot || (peer_empty && batch.len() >= MAX_BATCH_CHANGES) {
-                if let Some(snapshot) = store.snapshot(doc).map_err(ReplicaError::from)? {
-                    if !peer.has.dominates(&snapshot.vector) {
-                        peer.has.merge(&snapshot.vector);
-                        peer.in_flight += 1;
-                        send.push(SyncMessage::Snapshot { snapshot });
-                        continue;
-                    }
+                if let Some(snapshot) = store.snapshot(doc).map_err(ReplicaError::from)?
+                    && !peer.has.dominates(&snapshot.vector)
+                {
+                    peer.has.merge(&snapshot.vector);
+                    peer.in_flight += 1;
+                    send.push(SyncMessage::Snapshot { snapshot });
+                    continue;
                 }
                 if needs_snapshot && batch.is_empty() {
                     // Nothing we can send: our history below the snapshot is gone and the peer

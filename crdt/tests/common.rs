@@ -1,7 +1,13 @@
 //! A simulated network of replicas for the sync tests: every message is encoded and decoded,
 //! and delivery order, loss and duplication are in the test's hands.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -56,7 +56,7 @@ fn a_revoked_device_reads_nothing_sealed_after_revocation() {
         .unwrap();
     let before = say(&mut ra, doc, "1", "before revocation");
     for r in [&mut rb, &mut rc] {
-        r.receive_keys(&[key0.clone()]).unwrap();
+        r.receive_keys(std::slice::from_ref(&key0)).unwrap();
         r.receive_changes(&[first.clone(), before.clone()]).unwrap();
     }
     assert_eq!(
@@ -79,7 +79,7 @@ fn a_revoked_device_reads_nothing_sealed_after_revocation() {
         key1.unwrap_key(&c_age),
         Err(EnvelopeError::NotARecipient { .. })
     ));
-    rc.receive_keys(&[key1.clone()]).unwrap();
+    rc.receive_keys(std::slice::from_ref(&key1)).unwrap();
     rc.receive_changes(&after).unwrap();
     let c_view = rc.doc(doc).unwrap().messages().unwrap();
     assert_eq!(c_view.len(), 1, "C applied nothing new");
@@ -281,7 +281,7 @@ fn altered_replayed_and_wrongly_keyed_changes_are_refused() {
     ));
 
     // The real change applies; delivering it again is a no-op.
-    let got = rb.receive_changes(&[first.clone()]).unwrap();
+    let got = rb.receive_changes(std::slice::from_ref(&first)).unwrap();
     assert_eq!(got.stored.len(), 1);
     let again = rb.receive_changes(&[first]).unwrap();
     assert!(again.stored.is_empty());

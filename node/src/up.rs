@@ -11,7 +11,6 @@ use jarvis_identity::{
     SecretKey,
 };
 use serde_json::json;
-use tokio_util_lite::shutdown_signal;
 use zeroize::Zeroizing;
 
 use crate::cli::UpArgs;
@@ -77,6 +76,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
         .public()
         .to_peer_id();
     let user = verified.user.map(|u| u.to_string()).unwrap_or_default();
+    let mut shutdown = shutdown::Shutdown::install()?;
     tracing::info!(%peer_id, org = %org.name, %user, personal = state.personal, "node up");
     out.emit(
         &json!({
@@ -100,7 +100,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
             )
         },
     );
-    shutdown_signal().await;
+    shutdown.wait().await;
     out.emit(&json!({ "event": "stopped" }), || {
         "Stopped cleanly.".to_owned()
     });
@@ -191,32 +191,51 @@ fn create_personal(
     Ok((state, passphrase))
 }
 
-/// Waiting for the signals that mean "stop": Ctrl-C, and SIGTERM from service managers.
-mod tokio_util_lite {
-    pub async fn shutdown_signal() {
-        let ctrl_c = async {
-            if let Err(e) = tokio::signal::ctrl_c().await {
-                tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+/// The signals that mean "stop": Ctrl-C (SIGINT), and SIGTERM from service managers.
+///
+/// Installed before the node reports that it is up, so a signal sent the moment a script sees
+/// "up" is caught and handled as a clean shutdown rather than killing the process.
+mod shutdown {
+    use anyhow::{Context, Result};
+
+    #[cfg(unix)]
+    pub struct Shutdown {
+        interrupt: tokio::signal::unix::Signal,
+        terminate: tokio::signal::unix::Signal,
+    }
+
+    #[cfg(unix)]
+    impl Shutdown {
+        pub fn install() -> Result<Self> {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("listening for Ctrl-C")?,
+                terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            })
+        }
+
+        /// Cancel-safe: waiting again after a cancelled wait still sees the next signal.
+        pub async fn wait(&mut self) {
+            tokio::select! {
+                _ = self.interrupt.recv() => {},
+                _ = self.terminate.recv() => {},
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub struct Shutdown;
+
+    #[cfg(not(unix))]
+    impl Shutdown {
+        pub fn install() -> Result<Self> {
+            Ok(Self)
+        }
+
+        pub async fn wait(&mut self) {
+            if tokio::signal::ctrl_c().await.is_err() {
                 std::future::pending::<()>().await;
             }
-        };
-        #[cfg(unix)]
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut sig) => {
-                    sig.recv().await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            () = ctrl_c => {},
-            () = terminate => {},
         }
     }
 }

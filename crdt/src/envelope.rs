@@ -39,6 +39,9 @@ pub const MAX_WRAPPED_KEY_BYTES: usize = 64 * 1024;
 /// A compacted conversation: 100,000 messages save to a few MiB.
 pub const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 const NONCE_BYTES: usize = 24;
+/// doc (16) + actor (32) + seq (8) + epoch (4).
+const HEADER_BYTES: usize = 16 + 32 + 8 + 4;
+const SIGNATURE_BYTES: usize = 64;
 /// Poly1305 tag.
 const TAG_BYTES: usize = 16;
 
@@ -114,7 +117,7 @@ impl ChangeHeader {
     }
 
     fn associated_data(&self) -> Vec<u8> {
-        let mut w = Writer::new();
+        let mut w = Writer::with_capacity(AEAD_DOMAIN.len() + HEADER_BYTES);
         w.fixed(AEAD_DOMAIN);
         self.write(&mut w);
         w.finish()
@@ -176,7 +179,10 @@ impl SealedChange {
     }
 
     fn signed_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new();
+        // Sized for the signature too, so `encode` appends it without reallocating.
+        let mut w = Writer::with_capacity(
+            1 + HEADER_BYTES + NONCE_BYTES + 4 + self.ciphertext.len() + SIGNATURE_BYTES,
+        );
         w.u8(SEALED_CHANGE_VERSION);
         self.header.write(&mut w);
         w.fixed(&self.nonce);
@@ -212,9 +218,9 @@ impl SealedChange {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        self.write(&mut w);
-        w.finish()
+        let mut bytes = self.signed_bytes();
+        bytes.extend_from_slice(&self.signature.to_bytes());
+        bytes
     }
 
     pub fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {

@@ -333,8 +333,10 @@ impl<S: Store> Replica<S> {
                 let me = device.key.public();
                 let mut loaded = Doc::load(&me, &saved)?;
                 match device.docs.get_mut(&snapshot.doc) {
-                    Some(existing) => existing.merge(&mut loaded)?,
-                    None => {
+                    // Merging replays every change one by one; only do it when there is local
+                    // state to keep.
+                    Some(existing) if !applied.is_empty() => existing.merge(&mut loaded)?,
+                    _ => {
                         device.docs.insert(snapshot.doc, loaded);
                     }
                 }
@@ -358,7 +360,6 @@ impl<S: Store> Replica<S> {
         let held = self.store.vector(id)?;
         let applied = device.applied.entry(id).or_default();
         let me = device.key.public();
-        let doc = device.docs.entry(id).or_insert_with(|| Doc::empty(&me));
         let mut any = false;
         for (actor, top) in held.iter() {
             let mut next = applied.get(actor) + 1;
@@ -374,6 +375,7 @@ impl<S: Store> Replica<S> {
                     break;
                 };
                 let bytes = change.open(key)?;
+                let doc = device.docs.entry(id).or_insert_with(|| Doc::empty(&me));
                 doc.apply(actor, next, &bytes)?;
                 applied.set(*actor, next);
                 any = true;

@@ -66,6 +66,13 @@ impl Writer {
         Self::default()
     }
 
+    /// A writer that will not reallocate below `bytes`.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes),
+        }
+    }
+
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self

@@ -263,6 +263,15 @@ impl<S: Store> Replica<S> {
         for change in sorted {
             change.verify()?;
             self.check_writer(&change.header().actor)?;
+            // A device that holds the epoch's key refuses a change it cannot open before storing
+            // it: a stored change that never opens would block its actor's sequence for good.
+            if let Some(key) = self.device.as_ref().and_then(|d| {
+                d.keyrings
+                    .get(&change.header().doc)
+                    .and_then(|k| k.get(change.header().epoch))
+            }) {
+                change.open(key)?;
+            }
             if self.store.put_change(change)? == Put::Stored {
                 received.stored.push(change.clone());
             }

@@ -239,3 +239,82 @@ fn a_long_streamed_answer_arrives_whole_through_the_relay() {
     assert_eq!(m.text, words.concat());
     assert_eq!(m.status, Status::Streaming);
 }
+
+#[test]
+fn a_new_device_catches_up_from_a_relayed_snapshot_plus_later_changes() {
+    let setups = devices(2);
+    let recipients: Vec<_> = setups.iter().map(|s| s.age.to_public()).collect();
+    let mut net = Net::star(setups);
+    net.nodes[1].sessions.remove(&2);
+    net.nodes[2].sessions.remove(&1);
+    // Device 2 is offline while device 1 writes a long conversation and snapshots it.
+    net.nodes[0].sessions.remove(&2);
+    net.nodes[2].sessions.remove(&0);
+    let (doc, key, first) = net.nodes[1]
+        .replica
+        .create(|me| Doc::create_conversation(me, "long", 0), &recipients)
+        .unwrap();
+    net.start();
+    net.fan_out_key(1, &key);
+    net.fan_out(1, None, &[first]);
+    for i in 0..1500 {
+        let id = i.to_string();
+        edit(&mut net, 1, doc, |d, me| {
+            d.append(
+                NewMessage {
+                    id: &id,
+                    role: Role::User,
+                    text: "hello",
+                    status: Status::Done,
+                    now_ms: i,
+                },
+                me,
+            )
+        });
+    }
+    let snapshot = net.nodes[1].replica.snapshot(doc).unwrap();
+    net.drain();
+    // The relay is handed the snapshot (as a device would upload it) and keeps it, sealed.
+    let relay = &mut net.nodes[0];
+    relay.replica.receive_snapshot(&snapshot).unwrap();
+    for i in 1500..1510 {
+        let id = i.to_string();
+        edit(&mut net, 1, doc, |d, me| {
+            d.append(
+                NewMessage {
+                    id: &id,
+                    role: Role::User,
+                    text: "later",
+                    status: Status::Done,
+                    now_ms: i,
+                },
+                me,
+            )
+        });
+    }
+    net.drain();
+
+    // Device 2 comes online, talking only to the relay.
+    net.link(0, 2);
+    let messages_before = net.queue.len();
+    assert_eq!(messages_before, 0);
+    net.start();
+    let mut snapshots = 0;
+    let mut changes = 0;
+    while let Some((_, to, bytes)) = net.queue.front().cloned() {
+        if to == 2 {
+            match jarvis_crdt::SyncMessage::decode(&bytes).unwrap() {
+                jarvis_crdt::SyncMessage::Snapshot { .. } => snapshots += 1,
+                jarvis_crdt::SyncMessage::Changes { changes: c, .. } => changes += c.len(),
+                _ => {}
+            }
+        }
+        net.deliver(0);
+    }
+    assert_eq!(snapshots, 1, "the newcomer got the snapshot");
+    assert_eq!(changes, 10, "and only the changes after it");
+    let mut d1 = net.nodes[1].replica.doc(doc).unwrap().clone();
+    let mut d2 = net.nodes[2].replica.doc(doc).unwrap().clone();
+    assert_eq!(d2.message_count().unwrap(), 1510);
+    assert_eq!(d1.heads(), d2.heads());
+}

@@ -287,3 +287,116 @@ fn altered_replayed_and_wrongly_keyed_changes_are_refused() {
     assert!(again.stored.is_empty());
     assert_eq!(rb.doc(doc).unwrap().title().unwrap(), "t");
 }
+
+#[test]
+fn a_member_sealing_with_the_wrong_key_is_refused_before_storing() {
+    let [a, b]: [_; 2] = devices(2).try_into().ok().unwrap();
+    let all = [a.age.to_public(), b.age.to_public()];
+    let a_pub = a.key.public();
+    let a_key = SecretKey::from_seed(&a.key.seed());
+    let mut ra = Replica::device(MemStore::new(), a.key, a.age);
+    let mut rb = Replica::device(MemStore::new(), b.key, b.age);
+    let (doc, key, first) = ra
+        .create(|me| Doc::create_conversation(me, "t", 0), &all)
+        .unwrap();
+    rb.receive_keys(&[key]).unwrap();
+    rb.receive_changes(&[first]).unwrap();
+    let wrong = SealedChange::seal(
+        ChangeHeader {
+            doc,
+            actor: a_pub,
+            seq: 2,
+            epoch: 0,
+        },
+        b"whatever",
+        &DocKey::generate(),
+        &a_key,
+    )
+    .unwrap();
+    assert!(matches!(
+        rb.receive_changes(&[wrong]),
+        Err(ReplicaError::Envelope(EnvelopeError::Decrypt))
+    ));
+    assert_eq!(rb.vector(doc).unwrap().get(&a_pub), 1, "nothing was stored");
+    // The real second change still goes through.
+    let real = say(&mut ra, doc, "1", "hi");
+    rb.receive_changes(&[real]).unwrap();
+    assert_eq!(rb.doc(doc).unwrap().messages().unwrap()[0].text, "hi");
+}
+
+#[test]
+fn a_device_reopens_its_sled_store_and_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a]: [_; 1] = devices(1).try_into().ok().unwrap();
+    let seed = *a.key.seed();
+    let age_secret = a.age.clone();
+    let (doc, before) = {
+        let mut ra = Replica::device(
+            SledStore::open(&dir.path().join("a")).unwrap(),
+            a.key,
+            a.age,
+        );
+        let (doc, _, _) = ra
+            .create(
+                |me| Doc::create_conversation(me, "kept", 0),
+                &[age_secret.to_public()],
+            )
+            .unwrap();
+        for i in 0..20 {
+            ra.edit(doc, |d, me| {
+                d.append(
+                    NewMessage {
+                        id: &i.to_string(),
+                        role: Role::User,
+                        text: "x",
+                        status: Status::Done,
+                        now_ms: i,
+                    },
+                    me,
+                )
+            })
+            .unwrap();
+        }
+        ra.snapshot(doc).unwrap();
+        for i in 20..25 {
+            ra.edit(doc, |d, me| {
+                d.append(
+                    NewMessage {
+                        id: &i.to_string(),
+                        role: Role::User,
+                        text: "y",
+                        status: Status::Done,
+                        now_ms: i,
+                    },
+                    me,
+                )
+            })
+            .unwrap();
+        }
+        (doc, ra.doc(doc).unwrap().messages().unwrap())
+    };
+    let mut ra = Replica::open_device(
+        SledStore::open(&dir.path().join("a")).unwrap(),
+        SecretKey::from_seed(&seed),
+        age_secret,
+    )
+    .unwrap();
+    assert_eq!(ra.doc(doc).unwrap().messages().unwrap(), before);
+    // The next local change continues the same actor's sequence.
+    let next = ra
+        .edit(doc, |d, me| {
+            d.append(
+                NewMessage {
+                    id: "after",
+                    role: Role::User,
+                    text: "z",
+                    status: Status::Done,
+                    now_ms: 99,
+                },
+                me,
+            )
+        })
+        .unwrap();
+    assert_eq!(next.header().seq, 27);
+    assert_eq!(ra.doc(doc).unwrap().message_count().unwrap(), 26);
+}

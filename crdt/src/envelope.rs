@@ -377,6 +377,19 @@ impl KeyRecord {
     }
 }
 
+/// The age recipients of the devices whose certificates are given: who a document key is wrapped
+/// to. Certificates without a recipient (users, relays, GPU peers) are skipped; a device
+/// certificate's recipient was checked when the certificate was decoded.
+pub fn device_recipients<'a>(
+    certs: impl IntoIterator<Item = &'a jarvis_identity::Certificate>,
+) -> Vec<age::x25519::Recipient> {
+    certs
+        .into_iter()
+        .filter_map(|c| c.age_recipient())
+        .filter_map(|r| r.parse().ok())
+        .collect()
+}
+
 /// The epoch keys a device holds for one document.
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {

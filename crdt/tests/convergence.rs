@@ -180,7 +180,7 @@ fn run(n_devices: usize, ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn replicas_converge(n in 2usize..=4, ops in proptest::collection::vec(op(4), 0..60)) {

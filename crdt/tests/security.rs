@@ -400,3 +400,43 @@ fn a_device_reopens_its_sled_store_and_carries_on() {
     assert_eq!(next.header().seq, 27);
     assert_eq!(ra.doc(doc).unwrap().message_count().unwrap(), 26);
 }
+
+#[test]
+fn keys_are_wrapped_to_the_recipients_in_device_certificates() {
+    use jarvis_identity::{CertKind, CertTemplate, Certificate, Name, Roles, UnixTime};
+    let user = SecretKey::generate();
+    let [a, b]: [_; 2] = devices(2).try_into().ok().unwrap();
+    let cert = |d: &common::DeviceSetup, name: &str| {
+        Certificate::issue(
+            CertTemplate {
+                kind: CertKind::Device,
+                subject: d.key.public(),
+                name: Name::new(name).unwrap(),
+                roles: Roles::NONE,
+                not_before: UnixTime(0),
+                not_after: UnixTime(10),
+                age_recipient: Some(d.age.to_public().to_string()),
+            },
+            &user,
+        )
+        .unwrap()
+    };
+    let certs = [cert(&a, "a"), cert(&b, "b")];
+    let recipients = jarvis_crdt::envelope::device_recipients(&certs);
+    assert_eq!(recipients.len(), 2);
+    let record = jarvis_crdt::KeyRecord::wrap(
+        jarvis_crdt::DocId([1; 16]),
+        0,
+        &DocKey::generate(),
+        &recipients,
+        &a.key,
+    )
+    .unwrap();
+    assert!(record.unwrap_key(&a.age).is_ok());
+    assert!(record.unwrap_key(&b.age).is_ok());
+    assert!(
+        record
+            .unwrap_key(&age::x25519::Identity::generate())
+            .is_err()
+    );
+}

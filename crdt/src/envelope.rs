@@ -254,6 +254,11 @@ impl SealedChange {
     }
 }
 
+/// Names one key record: the first 16 bytes of the SHA-256 of its encoding. An epoch's key may be
+/// wrapped several times (again for a device that joined later), so records are told apart by
+/// content, not by epoch.
+pub type KeyId = [u8; 16];
+
 /// One epoch's key, wrapped with age to every device recipient of the user, signed by the device
 /// that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +316,14 @@ impl KeyRecord {
         self.author
             .verify(KEY_DOMAIN, &self.signed_bytes(), &self.signature)
             .map_err(|_| EnvelopeError::BadSignature)
+    }
+
+    pub fn id(&self) -> KeyId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.encode());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+        id
     }
 
     /// Unwraps the key with this device's age identity.
@@ -403,6 +416,10 @@ impl Keyring {
 
     pub fn get(&self, epoch: u32) -> Option<&DocKey> {
         self.keys.get(&epoch)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &DocKey)> {
+        self.keys.iter().map(|(e, k)| (*e, k))
     }
 
     /// The newest epoch and its key: what new changes are sealed with.

@@ -21,7 +21,9 @@ pub mod store;
 pub mod sync;
 
 pub use doc::{ConversationEntry, Doc, DocError, Message, NewMessage, Role, Status};
-pub use envelope::{ChangeHeader, DocKey, EnvelopeError, KeyRecord, SealedChange, SealedSnapshot};
+pub use envelope::{
+    ChangeHeader, DocKey, EnvelopeError, KeyId, KeyRecord, SealedChange, SealedSnapshot,
+};
 pub use ids::{DocId, VersionVector};
 pub use replica::{Received, Replica, ReplicaError};
 pub use store::{MemStore, Put, Store, StoreError};

@@ -235,6 +235,30 @@ impl<S: Store> Replica<S> {
         Ok(record)
     }
 
+    /// Wraps every epoch key this device holds for `doc` again, to `recipients` (the user's
+    /// devices, including one that joined after the document was made), so a new device can
+    /// read the history. Returns the new records to send.
+    pub fn share_keys(
+        &mut self,
+        id: DocId,
+        recipients: &[age::x25519::Recipient],
+    ) -> Result<Vec<KeyRecord>, ReplicaError> {
+        let device = self.device_mut("share keys")?;
+        let epochs: Vec<(u32, DocKey)> = device
+            .keyrings
+            .get(&id)
+            .map(|k| k.iter().map(|(e, key)| (e, key.clone())).collect())
+            .unwrap_or_default();
+        let mut records = Vec::with_capacity(epochs.len());
+        for (epoch, key) in epochs {
+            records.push(KeyRecord::wrap(id, epoch, &key, recipients, &device.key)?);
+        }
+        for record in &records {
+            self.store.put_key(record)?;
+        }
+        Ok(records)
+    }
+
     /// A sealed snapshot of `doc` as this device has it, stored and returned.
     pub fn snapshot(&mut self, id: DocId) -> Result<SealedSnapshot, ReplicaError> {
         let device = self.device_mut("make snapshots")?;

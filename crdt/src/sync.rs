@@ -37,11 +37,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use jarvis_identity::PublicKey;
 use jarvis_identity::encoding::{DecodeError, Reader, Writer};
 use thiserror::Error;
 
-use crate::envelope::{KeyRecord, MAX_SNAPSHOT_BYTES, SealedChange, SealedSnapshot};
+use crate::envelope::{KeyId, KeyRecord, MAX_SNAPSHOT_BYTES, SealedChange, SealedSnapshot};
 use crate::ids::{DocId, VersionVector};
 use crate::replica::{Received, Replica, ReplicaError};
 use crate::store::Store;
@@ -83,7 +82,7 @@ pub enum SyncMessage {
     Have {
         doc: DocId,
         vector: VersionVector,
-        keys: Vec<(u32, PublicKey)>,
+        keys: Vec<KeyId>,
         kind: HaveKind,
     },
     Changes {
@@ -114,9 +113,8 @@ impl SyncMessage {
                 doc.write(&mut w);
                 vector.write(&mut w);
                 w.u16(u16::try_from(keys.len()).unwrap_or(u16::MAX));
-                for (epoch, author) in keys {
-                    w.u32(*epoch);
-                    author.write(&mut w);
+                for id in keys {
+                    w.fixed(id);
                 }
                 w.u8(match kind {
                     HaveKind::Announce => 0,
@@ -173,7 +171,7 @@ impl SyncMessage {
                 }
                 let mut keys = Vec::with_capacity(count);
                 for _ in 0..count {
-                    keys.push((r.u32("epoch")?, PublicKey::read(&mut r, "key author")?));
+                    keys.push(r.array::<16>("key id")?);
                 }
                 let kind = match r.u8("have kind")? {
                     0 => HaveKind::Announce,
@@ -261,7 +259,7 @@ pub struct Output {
 struct PeerDoc {
     /// What the peer holds, as far as we know (what it said, plus what we sent since).
     has: VersionVector,
-    keys: BTreeSet<(u32, PublicKey)>,
+    keys: BTreeSet<KeyId>,
     /// `Changes` and `Snapshot` messages sent and not yet acknowledged.
     in_flight: usize,
 }
@@ -288,7 +286,7 @@ impl Session {
             .keys(doc)
             .map_err(ReplicaError::from)?
             .into_iter()
-            .map(|k| (k.epoch, k.author))
+            .map(|k| k.id())
             .collect();
         Ok(SyncMessage::Have {
             doc,
@@ -356,12 +354,12 @@ impl Session {
                 } else {
                     if kind == HaveKind::Announce {
                         let mine = replica.vector(doc)?;
-                        let my_keys: BTreeSet<(u32, PublicKey)> = replica
+                        let my_keys: BTreeSet<KeyId> = replica
                             .store()
                             .keys(doc)
                             .map_err(ReplicaError::from)?
                             .into_iter()
-                            .map(|k| (k.epoch, k.author))
+                            .map(|k| k.id())
                             .collect();
                         we_lack =
                             !mine.dominates(&vector) || keys.iter().any(|k| !my_keys.contains(k));
@@ -390,7 +388,7 @@ impl Session {
             SyncMessage::Keys { doc, keys } => {
                 out.received = replica.receive_keys(&keys)?;
                 let peer = self.docs.entry(doc).or_default();
-                peer.keys.extend(keys.iter().map(|k| (k.epoch, k.author)));
+                peer.keys.extend(keys.iter().map(KeyRecord::id));
             }
             SyncMessage::Snapshot { snapshot } => {
                 let doc = snapshot.doc;
@@ -433,7 +431,7 @@ impl Session {
     /// A key record this replica just stored: pushed to the peer if it lacks it.
     pub fn on_new_key(&mut self, record: &KeyRecord) -> Vec<SyncMessage> {
         let peer = self.docs.entry(record.doc).or_default();
-        if peer.keys.insert((record.epoch, record.author)) {
+        if peer.keys.insert(record.id()) {
             vec![SyncMessage::Keys {
                 doc: record.doc,
                 keys: vec![record.clone()],
@@ -457,10 +455,10 @@ impl Session {
             .keys(doc)
             .map_err(ReplicaError::from)?
             .into_iter()
-            .filter(|k| !peer.keys.contains(&(k.epoch, k.author)))
+            .filter(|k| !peer.keys.contains(&k.id()))
             .collect();
         for chunk in missing_keys.chunks(MAX_KEYS) {
-            peer.keys.extend(chunk.iter().map(|k| (k.epoch, k.author)));
+            peer.keys.extend(chunk.iter().map(KeyRecord::id));
             send.push(SyncMessage::Keys {
                 doc,
                 keys: chunk.to_vec(),

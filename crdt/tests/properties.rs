@@ -57,16 +57,13 @@ fn message() -> impl Strategy<Value = SyncMessage> {
     prop_oneof![
         (
             vector(),
-            proptest::collection::vec((0u32..5, 0u8..4), 0..4),
+            proptest::collection::vec(any::<[u8; 16]>(), 0..4),
             0u8..3
         )
             .prop_map(move |(vector, keys, kind)| SyncMessage::Have {
                 doc,
                 vector,
-                keys: keys
-                    .into_iter()
-                    .map(|(e, k)| (e, key(k).public()))
-                    .collect(),
+                keys,
                 kind: match kind {
                     0 => HaveKind::Announce,
                     1 => HaveKind::Ack,

@@ -93,6 +93,14 @@ impl PublicKey {
         out
     }
 
+    /// The libp2p peer id of this key, as the transport authenticates it.
+    pub fn to_libp2p_peer_id(
+        self,
+    ) -> Result<libp2p_identity::PeerId, libp2p_identity::DecodingError> {
+        let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.0)?;
+        Ok(libp2p_identity::PublicKey::from(key).to_peer_id())
+    }
+
     pub fn write(self, w: &mut Writer) {
         w.fixed(&self.0);
     }

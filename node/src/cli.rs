@@ -48,6 +48,31 @@ pub enum Command {
     /// Run the node. With no org joined it runs in personal mode: a one-person org of its own.
     Up(UpArgs),
 
+    /// The running node: peers, how each is connected, sync state.
+    Status,
+
+    /// Print the local API's bearer token (for scripts and OpenAI clients).
+    Token,
+
+    /// Ask through the running node. Until the inference engine lands, this adds your message to
+    /// the conversation (a new one unless --conversation) and syncs it to your devices.
+    Ask {
+        /// What to ask.
+        text: String,
+        /// Continue this conversation (an id from `jarvis conversations`).
+        #[arg(long, value_name = "ID")]
+        conversation: Option<String>,
+    },
+
+    /// The synced conversations.
+    Conversations,
+
+    /// One conversation's messages.
+    Show {
+        /// A conversation id from `jarvis conversations`.
+        id: String,
+    },
+
     /// Run this machine as a GPU peer of the org (enrolment for now).
     #[command(subcommand)]
     Gpu(GpuCommand),
@@ -186,6 +211,19 @@ pub struct UpArgs {
     /// Do not start the voice pipeline (typed and API input only).
     #[arg(long)]
     pub no_voice: bool,
+    /// Where the local API listens (loopback only).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7767")]
+    pub api: std::net::SocketAddr,
+    /// Addresses to listen on for peers (default: QUIC and TCP on every interface, any port).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// A peer to dial directly (besides mDNS and the org's relays), e.g.
+    /// /ip4/192.168.1.20/udp/4001/quic-v1/p2p/12D3KooW…; redialled with backoff.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub peer: Vec<libp2p::Multiaddr>,
+    /// Do not look for the user's devices on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
     /// In personal mode, the user name for the new one-person org (default: $USER).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,

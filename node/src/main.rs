@@ -2,9 +2,13 @@
 //! contract and ARCHITECTURE.md for how the pieces fit.
 
 mod admin;
+mod api;
 mod cli;
+mod client;
 mod device;
 mod home;
+mod mesh;
+mod node;
 mod output;
 mod up;
 
@@ -44,5 +48,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Whoami => device::whoami(home, out),
         Command::Up(args) => up::run(home, out, args),
         Command::Gpu(command) => device::gpu(home, out, command),
+        Command::Status => client::status(&home, out),
+        Command::Token => {
+            home.load()?;
+            println!("{}", api::token(&home)?);
+            Ok(())
+        }
+        Command::Ask { text, conversation } => client::ask(&home, out, &text, conversation),
+        Command::Conversations => client::conversations(&home, out),
+        Command::Show { id } => client::show(&home, out, &id),
     }
 }

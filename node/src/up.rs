@@ -1,9 +1,9 @@
 //! `jarvis up`: run the node.
 //!
 //! With no org joined, the node runs in personal mode: it creates a one-person org whose root,
-//! user and device keys all live in this home, so a single user needs no admin. Today the node
-//! unlocks its identity, reports it and waits for Ctrl-C (or SIGTERM); sync, voice and inference
-//! join this loop as they are built.
+//! user and device keys all live in this home, so a single user needs no admin. The node unlocks
+//! its identity, starts the local API and the mesh ([`crate::node`]), and runs until Ctrl-C (or
+//! SIGTERM). Voice and inference join this loop as they are built.
 
 use anyhow::{Context, Result, bail};
 use jarvis_identity::{
@@ -13,10 +13,13 @@ use jarvis_identity::{
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::api;
 use crate::cli::UpArgs;
 use crate::device::host_name;
 use crate::home::{Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now};
+use crate::node::{COMMAND_QUEUE, Node, NodeConfig, NodeIdentity};
 use crate::output::Output;
+use tokio::sync::{mpsc, watch};
 
 /// How long a personal org's user certificate lasts; the device renews it itself.
 const PERSONAL_CERT_SECS: u64 = 10 * 365 * 24 * 3600;
@@ -69,27 +72,54 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     if verified.subject != keys.signing.public() {
         bail!("this home's key does not match its certificate; the home is damaged");
     }
-    let peer_id = keys
-        .signing
-        .to_libp2p_keypair()
-        .context("deriving the libp2p identity")?
-        .public()
-        .to_peer_id();
-    let user = verified.user.map(|u| u.to_string()).unwrap_or_default();
-    let mut shutdown = shutdown::Shutdown::install()?;
+    let age = keys
+        .age
+        .context("this home's key file has no encryption identity; the home is damaged")?;
+    let user = verified
+        .user
+        .clone()
+        .context("this device's certificate names no user")?;
+    let identity = NodeIdentity {
+        org: org.clone(),
+        chain,
+        device_key: keys.signing,
+        age,
+        user: user.clone(),
+    };
+    let listen = if args.listen.is_empty() {
+        vec![
+            "/ip4/0.0.0.0/udp/0/quic-v1".parse()?,
+            "/ip4/0.0.0.0/tcp/0".parse()?,
+        ]
+    } else {
+        args.listen.clone()
+    };
+    let config = NodeConfig {
+        listen,
+        peers: args.peer.clone(),
+        mdns: !args.no_mdns,
+    };
+    let mut shutdown = Shutdown::install()?;
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (api_addr, server) = api::serve(&home, args.api, commands_tx, stop_rx).await?;
+    let node = Node::new(home.clone(), identity, &config, api_addr.to_string())?;
+    let peer_id = node.peer_id();
+    let server = tokio::spawn(server);
     tracing::info!(%peer_id, org = %org.name, %user, personal = state.personal, "node up");
     out.emit(
         &json!({
             "event": "up",
             "device_id": peer_id.to_string(),
             "org_id": org.root.to_string(),
-            "user": user,
+            "user": user.as_str(),
             "personal": state.personal,
+            "api": api_addr.to_string(),
             "voice": false,
         }),
         || {
             format!(
-                "Jarvis node up{}.\n  device: {} `{}`\n  user:   {}\n  org:    {} ({})\n{}Press Ctrl-C to stop.",
+                "Jarvis node up{}.\n  device: {} `{}`\n  user:   {}\n  org:    {} ({})\n  api:    http://{api_addr} (token: `jarvis token`)\n{}Press Ctrl-C to stop.",
                 if state.personal { " in personal mode" } else { "" },
                 peer_id,
                 verified.name,
@@ -100,7 +130,11 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
             )
         },
     );
-    shutdown.wait().await;
+    let result = node.run(commands_rx, &mut shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    api::forget(&home);
+    result?;
     out.emit(&json!({ "event": "stopped" }), || {
         "Stopped cleanly.".to_owned()
     });
@@ -195,6 +229,8 @@ fn create_personal(
 ///
 /// Installed before the node reports that it is up, so a signal sent the moment a script sees
 /// "up" is caught and handled as a clean shutdown rather than killing the process.
+pub use shutdown::Shutdown;
+
 mod shutdown {
     use anyhow::{Context, Result};
 

@@ -14,7 +14,7 @@ use jarvis_identity::PublicKey;
 use jarvis_identity::encoding::DecodeError;
 use thiserror::Error;
 
-use crate::envelope::{KeyRecord, SealedChange, SealedSnapshot};
+use crate::envelope::{KeyId, KeyRecord, SealedChange, SealedSnapshot};
 use crate::ids::{DocId, VersionVector};
 
 #[derive(Debug, Error)]
@@ -77,7 +77,7 @@ pub(crate) fn classify(vector: &VersionVector, change: &SealedChange) -> Put {
 struct MemDoc {
     changes: BTreeMap<(PublicKey, u64), SealedChange>,
     vector: VersionVector,
-    keys: BTreeMap<(u32, PublicKey), KeyRecord>,
+    keys: BTreeMap<(u32, KeyId), KeyRecord>,
     snapshot: Option<SealedSnapshot>,
 }
 
@@ -130,7 +130,7 @@ impl Store for MemStore {
         let doc = self.docs.entry(record.doc).or_default();
         Ok(doc
             .keys
-            .insert((record.epoch, record.author), record.clone())
+            .insert((record.epoch, record.id()), record.clone())
             .is_none())
     }
 

@@ -5,7 +5,7 @@
 //! ```text
 //! changes    doc(16) ‖ actor(32) ‖ seq(8)      → sealed change
 //! vectors    doc(16) ‖ actor(32)               → seq(8): the gap-free high-water mark
-//! keys       doc(16) ‖ epoch(4) ‖ author(32)   → key record
+//! keys       doc(16) ‖ epoch(4) ‖ key id(16)   → key record
 //! snapshots  doc(16)                           → sealed snapshot
 //! ```
 //!
@@ -127,10 +127,10 @@ impl Store for SledStore {
     }
 
     fn put_key(&mut self, record: &KeyRecord) -> Result<bool, StoreError> {
-        let mut k = Vec::with_capacity(52);
+        let mut k = Vec::with_capacity(36);
         k.extend_from_slice(&record.doc.0);
         k.extend_from_slice(&record.epoch.to_be_bytes());
-        k.extend_from_slice(&record.author.to_bytes());
+        k.extend_from_slice(&record.id());
         let new = self.keys.insert(k, record.encode()).map_err(io)?.is_none();
         self.flush()?;
         Ok(new)

@@ -1,0 +1,744 @@
+//! The node daemon: one task that owns the libp2p swarm, the replica (sled store) and the sync
+//! sessions, driven by one closed set of events.
+//!
+//! ```text
+//!   swarm events ─┐
+//!   API commands ─┼─▶ Node::run (select, biased: shutdown first) ─▶ swarm requests
+//!   resync tick  ─┤                                              ─▶ replica (durable writes)
+//!   shutdown     ─┘                                              ─▶ command replies (oneshot)
+//! ```
+//!
+//! Everything the node holds is behind this one task, so there are no locks; the local API talks
+//! to it through a bounded channel with a oneshot reply per command.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use jarvis_crdt::store::sled::SledStore;
+use jarvis_crdt::{Doc, DocId, NewMessage, Replica, Role, Session, Status, SyncMessage};
+use jarvis_identity::{
+    CertChain, CertKind, Name, OrgInfo, PublicKey, RevocationSet, SecretKey, Verified,
+};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::home::{Home, now};
+use crate::mesh::{Behaviour, BehaviourEvent, Hello};
+
+/// How often sessions are polled for their resync timers.
+const TICK: Duration = Duration::from_millis(500);
+/// Redial backoff for `--peer` addresses: doubling from 1 s to 30 s.
+const REDIAL_MIN: Duration = Duration::from_secs(1);
+const REDIAL_MAX: Duration = Duration::from_secs(30);
+/// Commands queued from the API before callers wait.
+pub const COMMAND_QUEUE: usize = 64;
+
+/// What the node needs to know about itself.
+pub struct NodeIdentity {
+    pub org: OrgInfo,
+    pub chain: CertChain,
+    pub device_key: SecretKey,
+    pub age: jarvis_identity::age::x25519::Identity,
+    pub user: Name,
+}
+
+pub struct NodeConfig {
+    pub listen: Vec<Multiaddr>,
+    pub peers: Vec<Multiaddr>,
+    pub mdns: bool,
+}
+
+/// Requests from the local API.
+pub enum Command {
+    Status(oneshot::Sender<Value>),
+    Conversations(oneshot::Sender<Value>),
+    Show(DocId, oneshot::Sender<Result<Value, String>>),
+    Ask {
+        text: String,
+        conversation: Option<DocId>,
+        reply: oneshot::Sender<Result<Value, String>>,
+    },
+}
+
+/// Everything that can wake the node.
+enum Event {
+    Swarm(Box<SwarmEvent<BehaviourEvent>>),
+    Command(Command),
+    Tick,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Path {
+    Direct,
+    HolePunched,
+    Relayed,
+}
+
+struct Peer {
+    path: Path,
+    address: Option<Multiaddr>,
+    verified: Option<Verified>,
+    /// Why authentication failed, for `status`.
+    refused: Option<String>,
+    session: Option<Session>,
+    hello_sent: bool,
+}
+
+struct Redial {
+    address: Multiaddr,
+    next: Instant,
+    backoff: Duration,
+}
+
+pub struct Node {
+    swarm: Swarm<Behaviour>,
+    identity: NodeIdentity,
+    home: Home,
+    replica: Replica<SledStore>,
+    revocations: RevocationSet,
+    peers: HashMap<PeerId, Peer>,
+    /// The user's other devices met so far: key → age recipient (persisted in devices.json).
+    devices: BTreeMap<PublicKey, String>,
+    redials: Vec<Redial>,
+    api_addr: String,
+    /// Addresses actually listened on, with this node's peer id: what others dial.
+    listening: Vec<Multiaddr>,
+}
+
+fn path_of(address: &Multiaddr) -> Path {
+    if address.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        Path::Relayed
+    } else {
+        Path::Direct
+    }
+}
+
+fn ms(t: jarvis_identity::UnixTime) -> i64 {
+    i64::try_from(t.0).unwrap_or(i64::MAX).saturating_mul(1000)
+}
+
+impl Node {
+    pub fn new(
+        home: Home,
+        identity: NodeIdentity,
+        config: &NodeConfig,
+        api_addr: String,
+    ) -> Result<Self> {
+        let keypair = identity
+            .device_key
+            .to_libp2p_keypair()
+            .context("deriving the libp2p identity")?;
+        let mdns = config.mdns;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default().nodelay(true),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .context("setting up TCP")?
+            .with_quic()
+            .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .context("setting up the relay client")?
+            .with_behaviour(|key, relay| {
+                Behaviour::new(key, relay, mdns)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .context("setting up the behaviour")?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        for address in &config.listen {
+            swarm
+                .listen_on(address.clone())
+                .with_context(|| format!("cannot listen on {address}"))?;
+        }
+        let store_dir = home.dir().join("store");
+        let store = SledStore::open(&store_dir).with_context(|| {
+            format!(
+                "opening the store at {} (is another node running on this home?)",
+                store_dir.display()
+            )
+        })?;
+        let replica =
+            Replica::open_device(store, identity.device_key_clone(), identity.age.clone())
+                .context("loading conversations from the store")?;
+        let revocations = home.revocations(&identity.org.root)?;
+        let devices = match home.read_optional("devices.json")? {
+            Some(bytes) => serde_json::from_slice::<BTreeMap<String, String>>(&bytes)
+                .context("devices.json is damaged")?
+                .into_iter()
+                .filter_map(|(k, v)| k.parse::<PublicKey>().ok().map(|k| (k, v)))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        let redials = config
+            .peers
+            .iter()
+            .map(|address| Redial {
+                address: address.clone(),
+                next: Instant::now(),
+                backoff: REDIAL_MIN,
+            })
+            .collect();
+        Ok(Self {
+            swarm,
+            identity,
+            home,
+            replica,
+            revocations,
+            peers: HashMap::new(),
+            devices,
+            redials,
+            api_addr,
+            listening: Vec::new(),
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Runs until `shutdown` fires. Every acknowledged change was stored durably before it was
+    /// acknowledged, so stopping at any point loses none.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: &mut crate::up::Shutdown,
+    ) -> Result<()> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = shutdown.wait() => Event::Shutdown,
+                Some(command) = commands.recv() => Event::Command(command),
+                event = self.swarm.select_next_some() => Event::Swarm(Box::new(event)),
+                _ = tick.tick() => Event::Tick,
+            };
+            match event {
+                Event::Shutdown => break,
+                Event::Command(command) => self.on_command(command),
+                Event::Swarm(event) => self.on_swarm(*event),
+                Event::Tick => self.on_tick(),
+            }
+        }
+        tracing::info!("node stopping");
+        Ok(())
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let connected: Vec<Multiaddr> = self
+            .peers
+            .values()
+            .filter_map(|p| p.address.clone())
+            .collect();
+        for redial in &mut self.redials {
+            if redial.next > now || connected.iter().any(|a| a == &redial.address) {
+                continue;
+            }
+            let already = redial
+                .address
+                .iter()
+                .find_map(|p| match p {
+                    Protocol::P2p(id) => Some(id),
+                    _ => None,
+                })
+                .is_some_and(|id| self.swarm.is_connected(&id));
+            if !already {
+                if let Err(e) = self.swarm.dial(redial.address.clone()) {
+                    tracing::debug!(address = %redial.address, error = %e, "dial failed");
+                }
+                redial.next = now + redial.backoff;
+                redial.backoff = (redial.backoff * 2).min(REDIAL_MAX);
+            } else {
+                redial.backoff = REDIAL_MIN;
+            }
+        }
+        let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            let out = match self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) {
+                Some(session) => session.poll(now_ms, &self.replica),
+                None => continue,
+            };
+            self.send_sync(peer, out);
+        }
+    }
+
+    fn send_sync(
+        &mut self,
+        peer: PeerId,
+        out: Result<Vec<SyncMessage>, jarvis_crdt::sync::SyncError>,
+    ) {
+        match out {
+            Ok(messages) => {
+                for m in messages {
+                    self.swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&peer, m.encode());
+                }
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "sync session failed"),
+        }
+    }
+
+    fn hello(&self) -> Vec<u8> {
+        Hello::new(self.identity.chain.clone(), &self.revocations).encode()
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                let me = self.peer_id();
+                self.listening
+                    .push(address.with_p2p(me).unwrap_or_else(|a| a));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listening
+                    .retain(|a| !a.to_string().starts_with(&address.to_string()));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let address = endpoint.get_remote_address().clone();
+                let path = path_of(&address);
+                let hello = self.hello();
+                let peer = self.peers.entry(peer_id).or_insert(Peer {
+                    path,
+                    address: Some(address),
+                    verified: None,
+                    refused: None,
+                    session: None,
+                    hello_sent: false,
+                });
+                if peer.path == Path::Relayed && path == Path::Direct {
+                    peer.path = Path::Direct;
+                }
+                if !peer.hello_sent {
+                    peer.hello_sent = true;
+                    self.swarm
+                        .behaviour_mut()
+                        .auth
+                        .send_request(&peer_id, hello);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.peers.remove(&peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                for (peer, address) in found {
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self
+                            .swarm
+                            .dial(address.with_p2p(peer).unwrap_or_else(|a| a));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) if event.result.is_ok() => {
+                if let Some(peer) = self.peers.get_mut(&event.remote_peer_id) {
+                    peer.path = Path::HolePunched;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks a peer's hello: merges its revocations, verifies its chain against the org root
+    /// and the merged revocations, and that the chain is about the key this connection
+    /// authenticated.
+    fn check_hello(&mut self, peer: PeerId, bytes: &[u8]) -> Result<Verified, String> {
+        let hello = Hello::decode(bytes).map_err(|e| format!("malformed hello: {e}"))?;
+        match RevocationSet::decode(&self.identity.org.root, &hello.revocations) {
+            Ok(theirs) => {
+                if let Ok(added) = self.revocations.merge(&theirs)
+                    && added > 0
+                {
+                    tracing::info!(%peer, added, "learned revocations");
+                    if let Err(e) = self.home.save_revocations(&self.revocations) {
+                        tracing::warn!(error = %e, "cannot save revocations");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "peer's revocations not taken"),
+        }
+        let verified = hello
+            .chain
+            .verify(&self.identity.org.root, now(), &self.revocations)
+            .map_err(|e| e.to_string())?;
+        let expected = verified
+            .subject
+            .to_libp2p_peer_id()
+            .map_err(|e| format!("bad key: {e}"))?;
+        if expected != peer {
+            return Err(format!(
+                "the chain is for {}, but the connection is from {peer}",
+                verified.subject
+            ));
+        }
+        if verified.kind == CertKind::Device
+            && verified.user.as_ref() == Some(&self.identity.user)
+            && let Some(recipient) = hello.chain.leaf().and_then(|c| c.age_recipient())
+        {
+            self.meet_device(verified.subject, recipient.to_owned());
+        }
+        Ok(verified)
+    }
+
+    /// A device of this user: remember its encryption key, and give it every document key.
+    fn meet_device(&mut self, key: PublicKey, recipient: String) {
+        if self.devices.get(&key) == Some(&recipient) {
+            return;
+        }
+        self.devices.insert(key, recipient);
+        let json: BTreeMap<String, String> = self
+            .devices
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        if let Ok(bytes) = serde_json::to_vec_pretty(&json)
+            && let Err(e) = self.home.write_atomic("devices.json", &bytes, false)
+        {
+            tracing::warn!(error = %e, "cannot save devices.json");
+        }
+        let recipients = self.recipients();
+        for doc in self.replica.docs().unwrap_or_default() {
+            match self.replica.share_keys(doc, &recipients) {
+                Ok(records) => {
+                    for record in &records {
+                        self.fan_out_key(record);
+                    }
+                }
+                Err(e) => tracing::debug!(%doc, error = %e, "cannot share keys"),
+            }
+        }
+    }
+
+    fn recipients(&self) -> Vec<jarvis_identity::age::x25519::Recipient> {
+        let mut out = vec![self.identity.age.to_public()];
+        out.extend(self.devices.values().filter_map(|r| r.parse().ok()));
+        out
+    }
+
+    fn fan_out_key(&mut self, record: &jarvis_crdt::KeyRecord) {
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            if let Some(session) = self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) {
+                let out = session.on_new_key(record);
+                self.send_sync(peer, Ok(out));
+            }
+        }
+    }
+
+    fn fan_out(&mut self, except: Option<PeerId>, changes: &[jarvis_crdt::SealedChange]) {
+        let peers: Vec<PeerId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|p| Some(*p) != except)
+            .collect();
+        for peer in peers {
+            let mut out = Vec::new();
+            if let Some(session) = self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) {
+                for change in changes {
+                    match session.on_new_change(change, &self.replica) {
+                        Ok(m) => out.extend(m),
+                        Err(e) => tracing::warn!(%peer, error = %e, "push failed"),
+                    }
+                }
+            }
+            self.send_sync(peer, Ok(out));
+        }
+    }
+
+    /// Marks a peer authenticated (or refused) and, for the user's own devices, starts syncing.
+    fn settle_peer(&mut self, peer: PeerId, result: Result<Verified, String>) {
+        match result {
+            Ok(verified) => {
+                let same_user_device = verified.kind == CertKind::Device
+                    && verified.user.as_ref() == Some(&self.identity.user);
+                tracing::info!(%peer, kind = %verified.kind, name = %verified.name, same_user_device, "peer authenticated");
+                let Some(state) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                let first = state.verified.is_none();
+                state.verified = Some(verified);
+                state.refused = None;
+                if same_user_device && first {
+                    let mut session = Session::new();
+                    let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
+                    let out = session.start(now_ms, &self.replica);
+                    state.session = Some(session);
+                    self.send_sync(peer, out);
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(%peer, %reason, "peer refused");
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.refused = Some(reason);
+                }
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+    }
+
+    fn on_auth(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                Message::Request {
+                    request, channel, ..
+                } => {
+                    let result = self.check_hello(peer, &request);
+                    // Answer with our hello only to peers that proved membership.
+                    let response = if result.is_ok() {
+                        self.hello()
+                    } else {
+                        Vec::new()
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .auth
+                        .send_response(channel, response);
+                    self.settle_peer(peer, result);
+                }
+                Message::Response { response, .. } => {
+                    if response.is_empty() {
+                        self.settle_peer(peer, Err("the peer refused our certificate".into()));
+                    } else {
+                        let result = self.check_hello(peer, &response);
+                        self.settle_peer(peer, result);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "auth request failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        let request_response::Event::Message { peer, message, .. } = event else {
+            return;
+        };
+        let Message::Request {
+            request, channel, ..
+        } = message
+        else {
+            return;
+        };
+        // The gate: only an authenticated device of this user is served.
+        let Some(session) = self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) else {
+            tracing::warn!(%peer, "sync request from a peer that is not an authenticated device of this user");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        };
+        let message = match SyncMessage::decode(&request) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "malformed sync message");
+                return;
+            }
+        };
+        let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
+        let result = session.handle(message, now_ms, &mut self.replica);
+        // Stored durably (or refused) before the transport acknowledgement goes back.
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, Vec::new());
+        match result {
+            Ok(out) => {
+                let stored = out.received.stored.clone();
+                self.send_sync(peer, Ok(out.send));
+                self.fan_out(Some(peer), &stored);
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "sync message refused"),
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Conversations(reply) => {
+                let _ = reply.send(self.conversations());
+            }
+            Command::Show(doc, reply) => {
+                let _ = reply.send(self.show(doc));
+            }
+            Command::Ask {
+                text,
+                conversation,
+                reply,
+            } => {
+                let result = self.ask(&text, conversation).map_err(|e| format!("{e:#}"));
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn status(&self) -> Value {
+        let peers: Vec<Value> = self
+            .peers
+            .iter()
+            .map(|(id, p)| {
+                let role = p.verified.as_ref().map(|v| match v.kind {
+                    CertKind::Device if v.user.as_ref() == Some(&self.identity.user) => "own-device",
+                    CertKind::Device => "device",
+                    CertKind::Relay => "relay",
+                    CertKind::Gpu => "gpu",
+                    CertKind::Admin => "admin",
+                    CertKind::User | CertKind::Invite => "user",
+                });
+                json!({
+                    "peer_id": id.to_string(),
+                    "role": role,
+                    "name": p.verified.as_ref().map(|v| v.name.to_string()),
+                    "user": p.verified.as_ref().and_then(|v| v.user.as_ref().map(ToString::to_string)),
+                    "path": p.path,
+                    "address": p.address.as_ref().map(ToString::to_string),
+                    "authenticated": p.verified.is_some(),
+                    "refused": p.refused,
+                    "syncing": p.session.is_some(),
+                })
+            })
+            .collect();
+        let listen: Vec<String> = self.listening.iter().map(ToString::to_string).collect();
+        json!({
+            "device_id": self.peer_id().to_string(),
+            "org_id": self.identity.org.root.to_string(),
+            "user": self.identity.user.as_str(),
+            "peers": peers,
+            "listen": listen,
+            "api": self.api_addr,
+            "documents": self.replica.docs().map(|d| d.len()).unwrap_or(0),
+            "revocations": self.revocations.len(),
+        })
+    }
+
+    fn conversation_summary(&self, id: DocId) -> Option<Value> {
+        let doc = self.replica.doc(id)?;
+        let title = doc.title().ok()?;
+        let messages = doc.messages().ok()?;
+        let updated = messages.iter().map(|m| m.updated_at_ms).max().unwrap_or(0);
+        Some(json!({
+            "id": id.to_string(),
+            "title": title,
+            "updated_at": updated,
+            "messages": messages.len(),
+        }))
+    }
+
+    fn conversations(&self) -> Value {
+        let mut list: Vec<Value> = self
+            .replica
+            .docs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|id| self.conversation_summary(id))
+            .collect();
+        list.sort_by_key(|c| std::cmp::Reverse(c["updated_at"].as_i64().unwrap_or(0)));
+        json!({ "conversations": list })
+    }
+
+    fn show(&self, id: DocId) -> Result<Value, String> {
+        let doc = self
+            .replica
+            .doc(id)
+            .ok_or_else(|| format!("no conversation {id} on this device"))?;
+        let messages = doc.messages().map_err(|e| e.to_string())?;
+        let messages: Vec<Value> = messages
+            .into_iter()
+            .map(|m| {
+                json!({
+                    "id": m.id,
+                    "role": m.role.as_str(),
+                    "text": m.text,
+                    "author_device": m.author,
+                    "status": m.status.as_str(),
+                    "created_at": m.created_at_ms,
+                    "model": m.model,
+                    "timings_ms": m.timings_ms,
+                })
+            })
+            .collect();
+        Ok(json!({
+            "id": id.to_string(),
+            "title": doc.title().unwrap_or_default(),
+            "messages": messages,
+        }))
+    }
+
+    /// Adds the user's message to a conversation (a new one if none is given) and syncs it.
+    /// Answers arrive with the inference engine.
+    fn ask(&mut self, text: &str, conversation: Option<DocId>) -> Result<Value> {
+        let now_ms = ms(now_unix());
+        let doc = match conversation {
+            Some(doc) => doc,
+            None => {
+                let title: String = text.chars().take(60).collect();
+                let recipients = self.recipients();
+                let (doc, key, first) = self.replica.create(
+                    |me| Doc::create_conversation(me, &title, now_ms),
+                    &recipients,
+                )?;
+                self.fan_out_key(&key);
+                self.fan_out(None, &[first]);
+                doc
+            }
+        };
+        let message_id = hex::encode(jarvis_identity::keys::random_bytes::<8>());
+        let change = self.replica.edit(doc, |d, me| {
+            d.append(
+                NewMessage {
+                    id: &message_id,
+                    role: Role::User,
+                    text,
+                    status: Status::Done,
+                    now_ms,
+                },
+                me,
+            )
+        })?;
+        self.fan_out(None, &[change]);
+        Ok(json!({
+            "conversation_id": doc.to_string(),
+            "message_id": message_id,
+            "answer": null,
+            "model": null,
+            "where": null,
+            "timings_ms": {},
+        }))
+    }
+}
+
+fn now_unix() -> jarvis_identity::UnixTime {
+    now()
+}
+
+impl NodeIdentity {
+    fn device_key_clone(&self) -> SecretKey {
+        SecretKey::from_seed(&self.device_key.seed())
+    }
+}

@@ -46,6 +46,10 @@ struct Running {
 
 impl Running {
     fn start(home: &Path, peers: &[String]) -> Self {
+        Self::start_on(home, "/ip4/127.0.0.1/udp/0/quic-v1", peers)
+    }
+
+    fn start_on(home: &Path, listen: &str, peers: &[String]) -> Self {
         let mut cmd = jarvis(home);
         cmd.args([
             "up",
@@ -54,7 +58,7 @@ impl Running {
             "--api",
             "127.0.0.1:0",
             "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
+            listen,
         ]);
         for p in peers {
             cmd.args(["--peer", p]);
@@ -281,4 +285,23 @@ fn two_devices_of_one_user_sync_and_strangers_get_nothing() {
         (texts(&phone, &conversation).len() == 3).then_some(())
     });
     assert_eq!(texts(&phone, &conversation)[2], "while you were away");
+}
+
+#[test]
+fn devices_sync_over_tcp_when_udp_is_not_available() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let acme = org(d, "acme");
+    let laptop = first_device(d, &acme, "alice", "laptop");
+    let phone = paired_device(d, &laptop, "phone");
+    let tcp = "/ip4/127.0.0.1/tcp/0";
+    let a = Running::start_on(&laptop, tcp, &[]);
+    let a_addr = a.address();
+    assert!(a_addr.contains("/tcp/"), "{a_addr}");
+    let _b = Running::start_on(&phone, tcp, &[a_addr]);
+    let asked = ok(&laptop, &["ask", "over tcp"]);
+    let conversation = asked["conversation_id"].as_str().unwrap().to_owned();
+    wait_for("the phone to see the message over TCP", || {
+        (texts(&phone, &conversation) == ["over tcp"]).then_some(())
+    });
 }

@@ -575,3 +575,150 @@ impl Bundle {
         Ok(verified)
     }
 }
+
+const PAIRING_VERSION: u8 = 1;
+/// Addresses a pairing code carries: enough for a laptop's interfaces, short enough to copy.
+pub const MAX_PAIRING_ADDRESSES: usize = 8;
+const PAIR_MAC_DOMAIN: &[u8] = b"jarvis/pair-mac/v1\0";
+
+/// A pairing code, shown by a device that holds the user key (`jarvis devices pair`) and typed
+/// on the new device (`jarvis join CODE`): where to reach the showing device (its key, which the
+/// transport authenticates, and its addresses), a one-time secret that proves the new device was
+/// shown the code, and when it stops working.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PairingCode {
+    pub peer: PublicKey,
+    pub addresses: Vec<String>,
+    secret: [u8; 16],
+    pub expires_at: UnixTime,
+}
+
+impl std::fmt::Debug for PairingCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairingCode")
+            .field("peer", &self.peer)
+            .field("addresses", &self.addresses)
+            .field("secret", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+impl PairingCode {
+    pub fn new(peer: PublicKey, addresses: Vec<String>, expires_at: UnixTime) -> Self {
+        Self {
+            peer,
+            addresses,
+            secret: crate::keys::random_bytes(),
+            expires_at,
+        }
+    }
+
+    pub fn to_token(&self) -> String {
+        let mut w = Writer::new();
+        w.u8(PAIRING_VERSION);
+        self.peer.write(&mut w);
+        w.u8(u8::try_from(self.addresses.len()).unwrap_or(u8::MAX));
+        for a in &self.addresses {
+            w.str(a);
+        }
+        w.fixed(&self.secret).u64(self.expires_at.0);
+        token::armor(TokenKind::Pairing, &w.finish())
+    }
+
+    pub fn from_token(text: &str) -> Result<Self, EnrolError> {
+        let bytes = token::dearmor(TokenKind::Pairing, text)?;
+        let malformed = token::malformed(TokenKind::Pairing);
+        let mut r = Reader::new(&bytes);
+        r.version("pairing code", PAIRING_VERSION)
+            .map_err(&malformed)?;
+        let peer = PublicKey::read(&mut r, "pairing peer").map_err(&malformed)?;
+        let count = usize::from(r.u8("address count").map_err(&malformed)?);
+        if count > MAX_PAIRING_ADDRESSES {
+            return Err(malformed(DecodeError::TooLong {
+                what: "pairing addresses",
+                len: count,
+                max: MAX_PAIRING_ADDRESSES,
+            })
+            .into());
+        }
+        let mut addresses = Vec::with_capacity(count);
+        for _ in 0..count {
+            addresses.push(
+                r.str("address", MAX_RELAY_ADDR_BYTES)
+                    .map_err(&malformed)?
+                    .to_owned(),
+            );
+        }
+        let secret = r.array("pairing secret").map_err(&malformed)?;
+        let expires_at = UnixTime(r.u64("expiry").map_err(&malformed)?);
+        r.finish("pairing code").map_err(&malformed)?;
+        Ok(Self {
+            peer,
+            addresses,
+            secret,
+            expires_at,
+        })
+    }
+
+    /// The MAC a new device puts on its request, proving it knows the code's secret.
+    pub fn mac(&self, request: &JoinRequest) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secret) {
+            Ok(m) => m,
+            // HMAC takes keys of any length; 16 bytes cannot fail.
+            Err(_) => return [0; 32],
+        };
+        mac.update(PAIR_MAC_DOMAIN);
+        mac.update(request.to_token().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Checks a MAC in constant time.
+    pub fn check_mac(&self, request: &JoinRequest, mac: &[u8]) -> bool {
+        use hmac::Mac;
+        let Ok(mut expected) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secret) else {
+            return false;
+        };
+        expected.update(PAIR_MAC_DOMAIN);
+        expected.update(request.to_token().as_bytes());
+        expected.verify_slice(mac).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairing_codes_round_trip_and_macs_bind_the_request() {
+        let device = SecretKey::generate();
+        let code = PairingCode::new(
+            device.public(),
+            vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
+            UnixTime(99),
+        );
+        let back = PairingCode::from_token(&code.to_token()).unwrap();
+        assert_eq!(back, code);
+        assert!(!format!("{code:?}").contains(&hex::encode(code.secret)));
+        let request = JoinRequest::create(
+            RequestKind::Device,
+            &SecretKey::generate(),
+            Name::new("tablet").unwrap(),
+            Some(age::x25519::Identity::generate().to_public().to_string()),
+            UnixTime(1),
+        );
+        let mac = code.mac(&request);
+        assert!(code.check_mac(&request, &mac));
+        let other = PairingCode::new(device.public(), vec![], UnixTime(99));
+        assert!(!other.check_mac(&request, &mac));
+        let other_request = JoinRequest::create(
+            RequestKind::Device,
+            &SecretKey::generate(),
+            Name::new("tablet").unwrap(),
+            Some(age::x25519::Identity::generate().to_public().to_string()),
+            UnixTime(1),
+        );
+        assert!(!code.check_mac(&other_request, &mac));
+    }
+}

@@ -61,7 +61,8 @@ pub use cert::{
 };
 pub use encoding::DecodeError;
 pub use enrol::{
-    Bundle, DeviceKeys, EnrolError, Invite, JoinRequest, OrgInfo, Redeemed, RequestKind,
+    Bundle, DeviceKeys, EnrolError, Invite, JoinRequest, OrgInfo, PairingCode, Redeemed,
+    RequestKind,
 };
 pub use keys::{Name, ParseIdError, PublicKey, SecretKey, Serial, Signature, UnixTime};
 pub use revocation::{Revocation, RevocationError, RevocationSet, RevocationTarget};

@@ -24,6 +24,8 @@ pub enum TokenKind {
     Request,
     /// The certificates that answer a request.
     Bundle,
+    /// What a new device needs to reach an existing one and prove it was shown the code.
+    Pairing,
 }
 
 impl TokenKind {
@@ -32,6 +34,7 @@ impl TokenKind {
             Self::Invite => "jvinvite",
             Self::Request => "jvrequest",
             Self::Bundle => "jvbundle",
+            Self::Pairing => "jvpair",
         }
     }
 
@@ -40,13 +43,14 @@ impl TokenKind {
             Self::Invite => "invite",
             Self::Request => "join request",
             Self::Bundle => "certificate bundle",
+            Self::Pairing => "pairing code",
         }
     }
 
     /// Which kind of token `text` claims to be, from its prefix alone.
     pub fn sniff(text: &str) -> Option<Self> {
         let (prefix, _) = text.trim().split_once('_')?;
-        [Self::Invite, Self::Request, Self::Bundle]
+        [Self::Invite, Self::Request, Self::Bundle, Self::Pairing]
             .into_iter()
             .find(|kind| kind.prefix() == prefix)
     }

@@ -170,7 +170,7 @@ pub enum RelaysCommand {
 
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// An invite (`jvinvite_…`) or a pairing bundle (`jvbundle_…`).
+    /// An invite (`jvinvite_…`), a pairing code (`jvpair_…`) or a pairing bundle (`jvbundle_…`).
     pub token: String,
     /// This device's name, as the user's other devices will show it (default: the host name).
     #[arg(long, value_name = "NAME")]
@@ -188,9 +188,16 @@ pub struct DevicesArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DevicesCommand {
-    /// Pair a new device over the network (needs the mesh; see `request`/`approve` for the
-    /// offline form).
-    Pair,
+    /// Pair a new device over the network: prints a code to give to `jarvis join` on the new
+    /// device, waits until it has joined, then exits. (Offline form: `request` / `approve`.)
+    Pair {
+        /// Where to wait for the new device (default: QUIC and TCP on every interface).
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<libp2p::Multiaddr>,
+        /// How long the code works.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        expires: std::time::Duration,
+    },
     /// On a NEW device: make this device's keys and print a request to approve on a device you
     /// already have.
     Request {

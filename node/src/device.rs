@@ -58,11 +58,15 @@ pub fn join(home: Home, out: Output, args: JoinArgs) -> Result<()> {
         Some(TokenKind::Bundle) => {
             install_bundle(home, out, &args.token, pinned.as_ref(), RequestKind::Device)
         }
+        Some(TokenKind::Pairing) => {
+            let name = device_name(args.device_name.clone())?;
+            crate::pairing::join(&home, out, &args.token, name)
+        }
         Some(TokenKind::Request) => bail!(
             "this is a join request, not an invite: approve it on a device you already have with `jarvis devices approve`"
         ),
         None => bail!(
-            "this is not a Jarvis invite (jvinvite_…) or pairing bundle (jvbundle_…); copy the whole token"
+            "this is not a Jarvis invite (jvinvite_…), pairing code (jvpair_…) or pairing bundle (jvbundle_…); copy the whole token"
         ),
     }
 }
@@ -128,7 +132,7 @@ fn join_with_invite(
     report_joined(&home, out, &redeemed.org, &redeemed.device_chain)
 }
 
-fn report_joined(home: &Home, out: Output, org: &OrgInfo, chain: &CertChain) -> Result<()> {
+pub fn report_joined(home: &Home, out: Output, org: &OrgInfo, chain: &CertChain) -> Result<()> {
     let set = home.revocations(&org.root)?;
     let verified = chain.verify(&org.root, now(), &set)?;
     let user = verified
@@ -252,9 +256,9 @@ fn make_request(home: &Home, out: Output, kind: RequestKind, name: Name) -> Resu
 pub fn devices(home: Home, out: Output, command: Option<DevicesCommand>) -> Result<()> {
     match command {
         None => list_devices(&home, out),
-        Some(DevicesCommand::Pair) => bail!(
-            "pairing over the network needs the mesh, which this build does not have yet. Pair offline instead:\n  1. on the new device:   jarvis devices request\n  2. on this device:      jarvis devices approve <request>\n  3. on the new device:   jarvis join <bundle>"
-        ),
+        Some(DevicesCommand::Pair { listen, expires }) => {
+            crate::pairing::pair(&home, out, listen, expires)
+        }
         Some(DevicesCommand::Request { device_name: name }) => {
             make_request(&home, out, RequestKind::Device, device_name(name)?)
         }

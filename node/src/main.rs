@@ -10,6 +10,7 @@ mod home;
 mod mesh;
 mod node;
 mod output;
+mod pairing;
 mod up;
 
 use std::process::ExitCode;

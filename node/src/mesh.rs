@@ -23,6 +23,7 @@ use libp2p::{StreamProtocol, dcutr, identify, mdns, ping, relay};
 
 pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/auth/1");
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/sync/1");
+pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/pair/1");
 /// A hello carries a chain (< 4 KiB) and the org's revocations.
 pub const MAX_AUTH_BYTES: usize = 4 << 20;
 /// A sync message may carry a snapshot.
@@ -33,6 +34,12 @@ const HELLO_VERSION: u8 = 1;
 #[derive(Debug, Clone, Copy)]
 pub struct Frames {
     max: usize,
+}
+
+impl Frames {
+    pub fn new(max: usize) -> Self {
+        Self { max }
+    }
 }
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {

@@ -305,3 +305,57 @@ fn devices_sync_over_tcp_when_udp_is_not_available() {
         (texts(&phone, &conversation) == ["over tcp"]).then_some(())
     });
 }
+
+#[test]
+fn a_new_device_pairs_over_the_network_with_a_code_and_then_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let acme = org(d, "acme");
+    let laptop = first_device(d, &acme, "alice", "laptop");
+    let tablet = d.join("tablet");
+
+    let mut pair = jarvis(&laptop)
+        .args([
+            "devices",
+            "pair",
+            "--json",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(pair.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let code = first["code"].as_str().unwrap().to_owned();
+    assert!(code.starts_with("jvpair_"));
+    assert!(first["expires_at"].is_string());
+
+    let joined = ok(&tablet, &["join", &code, "--device-name", "tablet"]);
+    assert_eq!(joined["user"], "alice");
+    let last: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(last["joined"], joined["device_id"]);
+    assert!(pair.wait().unwrap().success());
+
+    // The code works once: the laptop no longer listens for it.
+    let again = jarvis(&d.join("tablet-2"))
+        .args(["join", &code])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("could not reach"));
+
+    // The paired tablet is a full device of alice: it syncs with the laptop.
+    assert_eq!(
+        ok(&laptop, &["whoami"])["user"],
+        ok(&tablet, &["whoami"])["user"]
+    );
+    let a = Running::start(&laptop, &[]);
+    let _t = Running::start(&tablet, std::slice::from_ref(&a.address()));
+    let asked = ok(&laptop, &["ask", "paired over the mesh"]);
+    let conversation = asked["conversation_id"].as_str().unwrap().to_owned();
+    wait_for("the tablet to see the laptop's message", || {
+        (texts(&tablet, &conversation) == ["paired over the mesh"]).then_some(())
+    });
+}

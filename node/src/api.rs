@@ -7,6 +7,7 @@
 //! GET  /v1/conversations           the synced conversations
 //! GET  /v1/conversations/{id}      one conversation's messages
 //! POST /v1/ask {text, conversation?}
+//! GET  /metrics                    Prometheus text format
 //! ```
 
 use std::net::SocketAddr;
@@ -50,6 +51,7 @@ pub fn token(home: &Home) -> Result<String> {
 struct AppState {
     token: String,
     commands: mpsc::Sender<Command>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -96,6 +98,23 @@ async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
         Ok(v) => Json(v).into_response(),
         Err(r) => r,
     }
+}
+
+async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (see `jarvis token`)",
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn conversations(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -200,6 +219,7 @@ pub async fn serve(
     home: &Home,
     addr: SocketAddr,
     commands: mpsc::Sender<Command>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + use<>)> {
     if !addr.ip().is_loopback() {
@@ -208,12 +228,14 @@ pub async fn serve(
     let state = AppState {
         token: token(home)?,
         commands,
+        metrics,
     };
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/conversations", get(conversations))
         .route("/v1/conversations/{id}", get(show))
         .route("/v1/ask", post(ask))
+        .route("/metrics", get(metrics_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ASK_BYTES + 4096))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr)

@@ -8,6 +8,7 @@ mod client;
 mod device;
 mod home;
 mod mesh;
+mod metrics;
 mod node;
 mod output;
 mod pairing;

@@ -112,6 +112,7 @@ pub struct Node {
     api_addr: String,
     /// Addresses actually listened on, with this node's peer id: what others dial.
     listening: Vec<Multiaddr>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 fn path_of(address: &Multiaddr) -> Path {
@@ -132,6 +133,7 @@ impl Node {
         identity: NodeIdentity,
         config: &NodeConfig,
         api_addr: String,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<Self> {
         let keypair = identity
             .device_key
@@ -200,6 +202,7 @@ impl Node {
             redials,
             api_addr,
             listening: Vec::new(),
+            metrics,
         })
     }
 
@@ -228,7 +231,16 @@ impl Node {
                 Event::Shutdown => break,
                 Event::Command(command) => self.on_command(command),
                 Event::Swarm(event) => self.on_swarm(*event),
-                Event::Tick => self.on_tick(),
+                Event::Tick => {
+                    self.metrics.peers_connected.set(
+                        i64::try_from(self.swarm.connected_peers().count()).unwrap_or(i64::MAX),
+                    );
+                    self.metrics.documents.set(
+                        i64::try_from(self.replica.docs().map(|d| d.len()).unwrap_or(0))
+                            .unwrap_or(i64::MAX),
+                    );
+                    self.on_tick();
+                }
             }
         }
         tracing::info!("node stopping");
@@ -283,6 +295,7 @@ impl Node {
         match out {
             Ok(messages) => {
                 for m in messages {
+                    self.metrics.sync_messages_sent.inc();
                     self.swarm
                         .behaviour_mut()
                         .sync
@@ -479,6 +492,9 @@ impl Node {
                     return;
                 };
                 let first = state.verified.is_none();
+                if first {
+                    self.metrics.peers_authenticated.inc();
+                }
                 state.verified = Some(verified);
                 state.refused = None;
                 if same_user_device && first {
@@ -491,6 +507,7 @@ impl Node {
             }
             Err(reason) => {
                 tracing::warn!(%peer, %reason, "peer refused");
+                self.metrics.peers_refused.inc();
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.refused = Some(reason);
                 }
@@ -559,6 +576,7 @@ impl Node {
             }
         };
         let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
+        self.metrics.sync_messages_received.inc();
         let result = session.handle(message, now_ms, &mut self.replica);
         // Stored durably (or refused) before the transport acknowledgement goes back.
         let _ = self
@@ -569,6 +587,7 @@ impl Node {
         match result {
             Ok(out) => {
                 let stored = out.received.stored.clone();
+                self.metrics.changes_stored.inc_by(stored.len() as u64);
                 self.send_sync(peer, Ok(out.send));
                 self.fan_out(Some(peer), &stored);
             }

@@ -102,8 +102,16 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let mut shutdown = Shutdown::install()?;
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (api_addr, server) = api::serve(&home, args.api, commands_tx, stop_rx).await?;
-    let node = Node::new(home.clone(), identity, &config, api_addr.to_string())?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let (api_addr, server) =
+        api::serve(&home, args.api, commands_tx, metrics.clone(), stop_rx).await?;
+    let node = Node::new(
+        home.clone(),
+        identity,
+        &config,
+        api_addr.to_string(),
+        metrics,
+    )?;
     let peer_id = node.peer_id();
     let server = tokio::spawn(server);
     tracing::info!(%peer_id, org = %org.name, %user, personal = state.personal, "node up");

@@ -359,3 +359,78 @@ fn a_new_device_pairs_over_the_network_with_a_code_and_then_syncs() {
         (texts(&tablet, &conversation) == ["paired over the mesh"]).then_some(())
     });
 }
+
+/// A raw HTTP GET against a running node's local API, with or without its token.
+fn api_get(home: &Path, path: &str, with_token: bool) -> (u16, String) {
+    use std::io::{Read, Write};
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).unwrap()).unwrap();
+    let addr = info["addr"].as_str().unwrap().to_owned();
+    let token = String::from_utf8(std::fs::read(home.join("api-token")).unwrap()).unwrap();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    let auth = if with_token {
+        format!("Authorization: Bearer {}\r\n", token.trim())
+    } else {
+        String::new()
+    };
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn the_local_api_wants_its_token_and_serves_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let acme = org(d, "acme");
+    let laptop = first_device(d, &acme, "alice", "laptop");
+    let phone = paired_device(d, &laptop, "phone");
+    let globex = org(d, "globex");
+    let mallory = first_device(d, &globex, "mallory", "mallory-laptop");
+    let a = Running::start(&laptop, &[]);
+    let _b = Running::start(&phone, std::slice::from_ref(&a.address()));
+    let conversation = ok(&laptop, &["ask", "count me"])["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for("the phone to get the message", || {
+        (texts(&phone, &conversation).len() == 1).then_some(())
+    });
+
+    let (status, _) = api_get(&laptop, "/v1/status", false);
+    assert_eq!(status, 401);
+    let (status, body) = api_get(&phone, "/metrics", true);
+    assert_eq!(status, 200);
+    assert!(
+        metric(&body, "jarvis_changes_stored_total") >= 2.0,
+        "{body}"
+    );
+    assert!(
+        metric(&body, "jarvis_sync_messages_received_total") >= 1.0,
+        "{body}"
+    );
+
+    let _m = Running::start(&mallory, std::slice::from_ref(&a.address()));
+    wait_for("the laptop to count a refused peer", || {
+        let (_, body) = api_get(&laptop, "/metrics", true);
+        (metric(&body, "jarvis_peers_refused_total") >= 1.0).then_some(())
+    });
+}

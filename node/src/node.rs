@@ -115,12 +115,18 @@ pub struct Node {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
-fn path_of(address: &Multiaddr) -> Path {
-    if address.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
-        Path::Relayed
-    } else {
-        Path::Direct
-    }
+/// Relayed if either end of the connection is a circuit address (a dialer sees it in the remote
+/// address, a listener in its local one).
+fn path_of(endpoint: &libp2p::core::ConnectedPoint) -> Path {
+    let circuit = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+    let relayed = match endpoint {
+        libp2p::core::ConnectedPoint::Dialer { address, .. } => circuit(address),
+        libp2p::core::ConnectedPoint::Listener {
+            local_addr,
+            send_back_addr,
+        } => circuit(local_addr) || circuit(send_back_addr),
+    };
+    if relayed { Path::Relayed } else { Path::Direct }
 }
 
 fn ms(t: jarvis_identity::UnixTime) -> i64 {
@@ -326,7 +332,7 @@ impl Node {
                 peer_id, endpoint, ..
             } => {
                 let address = endpoint.get_remote_address().clone();
-                let path = path_of(&address);
+                let path = path_of(&endpoint);
                 let hello = self.hello();
                 let peer = self.peers.entry(peer_id).or_insert(Peer {
                     path,

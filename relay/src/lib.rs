@@ -1,7 +1,8 @@
 //! The org relay: blind store-and-forward of sealed changes, circuit relay, the directory of
 //! online devices and GPU peers, and revocation distribution.
 //!
-//! Not built yet: this crate is filled by the relay issue, shaped like iroh-relay (a library with
-//! the wire protocol and client, a `server` feature, and the `jarvis-relay` binary). Until then
-//! relays and GPU peers are enrolled with `jarvis admin enroll` and their bundles are checked by
-//! `jarvis_identity::Bundle::check_for`.
+//! Built so far: the circuit-relay server (`jarvis-relay up`), so that devices on networks that
+//! cannot reach each other connect through the relay (and upgrade to a direct connection with
+//! DCUtR where the networks allow). Not built yet (the relay issue): the authentication gate on
+//! the relay, store-and-forward, the directory, revocation distribution, quotas, metrics, and
+//! the PostgreSQL store.

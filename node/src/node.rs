@@ -384,39 +384,25 @@ impl Node {
     /// and the merged revocations, and that the chain is about the key this connection
     /// authenticated.
     fn check_hello(&mut self, peer: PeerId, bytes: &[u8]) -> Result<Verified, String> {
-        let hello = Hello::decode(bytes).map_err(|e| format!("malformed hello: {e}"))?;
-        match RevocationSet::decode(&self.identity.org.root, &hello.revocations) {
-            Ok(theirs) => {
-                if let Ok(added) = self.revocations.merge(&theirs)
-                    && added > 0
-                {
-                    tracing::info!(%peer, added, "learned revocations");
-                    if let Err(e) = self.home.save_revocations(&self.revocations) {
-                        tracing::warn!(error = %e, "cannot save revocations");
-                    }
-                }
+        let checked = crate::mesh::check_hello(
+            &self.identity.org.root,
+            &mut self.revocations,
+            peer,
+            bytes,
+            now(),
+        )?;
+        if checked.new_revocations > 0 {
+            tracing::info!(%peer, added = checked.new_revocations, "learned revocations");
+            if let Err(e) = self.home.save_revocations(&self.revocations) {
+                tracing::warn!(error = %e, "cannot save revocations");
             }
-            Err(e) => tracing::debug!(%peer, error = %e, "peer's revocations not taken"),
         }
-        let verified = hello
-            .chain
-            .verify(&self.identity.org.root, now(), &self.revocations)
-            .map_err(|e| e.to_string())?;
-        let expected = verified
-            .subject
-            .to_libp2p_peer_id()
-            .map_err(|e| format!("bad key: {e}"))?;
-        if expected != peer {
-            return Err(format!(
-                "the chain is for {}, but the connection is from {peer}",
-                verified.subject
-            ));
-        }
+        let verified = checked.verified;
         if verified.kind == CertKind::Device
             && verified.user.as_ref() == Some(&self.identity.user)
-            && let Some(recipient) = hello.chain.leaf().and_then(|c| c.age_recipient())
+            && let Some(recipient) = checked.age_recipient
         {
-            self.meet_device(verified.subject, recipient.to_owned());
+            self.meet_device(verified.subject, recipient);
         }
         Ok(verified)
     }

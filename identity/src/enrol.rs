@@ -686,6 +686,25 @@ impl PairingCode {
     }
 }
 
+/// What a new device sends to the device showing the pairing code: its join request and the MAC
+/// proving it was shown the code.
+pub fn encode_pair_request(request: &JoinRequest, mac: &[u8; 32]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(1).str(&request.to_token()).fixed(mac);
+    w.finish()
+}
+
+/// Reads a pairing request from the network; the request's self-signature is checked, the MAC
+/// is returned for [`PairingCode::check_mac`].
+pub fn decode_pair_request(bytes: &[u8]) -> Result<(JoinRequest, [u8; 32]), EnrolError> {
+    let mut r = Reader::new(bytes);
+    r.version("pairing request", 1)?;
+    let request = JoinRequest::from_token(r.str("request", 4096)?)?;
+    let mac = r.array::<32>("mac")?;
+    r.finish("pairing request")?;
+    Ok((request, mac))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +729,8 @@ mod tests {
         );
         let mac = code.mac(&request);
         assert!(code.check_mac(&request, &mac));
+        let (back, back_mac) = decode_pair_request(&encode_pair_request(&request, &mac)).unwrap();
+        assert_eq!((back, back_mac), (request.clone(), mac));
         let other = PairingCode::new(device.public(), vec![], UnixTime(99));
         assert!(!other.check_mac(&request, &mac));
         let other_request = JoinRequest::create(

@@ -50,6 +50,7 @@ pub mod audit;
 pub mod cert;
 pub mod encoding;
 pub mod enrol;
+pub mod hello;
 pub mod keys;
 pub mod revocation;
 pub mod sealed;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
-use jarvis_identity::encoding::{Reader, Writer};
+use jarvis_identity::enrol::{decode_pair_request, encode_pair_request};
 use jarvis_identity::{
     Bundle, JoinRequest, KeyMaterial, Name, PairingCode, RequestKind, SecretKey,
 };
@@ -68,21 +68,6 @@ fn swarm(key: &SecretKey) -> Result<Swarm<PairBehaviour>> {
         .context("setting up pairing")?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
         .build())
-}
-
-fn encode_pair_request(request: &JoinRequest, mac: &[u8; 32]) -> Vec<u8> {
-    let mut w = Writer::new();
-    w.u8(1).str(&request.to_token()).fixed(mac);
-    w.finish()
-}
-
-fn decode_pair_request(bytes: &[u8]) -> Result<(JoinRequest, [u8; 32])> {
-    let mut r = Reader::new(bytes);
-    r.version("pairing request", 1)?;
-    let request = JoinRequest::from_token(r.str("request", 4096)?)?;
-    let mac = r.array::<32>("mac")?;
-    r.finish("pairing request")?;
-    Ok((request, mac))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -163,7 +148,7 @@ pub fn pair(home: &Home, out: Output, listen: Vec<Multiaddr>, expires: Duration)
             else {
                 continue;
             };
-            let answer = match decode_pair_request(&request) {
+            let answer = match decode_pair_request(&request).map_err(anyhow::Error::from) {
                 Ok((request, mac)) if code.check_mac(&request, &mac) && request.kind() == RequestKind::Device => {
                     // The transport authenticated the new device's key: it must be the key its
                     // request certifies.

@@ -1,0 +1,303 @@
+//! The authentication handshake of the mesh: each side of a new connection sends a [`Hello`]
+//! (its certificate chain and the revocations it knows), and [`check_hello`] decides whether the
+//! peer is a member of the org, and who. Sans-IO: the node drives it over libp2p.
+
+use libp2p_identity::PeerId;
+
+use crate::encoding::{DecodeError, Reader, Writer};
+use crate::{CertChain, PublicKey, RevocationSet, UnixTime, Verified};
+
+const HELLO_VERSION: u8 = 1;
+/// A hello carries a chain (< 4 KiB) and the org's revocations.
+pub const MAX_HELLO_BYTES: usize = 4 << 20;
+
+/// The authentication handshake's message: who I am, and the revocations I know.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub chain: CertChain,
+    /// An encoded [`RevocationSet`], verified by the receiver against its own org root.
+    pub revocations: Vec<u8>,
+}
+
+impl Hello {
+    pub fn new(chain: CertChain, revocations: &RevocationSet) -> Self {
+        Self {
+            chain,
+            revocations: revocations.encode(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let chain = self.chain.encode();
+        let mut w = Writer::with_capacity(9 + chain.len() + self.revocations.len());
+        w.u8(HELLO_VERSION)
+            .u32(u32::try_from(chain.len()).unwrap_or(u32::MAX))
+            .fixed(&chain)
+            .u32(u32::try_from(self.revocations.len()).unwrap_or(u32::MAX))
+            .fixed(&self.revocations);
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("hello", HELLO_VERSION)?;
+        let chain_len = usize::try_from(r.u32("chain length")?).unwrap_or(usize::MAX);
+        if chain_len > crate::cert::MAX_CHAIN_LEN * crate::cert::MAX_CERT_BYTES {
+            return Err(DecodeError::TooLong {
+                what: "chain",
+                len: chain_len,
+                max: crate::cert::MAX_CHAIN_LEN * crate::cert::MAX_CERT_BYTES,
+            });
+        }
+        let chain = CertChain::decode(r.take_bytes("chain", chain_len)?)?;
+        let rev_len = usize::try_from(r.u32("revocations length")?).unwrap_or(usize::MAX);
+        if rev_len > MAX_HELLO_BYTES {
+            return Err(DecodeError::TooLong {
+                what: "revocations",
+                len: rev_len,
+                max: MAX_HELLO_BYTES,
+            });
+        }
+        let revocations = r.take_bytes("revocations", rev_len)?.to_vec();
+        r.finish("hello")?;
+        Ok(Self { chain, revocations })
+    }
+}
+
+/// What a hello proved.
+#[derive(Debug)]
+pub struct Checked {
+    pub verified: Verified,
+    /// The peer's age recipient, when it is a device.
+    pub age_recipient: Option<String>,
+    /// Revocations learned from the peer (already merged into the caller's set).
+    pub new_revocations: usize,
+}
+
+/// The authentication gate, sans-IO: merges the revocations the peer sent (verified against our
+/// org root; a set from another org is ignored), then verifies the peer's chain against the root
+/// and the merged set at `now`, and checks that the chain certifies exactly the key the transport
+/// authenticated for this connection (`peer`), so a stolen chain is useless without its key.
+pub fn check_hello(
+    root: &PublicKey,
+    revocations: &mut RevocationSet,
+    peer: PeerId,
+    bytes: &[u8],
+    now: UnixTime,
+) -> Result<Checked, String> {
+    let hello = Hello::decode(bytes).map_err(|e| format!("malformed hello: {e}"))?;
+    let new_revocations = RevocationSet::decode(root, &hello.revocations)
+        .ok()
+        .and_then(|theirs| revocations.merge(&theirs).ok())
+        .unwrap_or(0);
+    let verified = hello
+        .chain
+        .verify(root, now, revocations)
+        .map_err(|e| e.to_string())?;
+    let expected = verified
+        .subject
+        .to_libp2p_peer_id()
+        .map_err(|e| format!("bad key: {e}"))?;
+    if expected != peer {
+        return Err(format!(
+            "the chain is for {}, but the connection is from {peer}",
+            verified.subject
+        ));
+    }
+    Ok(Checked {
+        age_recipient: hello
+            .chain
+            .leaf()
+            .and_then(|c| c.age_recipient())
+            .map(str::to_owned),
+        verified,
+        new_revocations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        CertKind, CertTemplate, Certificate, DeviceKeys, Invite, Name, OrgInfo, Revocation,
+        RevocationTarget, Roles, SecretKey,
+    };
+
+    const NOW: UnixTime = UnixTime(1_800_000_000);
+
+    struct Org {
+        root: SecretKey,
+        info: OrgInfo,
+    }
+
+    fn org() -> Org {
+        let root = SecretKey::generate();
+        let info = OrgInfo {
+            name: Name::new("acme").unwrap(),
+            root: root.public(),
+            relays: vec![],
+        };
+        Org { root, info }
+    }
+
+    /// A device of `user` in `org`: its key and chain.
+    fn device(org: &Org, user: &str) -> (SecretKey, CertChain) {
+        let invite = Invite::create(
+            org.info.clone(),
+            None,
+            &org.root,
+            Name::new(user).unwrap(),
+            Roles::MEMBER,
+            NOW,
+            NOW.saturating_add_secs(60),
+        )
+        .unwrap();
+        let key = SecretKey::generate();
+        let age = age::x25519::Identity::generate();
+        let redeemed = invite
+            .redeem(
+                NOW,
+                None,
+                &DeviceKeys {
+                    key: key.public(),
+                    name: &Name::new("d").unwrap(),
+                    age_recipient: &age.to_public().to_string(),
+                },
+            )
+            .unwrap();
+        (key, redeemed.device_chain)
+    }
+
+    fn peer_of(key: &SecretKey) -> PeerId {
+        key.public().to_libp2p_peer_id().unwrap()
+    }
+
+    fn hello(chain: &CertChain, set: &RevocationSet) -> Vec<u8> {
+        Hello::new(chain.clone(), set).encode()
+    }
+
+    #[test]
+    fn the_gate_admits_members_and_refuses_everyone_else() {
+        let acme = org();
+        let mut set = RevocationSet::new(acme.info.root);
+        let empty = RevocationSet::new(acme.info.root);
+        let (key, chain) = device(&acme, "alice");
+        let ok = check_hello(
+            &acme.info.root,
+            &mut set,
+            peer_of(&key),
+            &hello(&chain, &empty),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(ok.verified.kind, CertKind::Device);
+        assert!(ok.age_recipient.is_some());
+
+        // A stolen chain: presented over a connection authenticated with another key.
+        let thief = SecretKey::generate();
+        let err = check_hello(
+            &acme.info.root,
+            &mut set,
+            peer_of(&thief),
+            &hello(&chain, &empty),
+            NOW,
+        )
+        .unwrap_err();
+        assert!(err.contains("connection is from"), "{err}");
+
+        // Another org.
+        let globex = org();
+        let (gkey, gchain) = device(&globex, "mallory");
+        let err = check_hello(
+            &acme.info.root,
+            &mut set,
+            peer_of(&gkey),
+            &hello(&gchain, &RevocationSet::new(globex.info.root)),
+            NOW,
+        )
+        .unwrap_err();
+        assert!(err.contains("another org"), "{err}");
+
+        // A forged chain: a self-made device certificate claiming alice's user key signed it.
+        let forger = SecretKey::generate();
+        let mut certs = chain.certs().to_vec();
+        let forged_leaf = Certificate::issue(
+            CertTemplate {
+                kind: CertKind::Device,
+                subject: forger.public(),
+                name: Name::new("evil").unwrap(),
+                roles: Roles::NONE,
+                not_before: NOW,
+                not_after: NOW.saturating_add_secs(60),
+                age_recipient: Some(age::x25519::Identity::generate().to_public().to_string()),
+            },
+            &forger,
+        )
+        .unwrap();
+        certs.pop();
+        certs.push(forged_leaf);
+        let forged = CertChain::new(certs).unwrap();
+        assert!(
+            check_hello(
+                &acme.info.root,
+                &mut set,
+                peer_of(&forger),
+                &hello(&forged, &empty),
+                NOW
+            )
+            .is_err()
+        );
+
+        // Garbage.
+        assert!(
+            check_hello(
+                &acme.info.root,
+                &mut set,
+                peer_of(&key),
+                b"\x01garbage",
+                NOW
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn revocations_learned_from_a_peer_apply_at_once() {
+        let acme = org();
+        let (key, chain) = device(&acme, "alice");
+        let (bob_key, bob_chain) = device(&acme, "bob");
+        // Bob's hello carries the revocation of alice's device, which we had not seen.
+        let mut theirs = RevocationSet::new(acme.info.root);
+        theirs
+            .insert(
+                Revocation::issue(
+                    RevocationTarget::Key(key.public()),
+                    "lost",
+                    NOW,
+                    None,
+                    &acme.root,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let mut ours = RevocationSet::new(acme.info.root);
+        let checked = check_hello(
+            &acme.info.root,
+            &mut ours,
+            peer_of(&bob_key),
+            &hello(&bob_chain, &theirs),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(checked.new_revocations, 1);
+        let err = check_hello(
+            &acme.info.root,
+            &mut ours,
+            peer_of(&key),
+            &hello(&chain, &RevocationSet::new(acme.info.root)),
+            NOW,
+        )
+        .unwrap_err();
+        assert!(err.contains("revoked"), "{err}");
+    }
+}

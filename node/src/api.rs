@@ -7,6 +7,7 @@
 //! GET  /v1/conversations           the synced conversations
 //! GET  /v1/conversations/{id}      one conversation's messages
 //! POST /v1/ask {text, conversation?}
+//! GET  /v1/events                 server-sent events (conversation changes, peers)
 //! GET  /metrics                    Prometheus text format
 //! ```
 
@@ -52,6 +53,7 @@ struct AppState {
     token: String,
     commands: mpsc::Sender<Command>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    events: tokio::sync::broadcast::Sender<Value>,
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -114,6 +116,34 @@ async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> R
         )],
         state.metrics.render(),
     )
+        .into_response()
+}
+
+/// Server-sent events: one JSON object per event (`{"type": "conversation", "id": …}` when a
+/// conversation changed here or arrived from another device; `{"type": "peer", …}` when a peer
+/// is authenticated or refused). A client that falls behind skips what it missed and gets a
+/// `{"type": "lagged", "missed": n}` event, so a slow reader never slows the node.
+async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    if !authorized(&state, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (see `jarvis token`)",
+        );
+    }
+    let receiver = state.events.subscribe();
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        let value = match receiver.recv().await {
+            Ok(value) => value,
+            Err(RecvError::Lagged(missed)) => json!({ "type": "lagged", "missed": missed }),
+            Err(RecvError::Closed) => return None,
+        };
+        let event = Event::default().data(value.to_string());
+        Some((Ok::<_, std::convert::Infallible>(event), receiver))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
         .into_response()
 }
 
@@ -220,6 +250,7 @@ pub async fn serve(
     addr: SocketAddr,
     commands: mpsc::Sender<Command>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    events: tokio::sync::broadcast::Sender<Value>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + use<>)> {
     if !addr.ip().is_loopback() {
@@ -229,12 +260,14 @@ pub async fn serve(
         token: token(home)?,
         commands,
         metrics,
+        events,
     };
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/conversations", get(conversations))
         .route("/v1/conversations/{id}", get(show))
         .route("/v1/ask", post(ask))
+        .route("/v1/events", get(events_handler))
         .route("/metrics", get(metrics_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ASK_BYTES + 4096))
         .with_state(state);

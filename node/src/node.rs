@@ -39,6 +39,9 @@ const REDIAL_MIN: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(30);
 /// Commands queued from the API before callers wait.
 pub const COMMAND_QUEUE: usize = 64;
+/// Events buffered per API subscriber; a slower subscriber skips ahead (it is told how many it
+/// missed) rather than holding the node back.
+pub const EVENT_QUEUE: usize = 256;
 
 /// What the node needs to know about itself.
 pub struct NodeIdentity {
@@ -113,6 +116,7 @@ pub struct Node {
     /// Addresses actually listened on, with this node's peer id: what others dial.
     listening: Vec<Multiaddr>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    events: tokio::sync::broadcast::Sender<Value>,
 }
 
 /// Relayed if either end of the connection is a circuit address (a dialer sees it in the remote
@@ -140,6 +144,7 @@ impl Node {
         config: &NodeConfig,
         api_addr: String,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
+        events: tokio::sync::broadcast::Sender<Value>,
     ) -> Result<Self> {
         let keypair = identity
             .device_key
@@ -209,6 +214,7 @@ impl Node {
             api_addr,
             listening: Vec::new(),
             metrics,
+            events,
         })
     }
 
@@ -486,6 +492,13 @@ impl Node {
                 let first = state.verified.is_none();
                 if first {
                     self.metrics.peers_authenticated.inc();
+                    let _ = self.events.send(json!({
+                        "type": "peer",
+                        "peer_id": peer.to_string(),
+                        "state": "authenticated",
+                        "name": verified.name.as_str(),
+                        "own_device": same_user_device,
+                    }));
                 }
                 state.verified = Some(verified);
                 state.refused = None;
@@ -500,6 +513,12 @@ impl Node {
             Err(reason) => {
                 tracing::warn!(%peer, %reason, "peer refused");
                 self.metrics.peers_refused.inc();
+                let _ = self.events.send(json!({
+                    "type": "peer",
+                    "peer_id": peer.to_string(),
+                    "state": "refused",
+                    "reason": reason,
+                }));
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.refused = Some(reason);
                 }
@@ -578,6 +597,9 @@ impl Node {
             .send_response(channel, Vec::new());
         match result {
             Ok(out) => {
+                for doc in &out.received.changed {
+                    self.announce_conversation(*doc);
+                }
                 let stored = out.received.stored.clone();
                 self.metrics.changes_stored.inc_by(stored.len() as u64);
                 self.send_sync(peer, Ok(out.send));
@@ -661,6 +683,15 @@ impl Node {
         }))
     }
 
+    /// Tells API subscribers that a conversation changed. Nobody listening is fine.
+    fn announce_conversation(&self, id: DocId) {
+        if let Some(summary) = self.conversation_summary(id) {
+            let mut event = summary;
+            event["type"] = json!("conversation");
+            let _ = self.events.send(event);
+        }
+    }
+
     fn conversations(&self) -> Value {
         let mut list: Vec<Value> = self
             .replica
@@ -733,6 +764,7 @@ impl Node {
             )
         })?;
         self.fan_out(None, &[change]);
+        self.announce_conversation(doc);
         Ok(json!({
             "conversation_id": doc.to_string(),
             "message_id": message_id,

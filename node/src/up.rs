@@ -103,14 +103,23 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let (api_addr, server) =
-        api::serve(&home, args.api, commands_tx, metrics.clone(), stop_rx).await?;
+    let (events, _) = tokio::sync::broadcast::channel(crate::node::EVENT_QUEUE);
+    let (api_addr, server) = api::serve(
+        &home,
+        args.api,
+        commands_tx,
+        metrics.clone(),
+        events.clone(),
+        stop_rx,
+    )
+    .await?;
     let node = Node::new(
         home.clone(),
         identity,
         &config,
         api_addr.to_string(),
         metrics,
+        events,
     )?;
     let peer_id = node.peer_id();
     let server = tokio::spawn(server);

@@ -388,6 +388,50 @@ fn api_get(home: &Path, path: &str, with_token: bool) -> (u16, String) {
     (status, body)
 }
 
+/// Opens the SSE stream of a running node's API; returns a reader past the response headers.
+fn open_events(home: &Path) -> BufReader<std::net::TcpStream> {
+    use std::io::Write;
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).unwrap()).unwrap();
+    let addr = info["addr"].as_str().unwrap().to_owned();
+    let token = String::from_utf8(std::fs::read(home.join("api-token")).unwrap()).unwrap();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    reader
+}
+
+/// Reads events until one matches (the read timeout bounds the wait).
+fn next_event(
+    mut reader: BufReader<std::net::TcpStream>,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .expect("an event before the timeout");
+        assert!(n > 0, "the event stream ended");
+        if let Some(data) = line.trim().strip_prefix("data:") {
+            let event: Value = serde_json::from_str(data.trim()).unwrap();
+            if wanted(&event) {
+                return event;
+            }
+        }
+    }
+}
+
 fn metric(body: &str, name: &str) -> f64 {
     body.lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -407,10 +451,26 @@ fn the_local_api_wants_its_token_and_serves_metrics() {
     let mallory = first_device(d, &globex, "mallory", "mallory-laptop");
     let a = Running::start(&laptop, &[]);
     let _b = Running::start(&phone, std::slice::from_ref(&a.address()));
+    wait_for("the devices to start syncing", || {
+        let status = ok(&phone, &["status"]);
+        let syncing = status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["syncing"] == true);
+        syncing.then_some(())
+    });
+
+    // Subscribe to the phone's events, then write on the laptop: the phone streams the change.
+    let events = open_events(&phone);
     let conversation = ok(&laptop, &["ask", "count me"])["conversation_id"]
         .as_str()
         .unwrap()
         .to_owned();
+    let event = next_event(events, |e| {
+        e["type"] == "conversation" && e["id"] == conversation.as_str() && e["messages"] == 1
+    });
+    assert_eq!(event["title"], "count me");
     wait_for("the phone to get the message", || {
         (texts(&phone, &conversation).len() == 1).then_some(())
     });

@@ -687,7 +687,9 @@ impl Node {
     fn announce_conversation(&self, id: DocId) {
         if let Some(summary) = self.conversation_summary(id) {
             let mut event = summary;
-            event["type"] = json!("conversation");
+            if let Some(fields) = event.as_object_mut() {
+                fields.insert("type".into(), json!("conversation"));
+            }
             let _ = self.events.send(event);
         }
     }

@@ -125,11 +125,16 @@ impl Behaviour {
         mdns_enabled: bool,
     ) -> io::Result<Self> {
         let peer_id = key.public().to_peer_id();
+        // A network without multicast (some Wi-Fi, containers) must not stop the node: it
+        // still has --peer addresses and the org's relays.
         let mdns = if mdns_enabled {
-            Some(mdns::tokio::Behaviour::new(
-                mdns::Config::default(),
-                peer_id,
-            )?)
+            match mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id) {
+                Ok(mdns) => Some(mdns),
+                Err(e) => {
+                    tracing::warn!(error = %e, "mDNS is unavailable; using --peer and relays only");
+                    None
+                }
+            }
         } else {
             None
         };

@@ -402,6 +402,7 @@ impl Node {
             if let Err(e) = self.home.save_revocations(&self.revocations) {
                 tracing::warn!(error = %e, "cannot save revocations");
             }
+            self.rotate_after_revocation();
         }
         let verified = checked.verified;
         if verified.kind == CertKind::Device
@@ -413,12 +414,41 @@ impl Node {
         Ok(verified)
     }
 
-    /// A device of this user: remember its encryption key, and give it every document key.
-    fn meet_device(&mut self, key: PublicKey, recipient: String) {
-        if self.devices.get(&key) == Some(&recipient) {
+    /// A device of this user was revoked: forget it, and start a new key epoch for every document,
+    /// wrapped only to the devices that remain, so it cannot read anything written from now on.
+    fn rotate_after_revocation(&mut self) {
+        let revoked: Vec<PublicKey> = self
+            .devices
+            .keys()
+            .filter(|k| self.revocations.is_key_revoked(k))
+            .copied()
+            .collect();
+        let user_revoked = self.revocations.is_user_revoked(&self.identity.user);
+        if revoked.is_empty() || user_revoked {
             return;
         }
-        self.devices.insert(key, recipient);
+        for key in &revoked {
+            self.devices.remove(key);
+            // A revoked peer that is still connected loses its session at once.
+            if let Ok(peer) = key.to_libp2p_peer_id() {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+        self.save_devices();
+        let recipients = self.recipients();
+        for doc in self.replica.docs().unwrap_or_default() {
+            match self.replica.rotate(doc, &recipients) {
+                Ok(record) => self.fan_out_key(&record),
+                Err(e) => tracing::debug!(%doc, error = %e, "cannot rotate"),
+            }
+        }
+        tracing::info!(
+            devices = revoked.len(),
+            "rotated document keys after a revocation"
+        );
+    }
+
+    fn save_devices(&self) {
         let json: BTreeMap<String, String> = self
             .devices
             .iter()
@@ -429,6 +459,15 @@ impl Node {
         {
             tracing::warn!(error = %e, "cannot save devices.json");
         }
+    }
+
+    /// A device of this user: remember its encryption key, and give it every document key.
+    fn meet_device(&mut self, key: PublicKey, recipient: String) {
+        if self.devices.get(&key) == Some(&recipient) {
+            return;
+        }
+        self.devices.insert(key, recipient);
+        self.save_devices();
         let recipients = self.recipients();
         for doc in self.replica.docs().unwrap_or_default() {
             match self.replica.share_keys(doc, &recipients) {

@@ -494,3 +494,51 @@ fn the_local_api_wants_its_token_and_serves_metrics() {
         (metric(&body, "jarvis_peers_refused_total") >= 1.0).then_some(())
     });
 }
+
+#[test]
+fn learning_a_revocation_rotates_keys_and_the_remaining_devices_keep_syncing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let acme = org(d, "acme");
+    let laptop = first_device(d, &acme, "alice", "laptop");
+    let phone = paired_device(d, &laptop, "phone");
+    let tablet = paired_device(d, &laptop, "tablet");
+    let a = Running::start(&laptop, &[]);
+    let a_addr = a.address();
+    let conversation = ok(&laptop, &["ask", "before"])["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    {
+        // The tablet syncs once, so the laptop knows it as one of alice's devices.
+        let _t = Running::start(&tablet, std::slice::from_ref(&a_addr));
+        wait_for("the tablet to sync", || {
+            (texts(&tablet, &conversation) == ["before"]).then_some(())
+        });
+    }
+    // The admin revokes the tablet; the phone has heard of it and tells the laptop in its hello.
+    let tablet_id = device_id(&tablet);
+    ok(
+        &acme,
+        &[
+            "admin", "revoke", "--device", &tablet_id, "--reason", "stolen",
+        ],
+    );
+    std::fs::copy(acme.join("revocations"), phone.join("revocations")).unwrap();
+    let _b = Running::start(&phone, std::slice::from_ref(&a_addr));
+    wait_for("the laptop to learn the revocation", || {
+        (a.status()["revocations"] == 1).then_some(())
+    });
+    ok(&laptop, &["ask", "after", "--conversation", &conversation]);
+    wait_for(
+        "the phone to read what was written after the rotation",
+        || (texts(&phone, &conversation) == ["before", "after"]).then_some(()),
+    );
+    // The tablet is refused from now on, and learns nothing new.
+    let _t = Running::start(&tablet, std::slice::from_ref(&a_addr));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(texts(&tablet, &conversation), ["before"]);
+    let devices: Value =
+        serde_json::from_slice(&std::fs::read(laptop.join("devices.json")).unwrap()).unwrap();
+    assert!(devices.get(&tablet_id).is_none(), "{devices}");
+}

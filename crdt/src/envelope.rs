@@ -57,6 +57,31 @@ impl DocKey {
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new((&*self.0).into())
     }
+
+    /// XChaCha20-Poly1305 under this key. Encryption of an in-memory buffer cannot fail for
+    /// sizes below the AEAD's limit (which every caller's maximum is far under).
+    fn seal(
+        &self,
+        nonce: &[u8; NONCE_BYTES],
+        msg: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        self.cipher()
+            .encrypt(XNonce::from_slice(nonce), Payload { msg, aad })
+            .map_err(|_| EnvelopeError::Decrypt)
+    }
+
+    /// Fails if the key is wrong or the ciphertext, nonce or associated data were altered.
+    fn open(
+        &self,
+        nonce: &[u8; NONCE_BYTES],
+        msg: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        self.cipher()
+            .decrypt(XNonce::from_slice(nonce), Payload { msg, aad })
+            .map_err(|_| EnvelopeError::Decrypt)
+    }
 }
 
 impl std::fmt::Debug for DocKey {
@@ -145,16 +170,7 @@ impl SealedChange {
             return Err(EnvelopeError::TooLarge(change.len()));
         }
         let nonce: [u8; NONCE_BYTES] = random_bytes();
-        let ciphertext = key
-            .cipher()
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: change,
-                    aad: &header.associated_data(),
-                },
-            )
-            .map_err(|_| EnvelopeError::Decrypt)?;
+        let ciphertext = key.seal(&nonce, change, &header.associated_data())?;
         let mut sealed = Self {
             header,
             nonce,
@@ -201,15 +217,11 @@ impl SealedChange {
 
     /// Decrypts with the epoch's key; the caller has already checked the signature.
     pub fn open(&self, key: &DocKey) -> Result<Vec<u8>, EnvelopeError> {
-        key.cipher()
-            .decrypt(
-                XNonce::from_slice(&self.nonce),
-                Payload {
-                    msg: &self.ciphertext,
-                    aad: &self.header.associated_data(),
-                },
-            )
-            .map_err(|_| EnvelopeError::Decrypt)
+        key.open(
+            &self.nonce,
+            &self.ciphertext,
+            &self.header.associated_data(),
+        )
     }
 
     pub fn write(&self, w: &mut Writer) {
@@ -462,16 +474,7 @@ impl SealedSnapshot {
             ciphertext: Vec::new(),
             signature: Signature::from_bytes_unchecked([0; 64]),
         };
-        snapshot.ciphertext = key
-            .cipher()
-            .encrypt(
-                XNonce::from_slice(&snapshot.nonce),
-                Payload {
-                    msg: saved,
-                    aad: &snapshot.associated_data(),
-                },
-            )
-            .map_err(|_| EnvelopeError::Decrypt)?;
+        snapshot.ciphertext = key.seal(&snapshot.nonce, saved, &snapshot.associated_data())?;
         snapshot.signature = author.sign(SNAPSHOT_DOMAIN, &snapshot.signed_bytes());
         Ok(snapshot)
     }
@@ -506,15 +509,7 @@ impl SealedSnapshot {
     }
 
     pub fn open(&self, key: &DocKey) -> Result<Vec<u8>, EnvelopeError> {
-        key.cipher()
-            .decrypt(
-                XNonce::from_slice(&self.nonce),
-                Payload {
-                    msg: &self.ciphertext,
-                    aad: &self.associated_data(),
-                },
-            )
-            .map_err(|_| EnvelopeError::Decrypt)
+        key.open(&self.nonce, &self.ciphertext, &self.associated_data())
     }
 
     pub fn len(&self) -> usize {

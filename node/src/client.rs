@@ -55,24 +55,60 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
     Ok(())
 }
 
+/// The running node's client, or `None` when no node runs on this home (then commands work on
+/// the store directly).
+fn running(home: &Home) -> Result<Option<Client>> {
+    home.load()?;
+    if home.dir().join("api.json").exists() {
+        Ok(Some(Client::for_home(home)?))
+    } else {
+        Ok(None)
+    }
+}
+
 pub fn ask(home: &Home, out: Output, text: &str, conversation: Option<String>) -> Result<()> {
-    let client = Client::for_home(home)?;
-    let answer = block_on(client.post(
-        "/v1/ask",
-        &json!({ "text": text, "conversation": conversation }),
-    ))?;
+    let (answer, synced) = match running(home)? {
+        Some(client) => (
+            block_on(client.post(
+                "/v1/ask",
+                &json!({ "text": text, "conversation": conversation }),
+            ))?,
+            true,
+        ),
+        None => {
+            let conversation = conversation
+                .map(|c| c.parse::<jarvis_crdt::DocId>())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("a conversation id is 32 hex characters"))?;
+            let (mut replica, recipients) = crate::conversations::open_offline(home)?;
+            let added = crate::conversations::add_user_message(
+                &mut replica,
+                &recipients,
+                text,
+                conversation,
+            )?;
+            (added.reply, false)
+        }
+    };
     out.emit(&answer, || {
         format!(
-            "Saved to conversation {} and synced to your devices.\n(No answer yet: the inference engine is not built.)",
-            answer["conversation_id"].as_str().unwrap_or("?")
+            "Saved to conversation {}{}.\n(No answer yet: the inference engine is not built.)",
+            answer["conversation_id"].as_str().unwrap_or("?"),
+            if synced {
+                " and synced to your devices"
+            } else {
+                " (no node is running: it syncs when `jarvis up` runs)"
+            }
         )
     });
     Ok(())
 }
 
 pub fn conversations(home: &Home, out: Output) -> Result<()> {
-    let client = Client::for_home(home)?;
-    let list = block_on(client.get("/v1/conversations"))?;
+    let list = match running(home)? {
+        Some(client) => block_on(client.get("/v1/conversations"))?,
+        None => crate::conversations::list(&crate::conversations::open_offline(home)?.0),
+    };
     out.emit(&list, || {
         let items = list["conversations"]
             .as_array()
@@ -98,8 +134,16 @@ pub fn conversations(home: &Home, out: Output) -> Result<()> {
 }
 
 pub fn show(home: &Home, out: Output, id: &str) -> Result<()> {
-    let client = Client::for_home(home)?;
-    let conversation: Value = block_on(client.get(&format!("/v1/conversations/{id}")))?;
+    let conversation: Value = match running(home)? {
+        Some(client) => block_on(client.get(&format!("/v1/conversations/{id}")))?,
+        None => {
+            let doc = id
+                .parse::<jarvis_crdt::DocId>()
+                .map_err(|_| anyhow::anyhow!("a conversation id is 32 hex characters"))?;
+            crate::conversations::show(&crate::conversations::open_offline(home)?.0, doc)
+                .map_err(|e| anyhow::anyhow!(e))?
+        }
+    };
     out.emit(&conversation, || {
         let mut text = format!("{}\n", conversation["title"].as_str().unwrap_or(""));
         for m in conversation["messages"].as_array().into_iter().flatten() {

@@ -5,6 +5,7 @@ mod admin;
 mod api;
 mod cli;
 mod client;
+mod conversations;
 mod device;
 mod home;
 mod mesh;

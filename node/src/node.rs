@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use jarvis_crdt::store::sled::SledStore;
-use jarvis_crdt::{Doc, DocId, NewMessage, Replica, Role, Session, Status, SyncMessage};
+use jarvis_crdt::{DocId, Replica, Session, SyncMessage};
 use jarvis_identity::{
     CertChain, CertKind, Name, OrgInfo, PublicKey, RevocationSet, SecretKey, Verified,
 };
@@ -29,6 +29,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::conversations;
 use crate::home::{Home, now};
 use crate::mesh::{Behaviour, BehaviourEvent, Hello};
 
@@ -710,16 +711,7 @@ impl Node {
     }
 
     fn conversation_summary(&self, id: DocId) -> Option<Value> {
-        let doc = self.replica.doc(id)?;
-        let title = doc.title().ok()?;
-        let messages = doc.messages().ok()?;
-        let updated = messages.iter().map(|m| m.updated_at_ms).max().unwrap_or(0);
-        Some(json!({
-            "id": id.to_string(),
-            "title": title,
-            "updated_at": updated,
-            "messages": messages.len(),
-        }))
+        conversations::summary(&self.replica, id)
     }
 
     /// Tells API subscribers that a conversation changed. Nobody listening is fine.
@@ -734,86 +726,25 @@ impl Node {
     }
 
     fn conversations(&self) -> Value {
-        let mut list: Vec<Value> = self
-            .replica
-            .docs()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|id| self.conversation_summary(id))
-            .collect();
-        list.sort_by_key(|c| std::cmp::Reverse(c["updated_at"].as_i64().unwrap_or(0)));
-        json!({ "conversations": list })
+        conversations::list(&self.replica)
     }
 
     fn show(&self, id: DocId) -> Result<Value, String> {
-        let doc = self
-            .replica
-            .doc(id)
-            .ok_or_else(|| format!("no conversation {id} on this device"))?;
-        let messages = doc.messages().map_err(|e| e.to_string())?;
-        let messages: Vec<Value> = messages
-            .into_iter()
-            .map(|m| {
-                json!({
-                    "id": m.id,
-                    "role": m.role.as_str(),
-                    "text": m.text,
-                    "author_device": m.author,
-                    "status": m.status.as_str(),
-                    "created_at": m.created_at_ms,
-                    "model": m.model,
-                    "timings_ms": m.timings_ms,
-                })
-            })
-            .collect();
-        Ok(json!({
-            "id": id.to_string(),
-            "title": doc.title().unwrap_or_default(),
-            "messages": messages,
-        }))
+        conversations::show(&self.replica, id)
     }
 
     /// Adds the user's message to a conversation (a new one if none is given) and syncs it.
     /// Answers arrive with the inference engine.
     fn ask(&mut self, text: &str, conversation: Option<DocId>) -> Result<Value> {
-        let now_ms = ms(now_unix());
-        let doc = match conversation {
-            Some(doc) => doc,
-            None => {
-                let title: String = text.chars().take(60).collect();
-                let recipients = self.recipients();
-                let (doc, key, first) = self.replica.create(
-                    |me| Doc::create_conversation(me, &title, now_ms),
-                    &recipients,
-                )?;
-                self.fan_out_key(&key);
-                self.fan_out(None, &[first]);
-                doc
-            }
-        };
-        let message_id = hex::encode(jarvis_identity::keys::random_bytes::<8>());
-        let change = self.replica.edit(doc, |d, me| {
-            d.append(
-                NewMessage {
-                    id: &message_id,
-                    role: Role::User,
-                    text,
-                    status: Status::Done,
-                    now_ms,
-                },
-                me,
-            )
-        })?;
-        self.fan_out(None, &[change]);
-        self.announce_conversation(doc);
-        Ok(json!({
-            "conversation_id": doc.to_string(),
-            "message_id": message_id,
-            "answer": null,
-            "model": null,
-            "where": null,
-            "timings_ms": {},
-        }))
+        let recipients = self.recipients();
+        let added =
+            conversations::add_user_message(&mut self.replica, &recipients, text, conversation)?;
+        if let Some(key) = &added.key {
+            self.fan_out_key(key);
+        }
+        self.fan_out(None, &added.changes);
+        self.announce_conversation(added.doc);
+        Ok(added.reply)
     }
 }
 

@@ -542,3 +542,26 @@ fn learning_a_revocation_rotates_keys_and_the_remaining_devices_keep_syncing() {
         serde_json::from_slice(&std::fs::read(laptop.join("devices.json")).unwrap()).unwrap();
     assert!(devices.get(&tablet_id).is_none(), "{devices}");
 }
+
+#[test]
+fn ask_works_without_a_running_node_and_syncs_when_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let acme = org(d, "acme");
+    let laptop = first_device(d, &acme, "alice", "laptop");
+    let phone = paired_device(d, &laptop, "phone");
+    // No node runs: the message goes straight into the laptop's store.
+    let asked = ok(&laptop, &["ask", "written offline"]);
+    let conversation = asked["conversation_id"].as_str().unwrap().to_owned();
+    assert_eq!(texts(&laptop, &conversation), ["written offline"]);
+    assert_eq!(
+        ok(&laptop, &["conversations"])["conversations"][0]["messages"],
+        1
+    );
+    // When both devices run, it reaches the phone.
+    let a = Running::start(&laptop, &[]);
+    let _b = Running::start(&phone, std::slice::from_ref(&a.address()));
+    wait_for("the phone to get the offline message", || {
+        (texts(&phone, &conversation) == ["written offline"]).then_some(())
+    });
+}

@@ -1,0 +1,163 @@
+//! Reading and writing conversations on a device's replica: shared by the running node (which
+//! then syncs what changed) and by the CLI when no node runs (what it writes syncs the next time
+//! the node starts, because a session announces every document it holds).
+
+use anyhow::{Context, Result};
+use jarvis_crdt::store::sled::SledStore;
+use jarvis_crdt::{Doc, DocId, KeyRecord, NewMessage, Replica, Role, SealedChange, Status};
+use serde_json::{Value, json};
+
+use crate::home::{Home, KeyFile, Passphrase, now};
+
+fn now_ms() -> i64 {
+    i64::try_from(now().0)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000)
+}
+
+/// One line of `jarvis conversations`.
+pub fn summary(replica: &Replica<SledStore>, id: DocId) -> Option<Value> {
+    let doc = replica.doc(id)?;
+    let title = doc.title().ok()?;
+    let messages = doc.messages().ok()?;
+    let updated = messages.iter().map(|m| m.updated_at_ms).max().unwrap_or(0);
+    Some(json!({
+        "id": id.to_string(),
+        "title": title,
+        "updated_at": updated,
+        "messages": messages.len(),
+    }))
+}
+
+/// Every conversation, most recently updated first.
+pub fn list(replica: &Replica<SledStore>) -> Value {
+    let mut list: Vec<(i64, Value)> = replica
+        .docs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| summary(replica, id))
+        .map(|v| (v.get("updated_at").and_then(Value::as_i64).unwrap_or(0), v))
+        .collect();
+    list.sort_by_key(|(updated, _)| std::cmp::Reverse(*updated));
+    json!({ "conversations": list.into_iter().map(|(_, v)| v).collect::<Vec<_>>() })
+}
+
+/// One conversation's messages (`jarvis show`).
+pub fn show(replica: &Replica<SledStore>, id: DocId) -> Result<Value, String> {
+    let doc = replica
+        .doc(id)
+        .ok_or_else(|| format!("no conversation {id} on this device"))?;
+    let messages = doc.messages().map_err(|e| e.to_string())?;
+    let messages: Vec<Value> = messages
+        .into_iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "role": m.role.as_str(),
+                "text": m.text,
+                "author_device": m.author,
+                "status": m.status.as_str(),
+                "created_at": m.created_at_ms,
+                "model": m.model,
+                "timings_ms": m.timings_ms,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "id": id.to_string(),
+        "title": doc.title().unwrap_or_default(),
+        "messages": messages,
+    }))
+}
+
+/// What adding a message produced, for the caller to sync.
+pub struct Added {
+    pub doc: DocId,
+    /// The new conversation's key record, if one was created.
+    pub key: Option<KeyRecord>,
+    pub changes: Vec<SealedChange>,
+    /// The `jarvis ask --json` answer.
+    pub reply: Value,
+}
+
+/// Adds the user's message to `conversation` (a new one if none), sealed and stored durably.
+/// Answers arrive with the inference engine.
+pub fn add_user_message(
+    replica: &mut Replica<SledStore>,
+    recipients: &[jarvis_identity::age::x25519::Recipient],
+    text: &str,
+    conversation: Option<DocId>,
+) -> Result<Added> {
+    let now_ms = now_ms();
+    let mut changes = Vec::new();
+    let mut key = None;
+    let doc = match conversation {
+        Some(doc) => doc,
+        None => {
+            let title: String = text.chars().take(60).collect();
+            let (doc, record, first) = replica.create(
+                |me| Doc::create_conversation(me, &title, now_ms),
+                recipients,
+            )?;
+            key = Some(record);
+            changes.push(first);
+            doc
+        }
+    };
+    let message_id = hex::encode(jarvis_identity::keys::random_bytes::<8>());
+    changes.push(replica.edit(doc, |d, me| {
+        d.append(
+            NewMessage {
+                id: &message_id,
+                role: Role::User,
+                text,
+                status: Status::Done,
+                now_ms,
+            },
+            me,
+        )
+    })?);
+    Ok(Added {
+        doc,
+        key,
+        changes,
+        reply: json!({
+            "conversation_id": doc.to_string(),
+            "message_id": message_id,
+            "answer": null,
+            "model": null,
+            "where": null,
+            "timings_ms": {},
+        }),
+    })
+}
+
+/// Opens this device's replica directly, when no node runs on the home.
+pub fn open_offline(
+    home: &Home,
+) -> Result<(
+    Replica<SledStore>,
+    Vec<jarvis_identity::age::x25519::Recipient>,
+)> {
+    let passphrase = Passphrase::get("this device's keys")?;
+    let keys = home.unseal_key(KeyFile::Identity, &passphrase)?;
+    let age = keys
+        .age
+        .context("this home is not a device (it has no encryption identity)")?;
+    let store_dir = home.dir().join("store");
+    let store = SledStore::open(&store_dir).with_context(|| {
+        format!(
+            "opening {} (is a node running on this home?)",
+            store_dir.display()
+        )
+    })?;
+    let mut recipients = vec![age.to_public()];
+    if let Some(bytes) = home.read_optional("devices.json")? {
+        let devices: std::collections::BTreeMap<String, String> =
+            serde_json::from_slice(&bytes).context("devices.json is damaged")?;
+        recipients.extend(devices.values().filter_map(|r| r.parse().ok()));
+    }
+    let replica = Replica::open_device(store, keys.signing, age)
+        .context("loading conversations from the store")?;
+    Ok((replica, recipients))
+}

@@ -613,10 +613,22 @@ impl Node {
         else {
             return;
         };
-        // The gate: only an authenticated device of this user is served.
-        let Some(session) = self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) else {
-            tracing::warn!(%peer, "sync request from a peer that is not an authenticated device of this user");
-            let _ = self.swarm.disconnect_peer_id(peer);
+        // The gate: only an authenticated device of this user is served. A peer whose hello we
+        // have not finished checking is not answered yet (its resync timer will ask again); one
+        // that is known and not allowed is disconnected.
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(session) = state.session.as_mut() else {
+            if state.verified.is_some() || state.refused.is_some() {
+                tracing::warn!(%peer, "sync request from a peer that is not a device of this user");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, Vec::new());
             return;
         };
         let message = match SyncMessage::decode(&request) {

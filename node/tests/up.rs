@@ -31,6 +31,14 @@ fn up_then_signal(
 ) -> (String, std::process::ExitStatus, Vec<Value>) {
     let mut child = jarvis(home)
         .args(["up", "--json", "--user", "pat"])
+        // Tests run in parallel: an ephemeral API port and loopback only, no mDNS.
+        .args([
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -81,7 +89,7 @@ fn up_with_a_wrong_passphrase_fails_without_starting() {
     assert!(exit.success());
     let out = jarvis(&home)
         .env("JARVIS_PASSPHRASE", "wrong")
-        .args(["up"])
+        .args(["up", "--api", "127.0.0.1:0", "--no-mdns"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -15,10 +15,10 @@ as_root() {
     echo "need root to run: $*" >&2; return 1; fi
 }
 
-# System packages, by platform. Nothing is needed beyond a C toolchain today; the ML issues add
-# cmake, libclang and ALSA here.
+# System packages, by platform: a C toolchain (ring, sled), iproute2 for the network-namespace
+# tests, procps for `kill` in the process tests. The ML issues add cmake, libclang and ALSA here.
 install_system_packages() {
-  local debian_packages=(build-essential pkg-config)
+  local debian_packages=(build-essential pkg-config iproute2 procps)
   case "$(uname -s)" in
     Linux)
       if command -v apt-get >/dev/null; then

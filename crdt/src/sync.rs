@@ -161,18 +161,7 @@ impl SyncMessage {
             1 => {
                 let doc = DocId::read(&mut r)?;
                 let vector = VersionVector::read(&mut r)?;
-                let count = usize::from(r.u16("key count")?);
-                if count > MAX_KEYS {
-                    return Err(DecodeError::TooLong {
-                        what: "key list",
-                        len: count,
-                        max: MAX_KEYS,
-                    });
-                }
-                let mut keys = Vec::with_capacity(count);
-                for _ in 0..count {
-                    keys.push(r.array::<16>("key id")?);
-                }
+                let keys = read_list(&mut r, "key list", MAX_KEYS, |r| r.array::<16>("key id"))?;
                 let kind = match r.u8("have kind")? {
                     0 => HaveKind::Announce,
                     1 => HaveKind::Ack,
@@ -188,48 +177,20 @@ impl SyncMessage {
             }
             2 => {
                 let doc = DocId::read(&mut r)?;
-                let count = usize::from(r.u16("change count")?);
-                if count > MAX_BATCH_CHANGES {
-                    return Err(DecodeError::TooLong {
-                        what: "change batch",
-                        len: count,
-                        max: MAX_BATCH_CHANGES,
-                    });
-                }
-                let mut changes = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let change = SealedChange::read(&mut r)?;
-                    if change.header().doc != doc {
-                        return Err(DecodeError::invalid(
-                            "change batch",
-                            "a change of another document",
-                        ));
-                    }
-                    changes.push(change);
-                }
+                let changes = read_list(&mut r, "change batch", MAX_BATCH_CHANGES, |r| {
+                    let change = SealedChange::read(r)?;
+                    same_doc(change.header().doc, doc, "change batch")?;
+                    Ok(change)
+                })?;
                 Self::Changes { doc, changes }
             }
             3 => {
                 let doc = DocId::read(&mut r)?;
-                let count = usize::from(r.u16("key count")?);
-                if count > MAX_KEYS {
-                    return Err(DecodeError::TooLong {
-                        what: "key records",
-                        len: count,
-                        max: MAX_KEYS,
-                    });
-                }
-                let mut keys = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let key = KeyRecord::read(&mut r)?;
-                    if key.doc != doc {
-                        return Err(DecodeError::invalid(
-                            "key records",
-                            "a key of another document",
-                        ));
-                    }
-                    keys.push(key);
-                }
+                let keys = read_list(&mut r, "key records", MAX_KEYS, |r| {
+                    let key = KeyRecord::read(r)?;
+                    same_doc(key.doc, doc, "key records")?;
+                    Ok(key)
+                })?;
                 Self::Keys { doc, keys }
             }
             4 => Self::Snapshot {
@@ -239,6 +200,37 @@ impl SyncMessage {
         };
         r.finish("sync message")?;
         Ok(message)
+    }
+}
+
+/// A `u16`-counted list of at most `max` items.
+fn read_list<T>(
+    r: &mut Reader<'_>,
+    what: &'static str,
+    max: usize,
+    mut item: impl FnMut(&mut Reader<'_>) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let count = usize::from(r.u16(what)?);
+    if count > max {
+        return Err(DecodeError::TooLong {
+            what,
+            len: count,
+            max,
+        });
+    }
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        items.push(item(r)?);
+    }
+    Ok(items)
+}
+
+/// Every record in a per-document message must be of that document.
+fn same_doc(found: DocId, expected: DocId, what: &'static str) -> Result<(), DecodeError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(DecodeError::invalid(what, "a record of another document"))
     }
 }
 

@@ -329,6 +329,17 @@ fn list_devices(home: &Home, out: Output) -> Result<()> {
         Ok(key) if set.is_key_revoked(&key) => "revoked",
         _ => "active",
     };
+    // What the node has seen of the user's other devices (`peers.json`, written while it runs).
+    let seen: std::collections::BTreeMap<String, SeenDevice> =
+        match home.read_optional(SEEN_FILE)? {
+            Some(bytes) => serde_json::from_slice(&bytes).context("peers.json is damaged")?,
+            None => Default::default(),
+        };
+    let last_sync = |id: &str| {
+        seen.get(id)
+            .and_then(|d| d.last_sync)
+            .map(|t| UnixTime(t).to_string())
+    };
     let this_id = leaf.subject().to_string();
     let mut devices = vec![json!({
         "id": this_id,
@@ -342,19 +353,31 @@ fn list_devices(home: &Home, out: Output) -> Result<()> {
             "id": d.id,
             "name": d.name,
             "status": status(&d.id),
-            "last_sync": null,
+            "last_sync": last_sync(&d.id),
             "this_device": false,
             "approved_at": UnixTime(d.approved_at).to_string(),
         }));
     }
+    for (id, d) in &seen {
+        if id == &this_id || state.approved_devices.iter().any(|a| &a.id == id) {
+            continue;
+        }
+        devices.push(json!({
+            "id": id,
+            "name": d.name,
+            "status": status(id),
+            "last_sync": last_sync(id),
+            "this_device": false,
+        }));
+    }
     out.emit(&json!({ "devices": devices }), || {
-        let mut text = format!("{:<20} {:<8} {:<12} ID\n", "NAME", "STATUS", "LAST SYNC");
+        let mut text = format!("{:<20} {:<8} {:<21} ID\n", "NAME", "STATUS", "LAST SYNC");
         for d in &devices {
             text.push_str(&format!(
-                "{:<20} {:<8} {:<12} {}{}\n",
+                "{:<20} {:<8} {:<21} {}{}\n",
                 d["name"].as_str().unwrap_or_default(),
                 d["status"].as_str().unwrap_or_default(),
-                "never",
+                d["last_sync"].as_str().unwrap_or("never"),
                 d["id"].as_str().unwrap_or_default(),
                 if d["this_device"] == true {
                     "  (this device)"
@@ -363,10 +386,19 @@ fn list_devices(home: &Home, out: Output) -> Result<()> {
                 }
             ));
         }
-        text.push_str("Devices paired from other devices appear once sync runs (the mesh).");
-        text
+        text.trim_end().to_owned()
     });
     Ok(())
+}
+
+/// `peers.json`: the user's other devices this node has synced with.
+pub const SEEN_FILE: &str = "peers.json";
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SeenDevice {
+    pub name: String,
+    /// Unix seconds of the last sync message exchanged.
+    pub last_sync: Option<u64>,
 }
 
 pub fn whoami(home: Home, out: Output) -> Result<()> {

@@ -118,6 +118,10 @@ pub struct Node {
     listening: Vec<Multiaddr>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     events: tokio::sync::broadcast::Sender<Value>,
+    /// The user's devices synced with (for `jarvis devices`), written out on the tick when it
+    /// changed rather than on every message.
+    seen: BTreeMap<String, crate::device::SeenDevice>,
+    seen_dirty: bool,
 }
 
 /// Relayed if either end of the connection is a circuit address (a dialer sees it in the remote
@@ -194,6 +198,10 @@ impl Node {
                 .collect(),
             None => BTreeMap::new(),
         };
+        let seen = match home.read_optional(crate::device::SEEN_FILE)? {
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            None => BTreeMap::new(),
+        };
         let redials = config
             .peers
             .iter()
@@ -216,6 +224,8 @@ impl Node {
             listening: Vec::new(),
             metrics,
             events,
+            seen,
+            seen_dirty: false,
         })
     }
 
@@ -261,6 +271,16 @@ impl Node {
     }
 
     fn on_tick(&mut self) {
+        if self.seen_dirty {
+            self.seen_dirty = false;
+            if let Ok(bytes) = serde_json::to_vec_pretty(&self.seen)
+                && let Err(e) = self
+                    .home
+                    .write_atomic(crate::device::SEEN_FILE, &bytes, false)
+            {
+                tracing::warn!(error = %e, "cannot save peers.json");
+            }
+        }
         let now = Instant::now();
         let connected: Vec<Multiaddr> = self
             .peers
@@ -619,6 +639,7 @@ impl Node {
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
+        let name = state.verified.as_ref().map(|v| v.name.to_string());
         let Some(session) = state.session.as_mut() else {
             if state.verified.is_some() || state.refused.is_some() {
                 tracing::warn!(%peer, "sync request from a peer that is not a device of this user");
@@ -640,6 +661,12 @@ impl Node {
         };
         let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
         self.metrics.sync_messages_received.inc();
+        let seen = self.seen.entry(peer_key_string(&peer)).or_default();
+        if let Some(name) = name {
+            seen.name = name;
+        }
+        seen.last_sync = Some(now_unix().0);
+        self.seen_dirty = true;
         let result = session.handle(message, now_ms, &mut self.replica);
         // Stored durably (or refused) before the transport acknowledgement goes back.
         let _ = self
@@ -758,6 +785,11 @@ impl Node {
         self.announce_conversation(added.doc);
         Ok(added.reply)
     }
+}
+
+/// A peer's id as `jarvis devices` and `whoami` write it (the same text as its `PeerId`).
+fn peer_key_string(peer: &PeerId) -> String {
+    peer.to_string()
 }
 
 fn now_unix() -> jarvis_identity::UnixTime {

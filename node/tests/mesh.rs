@@ -224,6 +224,17 @@ fn two_devices_of_one_user_sync_and_strangers_get_nothing() {
     wait_for("the laptop to see the phone's message", || {
         (texts(&laptop, &conversation).len() == 2).then_some(())
     });
+    // The phone lists the laptop among alice's devices, with when they last synced.
+    let laptop_id = device_id(&laptop);
+    wait_for("the phone to record its last sync with the laptop", || {
+        let devices = ok(&phone, &["devices"]);
+        devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == laptop_id.as_str() && d["last_sync"].is_string())
+            .map(|d| assert_eq!(d["name"], "laptop"))
+    });
     let listed = ok(&phone, &["conversations"]);
     assert_eq!(listed["conversations"][0]["id"], conversation.as_str());
     assert_eq!(listed["conversations"][0]["messages"], 2);

@@ -291,13 +291,16 @@ impl Node {
             if redial.next > now || connected.iter().any(|a| a == &redial.address) {
                 continue;
             }
+            // The peer is the last `/p2p/` of the address: in a relayed address
+            // (`…/p2p/RELAY/p2p-circuit/p2p/PEER`) the first one is the relay.
             let already = redial
                 .address
                 .iter()
-                .find_map(|p| match p {
+                .filter_map(|p| match p {
                     Protocol::P2p(id) => Some(id),
                     _ => None,
                 })
+                .last()
                 .is_some_and(|id| self.swarm.is_connected(&id));
             if !already {
                 if let Err(e) = self.swarm.dial(redial.address.clone()) {

@@ -9,22 +9,29 @@ pub struct Output {
 }
 
 impl Output {
-    /// Prints `value` as one JSON line, or `human` as text.
+    /// Prints `value` as one JSON line, or `human` as text. A reader that went away (a closed
+    /// pipe) is not an error worth dying for: a node keeps running and stops cleanly.
     pub fn emit(&self, value: &Value, human: impl FnOnce() -> String) {
-        if self.json {
-            println!("{value}");
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = if self.json {
+            writeln!(stdout, "{value}")
         } else {
             let text = human();
-            if !text.is_empty() {
-                println!("{text}");
+            if text.is_empty() {
+                Ok(())
+            } else {
+                writeln!(stdout, "{text}")
             }
-        }
+        };
+        let _ = stdout.flush();
     }
 
     /// A note for people (stderr, so a script reading stdout never sees it); silent with --json.
     pub fn note(&self, text: &str) {
+        use std::io::Write;
         if !self.json {
-            eprintln!("{text}");
+            let _ = writeln!(std::io::stderr(), "{text}");
         }
     }
 }

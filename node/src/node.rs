@@ -240,6 +240,7 @@ impl Node {
         mut commands: mpsc::Receiver<Command>,
         shutdown: &mut crate::up::Shutdown,
     ) -> Result<()> {
+        self.refresh_documents_gauge();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -257,10 +258,6 @@ impl Node {
                 Event::Tick => {
                     self.metrics.peers_connected.set(
                         i64::try_from(self.swarm.connected_peers().count()).unwrap_or(i64::MAX),
-                    );
-                    self.metrics.documents.set(
-                        i64::try_from(self.replica.docs().map(|d| d.len()).unwrap_or(0))
-                            .unwrap_or(i64::MAX),
                     );
                     self.on_tick();
                 }
@@ -282,13 +279,8 @@ impl Node {
             }
         }
         let now = Instant::now();
-        let connected: Vec<Multiaddr> = self
-            .peers
-            .values()
-            .filter_map(|p| p.address.clone())
-            .collect();
         for redial in &mut self.redials {
-            if redial.next > now || connected.iter().any(|a| a == &redial.address) {
+            if redial.next > now {
                 continue;
             }
             // The peer is the last `/p2p/` of the address: in a relayed address
@@ -684,6 +676,9 @@ impl Node {
                 }
                 let stored = out.received.stored.clone();
                 self.metrics.changes_stored.inc_by(stored.len() as u64);
+                if !stored.is_empty() {
+                    self.refresh_documents_gauge();
+                }
                 self.send_sync(peer, Ok(out.send));
                 self.fan_out(Some(peer), &stored);
             }
@@ -756,6 +751,15 @@ impl Node {
         conversations::summary(&self.replica, id)
     }
 
+    /// Counting documents scans the store, so the gauge is refreshed when a document may have
+    /// been added (a local conversation, or changes stored from a peer), not on the timer.
+    fn refresh_documents_gauge(&self) {
+        let count = self.replica.docs().map(|d| d.len()).unwrap_or(0);
+        self.metrics
+            .documents
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     /// Tells API subscribers that a conversation changed. Nobody listening is fine.
     fn announce_conversation(&self, id: DocId) {
         if let Some(summary) = self.conversation_summary(id) {
@@ -785,6 +789,9 @@ impl Node {
             self.fan_out_key(key);
         }
         self.fan_out(None, &added.changes);
+        if added.key.is_some() {
+            self.refresh_documents_gauge();
+        }
         self.announce_conversation(added.doc);
         Ok(added.reply)
     }

@@ -16,9 +16,10 @@ as_root() {
 }
 
 # System packages, by platform: a C toolchain (ring, sled), iproute2 for the network-namespace
-# tests, procps for `kill` in the process tests. The ML issues add cmake, libclang and ALSA here.
+# tests, procps for `kill` in the process tests, cmake and libclang for llama.cpp (llama-cpp-sys-2
+# builds it with cmake and always runs bindgen).
 install_system_packages() {
-  local debian_packages=(build-essential pkg-config iproute2 procps)
+  local debian_packages=(build-essential pkg-config iproute2 procps cmake libclang-dev)
   case "$(uname -s)" in
     Linux)
       if command -v apt-get >/dev/null; then

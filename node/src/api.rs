@@ -6,7 +6,9 @@
 //! GET  /v1/status                  the node, its peers and how each is connected
 //! GET  /v1/conversations           the synced conversations
 //! GET  /v1/conversations/{id}      one conversation's messages
-//! POST /v1/ask {text, conversation?}
+//! POST /v1/ask {text, conversation?, stream?}   answered by the local model
+//! GET  /v1/models                  OpenAI-compatible (see openai.rs)
+//! POST /v1/chat/completions        OpenAI-compatible, streaming or not
 //! GET  /v1/events                 server-sent events (conversation changes, peers)
 //! GET  /metrics                    Prometheus text format
 //! ```
@@ -25,6 +27,8 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::home::Home;
+use jarvis_inference::supervisor::{EngineHandle, EngineState, Request};
+
 use crate::node::Command;
 
 const TOKEN_FILE: &str = "api-token";
@@ -49,18 +53,19 @@ pub fn token(home: &Home) -> Result<String> {
 }
 
 #[derive(Clone)]
-struct AppState {
+pub(crate) struct AppState {
     token: String,
     commands: mpsc::Sender<Command>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     events: tokio::sync::broadcast::Sender<Value>,
+    pub(crate) engine: EngineHandle,
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+pub(crate) fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     let expected = format!("Bearer {}", state.token);
     headers
         .get(axum::http::header::AUTHORIZATION)
@@ -188,11 +193,30 @@ async fn show(
 struct AskRequest {
     text: String,
     conversation: Option<String>,
+    /// Server-sent events (`start`, `token`…, then `done`) instead of one JSON answer.
+    #[serde(default)]
+    stream: bool,
 }
 
 /// The longest message accepted from the API: a pasted document, not a disk image.
 const MAX_ASK_BYTES: usize = 256 * 1024;
 
+/// How long a question waits for a model that is still loading.
+const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why the engine cannot answer now, if it cannot.
+pub(crate) async fn engine_problem(engine: &EngineHandle) -> Option<String> {
+    match engine.wait_ready(LOAD_WAIT).await {
+        EngineState::Ready { .. } => None,
+        EngineState::Failed(problem) => Some(problem),
+        EngineState::Starting => Some("the model is still loading; try again in a moment".into()),
+        EngineState::Stopped => Some("the engine has stopped".into()),
+    }
+}
+
+/// POST /v1/ask: saves the question, answers it with the local model (streamed with
+/// `"stream": true`), and saves the answer with its model and timings. With no model the question
+/// is still saved and synced, and the answer is a 503 saying why.
 async fn ask(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -207,7 +231,7 @@ async fn ask(
     let Ok(Json(body)) = body else {
         return error(
             StatusCode::BAD_REQUEST,
-            "expected JSON {\"text\": \"…\", \"conversation\": optional id}",
+            "expected JSON {\"text\": \"…\", \"conversation\": optional id, \"stream\": optional bool}",
         );
     };
     if body.text.trim().is_empty() || body.text.len() > MAX_ASK_BYTES {
@@ -230,16 +254,149 @@ async fn ask(
             );
         }
     };
-    match ask_node(&state, |reply| Command::Ask {
+    let problem = engine_problem(&state.engine).await;
+    let started = match ask_node(&state, |reply| Command::Ask {
         text: body.text,
         conversation,
+        answer: problem.is_none(),
         reply,
     })
     .await
     {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
-        Err(r) => r,
+        Ok(Ok(started)) => started,
+        Ok(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        Err(r) => return r,
+    };
+    let no_answer = |reply: Value, why: String| {
+        let mut body = reply;
+        if let Some(fields) = body.as_object_mut() {
+            fields.insert(
+                "error".into(),
+                json!(format!(
+                    "your message is saved, but there is no answer: {why}"
+                )),
+            );
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    };
+    let Some(answer_id) = started.answer_id else {
+        return no_answer(started.reply, problem.unwrap_or_default());
+    };
+    let request = Request {
+        client: "ask".into(),
+        messages: started.history,
+        sampling: crate::answer::ask_sampling(),
+    };
+    let generation = match state.engine.submit(request).await {
+        Ok(generation) => generation,
+        Err(e) => {
+            let _ = state
+                .commands
+                .send(Command::AnswerDone {
+                    doc: started.doc,
+                    id: answer_id,
+                    status: jarvis_crdt::Status::Failed,
+                    model: None,
+                    timings_ms: Default::default(),
+                })
+                .await;
+            return no_answer(started.reply, e.to_string());
+        }
+    };
+    let (done_tx, done_rx) = oneshot::channel();
+    let task = AnswerTask {
+        commands: state.commands.clone(),
+        doc: started.doc,
+        id: answer_id,
+        model: state.engine.model_name().to_owned(),
+        reply: started.reply.clone(),
+    };
+    if body.stream {
+        use axum::response::sse::{Event, KeepAlive, Sse};
+        let (events_tx, events_rx) = mpsc::channel::<Event>(256);
+        tokio::spawn(task.run(generation, Some(events_tx), done_tx));
+        let start = Event::default()
+            .event("start")
+            .data(started.reply.to_string());
+        let rest = futures::stream::unfold(events_rx, |mut rx| async move {
+            rx.recv().await.map(|event| (event, rx))
+        });
+        let stream = futures::StreamExt::map(
+            futures::StreamExt::chain(futures::stream::once(async move { start }), rest),
+            Ok::<_, std::convert::Infallible>,
+        );
+        return Sse::new(stream)
+            .keep_alive(KeepAlive::default())
+            .into_response();
+    }
+    tokio::spawn(task.run(generation, None, done_tx));
+    match done_rx.await {
+        Ok(body) => Json(body).into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
+    }
+}
+
+/// Streams one answer to its client and into the conversation, then records how it ended.
+struct AnswerTask {
+    commands: mpsc::Sender<Command>,
+    doc: DocId,
+    id: String,
+    model: String,
+    reply: Value,
+}
+
+impl AnswerTask {
+    async fn run(
+        self,
+        generation: jarvis_inference::supervisor::Generation,
+        client: Option<mpsc::Sender<axum::response::sse::Event>>,
+        done: oneshot::Sender<Value>,
+    ) {
+        use axum::response::sse::Event;
+        let Self {
+            commands,
+            doc,
+            id,
+            model,
+            reply,
+        } = self;
+        let finished = crate::answer::run(
+            generation,
+            client.as_ref(),
+            |text| {
+                Event::default()
+                    .event("token")
+                    .data(json!({ "text": text }).to_string())
+            },
+            |text| {
+                let commands = commands.clone();
+                let id = id.clone();
+                async move {
+                    let _ = commands.send(Command::AnswerChunk { doc, id, text }).await;
+                }
+            },
+        )
+        .await;
+        let _ = commands
+            .send(Command::AnswerDone {
+                doc,
+                id: id.clone(),
+                status: finished.status,
+                model: Some(model.clone()),
+                timings_ms: finished.timings(),
+            })
+            .await;
+        let mut body = reply;
+        if let (Some(fields), Value::Object(answer)) = (body.as_object_mut(), finished.json(&model))
+        {
+            fields.extend(answer);
+        }
+        if let Some(client) = client {
+            let _ = client
+                .send(Event::default().event("done").data(body.to_string()))
+                .await;
+        }
+        let _ = done.send(body);
     }
 }
 
@@ -251,6 +408,7 @@ pub async fn serve(
     commands: mpsc::Sender<Command>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     events: tokio::sync::broadcast::Sender<Value>,
+    engine: EngineHandle,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + use<>)> {
     if !addr.ip().is_loopback() {
@@ -261,6 +419,7 @@ pub async fn serve(
         commands,
         metrics,
         events,
+        engine,
     };
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -270,6 +429,7 @@ pub async fn serve(
         .route("/v1/events", get(events_handler))
         .route("/metrics", get(metrics_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ASK_BYTES + 4096))
+        .merge(crate::openai::routes())
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -356,8 +516,16 @@ impl Client {
         Self::check(response).await
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        let response = self
+    /// POSTs `body` and reads server-sent events, calling `on_event(event, data)` for each. A
+    /// JSON answer instead (the node refused, or had no model) is passed on as a `done` event if
+    /// it names a conversation, and is an error otherwise.
+    pub async fn post_events(
+        &self,
+        path: &str,
+        body: &Value,
+        mut on_event: impl FnMut(&str, &str),
+    ) -> Result<()> {
+        let mut response = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
@@ -365,6 +533,52 @@ impl Client {
             .send()
             .await
             .map_err(Self::unreachable)?;
-        Self::check(response).await
+        let is_stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_stream {
+            let status = response.status();
+            let body: Value = response
+                .json()
+                .await
+                .context("the node's answer is not JSON")?;
+            if body.get("conversation_id").is_some() {
+                on_event("done", &body.to_string());
+                return Ok(());
+            }
+            bail!(
+                "{}",
+                body.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&format!("the node refused the request ({status})"))
+            );
+        }
+        let mut buffer = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(Self::unreachable)? {
+            buffer.extend_from_slice(&chunk);
+            // Events end with a blank line.
+            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&raw);
+                let mut event = "message";
+                let mut data = String::new();
+                for line in text.lines() {
+                    if let Some(name) = line.strip_prefix("event:") {
+                        event = name.trim();
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        if !data.is_empty() {
+                            data.push('\n');
+                        }
+                        data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                    }
+                }
+                if !data.is_empty() {
+                    on_event(event, &data);
+                }
+            }
+        }
+        Ok(())
     }
 }

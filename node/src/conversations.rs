@@ -5,6 +5,7 @@
 use anyhow::{Context, Result};
 use jarvis_crdt::store::sled::SledStore;
 use jarvis_crdt::{Doc, DocId, KeyRecord, NewMessage, Replica, Role, SealedChange, Status};
+use jarvis_inference::protocol::ChatMessage;
 use serde_json::{Value, json};
 
 use crate::home::{Home, KeyFile, Passphrase, now};
@@ -130,6 +131,79 @@ pub fn add_user_message(
             "timings_ms": {},
         }),
     })
+}
+
+/// What Jarvis is told before every conversation. Small models answer very differently with
+/// different wording (testing.md); this one keeps SmolLM2 short and on topic.
+pub const SYSTEM_PROMPT: &str = "You are Jarvis, a helpful assistant. Answer the question directly and briefly, in one or two sentences.";
+
+/// The most conversation text sent to the model with a question; older messages are left out.
+const HISTORY_CHARS: usize = 6000;
+
+/// The model's view of a conversation: the system prompt, then the finished messages, newest
+/// last, as many as fit in [`HISTORY_CHARS`].
+pub fn history(doc: &Doc) -> Vec<ChatMessage> {
+    let messages = doc.messages().unwrap_or_default();
+    let mut kept: Vec<ChatMessage> = Vec::new();
+    let mut chars = 0;
+    for m in messages.iter().rev() {
+        if m.status != Status::Done || m.text.is_empty() {
+            continue;
+        }
+        chars += m.text.len();
+        if chars > HISTORY_CHARS && !kept.is_empty() {
+            break;
+        }
+        kept.push(ChatMessage::new(m.role.as_str(), m.text.clone()));
+    }
+    kept.push(ChatMessage::new("system", SYSTEM_PROMPT));
+    kept.reverse();
+    kept
+}
+
+/// Adds an empty assistant message that the answer streams into; returns its id and change.
+pub fn start_answer(
+    replica: &mut Replica<SledStore>,
+    doc: DocId,
+) -> Result<(String, SealedChange)> {
+    let id = hex::encode(jarvis_identity::keys::random_bytes::<8>());
+    let change = replica.edit(doc, |d, me| {
+        d.append(
+            NewMessage {
+                id: &id,
+                role: Role::Assistant,
+                text: "",
+                status: Status::Streaming,
+                now_ms: now_ms(),
+            },
+            me,
+        )
+    })?;
+    Ok((id, change))
+}
+
+/// Appends streamed text to an answer.
+pub fn stream_answer(
+    replica: &mut Replica<SledStore>,
+    doc: DocId,
+    id: &str,
+    text: &str,
+) -> Result<SealedChange> {
+    Ok(replica.edit(doc, |d, _| d.stream(id, text, now_ms()))?)
+}
+
+/// Marks an answer finished, with the model and its timings.
+pub fn finish_answer(
+    replica: &mut Replica<SledStore>,
+    doc: DocId,
+    id: &str,
+    status: Status,
+    model: Option<&str>,
+    timings_ms: &std::collections::BTreeMap<String, u64>,
+) -> Result<SealedChange> {
+    Ok(replica.edit(doc, |d, _| {
+        d.finish(id, status, model, timings_ms, now_ms())
+    })?)
 }
 
 /// Opens this device's replica directly, when no node runs on the home.

@@ -2,15 +2,18 @@
 //! contract and ARCHITECTURE.md for how the pieces fit.
 
 mod admin;
+mod answer;
 mod api;
 mod cli;
 mod client;
 mod conversations;
 mod device;
 mod home;
+mod llm;
 mod mesh;
 mod metrics;
 mod node;
+mod openai;
 mod output;
 mod pairing;
 mod up;
@@ -19,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ModelsCommand};
 use crate::home::Home;
 use crate::output::Output;
 
@@ -60,5 +63,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ask { text, conversation } => client::ask(&home, out, &text, conversation),
         Command::Conversations => client::conversations(&home, out),
         Command::Show { id } => client::show(&home, out, &id),
+        Command::Models(ModelsCommand::List) => llm::list(out),
+        Command::Models(ModelsCommand::Pull { name }) => llm::pull(out, name),
+        Command::Models(ModelsCommand::Import { path }) => llm::import(out, &path),
     }
 }

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub peers_refused: Counter,
     pub peers_connected: Gauge,
     pub documents: Gauge,
+    /// The local engine's queue, latency and outcomes (`jarvis_llm_…`).
+    pub engine: jarvis_inference::metrics::EngineMetrics,
 }
 
 impl Metrics {
@@ -60,6 +62,8 @@ impl Metrics {
             peers_connected.clone(),
         );
         registry.register("documents", "Documents held", documents.clone());
+        let engine = jarvis_inference::metrics::EngineMetrics::default();
+        engine.register(&mut registry);
         Self {
             registry,
             sync_messages_sent,
@@ -69,6 +73,7 @@ impl Metrics {
             peers_refused,
             peers_connected,
             documents,
+            engine,
         }
     }
 

@@ -64,11 +64,38 @@ pub enum Command {
     Status(oneshot::Sender<Value>),
     Conversations(oneshot::Sender<Value>),
     Show(DocId, oneshot::Sender<Result<Value, String>>),
+    /// Adds the user's message, and (with `answer`) an empty assistant message to stream into.
     Ask {
         text: String,
         conversation: Option<DocId>,
-        reply: oneshot::Sender<Result<Value, String>>,
+        answer: bool,
+        reply: oneshot::Sender<Result<AskStarted, String>>,
     },
+    /// More text of an answer.
+    AnswerChunk {
+        doc: DocId,
+        id: String,
+        text: String,
+    },
+    /// An answer ended.
+    AnswerDone {
+        doc: DocId,
+        id: String,
+        status: jarvis_crdt::Status,
+        model: Option<String>,
+        timings_ms: BTreeMap<String, u64>,
+    },
+}
+
+/// What `Ask` did: the reply so far, and where the answer goes.
+pub struct AskStarted {
+    /// `conversation_id` and `message_id` of the question.
+    pub reply: Value,
+    pub doc: DocId,
+    /// The assistant message to stream into (none when no answer was asked for).
+    pub answer_id: Option<String>,
+    /// The conversation as the model sees it.
+    pub history: Vec<jarvis_inference::protocol::ChatMessage>,
 }
 
 /// Everything that can wake the node.
@@ -122,6 +149,8 @@ pub struct Node {
     /// changed rather than on every message.
     seen: BTreeMap<String, crate::device::SeenDevice>,
     seen_dirty: bool,
+    /// The local inference engine (for `status`).
+    engine: jarvis_inference::supervisor::EngineHandle,
 }
 
 /// Relayed if either end of the connection is a circuit address (a dialer sees it in the remote
@@ -150,6 +179,7 @@ impl Node {
         api_addr: String,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
         events: tokio::sync::broadcast::Sender<Value>,
+        engine: jarvis_inference::supervisor::EngineHandle,
     ) -> Result<Self> {
         let keypair = identity
             .device_key
@@ -226,6 +256,7 @@ impl Node {
             events,
             seen,
             seen_dirty: false,
+            engine,
         })
     }
 
@@ -700,10 +731,40 @@ impl Node {
             Command::Ask {
                 text,
                 conversation,
+                answer,
                 reply,
             } => {
-                let result = self.ask(&text, conversation).map_err(|e| format!("{e:#}"));
+                let result = self
+                    .ask(&text, conversation, answer)
+                    .map_err(|e| format!("{e:#}"));
                 let _ = reply.send(result);
+            }
+            Command::AnswerChunk { doc, id, text } => {
+                match conversations::stream_answer(&mut self.replica, doc, &id, &text) {
+                    Ok(change) => self.fan_out(None, &[change]),
+                    Err(e) => tracing::warn!(%doc, error = %e, "cannot store streamed text"),
+                }
+                self.announce_conversation(doc);
+            }
+            Command::AnswerDone {
+                doc,
+                id,
+                status,
+                model,
+                timings_ms,
+            } => {
+                match conversations::finish_answer(
+                    &mut self.replica,
+                    doc,
+                    &id,
+                    status,
+                    model.as_deref(),
+                    &timings_ms,
+                ) {
+                    Ok(change) => self.fan_out(None, &[change]),
+                    Err(e) => tracing::warn!(%doc, error = %e, "cannot store the end of an answer"),
+                }
+                self.announce_conversation(doc);
             }
         }
     }
@@ -744,6 +805,7 @@ impl Node {
             "api": self.api_addr,
             "documents": self.replica.docs().map(|d| d.len()).unwrap_or(0),
             "revocations": self.revocations.len(),
+            "models": [crate::llm::model_status(&self.engine)],
         })
     }
 
@@ -779,12 +841,24 @@ impl Node {
         conversations::show(&self.replica, id)
     }
 
-    /// Adds the user's message to a conversation (a new one if none is given) and syncs it.
-    /// Answers arrive with the inference engine.
-    fn ask(&mut self, text: &str, conversation: Option<DocId>) -> Result<Value> {
+    /// Adds the user's message to a conversation (a new one if none is given) and, with
+    /// `answer`, an empty assistant message for the answer to stream into; syncs both.
+    fn ask(&mut self, text: &str, conversation: Option<DocId>, answer: bool) -> Result<AskStarted> {
         let recipients = self.recipients();
-        let added =
+        let mut added =
             conversations::add_user_message(&mut self.replica, &recipients, text, conversation)?;
+        let history = self
+            .replica
+            .doc(added.doc)
+            .map(conversations::history)
+            .unwrap_or_default();
+        let answer_id = if answer {
+            let (id, change) = conversations::start_answer(&mut self.replica, added.doc)?;
+            added.changes.push(change);
+            Some(id)
+        } else {
+            None
+        };
         if let Some(key) = &added.key {
             self.fan_out_key(key);
         }
@@ -793,7 +867,12 @@ impl Node {
             self.refresh_documents_gauge();
         }
         self.announce_conversation(added.doc);
-        Ok(added.reply)
+        Ok(AskStarted {
+            reply: added.reply,
+            doc: added.doc,
+            answer_id,
+            history,
+        })
     }
 }
 

@@ -104,12 +104,14 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let (events, _) = tokio::sync::broadcast::channel(crate::node::EVENT_QUEUE);
+    let engine = crate::llm::start_engine(metrics.engine.clone());
     let (api_addr, server) = api::serve(
         &home,
         args.api,
         commands_tx,
         metrics.clone(),
         events.clone(),
+        engine.clone(),
         stop_rx,
     )
     .await?;
@@ -120,9 +122,19 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
         api_addr.to_string(),
         metrics,
         events,
+        engine.clone(),
     )?;
     let peer_id = node.peer_id();
     let server = tokio::spawn(server);
+    let model_line = match engine.wait_ready(std::time::Duration::from_secs(10)).await {
+        jarvis_inference::supervisor::EngineState::Ready { .. } => {
+            format!("  model:  {} (local, ready)\n", engine.model_name())
+        }
+        jarvis_inference::supervisor::EngineState::Failed(problem) => {
+            format!("  model:  unavailable: {problem}\n")
+        }
+        _ => format!("  model:  {} (loading)\n", engine.model_name()),
+    };
     tracing::info!(%peer_id, org = %org.name, %user, personal = state.personal, "node up");
     out.emit(
         &json!({
@@ -133,10 +145,11 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
             "personal": state.personal,
             "api": api_addr.to_string(),
             "voice": false,
+            "model": crate::llm::model_status(&engine),
         }),
         || {
             format!(
-                "Jarvis node up{}.\n  device: {} `{}`\n  user:   {}\n  org:    {} ({})\n  api:    http://{api_addr} (token: `jarvis token`)\n{}Press Ctrl-C to stop.",
+                "Jarvis node up{}.\n  device: {} `{}`\n  user:   {}\n  org:    {} ({})\n  api:    http://{api_addr} (token: `jarvis token`)\n{model_line}{}Press Ctrl-C to stop.",
                 if state.personal { " in personal mode" } else { "" },
                 peer_id,
                 verified.name,
@@ -150,6 +163,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let result = node.run(commands_rx, &mut shutdown).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
+    engine.shutdown().await;
     api::forget(&home);
     result?;
     out.emit(&json!({ "event": "stopped" }), || {

@@ -1,0 +1,16 @@
+//! Inference for the Jarvis node, with no engine linked in.
+//!
+//! - [`protocol`]: what the node and an engine worker process say to each other.
+//! - [`text`]: whole characters and stop strings, for streaming.
+//! - [`sched`]: the sans-IO fair queue that orders requests between clients.
+//! - [`supervisor`]: the async shell that runs a worker process, feeds it through bounded queues,
+//!   and restarts it when it dies.
+//! - [`models`]: the model cache (`jarvis models list | pull | import`).
+//! - [`metrics`]: queue depth, time to first token, tokens per second, requests by outcome.
+
+pub mod metrics;
+pub mod models;
+pub mod protocol;
+pub mod sched;
+pub mod supervisor;
+pub mod text;

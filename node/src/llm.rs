@@ -1,0 +1,146 @@
+//! The node's local language model: which model, which worker program, and the `jarvis models`
+//! commands.
+//!
+//! `JARVIS_MODEL` picks the model (a catalog name or an imported one; default
+//! [`DEFAULT_LLM`]); `JARVIS_MODELS` the cache directory; `JARVIS_LLM_WORKER` the worker
+//! program (default: next to `jarvis`, else on `PATH`); `JARVIS_LLM_THREADS` and
+//! `JARVIS_LLM_SLOTS` its threads and concurrent requests.
+
+use anyhow::{Context, Result};
+use jarvis_inference::metrics::EngineMetrics;
+use jarvis_inference::models::{DEFAULT_LLM, ModelStore, Sources};
+use jarvis_inference::supervisor::{
+    EngineConfig, EngineHandle, EngineState, LLM_WORKER, find_worker,
+};
+use serde_json::{Value, json};
+
+use crate::output::Output;
+
+/// The model `jarvis up` and `jarvis ask` use.
+pub fn model_name() -> String {
+    std::env::var("JARVIS_MODEL")
+        .ok()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| DEFAULT_LLM.to_owned())
+}
+
+fn env_number(var: &str) -> Option<u32> {
+    std::env::var(var).ok().and_then(|v| v.parse().ok())
+}
+
+/// Starts the engine for this machine's model (it reports a clear problem, rather than failing
+/// here, when the model or the worker is missing: the node runs without answers then).
+pub fn start_engine(metrics: EngineMetrics) -> EngineHandle {
+    let name = model_name();
+    let model = ModelStore::from_env()
+        .and_then(|store| store.path(&name))
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no model");
+            std::path::PathBuf::from(format!("(no model called {name})"))
+        });
+    let worker = find_worker(LLM_WORKER, "JARVIS_LLM_WORKER").unwrap_or_else(|problem| {
+        tracing::warn!(%problem, "no engine program");
+        std::path::PathBuf::from(LLM_WORKER)
+    });
+    let mut config = EngineConfig::new(worker, model, name);
+    config.threads = env_number("JARVIS_LLM_THREADS");
+    if let Some(slots) = env_number("JARVIS_LLM_SLOTS") {
+        config.slots = slots.clamp(1, 64);
+    }
+    EngineHandle::start(config, metrics)
+}
+
+/// The engine as `status` shows it.
+pub fn model_status(engine: &EngineHandle) -> Value {
+    let (state, detail) = match engine.state() {
+        EngineState::Starting => ("starting", None),
+        EngineState::Ready { .. } => ("ready", None),
+        EngineState::Failed(problem) => ("unavailable", Some(problem)),
+        EngineState::Stopped => ("stopped", None),
+    };
+    json!({ "name": engine.model_name(), "state": state, "problem": detail })
+}
+
+/// `jarvis models list`.
+pub fn list(out: Output) -> Result<()> {
+    let store = ModelStore::from_env()?;
+    let models = store.list();
+    let value = json!({ "dir": store.dir(), "models": models });
+    out.emit(&value, || {
+        let mut text = format!("models in {}\n", store.dir().display());
+        for m in &models {
+            text.push_str(&format!(
+                "{} {:<28} {:<4} {:>7.1} MB  {:<10} {}\n",
+                if m.present { "✓" } else { " " },
+                m.name,
+                m.kind,
+                m.size as f64 / 1e6,
+                m.licence.as_deref().unwrap_or("?"),
+                if m.present {
+                    String::new()
+                } else {
+                    "(not downloaded: `jarvis models pull`)".to_owned()
+                },
+            ));
+        }
+        text.trim_end().to_owned()
+    });
+    Ok(())
+}
+
+/// `jarvis models pull [NAME]`.
+pub fn pull(out: Output, name: Option<String>) -> Result<()> {
+    let store = ModelStore::from_env()?;
+    let name = name.unwrap_or_else(model_name);
+    let sources = Sources::from_env();
+    let progress = if out.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(name.clone());
+        bar
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let pulled = runtime.block_on(store.pull(&name, &sources, &progress));
+    progress.finish_and_clear();
+    let pulled = pulled?;
+    let value = json!({ "name": name, "path": pulled.path, "from": pulled.from });
+    out.emit(&value, || {
+        if pulled.from == "cache" {
+            format!("{name} is already here: {}", pulled.path.display())
+        } else {
+            format!(
+                "{name} downloaded from {} and verified: {}",
+                pulled.from,
+                pulled.path.display()
+            )
+        }
+    });
+    Ok(())
+}
+
+/// `jarvis models import PATH`.
+pub fn import(out: Output, path: &std::path::Path) -> Result<()> {
+    let store = ModelStore::from_env()?;
+    let info = store.import(path)?;
+    let value = serde_json::to_value(&info)?;
+    out.emit(&value, || {
+        format!(
+            "imported {} as {:?}; use it with JARVIS_MODEL={}",
+            path.display(),
+            info.name,
+            info.name
+        )
+    });
+    Ok(())
+}

@@ -381,9 +381,12 @@ impl ModelStore {
         if let Some(hub) = entry.hub {
             let url = format!("{}/{}/resolve/main/{}", sources.hub, hub.repo, hub.path);
             let part = partial.join(format!("{}.part", entry.file));
-            match download(&client, &url, &part, progress).await {
+            let fetched = match download(&client, &url, &part, progress).await {
+                Ok(()) => install(entry, &part, &target).map_err(|e| e.to_string()),
+                Err(error) => Err(error),
+            };
+            match fetched {
                 Ok(()) => {
-                    install(entry, &part, &target)?;
                     return Ok(Pulled {
                         path: target,
                         from: url,

@@ -23,9 +23,25 @@ fn jarvis(home: &Path) -> Command {
     cmd.env_remove("JARVIS_HOME")
         .env("JARVIS_PASSPHRASE", PASSPHRASE)
         .env("JARVIS_KDF_WORK_FACTOR", "10")
+        // These tests are about sync: no model, so `ask` saves the question and answers nothing
+        // (the answer path has its own tests in llm.rs).
+        .env("JARVIS_MODELS", "/nonexistent/jarvis-models")
         .arg("--home")
         .arg(home);
     cmd
+}
+
+/// `jarvis ask` with no model: the message is saved (and synced), the command says there is no
+/// answer and fails.
+fn say(home: &Path, args: &[&str]) -> Value {
+    let out = jarvis(home).arg("ask").args(args).arg("--json").output().unwrap();
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("jarvis ask {args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr))
+    });
+    assert!(!out.status.success(), "no model, so no answer: {reply}");
+    assert!(reply["error"].as_str().unwrap().contains("no answer"), "{reply}");
+    assert!(reply["conversation_id"].is_string(), "{reply}");
+    reply
 }
 
 fn ok(home: &Path, args: &[&str]) -> Value {
@@ -211,15 +227,13 @@ fn two_devices_of_one_user_sync_and_strangers_get_nothing() {
     assert_eq!(p["authenticated"], true);
 
     // An edit on one device reaches the other...
-    let asked = ok(&laptop, &["ask", "what is the capital of France?"]);
+    let asked = say(&laptop, &["what is the capital of France?"]);
     let conversation = asked["conversation_id"].as_str().unwrap().to_owned();
     wait_for("the phone to see the laptop's message", || {
         (texts(&phone, &conversation) == ["what is the capital of France?"]).then_some(())
     });
     // ...and back.
-    ok(
-        &phone,
-        &["ask", "and of Italy?", "--conversation", &conversation],
+    say(&phone, &["and of Italy?", "--conversation", &conversation],
     );
     wait_for("the laptop to see the phone's message", || {
         (texts(&laptop, &conversation).len() == 2).then_some(())
@@ -282,11 +296,7 @@ fn two_devices_of_one_user_sync_and_strangers_get_nothing() {
 
     // The phone goes offline, the laptop keeps writing; the phone catches up when it returns.
     drop(b);
-    ok(
-        &laptop,
-        &[
-            "ask",
-            "while you were away",
+    say(&laptop, &["while you were away",
             "--conversation",
             &conversation,
         ],
@@ -310,7 +320,7 @@ fn devices_sync_over_tcp_when_udp_is_not_available() {
     let a_addr = a.address();
     assert!(a_addr.contains("/tcp/"), "{a_addr}");
     let _b = Running::start_on(&phone, tcp, &[a_addr]);
-    let asked = ok(&laptop, &["ask", "over tcp"]);
+    let asked = say(&laptop, &["over tcp"]);
     let conversation = asked["conversation_id"].as_str().unwrap().to_owned();
     wait_for("the phone to see the message over TCP", || {
         (texts(&phone, &conversation) == ["over tcp"]).then_some(())
@@ -364,7 +374,7 @@ fn a_new_device_pairs_over_the_network_with_a_code_and_then_syncs() {
     );
     let a = Running::start(&laptop, &[]);
     let _t = Running::start(&tablet, std::slice::from_ref(&a.address()));
-    let asked = ok(&laptop, &["ask", "paired over the mesh"]);
+    let asked = say(&laptop, &["paired over the mesh"]);
     let conversation = asked["conversation_id"].as_str().unwrap().to_owned();
     wait_for("the tablet to see the laptop's message", || {
         (texts(&tablet, &conversation) == ["paired over the mesh"]).then_some(())
@@ -474,7 +484,7 @@ fn the_local_api_wants_its_token_and_serves_metrics() {
 
     // Subscribe to the phone's events, then write on the laptop: the phone streams the change.
     let events = open_events(&phone);
-    let conversation = ok(&laptop, &["ask", "count me"])["conversation_id"]
+    let conversation = say(&laptop, &["count me"])["conversation_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -516,7 +526,7 @@ fn learning_a_revocation_rotates_keys_and_the_remaining_devices_keep_syncing() {
     let tablet = paired_device(d, &laptop, "tablet");
     let a = Running::start(&laptop, &[]);
     let a_addr = a.address();
-    let conversation = ok(&laptop, &["ask", "before"])["conversation_id"]
+    let conversation = say(&laptop, &["before"])["conversation_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -540,7 +550,7 @@ fn learning_a_revocation_rotates_keys_and_the_remaining_devices_keep_syncing() {
     wait_for("the laptop to learn the revocation", || {
         (a.status()["revocations"] == 1).then_some(())
     });
-    ok(&laptop, &["ask", "after", "--conversation", &conversation]);
+    say(&laptop, &["after", "--conversation", &conversation]);
     wait_for(
         "the phone to read what was written after the rotation",
         || (texts(&phone, &conversation) == ["before", "after"]).then_some(()),
@@ -562,7 +572,7 @@ fn ask_works_without_a_running_node_and_syncs_when_it_starts() {
     let laptop = first_device(d, &acme, "alice", "laptop");
     let phone = paired_device(d, &laptop, "phone");
     // No node runs: the message goes straight into the laptop's store.
-    let asked = ok(&laptop, &["ask", "written offline"]);
+    let asked = say(&laptop, &["written offline"]);
     let conversation = asked["conversation_id"].as_str().unwrap().to_owned();
     assert_eq!(texts(&laptop, &conversation), ["written offline"]);
     assert_eq!(

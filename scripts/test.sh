@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 install_system_packages
 ensure_rust
 ensure_cargo_tool cargo-nextest cargo-nextest
+ensure_python_packages
 
 say "cargo fmt --check"
 cargo fmt --all --check
@@ -17,6 +18,11 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 
 say "doc tests"
 cargo test --locked --workspace --doc
+
+say "building"
+cargo build --locked --workspace --all-targets
+# The tests run the real models (testing.md); they live in the machine's model cache.
+ensure_models "$CARGO_TARGET_DIR/debug/jarvis"
 
 say "tests"
 nextest_log="$JARVIS_CACHE/nextest.log"

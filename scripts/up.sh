@@ -5,6 +5,7 @@ source "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/.."
 install_system_packages
 ensure_rust
-say "building jarvis (release)"
-cargo build --release --locked -p jarvis-node --bin jarvis
+say "building jarvis and its llama.cpp engine (release)"
+cargo build --release --locked -p jarvis-node --bin jarvis -p jarvis-llm --bin jarvis-llm-worker
+ensure_models "$CARGO_TARGET_DIR/release/jarvis"
 exec "$CARGO_TARGET_DIR/release/jarvis" up "$@"

@@ -6,6 +6,7 @@
 mod crdt;
 mod harness;
 mod identity_verify;
+mod llm_local;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,11 @@ const BENCHES: &[Bench] = &[
         name: crdt::CATCH_UP,
         about: "an empty device syncing a 100,000-message conversation vs Automerge::load of it",
         run: crdt::catch_up,
+    },
+    Bench {
+        name: llm_local::NAME,
+        about: "local engine (and through the HTTP API) vs llama-cpp-2 called directly: time to first token, tokens/s",
+        run: llm_local::run,
     },
 ];
 

@@ -12,16 +12,21 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Read at run time: a test binary reused from a build in another checkout (a shared target
+/// directory) must look at this checkout, not at the one it was compiled in.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    let manifest_dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&manifest_dir).parent().unwrap().to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").into())
 }
 
 /// The names of every package in `package`'s normal and build dependency graph.
 fn dependency_names(package: &str) -> Vec<String> {
-    let out = Command::new(env!("CARGO"))
+    let out = Command::new(cargo())
         .current_dir(workspace_root())
         .args([
             "tree",

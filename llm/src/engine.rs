@@ -369,9 +369,9 @@ impl<'m> Engine<'m> {
             .flatten()
             .filter(|s| s.last.is_none())
             .count();
-        if reading > 0 {
-            let room = capacity.saturating_sub(self.batch.n_tokens() as usize);
-            let chunk = (room / reading).max(1);
+        let room = capacity.saturating_sub(self.batch.n_tokens() as usize);
+        if let Some(share) = room.checked_div(reading) {
+            let chunk = share.max(1);
             for (seq_id, slot) in self.slots.iter_mut().enumerate() {
                 let Some(s) = slot else { continue };
                 if s.last.is_some() {

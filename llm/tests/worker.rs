@@ -3,7 +3,12 @@
 //! for the context, and bad input that does not stop it.
 //!
 //! The model comes from the machine's model cache (`scripts/test.sh` runs `jarvis models pull`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -11,14 +16,25 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
-use jarvis_inference::protocol::{self, ChatMessage, Command as Cmd, ErrorKind, Event, FinishReason, Sampling};
+use jarvis_inference::protocol::{
+    self, ChatMessage, Command as Cmd, ErrorKind, Event, FinishReason, Sampling,
+};
 
 fn model() -> PathBuf {
     let dir = std::env::var_os("JARVIS_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| directories::ProjectDirs::from("", "", "jarvis").unwrap().cache_dir().join("models"));
+        .unwrap_or_else(|| {
+            directories::ProjectDirs::from("", "", "jarvis")
+                .unwrap()
+                .cache_dir()
+                .join("models")
+        });
     let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.is_file(), "{} is missing: run `jarvis models pull` (scripts/test.sh does)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `jarvis models pull` (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -33,7 +49,14 @@ impl Worker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_jarvis-llm-worker"))
             .arg("--model")
             .arg(model())
-            .args(["--slots", &slots.to_string(), "--ctx", "512", "--threads", "2"])
+            .args([
+                "--slots",
+                &slots.to_string(),
+                "--ctx",
+                "512",
+                "--threads",
+                "2",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -50,9 +73,15 @@ impl Worker {
                 }
             }
         });
-        let worker = Self { child, stdin, events };
+        let worker = Self {
+            child,
+            stdin,
+            events,
+        };
         match worker.next() {
-            Event::Ready { slots: s, n_ctx, .. } => {
+            Event::Ready {
+                slots: s, n_ctx, ..
+            } => {
                 assert_eq!(s, slots);
                 assert_eq!(n_ctx, 512);
             }
@@ -62,7 +91,9 @@ impl Worker {
     }
 
     fn send(&mut self, command: &Cmd) {
-        self.stdin.write_all(&protocol::encode(command).unwrap()).unwrap();
+        self.stdin
+            .write_all(&protocol::encode(command).unwrap())
+            .unwrap();
         self.stdin.flush().unwrap();
     }
 
@@ -78,7 +109,9 @@ impl Worker {
     }
 
     fn next(&self) -> Event {
-        self.events.recv_timeout(Duration::from_secs(120)).expect("the worker went quiet")
+        self.events
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the worker went quiet")
     }
 
     /// Reads events until `id` ends; returns its text and its end.
@@ -87,7 +120,9 @@ impl Worker {
         loop {
             match self.next() {
                 Event::Token { id: i, text: t } if i == id => text.push_str(&t),
-                end @ (Event::Done { id: i, .. } | Event::Error { id: Some(i), .. }) if i == id => return (text, end),
+                end @ (Event::Done { id: i, .. } | Event::Error { id: Some(i), .. }) if i == id => {
+                    return (text, end);
+                }
                 _ => {}
             }
         }
@@ -102,7 +137,11 @@ impl Drop for Worker {
 }
 
 fn greedy(max_tokens: u32) -> Sampling {
-    Sampling { max_tokens, temperature: 0.0, ..Sampling::default() }
+    Sampling {
+        max_tokens,
+        temperature: 0.0,
+        ..Sampling::default()
+    }
 }
 
 #[test]
@@ -111,7 +150,15 @@ fn answers_with_the_real_model_and_stops_where_asked() {
     w.ask(1, "What is the capital of France?", greedy(64));
     let (answer, end) = w.finish(1);
     assert!(answer.contains("Paris"), "{answer:?}");
-    let Event::Done { finish_reason, completion_tokens, prompt_tokens, .. } = end else { panic!("{end:?}") };
+    let Event::Done {
+        finish_reason,
+        completion_tokens,
+        prompt_tokens,
+        ..
+    } = end
+    else {
+        panic!("{end:?}")
+    };
     assert_eq!(finish_reason, FinishReason::Stop);
     assert!(completion_tokens > 0 && prompt_tokens > 10);
 
@@ -119,21 +166,48 @@ fn answers_with_the_real_model_and_stops_where_asked() {
     let words: Vec<&str> = answer.split_whitespace().collect();
     assert!(words.len() >= 3, "{answer:?}");
     let stop = format!(" {}", words[words.len() / 2]);
-    w.ask(2, "What is the capital of France?", Sampling { stop: vec![stop.clone()], ..greedy(64) });
+    w.ask(
+        2,
+        "What is the capital of France?",
+        Sampling {
+            stop: vec![stop.clone()],
+            ..greedy(64)
+        },
+    );
     let (cut, end) = w.finish(2);
     assert_eq!(cut, answer[..answer.find(&stop).unwrap()], "stop {stop:?}");
-    assert!(matches!(end, Event::Done { finish_reason: FinishReason::Stop, .. }));
+    assert!(matches!(
+        end,
+        Event::Done {
+            finish_reason: FinishReason::Stop,
+            ..
+        }
+    ));
 
     // max_tokens ends it with `length`.
     w.ask(3, "Tell me a long story about a dragon.", greedy(5));
     let (_, end) = w.finish(3);
-    assert!(matches!(end, Event::Done { finish_reason: FinishReason::Length, completion_tokens: 5, .. }), "{end:?}");
+    assert!(
+        matches!(
+            end,
+            Event::Done {
+                finish_reason: FinishReason::Length,
+                completion_tokens: 5,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
 }
 
 #[test]
 fn a_short_request_finishes_while_a_long_one_is_generating() {
     let mut w = Worker::start(2);
-    w.ask(1, "Write a long story about a dragon who learns to fly.", greedy(200));
+    w.ask(
+        1,
+        "Write a long story about a dragon who learns to fly.",
+        greedy(200),
+    );
     // Let the long one start generating before the short one arrives.
     loop {
         if let Event::Token { id: 1, .. } = w.next() {
@@ -147,7 +221,11 @@ fn a_short_request_finishes_while_a_long_one_is_generating() {
         match w.next() {
             Event::Token { id: 1, .. } if !short_done => long_tokens_after_short_started += 1,
             Event::Done { id: 2, .. } => short_done = true,
-            Event::Done { id: 1, completion_tokens, .. } => {
+            Event::Done {
+                id: 1,
+                completion_tokens,
+                ..
+            } => {
                 assert!(short_done, "the short request finished first");
                 assert_eq!(completion_tokens, 200);
                 break;
@@ -156,13 +234,20 @@ fn a_short_request_finishes_while_a_long_one_is_generating() {
             _ => {}
         }
     }
-    assert!(long_tokens_after_short_started > 0, "both generated in the same steps");
+    assert!(
+        long_tokens_after_short_started > 0,
+        "both generated in the same steps"
+    );
 }
 
 #[test]
 fn cancelling_frees_the_slot_at_once() {
     let mut w = Worker::start(1);
-    w.ask(1, "Write a long story about a dragon who learns to fly.", greedy(400));
+    w.ask(
+        1,
+        "Write a long story about a dragon who learns to fly.",
+        greedy(400),
+    );
     let mut seen = 0;
     while seen < 3 {
         if let Event::Token { id: 1, .. } = w.next() {
@@ -173,11 +258,27 @@ fn cancelling_frees_the_slot_at_once() {
     // With one slot, the next request can only run once the first is gone.
     w.ask(2, "What is the capital of France?", greedy(32));
     let (_, end) = w.finish(1);
-    let Event::Done { finish_reason, completion_tokens, .. } = end else { panic!("{end:?}") };
+    let Event::Done {
+        finish_reason,
+        completion_tokens,
+        ..
+    } = end
+    else {
+        panic!("{end:?}")
+    };
     assert_eq!(finish_reason, FinishReason::Cancelled);
     assert!(completion_tokens < 400, "{completion_tokens}");
     let (answer, end) = w.finish(2);
-    assert!(matches!(end, Event::Done { finish_reason: FinishReason::Stop, .. }), "{end:?}");
+    assert!(
+        matches!(
+            end,
+            Event::Done {
+                finish_reason: FinishReason::Stop,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
     assert!(answer.contains("Paris"), "{answer}");
 }
 
@@ -186,11 +287,15 @@ fn refuses_a_prompt_too_long_and_ignores_bad_lines_then_keeps_serving() {
     let mut w = Worker::start(1);
     w.ask(1, &"word ".repeat(2000), greedy(8));
     let (_, end) = w.finish(1);
-    let Event::Error { kind, message, .. } = end else { panic!("{end:?}") };
+    let Event::Error { kind, message, .. } = end else {
+        panic!("{end:?}")
+    };
     assert_eq!(kind, ErrorKind::ContextLengthExceeded);
     assert!(message.contains("512"), "{message}");
 
-    w.stdin.write_all(b"this is not json\n{\"type\":\"generate\"}\n\n").unwrap();
+    w.stdin
+        .write_all(b"this is not json\n{\"type\":\"generate\"}\n\n")
+        .unwrap();
     w.ask(2, "What is the capital of France?", greedy(32));
     let (answer, _) = w.finish(2);
     assert!(answer.contains("Paris"), "{answer}");

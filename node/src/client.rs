@@ -187,10 +187,10 @@ async fn ask_offline(
         &finished.timings(),
     )?;
     engine.shutdown().await;
-    if let Value::Object(answer) = finished.json(&model) {
-        if let Some(fields) = reply.as_object_mut() {
-            fields.extend(answer);
-        }
+    if let Value::Object(answer) = finished.json(&model)
+        && let Some(fields) = reply.as_object_mut()
+    {
+        fields.extend(answer);
     }
     print_end(out, &reply);
     out.note(&format!(

@@ -161,6 +161,8 @@ struct ChatRequest {
 }
 
 /// Checks a request and turns it into the engine's terms.
+// The error is the HTTP response itself, handed straight back to axum: boxing it buys nothing.
+#[allow(clippy::result_large_err)]
 fn to_request(body: ChatRequest, model: &str) -> Result<(Request, bool, bool), Response> {
     if body.model != model {
         return Err(oai_error(
@@ -374,13 +376,11 @@ async fn chat_completions(
     let created = unix_now();
     // Wait for the prompt to be read, so that a prompt that does not fit is a 400, not a stream
     // that fails after its headers went out.
-    let first = loop {
-        match generation.updates.recv().await {
-            Some(Update::Started { .. }) => break None,
-            Some(Update::Failed { kind, message }) => return failure(kind, &message),
-            Some(other) => break Some(other),
-            None => return failure(ErrorKind::Engine, "the engine stopped"),
-        }
+    let first = match generation.updates.recv().await {
+        Some(Update::Started { .. }) => None,
+        Some(Update::Failed { kind, message }) => return failure(kind, &message),
+        Some(other) => Some(other),
+        None => return failure(ErrorKind::Engine, "the engine stopped"),
     };
     if !stream {
         let mut text = String::new();

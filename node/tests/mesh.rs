@@ -34,12 +34,23 @@ fn jarvis(home: &Path) -> Command {
 /// `jarvis ask` with no model: the message is saved (and synced), the command says there is no
 /// answer and fails.
 fn say(home: &Path, args: &[&str]) -> Value {
-    let out = jarvis(home).arg("ask").args(args).arg("--json").output().unwrap();
+    let out = jarvis(home)
+        .arg("ask")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("jarvis ask {args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "jarvis ask {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     assert!(!out.status.success(), "no model, so no answer: {reply}");
-    assert!(reply["error"].as_str().unwrap().contains("no answer"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("no answer"),
+        "{reply}"
+    );
     assert!(reply["conversation_id"].is_string(), "{reply}");
     reply
 }
@@ -233,8 +244,7 @@ fn two_devices_of_one_user_sync_and_strangers_get_nothing() {
         (texts(&phone, &conversation) == ["what is the capital of France?"]).then_some(())
     });
     // ...and back.
-    say(&phone, &["and of Italy?", "--conversation", &conversation],
-    );
+    say(&phone, &["and of Italy?", "--conversation", &conversation]);
     wait_for("the laptop to see the phone's message", || {
         (texts(&laptop, &conversation).len() == 2).then_some(())
     });
@@ -296,10 +306,9 @@ fn two_devices_of_one_user_sync_and_strangers_get_nothing() {
 
     // The phone goes offline, the laptop keeps writing; the phone catches up when it returns.
     drop(b);
-    say(&laptop, &["while you were away",
-            "--conversation",
-            &conversation,
-        ],
+    say(
+        &laptop,
+        &["while you were away", "--conversation", &conversation],
     );
     let _b = Running::start(&phone, &[a_addr]);
     wait_for("the phone to catch up", || {

@@ -142,7 +142,10 @@ fn jarvis(ns: Option<(&Namespaces, usize)>, home: &Path, args: &[&str]) -> Value
         .unwrap();
     if args.first() == Some(&"ask") {
         let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(reply["error"].as_str().unwrap().contains("no answer"), "{reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("no answer"),
+            "{reply}"
+        );
         return reply;
     }
     assert!(

@@ -1,0 +1,317 @@
+//! `llm-local`: the local engine against llama-cpp-2 called directly, on the same model (the
+//! default SmolLM2), prompt, greedy sampling and thread count, in the same run:
+//!
+//! - reference: `jarvis-llm-worker direct`, llama-cpp-2's textbook loop in one process, timed
+//!   inside it (no protocol, no process boundary);
+//! - ours: the node's engine (`jarvis_inference::supervisor` → worker process → continuous
+//!   batching engine), timed from the caller's side: submission to first token, and tokens per
+//!   second over the generation;
+//! - ours through the HTTP API: a `jarvis up` node, a streamed `/v1/chat/completions`, timed by
+//!   the client from sending the request to the first content chunk.
+//!
+//! Rounds interleave the three; each figure is the median over rounds.
+
+// `serde_json::Value[...]` with a string key returns `Null` for a missing key; it never panics.
+#![allow(clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use jarvis_inference::metrics::EngineMetrics;
+use jarvis_inference::models::{DEFAULT_LLM, ModelStore};
+use jarvis_inference::protocol::{ChatMessage, Sampling};
+use jarvis_inference::supervisor::{
+    EngineConfig, EngineHandle, EngineState, LLM_WORKER, Request, Update, find_worker,
+};
+use serde_json::{Value, json};
+
+use crate::harness::Figure;
+
+pub const NAME: &str = "llm-local";
+
+const PROMPT: &str = "Write a short story about a dragon who learns to fly.";
+const THREADS: u32 = 2;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One measurement: time to first token (ms) and tokens per second.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    ttft_ms: f64,
+    tokens_per_s: f64,
+    tokens: u64,
+}
+
+fn direct(worker: &Path, model: &Path, max_tokens: u32) -> Result<Run> {
+    // Two runs in one process: the first warms the caches (as the engine and node are warm).
+    let out = Command::new(worker)
+        .args(["direct", "--model"])
+        .arg(model)
+        .args(["--prompt", PROMPT, "--max-tokens", &max_tokens.to_string()])
+        .args(["--threads", &THREADS.to_string(), "--runs", "2"])
+        .output()
+        .context("running the direct reference")?;
+    if !out.status.success() {
+        bail!(
+            "the direct reference failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::to_owned)
+        .context("the direct reference printed nothing")?;
+    let v: Value = serde_json::from_str(&last)?;
+    Ok(Run {
+        ttft_ms: v["ttft_ms"].as_f64().unwrap_or(0.0),
+        tokens_per_s: v["tokens_per_s"].as_f64().unwrap_or(0.0),
+        tokens: v["tokens"].as_u64().unwrap_or(0),
+    })
+}
+
+async fn engine_run(engine: &EngineHandle, max_tokens: u32) -> Result<Run> {
+    let request = Request {
+        client: "bench".into(),
+        messages: vec![ChatMessage::new("user", PROMPT)],
+        sampling: Sampling {
+            max_tokens,
+            temperature: 0.0,
+            ..Sampling::default()
+        },
+    };
+    let mut generation = engine.submit(request).await?;
+    while let Some(update) = generation.updates.recv().await {
+        match update {
+            Update::Done(summary) => {
+                return Ok(Run {
+                    ttft_ms: summary.ttft.as_secs_f64() * 1000.0,
+                    tokens_per_s: summary.tokens_per_second(),
+                    tokens: u64::from(summary.completion_tokens),
+                });
+            }
+            Update::Failed { message, .. } => bail!("the engine failed: {message}"),
+            _ => {}
+        }
+    }
+    bail!("the engine stopped")
+}
+
+/// A `jarvis up` node on a throwaway home.
+struct Node {
+    child: Child,
+    _home: tempfile::TempDir,
+    api: String,
+    token: String,
+}
+
+impl Node {
+    fn start(jarvis: &Path) -> Result<Self> {
+        let home = tempfile::tempdir()?;
+        let mut child = Command::new(jarvis)
+            .env("JARVIS_PASSPHRASE", "bench")
+            .env("JARVIS_KDF_WORK_FACTOR", "10")
+            .env("JARVIS_LLM_THREADS", THREADS.to_string())
+            .env("JARVIS_LLM_SLOTS", "1")
+            .env_remove("JARVIS_MODEL")
+            .arg("--home")
+            .arg(home.path())
+            .args([
+                "up",
+                "--json",
+                "--no-mdns",
+                "--api",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting jarvis up")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first)?;
+        let up: Value = serde_json::from_str(&first).context("jarvis up did not start")?;
+        if up["model"]["state"] != "ready" {
+            bail!("the node's model is not ready: {up}");
+        }
+        let token = Command::new(jarvis)
+            .arg("--home")
+            .arg(home.path())
+            .arg("token")
+            .output()?;
+        Ok(Self {
+            child,
+            _home: home,
+            api: up["api"].as_str().unwrap_or_default().to_owned(),
+            token: String::from_utf8_lossy(&token.stdout).trim().to_owned(),
+        })
+    }
+
+    async fn run(&self, client: &reqwest::Client, max_tokens: u32) -> Result<Run> {
+        let body = json!({
+            "model": DEFAULT_LLM, "stream": true, "temperature": 0, "max_tokens": max_tokens,
+            "stream_options": { "include_usage": true },
+            "messages": [{ "role": "user", "content": PROMPT }],
+        });
+        let start = Instant::now();
+        let mut response = client
+            .post(format!("http://{}/v1/chat/completions", self.api))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut first: Option<Instant> = None;
+        let mut last = start;
+        let mut tokens = 0u64;
+        let mut buffer = String::new();
+        while let Some(chunk) = response.chunk().await? {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                let Some(data) = event.trim().strip_prefix("data: ") else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(data)?;
+                if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                    tokens = n;
+                }
+                if v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty())
+                {
+                    let now = Instant::now();
+                    first.get_or_insert(now);
+                    last = now;
+                }
+            }
+        }
+        let first = first.context("no text came back")?;
+        let generation = last.duration_since(first).as_secs_f64();
+        Ok(Run {
+            ttft_ms: first.duration_since(start).as_secs_f64() * 1000.0,
+            tokens_per_s: if generation > 0.0 {
+                tokens.saturating_sub(1) as f64 / generation
+            } else {
+                0.0
+            },
+            tokens,
+        })
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let mut rest = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut rest);
+        }
+    }
+}
+
+/// The program `name` next to this one (the release build puts them together).
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().map(|d| d.join(name)).context("no directory")?;
+    if !path.is_file() {
+        bail!(
+            "{} is not built: run `cargo build --release -p jarvis-node -p jarvis-llm -p jarvis-bench`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub fn run(quick: bool) -> Result<Vec<Figure>> {
+    let rounds = if quick { 3 } else { 7 };
+    let max_tokens = if quick { 48 } else { 128 };
+    let model = ModelStore::from_env()?.path(DEFAULT_LLM)?;
+    if !model.is_file() {
+        bail!("{} is missing: run `jarvis models pull`", model.display());
+    }
+    let worker = find_worker(LLM_WORKER, "JARVIS_LLM_WORKER").map_err(anyhow::Error::msg)?;
+    let jarvis = sibling("jarvis")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut config = EngineConfig::new(worker.clone(), model.clone(), DEFAULT_LLM.to_owned());
+        config.slots = 1;
+        config.threads = Some(THREADS);
+        let engine = EngineHandle::start(config, EngineMetrics::default());
+        if let EngineState::Failed(problem) = engine.wait_ready(Duration::from_secs(60)).await {
+            bail!("the engine did not start: {problem}");
+        }
+        let node = Node::start(&jarvis)?;
+        let client = reqwest::Client::new();
+        // Warm both up once.
+        engine_run(&engine, 8).await?;
+        node.run(&client, 8).await?;
+        let (mut d, mut e, mut a) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            d.push(direct(&worker, &model, max_tokens)?);
+            e.push(engine_run(&engine, max_tokens).await?);
+            a.push(node.run(&client, max_tokens).await?);
+        }
+        engine.shutdown().await;
+        drop(node);
+        let tokens: Vec<u64> = d.iter().chain(&e).chain(&a).map(|r| r.tokens).collect();
+        if let Some(first) = tokens.first()
+            && tokens.iter().any(|t| t != first)
+        {
+            eprintln!("note: token counts differ between runs: {tokens:?}");
+        }
+        let m = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        let (d_ttft, d_tps) = (m(&d, |r| r.ttft_ms), m(&d, |r| r.tokens_per_s));
+        Ok(vec![
+            Figure::compared(
+                NAME,
+                "time-to-first-token",
+                m(&e, |r| r.ttft_ms),
+                d_ttft,
+                "<= 1.05",
+                "ms",
+            ),
+            Figure::compared(
+                NAME,
+                "tokens-per-second",
+                m(&e, |r| r.tokens_per_s),
+                d_tps,
+                ">= 0.97",
+                "tokens/s",
+            ),
+            Figure::compared(
+                NAME,
+                "api-time-to-first-token",
+                m(&a, |r| r.ttft_ms),
+                d_ttft,
+                "<= 1.10",
+                "ms",
+            ),
+            Figure::compared(
+                NAME,
+                "api-tokens-per-second",
+                m(&a, |r| r.tokens_per_s),
+                d_tps,
+                ">= 0.95",
+                "tokens/s",
+            ),
+        ])
+    })
+}

@@ -1,0 +1,447 @@
+//! The node answering with the real SmolLM2 model (from the machine's model cache; `scripts/test.sh`
+//! runs `jarvis models pull`): `jarvis ask` streams an answer and the conversation keeps the
+//! exchange with model and timings; the OpenAI-compatible API serves the `openai` Python client
+//! (streaming), concurrent requests, cancellation mid-stream, and OpenAI-shaped errors.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+fn jarvis(home: &Path) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("jarvis"));
+    cmd.env_remove("JARVIS_HOME")
+        .env_remove("JARVIS_MODEL")
+        .env("JARVIS_PASSPHRASE", "pw")
+        .env("JARVIS_KDF_WORK_FACTOR", "10")
+        .env("JARVIS_LLM_THREADS", "2")
+        .arg("--home")
+        .arg(home);
+    cmd
+}
+
+fn model_is_cached() {
+    let out = Command::new(assert_cmd::cargo::cargo_bin("jarvis"))
+        .args(["models", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let smol = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "smollm2-135m-instruct")
+        .unwrap();
+    assert_eq!(
+        smol["present"], true,
+        "run `jarvis models pull` first (scripts/test.sh does): {list}"
+    );
+}
+
+/// `jarvis up` on a fresh personal home, stopped when dropped.
+struct Node {
+    child: Child,
+    home: tempfile::TempDir,
+    api: String,
+    token: String,
+}
+
+impl Node {
+    fn start(slots: u32) -> Self {
+        model_is_cached();
+        let home = tempfile::tempdir().unwrap();
+        let mut child = jarvis(home.path())
+            .env("JARVIS_LLM_SLOTS", slots.to_string())
+            .args([
+                "up",
+                "--json",
+                "--no-mdns",
+                "--api",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(up["event"], "up", "{up}");
+        assert_eq!(up["model"]["state"], "ready", "{up}");
+        let api = up["api"].as_str().unwrap().to_owned();
+        let token = String::from_utf8(jarvis(home.path()).arg("token").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            home,
+            api,
+            token,
+        }
+    }
+
+    fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = reqwest::blocking::Client::new()
+            .get(self.url("/metrics"))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn ok(home: &Path, args: &[&str]) -> Value {
+    let out = jarvis(home).args(args).arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "jarvis {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn ask_answers_with_the_local_model_and_the_conversation_keeps_the_exchange() {
+    let node = Node::start(2);
+    let asked = ok(node.home(), &["ask", "What is the capital of France?"]);
+    assert!(
+        asked["answer"].as_str().unwrap().contains("Paris"),
+        "{asked}"
+    );
+    assert_eq!(asked["model"], "smollm2-135m-instruct");
+    assert_eq!(asked["where"], "local");
+    assert!(
+        asked["timings_ms"]["time_to_first_token"].as_u64().unwrap() > 0,
+        "{asked}"
+    );
+    assert!(
+        asked["timings_ms"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{asked}"
+    );
+    let id = asked["conversation_id"].as_str().unwrap();
+
+    let shown = ok(node.home(), &["show", id]);
+    let messages = shown["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{shown}");
+    assert_eq!(messages[0]["role"], "user");
+    assert_eq!(messages[0]["text"], "What is the capital of France?");
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["status"], "done");
+    assert_eq!(messages[1]["text"], asked["answer"]);
+    assert_eq!(messages[1]["model"], "smollm2-135m-instruct");
+    assert!(
+        messages[1]["timings_ms"]["time_to_first_token"]
+            .as_u64()
+            .is_some(),
+        "{shown}"
+    );
+
+    // For people, the answer streams to the terminal; a follow-up continues the conversation.
+    let out = jarvis(node.home())
+        .args(["ask", "Repeat the name of that city.", "--conversation", id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    assert_eq!(
+        ok(node.home(), &["show", id])["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+/// The `openai` Python package, as users' tools use it: models, a streamed chat completion, and
+/// its exceptions for a wrong key, an unknown model and a prompt too long.
+#[test]
+fn the_openai_python_client_streams_a_chat_completion() {
+    let node = Node::start(2);
+    let script = r#"
+import json, sys, openai
+from openai import OpenAI
+base, token = sys.argv[1], sys.argv[2]
+client = OpenAI(base_url=base, api_key=token, max_retries=0)
+out = {"models": [m.id for m in client.models.list()]}
+stream = client.chat.completions.create(
+    model="smollm2-135m-instruct", temperature=0, stream=True,
+    stream_options={"include_usage": True},
+    messages=[{"role": "system", "content": "You are a helpful assistant."},
+              {"role": "user", "content": "What is the capital of France?"}])
+chunks, text, usage, finish = 0, "", None, None
+for chunk in stream:
+    if chunk.usage:
+        usage = chunk.usage.completion_tokens
+    for choice in chunk.choices:
+        chunks += 1
+        text += choice.delta.content or ""
+        finish = choice.finish_reason or finish
+out.update(chunks=chunks, text=text, usage=usage, finish=finish)
+full = client.chat.completions.create(model="smollm2-135m-instruct", temperature=0, max_tokens=3,
+    messages=[{"role": "user", "content": "Count from one to ten."}])
+out["length"] = [full.choices[0].finish_reason, full.usage.completion_tokens]
+def error(call):
+    try:
+        call()
+        return None
+    except openai.APIStatusError as e:
+        return [type(e).__name__, e.status_code, e.body.get("code") if isinstance(e.body, dict) else None]
+out["wrong_key"] = error(lambda: OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list())
+out["unknown_model"] = error(lambda: client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}]))
+out["too_long"] = error(lambda: client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": "word " * 5000}]))
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &node.url("/v1"), &node.token])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["models"], json!(["smollm2-135m-instruct"]));
+    assert!(got["text"].as_str().unwrap().contains("Paris"), "{got}");
+    assert!(
+        got["chunks"].as_u64().unwrap() >= 3,
+        "streamed in pieces: {got}"
+    );
+    assert_eq!(got["finish"], "stop");
+    assert!(got["usage"].as_u64().unwrap() > 0, "{got}");
+    assert_eq!(got["length"], json!(["length", 3]));
+    assert_eq!(
+        got["wrong_key"],
+        json!(["AuthenticationError", 401, "invalid_api_key"])
+    );
+    assert_eq!(
+        got["unknown_model"],
+        json!(["NotFoundError", 404, "model_not_found"])
+    );
+    assert_eq!(
+        got["too_long"],
+        json!(["BadRequestError", 400, "context_length_exceeded"])
+    );
+}
+
+fn chat(
+    client: &reqwest::blocking::Client,
+    node: &Node,
+    body: &Value,
+) -> reqwest::blocking::Response {
+    client
+        .post(node.url("/v1/chat/completions"))
+        .bearer_auth(&node.token)
+        .json(body)
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn ten_concurrent_requests_complete_and_bad_ones_get_openai_errors() {
+    let node = Node::start(4);
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let url = node.url("/v1/chat/completions");
+            let token = node.token.clone();
+            std::thread::spawn(move || {
+                let body = json!({
+                    "model": "smollm2-135m-instruct",
+                    "max_tokens": 24,
+                    "temperature": 0.7,
+                    "seed": i,
+                    "messages": [{"role": "user", "content": format!("Say something about the number {i}.")}],
+                });
+                let response = reqwest::blocking::Client::new().post(url).bearer_auth(token).json(&body).send().unwrap();
+                assert_eq!(response.status(), 200);
+                response.json::<Value>().unwrap()
+            })
+        })
+        .collect();
+    for handle in handles {
+        let done = handle.join().unwrap();
+        assert_eq!(done["object"], "chat.completion", "{done}");
+        assert!(
+            done["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+            "{done}"
+        );
+    }
+    assert_eq!(node.metric("jarvis_llm_queue_depth "), 0.0);
+
+    let client = reqwest::blocking::Client::new();
+    let error_of = |response: reqwest::blocking::Response| {
+        let status = response.status().as_u16();
+        let body: Value = response.json().unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        (status, body["error"]["type"].as_str().unwrap().to_owned())
+    };
+    // Malformed JSON.
+    let malformed = client
+        .post(node.url("/v1/chat/completions"))
+        .bearer_auth(&node.token)
+        .header("content-type", "application/json")
+        .body("{\"model\": \"smollm2-135m-instruct\", \"messages\": [")
+        .send()
+        .unwrap();
+    assert_eq!(error_of(malformed), (400, "invalid_request_error".into()));
+    // Well-formed JSON that is not a chat request, and a role no template knows.
+    assert_eq!(
+        error_of(chat(
+            &client,
+            &node,
+            &json!({"model": "smollm2-135m-instruct"})
+        ))
+        .0,
+        400
+    );
+    let bad_role = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "wizard", "content": "hi"}]});
+    assert_eq!(error_of(chat(&client, &node, &bad_role)).0, 400);
+    // Unknown model.
+    let unknown = json!({"model": "llama-9000", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        error_of(chat(&client, &node, &unknown)),
+        (404, "invalid_request_error".into())
+    );
+    // A prompt longer than the context.
+    let long = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "word ".repeat(5000)}]});
+    assert_eq!(
+        error_of(chat(&client, &node, &long)),
+        (400, "invalid_request_error".into())
+    );
+    // No token.
+    let anonymous = client.get(node.url("/v1/models")).send().unwrap();
+    assert_eq!(error_of(anonymous), (401, "invalid_request_error".into()));
+
+    // And it still serves.
+    let fine = chat(
+        &client,
+        &node,
+        &json!({"model": "smollm2-135m-instruct", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello!"}]}),
+    );
+    assert_eq!(fine.status(), 200);
+    assert!(ok(node.home(), &["status"])["models"][0]["state"] == "ready");
+}
+
+#[test]
+fn cancelling_a_stream_frees_the_engine_for_the_next_request() {
+    // One slot: the next request can run only once the cancelled one is gone.
+    let node = Node::start(1);
+    let client = reqwest::blocking::Client::new();
+    let long = json!({
+        "model": "smollm2-135m-instruct", "stream": true, "temperature": 0, "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon who learns to fly."}],
+    });
+    let response = chat(&client, &node, &long);
+    assert_eq!(response.status(), 200);
+    let mut reader = BufReader::new(response);
+    let mut chunks = 0;
+    let mut line = String::new();
+    while chunks < 5 {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.starts_with("data: {") {
+            chunks += 1;
+        }
+    }
+    drop(reader); // the client goes away mid-answer
+    let short = json!({"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 32,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    let done: Value = chat(&client, &node, &short).json().unwrap();
+    assert!(
+        done["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{done}"
+    );
+    assert_eq!(
+        node.metric("jarvis_llm_requests_total{outcome=\"cancelled\"}"),
+        1.0
+    );
+    assert_eq!(
+        node.metric("jarvis_llm_requests_total{outcome=\"length\"}"),
+        0.0,
+        "the long one did not run to its end"
+    );
+}
+
+/// No node running: `jarvis ask` runs the model in-process and saves the exchange for the node
+/// to sync later.
+#[test]
+fn ask_without_a_node_answers_in_process() {
+    model_is_cached();
+    let home = tempfile::tempdir().unwrap();
+    // A device home needs an identity: `up` creates the personal org, stopped at once.
+    let mut up = jarvis(home.path())
+        .args([
+            "up",
+            "--json",
+            "--no-mdns",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let _ = lines.next();
+    let _ = Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status();
+    up.wait().unwrap();
+    let asked = ok(home.path(), &["ask", "What is the capital of France?"]);
+    assert!(
+        asked["answer"].as_str().unwrap().contains("Paris"),
+        "{asked}"
+    );
+    let shown = ok(
+        home.path(),
+        &["show", asked["conversation_id"].as_str().unwrap()],
+    );
+    assert_eq!(shown["messages"][1]["text"], asked["answer"]);
+    assert_eq!(shown["messages"][1]["status"], "done");
+}

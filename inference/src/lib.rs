@@ -7,9 +7,11 @@
 //!   and restarts it when it dies.
 //! - [`models`]: the model cache (`jarvis models list | pull | import`).
 //! - [`metrics`]: queue depth, time to first token, tokens per second, requests by outcome.
+//! - [`openai`]: the OpenAI chat-completions request, checked, sans-IO.
 
 pub mod metrics;
 pub mod models;
+pub mod openai;
 pub mod protocol;
 pub mod sched;
 pub mod supervisor;

@@ -556,7 +556,7 @@ async fn download(
 }
 
 /// The `href` of `wheel` in a PEP 503 index page, and the sha256 in its fragment if any.
-fn find_wheel(page: &str, wheel: &str) -> Option<(String, Option<String>)> {
+pub fn find_wheel(page: &str, wheel: &str) -> Option<(String, Option<String>)> {
     page.split("href=\"").skip(1).find_map(|rest| {
         let href = rest.split('"').next()?.replace("&amp;", "&");
         let (path, fragment) = match href.split_once('#') {
@@ -573,7 +573,7 @@ fn find_wheel(page: &str, wheel: &str) -> Option<(String, Option<String>)> {
 }
 
 /// Resolves `href` against the page it was found on.
-fn join_url(page: &str, href: &str) -> String {
+pub fn join_url(page: &str, href: &str) -> String {
     if href.contains("://") {
         return href.to_owned();
     }

@@ -146,8 +146,3 @@ where
         error,
     }
 }
-
-/// The messages an OpenAI-style request or `ask` sends, checked for roles the templates know.
-pub fn valid_role(role: &str) -> bool {
-    matches!(role, "system" | "user" | "assistant")
-}

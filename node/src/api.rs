@@ -445,6 +445,11 @@ pub async fn serve(
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
+        // Streamed tokens are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
+        // back until the previous is acknowledged.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+            let _ = stream.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await

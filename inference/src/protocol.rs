@@ -133,6 +133,10 @@ pub enum Event {
         id: u64,
         /// Tokens in the prompt (after the chat template).
         prompt_tokens: u32,
+        /// Of those, how many were already in the KV cache (a shared start with an earlier
+        /// request) and were not read again.
+        #[serde(default)]
+        cached_tokens: u32,
     },
     /// Text generated for `id` (one token or a few; never a partial UTF-8 character).
     Token {

@@ -589,7 +589,9 @@ impl Supervisor {
                 self.slots = slots as usize;
                 self.state.send_replace(EngineState::Ready { slots, n_ctx });
             }
-            Event::Started { id, prompt_tokens } => {
+            Event::Started {
+                id, prompt_tokens, ..
+            } => {
                 if let Some(request) = self.inflight.get_mut(&id) {
                     let ttft = request.submitted.elapsed();
                     request.ttft = Some(ttft);

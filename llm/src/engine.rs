@@ -176,6 +176,8 @@ struct Sequence {
     prompt: Vec<LlamaToken>,
     /// Prompt tokens already in the KV cache.
     fed: usize,
+    /// Prompt tokens found in the slot's cache from an earlier request.
+    reused: usize,
     /// Tokens in this slot's KV cache.
     n_past: u32,
     /// The token to feed next once the prompt is in.
@@ -206,6 +208,10 @@ pub struct Engine<'m> {
     batch: LlamaBatch<'static>,
     config: EngineConfig,
     slots: Vec<Option<Sequence>>,
+    /// Per slot, the tokens its part of the KV cache holds, kept after a request ends: the next
+    /// request that starts the same way (the system prompt, or the same conversation one turn
+    /// later) reads only what differs.
+    cached: Vec<Vec<LlamaToken>>,
     waiting: VecDeque<Waiting>,
 }
 
@@ -217,6 +223,7 @@ impl<'m> Engine<'m> {
     pub fn new(loaded: &'m Loaded, config: EngineConfig) -> anyhow::Result<Self> {
         let ctx = loaded.context(&config)?;
         let slots = (0..config.slots.max(1)).map(|_| None).collect();
+        let cached = (0..config.slots.max(1)).map(|_| Vec::new()).collect();
         let batch = LlamaBatch::new(config.batch as usize, 1);
         Ok(Self {
             loaded,
@@ -224,6 +231,7 @@ impl<'m> Engine<'m> {
             batch,
             config,
             slots,
+            cached,
             waiting: VecDeque::new(),
         })
     }
@@ -291,7 +299,7 @@ impl<'m> Engine<'m> {
 
     /// Moves waiting requests into free slots, refusing those whose prompt does not fit.
     fn admit(&mut self, emit: &mut dyn FnMut(Event)) {
-        while let Some(free) = self.slots.iter().position(Option::is_none) {
+        while self.slots.iter().any(Option::is_none) {
             let Some(w) = self.waiting.pop_front() else {
                 return;
             };
@@ -323,14 +331,16 @@ impl<'m> Engine<'m> {
                 continue;
             }
             let room = u32::try_from(n_ctx - tokens.len()).unwrap_or(u32::MAX);
+            let (free, reused) = self.reuse(&tokens);
             let sequence = Sequence {
                 id: w.id,
                 sampler: Loaded::sampler(&w.sampling),
                 stops: StopFilter::new(&w.sampling.stop),
                 max_tokens: w.sampling.max_tokens.min(room),
                 prompt: tokens,
-                fed: 0,
-                n_past: 0,
+                fed: reused,
+                reused,
+                n_past: u32::try_from(reused).unwrap_or(u32::MAX),
                 last: None,
                 utf8: Utf8Assembler::default(),
                 generated: 0,
@@ -341,6 +351,44 @@ impl<'m> Engine<'m> {
             if let Some(slot) = self.slots.get_mut(free) {
                 *slot = Some(sequence);
             }
+        }
+    }
+
+    /// Picks the free slot whose cache shares the longest prefix with `prompt`, drops the rest of
+    /// that slot's cache, and returns the slot and how many prompt tokens are already in it (never
+    /// all of them: the last one is read again for its logits).
+    fn reuse(&mut self, prompt: &[LlamaToken]) -> (usize, usize) {
+        let common = |cached: &Vec<LlamaToken>| {
+            cached
+                .iter()
+                .zip(prompt)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        let best = (0..self.slots.len())
+            .filter(|&slot| self.slots.get(slot).is_some_and(Option::is_none))
+            .max_by_key(|&slot| self.cached.get(slot).map_or(0, common))
+            .unwrap_or(0);
+        let Some(cached) = self.cached.get_mut(best) else {
+            return (best, 0);
+        };
+        let keep = common(cached).min(prompt.len().saturating_sub(1));
+        let seq_id = u32::try_from(best).ok();
+        let kept = keep > 0
+            && u32::try_from(keep).is_ok_and(|from| {
+                matches!(
+                    self.ctx.clear_kv_cache_seq(seq_id, Some(from), None),
+                    Ok(true)
+                )
+            });
+        if kept {
+            cached.truncate(keep);
+            (best, keep)
+        } else {
+            // Nothing shared, or this cache cannot drop a tail: start the slot afresh.
+            let _ = self.ctx.clear_kv_cache_seq(seq_id, None, None);
+            cached.clear();
+            (best, 0)
         }
     }
 
@@ -360,6 +408,9 @@ impl<'m> Engine<'m> {
                 self.batch.add(token, pos(s.n_past), &[seq(seq_id)], true)?;
                 s.logits_at = Some(self.batch.n_tokens() - 1);
                 s.n_past += 1;
+                if let Some(cached) = self.cached.get_mut(seq_id) {
+                    cached.push(token);
+                }
             }
         }
         // Then prompt chunks, sharing what room is left.
@@ -390,6 +441,9 @@ impl<'m> Engine<'m> {
                         .add(token, pos(s.n_past), &[seq(seq_id)], is_last)?;
                     s.n_past += 1;
                     s.fed = at + 1;
+                    if let Some(cached) = self.cached.get_mut(seq_id) {
+                        cached.push(token);
+                    }
                     if is_last {
                         s.logits_at = Some(self.batch.n_tokens() - 1);
                     }
@@ -415,6 +469,7 @@ impl<'m> Engine<'m> {
                 self.clear(slot);
             }
             self.ctx.clear_kv_cache();
+            self.cached.iter_mut().for_each(Vec::clear);
             return Err(anyhow!("llama.cpp failed to decode: {error}"));
         }
         for slot in 0..self.slots.len() {
@@ -436,6 +491,7 @@ impl<'m> Engine<'m> {
             emit(Event::Started {
                 id: s.id,
                 prompt_tokens: count(s.prompt.len()),
+                cached_tokens: count(s.reused),
             });
         }
         if self.loaded.is_end(token) {
@@ -492,13 +548,11 @@ impl<'m> Engine<'m> {
     }
 
     /// Frees `slot` and its part of the KV cache.
+    /// Frees `slot`; its part of the KV cache stays for the next request to reuse.
     fn clear(&mut self, slot: usize) {
         if let Some(s) = self.slots.get_mut(slot) {
             *s = None;
         }
-        let _ = self
-            .ctx
-            .clear_kv_cache_seq(u32::try_from(slot).ok(), None, None);
     }
 }
 

@@ -331,3 +331,75 @@ fn a_seed_makes_sampling_repeatable() {
         "other seeds sample differently: {first:?} {others:?}"
     );
 }
+
+/// A request that starts like an earlier one (the same system prompt; the same conversation one
+/// turn later) reads only the new part, and answers exactly as it would from scratch.
+#[test]
+fn a_shared_start_is_read_once_and_changes_nothing() {
+    let mut w = Worker::start(1);
+    let turn = |question: &str| {
+        vec![
+            ChatMessage::new("system", "You are a helpful assistant."),
+            ChatMessage::new("user", question),
+        ]
+    };
+    let started = |w: &Worker, id: u64| loop {
+        match w.next() {
+            Event::Started {
+                id: i,
+                prompt_tokens,
+                cached_tokens,
+            } if i == id => return (prompt_tokens, cached_tokens),
+            Event::Error { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    };
+    w.send(&Cmd::Generate {
+        id: 1,
+        messages: turn("What is the capital of France?"),
+        sampling: greedy(32),
+    });
+    let (_, cached) = started(&w, 1);
+    assert_eq!(cached, 0, "nothing cached at first");
+    let (first, _) = w.finish(1);
+
+    // The same system prompt, another question: the system part is reused.
+    w.send(&Cmd::Generate {
+        id: 2,
+        messages: turn("What is the capital of Italy?"),
+        sampling: greedy(32),
+    });
+    let (prompt, cached) = started(&w, 2);
+    assert!(
+        cached >= 5 && cached < prompt,
+        "reused {cached} of {prompt}"
+    );
+    w.finish(2);
+
+    // The first question again: the answer is the same as from an empty cache.
+    w.send(&Cmd::Generate {
+        id: 3,
+        messages: turn("What is the capital of France?"),
+        sampling: greedy(32),
+    });
+    let (prompt, cached) = started(&w, 3);
+    assert!(cached > 0 && cached < prompt, "reused {cached} of {prompt}");
+    let (again, _) = w.finish(3);
+    assert_eq!(again, first);
+
+    // The conversation one turn later: everything up to the new question is reused.
+    let mut follow_up = turn("What is the capital of France?");
+    follow_up.push(ChatMessage::new("assistant", again.clone()));
+    follow_up.push(ChatMessage::new("user", "And of Spain?"));
+    w.send(&Cmd::Generate {
+        id: 4,
+        messages: follow_up,
+        sampling: greedy(32),
+    });
+    let (prompt, cached) = started(&w, 4);
+    assert!(
+        cached + 20 > prompt,
+        "most of the conversation is reused: {cached} of {prompt}"
+    );
+    w.finish(4);
+}

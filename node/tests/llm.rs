@@ -11,19 +11,27 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use serde_json::{Value, json};
 
+mod common;
+
+/// `jarvis up` for tests: JSON, no mDNS, ephemeral ports on loopback.
+const UP: [&str; 7] = [
+    "up",
+    "--json",
+    "--no-mdns",
+    "--api",
+    "127.0.0.1:0",
+    "--listen",
+    "/ip4/127.0.0.1/udp/0/quic-v1",
+];
+
 fn jarvis(home: &Path) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("jarvis"));
-    cmd.env_remove("JARVIS_HOME")
-        .env_remove("JARVIS_MODEL")
-        .env("JARVIS_PASSPHRASE", "pw")
-        .env("JARVIS_KDF_WORK_FACTOR", "10")
-        .env("JARVIS_LLM_THREADS", "2")
-        .arg("--home")
-        .arg(home);
+    let mut cmd = common::jarvis(home);
+    cmd.env_remove("JARVIS_MODEL")
+        .env("JARVIS_LLM_THREADS", "2");
     cmd
 }
 
@@ -57,24 +65,11 @@ impl Node {
     fn start(slots: u32) -> Self {
         model_is_cached();
         let home = tempfile::tempdir().unwrap();
-        let mut child = jarvis(home.path())
-            .env("JARVIS_LLM_SLOTS", slots.to_string())
-            .args([
-                "up",
-                "--json",
-                "--no-mdns",
-                "--api",
-                "127.0.0.1:0",
-                "--listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        assert_eq!(up["event"], "up", "{up}");
+        let (child, _, up) = common::spawn_up(
+            jarvis(home.path())
+                .env("JARVIS_LLM_SLOTS", slots.to_string())
+                .args(UP),
+        );
         assert_eq!(up["model"]["state"], "ready", "{up}");
         let api = up["api"].as_str().unwrap().to_owned();
         let token = String::from_utf8(jarvis(home.path()).arg("token").output().unwrap().stdout)
@@ -414,21 +409,7 @@ fn ask_without_a_node_answers_in_process() {
     model_is_cached();
     let home = tempfile::tempdir().unwrap();
     // A device home needs an identity: `up` creates the personal org, stopped at once.
-    let mut up = jarvis(home.path())
-        .args([
-            "up",
-            "--json",
-            "--no-mdns",
-            "--api",
-            "127.0.0.1:0",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    let _ = lines.next();
+    let (mut up, _, _) = common::spawn_up(jarvis(home.path()).args(UP));
     let _ = Command::new("kill")
         .args(["-INT", &up.id().to_string()])
         .status();

@@ -16,18 +16,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const PASSPHRASE: &str = "pw";
+mod common;
 
 fn jarvis(home: &Path) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("jarvis"));
-    cmd.env_remove("JARVIS_HOME")
-        .env("JARVIS_PASSPHRASE", PASSPHRASE)
-        .env("JARVIS_KDF_WORK_FACTOR", "10")
-        // These tests are about sync: no model, so `ask` saves the question and answers nothing
-        // (the answer path has its own tests in llm.rs).
-        .env("JARVIS_MODELS", "/nonexistent/jarvis-models")
-        .arg("--home")
-        .arg(home);
+    let mut cmd = common::jarvis(home);
+    // These tests are about sync: no model, so `ask` saves the question and answers nothing
+    // (the answer path has its own tests in llm.rs).
+    cmd.env("JARVIS_MODELS", "/nonexistent/jarvis-models");
     cmd
 }
 
@@ -90,14 +85,7 @@ impl Running {
         for p in peers {
             cmd.args(["--peer", p]);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        assert_eq!(first["event"], "up");
+        let (child, _, _) = common::spawn_up(cmd.stderr(Stdio::null()));
         Self {
             child,
             home: home.to_path_buf(),

@@ -8,20 +8,12 @@
     clippy::panic
 )]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-fn jarvis(home: &std::path::Path) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("jarvis"));
-    cmd.env_remove("JARVIS_HOME")
-        .env("JARVIS_PASSPHRASE", "pw")
-        .env("JARVIS_KDF_WORK_FACTOR", "10")
-        .arg("--home")
-        .arg(home);
-    cmd
-}
+mod common;
+use common::jarvis;
 
 /// Starts `jarvis up --json`, waits for its "up" line, sends `signal`, and returns the device id
 /// and the exit status.
@@ -29,7 +21,8 @@ fn up_then_signal(
     home: &std::path::Path,
     signal: &str,
 ) -> (String, std::process::ExitStatus, Vec<Value>) {
-    let mut child = jarvis(home)
+    let mut child = jarvis(home);
+    child
         .args(["up", "--json", "--user", "pat"])
         // Tests run in parallel: an ephemeral API port and loopback only, no mDNS.
         .args([
@@ -39,13 +32,8 @@ fn up_then_signal(
             "--listen",
             "/ip4/127.0.0.1/udp/0/quic-v1",
         ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(first["event"], "up");
+        .stderr(Stdio::piped());
+    let (mut child, lines, first) = common::spawn_up(&mut child);
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()

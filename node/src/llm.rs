@@ -114,7 +114,10 @@ pub fn pull(out: Output, name: Option<String>) -> Result<()> {
     let pulled = runtime.block_on(store.pull(&name, &sources, &progress));
     progress.finish_and_clear();
     let pulled = pulled?;
-    let value = json!({ "name": name, "path": pulled.path, "from": pulled.from });
+    for skipped in &pulled.skipped {
+        out.note(&format!("not from {}", skipped.trim()));
+    }
+    let value = json!({ "name": name, "path": pulled.path, "from": pulled.from, "skipped": pulled.skipped });
     out.emit(&value, || {
         if pulled.from == "cache" {
             format!("{name} is already here: {}", pulled.path.display())

@@ -38,31 +38,14 @@ pub fn routes() -> Router<AppState> {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
-/// An error in OpenAI's shape.
-fn oai_error(
-    status: StatusCode,
-    kind: &str,
-    code: Option<&str>,
-    param: Option<&str>,
-    message: &str,
-) -> Response {
-    (
-        status,
-        Json(json!({
-            "error": { "message": message, "type": kind, "param": param, "code": code }
-        })),
-    )
-        .into_response()
-}
-
 fn unauthorized() -> Response {
-    oai_error(
-        StatusCode::UNAUTHORIZED,
+    api_error(&ApiError::new(
+        401,
         "invalid_request_error",
         Some("invalid_api_key"),
         None,
         "Missing or wrong API key: use the node's token (`jarvis token`) as the bearer token / api_key.",
-    )
+    ))
 }
 
 fn api_error(error: &ApiError) -> Response {
@@ -94,40 +77,34 @@ async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
 
 fn failure(kind: ErrorKind, message: &str) -> Response {
     match kind {
-        ErrorKind::ContextLengthExceeded => oai_error(
-            StatusCode::BAD_REQUEST,
+        ErrorKind::ContextLengthExceeded => api_error(&ApiError::new(
+            400,
             "invalid_request_error",
             Some("context_length_exceeded"),
             Some("messages"),
             message,
-        ),
+        )),
         ErrorKind::InvalidRequest => api_error(&bad_request(message, Some("messages"))),
-        ErrorKind::Engine => oai_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            None,
-            None,
-            message,
-        ),
+        ErrorKind::Engine => api_error(&ApiError::new(500, "server_error", None, None, message)),
     }
 }
 
 fn submit_error(error: &SubmitError) -> Response {
     match error {
-        SubmitError::Full(Full::Total(_) | Full::Client(_)) => oai_error(
-            StatusCode::TOO_MANY_REQUESTS,
+        SubmitError::Full(Full::Total(_) | Full::Client(_)) => api_error(&ApiError::new(
+            429,
             "rate_limit_error",
             Some("rate_limit_exceeded"),
             None,
             &error.to_string(),
-        ),
-        SubmitError::Unavailable(_) | SubmitError::Stopped => oai_error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        )),
+        SubmitError::Unavailable(_) | SubmitError::Stopped => api_error(&ApiError::new(
+            503,
             "server_error",
             None,
             None,
             &error.to_string(),
-        ),
+        )),
     }
 }
 
@@ -150,13 +127,13 @@ async fn chat_completions(
         Ok(body) => body,
         Err(rejection) => {
             let status = rejection.status();
-            return oai_error(
-                status,
+            return api_error(&ApiError::new(
+                status.as_u16(),
                 "invalid_request_error",
                 None,
                 None,
                 &rejection.body_text(),
-            );
+            ));
         }
     };
     let ChatCompletion {
@@ -168,13 +145,7 @@ async fn chat_completions(
         Err(e) => return api_error(&e),
     };
     if let Some(problem) = engine_problem(&state.engine).await {
-        return oai_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            None,
-            None,
-            &problem,
-        );
+        return api_error(&ApiError::new(503, "server_error", None, None, &problem));
     }
     let mut generation = match state.engine.submit(request).await {
         Ok(generation) => generation,

@@ -119,13 +119,7 @@ impl Drop for Node {
 }
 
 fn ok(home: &Path, args: &[&str]) -> Value {
-    let out = jarvis(home).args(args).arg("--json").output().unwrap();
-    assert!(
-        out.status.success(),
-        "jarvis {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::json_ok(jarvis(home), args)
 }
 
 #[test]

@@ -51,13 +51,7 @@ fn say(home: &Path, args: &[&str]) -> Value {
 }
 
 fn ok(home: &Path, args: &[&str]) -> Value {
-    let out = jarvis(home).args(args).arg("--json").output().unwrap();
-    assert!(
-        out.status.success(),
-        "jarvis {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::json_ok(jarvis(home), args)
 }
 
 /// A running `jarvis up`, stopped (SIGINT, then reaped) when dropped.

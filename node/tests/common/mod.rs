@@ -39,3 +39,14 @@ pub fn spawn_up(cmd: &mut Command) -> (Child, Lines<BufReader<ChildStdout>>, Val
     assert_eq!(first["event"], "up", "{first}");
     (child, lines, first)
 }
+
+/// Runs `cmd ARGS --json`, which must succeed, and returns its JSON.
+pub fn json_ok(mut cmd: Command, args: &[&str]) -> Value {
+    let out = cmd.args(args).arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "jarvis {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -389,14 +389,17 @@ impl Node {
                 let hello = self.hello();
                 let peer = self.peers.entry(peer_id).or_insert(Peer {
                     path,
-                    address: Some(address),
+                    address: Some(address.clone()),
                     verified: None,
                     refused: None,
                     session: None,
                     hello_sent: false,
                 });
+                // A direct connection next to a relayed one (a hole punch, or a dial that found
+                // a route): traffic now goes the direct way, and `status` shows where.
                 if peer.path == Path::Relayed && path == Path::Direct {
                     peer.path = Path::Direct;
+                    peer.address = Some(address);
                 }
                 if !peer.hello_sent {
                     peer.hello_sent = true;
@@ -424,11 +427,19 @@ impl Node {
                     }
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) if event.result.is_ok() => {
-                if let Some(peer) = self.peers.get_mut(&event.remote_peer_id) {
-                    peer.path = Path::HolePunched;
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => match event.result {
+                Ok(_) => {
+                    tracing::info!(peer = %event.remote_peer_id, "hole punched: direct connection");
+                    if let Some(peer) = self.peers.get_mut(&event.remote_peer_id) {
+                        peer.path = Path::HolePunched;
+                    }
                 }
-            }
+                // The relayed connection keeps working; a NAT that maps each destination to a
+                // new port (symmetric) cannot be punched.
+                Err(e) => {
+                    tracing::info!(peer = %event.remote_peer_id, error = %e, "hole punch failed; staying relayed");
+                }
+            },
             _ => {}
         }
     }

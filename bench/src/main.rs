@@ -7,6 +7,7 @@ mod crdt;
 mod harness;
 mod identity_verify;
 mod llm_local;
+mod mesh_sync;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,11 @@ const BENCHES: &[Bench] = &[
         name: crdt::CATCH_UP,
         about: "an empty device syncing a 100,000-message conversation vs Automerge::load of it",
         run: crdt::catch_up,
+    },
+    Bench {
+        name: mesh_sync::NAME,
+        about: "a change from one device to the user's other over the whole stack (API, store, libp2p, merge) vs raw quinn on loopback: throughput, p50/p99 latency",
+        run: mesh_sync::run,
     },
     Bench {
         name: llm_local::NAME,

@@ -63,3 +63,53 @@ fn unknown_benchmarks_are_named_in_the_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("identity-verify"));
 }
+
+/// `mesh-sync` drives two real `jarvis up` processes (the debug `jarvis` built beside this
+/// `jarvis-bench`) and a quinn pair: every figure is measured, nothing is a placeholder.
+#[test]
+fn mesh_sync_quick_measures_both_paths() {
+    let jarvis = assert_cmd::cargo::cargo_bin("jarvis");
+    assert!(
+        jarvis.exists(),
+        "{} is not built: run the workspace's tests (cargo nextest run --workspace)",
+        jarvis.display()
+    );
+    let out = Command::cargo_bin("jarvis-bench")
+        .unwrap()
+        .args(["mesh-sync", "--quick", "--json"])
+        .timeout(std::time::Duration::from_secs(240))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figures: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let metrics: Vec<&str> = figures
+        .iter()
+        .map(|f| f["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        metrics,
+        [
+            "throughput_changes_per_s",
+            "propagation_p50_ms",
+            "propagation_p99_ms"
+        ]
+    );
+    for f in &figures {
+        assert_eq!(f["bench"], "mesh-sync");
+        let (ours, reference) = (
+            f["ours"].as_f64().unwrap(),
+            f["reference"].as_f64().unwrap(),
+        );
+        assert!(ours.is_finite() && ours > 0.0, "{f}");
+        assert!(reference.is_finite() && reference > 0.0, "{f}");
+    }
+    assert!(figures[1]["ours"].as_f64() <= figures[2]["ours"].as_f64());
+}

@@ -301,6 +301,17 @@ impl Doc {
         Ok(self.doc.length(&self.messages_obj()?))
     }
 
+    /// The message at `index` (0 is the first), without reading the others: what a caller that
+    /// needs only the latest messages of a long conversation uses.
+    pub fn message(&self, index: usize) -> Result<Option<Message>, DocError> {
+        let list = self.messages_obj()?;
+        match self.doc.get(&list, index)? {
+            Some((Value::Object(ObjType::Map), m)) => Ok(Some(self.read_message(&m)?)),
+            Some(_) => Err(DocError::WrongType { field: "messages" }),
+            None => Ok(None),
+        }
+    }
+
     fn read_message(&self, m: &ObjId) -> Result<Message, DocError> {
         let doc = &self.doc;
         let text = obj_of(doc, m, "text")?;

@@ -118,6 +118,17 @@ impl<S: Store> Replica<S> {
         self.device.as_ref().map(|d| d.key.public())
     }
 
+    /// Starts a group commit: changes, keys and snapshots stored from now on become durable
+    /// together at [`Replica::end_batch`]. Acknowledge nothing stored in the batch before then.
+    pub fn begin_batch(&mut self) {
+        self.store.begin_batch();
+    }
+
+    /// Makes everything stored since [`Replica::begin_batch`] durable (one sync to disk).
+    pub fn end_batch(&mut self) -> Result<(), ReplicaError> {
+        Ok(self.store.end_batch()?)
+    }
+
     pub fn docs(&self) -> Result<Vec<DocId>, ReplicaError> {
         Ok(self.store.docs()?)
     }

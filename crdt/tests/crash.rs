@@ -1,5 +1,6 @@
 //! Crash safety: a process writing changes to a sled store is killed at random points; every
-//! change it acknowledged (its `put_change` returned) is there when the store is reopened.
+//! change it acknowledged (its `put_change` returned, or for a group commit, `end_batch`) is
+//! there when the store is reopened.
 //!
 //! The test re-runs its own binary as the writer (`JARVIS_CRASH_WRITER=dir`), reads its
 //! acknowledgements from stdout, and kills it with SIGKILL.
@@ -36,25 +37,49 @@ fn crash_writer() {
     let me = author();
     let mut seq = store.vector(DOC).unwrap().get(&me.public());
     let mut out = std::io::stdout().lock();
+    let mut round = 0usize;
     loop {
-        seq += 1;
-        let payload = vec![(seq % 251) as u8; 200 + (seq as usize % 3000)];
-        let change = SealedChange::seal(
-            ChangeHeader {
-                doc: DOC,
-                actor: me.public(),
-                seq,
-                epoch: 0,
-            },
-            &payload,
-            &key,
-            &me,
-        )
-        .unwrap();
-        assert_eq!(store.put_change(&change).unwrap(), Put::Stored);
-        writeln!(out, "ack {seq}").unwrap();
+        // Every other round a group commit of 2 to 6 changes, acknowledged after `end_batch`.
+        round += 1;
+        let batch = if round.is_multiple_of(2) {
+            2 + round % 5
+        } else {
+            1
+        };
+        if batch > 1 {
+            store.begin_batch();
+        }
+        let mut acks = Vec::new();
+        for _ in 0..batch {
+            seq += 1;
+            acks.push(seq);
+            put(&mut store, &key, &me, seq);
+        }
+        if batch > 1 {
+            store.end_batch().unwrap();
+        }
+        for seq in acks {
+            writeln!(out, "ack {seq}").unwrap();
+        }
         out.flush().unwrap();
     }
+}
+
+fn put(store: &mut SledStore, key: &DocKey, me: &SecretKey, seq: u64) {
+    let payload = vec![(seq % 251) as u8; 200 + (seq as usize % 3000)];
+    let change = SealedChange::seal(
+        ChangeHeader {
+            doc: DOC,
+            actor: me.public(),
+            seq,
+            epoch: 0,
+        },
+        &payload,
+        key,
+        me,
+    )
+    .unwrap();
+    assert_eq!(store.put_change(&change).unwrap(), Put::Stored);
 }
 
 #[cfg(unix)]

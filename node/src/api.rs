@@ -59,6 +59,9 @@ pub(crate) struct AppState {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     events: tokio::sync::broadcast::Sender<Value>,
     pub(crate) engine: EngineHandle,
+    /// Set when the node stops: event streams end then, or graceful shutdown would wait for
+    /// them forever (the state holding the sender lives as long as the server).
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -138,6 +141,10 @@ async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Re
         );
     }
     let receiver = state.events.subscribe();
+    let mut stop = state.stop.clone();
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
         let value = match receiver.recv().await {
             Ok(value) => value,
@@ -147,6 +154,12 @@ async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Re
         let event = Event::default().data(value.to_string());
         Some((Ok::<_, std::convert::Infallible>(event), receiver))
     });
+    // A comment first: the response (and a browser's `onopen`) starts at once instead of at the
+    // first event.
+    let opened = futures::stream::once(async {
+        Ok::<_, std::convert::Infallible>(Event::default().comment("connected"))
+    });
+    let stream = futures::StreamExt::take_until(futures::StreamExt::chain(opened, stream), stopped);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -420,6 +433,7 @@ pub async fn serve(
         metrics,
         events,
         engine,
+        stop: stop.clone(),
     };
     let app = Router::new()
         .route("/v1/status", get(status))

@@ -16,17 +16,26 @@ fn now_ms() -> i64 {
         .saturating_mul(1000)
 }
 
+/// How many of the latest messages `summary` reads for the time of the last update.
+const RECENT: usize = 4;
+
 /// One line of `jarvis conversations`.
 pub fn summary(replica: &Replica<SledStore>, id: DocId) -> Option<Value> {
     let doc = replica.doc(id)?;
     let title = doc.title().ok()?;
-    let messages = doc.messages().ok()?;
-    let updated = messages.iter().map(|m| m.updated_at_ms).max().unwrap_or(0);
+    // Only the last few messages are read: this runs on every change, and a conversation can
+    // be long. An answer streams into the last message or the one before a newer question.
+    let count = doc.message_count().ok()?;
+    let updated = (count.saturating_sub(RECENT)..count)
+        .filter_map(|i| doc.message(i).ok().flatten())
+        .map(|m| m.updated_at_ms)
+        .max()
+        .unwrap_or(0);
     Some(json!({
         "id": id.to_string(),
         "title": title,
         "updated_at": updated,
-        "messages": messages.len(),
+        "messages": count,
     }))
 }
 
@@ -143,10 +152,14 @@ const HISTORY_CHARS: usize = 6000;
 /// The model's view of a conversation: the system prompt, then the finished messages, newest
 /// last, as many as fit in [`HISTORY_CHARS`].
 pub fn history(doc: &Doc) -> Vec<ChatMessage> {
-    let messages = doc.messages().unwrap_or_default();
+    let count = doc.message_count().unwrap_or(0);
     let mut kept: Vec<ChatMessage> = Vec::new();
     let mut chars = 0;
-    for m in messages.iter().rev() {
+    // From the newest back, reading only as many messages as the budget keeps.
+    for i in (0..count).rev() {
+        let Ok(Some(m)) = doc.message(i) else {
+            continue;
+        };
         if m.status != Status::Done || m.text.is_empty() {
             continue;
         }
@@ -154,7 +167,7 @@ pub fn history(doc: &Doc) -> Vec<ChatMessage> {
         if chars > HISTORY_CHARS && !kept.is_empty() {
             break;
         }
-        kept.push(ChatMessage::new(m.role.as_str(), m.text.clone()));
+        kept.push(ChatMessage::new(m.role.as_str(), m.text));
     }
     kept.push(ChatMessage::new("system", SYSTEM_PROMPT));
     kept.reverse();

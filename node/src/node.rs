@@ -151,6 +151,21 @@ pub struct Node {
     seen_dirty: bool,
     /// The local inference engine (for `status`).
     engine: jarvis_inference::supervisor::EngineHandle,
+    /// The group commit in progress, while commands are handled.
+    group: Option<Group>,
+}
+
+/// Commands handled together, made durable by one flush.
+const GROUP_MAX: usize = 64;
+
+/// Where the answer to an `Ask` command goes.
+type AskReply = oneshot::Sender<Result<AskStarted, String>>;
+
+/// What waits for a group commit's flush.
+#[derive(Default)]
+struct Group {
+    replies: Vec<(AskReply, Result<AskStarted, String>)>,
+    unsent: Vec<(PeerId, Vec<SyncMessage>)>,
 }
 
 /// Relayed if either end of the connection is a circuit address (a dialer sees it in the remote
@@ -257,6 +272,7 @@ impl Node {
             seen,
             seen_dirty: false,
             engine,
+            group: None,
         })
     }
 
@@ -284,7 +300,21 @@ impl Node {
             };
             match event {
                 Event::Shutdown => break,
-                Event::Command(command) => self.on_command(command),
+                Event::Command(command) => {
+                    // Group commit: the commands already waiting are handled together and
+                    // their writes made durable with one flush; replies and sync messages
+                    // go out after it.
+                    self.group = Some(Group::default());
+                    self.replica.begin_batch();
+                    self.on_command(command);
+                    for _ in 1..GROUP_MAX {
+                        match commands.try_recv() {
+                            Ok(command) => self.on_command(command),
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit();
+                }
                 Event::Swarm(event) => self.on_swarm(*event),
                 Event::Tick => {
                     self.metrics.peers_connected.set(
@@ -296,6 +326,31 @@ impl Node {
         }
         tracing::info!("node stopping");
         Ok(())
+    }
+
+    /// Ends a group commit: flushes, then sends what waited for it.
+    fn commit(&mut self) {
+        let flushed = self.replica.end_batch();
+        let Some(group) = self.group.take() else {
+            return;
+        };
+        match flushed {
+            Ok(()) => {
+                for (reply, result) in group.replies {
+                    let _ = reply.send(result);
+                }
+                for (peer, messages) in group.unsent {
+                    self.send_sync(peer, Ok(messages));
+                }
+            }
+            Err(e) => {
+                // Not durable, so not acknowledged; sessions resend what peers lack on resync.
+                tracing::error!(error = %e, "cannot make local changes durable");
+                for (reply, _) in group.replies {
+                    let _ = reply.send(Err(format!("the change was not saved: {e}")));
+                }
+            }
+        }
     }
 
     fn on_tick(&mut self) {
@@ -352,6 +407,12 @@ impl Node {
         out: Result<Vec<SyncMessage>, jarvis_crdt::sync::SyncError>,
     ) {
         match out {
+            // Nothing written in a group commit leaves before it is durable.
+            Ok(messages) if self.group.is_some() => {
+                if let Some(group) = &mut self.group {
+                    group.unsent.push((peer, messages));
+                }
+            }
             Ok(messages) => {
                 for m in messages {
                     self.metrics.sync_messages_sent.inc();
@@ -704,7 +765,14 @@ impl Node {
         }
         seen.last_sync = Some(now_unix().0);
         self.seen_dirty = true;
+        // One group commit for everything the message carries (up to a batch of changes).
+        self.replica.begin_batch();
         let result = session.handle(message, now_ms, &mut self.replica);
+        if let Err(e) = self.replica.end_batch() {
+            // Nothing is acknowledged: the peer sends it again after the next resync.
+            tracing::error!(%peer, error = %e, "cannot make received changes durable");
+            return;
+        }
         // Stored durably (or refused) before the transport acknowledgement goes back.
         let _ = self
             .swarm
@@ -748,7 +816,12 @@ impl Node {
                 let result = self
                     .ask(&text, conversation, answer)
                     .map_err(|e| format!("{e:#}"));
-                let _ = reply.send(result);
+                match &mut self.group {
+                    Some(group) => group.replies.push((reply, result)),
+                    None => {
+                        let _ = reply.send(result);
+                    }
+                }
             }
             Command::AnswerChunk { doc, id, text } => {
                 match conversations::stream_answer(&mut self.replica, doc, &id, &text) {
@@ -858,11 +931,15 @@ impl Node {
         let recipients = self.recipients();
         let mut added =
             conversations::add_user_message(&mut self.replica, &recipients, text, conversation)?;
-        let history = self
-            .replica
-            .doc(added.doc)
-            .map(conversations::history)
-            .unwrap_or_default();
+        // Only an answer needs the history (read before its empty message is added).
+        let history = if answer {
+            self.replica
+                .doc(added.doc)
+                .map(conversations::history)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let answer_id = if answer {
             let (id, change) = conversations::start_answer(&mut self.replica, added.doc)?;
             added.changes.push(change);

@@ -34,6 +34,9 @@ fn up_then_signal(
         ])
         .stderr(Stdio::piped());
     let (mut child, lines, first) = common::spawn_up(&mut child);
+    // A client following the event stream (as the desktop app does) must not keep the node from
+    // stopping.
+    let _events = follow_events(home, first["api"].as_str().unwrap());
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -42,8 +45,36 @@ fn up_then_signal(
     let rest: Vec<Value> = lines
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
         .collect();
-    let exit = child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("jarvis up did not stop within 20 s of {signal}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     (first["device_id"].as_str().unwrap().to_owned(), exit, rest)
+}
+
+/// Opens `GET /v1/events` on the node's API and reads until the stream has started.
+fn follow_events(home: &std::path::Path, api: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let out = jarvis(home).arg("token").output().unwrap();
+    let token = String::from_utf8(out.stdout).unwrap();
+    let mut stream = std::net::TcpStream::connect(api).unwrap();
+    write!(
+        stream,
+        "GET /v1/events HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "the event stream did not open");
+    stream
 }
 
 #[cfg(unix)]

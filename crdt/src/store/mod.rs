@@ -4,7 +4,10 @@
 //!
 //! A store holds only sealed bytes: on a device as on a relay, nothing at rest is plaintext.
 //! [`Store::put_change`] keeps each actor's changes gap-free and is durable when it returns, so a
-//! replica may acknowledge a change to a peer as soon as the call succeeds.
+//! replica may acknowledge a change to a peer as soon as the call succeeds. Inside a batch
+//! ([`Store::begin_batch`] … [`Store::end_batch`]) durability waits for `end_batch`, which makes
+//! everything since `begin_batch` durable at once (a group commit): the caller then holds its
+//! acknowledgements until `end_batch` has returned.
 
 pub mod sled;
 
@@ -58,6 +61,12 @@ pub trait Store {
     fn docs(&self) -> Result<Vec<DocId>, StoreError>;
     /// Bytes of sealed data held (quotas, `jarvis-relay status`).
     fn stored_bytes(&self) -> Result<u64, StoreError>;
+    /// Until [`Store::end_batch`], puts need not be durable when they return.
+    fn begin_batch(&mut self) {}
+    /// Makes every put since [`Store::begin_batch`] durable, with one sync to disk.
+    fn end_batch(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Decides a put against the vector: the shared gap-free rule of every store.

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! A change and its vector entry are written in one sled transaction, then the database is
-//! flushed before `put_change` returns: an acknowledged change survives a crash.
+//! flushed before `put_change` returns (or, in a batch, before `end_batch` returns): an
+//! acknowledged change survives a crash.
 
 use std::path::Path;
 
@@ -27,6 +28,10 @@ pub struct SledStore {
     vectors: sled::Tree,
     keys: sled::Tree,
     snapshots: sled::Tree,
+    /// In a batch: flushing waits for `end_batch`.
+    batching: bool,
+    /// Written since the last flush.
+    dirty: bool,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -57,10 +62,18 @@ impl SledStore {
             keys: db.open_tree("keys").map_err(io)?,
             snapshots: db.open_tree("snapshots").map_err(io)?,
             db,
+            batching: false,
+            dirty: false,
         })
     }
 
-    fn flush(&self) -> Result<(), StoreError> {
+    /// Durable now, or at the end of the batch.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.batching {
+            self.dirty = true;
+            return Ok(());
+        }
+        self.dirty = false;
         self.db.flush().map(drop).map_err(io)
     }
 }
@@ -189,6 +202,18 @@ impl Store for SledStore {
             }
         }
         Ok(docs.into_iter().collect())
+    }
+
+    fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    fn end_batch(&mut self) -> Result<(), StoreError> {
+        self.batching = false;
+        if self.dirty {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     fn stored_bytes(&self) -> Result<u64, StoreError> {

@@ -2,7 +2,10 @@
 //! the same run, interleaved round by round so that a noisy neighbour slows both alike, and
 //! reports the median of the per-round figures.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
 
 use serde::Serialize;
 
@@ -79,7 +82,8 @@ fn rate<T>(time: Duration, op: &mut impl FnMut() -> T) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+/// The median (the upper one of an even count); NaN for none.
+pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -138,4 +142,17 @@ pub fn compare_times<A, B>(
         }
     }
     (median(ours_times), median(ref_times))
+}
+
+/// The program `name` next to this one (the release build puts the node and its workers there).
+pub fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().map(|d| d.join(name)).context("no directory")?;
+    if !path.is_file() {
+        bail!(
+            "{} is not built: run `cargo build --release -p jarvis-node -p jarvis-llm -p jarvis-bench`",
+            path.display()
+        );
+    }
+    Ok(path)
 }

@@ -17,7 +17,7 @@
 #![allow(clippy::indexing_slicing)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use jarvis_inference::supervisor::{
 };
 use serde_json::{Value, json};
 
-use crate::harness::Figure;
+use crate::harness::{Figure, median, sibling};
 
 pub const NAME: &str = "llm-local";
 
@@ -47,11 +47,6 @@ const PROMPTS: &[&str] = &[
     "Imagine a city on the moon and describe it.",
 ];
 const THREADS: u32 = 2;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
 
 /// One measurement: time to first token (ms) and tokens per second.
 #[derive(Debug, Clone, Copy)]
@@ -235,19 +230,6 @@ impl Drop for Node {
             let _ = out.read_to_string(&mut rest);
         }
     }
-}
-
-/// The program `name` next to this one (the release build puts them together).
-fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().map(|d| d.join(name)).context("no directory")?;
-    if !path.is_file() {
-        bail!(
-            "{} is not built: run `cargo build --release -p jarvis-node -p jarvis-llm -p jarvis-bench`",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 pub fn run(quick: bool) -> Result<Vec<Figure>> {

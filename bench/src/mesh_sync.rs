@@ -20,7 +20,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-use crate::harness::Figure;
+use crate::harness::{Figure, median, sibling};
 
 pub const NAME: &str = "mesh-sync";
 
@@ -61,24 +61,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = (p * (sorted.len() - 1) as f64).round() as usize;
     sorted.get(rank).copied().unwrap_or(f64::NAN)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// The program `name` next to this one (the release build puts them together).
-fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().map(|d| d.join(name)).context("no directory")?;
-    if !path.is_file() {
-        bail!(
-            "{} is not built: run `cargo build --release -p jarvis-node -p jarvis-llm -p jarvis-bench`",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// Runs `jarvis --home HOME ARGS --json` to completion and returns its JSON.

@@ -68,6 +68,30 @@ fn identity_and_crdt_do_not_depend_on_an_async_runtime() {
     }
 }
 
+/// whisper.cpp and llama.cpp each vendor a different ggml, and one binary linking both aborts at
+/// run time (testing.md): each engine lives in its own worker crate, and nothing else links one.
+#[test]
+fn the_two_ml_engines_never_share_a_binary() {
+    for (package, allowed) in [
+        ("jarvis-llm", Some("llama-cpp-sys-2")),
+        ("jarvis-stt", Some("whisper-rs-sys")),
+        ("jarvis-node", None),
+        ("jarvis-bench", None),
+        ("jarvis-relay", None),
+        ("jarvis-inference", None),
+    ] {
+        let deps = dependency_names(package);
+        assert!(deps.len() > 1, "cargo tree listed nothing for {package}");
+        for engine in ["llama-cpp-sys-2", "whisper-rs-sys"] {
+            assert_eq!(
+                deps.iter().any(|d| d == engine),
+                allowed == Some(engine),
+                "{package} and {engine}: {deps:?}"
+            );
+        }
+    }
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

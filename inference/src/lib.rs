@@ -14,5 +14,7 @@ pub mod models;
 pub mod openai;
 pub mod protocol;
 pub mod sched;
+pub mod stt_protocol;
 pub mod supervisor;
 pub mod text;
+pub mod whisper_ggml;

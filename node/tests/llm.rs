@@ -525,7 +525,7 @@ fn models_pull_downloads_from_a_hub_mirror_and_verifies() {
                 "JARVIS_PYPI_INDEX",
                 format!("http://127.0.0.1:{dead}/simple"),
             )
-            .args(["models", "pull", "--json"])
+            .args(["models", "pull", "smollm2-135m-instruct", "--json"])
             .output()
             .unwrap()
     };
@@ -562,9 +562,11 @@ fn models_pull_downloads_from_a_hub_mirror_and_verifies() {
         .unwrap();
     assert!(!out.status.success());
     let error = String::from_utf8_lossy(&out.stderr);
+    // Without a name it tries every default model and says what failed.
     assert!(
         error.contains("could not get smollm2-135m-instruct")
-            && error.contains("jarvis models import"),
+            && error.contains("jarvis models import")
+            && error.contains("could not get smollm2-135m-instruct, whisper-tiny.en"),
         "{error}"
     );
 }

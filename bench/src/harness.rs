@@ -156,3 +156,11 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// Stops a `jarvis up` the way Ctrl-C does (so it shuts down cleanly) and waits for it.
+pub fn interrupt(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}

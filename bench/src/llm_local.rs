@@ -221,10 +221,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        crate::harness::interrupt(&mut self.child);
         let mut rest = String::new();
         if let Some(mut out) = self.child.stdout.take() {
             let _ = out.read_to_string(&mut rest);

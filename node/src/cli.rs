@@ -65,6 +65,10 @@ pub enum Command {
         conversation: Option<String>,
     },
 
+    /// Run the voice pipeline on a recording instead of the microphone: wake word, transcript,
+    /// answer, spoken answer (to --out), with the time each stage took.
+    Listen(crate::listen::ListenArgs),
+
     /// The synced conversations.
     Conversations,
 

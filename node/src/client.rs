@@ -4,14 +4,18 @@
 // `serde_json::Value[...]` with a string key returns `Null` for a missing key; it never panics.
 #![allow(clippy::indexing_slicing)]
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result};
+use jarvis_inference::metrics::EngineMetrics;
+use jarvis_inference::supervisor::EngineHandle;
 use serde_json::{Value, json};
 
 use crate::api::Client;
 use crate::home::Home;
 use crate::output::Output;
 
-fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+pub(crate) fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -68,7 +72,7 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
 
 /// The running node's client, or `None` when no node runs on this home (then commands work on
 /// the store directly).
-fn running(home: &Home) -> Result<Option<Client>> {
+pub(crate) fn running(home: &Home) -> Result<Option<Client>> {
     home.load()?;
     if home.dir().join("api.json").exists() {
         Ok(Some(Client::for_home(home)?))
@@ -80,9 +84,32 @@ fn running(home: &Home) -> Result<Option<Client>> {
 /// `jarvis ask`: through the running node (streaming its answer), or, with no node running, with
 /// the model run here and the exchange written to the store for the node to sync later.
 pub fn ask(home: &Home, out: Output, text: &str, conversation: Option<String>) -> Result<()> {
+    let print = |piece: &str| print_piece(out, piece);
     let answer = match running(home)? {
-        Some(client) => block_on(ask_node(&client, out, text, conversation))?,
-        None => block_on(ask_offline(home, out, text, conversation))?,
+        Some(client) => {
+            let answer = block_on(ask_node(
+                &client,
+                text,
+                conversation,
+                Default::default(),
+                print,
+            ))?;
+            print_end(out, &answer);
+            answer
+        }
+        None => {
+            let answer = block_on(ask_offline(
+                home,
+                None,
+                text,
+                conversation,
+                Default::default,
+                print,
+            ))?;
+            print_end(out, &answer);
+            out.note(&offline_note(&answer));
+            answer
+        }
     };
     if out.json {
         out.emit(&answer, String::new);
@@ -109,37 +136,52 @@ fn print_end(out: Output, answer: &Value) {
     }
 }
 
-async fn ask_node(
+/// The note printed after answering with no node running.
+pub(crate) fn offline_note(answer: &Value) -> String {
+    format!(
+        "(no node is running: the conversation {} syncs when `jarvis up` runs)",
+        answer["conversation_id"].as_str().unwrap_or("?")
+    )
+}
+
+/// Asks the running node, streaming: each piece of the answer goes to `on_piece` as it comes.
+/// `timings` (a voice turn's, from before the question) are stored with the answer.
+pub(crate) async fn ask_node(
     client: &Client,
-    out: Output,
     text: &str,
     conversation: Option<String>,
+    timings: BTreeMap<String, u64>,
+    mut on_piece: impl FnMut(&str),
 ) -> Result<Value> {
-    let body = json!({ "text": text, "conversation": conversation, "stream": true });
+    let body = json!({ "text": text, "conversation": conversation, "stream": true, "timings_ms": timings });
     let mut final_answer = None;
     client
         .post_events("/v1/ask", &body, |event, data| match event {
             "token" => {
                 let piece: Value = serde_json::from_str(data).unwrap_or_default();
-                print_piece(out, piece["text"].as_str().unwrap_or_default());
+                on_piece(piece["text"].as_str().unwrap_or_default());
             }
             "done" => final_answer = serde_json::from_str(data).ok(),
             _ => {}
         })
         .await?;
-    let answer = final_answer.context("the node ended the answer early")?;
-    print_end(out, &answer);
+    let answer: Value = final_answer.context("the node ended the answer early")?;
     if answer["status"] == "cancelled" {
         anyhow::bail!("the answer was cancelled");
     }
     Ok(answer)
 }
 
-async fn ask_offline(
+/// Answers in this process (no node runs): the model is loaded here, the exchange saved to the
+/// store; `engine` is the one to use, or none to start one. Pieces go to `on_piece`; `timings` is asked for just before the answer is saved (a
+/// voice turn adds its own then).
+pub(crate) async fn ask_offline(
     home: &Home,
-    out: Output,
+    engine: Option<EngineHandle>,
     text: &str,
     conversation: Option<String>,
+    timings: impl FnOnce() -> BTreeMap<String, u64>,
+    mut on_piece: impl FnMut(&str),
 ) -> Result<Value> {
     use crate::conversations as conv;
     let conversation = conversation
@@ -147,7 +189,8 @@ async fn ask_offline(
         .transpose()
         .map_err(|_| anyhow::anyhow!("a conversation id is 32 hex characters"))?;
     let (mut replica, recipients) = conv::open_offline(home)?;
-    let engine = crate::llm::start_engine(jarvis_inference::metrics::EngineMetrics::default());
+    // Started here unless the caller started it earlier (a voice turn loads it while listening).
+    let engine = engine.unwrap_or_else(|| crate::llm::start_engine(EngineMetrics::default()));
     let problem = crate::api::engine_problem(&engine).await;
     let added = conv::add_user_message(&mut replica, &recipients, text, conversation)?;
     let mut reply = added.reply;
@@ -178,15 +221,15 @@ async fn ask_offline(
     };
     let generation = engine.submit(request).await?;
     let (pieces, mut printer) = tokio::sync::mpsc::channel::<String>(256);
-    let print = tokio::spawn(async move {
+    let print = async move {
         while let Some(piece) = printer.recv().await {
-            print_piece(out, &piece);
+            on_piece(&piece);
         }
-    });
+    };
     // Nobody else reads this store while no node runs: the text is written once, at the end.
-    let finished = crate::answer::run(generation, Some(&pieces), |p| p, |_| async {}).await;
-    drop(pieces);
-    let _ = print.await;
+    let answer =
+        async move { crate::answer::run(generation, Some(&pieces), |p| p, |_| async {}).await };
+    let (finished, ()) = tokio::join!(answer, print);
     conv::stream_answer(&mut replica, added.doc, &answer_id, &finished.text)?;
     let model = engine.model_name().to_owned();
     conv::finish_answer(
@@ -195,7 +238,7 @@ async fn ask_offline(
         &answer_id,
         finished.status,
         Some(&model),
-        &finished.timings(),
+        &timings().into_iter().chain(finished.timings()).collect(),
     )?;
     engine.shutdown().await;
     if let Value::Object(answer) = finished.json(&model)
@@ -203,11 +246,6 @@ async fn ask_offline(
     {
         fields.extend(answer);
     }
-    print_end(out, &reply);
-    out.note(&format!(
-        "(no node is running: the conversation {} syncs when `jarvis up` runs)",
-        reply["conversation_id"].as_str().unwrap_or("?")
-    ));
     Ok(reply)
 }
 

@@ -9,6 +9,7 @@ mod client;
 mod conversations;
 mod device;
 mod home;
+mod listen;
 mod llm;
 mod mesh;
 mod metrics;
@@ -61,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ask { text, conversation } => client::ask(&home, out, &text, conversation),
+        Command::Listen(args) => listen::run(&home, out, args),
         Command::Conversations => client::conversations(&home, out),
         Command::Show { id } => client::show(&home, out, &id),
         Command::Models(ModelsCommand::List) => llm::list(out),

@@ -40,3 +40,81 @@ pub enum VoiceError {
 
 /// Results of this crate.
 pub type Result<T, E = VoiceError> = std::result::Result<T, E>;
+
+/// The request without the wake phrase that may open it: "Hey Jarvis, what time is it?" →
+/// "what time is it?". Whisper spells the name variously ("Jarvis", "Jarvis.", "Javis"), so a
+/// word within two letters of "jarvis" among the first three counts.
+pub fn strip_wake_phrase(transcript: &str) -> &str {
+    let mut rest = transcript.trim_start();
+    for _ in 0..3 {
+        let word_end = rest
+            .find(|c: char| c.is_whitespace() || c == ',' || c == '.' || c == '!')
+            .unwrap_or(rest.len());
+        let (word, after) = rest.split_at(word_end);
+        let letters: String = word
+            .chars()
+            .filter(char::is_ascii_alphabetic)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let after = after.trim_start_matches(|c: char| c.is_whitespace() || ",.!:;-".contains(c));
+        if edit_distance(&letters, "jarvis") <= 2 && letters.len() >= 4 {
+            return after;
+        }
+        if !matches!(
+            letters.as_str(),
+            "hey" | "hi" | "ok" | "okay" | "hello" | "a" | "hay"
+        ) {
+            break;
+        }
+        rest = after;
+    }
+    transcript.trim()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row.first().copied().unwrap_or(0);
+        if let Some(first) = row.first_mut() {
+            *first = i + 1;
+        }
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row.get(j + 1).copied().unwrap_or(0);
+            let insert = row.get(j).copied().unwrap_or(0) + 1;
+            if let Some(cell) = row.get_mut(j + 1) {
+                *cell = substitute.min(previous + 1).min(insert);
+            }
+        }
+    }
+    row.last().copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_wake_phrase;
+
+    #[test]
+    fn the_wake_phrase_is_taken_off_the_request() {
+        assert_eq!(
+            strip_wake_phrase("Hey Jarvis, what is the capital of France?"),
+            "what is the capital of France?"
+        );
+        assert_eq!(
+            strip_wake_phrase(" hey, Jarvis. What time is it"),
+            "What time is it"
+        );
+        assert_eq!(strip_wake_phrase("Hey Javis what time"), "what time");
+        assert_eq!(strip_wake_phrase("Jarvis!"), "");
+        assert_eq!(
+            strip_wake_phrase("What is the capital of France?"),
+            "What is the capital of France?"
+        );
+        assert_eq!(
+            strip_wake_phrase("Hey there, how are you"),
+            "Hey there, how are you"
+        );
+        assert_eq!(strip_wake_phrase(""), "");
+    }
+}

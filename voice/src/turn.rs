@@ -79,6 +79,14 @@ pub enum TurnEvent {
         /// When this was decided (the end of the frame that made it certain).
         decided_at: u64,
     },
+    /// Speech stopped; if it does not resume this is the utterance, so a transcript of
+    /// `start..end_of_speech` can begin now, before the end is certain.
+    Paused {
+        /// Where the audio to transcribe starts.
+        start: u64,
+        /// The end of the last voiced frame.
+        end_of_speech: u64,
+    },
     /// Woken, but nothing was said.
     TimedOut {
         /// When it gave up.
@@ -188,6 +196,19 @@ impl Turn {
             }
             self.last_voiced_end = end;
         } else if self.in_speech
+            && end.saturating_sub(self.last_voiced_end) == len
+            && let Phase::Awake {
+                woke_at,
+                start: Some(start),
+            } = self.phase
+            && (!c.require_wake
+                || self.last_voiced_end.saturating_sub(woke_at) >= c.after_wake_ms * PER_MS)
+        {
+            event = Some(TurnEvent::Paused {
+                start,
+                end_of_speech: self.last_voiced_end,
+            });
+        } else if self.in_speech
             && probability < c.silence_threshold
             && end.saturating_sub(self.last_voiced_end) >= c.end_silence_ms * PER_MS
         {
@@ -262,12 +283,24 @@ mod tests {
     /// Drives a turn with speech (`true`) and silence per 32 ms frame, and a wake score of 1.0
     /// at the given frames. Returns the events with the frame they came at.
     fn drive(config: TurnConfig, frames: &[bool], wake_at: &[usize]) -> Vec<(usize, TurnEvent)> {
+        drive_all(config, frames, wake_at, false)
+    }
+
+    /// [`drive`], with the `Paused` events when `paused`.
+    fn drive_all(
+        config: TurnConfig,
+        frames: &[bool],
+        wake_at: &[usize],
+        paused: bool,
+    ) -> Vec<(usize, TurnEvent)> {
         let mut turn = Turn::new(config);
         let mut events = Vec::new();
         for (i, &speech) in frames.iter().enumerate() {
             let end = (i as u64 + 1) * FRAME;
-            if let Some(e) = turn.voice(end, FRAME, if speech { 0.9 } else { 0.05 }) {
-                events.push((i, e));
+            match turn.voice(end, FRAME, if speech { 0.9 } else { 0.05 }) {
+                Some(TurnEvent::Paused { .. }) if !paused => {}
+                Some(e) => events.push((i, e)),
+                None => {}
             }
             if wake_at.contains(&i)
                 && let Some(e) = turn.wake(end, 0.99)
@@ -304,6 +337,40 @@ mod tests {
         // Decided once the silence lasted 320 ms (10 frames).
         assert_eq!(decided_at, 135 * FRAME);
         assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn a_pause_is_announced_at_the_first_silent_frame_and_again_after_a_false_end() {
+        let config = TurnConfig {
+            require_wake: false,
+            ..TurnConfig::default()
+        };
+        // Speech, a 100 ms dip (a pause, not the end), speech, the end.
+        let frames = pattern(&[(true, 30), (false, 3), (true, 30), (false, 20)]);
+        let events: Vec<_> = drive_all(config, &frames, &[], true);
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|(i, e)| (*i, std::mem::discriminant(e)))
+            .collect();
+        let paused = |start, end| TurnEvent::Paused {
+            start,
+            end_of_speech: end,
+        };
+        assert_eq!(events[1], (30, paused(0, 30 * FRAME)));
+        assert_eq!(events[2], (63, paused(0, 63 * FRAME)));
+        assert!(
+            matches!(events[3].1, TurnEvent::Utterance { end_of_speech, .. } if end_of_speech == 63 * FRAME),
+            "{kinds:?}"
+        );
+        // Before the wake's own phrase is over, nothing is announced.
+        let frames = pattern(&[(false, 10), (true, 19), (false, 31)]);
+        let events = drive_all(TurnConfig::default(), &frames, &[28], true);
+        assert!(
+            !events
+                .iter()
+                .any(|(_, e)| matches!(e, TurnEvent::Paused { .. })),
+            "{events:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,697 @@
+//! `jarvis listen --file WAV`: one voice turn from a recording, through the same pipeline as the
+//! microphone: the recording is fed in real time (20 ms at a time, like a microphone) to the
+//! voice detector and wake word; the utterance goes to whisper.cpp (speculatively as soon as the
+//! speech pauses, so the transcript is often ready by the time the pause is long enough to be
+//! the end); the request goes to the model (the running node's, or one loaded here); the answer
+//! is spoken sentence by sentence as it streams, and written to `--out`.
+//!
+//! Timings are measured from the moment the last voiced sample was fed, i.e. from the end of
+//! speech as the user would feel it. Models: `jarvis models pull` installs them all;
+//! `JARVIS_WAKE_MODEL` replaces the wake word, `JARVIS_VOICE=espeak` skips Piper,
+//! `JARVIS_STT_WORKER` and `JARVIS_ONNXRUNTIME` point at the worker and onnxruntime.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use jarvis_inference::metrics::EngineMetrics;
+use jarvis_inference::models::{
+    DEFAULT_STT, DEFAULT_VAD, DEFAULT_VOICE, DEFAULT_WAKE_WORD, ModelStore, ONNXRUNTIME,
+    WAKE_EMBEDDING, WAKE_MELSPECTROGRAM,
+};
+use jarvis_inference::supervisor::find_worker;
+use jarvis_voice::audio::{self, Audio};
+use jarvis_voice::listener::Listener;
+use jarvis_voice::stt::{STT_WORKER, SttWorker, Transcript};
+use jarvis_voice::tts::{Piper, Sentences, Voice};
+use jarvis_voice::turn::{TurnConfig, TurnEvent};
+use jarvis_voice::wake::WakeModels;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::home::Home;
+use crate::output::Output;
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// The recording: a WAV file (any rate, mono or stereo), or `-` for raw 16 kHz mono 16-bit
+    /// little-endian PCM on stdin.
+    #[arg(long, value_name = "WAV")]
+    pub file: PathBuf,
+    /// Write the spoken answer to this WAV file.
+    #[arg(long, value_name = "WAV")]
+    pub out: Option<PathBuf>,
+    /// No wake word: the first thing said is the request (as with a push-to-talk button).
+    #[arg(long)]
+    pub push_to_talk: bool,
+    /// Continue this conversation (an id from `jarvis conversations`).
+    #[arg(long, value_name = "ID")]
+    pub conversation: Option<String>,
+    /// Feed the recording as fast as the pipeline takes it instead of in real time (the
+    /// timings then say little about what a user would feel).
+    #[arg(long)]
+    pub fast: bool,
+}
+
+/// Samples fed at a time: 20 ms, as a microphone delivers them.
+const CHUNK: usize = 320;
+/// Silence fed after the recording ends, so a turn that ends with the file still ends.
+const TRAILING_SILENCE_MS: u64 = 2_000;
+
+/// The voice models' files.
+struct VoiceModels {
+    onnxruntime: PathBuf,
+    vad: PathBuf,
+    melspectrogram: PathBuf,
+    embedding: PathBuf,
+    wake_word: PathBuf,
+    stt: PathBuf,
+    stt_worker: PathBuf,
+    piper: Option<(PathBuf, PathBuf)>,
+}
+
+fn present(path: PathBuf, name: &str) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        bail!(
+            "the {name} model is not installed ({} is missing): run `jarvis models pull`",
+            path.display()
+        )
+    }
+}
+
+impl VoiceModels {
+    fn find() -> Result<Self> {
+        let store = ModelStore::from_env()?;
+        let get = |name: &str| -> Result<PathBuf> { present(store.path(name)?, name) };
+        let onnxruntime = match jarvis_voice::onnx::library_from_env() {
+            Some(path) => path,
+            None => get(ONNXRUNTIME)?,
+        };
+        let wake_word = match std::env::var_os("JARVIS_WAKE_MODEL").filter(|v| !v.is_empty()) {
+            Some(path) => present(PathBuf::from(path), "wake word (JARVIS_WAKE_MODEL)")?,
+            None => get(DEFAULT_WAKE_WORD)?,
+        };
+        let piper = if std::env::var("JARVIS_VOICE").is_ok_and(|v| v == "espeak") {
+            None
+        } else {
+            let model = store.path(DEFAULT_VOICE)?;
+            let config = PathBuf::from(format!("{}.json", model.display()));
+            (model.is_file() && config.is_file()).then_some((model, config))
+        };
+        Ok(Self {
+            onnxruntime,
+            vad: get(DEFAULT_VAD)?,
+            melspectrogram: get(WAKE_MELSPECTROGRAM)?,
+            embedding: get(WAKE_EMBEDDING)?,
+            wake_word,
+            stt: get(DEFAULT_STT)?,
+            stt_worker: find_worker(STT_WORKER, "JARVIS_STT_WORKER")
+                .map_err(|problem| anyhow::anyhow!(problem.replace("jarvis-llm", "jarvis-stt")))?,
+            piper,
+        })
+    }
+}
+
+/// What the listening thread reports.
+enum Heard {
+    Woke {
+        at: u64,
+        score: f32,
+    },
+    /// Speech paused: transcribe this now, in case it was the end.
+    Paused {
+        end_of_speech: u64,
+        audio: Vec<f32>,
+    },
+    Utterance {
+        end_of_speech: u64,
+        decided_at: u64,
+        /// When the last voiced sample was fed.
+        spoken: Instant,
+        audio: Vec<f32>,
+    },
+    /// The turn ended without a request (woken, then silence), or the recording ended.
+    Ended {
+        best_wake_score: f32,
+    },
+}
+
+/// Where samples come from.
+enum Source {
+    Samples(Vec<f32>),
+    Stdin,
+}
+
+impl Source {
+    fn open(path: &Path) -> Result<Self> {
+        if path.as_os_str() == "-" {
+            return Ok(Self::Stdin);
+        }
+        Ok(Self::Samples(audio::read_wav(path)?.samples))
+    }
+}
+
+/// Feeds the source to the listener, paced in real time unless `fast`, and reports what it
+/// heard. Runs on a blocking thread (onnxruntime).
+fn listen_thread(
+    mut listener: Listener,
+    source: Source,
+    fast: bool,
+    heard: mpsc::Sender<Heard>,
+) -> Result<()> {
+    let started = Instant::now();
+    let at = |sample: u64| started + Duration::from_micros(sample * 1_000_000 / 16_000);
+    let mut stdin = std::io::stdin().lock();
+    let mut from_file = match &source {
+        Source::Samples(samples) => samples.chunks(CHUNK),
+        Source::Stdin => [].chunks(CHUNK),
+    };
+    let silence = [0.0_f32; CHUNK];
+    let mut trailing = 0_u64;
+    let mut bytes = vec![0_u8; CHUNK * 2];
+    loop {
+        let chunk: Vec<f32> = match &source {
+            Source::Samples(_) => from_file.next().map(<[f32]>::to_vec),
+            Source::Stdin => {
+                let read = read_full(&mut stdin, &mut bytes).context("reading stdin")?;
+                (read > 0).then(|| {
+                    bytes
+                        .get(..read - read % 2)
+                        .unwrap_or_default()
+                        .chunks_exact(2)
+                        .map(|b| {
+                            f32::from(i16::from_le_bytes([
+                                b.first().copied().unwrap_or(0),
+                                b.get(1).copied().unwrap_or(0),
+                            ])) / 32_768.0
+                        })
+                        .collect()
+                })
+            }
+        }
+        .or_else(|| {
+            trailing += CHUNK as u64;
+            (trailing <= TRAILING_SILENCE_MS * 16).then(|| silence.to_vec())
+        })
+        .unwrap_or_default();
+        if chunk.is_empty() {
+            break;
+        }
+        let end = listener.position() + chunk.len() as u64;
+        if !fast && matches!(source, Source::Samples(_)) {
+            let due = at(end);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        for event in listener.push(&chunk)? {
+            let message = match event {
+                TurnEvent::Woke { at, score } => Heard::Woke { at, score },
+                TurnEvent::SpeechStarted { .. } => continue,
+                TurnEvent::Paused {
+                    start,
+                    end_of_speech,
+                } => Heard::Paused {
+                    end_of_speech,
+                    audio: listener.audio(start, end_of_speech).to_vec(),
+                },
+                TurnEvent::Utterance {
+                    start,
+                    end_of_speech,
+                    decided_at,
+                } => Heard::Utterance {
+                    end_of_speech,
+                    decided_at,
+                    spoken: if fast {
+                        Instant::now()
+                    } else {
+                        at(end_of_speech)
+                    },
+                    audio: listener.audio(start, end_of_speech).to_vec(),
+                },
+                TurnEvent::TimedOut { .. } => Heard::Ended {
+                    best_wake_score: listener.best_wake_score,
+                },
+            };
+            if heard.blocking_send(message).is_err() {
+                return Ok(());
+            }
+        }
+        if listener.is_done() {
+            return Ok(());
+        }
+    }
+    let _ = heard.blocking_send(Heard::Ended {
+        best_wake_score: listener.best_wake_score,
+    });
+    Ok(())
+}
+
+/// Reads until `buffer` is full or the input ends.
+fn read_full(input: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match input.read(buffer.get_mut(filled..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The speech worker, owned by one task: transcribes each utterance sent to it, tagged with its
+/// end of speech, and reports each result.
+fn transcriber(
+    mut worker: SttWorker,
+) -> (
+    mpsc::Sender<(u64, Vec<f32>)>,
+    mpsc::Receiver<(u64, Result<Transcript, String>)>,
+    tokio::task::JoinHandle<SttWorker>,
+) {
+    // One waiting at most: a newer pause replaces nothing, it just waits its turn.
+    let (requests, mut incoming) = mpsc::channel::<(u64, Vec<f32>)>(1);
+    let (results_tx, results) = mpsc::channel(4);
+    let task = tokio::spawn(async move {
+        while let Some((end, audio)) = incoming.recv().await {
+            let result = worker
+                .transcribe(&audio, false)
+                .await
+                .map_err(|e| e.to_string());
+            if results_tx.send((end, result)).await.is_err() {
+                break;
+            }
+        }
+        worker
+    });
+    (requests, results, task)
+}
+
+/// What the speaking thread did.
+struct Spoken {
+    audio: Audio,
+    sentences: usize,
+}
+
+/// Speaks pieces of the answer as they arrive, a sentence at a time; sets `first_audio` when
+/// the first sentence's audio is ready.
+fn speak_thread(
+    mut voice: Voice,
+    pieces: std::sync::mpsc::Receiver<String>,
+    first_audio: Arc<(Mutex<Option<Instant>>, std::sync::Condvar)>,
+) -> Result<Spoken, String> {
+    let mut sentences = Sentences::new();
+    let mut audio = Audio {
+        samples: Vec::new(),
+        rate: 22_050,
+    };
+    let mut count = 0;
+    let mut speak = |sentence: String, audio: &mut Audio| -> Result<(), String> {
+        let spoken = voice.speak(&sentence).map_err(|e| e.to_string())?;
+        if count == 0 {
+            let (lock, ready) = &*first_audio;
+            if let Ok(mut first) = lock.lock() {
+                *first = Some(Instant::now());
+            }
+            ready.notify_all();
+        }
+        count += 1;
+        if audio.samples.is_empty() {
+            audio.rate = spoken.rate;
+        }
+        audio
+            .samples
+            .extend(audio::resample(&spoken.samples, spoken.rate, audio.rate));
+        Ok(())
+    };
+    for piece in pieces {
+        for sentence in sentences.push(&piece) {
+            speak(sentence, &mut audio)?;
+        }
+    }
+    if let Some(rest) = sentences.finish() {
+        speak(rest, &mut audio)?;
+    }
+    Ok(Spoken {
+        audio,
+        sentences: count,
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn samples_ms(samples: u64) -> u64 {
+    samples / 16
+}
+
+/// `jarvis listen`.
+pub fn run(home: &Home, out: Output, args: ListenArgs) -> Result<()> {
+    let running = crate::client::running(home)?;
+    let turn = crate::client::block_on(turn(home, running, &args))?;
+    out.emit(&turn, || {
+        let mut text = String::new();
+        if turn["woke"] == false {
+            text.push_str("not woken (no \"hey jarvis\" heard)");
+            return text;
+        }
+        text.push_str(&format!(
+            "you:    {}\n",
+            turn["transcript"].as_str().unwrap_or("")
+        ));
+        if let Some(answer) = turn["answer"].as_str() {
+            text.push_str(&format!("jarvis: {answer}\n"));
+        }
+        let t = &turn["timings_ms"];
+        text.push_str(&format!(
+            "end of speech → transcript {} ms, → first token {} ms, → first audio {} ms",
+            t["end_of_speech_to_transcript"],
+            t["end_of_speech_to_first_token"],
+            t["end_of_speech_to_first_audio"],
+        ));
+        if let Some(path) = turn["audio_out"].as_str() {
+            text.push_str(&format!("\nthe spoken answer is in {path}"));
+        }
+        text
+    });
+    if let Some(error) = turn["error"].as_str() {
+        bail!("{error}");
+    }
+    Ok(())
+}
+
+async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) -> Result<Value> {
+    let models = VoiceModels::find()?;
+    let source = Source::open(&args.file)?;
+    // Everything loads at once: the speech worker, the voice models, the voice, and (without a
+    // running node) the language model.
+    let engine = node
+        .is_none()
+        .then(|| crate::llm::start_engine(EngineMetrics::default()));
+    let stt = SttWorker::start(&models.stt_worker, &models.stt, None);
+    let push_to_talk = args.push_to_talk;
+    let front = {
+        let (ort, vad, mel, emb, word, piper) = (
+            models.onnxruntime.clone(),
+            models.vad.clone(),
+            models.melspectrogram.clone(),
+            models.embedding.clone(),
+            models.wake_word.clone(),
+            models.piper.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<(Listener, Voice)> {
+            let env = jarvis_voice::onnx::environment(&ort)?;
+            let wake = WakeModels {
+                melspectrogram: &mel,
+                embedding: &emb,
+                wake_word: &word,
+            };
+            let listener = Listener::load(
+                env,
+                &vad,
+                (!push_to_talk).then_some(&wake),
+                TurnConfig::default(),
+            )?;
+            let voice = match piper {
+                Some((model, config)) => Voice::Piper(Box::new(Piper::load(env, &model, &config)?)),
+                None => Voice::Espeak("en-us".into()),
+            };
+            Ok((listener, voice))
+        })
+    };
+    let (stt, front) = tokio::join!(stt, front);
+    let stt = stt.context("starting speech to text")?;
+    let (listener, voice) = front.context("loading the voice models")??;
+    let voice_name = voice.name();
+
+    let (heard_tx, mut heard) = mpsc::channel(16);
+    let fast = args.fast;
+    let listening =
+        tokio::task::spawn_blocking(move || listen_thread(listener, source, fast, heard_tx));
+    let (requests, mut results, stt_task) = transcriber(stt);
+
+    let mut woke = push_to_talk;
+    let mut wake_at = None;
+    let mut best_wake_score = 0.0_f32;
+    let mut requested = Vec::new();
+    let mut utterance = None;
+    while let Some(event) = heard.recv().await {
+        match event {
+            Heard::Woke { at, score } => {
+                woke = true;
+                wake_at = Some(at);
+                best_wake_score = best_wake_score.max(score);
+            }
+            Heard::Paused {
+                end_of_speech,
+                audio,
+            } => {
+                // Speculative: only if the worker is free, so the final one never waits long.
+                if requests.try_send((end_of_speech, audio)).is_ok() {
+                    requested.push(end_of_speech);
+                }
+            }
+            Heard::Utterance {
+                end_of_speech,
+                decided_at,
+                spoken,
+                audio,
+            } => {
+                utterance = Some((end_of_speech, decided_at, spoken, audio));
+                break;
+            }
+            Heard::Ended {
+                best_wake_score: best,
+            } => {
+                best_wake_score = best_wake_score.max(best);
+                break;
+            }
+        }
+    }
+    drop(heard);
+    listening.await.context("the listening thread")??;
+
+    let Some((end_of_speech, decided_at, spoken, audio)) = utterance else {
+        drop(requests);
+        if let Ok(worker) = stt_task.await {
+            worker.shutdown().await;
+        }
+        if let Some(engine) = engine {
+            engine.shutdown().await;
+        }
+        return Ok(json!({
+            "woke": woke,
+            "wake_score": best_wake_score,
+            "transcript": "",
+            "answer": null,
+            "interrupted": false,
+            "timings_ms": {},
+            "note": if woke { "woken, but no request followed" } else { "the wake word was not heard" },
+        }));
+    };
+    if !requested.contains(&end_of_speech) {
+        requests
+            .send((end_of_speech, audio))
+            .await
+            .context("the speech worker stopped")?;
+    }
+    let transcript = loop {
+        match results.recv().await {
+            Some((end, result)) if end == end_of_speech => {
+                break result.map_err(|e| anyhow::anyhow!(e))?;
+            }
+            Some(_) => {}
+            None => bail!("the speech worker stopped"),
+        }
+    };
+    let transcribed = Instant::now();
+    drop(requests);
+    if let Ok(worker) = stt_task.await {
+        worker.shutdown().await;
+    }
+    let request = if push_to_talk {
+        transcript.text.trim().to_owned()
+    } else {
+        jarvis_voice::strip_wake_phrase(&transcript.text).to_owned()
+    };
+    let mut timings = BTreeMap::new();
+    timings.insert(
+        "end_of_speech_to_transcript".to_owned(),
+        millis(transcribed.saturating_duration_since(spoken)),
+    );
+    timings.insert(
+        "end_of_utterance_wait".to_owned(),
+        samples_ms(decided_at.saturating_sub(end_of_speech)),
+    );
+    timings.insert("transcribe".to_owned(), transcript.decode_ms);
+    timings.insert("utterance".to_owned(), transcript.audio_ms);
+    if let Some(at) = wake_at {
+        timings.insert("wake_at".to_owned(), samples_ms(at));
+    }
+    let mut turn = json!({
+        "woke": woke,
+        "wake_score": best_wake_score,
+        "transcript": transcript.text,
+        "request": request,
+        "answer": null,
+        "interrupted": false,
+        "voice": voice_name,
+    });
+    if request.is_empty() {
+        set(&mut turn, "timings_ms", json!(timings));
+        set(
+            &mut turn,
+            "note",
+            json!("nothing was said after the wake word"),
+        );
+        if let Some(engine) = engine {
+            engine.shutdown().await;
+        }
+        return Ok(turn);
+    }
+
+    // The answer streams into the speaking thread.
+    let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
+    let first_audio = Arc::new((Mutex::new(None::<Instant>), std::sync::Condvar::new()));
+    let speaking = {
+        let first_audio = Arc::clone(&first_audio);
+        std::thread::spawn(move || speak_thread(voice, pieces, first_audio))
+    };
+    let first_token_at = Arc::new(Mutex::new(None::<Instant>));
+    let on_piece = {
+        let first_token_at = Arc::clone(&first_token_at);
+        move |piece: &str| {
+            if let Ok(mut first) = first_token_at.lock()
+                && first.is_none()
+            {
+                *first = Some(Instant::now());
+            }
+            // The receiver lives until every piece is spoken; unbounded is bounded here by the
+            // answer's token limit.
+            let _ = pieces_tx.send(piece.to_owned());
+        }
+    };
+    let timings_before = timings.clone();
+    let voice_timings = {
+        let first_audio = Arc::clone(&first_audio);
+        let first_token_at = Arc::clone(&first_token_at);
+        move || {
+            // Called as the answer is saved: by then its text has all gone to the speaking
+            // thread, which reports its first audio soon after (a sentence takes ~0.1-0.5 s).
+            let mut timings = timings_before;
+            let (lock, ready) = &*first_audio;
+            if let Ok(first) = lock.lock()
+                && let Ok((first, _)) =
+                    ready.wait_timeout_while(first, Duration::from_secs(30), |f| f.is_none())
+                && let Some(first) = *first
+            {
+                timings.insert(
+                    "end_of_speech_to_first_audio".to_owned(),
+                    millis(first.saturating_duration_since(spoken)),
+                );
+            }
+            if let Ok(first) = first_token_at.lock()
+                && let Some(first) = *first
+            {
+                timings.insert(
+                    "end_of_speech_to_first_token".to_owned(),
+                    millis(first.saturating_duration_since(spoken)),
+                );
+            }
+            timings
+        }
+    };
+    let answer = match &node {
+        Some(client) => {
+            crate::client::ask_node(
+                client,
+                &request,
+                args.conversation.clone(),
+                timings.clone(),
+                on_piece,
+            )
+            .await?
+        }
+        None => {
+            crate::client::ask_offline(
+                home,
+                engine,
+                &request,
+                args.conversation.clone(),
+                voice_timings,
+                on_piece,
+            )
+            .await?
+        }
+    };
+    let spoken_answer = tokio::task::spawn_blocking(move || speaking.join())
+        .await
+        .context("the speaking thread")?
+        .map_err(|_| anyhow::anyhow!("the speaking thread failed"))?
+        .map_err(|e| anyhow::anyhow!("speaking the answer: {e}"))?;
+    // The timings as measured (the node's copy of a turn answered by a running node lacks the
+    // first audio, which comes after it saved the answer).
+    let mut timings: BTreeMap<String, u64> =
+        timings.into_iter().chain(timings_from(&answer)).collect();
+    if let Ok(first) = first_token_at.lock()
+        && let Some(first) = *first
+    {
+        timings.insert(
+            "end_of_speech_to_first_token".to_owned(),
+            millis(first.saturating_duration_since(spoken)),
+        );
+    }
+    if let Ok(first) = first_audio.0.lock()
+        && let Some(first) = *first
+    {
+        timings.insert(
+            "end_of_speech_to_first_audio".to_owned(),
+            millis(first.saturating_duration_since(spoken)),
+        );
+    }
+    for (key, value) in &answer.as_object().cloned().unwrap_or_default() {
+        if !matches!(key.as_str(), "timings_ms") {
+            set(&mut turn, key, value.clone());
+        }
+    }
+    set(&mut turn, "interrupted", json!(false));
+    set(&mut turn, "timings_ms", json!(timings));
+    set(
+        &mut turn,
+        "sentences_spoken",
+        json!(spoken_answer.sentences),
+    );
+    set(&mut turn, "audio_ms", json!(spoken_answer.audio.millis()));
+    if let Some(path) = &args.out {
+        audio::write_wav(path, &spoken_answer.audio)?;
+        set(&mut turn, "audio_out", json!(path));
+    }
+    Ok(turn)
+}
+
+fn timings_from(answer: &Value) -> BTreeMap<String, u64> {
+    answer
+        .get("timings_ms")
+        .and_then(Value::as_object)
+        .map(|t| {
+            t.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn set(value: &mut Value, key: &str, field: Value) {
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert(key.to_owned(), field);
+    }
+}

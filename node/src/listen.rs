@@ -218,13 +218,15 @@ fn listen_thread(
                 TurnEvent::Paused {
                     start,
                     end_of_speech,
+                    end,
                 } => Heard::Paused {
                     end_of_speech,
-                    audio: listener.audio(start, end_of_speech).to_vec(),
+                    audio: listener.audio(start, end).to_vec(),
                 },
                 TurnEvent::Utterance {
                     start,
                     end_of_speech,
+                    end,
                     decided_at,
                 } => Heard::Utterance {
                     end_of_speech,
@@ -234,7 +236,7 @@ fn listen_thread(
                     } else {
                         at(end_of_speech)
                     },
-                    audio: listener.audio(start, end_of_speech).to_vec(),
+                    audio: listener.audio(start, end).to_vec(),
                 },
                 TurnEvent::TimedOut { .. } => Heard::Ended {
                     best_wake_score: listener.best_wake_score,

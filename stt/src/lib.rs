@@ -107,16 +107,72 @@ impl Transcriber {
             text.push_str(&segment.to_str_lossy().context("reading a segment")?);
         }
         Ok(Transcript {
-            text: text.trim().to_owned(),
+            text: trim_repetition(text.trim()),
             audio_ms: (samples.len() * 1000 / SAMPLE_RATE) as u64,
             decode_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
     }
 }
 
+/// Whisper sometimes loops when the encoder context is short: "What time is it? What time is
+/// it? What time" (testing.md). Cuts the text at the first sentence that repeats an earlier one.
+pub fn trim_repetition(text: &str) -> String {
+    let normal = |s: &str| {
+        s.chars()
+            .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+            .flat_map(char::to_lowercase)
+            .collect::<String>()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let mut kept = 0;
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        let end = i + c.len_utf8();
+        let last = end == text.len();
+        if matches!(c, '.' | '?' | '!') || last {
+            let sentence = normal(text.get(start..end).unwrap_or_default());
+            // A repeat, or the unfinished start of one.
+            let repeats = !sentence.is_empty()
+                && seen
+                    .iter()
+                    .any(|s| *s == sentence || (last && s.starts_with(&sentence)));
+            if repeats {
+                break;
+            }
+            seen.push(sentence);
+            kept = end;
+            start = end;
+        }
+    }
+    text.get(..kept).unwrap_or(text).trim().to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_looping_transcript_is_cut_at_the_first_repeat() {
+        assert_eq!(
+            trim_repetition(
+                "Hey Jarvis, what is the capital I'm France? Hey Jarvis, what is the capital I'm France? Hey Jarvis, what is the capital I"
+            ),
+            "Hey Jarvis, what is the capital I'm France?"
+        );
+        assert_eq!(trim_repetition("Go. Go. Go."), "Go.");
+        assert_eq!(
+            trim_repetition("It is late. It is time to go."),
+            "It is late. It is time to go."
+        );
+        assert_eq!(
+            trim_repetition("no punctuation at all"),
+            "no punctuation at all"
+        );
+        assert_eq!(trim_repetition(""), "");
+    }
 
     #[test]
     fn the_context_fits_the_clip_with_headroom() {

@@ -23,6 +23,10 @@ pub struct TurnConfig {
     pub silence_threshold: f32,
     /// Silence that ends an utterance.
     pub end_silence_ms: u64,
+    /// Silence after which a transcript of what was said so far starts, in case it is the end;
+    /// that much audio after the last voiced frame goes to whisper (it misses final consonants
+    /// without it).
+    pub pause_ms: u64,
     /// Audio kept before the speech start (whisper does better with a little lead-in).
     pub pre_roll_ms: u64,
     /// How far before the wake the utterance may start.
@@ -45,6 +49,7 @@ impl Default for TurnConfig {
             speech_threshold: 0.5,
             silence_threshold: 0.35,
             end_silence_ms: 320,
+            pause_ms: 160,
             pre_roll_ms: 200,
             wake_lookback_ms: 3000,
             after_wake_ms: 300,
@@ -70,12 +75,14 @@ pub enum TurnEvent {
         /// Its start.
         at: u64,
     },
-    /// The user finished: transcribe `start..end_of_speech`.
+    /// The user finished: transcribe `start..end`.
     Utterance {
         /// Where the audio to transcribe starts (with pre-roll).
         start: u64,
         /// The end of the last voiced frame.
         end_of_speech: u64,
+        /// Where the audio to transcribe ends (`pause_ms` after the end of speech).
+        end: u64,
         /// When this was decided (the end of the frame that made it certain).
         decided_at: u64,
     },
@@ -86,6 +93,8 @@ pub enum TurnEvent {
         start: u64,
         /// The end of the last voiced frame.
         end_of_speech: u64,
+        /// Where the audio to transcribe ends (`pause_ms` after the end of speech).
+        end: u64,
     },
     /// Woken, but nothing was said.
     TimedOut {
@@ -114,6 +123,8 @@ pub struct Turn {
     last_voiced_end: u64,
     /// Start of the latest segment (kept after it ends, for a wake that scores just after).
     latest_segment: Option<u64>,
+    /// Whether the current pause was announced.
+    paused: bool,
 }
 
 impl Turn {
@@ -134,6 +145,7 @@ impl Turn {
             segment_start: 0,
             last_voiced_end: 0,
             latest_segment: None,
+            paused: false,
         }
     }
 
@@ -195,8 +207,11 @@ impl Turn {
                 }
             }
             self.last_voiced_end = end;
+            self.paused = false;
         } else if self.in_speech
-            && end.saturating_sub(self.last_voiced_end) == len
+            && !self.paused
+            && end.saturating_sub(self.last_voiced_end) >= c.pause_ms * PER_MS
+            && end.saturating_sub(self.last_voiced_end) < c.end_silence_ms * PER_MS
             && let Phase::Awake {
                 woke_at,
                 start: Some(start),
@@ -204,9 +219,11 @@ impl Turn {
             && (!c.require_wake
                 || self.last_voiced_end.saturating_sub(woke_at) >= c.after_wake_ms * PER_MS)
         {
+            self.paused = true;
             event = Some(TurnEvent::Paused {
                 start,
                 end_of_speech: self.last_voiced_end,
+                end: self.last_voiced_end + c.pause_ms * PER_MS,
             });
         } else if self.in_speech
             && probability < c.silence_threshold
@@ -224,6 +241,7 @@ impl Turn {
                     return Some(TurnEvent::Utterance {
                         start,
                         end_of_speech: self.last_voiced_end,
+                        end: self.last_voiced_end + c.pause_ms * PER_MS,
                         decided_at: end,
                     });
                 }
@@ -237,6 +255,7 @@ impl Turn {
                 return Some(TurnEvent::Utterance {
                     start,
                     end_of_speech: end,
+                    end,
                     decided_at: end,
                 });
             }
@@ -327,6 +346,7 @@ mod tests {
         let TurnEvent::Utterance {
             start,
             end_of_speech,
+            end,
             decided_at,
         } = events[1].1
         else {
@@ -334,32 +354,35 @@ mod tests {
         };
         assert_eq!(start, 31 * FRAME - 200 * 16);
         assert_eq!(end_of_speech, 125 * FRAME);
+        assert_eq!(end, 125 * FRAME + 160 * 16);
         // Decided once the silence lasted 320 ms (10 frames).
         assert_eq!(decided_at, 135 * FRAME);
         assert_eq!(events.len(), 2);
     }
 
     #[test]
-    fn a_pause_is_announced_at_the_first_silent_frame_and_again_after_a_false_end() {
+    fn a_pause_is_announced_160_ms_into_the_silence_and_again_after_a_false_end() {
         let config = TurnConfig {
             require_wake: false,
             ..TurnConfig::default()
         };
-        // Speech, a 100 ms dip (a pause, not the end), speech, the end.
-        let frames = pattern(&[(true, 30), (false, 3), (true, 30), (false, 20)]);
+        // Speech, a 200 ms dip (a pause, not the end), speech, the end.
+        let frames = pattern(&[(true, 30), (false, 6), (true, 30), (false, 20)]);
         let events: Vec<_> = drive_all(config, &frames, &[], true);
         let kinds: Vec<_> = events
             .iter()
             .map(|(i, e)| (*i, std::mem::discriminant(e)))
             .collect();
-        let paused = |start, end| TurnEvent::Paused {
+        let paused = |start, end_of_speech: u64| TurnEvent::Paused {
             start,
-            end_of_speech: end,
+            end_of_speech,
+            end: end_of_speech + 160 * 16,
         };
-        assert_eq!(events[1], (30, paused(0, 30 * FRAME)));
-        assert_eq!(events[2], (63, paused(0, 63 * FRAME)));
+        // 160 ms is 5 frames into the silence.
+        assert_eq!(events[1], (34, paused(0, 30 * FRAME)));
+        assert_eq!(events[2], (70, paused(0, 66 * FRAME)));
         assert!(
-            matches!(events[3].1, TurnEvent::Utterance { end_of_speech, .. } if end_of_speech == 63 * FRAME),
+            matches!(events[3].1, TurnEvent::Utterance { end_of_speech, .. } if end_of_speech == 66 * FRAME),
             "{kinds:?}"
         );
         // Before the wake's own phrase is over, nothing is announced.

@@ -11,7 +11,6 @@
 //! `JARVIS_STT_WORKER` and `JARVIS_ONNXRUNTIME` point at the worker and onnxruntime.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,12 +25,12 @@ use jarvis_inference::models::{
 use jarvis_inference::supervisor::find_worker;
 use jarvis_voice::audio::{self, Audio};
 use jarvis_voice::listener::Listener;
-use jarvis_voice::stt::{STT_WORKER, SttWorker, Transcript};
+use jarvis_voice::pipeline::{self, Pace, Source};
+use jarvis_voice::stt::{STT_WORKER, SttWorker};
 use jarvis_voice::tts::{Piper, Sentences, Voice};
-use jarvis_voice::turn::{TurnConfig, TurnEvent};
+use jarvis_voice::turn::TurnConfig;
 use jarvis_voice::wake::WakeModels;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::home::Home;
 use crate::output::Output;
@@ -56,11 +55,6 @@ pub struct ListenArgs {
     #[arg(long)]
     pub fast: bool,
 }
-
-/// Samples fed at a time: 20 ms, as a microphone delivers them.
-const CHUNK: usize = 320;
-/// Silence fed after the recording ends, so a turn that ends with the file still ends.
-const TRAILING_SILENCE_MS: u64 = 2_000;
 
 /// The voice models' files.
 struct VoiceModels {
@@ -118,183 +112,11 @@ impl VoiceModels {
     }
 }
 
-/// What the listening thread reports.
-enum Heard {
-    Woke {
-        at: u64,
-        score: f32,
-    },
-    /// Speech paused: transcribe this now, in case it was the end.
-    Paused {
-        end_of_speech: u64,
-        audio: Vec<f32>,
-    },
-    Utterance {
-        end_of_speech: u64,
-        decided_at: u64,
-        /// When the last voiced sample was fed.
-        spoken: Instant,
-        audio: Vec<f32>,
-    },
-    /// The turn ended without a request (woken, then silence), or the recording ended.
-    Ended {
-        best_wake_score: f32,
-    },
-}
-
-/// Where samples come from.
-enum Source {
-    Samples(Vec<f32>),
-    Stdin,
-}
-
-impl Source {
-    fn open(path: &Path) -> Result<Self> {
-        if path.as_os_str() == "-" {
-            return Ok(Self::Stdin);
-        }
-        Ok(Self::Samples(audio::read_wav(path)?.samples))
+fn source(path: &Path) -> Result<Source> {
+    if path.as_os_str() == "-" {
+        return Ok(Source::Pcm(Box::new(std::io::stdin())));
     }
-}
-
-/// Feeds the source to the listener, paced in real time unless `fast`, and reports what it
-/// heard. Runs on a blocking thread (onnxruntime).
-fn listen_thread(
-    mut listener: Listener,
-    source: Source,
-    fast: bool,
-    heard: mpsc::Sender<Heard>,
-) -> Result<()> {
-    let started = Instant::now();
-    let at = |sample: u64| started + Duration::from_micros(sample * 1_000_000 / 16_000);
-    let mut stdin = std::io::stdin().lock();
-    let mut from_file = match &source {
-        Source::Samples(samples) => samples.chunks(CHUNK),
-        Source::Stdin => [].chunks(CHUNK),
-    };
-    let silence = [0.0_f32; CHUNK];
-    let mut trailing = 0_u64;
-    let mut bytes = vec![0_u8; CHUNK * 2];
-    loop {
-        let chunk: Vec<f32> = match &source {
-            Source::Samples(_) => from_file.next().map(<[f32]>::to_vec),
-            Source::Stdin => {
-                let read = read_full(&mut stdin, &mut bytes).context("reading stdin")?;
-                (read > 0).then(|| {
-                    bytes
-                        .get(..read - read % 2)
-                        .unwrap_or_default()
-                        .chunks_exact(2)
-                        .map(|b| {
-                            f32::from(i16::from_le_bytes([
-                                b.first().copied().unwrap_or(0),
-                                b.get(1).copied().unwrap_or(0),
-                            ])) / 32_768.0
-                        })
-                        .collect()
-                })
-            }
-        }
-        .or_else(|| {
-            trailing += CHUNK as u64;
-            (trailing <= TRAILING_SILENCE_MS * 16).then(|| silence.to_vec())
-        })
-        .unwrap_or_default();
-        if chunk.is_empty() {
-            break;
-        }
-        let end = listener.position() + chunk.len() as u64;
-        if !fast && matches!(source, Source::Samples(_)) {
-            let due = at(end);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        }
-        for event in listener.push(&chunk)? {
-            let message = match event {
-                TurnEvent::Woke { at, score } => Heard::Woke { at, score },
-                TurnEvent::SpeechStarted { .. } => continue,
-                TurnEvent::Paused {
-                    start,
-                    end_of_speech,
-                    end,
-                } => Heard::Paused {
-                    end_of_speech,
-                    audio: listener.audio(start, end).to_vec(),
-                },
-                TurnEvent::Utterance {
-                    start,
-                    end_of_speech,
-                    end,
-                    decided_at,
-                } => Heard::Utterance {
-                    end_of_speech,
-                    decided_at,
-                    spoken: if fast {
-                        Instant::now()
-                    } else {
-                        at(end_of_speech)
-                    },
-                    audio: listener.audio(start, end).to_vec(),
-                },
-                TurnEvent::TimedOut { .. } => Heard::Ended {
-                    best_wake_score: listener.best_wake_score,
-                },
-            };
-            if heard.blocking_send(message).is_err() {
-                return Ok(());
-            }
-        }
-        if listener.is_done() {
-            return Ok(());
-        }
-    }
-    let _ = heard.blocking_send(Heard::Ended {
-        best_wake_score: listener.best_wake_score,
-    });
-    Ok(())
-}
-
-/// Reads until `buffer` is full or the input ends.
-fn read_full(input: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match input.read(buffer.get_mut(filled..).unwrap_or_default()) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// The speech worker, owned by one task: transcribes each utterance sent to it, tagged with its
-/// end of speech, and reports each result.
-fn transcriber(
-    mut worker: SttWorker,
-) -> (
-    mpsc::Sender<(u64, Vec<f32>)>,
-    mpsc::Receiver<(u64, Result<Transcript, String>)>,
-    tokio::task::JoinHandle<SttWorker>,
-) {
-    // One waiting at most: a newer pause replaces nothing, it just waits its turn.
-    let (requests, mut incoming) = mpsc::channel::<(u64, Vec<f32>)>(1);
-    let (results_tx, results) = mpsc::channel(4);
-    let task = tokio::spawn(async move {
-        while let Some((end, audio)) = incoming.recv().await {
-            let result = worker
-                .transcribe(&audio, false)
-                .await
-                .map_err(|e| e.to_string());
-            if results_tx.send((end, result)).await.is_err() {
-                break;
-            }
-        }
-        worker
-    });
-    (requests, results, task)
+    Ok(Source::Samples(audio::read_wav(path)?.samples))
 }
 
 /// What the speaking thread did.
@@ -393,7 +215,7 @@ pub fn run(home: &Home, out: Output, args: ListenArgs) -> Result<()> {
 
 async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) -> Result<Value> {
     let models = VoiceModels::find()?;
-    let source = Source::open(&args.file)?;
+    let source = source(&args.file)?;
     // Everything loads at once: the speech worker, the voice models, the voice, and (without a
     // running node) the language model.
     let engine = node
@@ -435,91 +257,29 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
     let (listener, voice) = front.context("loading the voice models")??;
     let voice_name = voice.name();
 
-    let (heard_tx, mut heard) = mpsc::channel(16);
-    let fast = args.fast;
-    let listening =
-        tokio::task::spawn_blocking(move || listen_thread(listener, source, fast, heard_tx));
-    let (requests, mut results, stt_task) = transcriber(stt);
-
-    let mut woke = push_to_talk;
-    let mut wake_at = None;
-    let mut best_wake_score = 0.0_f32;
-    let mut requested = Vec::new();
-    let mut utterance = None;
-    while let Some(event) = heard.recv().await {
-        match event {
-            Heard::Woke { at, score } => {
-                woke = true;
-                wake_at = Some(at);
-                best_wake_score = best_wake_score.max(score);
-            }
-            Heard::Paused {
-                end_of_speech,
-                audio,
-            } => {
-                // Speculative: only if the worker is free, so the final one never waits long.
-                if requests.try_send((end_of_speech, audio)).is_ok() {
-                    requested.push(end_of_speech);
-                }
-            }
-            Heard::Utterance {
-                end_of_speech,
-                decided_at,
-                spoken,
-                audio,
-            } => {
-                utterance = Some((end_of_speech, decided_at, spoken, audio));
-                break;
-            }
-            Heard::Ended {
-                best_wake_score: best,
-            } => {
-                best_wake_score = best_wake_score.max(best);
-                break;
-            }
-        }
-    }
-    drop(heard);
-    listening.await.context("the listening thread")??;
-
-    let Some((end_of_speech, decided_at, spoken, audio)) = utterance else {
-        drop(requests);
-        if let Ok(worker) = stt_task.await {
-            worker.shutdown().await;
-        }
+    let pace = if args.fast {
+        Pace::Fast
+    } else {
+        Pace::RealTime
+    };
+    let (heard, _, stt) = pipeline::hear(listener, source, pace, stt).await?;
+    stt.shutdown().await;
+    let Some(utterance) = heard.utterance else {
         if let Some(engine) = engine {
             engine.shutdown().await;
         }
         return Ok(json!({
-            "woke": woke,
-            "wake_score": best_wake_score,
+            "woke": heard.woke,
+            "wake_score": heard.wake_score,
             "transcript": "",
             "answer": null,
             "interrupted": false,
             "timings_ms": {},
-            "note": if woke { "woken, but no request followed" } else { "the wake word was not heard" },
+            "note": if heard.woke { "woken, but no request followed" } else { "the wake word was not heard" },
         }));
     };
-    if !requested.contains(&end_of_speech) {
-        requests
-            .send((end_of_speech, audio))
-            .await
-            .context("the speech worker stopped")?;
-    }
-    let transcript = loop {
-        match results.recv().await {
-            Some((end, result)) if end == end_of_speech => {
-                break result.map_err(|e| anyhow::anyhow!(e))?;
-            }
-            Some(_) => {}
-            None => bail!("the speech worker stopped"),
-        }
-    };
-    let transcribed = Instant::now();
-    drop(requests);
-    if let Ok(worker) = stt_task.await {
-        worker.shutdown().await;
-    }
+    let transcript = &utterance.transcript;
+    let spoken = utterance.spoken;
     let request = if push_to_talk {
         transcript.text.trim().to_owned()
     } else {
@@ -528,20 +288,25 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
     let mut timings = BTreeMap::new();
     timings.insert(
         "end_of_speech_to_transcript".to_owned(),
-        millis(transcribed.saturating_duration_since(spoken)),
+        millis(utterance.transcribed.saturating_duration_since(spoken)),
     );
     timings.insert(
         "end_of_utterance_wait".to_owned(),
-        samples_ms(decided_at.saturating_sub(end_of_speech)),
+        samples_ms(utterance.decided_at.saturating_sub(utterance.end_of_speech)),
+    );
+    timings.insert(
+        "end_of_speech_at".to_owned(),
+        samples_ms(utterance.end_of_speech),
     );
     timings.insert("transcribe".to_owned(), transcript.decode_ms);
     timings.insert("utterance".to_owned(), transcript.audio_ms);
-    if let Some(at) = wake_at {
+    if let Some(at) = heard.wake_at {
         timings.insert("wake_at".to_owned(), samples_ms(at));
     }
     let mut turn = json!({
-        "woke": woke,
-        "wake_score": best_wake_score,
+        "woke": heard.woke,
+        "wake_score": heard.wake_score,
+        "speculative_transcript": utterance.speculative,
         "transcript": transcript.text,
         "request": request,
         "answer": null,

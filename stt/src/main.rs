@@ -14,13 +14,69 @@ use jarvis_inference::stt_protocol::{self, Command, Event};
 use jarvis_stt::Transcriber;
 
 const USAGE: &str = "usage: jarvis-stt-worker --model FILE [--threads N]\n\
-This program is started by the Jarvis node; it speaks JSON lines on stdin and stdout.";
+       jarvis-stt-worker direct --model FILE --raw PCM [--threads N] [--runs N]\n\
+This program is started by the Jarvis node; it speaks JSON lines on stdin and stdout.\n\
+`direct` is the benchmark's reference: whisper-rs called directly on raw 16 kHz mono 16-bit\n\
+little-endian PCM, timed inside this process, one JSON line per run.";
 
 fn main() {
-    if let Err(error) = serve(std::env::args().skip(1).collect()) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().map(String::as_str) == Some("direct") {
+        direct(args.get(1..).unwrap_or_default())
+    } else {
+        serve(args)
+    };
+    if let Err(error) = result {
         eprintln!("jarvis-stt-worker: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// whisper-rs on a whole recording, with the parameters the worker uses, timed around the call.
+fn direct(args: &[String]) -> anyhow::Result<()> {
+    let mut model: Option<PathBuf> = None;
+    let mut raw: Option<PathBuf> = None;
+    let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let mut runs = 1_usize;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--model" => model = Some(PathBuf::from(value()?)),
+            "--raw" => raw = Some(PathBuf::from(value()?)),
+            "--threads" => threads = value()?.parse().context("--threads")?,
+            "--runs" => runs = value()?.parse().context("--runs")?,
+            other => anyhow::bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    let model = model.with_context(|| format!("--model is required\n{USAGE}"))?;
+    let raw = raw.with_context(|| format!("--raw is required\n{USAGE}"))?;
+    let bytes = std::fs::read(&raw).with_context(|| format!("reading {}", raw.display()))?;
+    let samples: Vec<f32> = bytes
+        .chunks_exact(2)
+        .map(|b| {
+            f32::from(i16::from_le_bytes([
+                b.first().copied().unwrap_or(0),
+                b.get(1).copied().unwrap_or(0),
+            ])) / 32768.0
+        })
+        .collect();
+    let mut transcriber = Transcriber::load(&model, threads)?;
+    let mut out = std::io::stdout().lock();
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        let t = transcriber.transcribe(&samples)?;
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "decode_ms": ms, "text": t.text, "audio_ms": t.audio_ms })
+        )?;
+    }
+    Ok(())
 }
 
 fn serve(args: Vec<String>) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 //!   per 80 ms, with the shipped "hey jarvis" model or one the user provides.
 //! - [`turn`]: the sans-IO state machine that turns those numbers into a turn: woken, speech
 //!   started, end of utterance (with the audio to transcribe), or given up.
+//! - [`pipeline`]: the async shell of one listening turn (feeding, speculative transcripts).
 //! - [`stt`]: the async client of `jarvis-stt-worker` (whisper.cpp runs in its own process).
 //! - [`tts`]: Piper (ONNX) when its voice is installed, else espeak-ng; [`tts::Sentences`] cuts a
 //!   streaming answer into sentences so speech starts at the first one.
@@ -15,6 +16,7 @@
 pub mod audio;
 pub mod listener;
 pub mod onnx;
+pub mod pipeline;
 pub mod stt;
 pub mod tts;
 pub mod turn;

@@ -65,6 +65,11 @@ impl Listener {
         self.best_wake_score = 0.0;
     }
 
+    /// Whether turns wait for the wake word.
+    pub fn needs_wake(&self) -> bool {
+        self.wake.is_some()
+    }
+
     /// Samples heard so far.
     pub fn position(&self) -> u64 {
         self.position

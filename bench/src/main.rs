@@ -8,6 +8,7 @@ mod harness;
 mod identity_verify;
 mod llm_local;
 mod mesh_sync;
+mod voice;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,16 @@ const BENCHES: &[Bench] = &[
         name: llm_local::NAME,
         about: "local engine (and through the HTTP API) vs llama-cpp-2 called directly: time to first token, tokens/s",
         run: llm_local::run,
+    },
+    Bench {
+        name: voice::STT,
+        about: "speech to text in the voice pipeline (streaming, speculative at the pause) vs whisper-rs called directly on the whole utterance; our worker vs whisper-rs direct",
+        run: voice::stt,
+    },
+    Bench {
+        name: voice::VOICE_TURN,
+        about: "\"hey jarvis, <question>\" through `jarvis listen` and a running node: end of speech to the first audio of the answer (absolute, shipped models)",
+        run: voice::voice_turn,
     },
 ];
 

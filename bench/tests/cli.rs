@@ -113,3 +113,58 @@ fn mesh_sync_quick_measures_both_paths() {
     }
     assert!(figures[1]["ours"].as_f64() <= figures[2]["ours"].as_f64());
 }
+
+/// Runs `jarvis-bench NAME --quick --json` against the debug build; returns its figures.
+fn quick(name: &str) -> Vec<serde_json::Value> {
+    let out = Command::cargo_bin("jarvis-bench")
+        .unwrap()
+        .args([name, "--quick", "--json"])
+        .timeout(std::time::Duration::from_secs(300))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `stt` runs the voice pipeline and whisper-rs direct on the same generated speech.
+#[test]
+fn stt_quick_measures_streaming_and_direct() {
+    let figures = quick("stt");
+    let metrics: Vec<&str> = figures
+        .iter()
+        .map(|f| f["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        metrics,
+        [
+            "end_of_speech_to_transcript",
+            "transcribe",
+            "true_end_of_speech_to_transcript_p50"
+        ]
+    );
+    for f in &figures[..2] {
+        assert!(f["reference"].as_f64().unwrap() > 0.0, "{f}");
+        assert!(f["ratio"].as_f64().is_some(), "{f}");
+    }
+    assert!(figures[1]["ours"].as_f64().unwrap() > 0.0, "{}", figures[1]);
+    assert!(figures[2]["ours"].as_f64().unwrap() > 0.0, "{}", figures[2]);
+}
+
+/// `voice-turn` speaks to a running node through `jarvis listen`.
+#[test]
+fn voice_turn_quick_measures_first_audio() {
+    let figures = quick("voice-turn");
+    assert_eq!(figures[0]["metric"], "end_of_speech_to_first_audio_p50_ms");
+    assert_eq!(figures[0]["goal"], "<= 500");
+    for f in &figures {
+        assert!(f["ours"].as_f64().unwrap() > 0.0, "{f}");
+    }
+}

@@ -44,13 +44,13 @@ pub enum VoiceError {
 pub type Result<T, E = VoiceError> = std::result::Result<T, E>;
 
 /// The request without the wake phrase that may open it: "Hey Jarvis, what time is it?" →
-/// "what time is it?". Whisper spells the name variously ("Jarvis", "Jarvis.", "Javis"), so a
-/// word within two letters of "jarvis" among the first three counts.
+/// "what time is it?". Whisper spells the phrase variously ("Jarvis", "Javis", "Cage Arvis"), so
+/// a word within two letters of "jarvis" among the first three ends it.
 pub fn strip_wake_phrase(transcript: &str) -> &str {
     let mut rest = transcript.trim_start();
     for _ in 0..3 {
         let word_end = rest
-            .find(|c: char| c.is_whitespace() || c == ',' || c == '.' || c == '!')
+            .find(|c: char| c.is_whitespace() || ",.!?:;".contains(c))
             .unwrap_or(rest.len());
         let (word, after) = rest.split_at(word_end);
         let letters: String = word
@@ -59,13 +59,10 @@ pub fn strip_wake_phrase(transcript: &str) -> &str {
             .map(|c| c.to_ascii_lowercase())
             .collect();
         let after = after.trim_start_matches(|c: char| c.is_whitespace() || ",.!:;-".contains(c));
-        if edit_distance(&letters, "jarvis") <= 2 && letters.len() >= 4 {
+        if letters.len() >= 4 && edit_distance(&letters, "jarvis") <= 2 {
             return after;
         }
-        if !matches!(
-            letters.as_str(),
-            "hey" | "hi" | "ok" | "okay" | "hello" | "a" | "hay"
-        ) {
+        if after.is_empty() || letters.len() > 5 {
             break;
         }
         rest = after;
@@ -109,6 +106,15 @@ mod tests {
         );
         assert_eq!(strip_wake_phrase("Hey Javis what time"), "what time");
         assert_eq!(strip_wake_phrase("Jarvis!"), "");
+        assert_eq!(
+            strip_wake_phrase("Cage Arvis, who wrote Romeo and Juliet"),
+            "who wrote Romeo and Juliet"
+        );
+        // A long first word is the request itself.
+        assert_eq!(
+            strip_wake_phrase("Remind Jarvis owners"),
+            "Remind Jarvis owners"
+        );
         assert_eq!(
             strip_wake_phrase("What is the capital of France?"),
             "What is the capital of France?"

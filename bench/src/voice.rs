@@ -148,13 +148,14 @@ pub fn stt(quick: bool) -> Result<Vec<Figure>> {
         let (audio, speech_end) = speak(dir.path(), sentence, 0.5, 1.0)?;
         // The listener counts samples across turns.
         let speech_end = speech_end + listener.position();
-        let (heard, l, s) = runtime.block_on(pipeline::hear(
+        let (heard, feeding, s) = runtime.block_on(pipeline::hear(
             listener,
             Source::Samples(audio.samples),
             Pace::RealTime,
             stt,
+            None,
         ))?;
-        listener = l;
+        listener = runtime.block_on(feeding.finish())?.0;
         stt = s;
         listener.next_turn(TurnConfig::default());
         let u = heard

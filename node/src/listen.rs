@@ -23,9 +23,10 @@ use jarvis_inference::models::{
     WAKE_EMBEDDING, WAKE_MELSPECTROGRAM,
 };
 use jarvis_inference::supervisor::find_worker;
-use jarvis_voice::audio::{self, Audio};
+use jarvis_voice::audio;
 use jarvis_voice::listener::Listener;
-use jarvis_voice::pipeline::{self, Pace, Source};
+use jarvis_voice::pipeline::{self, BargeIn, Pace, Source, Watch};
+use jarvis_voice::playback::Playback;
 use jarvis_voice::stt::{STT_WORKER, SttWorker};
 use jarvis_voice::tts::{Piper, Sentences, Voice};
 use jarvis_voice::turn::TurnConfig;
@@ -54,6 +55,10 @@ pub struct ListenArgs {
     /// timings then say little about what a user would feel).
     #[arg(long)]
     pub fast: bool,
+    /// Simulate a speaker feeding the answer back into the microphone at this level (0 to 1),
+    /// to try the echo cancellation with a recording.
+    #[arg(long, value_name = "LEVEL", default_value_t = 0.0)]
+    pub echo: f32,
 }
 
 /// The voice models' files.
@@ -119,55 +124,35 @@ fn source(path: &Path) -> Result<Source> {
     Ok(Source::Samples(audio::read_wav(path)?.samples))
 }
 
-/// What the speaking thread did.
-struct Spoken {
-    audio: Audio,
-    sentences: usize,
-}
-
-/// Speaks pieces of the answer as they arrive, a sentence at a time; sets `first_audio` when
-/// the first sentence's audio is ready.
+/// Speaks pieces of the answer as they arrive, a sentence at a time, into `playback` (which
+/// starts playing with the first); stops speaking when the user barges in. Returns the sentences
+/// spoken.
 fn speak_thread(
     mut voice: Voice,
     pieces: std::sync::mpsc::Receiver<String>,
-    first_audio: Arc<(Mutex<Option<Instant>>, std::sync::Condvar)>,
-) -> Result<Spoken, String> {
+    playback: Arc<Playback>,
+) -> Result<usize, String> {
     let mut sentences = Sentences::new();
-    let mut audio = Audio {
-        samples: Vec::new(),
-        rate: 22_050,
-    };
     let mut count = 0;
-    let mut speak = |sentence: String, audio: &mut Audio| -> Result<(), String> {
+    let mut speak = |sentence: String| -> Result<(), String> {
+        if playback.stopped().is_some() {
+            return Ok(());
+        }
         let spoken = voice.speak(&sentence).map_err(|e| e.to_string())?;
-        if count == 0 {
-            let (lock, ready) = &*first_audio;
-            if let Ok(mut first) = lock.lock() {
-                *first = Some(Instant::now());
-            }
-            ready.notify_all();
-        }
+        playback.queue(&spoken, Instant::now());
         count += 1;
-        if audio.samples.is_empty() {
-            audio.rate = spoken.rate;
-        }
-        audio
-            .samples
-            .extend(audio::resample(&spoken.samples, spoken.rate, audio.rate));
         Ok(())
     };
     for piece in pieces {
         for sentence in sentences.push(&piece) {
-            speak(sentence, &mut audio)?;
+            speak(sentence)?;
         }
     }
     if let Some(rest) = sentences.finish() {
-        speak(rest, &mut audio)?;
+        speak(rest)?;
     }
-    Ok(Spoken {
-        audio,
-        sentences: count,
-    })
+    playback.complete();
+    Ok(count)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -214,13 +199,20 @@ pub fn run(home: &Home, out: Output, args: ListenArgs) -> Result<()> {
 }
 
 async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) -> Result<Value> {
+    if !(0.0..=1.0).contains(&args.echo) {
+        bail!("--echo is a level from 0 to 1, not {}", args.echo);
+    }
     let models = VoiceModels::find()?;
     let source = source(&args.file)?;
     // Everything loads at once: the speech worker, the voice models, the voice, and (without a
     // running node) the language model.
+    // The model leaves a core to the listening thread, which must keep up with the microphone
+    // to hear the user barge in.
+    let spare =
+        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)) as u32;
     let engine = node
         .is_none()
-        .then(|| crate::llm::start_engine(EngineMetrics::default()));
+        .then(|| crate::llm::start_engine_with(EngineMetrics::default(), Some(spare)));
     let stt = SttWorker::start(&models.stt_worker, &models.stt, None);
     let push_to_talk = args.push_to_talk;
     let front = {
@@ -262,9 +254,14 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
     } else {
         Pace::RealTime
     };
-    let (heard, _, stt) = pipeline::hear(listener, source, pace, stt).await?;
+    let playback = Arc::new(Playback::new());
+    let watch = Watch::new(Arc::clone(&playback), args.echo);
+    let outcome = Arc::clone(&watch.outcome);
+    let (heard, feeding, stt) = pipeline::hear(listener, source, pace, stt, Some(watch)).await?;
     stt.shutdown().await;
     let Some(utterance) = heard.utterance else {
+        playback.complete();
+        feeding.finish().await?;
         if let Some(engine) = engine {
             engine.shutdown().await;
         }
@@ -320,18 +317,20 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
             "note",
             json!("nothing was said after the wake word"),
         );
+        playback.complete();
+        feeding.finish().await?;
         if let Some(engine) = engine {
             engine.shutdown().await;
         }
         return Ok(turn);
     }
 
-    // The answer streams into the speaking thread.
+    // The answer streams into the speaking thread, which plays it; the listening thread goes on
+    // listening for the user talking over it.
     let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
-    let first_audio = Arc::new((Mutex::new(None::<Instant>), std::sync::Condvar::new()));
     let speaking = {
-        let first_audio = Arc::clone(&first_audio);
-        std::thread::spawn(move || speak_thread(voice, pieces, first_audio))
+        let playback = Arc::clone(&playback);
+        std::thread::spawn(move || speak_thread(voice, pieces, playback))
     };
     let first_token_at = Arc::new(Mutex::new(None::<Instant>));
     let on_piece = {
@@ -347,36 +346,30 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
             let _ = pieces_tx.send(piece.to_owned());
         }
     };
-    let timings_before = timings.clone();
-    let voice_timings = {
-        let first_audio = Arc::clone(&first_audio);
+    // The stage timings once the turn is over (first token, first audio, barge-in).
+    let after = {
         let first_token_at = Arc::clone(&first_token_at);
-        move || {
-            // Called as the answer is saved: by then its text has all gone to the speaking
-            // thread, which reports its first audio soon after (a sentence takes ~0.1-0.5 s).
-            let mut timings = timings_before;
-            let (lock, ready) = &*first_audio;
-            if let Ok(first) = lock.lock()
-                && let Ok((first, _)) =
-                    ready.wait_timeout_while(first, Duration::from_secs(30), |f| f.is_none())
-                && let Some(first) = *first
-            {
-                timings.insert(
-                    "end_of_speech_to_first_audio".to_owned(),
-                    millis(first.saturating_duration_since(spoken)),
+        let playback = Arc::clone(&playback);
+        move |barge: Option<BargeIn>| {
+            let mut t = BTreeMap::new();
+            let since = |i: Instant| millis(i.saturating_duration_since(spoken));
+            if let Some(first) = first_token_at.lock().ok().and_then(|f| *f) {
+                t.insert("end_of_speech_to_first_token".to_owned(), since(first));
+            }
+            if let Some(first) = playback.started() {
+                t.insert("end_of_speech_to_first_audio".to_owned(), since(first));
+            }
+            if let Some(b) = barge {
+                t.insert("barge_in_at".to_owned(), samples_ms(b.speech_at));
+                t.insert(
+                    "barge_in_to_stop".to_owned(),
+                    millis(b.stopped.saturating_duration_since(b.speech_started)),
                 );
             }
-            if let Ok(first) = first_token_at.lock()
-                && let Some(first) = *first
-            {
-                timings.insert(
-                    "end_of_speech_to_first_token".to_owned(),
-                    millis(first.saturating_duration_since(spoken)),
-                );
-            }
-            timings
+            t
         }
     };
+    let before = timings.clone();
     let answer = match &node {
         Some(client) => {
             crate::client::ask_node(
@@ -389,57 +382,49 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
             .await?
         }
         None => {
+            let after = after.clone();
+            let outcome = Arc::clone(&outcome);
+            // Saved once the turn is over, so the conversation has every stage and whether the
+            // user interrupted. The listening thread ends by itself (the answer played, the
+            // recording ended, or a barge-in), without this task's help.
+            let stored = move || {
+                let barge = outcome.wait(Duration::from_secs(600));
+                before.into_iter().chain(after(barge)).collect()
+            };
             crate::client::ask_offline(
                 home,
                 engine,
                 &request,
                 args.conversation.clone(),
-                voice_timings,
+                stored,
                 on_piece,
             )
             .await?
         }
     };
-    let spoken_answer = tokio::task::spawn_blocking(move || speaking.join())
+    let sentences = tokio::task::spawn_blocking(move || speaking.join())
         .await
         .context("the speaking thread")?
         .map_err(|_| anyhow::anyhow!("the speaking thread failed"))?
         .map_err(|e| anyhow::anyhow!("speaking the answer: {e}"))?;
-    // The timings as measured (the node's copy of a turn answered by a running node lacks the
-    // first audio, which comes after it saved the answer).
-    let mut timings: BTreeMap<String, u64> =
-        timings.into_iter().chain(timings_from(&answer)).collect();
-    if let Ok(first) = first_token_at.lock()
-        && let Some(first) = *first
-    {
-        timings.insert(
-            "end_of_speech_to_first_token".to_owned(),
-            millis(first.saturating_duration_since(spoken)),
-        );
-    }
-    if let Ok(first) = first_audio.0.lock()
-        && let Some(first) = *first
-    {
-        timings.insert(
-            "end_of_speech_to_first_audio".to_owned(),
-            millis(first.saturating_duration_since(spoken)),
-        );
-    }
+    let (_, barge) = feeding.finish().await?;
+    let timings: BTreeMap<String, u64> = timings
+        .into_iter()
+        .chain(timings_from(&answer))
+        .chain(after(barge))
+        .collect();
     for (key, value) in &answer.as_object().cloned().unwrap_or_default() {
         if !matches!(key.as_str(), "timings_ms") {
             set(&mut turn, key, value.clone());
         }
     }
-    set(&mut turn, "interrupted", json!(false));
+    let heard_audio = playback.played();
+    set(&mut turn, "interrupted", json!(barge.is_some()));
     set(&mut turn, "timings_ms", json!(timings));
-    set(
-        &mut turn,
-        "sentences_spoken",
-        json!(spoken_answer.sentences),
-    );
-    set(&mut turn, "audio_ms", json!(spoken_answer.audio.millis()));
+    set(&mut turn, "sentences_spoken", json!(sentences));
+    set(&mut turn, "audio_ms", json!(heard_audio.millis()));
     if let Some(path) = &args.out {
-        audio::write_wav(path, &spoken_answer.audio)?;
+        audio::write_wav(path, &heard_audio)?;
         set(&mut turn, "audio_out", json!(path));
     }
     Ok(turn)

@@ -31,6 +31,11 @@ fn env_number(var: &str) -> Option<u32> {
 /// Starts the engine for this machine's model (it reports a clear problem, rather than failing
 /// here, when the model or the worker is missing: the node runs without answers then).
 pub fn start_engine(metrics: EngineMetrics) -> EngineHandle {
+    start_engine_with(metrics, None)
+}
+
+/// [`start_engine`], with `threads` unless `JARVIS_LLM_THREADS` says otherwise.
+pub fn start_engine_with(metrics: EngineMetrics, threads: Option<u32>) -> EngineHandle {
     let name = model_name();
     let model = ModelStore::from_env()
         .and_then(|store| store.path(&name))
@@ -43,7 +48,7 @@ pub fn start_engine(metrics: EngineMetrics) -> EngineHandle {
         std::path::PathBuf::from(LLM_WORKER)
     });
     let mut config = EngineConfig::new(worker, model, name);
-    config.threads = env_number("JARVIS_LLM_THREADS");
+    config.threads = env_number("JARVIS_LLM_THREADS").or(threads);
     if let Some(slots) = env_number("JARVIS_LLM_SLOTS") {
         config.slots = slots.clamp(1, 64);
     }

@@ -77,6 +77,8 @@ fn speech(dir: &Path, name: &str, text: &str, pad: f32) -> PathBuf {
 
 fn listen(home: &Path, args: &[&str]) -> (Value, String, bool) {
     let out = jarvis(home)
+        // The default for `listen`: the model leaves a core to the listening thread.
+        .env_remove("JARVIS_LLM_THREADS")
         .arg("listen")
         .args(args)
         .arg("--json")
@@ -287,4 +289,121 @@ fn bad_recordings_get_a_clear_error() {
     assert!(!ok);
     assert!(stderr.contains("/nonexistent/q.wav"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Concatenates WAV files (same format) with sox.
+fn concat(dir: &Path, parts: &[&Path]) -> PathBuf {
+    let out = dir.join("joined.wav");
+    let status = Command::new("sox").args(parts).arg(&out).status();
+    assert!(status.unwrap().success());
+    out
+}
+
+fn seconds(wav: &Path) -> f64 {
+    let out = Command::new("sox")
+        .args(["--i", "-D"])
+        .arg(wav)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The user talks over the answer: playback stops within 300 ms of their first word, the turn
+/// says it was interrupted, and the spoken answer ends there.
+#[test]
+fn speaking_over_the_answer_stops_it_within_300_ms() {
+    let home = home();
+    let dir = tempfile::tempdir().unwrap();
+    // A long answer, and "stop" 4 s after the question: the answer is playing by then.
+    let question = speech(
+        dir.path(),
+        "q",
+        "hey jarvis, tell me a long story about a dragon",
+        0.5,
+    );
+    let stop = speech(dir.path(), "stop", "stop, please stop", 3.5);
+    let injected_ms = (seconds(&question) + 3.5) * 1000.0;
+    let wav = concat(dir.path(), &[&question, &stop]);
+    let out_wav = dir.path().join("answer.wav");
+    let (turn, stderr, ok) = listen(
+        home.path(),
+        &[
+            "--file",
+            wav.to_str().unwrap(),
+            "--out",
+            out_wav.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{stderr}\n{turn}");
+    assert_eq!(turn["interrupted"], true, "{turn}");
+    let t = &turn["timings_ms"];
+    let heard_at = t["barge_in_at"].as_f64().unwrap();
+    assert!(
+        (heard_at - injected_ms).abs() < 200.0,
+        "speech heard at {heard_at} ms, injected at {injected_ms} ms: {turn}"
+    );
+    let to_stop = t["barge_in_to_stop"].as_u64().unwrap();
+    assert!(
+        to_stop <= 300,
+        "playback stopped {to_stop} ms after the user spoke: {turn}"
+    );
+    // What was played ends at the interruption: no longer than from first audio to the stop
+    // (nothing, if the user spoke before the answer began, as on a slow machine).
+    let eos = t["end_of_speech_at"].as_f64().unwrap();
+    let played = turn["audio_ms"].as_f64().unwrap();
+    match t["end_of_speech_to_first_audio"].as_f64() {
+        Some(first_audio) => assert!(
+            played <= heard_at + to_stop as f64 - (eos + first_audio) + 50.0,
+            "{turn}"
+        ),
+        None => assert_eq!(played, 0.0, "{turn}"),
+    }
+    assert!((seconds(&out_wav) * 1000.0 - played).abs() < 50.0);
+    // The conversation records the interruption.
+    let shown = common::json_ok(
+        jarvis(home.path()),
+        &["show", turn["conversation_id"].as_str().unwrap()],
+    );
+    assert_eq!(
+        shown["messages"][1]["timings_ms"]["barge_in_to_stop"], to_stop,
+        "{shown}"
+    );
+}
+
+/// The microphone hears the answer (simulated: 60% of it, 10 ms late): echo cancellation keeps
+/// the assistant from interrupting itself.
+#[test]
+fn the_answer_heard_through_the_microphone_does_not_interrupt_it() {
+    let home = home();
+    let dir = tempfile::tempdir().unwrap();
+    let question = speech(
+        dir.path(),
+        "q",
+        "hey jarvis, tell me a long story about a dragon",
+        0.5,
+    );
+    let quiet = dir.path().join("quiet.wav");
+    let status = Command::new("sox")
+        .args(["-n", "-r", "16000", "-c", "1", "-b", "16"])
+        .arg(&quiet)
+        .args(["trim", "0", "6"])
+        .status();
+    assert!(status.unwrap().success());
+    let wav = concat(dir.path(), &[&question, &quiet]);
+    let (turn, stderr, ok) = listen(
+        home.path(),
+        &["--file", wav.to_str().unwrap(), "--echo", "0.6"],
+    );
+    assert!(ok, "{stderr}\n{turn}");
+    assert!(
+        turn["timings_ms"]["end_of_speech_to_first_audio"]
+            .as_u64()
+            .is_some(),
+        "{turn}"
+    );
+    assert_eq!(turn["interrupted"], false, "{turn}");
+    assert!(
+        turn["audio_ms"].as_u64().unwrap() > 4000,
+        "the answer played on: {turn}"
+    );
 }

@@ -14,9 +14,11 @@
 //!   streaming answer into sentences so speech starts at the first one.
 
 pub mod audio;
+pub mod echo;
 pub mod listener;
 pub mod onnx;
 pub mod pipeline;
+pub mod playback;
 pub mod stt;
 pub mod tts;
 pub mod turn;

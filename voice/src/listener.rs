@@ -24,6 +24,7 @@ pub struct Listener {
     frame: Vec<f32>,
     /// The best wake score heard.
     pub best_wake_score: f32,
+    config: TurnConfig,
 }
 
 impl Listener {
@@ -44,6 +45,7 @@ impl Listener {
             vad,
             wake,
             turn: Turn::new(config),
+            config,
             audio: Vec::new(),
             offset: 0,
             position: 0,
@@ -56,6 +58,7 @@ impl Listener {
     pub fn next_turn(&mut self, config: TurnConfig) {
         let mut config = config;
         config.require_wake = self.wake.is_some();
+        self.config = config;
         self.turn = Turn::new(config);
         if let Some(w) = &mut self.wake {
             w.reset();
@@ -68,6 +71,14 @@ impl Listener {
     /// Whether turns wait for the wake word.
     pub fn needs_wake(&self) -> bool {
         self.wake.is_some()
+    }
+
+    /// Listens for any speech, wake word or not, from now on (the user talking over an answer).
+    pub fn barge_in_turn(&mut self) {
+        self.turn = Turn::new(TurnConfig {
+            require_wake: false,
+            ..self.config
+        });
     }
 
     /// Samples heard so far.

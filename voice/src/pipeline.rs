@@ -4,11 +4,14 @@
 //! returns what was heard. Used by `jarvis listen` and by the `stt` benchmark alike.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::echo::{EchoCanceller, MAX_LAG, echo_likeness};
 use crate::listener::Listener;
+use crate::playback::Playback;
 use crate::stt::{SttWorker, Transcript};
 use crate::turn::TurnEvent;
 use crate::{Result, VoiceError};
@@ -33,6 +36,111 @@ pub enum Pace {
     RealTime,
     /// As fast as the pipeline takes it.
     Fast,
+}
+
+/// Listening on while the answer plays: the user speaking over it (barge-in) stops it. The
+/// microphone's copy of the answer is removed first (echo cancellation), so the assistant does
+/// not interrupt itself.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// The answer's playback.
+    pub playback: Arc<Playback>,
+    /// Simulated speaker-to-microphone coupling for recordings and tests: this fraction of
+    /// what plays is added to the input, 10 ms late (0: none).
+    pub echo: f32,
+    /// How the watch ended, for threads that cannot await [`Feeding::finish`].
+    pub outcome: Arc<Outcome>,
+}
+
+impl Watch {
+    /// Watching `playback`, with `echo` simulated coupling.
+    pub fn new(playback: Arc<Playback>, echo: f32) -> Self {
+        Self {
+            playback,
+            echo,
+            outcome: Arc::new(Outcome::default()),
+        }
+    }
+}
+
+/// The end of a watch: set when the listening thread ends, with the barge-in if there was one.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    state: std::sync::Mutex<(bool, Option<BargeIn>)>,
+    ended: std::sync::Condvar,
+}
+
+impl Outcome {
+    fn end(&self, barge: Option<BargeIn>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 = true;
+            if barge.is_some() {
+                s.1 = barge;
+            }
+        }
+        self.ended.notify_all();
+    }
+
+    /// Blocks until listening ended (at most `timeout`); returns the barge-in, if any.
+    pub fn wait(&self, timeout: Duration) -> Option<BargeIn> {
+        let Ok(state) = self.state.lock() else {
+            return None;
+        };
+        self.ended
+            .wait_timeout_while(state, timeout, |s| !s.0)
+            .ok()
+            .and_then(|(s, _)| s.1)
+    }
+}
+
+/// Marks the watch ended however the thread leaves.
+struct EndGuard(Option<Arc<Outcome>>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if let Some(outcome) = &self.0 {
+            outcome.end(None);
+        }
+    }
+}
+
+/// The user spoke over the answer.
+#[derive(Debug, Clone, Copy)]
+pub struct BargeIn {
+    /// Where their speech started, in samples.
+    pub speech_at: u64,
+    /// When that sample was fed.
+    pub speech_started: Instant,
+    /// When playback stopped.
+    pub stopped: Instant,
+}
+
+/// The listening thread, still running while the answer plays (with a [`Watch`]).
+pub struct Feeding {
+    thread: tokio::task::JoinHandle<Result<Listener>>,
+    events: mpsc::Receiver<Event>,
+}
+
+impl Feeding {
+    /// Waits for the listening to end (at once without a [`Watch`]; with one, when the answer
+    /// has played, the input has ended, or the user barged in). Returns the listener and the
+    /// barge-in, if any.
+    ///
+    /// # Errors
+    /// A model or the input failing.
+    pub async fn finish(mut self) -> Result<(Listener, Option<BargeIn>)> {
+        let mut barge = None;
+        while let Some(event) = self.events.recv().await {
+            if let Event::BargeIn(b) = event {
+                barge = Some(b);
+            }
+        }
+        let listener = self
+            .thread
+            .await
+            .map_err(|e| VoiceError::Audio(format!("the listening thread: {e}")))??;
+        Ok((listener, barge))
+    }
 }
 
 /// What one turn heard.
@@ -87,9 +195,11 @@ enum Event {
     Ended {
         best_wake_score: f32,
     },
+    BargeIn(BargeIn),
 }
 
-/// Runs one turn. Returns what was heard, with the listener and the worker for the next turn.
+/// Runs one turn. Returns what was heard, the listening (still running with a `watch`, for
+/// barge-in), and the worker for the next turn.
 ///
 /// # Errors
 /// A model failing, the worker stopping, or the input failing.
@@ -98,9 +208,11 @@ pub async fn hear(
     source: Source,
     pace: Pace,
     stt: SttWorker,
-) -> Result<(Heard, Listener, SttWorker)> {
+    watch: Option<Watch>,
+) -> Result<(Heard, Feeding, SttWorker)> {
     let (events_tx, mut events) = mpsc::channel(16);
-    let feeding = tokio::task::spawn_blocking(move || feed(listener, source, pace, events_tx));
+    let thread =
+        tokio::task::spawn_blocking(move || feed(listener, source, pace, events_tx, watch));
     let (requests, mut results, stt_task) = transcriber(stt);
     let mut heard = Heard {
         woke: false,
@@ -139,14 +251,13 @@ pub async fn hear(
                 heard.wake_score = heard.wake_score.max(best_wake_score);
                 break;
             }
+            Event::BargeIn(_) => {}
         }
     }
-    drop(events);
-    let listener = feeding
-        .await
-        .map_err(|e| VoiceError::Audio(format!("the listening thread: {e}")))??;
+    let feeding = Feeding { thread, events };
     if let Some((end_of_speech, decided_at, spoken, decided, audio)) = finished {
-        heard.woke = heard.woke || !listener.needs_wake();
+        // Without a wake word every utterance counts as woken.
+        heard.woke = true;
         let speculative = requested.contains(&end_of_speech);
         if !speculative {
             requests
@@ -176,7 +287,7 @@ pub async fn hear(
     let stt = stt_task
         .await
         .map_err(|e| VoiceError::Model(format!("the speech task: {e}")))?;
-    Ok((heard, listener, stt))
+    Ok((heard, feeding, stt))
 }
 
 type Requests = mpsc::Sender<(u64, Vec<f32>)>;
@@ -201,12 +312,25 @@ fn transcriber(mut worker: SttWorker) -> (Requests, Results, tokio::task::JoinHa
 }
 
 /// Feeds the source to the listener and reports what it heard; returns the listener.
+/// Delay of the simulated echo (10 ms).
+const ECHO_DELAY: usize = 160;
+/// Input this much like the answer (normalised correlation) is its echo, not the user.
+const ECHO_GATE: f32 = 0.6;
+
 fn feed(
     mut listener: Listener,
     mut source: Source,
     pace: Pace,
     events: mpsc::Sender<Event>,
+    watch: Option<Watch>,
 ) -> Result<Listener> {
+    let _end = EndGuard(watch.as_ref().map(|w| Arc::clone(&w.outcome)));
+    // After the utterance, with a watch: the answer's playback and its echo.
+    let mut watching = false;
+    let mut aec = EchoCanceller::new(512, 0.05);
+    let mut echo_line: std::collections::VecDeque<f32> =
+        std::iter::repeat_n(0.0, ECHO_DELAY).collect();
+    let mut history: std::collections::VecDeque<f32> = std::iter::repeat_n(0.0, MAX_LAG).collect();
     let started = Instant::now();
     let first = listener.position();
     let at = |sample: u64| {
@@ -248,7 +372,8 @@ fn feed(
         } else {
             chunk
         };
-        let end = listener.position() + chunk.len() as u64;
+        let begin = listener.position();
+        let end = begin + chunk.len() as u64;
         if paced {
             let due = at(end);
             let now = Instant::now();
@@ -256,7 +381,50 @@ fn feed(
                 std::thread::sleep(due - now);
             }
         }
+        let chunk = match (&watch, watching) {
+            (Some(w), true) => {
+                let reference = w.playback.reference(at(begin), chunk.len());
+                let mic: Vec<f32> = chunk
+                    .iter()
+                    .zip(&reference)
+                    .map(|(&m, &r)| {
+                        echo_line.push_back(r);
+                        m + w.echo * echo_line.pop_front().unwrap_or(0.0)
+                    })
+                    .collect();
+                let residual = aec.process(&mic, &reference);
+                history.extend(reference.iter().copied());
+                while history.len() > MAX_LAG + residual.len() {
+                    history.pop_front();
+                }
+                // What the canceller has not removed yet (it learns the room in about a
+                // second) still looks like the answer: the detector hears silence instead.
+                let likeness = echo_likeness(&residual, history.make_contiguous());
+                if likeness > ECHO_GATE {
+                    vec![0.0; residual.len()]
+                } else {
+                    residual
+                }
+            }
+            _ => chunk,
+        };
         for event in listener.push(&chunk)? {
+            if watching {
+                if let (TurnEvent::SpeechStarted { at: speech_at }, Some(w)) = (event, &watch) {
+                    let now = Instant::now();
+                    if w.playback.stop(now) {
+                        let barge = BargeIn {
+                            speech_at,
+                            speech_started: if paced { at(speech_at) } else { now },
+                            stopped: now,
+                        };
+                        w.outcome.end(Some(barge));
+                        let _ = events.blocking_send(Event::BargeIn(barge));
+                        return Ok(listener);
+                    }
+                }
+                continue;
+            }
             let message = match event {
                 TurnEvent::Woke { at, score } => Event::Woke { at, score },
                 TurnEvent::SpeechStarted { .. } => continue,
@@ -291,8 +459,23 @@ fn feed(
                 return Ok(listener);
             }
         }
-        if listener.is_done() {
+        let Some(w) = &watch else {
+            if listener.is_done() {
+                return Ok(listener);
+            }
+            continue;
+        };
+        if watching && !w.playback.pending(Instant::now()) {
             return Ok(listener);
+        }
+        if listener.is_done() {
+            // The utterance is over (or speech that did not barge in ended): listen on, for
+            // any speech, while the answer plays.
+            if !watching {
+                trailing = 0;
+            }
+            watching = true;
+            listener.barge_in_turn();
         }
     }
     let _ = events.blocking_send(Event::Ended {

@@ -26,6 +26,9 @@ pub struct Sentences {
 
 /// A sentence shorter than this waits for more text (so "1." or "Dr." is not spoken alone).
 const MIN_SENTENCE: usize = 12;
+/// A sentence longer than this is spoken up to its last comma or semicolon within it: a run-on
+/// answer still starts speaking soon, and in pieces.
+const MAX_CLAUSE: usize = 120;
 
 impl Sentences {
     /// A new splitter.
@@ -43,6 +46,27 @@ impl Sentences {
                 let ends =
                     matches!(c, '.' | '!' | '?' | ';' | ':') && next.is_whitespace() || c == '\n';
                 (ends && i + 1 >= MIN_SENTENCE).then_some(i + c.len_utf8())
+            });
+            let cut = cut.or_else(|| {
+                if self.buffer.len() < MAX_CLAUSE {
+                    return None;
+                }
+                let commas = self.buffer.char_indices().filter(|&(i, c)| {
+                    matches!(c, ',' | ';')
+                        && i + 1 >= MIN_SENTENCE
+                        && self.buffer.get(i + 1..).is_some_and(|r| r.starts_with(' '))
+                });
+                // The last comma within the limit, else the first one after it.
+                let mut within = None;
+                for (i, _) in commas {
+                    if i < MAX_CLAUSE || within.is_none() {
+                        within = Some(i + 1);
+                    }
+                    if i >= MAX_CLAUSE {
+                        break;
+                    }
+                }
+                within
             });
             let Some(cut) = cut else { break };
             let rest = self.buffer.split_off(cut);
@@ -365,6 +389,21 @@ mod tests {
             "a decimal point ends nothing"
         );
         assert_eq!(s.push(" euros! More"), vec!["Yes. It costs 3.50 euros!"]);
+    }
+
+    #[test]
+    fn a_run_on_sentence_is_spoken_in_clauses() {
+        let mut s = Sentences::new();
+        let clause = "and it is a tale of the unyielding, ";
+        let mut out = Vec::new();
+        for _ in 0..6 {
+            out.extend(s.push(clause));
+        }
+        assert!(!out.is_empty());
+        assert!(
+            out.iter().all(|c| c.len() <= 130 && c.ends_with(',')),
+            "{out:?}"
+        );
     }
 
     #[test]

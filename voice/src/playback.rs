@@ -1,0 +1,198 @@
+//! What is being played, on a timeline: the answer's audio is queued sentence by sentence as it
+//! is synthesised and plays from the first sentence on, in real time. The listening thread asks
+//! it what was playing at each moment (the reference the echo canceller removes) and stops it
+//! when the user barges in; what was played before the stop is what the user heard.
+//!
+//! It is the clock of a sound device without one: a file or test "plays" at wall-clock speed.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::audio::{Audio, RATE, resample};
+
+#[derive(Debug, Default)]
+struct State {
+    /// The answer at its own rate (what `played` returns).
+    audio: Vec<f32>,
+    rate: u32,
+    /// The same at 16 kHz (the echo reference).
+    reference: Vec<f32>,
+    started: Option<Instant>,
+    stopped: Option<Instant>,
+    complete: bool,
+}
+
+/// A playback timeline, shared between the speaking and listening threads.
+#[derive(Debug, Default)]
+pub struct Playback {
+    state: Mutex<State>,
+}
+
+impl Playback {
+    /// Nothing playing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        match self.state.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Queues audio; the first queued starts playing at `now`. Ignored once stopped.
+    pub fn queue(&self, audio: &Audio, now: Instant) {
+        self.with(|s| {
+            if s.stopped.is_some() {
+                return;
+            }
+            if s.started.is_none() {
+                s.started = Some(now);
+                s.rate = audio.rate;
+            }
+            let samples = resample(&audio.samples, audio.rate, s.rate);
+            s.reference.extend(resample(&samples, s.rate, RATE));
+            s.audio.extend(samples);
+        });
+    }
+
+    /// Nothing more will be queued.
+    pub fn complete(&self) {
+        self.with(|s| s.complete = true);
+    }
+
+    /// Stops at `now`; returns whether anything was still to play (a barge-in, not an end).
+    pub fn stop(&self, now: Instant) -> bool {
+        self.with(|s| {
+            if s.stopped.is_some() {
+                return false;
+            }
+            let pending = !Self::ended(s, now);
+            s.stopped = Some(now);
+            pending
+        })
+    }
+
+    fn position(s: &State, now: Instant) -> usize {
+        let end = s.stopped.map_or(now, |stop| stop.min(now));
+        s.started.map_or(0, |start| {
+            (end.saturating_duration_since(start).as_secs_f64() * f64::from(RATE)) as usize
+        })
+    }
+
+    fn ended(s: &State, now: Instant) -> bool {
+        s.stopped.is_some() || (s.complete && Self::position(s, now) >= s.reference.len())
+    }
+
+    /// Whether the answer is still to be heard (queued, playing, or not yet started).
+    pub fn pending(&self, now: Instant) -> bool {
+        self.with(|s| !Self::ended(s, now))
+    }
+
+    /// Whether it was stopped before its end.
+    pub fn stopped(&self) -> Option<Instant> {
+        self.with(|s| s.stopped)
+    }
+
+    /// When it started.
+    pub fn started(&self) -> Option<Instant> {
+        self.with(|s| s.started)
+    }
+
+    /// The 16 kHz samples playing during the `len` samples from `from` (silence where nothing
+    /// plays).
+    pub fn reference(&self, from: Instant, len: usize) -> Vec<f32> {
+        self.with(|s| {
+            let mut out = vec![0.0; len];
+            let (Some(start), false) = (s.started, s.stopped.is_some_and(|stop| stop <= from))
+            else {
+                return out;
+            };
+            let offset = from.saturating_duration_since(start).as_secs_f64() * f64::from(RATE);
+            let lead =
+                (start.saturating_duration_since(from).as_secs_f64() * f64::from(RATE)) as usize;
+            let first = offset as usize;
+            for (i, o) in out.iter_mut().enumerate().skip(lead) {
+                if let Some(&x) = s.reference.get(first + i - lead) {
+                    *o = x;
+                }
+            }
+            out
+        })
+    }
+
+    /// What the user heard: everything, or what played before the stop.
+    pub fn played(&self) -> Audio {
+        self.with(|s| {
+            let samples = match (s.started, s.stopped) {
+                (Some(start), Some(stop)) => {
+                    let n = (stop.saturating_duration_since(start).as_secs_f64()
+                        * f64::from(s.rate)) as usize;
+                    s.audio
+                        .get(..n.min(s.audio.len()))
+                        .unwrap_or_default()
+                        .to_vec()
+                }
+                _ => s.audio.clone(),
+            };
+            Audio {
+                samples,
+                rate: if s.rate == 0 { RATE } else { s.rate },
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn audio(seconds: f32) -> Audio {
+        Audio {
+            samples: vec![0.5; (seconds * 16_000.0) as usize],
+            rate: 16_000,
+        }
+    }
+
+    #[test]
+    fn it_plays_in_real_time_and_a_stop_cuts_what_was_heard() {
+        let p = Playback::new();
+        let t0 = Instant::now();
+        assert!(p.pending(t0));
+        p.queue(&audio(1.0), t0);
+        p.queue(&audio(1.0), t0 + Duration::from_millis(300));
+        p.complete();
+        assert!(p.pending(t0 + Duration::from_millis(1900)));
+        assert!(!p.pending(t0 + Duration::from_millis(2100)));
+        // The reference follows the timeline: silence before the start.
+        let r = p.reference(t0 - Duration::from_millis(10), 320);
+        assert_eq!(r[..160].iter().sum::<f32>(), 0.0);
+        assert_eq!(r[170], 0.5);
+        assert!(
+            p.stop(t0 + Duration::from_millis(500)),
+            "stopped with audio left"
+        );
+        assert_eq!(p.played().samples.len(), 8000);
+        assert!(!p.pending(t0 + Duration::from_millis(600)));
+        assert_eq!(
+            p.reference(t0 + Duration::from_millis(600), 10),
+            vec![0.0; 10]
+        );
+        assert!(
+            !p.stop(t0 + Duration::from_millis(700)),
+            "a second stop is not a barge-in"
+        );
+    }
+
+    #[test]
+    fn a_stop_after_the_end_is_not_a_barge_in() {
+        let p = Playback::new();
+        let t0 = Instant::now();
+        p.queue(&audio(0.5), t0);
+        p.complete();
+        assert!(!p.stop(t0 + Duration::from_secs(1)));
+        assert_eq!(p.played().samples.len(), 8000);
+    }
+}

@@ -10,6 +10,9 @@
 //! `JARVIS_WAKE_MODEL` replaces the wake word, `JARVIS_VOICE=espeak` skips Piper,
 //! `JARVIS_STT_WORKER` and `JARVIS_ONNXRUNTIME` point at the worker and onnxruntime.
 
+// `serde_json::Value[...]` with a string key returns `Null` for a missing key; it never panics.
+#![allow(clippy::indexing_slicing)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

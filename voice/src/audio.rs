@@ -32,27 +32,32 @@ impl Audio {
 /// # Errors
 /// A message naming the file when it cannot be read or is not a WAV file.
 pub fn read_wav(path: &Path) -> Result<Audio> {
-    let fail = |e: hound::Error| {
+    let file = std::fs::File::open(path)
+        .map_err(|e| VoiceError::Audio(format!("{}: {e}", path.display())))?;
+    decode_wav(std::io::BufReader::new(file)).map_err(|e| {
         VoiceError::Audio(format!(
             "{}: {e} (a WAV file is expected; convert other formats with `sox IN -r 16000 -c 1 OUT.wav`)",
             path.display()
         ))
-    };
-    let mut reader = hound::WavReader::open(path).map_err(fail)?;
+    })
+}
+
+/// Decodes WAV bytes as [`read_wav`] does (untrusted input: errors, never panics).
+///
+/// # Errors
+/// hound's message when the bytes are not a WAV file it can read.
+pub fn decode_wav(reader: impl std::io::Read) -> Result<Audio, hound::Error> {
+    let mut reader = hound::WavReader::new(reader)?;
     let spec = reader.spec();
     let channels = usize::from(spec.channels.max(1));
     let interleaved: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader
-            .samples::<f32>()
-            .collect::<Result<_, _>>()
-            .map_err(fail)?,
+        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>()?,
         hound::SampleFormat::Int => {
             let scale = 1.0 / (1_i64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
             reader
                 .samples::<i32>()
                 .map(|s| s.map(|s| s as f32 * scale))
-                .collect::<Result<_, _>>()
-                .map_err(fail)?
+                .collect::<Result<_, _>>()?
         }
     };
     let mono = downmix(&interleaved, channels);

@@ -296,9 +296,9 @@ pub fn espeak_speak(voice: &str, text: &str) -> Result<Audio> {
     parse_espeak_wav(&wav)
 }
 
-/// espeak-ng's `--stdout` WAV: a 44-byte header (its sizes unset when streaming), then 16-bit
+/// Parses espeak-ng's `--stdout` WAV: a 44-byte header (its sizes unset when streaming), then 16-bit
 /// mono samples.
-fn parse_espeak_wav(wav: &[u8]) -> Result<Audio> {
+pub fn parse_espeak_wav(wav: &[u8]) -> Result<Audio> {
     let bad = || VoiceError::Speech("espeak-ng's output is not a 16-bit WAV".to_owned());
     let u16_at = |at: usize| -> Option<u16> {
         Some(u16::from_le_bytes(wav.get(at..at + 2)?.try_into().ok()?))

@@ -18,10 +18,10 @@ as_root() {
 
 # System packages, by platform: a C toolchain (ring, sled), iproute2 and iptables (NAT) for the
 # network-namespace tests, procps for `kill` in the process tests, cmake and libclang for
-# llama.cpp and whisper.cpp (both build with cmake and run bindgen), espeak-ng and sox to make
-# the speech the voice tests listen to.
+# llama.cpp and whisper.cpp (both build with cmake and run bindgen), ALSA's headers for cpal (the
+# microphone and speaker), espeak-ng and sox to make the speech the voice tests listen to.
 install_system_packages() {
-  local debian_packages=(build-essential pkg-config iproute2 iptables procps cmake libclang-dev espeak-ng sox)
+  local debian_packages=(build-essential pkg-config iproute2 iptables procps cmake libclang-dev libasound2-dev espeak-ng sox)
   case "$(uname -s)" in
     Linux)
       if command -v apt-get >/dev/null; then

@@ -14,7 +14,7 @@
 #![allow(clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use jarvis_inference::models::{
 };
 use jarvis_inference::supervisor::find_worker;
 use jarvis_voice::audio;
+use jarvis_voice::device::{self, Microphone};
 use jarvis_voice::listener::Listener;
 use jarvis_voice::pipeline::{self, BargeIn, Pace, Source, Watch};
 use jarvis_voice::playback::Playback;
@@ -42,9 +43,19 @@ use crate::output::Output;
 #[derive(Debug, Args)]
 pub struct ListenArgs {
     /// The recording: a WAV file (any rate, mono or stereo), or `-` for raw 16 kHz mono 16-bit
-    /// little-endian PCM on stdin.
-    #[arg(long, value_name = "WAV")]
-    pub file: PathBuf,
+    /// little-endian PCM on stdin. Without it, the microphone.
+    #[arg(long, value_name = "WAV", conflicts_with = "mic")]
+    pub file: Option<PathBuf>,
+    /// The microphone to listen to (a name from --list-devices; default: the system's).
+    #[arg(long, value_name = "DEVICE")]
+    pub mic: Option<String>,
+    /// The speaker to answer through (default: the system's, when listening to the microphone;
+    /// none for a recording unless named).
+    #[arg(long, value_name = "DEVICE")]
+    pub speaker: Option<String>,
+    /// List the microphones and speakers, and exit.
+    #[arg(long)]
+    pub list_devices: bool,
     /// Write the spoken answer to this WAV file.
     #[arg(long, value_name = "WAV")]
     pub out: Option<PathBuf>,
@@ -63,6 +74,9 @@ pub struct ListenArgs {
     #[arg(long, value_name = "LEVEL", default_value_t = 0.0)]
     pub echo: f32,
 }
+
+/// The rate the speaker is opened at: Piper's and espeak-ng's voices speak at 22,050 Hz.
+const VOICE_RATE: u32 = 22_050;
 
 /// The voice models' files.
 struct VoiceModels {
@@ -120,11 +134,43 @@ impl VoiceModels {
     }
 }
 
-fn source(path: &Path) -> Result<Source> {
-    if path.as_os_str() == "-" {
-        return Ok(Source::Pcm(Box::new(std::io::stdin())));
+/// Where the audio comes from; with a microphone, the device (kept open while it is used).
+fn source(args: &ListenArgs) -> Result<(Source, Option<Microphone>)> {
+    match &args.file {
+        Some(path) if path.as_os_str() == "-" => {
+            Ok((Source::Pcm(Box::new(std::io::stdin())), None))
+        }
+        Some(path) => Ok((Source::Samples(audio::read_wav(path)?.samples), None)),
+        None => {
+            let (mic, chunks) = device::open_microphone(args.mic.as_deref())?;
+            tracing::info!(device = %mic.name, rate = mic.rate, "listening to the microphone");
+            Ok((Source::Chunks(chunks), Some(mic)))
+        }
     }
-    Ok(Source::Samples(audio::read_wav(path)?.samples))
+}
+
+/// `jarvis listen --list-devices`.
+fn list_devices(out: Output) {
+    let devices = device::devices();
+    let value = json!({
+        "inputs": devices.iter().filter(|d| d.2).map(|d| json!({"id": d.0, "description": d.1})).collect::<Vec<_>>(),
+        "outputs": devices.iter().filter(|d| !d.2).map(|d| json!({"id": d.0, "description": d.1})).collect::<Vec<_>>(),
+    });
+    out.emit(&value, || {
+        let mut text = String::new();
+        for (kind, input) in [("microphones", true), ("speakers", false)] {
+            text.push_str(&format!("{kind}:\n"));
+            let mut any = false;
+            for d in devices.iter().filter(|d| d.2 == input) {
+                any = true;
+                text.push_str(&format!("  {:<32} {}\n", d.0, d.1));
+            }
+            if !any {
+                text.push_str("  (none)\n");
+            }
+        }
+        text.trim_end().to_owned()
+    });
 }
 
 /// Speaks pieces of the answer as they arrive, a sentence at a time, into `playback` (which
@@ -168,6 +214,10 @@ fn samples_ms(samples: u64) -> u64 {
 
 /// `jarvis listen`.
 pub fn run(home: &Home, out: Output, args: ListenArgs) -> Result<()> {
+    if args.list_devices {
+        list_devices(out);
+        return Ok(());
+    }
     let running = crate::client::running(home)?;
     let turn = crate::client::block_on(turn(home, running, &args))?;
     out.emit(&turn, || {
@@ -206,7 +256,9 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
         bail!("--echo is a level from 0 to 1, not {}", args.echo);
     }
     let models = VoiceModels::find()?;
-    let source = source(&args.file)?;
+    // A recording is read now (a bad file fails before anything loads); the microphone opens
+    // once the models are loaded, so it does not hear stale audio.
+    let recording = args.file.is_some().then(|| source(args)).transpose()?;
     // Everything loads at once: the speech worker, the voice models, the voice, and (without a
     // running node) the language model.
     // The model leaves a core to the listening thread, which must keep up with the microphone
@@ -250,6 +302,10 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
     let (stt, front) = tokio::join!(stt, front);
     let stt = stt.context("starting speech to text")?;
     let (listener, voice) = front.context("loading the voice models")??;
+    let (source, mic) = match recording {
+        Some(recording) => recording,
+        None => source(args)?,
+    };
     let voice_name = voice.name();
 
     let pace = if args.fast {
@@ -258,6 +314,18 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
         Pace::RealTime
     };
     let playback = Arc::new(Playback::new());
+    // The answer plays through a speaker when listening live, or when one is named.
+    let speaker = match (&args.speaker, &args.file) {
+        (Some(name), _) => Some(device::open_speaker(
+            Some(name),
+            Arc::clone(&playback),
+            VOICE_RATE,
+        )?),
+        (None, None) => device::open_speaker(None, Arc::clone(&playback), VOICE_RATE)
+            .map_err(|e| tracing::warn!("{e}; the answer is shown but not spoken"))
+            .ok(),
+        (None, Some(_)) => None,
+    };
     let watch = Watch::new(Arc::clone(&playback), args.echo);
     let outcome = Arc::clone(&watch.outcome);
     let (heard, feeding, stt) = pipeline::hear(listener, source, pace, stt, Some(watch)).await?;
@@ -421,6 +489,15 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
             set(&mut turn, key, value.clone());
         }
     }
+    if speaker.is_some() {
+        // Let the answer finish playing (or be interrupted) before the program ends.
+        let until = Instant::now() + Duration::from_secs(600);
+        while playback.pending(Instant::now()) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop(speaker);
+    drop(mic);
     let heard_audio = playback.played();
     set(&mut turn, "interrupted", json!(barge.is_some()));
     set(&mut turn, "timings_ms", json!(timings));

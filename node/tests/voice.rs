@@ -407,3 +407,63 @@ fn the_answer_heard_through_the_microphone_does_not_interrupt_it() {
         "the answer played on: {turn}"
     );
 }
+
+/// The microphone path: cpal reading a real ALSA capture device (the `file` plugin playing a
+/// recording, testing.md), declared in the `.asoundrc` of a HOME made for the test. The device
+/// delivers the file unpaced, so only the words and the answer are checked, not the timings.
+#[test]
+fn a_question_from_the_microphone_is_answered() {
+    let home = home();
+    let dir = tempfile::tempdir().unwrap();
+    let wav = speech(
+        dir.path(),
+        "q",
+        "hey jarvis, what is the capital of France",
+        0.5,
+    );
+    let raw = dir.path().join("q.raw");
+    let status = Command::new("sox")
+        .arg(&wav)
+        .args(["-e", "signed-integer", "-t", "raw"])
+        .arg(&raw)
+        .status();
+    assert!(status.unwrap().success());
+    let asoundrc = format!(
+        "pcm.jarvis_mic {{\n type plug\n slave {{\n  pcm {{ type file; slave.pcm null; file \"/dev/null\"; infile \"{}\"; format \"raw\" }}\n  format S16_LE\n  rate 16000\n  channels 1\n }}\n}}\n",
+        raw.display()
+    );
+    std::fs::write(dir.path().join(".asoundrc"), asoundrc).unwrap();
+    let models = ModelStore::from_env().unwrap().dir().to_owned();
+    let listen_mic = |device: &str| {
+        jarvis(home.path())
+            .env_remove("JARVIS_LLM_THREADS")
+            .env("HOME", dir.path())
+            .env("JARVIS_MODELS", &models)
+            .args(["listen", "--mic", device, "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = listen_mic("alsa:jarvis_mic");
+    let turn: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        out.status.success(),
+        "{}\n{turn}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(turn["woke"], true, "{turn}");
+    let request = turn["request"].as_str().unwrap();
+    assert!(
+        request.starts_with("what is the capital ") && request.ends_with(" France?"),
+        "{turn}"
+    );
+    assert!(turn["answer"].as_str().unwrap().contains("Paris"), "{turn}");
+    // A device that does not exist: a clear error, no panic.
+    let out = listen_mic("alsa:no_such_microphone");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no_such_microphone") && stderr.contains("--list-devices"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -2,6 +2,9 @@
 //!
 //! Each stage is a small piece with one job, and the ones that decide things are sans-IO:
 //! - [`audio`]: WAV in and out, mono 16 kHz conversion (pure functions).
+//! - [`device`]: the microphone and the speaker (cpal), each stream on a thread of its own.
+//! - [`echo`]: echo cancellation (NLMS) and an echo gate, so the answer is not heard as the user.
+//! - [`playback`]: the answer's playback timeline, shared by the speaker and the listener.
 //! - [`onnx`]: loads onnxruntime at run time (the `ort` crate's `load-dynamic`), once per process.
 //! - [`vad`]: silero voice activity, one probability per 32 ms.
 //! - [`wake`]: the openWakeWord pipeline (melspectrogram → embedding → wake-word model), one score
@@ -14,6 +17,7 @@
 //!   streaming answer into sentences so speech starts at the first one.
 
 pub mod audio;
+pub mod device;
 pub mod echo;
 pub mod listener;
 pub mod onnx;

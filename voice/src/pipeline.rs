@@ -27,6 +27,8 @@ pub enum Source {
     Samples(Vec<f32>),
     /// Raw 16 kHz mono 16-bit little-endian PCM from a stream (stdin), fed as it arrives.
     Pcm(Box<dyn Read + Send>),
+    /// 16 kHz chunks as a device delivers them ([`crate::device::open_microphone`]).
+    Chunks(std::sync::mpsc::Receiver<Vec<f32>>),
 }
 
 /// How to feed the input.
@@ -333,10 +335,20 @@ fn feed(
     let mut history: std::collections::VecDeque<f32> = std::iter::repeat_n(0.0, MAX_LAG).collect();
     let started = Instant::now();
     let first = listener.position();
-    let at = |sample: u64| {
-        started + Duration::from_micros(sample.saturating_sub(first) * 1_000_000 / 16_000)
-    };
     let paced = pace == Pace::RealTime && matches!(source, Source::Samples(_));
+    // When a sample was heard: on the paced clock for a recording; for a live stream, counted
+    // back from now (a stream arrives in real time).
+    let at = |sample: u64, position: u64| {
+        if paced {
+            started + Duration::from_micros(sample.saturating_sub(first) * 1_000_000 / 16_000)
+        } else {
+            Instant::now()
+                .checked_sub(Duration::from_micros(
+                    position.saturating_sub(sample) * 1_000_000 / 16_000,
+                ))
+                .unwrap_or_else(Instant::now)
+        }
+    };
     let mut offset = 0;
     let mut trailing = 0_u64;
     let mut bytes = vec![0_u8; CHUNK * 2];
@@ -347,6 +359,7 @@ fn feed(
                 offset += CHUNK;
                 chunk.unwrap_or_default().to_vec()
             }
+            Source::Chunks(chunks) => chunks.recv().unwrap_or_default(),
             Source::Pcm(input) => {
                 let read = read_full(input, &mut bytes)
                     .map_err(|e| VoiceError::Audio(format!("reading the audio stream: {e}")))?;
@@ -375,7 +388,7 @@ fn feed(
         let begin = listener.position();
         let end = begin + chunk.len() as u64;
         if paced {
-            let due = at(end);
+            let due = at(end, end);
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
@@ -383,7 +396,7 @@ fn feed(
         }
         let chunk = match (&watch, watching) {
             (Some(w), true) => {
-                let reference = w.playback.reference(at(begin), chunk.len());
+                let reference = w.playback.reference(at(begin, end), chunk.len());
                 let mic: Vec<f32> = chunk
                     .iter()
                     .zip(&reference)
@@ -415,7 +428,7 @@ fn feed(
                     if w.playback.stop(now) {
                         let barge = BargeIn {
                             speech_at,
-                            speech_started: if paced { at(speech_at) } else { now },
+                            speech_started: at(speech_at, end),
                             stopped: now,
                         };
                         w.outcome.end(Some(barge));
@@ -444,11 +457,7 @@ fn feed(
                 } => Event::Utterance {
                     end_of_speech,
                     decided_at,
-                    spoken: if paced {
-                        at(end_of_speech)
-                    } else {
-                        Instant::now()
-                    },
+                    spoken: at(end_of_speech, listener.position()),
                     audio: listener.audio(start, end).to_vec(),
                 },
                 TurnEvent::TimedOut { .. } => Event::Ended {

@@ -20,6 +20,8 @@ struct State {
     started: Option<Instant>,
     stopped: Option<Instant>,
     complete: bool,
+    /// How far a sound device has rendered, in the answer's samples.
+    cursor: f64,
 }
 
 /// A playback timeline, shared between the speaking and listening threads.
@@ -122,6 +124,27 @@ impl Playback {
         })
     }
 
+    /// Fills `out` (mono, at `rate`) with the next samples for a sound device, silence when
+    /// nothing is queued or after a stop (linear interpolation between the rates).
+    pub fn render(&self, out: &mut [f32], rate: u32) {
+        self.with(|s| {
+            out.fill(0.0);
+            if s.stopped.is_some() || s.rate == 0 || rate == 0 {
+                return;
+            }
+            let step = f64::from(s.rate) / f64::from(rate);
+            for o in out.iter_mut() {
+                let i = s.cursor as usize;
+                let (Some(&a), b) = (s.audio.get(i), s.audio.get(i + 1)) else {
+                    break;
+                };
+                let frac = (s.cursor - i as f64) as f32;
+                *o = a + (b.copied().unwrap_or(a) - a) * frac;
+                s.cursor += step;
+            }
+        });
+    }
+
     /// What the user heard: everything, or what played before the stop.
     pub fn played(&self) -> Audio {
         self.with(|s| {
@@ -184,6 +207,24 @@ mod tests {
             !p.stop(t0 + Duration::from_millis(700)),
             "a second stop is not a barge-in"
         );
+    }
+
+    #[test]
+    fn a_device_renders_the_queue_then_silence() {
+        let p = Playback::new();
+        let mut out = vec![1.0; 4];
+        p.render(&mut out, 16_000);
+        assert_eq!(out, vec![0.0; 4], "nothing queued");
+        p.queue(
+            &Audio {
+                samples: vec![0.0, 1.0, 2.0],
+                rate: 8_000,
+            },
+            Instant::now(),
+        );
+        let mut out = vec![9.0; 8];
+        p.render(&mut out, 16_000);
+        assert_eq!(out, vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 0.0, 0.0]);
     }
 
     #[test]

@@ -5,7 +5,8 @@ source "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/.."
 install_system_packages
 ensure_rust
-say "building jarvis and its llama.cpp engine (release)"
-cargo build --release --locked -p jarvis-node --bin jarvis -p jarvis-llm --bin jarvis-llm-worker
+say "building jarvis and its llama.cpp and whisper.cpp engines (release)"
+cargo build --release --locked -p jarvis-node --bin jarvis -p jarvis-llm --bin jarvis-llm-worker \
+  -p jarvis-stt --bin jarvis-stt-worker
 ensure_models "$CARGO_TARGET_DIR/release/jarvis"
 exec "$CARGO_TARGET_DIR/release/jarvis" up "$@"

@@ -9,7 +9,7 @@
 //! - `transcribe`: our worker (process, protocol, base64) vs whisper-rs direct, same audio;
 //! - `true_end_of_speech_to_transcript_p50`: from the last audible sample, absolute.
 //!
-//! `voice-turn`: "hey jarvis, <question>" WAVs through `jarvis listen` against a running node
+//! `voice-turn`: `"hey jarvis, <question>"` WAVs through `jarvis listen` against a running node
 //! (release build, shipped models): end of speech to first audio of the answer, measured from
 //! the true end of speech in the WAV (the last audible sample), p50 over the questions.
 

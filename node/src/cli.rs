@@ -246,8 +246,12 @@ pub enum DevicesCommand {
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Do not start the voice pipeline (typed and API input only).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mic")]
     pub no_voice: bool,
+    /// The microphone to listen to (`jarvis listen --list-devices` names them; default: the
+    /// system's).
+    #[arg(long, value_name = "DEVICE")]
+    pub mic: Option<String>,
     /// Where the local API listens (loopback only).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7767")]
     pub api: std::net::SocketAddr,

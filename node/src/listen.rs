@@ -76,10 +76,10 @@ pub struct ListenArgs {
 }
 
 /// The rate the speaker is opened at: Piper's and espeak-ng's voices speak at 22,050 Hz.
-const VOICE_RATE: u32 = 22_050;
+pub(crate) const VOICE_RATE: u32 = 22_050;
 
 /// The voice models' files.
-struct VoiceModels {
+pub(crate) struct VoiceModels {
     onnxruntime: PathBuf,
     vad: PathBuf,
     melspectrogram: PathBuf,
@@ -102,7 +102,7 @@ fn present(path: PathBuf, name: &str) -> Result<PathBuf> {
 }
 
 impl VoiceModels {
-    fn find() -> Result<Self> {
+    pub(crate) fn find() -> Result<Self> {
         let store = ModelStore::from_env()?;
         let get = |name: &str| -> Result<PathBuf> { present(store.path(name)?, name) };
         let onnxruntime = match jarvis_voice::onnx::library_from_env() {
@@ -176,10 +176,10 @@ fn list_devices(out: Output) {
 /// Speaks pieces of the answer as they arrive, a sentence at a time, into `playback` (which
 /// starts playing with the first); stops speaking when the user barges in. Returns the sentences
 /// spoken.
-fn speak_thread(
-    mut voice: Voice,
+pub(crate) fn speak_thread(
+    voice: &mut Voice,
     pieces: std::sync::mpsc::Receiver<String>,
-    playback: Arc<Playback>,
+    playback: &Playback,
 ) -> Result<usize, String> {
     let mut sentences = Sentences::new();
     let mut count = 0;
@@ -204,12 +204,53 @@ fn speak_thread(
     Ok(count)
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn samples_ms(samples: u64) -> u64 {
+pub(crate) fn samples_ms(samples: u64) -> u64 {
     samples / 16
+}
+
+/// Loads the voice front end and starts the speech worker, all at once.
+pub(crate) async fn load(
+    models: &VoiceModels,
+    push_to_talk: bool,
+) -> Result<(Listener, Voice, SttWorker)> {
+    let stt = SttWorker::start(&models.stt_worker, &models.stt, None);
+    let front = {
+        let (ort, vad, mel, emb, word, piper) = (
+            models.onnxruntime.clone(),
+            models.vad.clone(),
+            models.melspectrogram.clone(),
+            models.embedding.clone(),
+            models.wake_word.clone(),
+            models.piper.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<(Listener, Voice)> {
+            let env = jarvis_voice::onnx::environment(&ort)?;
+            let wake = WakeModels {
+                melspectrogram: &mel,
+                embedding: &emb,
+                wake_word: &word,
+            };
+            let listener = Listener::load(
+                env,
+                &vad,
+                (!push_to_talk).then_some(&wake),
+                TurnConfig::default(),
+            )?;
+            let voice = match piper {
+                Some((model, config)) => Voice::Piper(Box::new(Piper::load(env, &model, &config)?)),
+                None => Voice::Espeak("en-us".into()),
+            };
+            Ok((listener, voice))
+        })
+    };
+    let (stt, front) = tokio::join!(stt, front);
+    let stt = stt.context("starting speech to text")?;
+    let (listener, voice) = front.context("loading the voice models")??;
+    Ok((listener, voice, stt))
 }
 
 /// `jarvis listen`.
@@ -268,44 +309,12 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
     let engine = node
         .is_none()
         .then(|| crate::llm::start_engine_with(EngineMetrics::default(), Some(spare)));
-    let stt = SttWorker::start(&models.stt_worker, &models.stt, None);
-    let push_to_talk = args.push_to_talk;
-    let front = {
-        let (ort, vad, mel, emb, word, piper) = (
-            models.onnxruntime.clone(),
-            models.vad.clone(),
-            models.melspectrogram.clone(),
-            models.embedding.clone(),
-            models.wake_word.clone(),
-            models.piper.clone(),
-        );
-        tokio::task::spawn_blocking(move || -> Result<(Listener, Voice)> {
-            let env = jarvis_voice::onnx::environment(&ort)?;
-            let wake = WakeModels {
-                melspectrogram: &mel,
-                embedding: &emb,
-                wake_word: &word,
-            };
-            let listener = Listener::load(
-                env,
-                &vad,
-                (!push_to_talk).then_some(&wake),
-                TurnConfig::default(),
-            )?;
-            let voice = match piper {
-                Some((model, config)) => Voice::Piper(Box::new(Piper::load(env, &model, &config)?)),
-                None => Voice::Espeak("en-us".into()),
-            };
-            Ok((listener, voice))
-        })
-    };
-    let (stt, front) = tokio::join!(stt, front);
-    let stt = stt.context("starting speech to text")?;
-    let (listener, voice) = front.context("loading the voice models")??;
+    let (listener, voice, stt) = load(&models, args.push_to_talk).await?;
     let (source, mic) = match recording {
         Some(recording) => recording,
         None => source(args)?,
     };
+    let push_to_talk = args.push_to_talk;
     let voice_name = voice.name();
 
     let pace = if args.fast {
@@ -401,7 +410,8 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
     let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
     let speaking = {
         let playback = Arc::clone(&playback);
-        std::thread::spawn(move || speak_thread(voice, pieces, playback))
+        let mut voice = voice;
+        std::thread::spawn(move || speak_thread(&mut voice, pieces, &playback))
     };
     let first_token_at = Arc::new(Mutex::new(None::<Instant>));
     let on_piece = {

@@ -18,6 +18,7 @@ mod openai;
 mod output;
 mod pairing;
 mod up;
+mod voice_loop;
 
 use std::process::ExitCode;
 

@@ -102,6 +102,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let mut shutdown = Shutdown::install()?;
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_voice = stop_rx.clone();
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let (events, _) = tokio::sync::broadcast::channel(crate::node::EVENT_QUEUE);
     let engine = crate::llm::start_engine(metrics.engine.clone());
@@ -126,6 +127,13 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     )?;
     let peer_id = node.peer_id();
     let server = tokio::spawn(server);
+    let voice = (!args.no_voice).then(|| {
+        tokio::spawn(crate::voice_loop::run(
+            home.clone(),
+            args.mic.clone(),
+            stop_rx_voice.clone(),
+        ))
+    });
     let model_line = match engine.wait_ready(std::time::Duration::from_secs(10)).await {
         jarvis_inference::supervisor::EngineState::Ready { .. } => {
             format!("  model:  {} (local, ready)\n", engine.model_name())
@@ -144,7 +152,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
             "user": user.as_str(),
             "personal": state.personal,
             "api": api_addr.to_string(),
-            "voice": false,
+            "voice": !args.no_voice,
             "model": crate::llm::model_status(&engine),
         }),
         || {
@@ -156,12 +164,15 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
                 user,
                 org.name,
                 org.root,
-                if args.no_voice { "" } else { "  voice:  not built yet (arrives with the voice pipeline)\n" }
+                if args.no_voice { "" } else { "  voice:  say \"hey jarvis\" (the log says why if there is no microphone or model)\n" }
             )
         },
     );
     let result = node.run(commands_rx, &mut shutdown).await;
     let _ = stop_tx.send(true);
+    if let Some(voice) = voice {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), voice).await;
+    }
     let _ = server.await;
     engine.shutdown().await;
     api::forget(&home);

@@ -467,3 +467,97 @@ fn a_question_from_the_microphone_is_answered() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `jarvis up` listens to the microphone: a question spoken into it (the ALSA capture device
+/// playing a recording) is answered by the node and saved in a conversation.
+#[test]
+fn the_running_node_answers_a_question_spoken_into_its_microphone() {
+    let home = home();
+    let dir = tempfile::tempdir().unwrap();
+    let wav = speech(
+        dir.path(),
+        "q",
+        "hey jarvis, what is the capital of France",
+        0.5,
+    );
+    let raw = dir.path().join("q.raw");
+    let status = Command::new("sox")
+        .arg(&wav)
+        .args(["-e", "signed-integer", "-t", "raw"])
+        .arg(&raw)
+        .status();
+    assert!(status.unwrap().success());
+    let asoundrc = format!(
+        "pcm.jarvis_mic {{\n type plug\n slave {{\n  pcm {{ type file; slave.pcm null; file \"/dev/null\"; infile \"{}\"; format \"raw\" }}\n  format S16_LE\n  rate 16000\n  channels 1\n }}\n}}\n",
+        raw.display()
+    );
+    std::fs::write(dir.path().join(".asoundrc"), asoundrc).unwrap();
+    let models = ModelStore::from_env().unwrap().dir().to_owned();
+    let (up, _, started) = common::spawn_up(
+        jarvis(home.path())
+            .env("HOME", dir.path())
+            .env("JARVIS_MODELS", &models)
+            .args([
+                "up",
+                "--json",
+                "--no-mdns",
+                "--api",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--mic",
+                "alsa:jarvis_mic",
+            ]),
+    );
+    // Stopped even if the test fails, so it does not outlive its home.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut up = Stop(up);
+    assert_eq!(started["voice"], true, "{started}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let answered = loop {
+        let list = common::json_ok(jarvis(home.path()), &["conversations"]);
+        let first = list["conversations"]
+            .as_array()
+            .and_then(|c| c.first().cloned());
+        if let Some(c) = first {
+            let shown = common::json_ok(jarvis(home.path()), &["show", c["id"].as_str().unwrap()]);
+            if shown["messages"][1]["status"] == "done" {
+                break shown;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no voice turn in 90 s: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let _ = Command::new("kill")
+        .args(["-INT", &up.0.id().to_string()])
+        .status();
+    let status = up.0.wait().unwrap();
+    assert!(status.success(), "jarvis up did not stop cleanly");
+    let request = answered["messages"][0]["text"].as_str().unwrap();
+    assert!(
+        request.starts_with("what is the capital ") && request.ends_with(" France?"),
+        "{answered}"
+    );
+    assert!(
+        answered["messages"][1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{answered}"
+    );
+    assert!(
+        answered["messages"][1]["timings_ms"]["end_of_speech_to_transcript"]
+            .as_u64()
+            .is_some(),
+        "{answered}"
+    );
+}

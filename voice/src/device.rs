@@ -103,6 +103,17 @@ fn config(device: &cpal::Device, rate: u32, input: bool) -> Result<(StreamConfig
     Ok((default.config(), default.sample_format()))
 }
 
+/// Checks that the microphone `name` (or a default one) exists and has a usable configuration,
+/// without opening it; returns its id.
+///
+/// # Errors
+/// As [`open_microphone`].
+pub fn find_microphone(name: Option<&str>) -> Result<String> {
+    let device = find(name, true)?;
+    config(&device, RATE, true)?;
+    Ok(device.id().map(|i| i.to_string()).unwrap_or_default())
+}
+
 /// A running microphone; dropping it stops the stream.
 pub struct Microphone {
     /// The device's id.

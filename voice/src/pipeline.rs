@@ -119,7 +119,7 @@ pub struct BargeIn {
 
 /// The listening thread, still running while the answer plays (with a [`Watch`]).
 pub struct Feeding {
-    thread: tokio::task::JoinHandle<Result<Listener>>,
+    thread: tokio::task::JoinHandle<Result<(Listener, Source)>>,
     events: mpsc::Receiver<Event>,
 }
 
@@ -130,18 +130,27 @@ impl Feeding {
     ///
     /// # Errors
     /// A model or the input failing.
-    pub async fn finish(mut self) -> Result<(Listener, Option<BargeIn>)> {
+    pub async fn finish(self) -> Result<(Listener, Option<BargeIn>)> {
+        let (listener, barge, _) = self.finish_with_source().await?;
+        Ok((listener, barge))
+    }
+
+    /// [`Self::finish`], giving back the source too (a microphone serves turn after turn).
+    ///
+    /// # Errors
+    /// A model or the input failing.
+    pub async fn finish_with_source(mut self) -> Result<(Listener, Option<BargeIn>, Source)> {
         let mut barge = None;
         while let Some(event) = self.events.recv().await {
             if let Event::BargeIn(b) = event {
                 barge = Some(b);
             }
         }
-        let listener = self
+        let (listener, source) = self
             .thread
             .await
             .map_err(|e| VoiceError::Audio(format!("the listening thread: {e}")))??;
-        Ok((listener, barge))
+        Ok((listener, barge, source))
     }
 }
 
@@ -325,7 +334,7 @@ fn feed(
     pace: Pace,
     events: mpsc::Sender<Event>,
     watch: Option<Watch>,
-) -> Result<Listener> {
+) -> Result<(Listener, Source)> {
     let _end = EndGuard(watch.as_ref().map(|w| Arc::clone(&w.outcome)));
     // After the utterance, with a watch: the answer's playback and its echo.
     let mut watching = false;
@@ -433,7 +442,7 @@ fn feed(
                         };
                         w.outcome.end(Some(barge));
                         let _ = events.blocking_send(Event::BargeIn(barge));
-                        return Ok(listener);
+                        return Ok((listener, source));
                     }
                 }
                 continue;
@@ -465,17 +474,17 @@ fn feed(
                 },
             };
             if events.blocking_send(message).is_err() {
-                return Ok(listener);
+                return Ok((listener, source));
             }
         }
         let Some(w) = &watch else {
             if listener.is_done() {
-                return Ok(listener);
+                return Ok((listener, source));
             }
             continue;
         };
         if watching && !w.playback.pending(Instant::now()) {
-            return Ok(listener);
+            return Ok((listener, source));
         }
         if listener.is_done() {
             // The utterance is over (or speech that did not barge in ended): listen on, for
@@ -490,7 +499,7 @@ fn feed(
     let _ = events.blocking_send(Event::Ended {
         best_wake_score: listener.best_wake_score,
     });
-    Ok(listener)
+    Ok((listener, source))
 }
 
 /// Reads until `buffer` is full or the input ends.

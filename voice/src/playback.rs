@@ -43,6 +43,12 @@ impl Playback {
         }
     }
 
+    /// Forgets the last answer: the next one starts a new timeline (a speaker keeps playing
+    /// the same `Playback` turn after turn).
+    pub fn reset(&self) {
+        self.with(|s| *s = State::default());
+    }
+
     /// Queues audio; the first queued starts playing at `now`. Ignored once stopped.
     pub fn queue(&self, audio: &Audio, now: Instant) {
         self.with(|s| {

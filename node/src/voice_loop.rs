@@ -1,0 +1,136 @@
+//! The voice loop of `jarvis up`: listens to the microphone turn after turn ("hey jarvis, …"),
+//! asks the node it runs in through its local API (so the turn is saved and synced like any
+//! question, in one voice conversation per run), and speaks the answer through the speaker,
+//! stopping when the user talks over it.
+//!
+//! Voice is optional: without the voice models, a microphone or the speech worker, the node runs
+//! without it and says why (`status` and the log); `--no-voice` turns it off.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use jarvis_voice::device;
+use jarvis_voice::pipeline::{self, Pace, Source, Watch};
+use jarvis_voice::playback::Playback;
+use jarvis_voice::turn::TurnConfig;
+use tokio::sync::watch;
+
+use crate::home::Home;
+use crate::listen::{VOICE_RATE, VoiceModels, millis, samples_ms, speak_thread};
+
+/// Runs the voice loop until `stop`; logs why voice is off when it cannot run.
+pub async fn run(home: Home, mic: Option<String>, mut stop: watch::Receiver<bool>) {
+    let result = tokio::select! {
+        r = turns(&home, mic) => r,
+        _ = stop.wait_for(|s| *s) => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::warn!("voice is off: {e:#} (`jarvis up --no-voice` runs without it)");
+    }
+}
+
+async fn turns(home: &Home, mic_name: Option<String>) -> Result<()> {
+    // The cheap checks first: no models or no microphone turns voice off before anything loads.
+    let models = VoiceModels::find()?;
+    device::find_microphone(mic_name.as_deref())?;
+    let (mut listener, mut voice, mut stt) = crate::listen::load(&models, false).await?;
+    // Opened once the models are loaded, so it does not hear stale audio.
+    let (mic, chunks) = device::open_microphone(mic_name.as_deref())?;
+    let playback = Arc::new(Playback::new());
+    let speaker = device::open_speaker(None, Arc::clone(&playback), VOICE_RATE)
+        .map_err(|e| tracing::warn!("{e}; answers are saved but not spoken"))
+        .ok();
+    let client = crate::api::Client::for_home(home)?;
+    tracing::info!(microphone = %mic.name, speaker = ?speaker.as_ref().map(|s| &s.name), "voice is on: say \"hey jarvis\"");
+    let mut source = Source::Chunks(chunks);
+    let mut conversation: Option<String> = None;
+    loop {
+        playback.reset();
+        let watch = Watch::new(Arc::clone(&playback), 0.0);
+        let (heard, feeding, worker) =
+            pipeline::hear(listener, source, Pace::RealTime, stt, Some(watch)).await?;
+        stt = worker;
+        let Some(utterance) = heard.utterance else {
+            if !heard.woke {
+                // Only the end of the input ends a turn that never woke.
+                anyhow::bail!("the microphone {} stopped delivering audio", mic.name);
+            }
+            playback.complete();
+            let (l, _, s) = feeding.finish_with_source().await?;
+            (listener, source) = (l, s);
+            listener.next_turn(TurnConfig::default());
+            continue;
+        };
+        let request = jarvis_voice::strip_wake_phrase(&utterance.transcript.text).to_owned();
+        if request.is_empty() {
+            playback.complete();
+            let (l, _, s) = feeding.finish_with_source().await?;
+            (listener, source) = (l, s);
+            listener.next_turn(TurnConfig::default());
+            continue;
+        }
+        let spoken = utterance.spoken;
+        let mut timings = BTreeMap::new();
+        timings.insert(
+            "end_of_speech_to_transcript".to_owned(),
+            millis(utterance.transcribed.saturating_duration_since(spoken)),
+        );
+        timings.insert(
+            "end_of_utterance_wait".to_owned(),
+            samples_ms(utterance.decided_at.saturating_sub(utterance.end_of_speech)),
+        );
+        timings.insert("transcribe".to_owned(), utterance.transcript.decode_ms);
+        let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
+        let speaking = {
+            let playback = Arc::clone(&playback);
+            std::thread::spawn(move || {
+                let result = speak_thread(&mut voice, pieces, &playback);
+                (voice, result)
+            })
+        };
+        let answer = crate::client::ask_node(
+            &client,
+            &request,
+            conversation.clone(),
+            timings,
+            move |piece: &str| {
+                let _ = pieces_tx.send(piece.to_owned());
+            },
+        )
+        .await;
+        let (v, spoken_result) = tokio::task::spawn_blocking(move || speaking.join())
+            .await
+            .context("the speaking thread")?
+            .map_err(|_| anyhow::anyhow!("the speaking thread failed"))?;
+        voice = v;
+        if let Err(e) = spoken_result {
+            tracing::warn!("speaking the answer: {e}");
+        }
+        match answer {
+            Ok(answer) => {
+                if conversation.is_none() {
+                    conversation = answer
+                        .get("conversation_id")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned);
+                }
+                tracing::info!(request = %request, answer = %answer.get("answer").and_then(|v| v.as_str()).unwrap_or(""), "voice turn");
+            }
+            Err(e) => tracing::warn!("the voice request got no answer: {e:#}"),
+        }
+        // Listen on (for barge-in) until the answer has played.
+        let until = Instant::now() + Duration::from_secs(600);
+        while speaker.is_some() && playback.pending(Instant::now()) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        playback.stop(Instant::now());
+        let (l, barge, s) = feeding.finish_with_source().await?;
+        if barge.is_some() {
+            tracing::info!("the answer was interrupted");
+        }
+        (listener, source) = (l, s);
+        listener.next_turn(TurnConfig::default());
+    }
+}

@@ -408,6 +408,23 @@ fn the_answer_heard_through_the_microphone_does_not_interrupt_it() {
     );
 }
 
+/// Declares `alsa:jarvis_mic` in `DIR/.asoundrc` (run with HOME=DIR): a real ALSA capture
+/// device, the `file` plugin behind `plug`, that plays `wav` (testing.md).
+fn microphone_playing(dir: &Path, wav: &Path) {
+    let raw = dir.join("mic.raw");
+    let status = Command::new("sox")
+        .arg(wav)
+        .args(["-e", "signed-integer", "-t", "raw"])
+        .arg(&raw)
+        .status();
+    assert!(status.unwrap().success());
+    let asoundrc = format!(
+        "pcm.jarvis_mic {{\n type plug\n slave {{\n  pcm {{ type file; slave.pcm null; file \"/dev/null\"; infile \"{}\"; format \"raw\" }}\n  format S16_LE\n  rate 16000\n  channels 1\n }}\n}}\n",
+        raw.display()
+    );
+    std::fs::write(dir.join(".asoundrc"), asoundrc).unwrap();
+}
+
 /// The microphone path: cpal reading a real ALSA capture device (the `file` plugin playing a
 /// recording, testing.md), declared in the `.asoundrc` of a HOME made for the test. The device
 /// delivers the file unpaced, so only the words and the answer are checked, not the timings.
@@ -421,18 +438,7 @@ fn a_question_from_the_microphone_is_answered() {
         "hey jarvis, what is the capital of France",
         0.5,
     );
-    let raw = dir.path().join("q.raw");
-    let status = Command::new("sox")
-        .arg(&wav)
-        .args(["-e", "signed-integer", "-t", "raw"])
-        .arg(&raw)
-        .status();
-    assert!(status.unwrap().success());
-    let asoundrc = format!(
-        "pcm.jarvis_mic {{\n type plug\n slave {{\n  pcm {{ type file; slave.pcm null; file \"/dev/null\"; infile \"{}\"; format \"raw\" }}\n  format S16_LE\n  rate 16000\n  channels 1\n }}\n}}\n",
-        raw.display()
-    );
-    std::fs::write(dir.path().join(".asoundrc"), asoundrc).unwrap();
+    microphone_playing(dir.path(), &wav);
     let models = ModelStore::from_env().unwrap().dir().to_owned();
     let listen_mic = |device: &str| {
         jarvis(home.path())
@@ -480,18 +486,7 @@ fn the_running_node_answers_a_question_spoken_into_its_microphone() {
         "hey jarvis, what is the capital of France",
         0.5,
     );
-    let raw = dir.path().join("q.raw");
-    let status = Command::new("sox")
-        .arg(&wav)
-        .args(["-e", "signed-integer", "-t", "raw"])
-        .arg(&raw)
-        .status();
-    assert!(status.unwrap().success());
-    let asoundrc = format!(
-        "pcm.jarvis_mic {{\n type plug\n slave {{\n  pcm {{ type file; slave.pcm null; file \"/dev/null\"; infile \"{}\"; format \"raw\" }}\n  format S16_LE\n  rate 16000\n  channels 1\n }}\n}}\n",
-        raw.display()
-    );
-    std::fs::write(dir.path().join(".asoundrc"), asoundrc).unwrap();
+    microphone_playing(dir.path(), &wav);
     let models = ModelStore::from_env().unwrap().dir().to_owned();
     let (up, _, started) = common::spawn_up(
         jarvis(home.path())

@@ -114,6 +114,36 @@ pub fn find_microphone(name: Option<&str>) -> Result<String> {
     Ok(device.id().map(|i| i.to_string()).unwrap_or_default())
 }
 
+/// Runs a stream on a thread of its own (cpal streams cannot move between threads everywhere):
+/// `open` builds and starts it there; the thread keeps it until `stop` is set. Returns what
+/// `open` said (the device's id), or its error.
+fn stream_thread<T: Send + 'static>(
+    name: &str,
+    stop: Arc<AtomicBool>,
+    open: impl FnOnce() -> Result<(cpal::Stream, T)> + Send + 'static,
+) -> Result<(T, JoinHandle<()>)> {
+    let (ready_tx, ready_rx) = sync_channel::<Result<T>>(1);
+    let thread = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || match open() {
+            Ok((stream, info)) => {
+                let _ = ready_tx.send(Ok(info));
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                drop(stream);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        })
+        .map_err(|e| fail(format!("starting the {name} thread: {e}")))?;
+    let info = ready_rx
+        .recv()
+        .map_err(|_| fail(format!("the {name} thread ended")))??;
+    Ok((info, thread))
+}
+
 /// A running microphone; dropping it stops the stream.
 pub struct Microphone {
     /// The device's id.
@@ -164,64 +194,39 @@ fn on_input<T>(
 /// No such device, or it cannot be opened; the message says what to do.
 pub fn open_microphone(name: Option<&str>) -> Result<(Microphone, Receiver<Vec<f32>>)> {
     let (tx, rx) = sync_channel(MIC_QUEUE);
-    let (ready_tx, ready_rx) = sync_channel::<Result<(String, u32)>>(1);
     let stop = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicU64::new(0));
     let name = name.map(str::to_owned);
-    let thread = {
-        let (stop, dropped) = (Arc::clone(&stop), Arc::clone(&dropped));
-        std::thread::Builder::new()
-            .name("microphone".into())
-            .spawn(move || {
-                let opened = (|| -> Result<(cpal::Stream, String, u32)> {
-                    let device = find(name.as_deref(), true)?;
-                    let id = device.id().map(|i| i.to_string()).unwrap_or_default();
-                    let (config, format) = config(&device, RATE, true)?;
-                    let (channels, rate) = (usize::from(config.channels), config.sample_rate);
-                    let err = |e: cpal::Error| tracing::warn!(error = %e, "microphone");
-                    macro_rules! build {
-                        ($t:ty) => {{
-                            let (tx, dropped) = (tx.clone(), Arc::clone(&dropped));
-                            let mut pending = Vec::with_capacity(2 * MIC_CHUNK);
-                            device.build_input_stream::<$t, _, _>(
-                                config,
-                                move |data, _| {
-                                    on_input(data, channels, rate, &mut pending, &tx, &dropped)
-                                },
-                                err,
-                                None,
-                            )
-                        }};
-                    }
-                    let stream = match format {
-                        SampleFormat::I16 => build!(i16),
-                        SampleFormat::I32 => build!(i32),
-                        _ => build!(f32),
-                    }
-                    .map_err(|e| fail(format!("cannot open the microphone {id}: {e}")))?;
-                    stream
-                        .play()
-                        .map_err(|e| fail(format!("cannot start the microphone {id}: {e}")))?;
-                    Ok((stream, id, rate))
-                })();
-                match opened {
-                    Ok((stream, id, rate)) => {
-                        let _ = ready_tx.send(Ok((id, rate)));
-                        while !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        drop(stream);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-            })
-            .map_err(|e| fail(format!("starting the microphone thread: {e}")))?
-    };
-    let (name, rate) = ready_rx
-        .recv()
-        .map_err(|_| fail("the microphone thread ended"))??;
+    let counter = Arc::clone(&dropped);
+    let ((name, rate), thread) = stream_thread("microphone", Arc::clone(&stop), move || {
+        let device = find(name.as_deref(), true)?;
+        let id = device.id().map(|i| i.to_string()).unwrap_or_default();
+        let (config, format) = config(&device, RATE, true)?;
+        let (channels, rate) = (usize::from(config.channels), config.sample_rate);
+        let err = |e: cpal::Error| tracing::warn!(error = %e, "microphone");
+        macro_rules! build {
+            ($t:ty) => {{
+                let (tx, dropped) = (tx.clone(), Arc::clone(&counter));
+                let mut pending = Vec::with_capacity(2 * MIC_CHUNK);
+                device.build_input_stream::<$t, _, _>(
+                    config,
+                    move |data, _| on_input(data, channels, rate, &mut pending, &tx, &dropped),
+                    err,
+                    None,
+                )
+            }};
+        }
+        let stream = match format {
+            SampleFormat::I16 => build!(i16),
+            SampleFormat::I32 => build!(i32),
+            _ => build!(f32),
+        }
+        .map_err(|e| fail(format!("cannot open the microphone {id}: {e}")))?;
+        stream
+            .play()
+            .map_err(|e| fail(format!("cannot start the microphone {id}: {e}")))?;
+        Ok((stream, (id, rate)))
+    })?;
     Ok((
         Microphone {
             name,
@@ -269,60 +274,36 @@ where
 /// # Errors
 /// No such device, or it cannot be opened.
 pub fn open_speaker(name: Option<&str>, playback: Arc<Playback>, rate: u32) -> Result<Speaker> {
-    let (ready_tx, ready_rx) = sync_channel::<Result<String>>(1);
     let stop = Arc::new(AtomicBool::new(false));
     let name = name.map(str::to_owned);
-    let thread = {
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("speaker".into())
-            .spawn(move || {
-                let opened = (|| -> Result<(cpal::Stream, String)> {
-                    let device = find(name.as_deref(), false)?;
-                    let id = device.id().map(|i| i.to_string()).unwrap_or_default();
-                    let (config, format) = config(&device, rate, false)?;
-                    let (channels, rate) = (usize::from(config.channels), config.sample_rate);
-                    let err = |e: cpal::Error| tracing::warn!(error = %e, "speaker");
-                    macro_rules! build {
-                        ($t:ty) => {{
-                            let playback = Arc::clone(&playback);
-                            device.build_output_stream::<$t, _, _>(
-                                config,
-                                move |data, _| on_output(data, channels, rate, &playback),
-                                err,
-                                None,
-                            )
-                        }};
-                    }
-                    let stream = match format {
-                        SampleFormat::I16 => build!(i16),
-                        SampleFormat::I32 => build!(i32),
-                        _ => build!(f32),
-                    }
-                    .map_err(|e| fail(format!("cannot open the speaker {id}: {e}")))?;
-                    stream
-                        .play()
-                        .map_err(|e| fail(format!("cannot start the speaker {id}: {e}")))?;
-                    Ok((stream, id))
-                })();
-                match opened {
-                    Ok((stream, id)) => {
-                        let _ = ready_tx.send(Ok(id));
-                        while !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        drop(stream);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-            })
-            .map_err(|e| fail(format!("starting the speaker thread: {e}")))?
-    };
-    let name = ready_rx
-        .recv()
-        .map_err(|_| fail("the speaker thread ended"))??;
+    let (name, thread) = stream_thread("speaker", Arc::clone(&stop), move || {
+        let device = find(name.as_deref(), false)?;
+        let id = device.id().map(|i| i.to_string()).unwrap_or_default();
+        let (config, format) = config(&device, rate, false)?;
+        let (channels, rate) = (usize::from(config.channels), config.sample_rate);
+        let err = |e: cpal::Error| tracing::warn!(error = %e, "speaker");
+        macro_rules! build {
+            ($t:ty) => {{
+                let playback = Arc::clone(&playback);
+                device.build_output_stream::<$t, _, _>(
+                    config,
+                    move |data, _| on_output(data, channels, rate, &playback),
+                    err,
+                    None,
+                )
+            }};
+        }
+        let stream = match format {
+            SampleFormat::I16 => build!(i16),
+            SampleFormat::I32 => build!(i32),
+            _ => build!(f32),
+        }
+        .map_err(|e| fail(format!("cannot open the speaker {id}: {e}")))?;
+        stream
+            .play()
+            .map_err(|e| fail(format!("cannot start the speaker {id}: {e}")))?;
+        Ok((stream, id))
+    })?;
     Ok(Speaker {
         name,
         stop,

@@ -1,10 +1,26 @@
 //! Prometheus metrics of the node, served on the local API at `/metrics` (text exposition
 //! format, same bearer token as the rest of the API).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// A label with one value: a voice stage (`end_of_speech_to_transcript`, …) or a turn's outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Label {
+    pub name: String,
+}
+
+/// Histograms by label.
+pub type Histograms = Family<Label, Histogram, fn() -> Histogram>;
+
+fn stage_histogram() -> Histogram {
+    Histogram::new([0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0])
+}
 
 /// The node's counters and gauges. Cheap to update (atomics); shared by the node task and the
 /// API through an `Arc`.
@@ -19,6 +35,10 @@ pub struct Metrics {
     pub documents: Gauge,
     /// The local engine's queue, latency and outcomes (`jarvis_llm_…`).
     pub engine: jarvis_inference::metrics::EngineMetrics,
+    /// Each voice stage's time, from the end of speech (`jarvis_voice_stage_seconds{name}`).
+    pub voice_stages: Histograms,
+    /// Voice turns by outcome (`answered`, `interrupted`, `no_request`, `failed`).
+    pub voice_turns: Family<Label, Counter>,
 }
 
 impl Metrics {
@@ -64,6 +84,14 @@ impl Metrics {
         registry.register("documents", "Documents held", documents.clone());
         let engine = jarvis_inference::metrics::EngineMetrics::default();
         engine.register(&mut registry);
+        let voice_stages = Histograms::new_with_constructor(stage_histogram);
+        let voice_turns = Family::<Label, Counter>::default();
+        registry.register(
+            "voice_stage_seconds",
+            "Time from the end of speech to each stage of a voice turn",
+            voice_stages.clone(),
+        );
+        registry.register("voice_turns", "Voice turns by outcome", voice_turns.clone());
         Self {
             registry,
             sync_messages_sent,
@@ -74,6 +102,26 @@ impl Metrics {
             peers_connected,
             documents,
             engine,
+            voice_stages,
+            voice_turns,
+        }
+    }
+
+    /// Records a voice turn: its outcome and its stages (milliseconds, from the end of speech).
+    pub fn voice_turn(&self, outcome: &str, stages: &std::collections::BTreeMap<String, u64>) {
+        self.voice_turns
+            .get_or_create(&Label {
+                name: outcome.to_owned(),
+            })
+            .inc();
+        for (stage, ms) in stages {
+            if stage.starts_with("end_of_speech_to_") || stage == "barge_in_to_stop" {
+                self.voice_stages
+                    .get_or_create(&Label {
+                        name: stage.clone(),
+                    })
+                    .observe(*ms as f64 / 1000.0);
+            }
         }
     }
 

@@ -104,6 +104,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_voice = stop_rx.clone();
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let voice_metrics = metrics.clone();
     let (events, _) = tokio::sync::broadcast::channel(crate::node::EVENT_QUEUE);
     let engine = crate::llm::start_engine(metrics.engine.clone());
     let (api_addr, server) = api::serve(
@@ -131,6 +132,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
         tokio::spawn(crate::voice_loop::run(
             home.clone(),
             args.mic.clone(),
+            voice_metrics.clone(),
             stop_rx_voice.clone(),
         ))
     });

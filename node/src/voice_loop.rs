@@ -19,11 +19,17 @@ use tokio::sync::watch;
 
 use crate::home::Home;
 use crate::listen::{VOICE_RATE, VoiceModels, millis, samples_ms, speak_thread};
+use crate::metrics::Metrics;
 
 /// Runs the voice loop until `stop`; logs why voice is off when it cannot run.
-pub async fn run(home: Home, mic: Option<String>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    home: Home,
+    mic: Option<String>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
     let result = tokio::select! {
-        r = turns(&home, mic) => r,
+        r = turns(&home, mic, &metrics) => r,
         _ = stop.wait_for(|s| *s) => Ok(()),
     };
     if let Err(e) = result {
@@ -31,7 +37,7 @@ pub async fn run(home: Home, mic: Option<String>, mut stop: watch::Receiver<bool
     }
 }
 
-async fn turns(home: &Home, mic_name: Option<String>) -> Result<()> {
+async fn turns(home: &Home, mic_name: Option<String>, metrics: &Metrics) -> Result<()> {
     // The cheap checks first: no models or no microphone turns voice off before anything loads.
     let models = VoiceModels::find()?;
     device::find_microphone(mic_name.as_deref())?;
@@ -65,6 +71,7 @@ async fn turns(home: &Home, mic_name: Option<String>) -> Result<()> {
         };
         let request = jarvis_voice::strip_wake_phrase(&utterance.transcript.text).to_owned();
         if request.is_empty() {
+            metrics.voice_turn("no_request", &BTreeMap::new());
             playback.complete();
             let (l, _, s) = feeding.finish_with_source().await?;
             (listener, source) = (l, s);
@@ -90,16 +97,20 @@ async fn turns(home: &Home, mic_name: Option<String>) -> Result<()> {
                 (voice, result)
             })
         };
-        let answer = crate::client::ask_node(
-            &client,
-            &request,
-            conversation.clone(),
-            timings,
-            move |piece: &str| {
-                let _ = pieces_tx.send(piece.to_owned());
-            },
-        )
-        .await;
+        let first_token = Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let answer =
+            crate::client::ask_node(&client, &request, conversation.clone(), timings.clone(), {
+                let first_token = Arc::clone(&first_token);
+                move |piece: &str| {
+                    if let Ok(mut f) = first_token.lock()
+                        && f.is_none()
+                    {
+                        *f = Some(Instant::now());
+                    }
+                    let _ = pieces_tx.send(piece.to_owned());
+                }
+            })
+            .await;
         let (v, spoken_result) = tokio::task::spawn_blocking(move || speaking.join())
             .await
             .context("the speaking thread")?
@@ -108,6 +119,7 @@ async fn turns(home: &Home, mic_name: Option<String>) -> Result<()> {
         if let Err(e) = spoken_result {
             tracing::warn!("speaking the answer: {e}");
         }
+        let answered_ok = answer.is_ok();
         match answer {
             Ok(answer) => {
                 if conversation.is_none() {
@@ -126,10 +138,34 @@ async fn turns(home: &Home, mic_name: Option<String>) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         playback.stop(Instant::now());
+        let first_audio = playback.started();
         let (l, barge, s) = feeding.finish_with_source().await?;
-        if barge.is_some() {
-            tracing::info!("the answer was interrupted");
+        let since = |i: Instant| millis(i.saturating_duration_since(spoken));
+        if let Some(t) = first_token.lock().ok().and_then(|f| *f) {
+            timings.insert("end_of_speech_to_first_token".to_owned(), since(t));
         }
+        if let Some(t) = first_audio {
+            timings.insert("end_of_speech_to_first_audio".to_owned(), since(t));
+        }
+        if let Some(b) = barge {
+            tracing::info!("the answer was interrupted");
+            timings.insert(
+                "barge_in_to_stop".to_owned(),
+                millis(b.stopped.saturating_duration_since(b.speech_started)),
+            );
+        }
+        metrics.voice_turn(
+            if answered_ok {
+                if barge.is_some() {
+                    "interrupted"
+                } else {
+                    "answered"
+                }
+            } else {
+                "failed"
+            },
+            &timings,
+        );
         (listener, source) = (l, s);
         listener.next_turn(TurnConfig::default());
     }

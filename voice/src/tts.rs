@@ -22,6 +22,8 @@ use crate::{Result, VoiceError};
 #[derive(Debug, Default)]
 pub struct Sentences {
     buffer: String,
+    /// Whether a piece was given out yet: the first is cut early so speech starts soon.
+    started: bool,
 }
 
 /// A sentence shorter than this waits for more text (so "1." or "Dr." is not spoken alone).
@@ -29,6 +31,9 @@ const MIN_SENTENCE: usize = 12;
 /// A sentence longer than this is spoken up to its last comma or semicolon within it: a run-on
 /// answer still starts speaking soon, and in pieces.
 const MAX_CLAUSE: usize = 120;
+/// The first piece of an answer ends at its first comma, or after this many words if that comes
+/// first: the user hears the answer begin while the rest of its first sentence is written.
+const FIRST_WORDS: usize = 6;
 
 impl Sentences {
     /// A new splitter.
@@ -47,7 +52,7 @@ impl Sentences {
                     matches!(c, '.' | '!' | '?' | ';' | ':') && next.is_whitespace() || c == '\n';
                 (ends && i + 1 >= MIN_SENTENCE).then_some(i + c.len_utf8())
             });
-            let cut = cut.or_else(|| {
+            let cut = cut.or_else(|| self.first_cut()).or_else(|| {
                 if self.buffer.len() < MAX_CLAUSE {
                     return None;
                 }
@@ -69,6 +74,7 @@ impl Sentences {
                 within
             });
             let Some(cut) = cut else { break };
+            self.started = true;
             let rest = self.buffer.split_off(cut);
             let sentence = std::mem::replace(&mut self.buffer, rest.trim_start().to_owned());
             if !sentence.trim().is_empty() {
@@ -76,6 +82,34 @@ impl Sentences {
             }
         }
         out
+    }
+
+    /// Where the first piece ends early, if it can: a comma, or the end of the
+    /// [`FIRST_WORDS`]th word once another word has begun.
+    fn first_cut(&self) -> Option<usize> {
+        if self.started {
+            return None;
+        }
+        let mut words = 0;
+        let mut in_word = false;
+        for (i, c) in self.buffer.char_indices() {
+            if c == ',' && i + 1 >= MIN_SENTENCE {
+                let rest = self.buffer.get(i + 1..)?;
+                return rest.starts_with(' ').then_some(i + 1);
+            }
+            if c.is_whitespace() {
+                if in_word {
+                    words += 1;
+                    if words == FIRST_WORDS {
+                        return Some(i);
+                    }
+                }
+                in_word = false;
+            } else {
+                in_word = true;
+            }
+        }
+        None
     }
 
     /// The text left at the end.
@@ -392,6 +426,29 @@ mod tests {
     }
 
     #[test]
+    fn the_first_piece_is_cut_early_and_the_rest_by_sentence() {
+        let mut s = Sentences::new();
+        let out = s.push("The largest ocean on Earth is the Pacific Ocean which covers ");
+        assert_eq!(out, vec!["The largest ocean on Earth is"]);
+        assert!(
+            s.push("a third of the planet").is_empty(),
+            "later pieces wait for the end"
+        );
+        assert_eq!(
+            s.push(". Next"),
+            vec!["the Pacific Ocean which covers a third of the planet."]
+        );
+        let mut s = Sentences::new();
+        assert_eq!(
+            s.push("Well, that depends "),
+            vec!["Well, that depends"]
+                .into_iter()
+                .filter(|_| false)
+                .collect::<Vec<&str>>()
+        );
+    }
+
+    #[test]
     fn a_run_on_sentence_is_spoken_in_clauses() {
         let mut s = Sentences::new();
         let clause = "and it is a tale of the unyielding, ";
@@ -399,9 +456,10 @@ mod tests {
         for _ in 0..6 {
             out.extend(s.push(clause));
         }
-        assert!(!out.is_empty());
+        assert!(out.len() >= 2);
+        // After the (early) first piece, each ends at a comma within the limit.
         assert!(
-            out.iter().all(|c| c.len() <= 130 && c.ends_with(',')),
+            out[1..].iter().all(|c| c.len() <= 130 && c.ends_with(',')),
             "{out:?}"
         );
     }

@@ -468,8 +468,18 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
             // Saved once the turn is over, so the conversation has every stage and whether the
             // user interrupted. The listening thread ends by itself (the answer played, the
             // recording ended, or a barge-in), without this task's help.
+            let playback = Arc::clone(&playback);
             let stored = move || {
                 let barge = outcome.wait(Duration::from_secs(600));
+                // A recording can end before the answer starts playing: wait for the first
+                // audio (the speaking thread runs on its own) so the turn records it.
+                let until = Instant::now() + Duration::from_secs(60);
+                while playback.started().is_none()
+                    && !playback.is_complete()
+                    && Instant::now() < until
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 before.into_iter().chain(after(barge)).collect()
             };
             crate::client::ask_offline(

@@ -326,7 +326,7 @@ fn transcriber(mut worker: SttWorker) -> (Requests, Results, tokio::task::JoinHa
 /// Delay of the simulated echo (10 ms).
 const ECHO_DELAY: usize = 160;
 /// Input this much like the answer (normalised correlation) is its echo, not the user.
-const ECHO_GATE: f32 = 0.6;
+const ECHO_GATE: f32 = 0.45;
 
 fn feed(
     mut listener: Listener,

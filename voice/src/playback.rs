@@ -58,6 +58,17 @@ impl Playback {
             if s.started.is_none() {
                 s.started = Some(now);
                 s.rate = audio.rate;
+            } else {
+                // The last piece already played out (the voice was slower than real time): the
+                // gap was silence, and this piece starts now.
+                let at = Self::position(s, now);
+                if s.reference.len() < at {
+                    s.reference.resize(at, 0.0);
+                    let own = (at as f64 * f64::from(s.rate) / f64::from(RATE)) as usize;
+                    if s.audio.len() < own {
+                        s.audio.resize(own, 0.0);
+                    }
+                }
             }
             let samples = resample(&audio.samples, audio.rate, s.rate);
             s.reference.extend(resample(&samples, s.rate, RATE));
@@ -68,6 +79,11 @@ impl Playback {
     /// Nothing more will be queued.
     pub fn complete(&self) {
         self.with(|s| s.complete = true);
+    }
+
+    /// Whether everything has been queued.
+    pub fn is_complete(&self) -> bool {
+        self.with(|s| s.complete)
     }
 
     /// Stops at `now`; returns whether anything was still to play (a barge-in, not an end).
@@ -231,6 +247,27 @@ mod tests {
         let mut out = vec![9.0; 8];
         p.render(&mut out, 16_000);
         assert_eq!(out, vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn a_piece_that_comes_after_the_last_played_out_starts_when_it_comes() {
+        let p = Playback::new();
+        let t0 = Instant::now();
+        p.queue(&audio(0.5), t0);
+        p.queue(&audio(0.5), t0 + Duration::from_millis(800));
+        p.complete();
+        // 300 ms of silence between them, on both timelines.
+        assert_eq!(p.played().samples.len(), 16_000 + 4_800);
+        assert_eq!(
+            p.reference(t0 + Duration::from_millis(600), 10),
+            vec![0.0; 10]
+        );
+        assert_eq!(
+            p.reference(t0 + Duration::from_millis(900), 10),
+            vec![0.5; 10]
+        );
+        assert!(p.pending(t0 + Duration::from_millis(1250)));
+        assert!(!p.pending(t0 + Duration::from_millis(1350)));
     }
 
     #[test]

@@ -157,13 +157,17 @@ fn pull_one(
     for skipped in &pulled.skipped {
         out.note(&format!("{name}: not from {}", skipped.trim()));
     }
-    let value = json!({ "name": name, "path": pulled.path, "from": pulled.from, "skipped": pulled.skipped });
+    let licence = jarvis_inference::models::catalog(name).map(|e| e.licence);
+    let value = json!({ "name": name, "path": pulled.path, "from": pulled.from, "skipped": pulled.skipped, "licence": licence });
     out.emit(&value, || {
+        let licence = licence
+            .map(|l| format!(" (licence: {l})"))
+            .unwrap_or_default();
         if pulled.from == "cache" {
-            format!("{name} is already here: {}", pulled.path.display())
+            format!("{name} is already here: {}{licence}", pulled.path.display())
         } else {
             format!(
-                "{name} downloaded from {} and verified: {}",
+                "{name} downloaded from {} and verified: {}{licence}",
                 pulled.from,
                 pulled.path.display()
             )

@@ -548,6 +548,8 @@ fn models_pull_downloads_from_a_hub_mirror_and_verifies() {
     // Pulled again: nothing to download.
     let again: Value = serde_json::from_slice(&pull(cache.path()).stdout).unwrap();
     assert_eq!(again["from"], "cache");
+    // Every pull says the model's licence.
+    assert_eq!(again["licence"], "Apache-2.0");
     // Neither source reachable, empty cache: a clear error, non-zero exit.
     let empty = tempfile::tempdir().unwrap();
     let out = Command::new(assert_cmd::cargo::cargo_bin("jarvis"))

@@ -113,7 +113,12 @@ pub fn pcm_from_base64(pcm: &str) -> Result<Vec<f32>, LineError> {
             bytes.len()
         )));
     }
-    Ok(bytes
+    Ok(pcm_from_bytes(&bytes))
+}
+
+/// 16-bit little-endian samples → samples in `[-1, 1]` (a trailing odd byte is ignored).
+pub fn pcm_from_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes
         .chunks_exact(2)
         .map(|c| {
             f32::from(i16::from_le_bytes([
@@ -121,7 +126,7 @@ pub fn pcm_from_base64(pcm: &str) -> Result<Vec<f32>, LineError> {
                 c.get(1).copied().unwrap_or(0),
             ])) / 32768.0
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

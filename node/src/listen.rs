@@ -204,6 +204,24 @@ pub(crate) fn speak_thread(
     Ok(count)
 }
 
+/// The timings of a heard utterance, up to its transcript (milliseconds; positions in the
+/// input for `end_of_speech_at`).
+pub(crate) fn heard_timings(u: &pipeline::Utterance) -> BTreeMap<String, u64> {
+    BTreeMap::from([
+        (
+            "end_of_speech_to_transcript".to_owned(),
+            millis(u.transcribed.saturating_duration_since(u.spoken)),
+        ),
+        (
+            "end_of_utterance_wait".to_owned(),
+            samples_ms(u.decided_at.saturating_sub(u.end_of_speech)),
+        ),
+        ("end_of_speech_at".to_owned(), samples_ms(u.end_of_speech)),
+        ("transcribe".to_owned(), u.transcript.decode_ms),
+        ("utterance".to_owned(), u.transcript.audio_ms),
+    ])
+}
+
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -362,21 +380,7 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
     } else {
         jarvis_voice::strip_wake_phrase(&transcript.text).to_owned()
     };
-    let mut timings = BTreeMap::new();
-    timings.insert(
-        "end_of_speech_to_transcript".to_owned(),
-        millis(utterance.transcribed.saturating_duration_since(spoken)),
-    );
-    timings.insert(
-        "end_of_utterance_wait".to_owned(),
-        samples_ms(utterance.decided_at.saturating_sub(utterance.end_of_speech)),
-    );
-    timings.insert(
-        "end_of_speech_at".to_owned(),
-        samples_ms(utterance.end_of_speech),
-    );
-    timings.insert("transcribe".to_owned(), transcript.decode_ms);
-    timings.insert("utterance".to_owned(), transcript.audio_ms);
+    let mut timings = heard_timings(&utterance);
     if let Some(at) = heard.wake_at {
         timings.insert("wake_at".to_owned(), samples_ms(at));
     }

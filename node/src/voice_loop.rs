@@ -18,7 +18,7 @@ use jarvis_voice::turn::TurnConfig;
 use tokio::sync::watch;
 
 use crate::home::Home;
-use crate::listen::{VOICE_RATE, VoiceModels, millis, samples_ms, speak_thread};
+use crate::listen::{VOICE_RATE, VoiceModels, heard_timings, millis, speak_thread};
 use crate::metrics::Metrics;
 
 /// Runs the voice loop until `stop`; logs why voice is off when it cannot run.
@@ -79,16 +79,7 @@ async fn turns(home: &Home, mic_name: Option<String>, metrics: &Metrics) -> Resu
             continue;
         }
         let spoken = utterance.spoken;
-        let mut timings = BTreeMap::new();
-        timings.insert(
-            "end_of_speech_to_transcript".to_owned(),
-            millis(utterance.transcribed.saturating_duration_since(spoken)),
-        );
-        timings.insert(
-            "end_of_utterance_wait".to_owned(),
-            samples_ms(utterance.decided_at.saturating_sub(utterance.end_of_speech)),
-        );
-        timings.insert("transcribe".to_owned(), utterance.transcript.decode_ms);
+        let mut timings = heard_timings(&utterance);
         let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
         let speaking = {
             let playback = Arc::clone(&playback);

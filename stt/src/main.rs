@@ -55,15 +55,7 @@ fn direct(args: &[String]) -> anyhow::Result<()> {
     let model = model.with_context(|| format!("--model is required\n{USAGE}"))?;
     let raw = raw.with_context(|| format!("--raw is required\n{USAGE}"))?;
     let bytes = std::fs::read(&raw).with_context(|| format!("reading {}", raw.display()))?;
-    let samples: Vec<f32> = bytes
-        .chunks_exact(2)
-        .map(|b| {
-            f32::from(i16::from_le_bytes([
-                b.first().copied().unwrap_or(0),
-                b.get(1).copied().unwrap_or(0),
-            ])) / 32768.0
-        })
-        .collect();
+    let samples = stt_protocol::pcm_from_bytes(&bytes);
     let mut transcriber = Transcriber::load(&model, threads)?;
     let mut out = std::io::stdout().lock();
     for _ in 0..runs.max(1) {

@@ -68,11 +68,6 @@ impl Listener {
         self.best_wake_score = 0.0;
     }
 
-    /// Whether turns wait for the wake word.
-    pub fn needs_wake(&self) -> bool {
-        self.wake.is_some()
-    }
-
     /// Listens for any speech, wake word or not, from now on (the user talking over an answer).
     pub fn barge_in_turn(&mut self) {
         self.turn = Turn::new(TurnConfig {

@@ -372,17 +372,9 @@ fn feed(
             Source::Pcm(input) => {
                 let read = read_full(input, &mut bytes)
                     .map_err(|e| VoiceError::Audio(format!("reading the audio stream: {e}")))?;
-                bytes
-                    .get(..read - read % 2)
-                    .unwrap_or_default()
-                    .chunks_exact(2)
-                    .map(|b| {
-                        f32::from(i16::from_le_bytes([
-                            b.first().copied().unwrap_or(0),
-                            b.get(1).copied().unwrap_or(0),
-                        ])) / 32_768.0
-                    })
-                    .collect()
+                jarvis_inference::stt_protocol::pcm_from_bytes(
+                    bytes.get(..read).unwrap_or_default(),
+                )
             }
         };
         let chunk = if chunk.is_empty() {

@@ -113,11 +113,6 @@ impl WakeWord {
         Ok(wake)
     }
 
-    /// How many embeddings (80 ms each) the wake-word model reads.
-    pub fn window(&self) -> usize {
-        self.window
-    }
-
     /// Forgets the audio so far (after a wake, so one phrase wakes once).
     pub fn reset(&mut self) {
         self.raw.clear();

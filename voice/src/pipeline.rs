@@ -338,7 +338,7 @@ fn feed(
     let _end = EndGuard(watch.as_ref().map(|w| Arc::clone(&w.outcome)));
     // After the utterance, with a watch: the answer's playback and its echo.
     let mut watching = false;
-    let mut aec = EchoCanceller::new(512, 0.05);
+    let mut aec = EchoCanceller::new(100);
     let mut echo_line: std::collections::VecDeque<f32> =
         std::iter::repeat_n(0.0, ECHO_DELAY).collect();
     let mut history: std::collections::VecDeque<f32> = std::iter::repeat_n(0.0, MAX_LAG).collect();

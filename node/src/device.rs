@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use jarvis_identity::{
-    Bundle, CertChain, CertKind, DeviceKeys, Invite, JoinRequest, KeyMaterial, Name, OrgInfo,
-    PublicKey, RequestKind, SecretKey, TokenKind, UnixTime,
+    CertChain, CertKind, DeviceKeys, Invite, JoinRequest, KeyMaterial, Name, OrgInfo, PublicKey,
+    RequestKind, SecretKey, TokenKind, UnixTime,
 };
 use serde_json::json;
 
@@ -38,19 +38,6 @@ fn parse_org_id(id: Option<&str>) -> Result<Option<PublicKey>> {
     .transpose()
 }
 
-/// Refuses to join a home that already belongs to an org.
-fn ensure_not_joined(home: &Home, state: &HomeState) -> Result<()> {
-    if let Some(org) = state.org()? {
-        bail!(
-            "{} already belongs to org `{}` ({}); a home is one device of one org. Use another --home to join a different org",
-            home.dir().display(),
-            org.name,
-            org.root
-        );
-    }
-    Ok(())
-}
-
 pub fn join(home: Home, out: Output, args: JoinArgs) -> Result<()> {
     let pinned = parse_org_id(args.org.as_deref())?;
     match TokenKind::sniff(&args.token) {
@@ -78,7 +65,7 @@ fn join_with_invite(
     pinned: Option<&PublicKey>,
 ) -> Result<()> {
     let state = home.load_or_new(HomeKind::Device)?;
-    ensure_not_joined(&home, &state)?;
+    jarvis_home::ensure_not_joined(&home, &state)?;
     if state.pending_request.is_some() {
         bail!(
             "this home is waiting for a pairing bundle from one of your devices (it ran `jarvis devices request`); an invite is for a user's first device. Use a fresh --home for the invite"
@@ -166,81 +153,17 @@ fn install_bundle(
     pinned: Option<&PublicKey>,
     kind: RequestKind,
 ) -> Result<()> {
-    let mut state = home.load().with_context(|| {
-        format!(
-            "a bundle answers a request made on this machine; run `{}` here first",
-            if kind == RequestKind::Device {
-                "jarvis devices request"
-            } else {
-                "jarvis gpu request"
-            }
-        )
-    })?;
-    ensure_not_joined(&home, &state)?;
-    let request = state
-        .pending_request
-        .as_deref()
-        .context("this home made no request, so no bundle can be for it")?;
-    let request = JoinRequest::from_token(request).context("the stored request is damaged")?;
-    if request.kind() != kind {
-        bail!(
-            "this home asked to be a {}, but the bundle is being installed as a {}",
-            request.kind().as_str(),
-            kind.as_str()
-        );
-    }
-    let bundle = Bundle::from_token(token).context("cannot use this bundle")?;
-    bundle
-        .check_for(&request, pinned, now())
-        .context("cannot use this bundle")?;
-    state.set_org(&bundle.org);
-    state.chain = Some(encode_chain(&bundle.chain));
-    state.pending_request = None;
-    home.save(&state)?;
+    let bundle = jarvis_home::install_bundle(&home, token, pinned, kind)?;
     report_joined(&home, out, &bundle.org, &bundle.chain)
 }
 
 /// Makes this home's key and a request of `kind`; prints the request. Idempotent: asked again,
 /// it prints the same request.
 fn make_request(home: &Home, out: Output, kind: RequestKind, name: Name) -> Result<()> {
-    let home_kind = match kind {
-        RequestKind::Device => HomeKind::Device,
-        RequestKind::Gpu => HomeKind::Gpu,
-        RequestKind::Relay => HomeKind::Relay,
-    };
-    let mut state = home.load_or_new(home_kind)?;
-    ensure_not_joined(home, &state)?;
-    if state.kind != home_kind {
-        bail!(
-            "{} is a {:?} home, not a {:?}",
-            home.dir().display(),
-            state.kind,
-            home_kind
-        );
+    let (token, again) = jarvis_home::make_request(home, kind, name)?;
+    if again {
+        out.note("This home already made a request; here it is again.");
     }
-    let token = match &state.pending_request {
-        Some(existing) => {
-            out.note("This home already made a request; here it is again.");
-            existing.clone()
-        }
-        None => {
-            let passphrase = Passphrase::new_for("this machine's keys")?;
-            let key = SecretKey::generate();
-            let age = (kind == RequestKind::Device)
-                .then(jarvis_identity::age::x25519::Identity::generate);
-            let recipient = age.as_ref().map(|a| a.to_public().to_string());
-            let request = JoinRequest::create(kind, &key, name, recipient, now());
-            home.seal_key(
-                KeyFile::Identity,
-                &KeyMaterial { signing: key, age },
-                &passphrase,
-            )?;
-            let token = request.to_token();
-            state.pending_request = Some(token.clone());
-            home.save(&state)?;
-            token
-        }
-    };
     let request = JoinRequest::from_token(&token)?;
     out.note(&match kind {
         RequestKind::Device => "On a device you already have (the one you first joined with), run\n  jarvis devices approve <request>\nthen install what it prints here with `jarvis join <bundle>`. The request:".to_owned(),
@@ -307,6 +230,18 @@ fn approve(home: &Home, out: Output, request: &str) -> Result<()> {
         approved_at: now().0,
     });
     home.save(&state)?;
+    // This device can now share every conversation key with the new one, before they ever
+    // meet: what it writes while the new device is away reaches it through a relay, readable.
+    if let Some(recipient) = bundle.chain.leaf().and_then(|c| c.age_recipient()) {
+        let mut devices: std::collections::BTreeMap<String, String> =
+            match home.read_optional("devices.json")? {
+                Some(bytes) => serde_json::from_slice(&bytes).context("devices.json is damaged")?,
+                None => std::collections::BTreeMap::new(),
+            };
+        devices.insert(request.key().to_string(), recipient.to_owned());
+        let bytes = serde_json::to_vec_pretty(&devices).context("encoding devices.json")?;
+        home.write_atomic("devices.json", &bytes, false)?;
+    }
     let token = bundle.to_token();
     out.note(&format!(
         "Approved `{}` ({}). On the new device run:\n  jarvis join <bundle>\nThe bundle:",

@@ -8,7 +8,7 @@ mod cli;
 mod client;
 mod conversations;
 mod device;
-mod home;
+use jarvis_home as home;
 mod listen;
 mod llm;
 mod mesh;

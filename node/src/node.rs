@@ -247,9 +247,18 @@ impl Node {
             Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             None => BTreeMap::new(),
         };
+        // The org's relays (from the bundle or invite this device joined with) are dialled
+        // like --peer addresses.
+        let relays: Vec<Multiaddr> = identity
+            .org
+            .relays
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
         let redials = config
             .peers
             .iter()
+            .chain(&relays)
             .map(|address| Redial {
                 address: address.clone(),
                 next: Instant::now(),
@@ -643,6 +652,8 @@ impl Node {
             Ok(verified) => {
                 let same_user_device = verified.kind == CertKind::Device
                     && verified.user.as_ref() == Some(&self.identity.user);
+                // The org's relays hold this user's sealed changes for the devices that are away.
+                let syncs = same_user_device || verified.kind == CertKind::Relay;
                 tracing::info!(%peer, kind = %verified.kind, name = %verified.name, same_user_device, "peer authenticated");
                 let Some(state) = self.peers.get_mut(&peer) else {
                     return;
@@ -660,7 +671,7 @@ impl Node {
                 }
                 state.verified = Some(verified);
                 state.refused = None;
-                if same_user_device && first {
+                if syncs && first {
                     let mut session = Session::new();
                     let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
                     let out = session.start(now_ms, &self.replica);
@@ -725,13 +736,20 @@ impl Node {
         let request_response::Event::Message { peer, message, .. } = event else {
             return;
         };
-        let Message::Request {
-            request, channel, ..
-        } = message
-        else {
-            return;
+        let (request, channel) = match message {
+            Message::Request {
+                request, channel, ..
+            } => (request, channel),
+            // The peer's acknowledgement: empty once stored; a relay says why when it is not
+            // (rate limit, full quota). The session sends it again on its next resync.
+            Message::Response { response, .. } => {
+                if !response.is_empty() {
+                    tracing::warn!(%peer, reason = %String::from_utf8_lossy(&response), "changes not taken");
+                }
+                return;
+            }
         };
-        // The gate: only an authenticated device of this user is served. A peer whose hello we
+        // The gate: only an authenticated device of this user (or an org relay) is served. A peer whose hello we
         // have not finished checking is not answered yet (its resync timer will ask again); one
         // that is known and not allowed is disconnected.
         let Some(state) = self.peers.get_mut(&peer) else {

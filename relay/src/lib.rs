@@ -1,8 +1,17 @@
-//! The org relay: blind store-and-forward of sealed changes, circuit relay, the directory of
-//! online devices and GPU peers, and revocation distribution.
+//! The org relay: blind store-and-forward of sealed changes, circuit relay, and revocation
+//! distribution, in the shape of iroh-relay: a library (the wire the mesh speaks, the sans-IO
+//! store-and-forward core) and, with the `server` feature, the server behind `jarvis-relay`.
 //!
-//! Built so far: the circuit-relay server (`jarvis-relay up`), so that devices on networks that
-//! cannot reach each other connect through the relay (and upgrade to a direct connection with
-//! DCUtR where the networks allow). Not built yet (the relay issue): the authentication gate on
-//! the relay, store-and-forward, the directory, revocation distribution, quotas, metrics, and
-//! the PostgreSQL store.
+//! - [`wire`]: the project's libp2p protocols and their framing, shared with the node.
+//! - [`hub`]: store-and-forward, sans-IO: each user's keyless replica, every admitted device a
+//!   sync peer of its own user's replica, live fan-out, rate limits and quotas.
+//! - `server` (feature): the libp2p shell: admission (the authentication gate), circuit relay
+//!   v2, the hub over a sled database, revocations given on admission.
+//!
+//! Not built yet (the relay issue): the directory of online devices and GPU peers, pushing a new
+//! revocation to connected peers, metrics and health, `status`, the PostgreSQL store.
+
+pub mod hub;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod wire;

@@ -1,39 +1,63 @@
-//! `jarvis-relay`: the org relay server. Today: circuit relay v2 (with identify and ping), so
-//! devices behind NAT or on networks that cannot route to each other still reach each other.
+//! `jarvis-relay`: the org relay server. Enrolled like a GPU peer (`request`, then an admin's
+//! `jarvis admin enroll`, then `install`); `up` runs it: the authentication gate, circuit relay
+//! v2, and blind store-and-forward of each user's sealed changes.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, identify, ping, relay};
+use jarvis_home::{Home, KeyFile, Passphrase};
+use jarvis_identity::{Name, RequestKind};
+use jarvis_relay::hub::Limits;
+use jarvis_relay::server::{Config, Relay, RelayIdentity};
+use libp2p::Multiaddr;
 
-/// The Jarvis org relay.
+/// The Jarvis org relay: keeps the org's devices in sync when they are never online together,
+/// and connects devices that cannot reach each other. It stores only ciphertext.
 #[derive(Debug, Parser)]
-#[command(name = "jarvis-relay", version)]
+#[command(name = "jarvis-relay", version, max_term_width = 100)]
 struct Cli {
+    /// Directory holding the relay's key, certificate and store.
+    #[arg(long, global = true, env = "JARVIS_RELAY_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the relay: circuit relay for the org's devices. Prints its peer id and addresses as
-    /// JSON lines.
+    /// Make this relay's key and an enrolment request for an org admin
+    /// (`jarvis admin enroll --request REQ`).
+    Request {
+        /// The relay's name in the org (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Install the bundle the admin's `jarvis admin enroll` printed.
+    Install {
+        /// The bundle.
+        bundle: String,
+    },
+    /// The running relay: connections, stored bytes (per user), quota, revocations held.
+    Status,
+    /// Run the relay. Prints its peer id and addresses (JSON lines); Ctrl-C stops it cleanly.
     Up {
         /// Addresses to listen on (default: QUIC and TCP on port 4001, every interface).
         #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<Multiaddr>,
+        /// Bytes of sealed data stored per user.
+        #[arg(long, value_name = "BYTES", default_value_t = Limits::default().quota_bytes)]
+        quota: u64,
+        /// Sustained bytes per second one peer may send (bursts up to 8 × this).
+        #[arg(long, value_name = "BYTES", default_value_t = Limits::default().rate_bytes_per_sec)]
+        rate: u64,
     },
-}
-
-#[derive(NetworkBehaviour)]
-struct Behaviour {
-    relay: relay::Behaviour,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
 }
 
 fn main() -> ExitCode {
@@ -45,12 +69,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .and_then(|rt| rt.block_on(run(cli)));
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -59,69 +78,166 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    let Command::Up { listen } = cli.command;
-    let listen = if listen.is_empty() {
-        vec![
-            "/ip4/0.0.0.0/udp/4001/quic-v1".parse()?,
-            "/ip4/0.0.0.0/tcp/4001".parse()?,
-        ]
-    } else {
-        listen
+fn home(dir: Option<PathBuf>) -> Result<Home> {
+    let dir = match dir {
+        Some(dir) => dir,
+        None => Home::locate(None)
+            .context("pass --home DIR or set JARVIS_RELAY_HOME")?
+            .dir()
+            .join("relay"),
     };
-    // TODO(relay issue): the relay's key comes from its enrolled home (`jarvis-relay install`);
-    // until then each run has a fresh identity, printed below.
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .context("setting up TCP")?
-        .with_quic()
-        .with_behaviour(|key| Behaviour {
-            relay: relay::Behaviour::new(key.public().to_peer_id(), relay::Config::default()),
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/jarvis-relay/1.0.0".into(),
-                key.public(),
-            )),
-            ping: ping::Behaviour::new(ping::Config::new()),
-        })
-        .context("setting up the relay")?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build();
-    for address in &listen {
-        swarm
-            .listen_on(address.clone())
-            .with_context(|| format!("cannot listen on {address}"))?;
+    Home::locate(Some(dir))
+}
+
+fn print(json: bool, value: &serde_json::Value, text: &str) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{text}");
     }
-    let peer_id = *swarm.local_peer_id();
-    println!(
-        "{}",
-        serde_json::json!({ "event": "up", "peer_id": peer_id.to_string() })
-    );
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    // A relay is meant to be reachable where it listens: offer these addresses in
-                    // reservations (the relay serves no reservation without one).
-                    swarm.add_external_address(address.clone());
-                    println!("{}", serde_json::json!({ "event": "listening", "address": address.to_string() }));
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let home = home(cli.home)?;
+    match cli.command {
+        Command::Request { name } => {
+            let name = name.unwrap_or_else(host_name);
+            let name = Name::new(&name).map_err(|e| anyhow!("invalid name `{name}`: {e}"))?;
+            let (token, again) = jarvis_home::make_request(&home, RequestKind::Relay, name)?;
+            let request = jarvis_identity::JoinRequest::from_token(&token)?;
+            if !cli.json {
+                if again {
+                    eprintln!("This relay already made a request; here it is again.");
                 }
-                SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
-                    tracing::info!(?event, "relay");
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                    // Peers tell us the address we see them at; that is how they learn theirs.
-                    tracing::debug!(%peer_id, observed = %info.observed_addr, "identified");
-                }
-                _ => {}
+                eprintln!(
+                    "Give this request to an org admin (`jarvis admin enroll --request <request>`), then install the bundle they give you with `jarvis-relay install <bundle>`. The request:"
+                );
             }
+            print(
+                cli.json,
+                &serde_json::json!({ "request": token, "peer_id": request.key().to_string() }),
+                &token,
+            );
+            Ok(())
+        }
+        Command::Install { bundle } => {
+            let bundle = jarvis_home::install_bundle(&home, &bundle, None, RequestKind::Relay)?;
+            let leaf = bundle
+                .chain
+                .leaf()
+                .context("the bundle has no certificate")?;
+            print(
+                cli.json,
+                &serde_json::json!({
+                    "org": bundle.org.name.as_str(),
+                    "org_id": bundle.org.root.to_string(),
+                    "peer_id": leaf.subject().to_string(),
+                }),
+                &format!(
+                    "Installed: relay `{}` of org `{}`. Start it with `jarvis-relay up`.",
+                    leaf.name(),
+                    bundle.org.name
+                ),
+            );
+            Ok(())
+        }
+        Command::Status => {
+            let path = home.dir().join(jarvis_relay::server::STATUS_FILE);
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "no status in {}: start the relay with `jarvis-relay up` first",
+                    home.dir().display()
+                )
+            })?;
+            let status: serde_json::Value =
+                serde_json::from_slice(&bytes).context("the status file is damaged")?;
+            let field = |name: &str| status.get(name).cloned().unwrap_or_default();
+            let text = format!(
+                "relay {}: {}\n{} connections ({} devices), {} bytes stored, {} revocations held",
+                field("peer_id").as_str().unwrap_or("?"),
+                if field("running") == true {
+                    "running"
+                } else {
+                    "stopped"
+                },
+                field("connections"),
+                field("devices"),
+                field("stored_bytes"),
+                field("revocations"),
+            );
+            print(cli.json, &status, &text);
+            Ok(())
+        }
+        Command::Up {
+            listen,
+            quota,
+            rate,
+        } => {
+            let listen = if listen.is_empty() {
+                vec![
+                    "/ip4/0.0.0.0/udp/4001/quic-v1".parse()?,
+                    "/ip4/0.0.0.0/tcp/4001".parse()?,
+                ]
+            } else {
+                listen
+            };
+            let state = home.load().context(
+                "this relay is not enrolled: run `jarvis-relay request`, have an admin enroll it, then `jarvis-relay install BUNDLE`",
+            )?;
+            let (Some(org), Some(chain)) = (state.org()?, state.chain()?) else {
+                bail!(
+                    "this relay is not enrolled yet: install the bundle from `jarvis admin enroll` with `jarvis-relay install BUNDLE`"
+                );
+            };
+            let passphrase = Passphrase::get("the relay's key")?;
+            let key = home.unseal_key(KeyFile::Identity, &passphrase)?.signing;
+            let revocations = home.revocations(&org.root)?;
+            chain
+                .verify(&org.root, jarvis_home::now(), &revocations)
+                .context("this relay's certificate is not valid")?;
+            let config = Config {
+                listen,
+                limits: Limits {
+                    quota_bytes: quota,
+                    rate_bytes_per_sec: rate,
+                    burst_bytes: rate.saturating_mul(8),
+                },
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let relay = Relay::new(
+                    RelayIdentity { org, chain, key },
+                    revocations,
+                    home.dir(),
+                    &config,
+                )?;
+                println!(
+                    "{}",
+                    serde_json::json!({ "event": "up", "peer_id": relay.peer_id().to_string() })
+                );
+                let mut report = |event: serde_json::Value| println!("{event}");
+                relay
+                    .run(
+                        async {
+                            let _ = tokio::signal::ctrl_c().await;
+                        },
+                        &mut report,
+                    )
+                    .await
+            })?;
+            println!("{}", serde_json::json!({ "event": "stopped" }));
+            Ok(())
         }
     }
-    println!("{}", serde_json::json!({ "event": "stopped" }));
-    Ok(())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "relay".to_owned())
 }

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::jarvis_bin;
+
 fn sh(args: &[&str]) {
     let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
     assert!(status.success(), "`{}` failed", args.join(" "));
@@ -188,16 +191,6 @@ impl Drop for Killed {
 
 const NO_MODELS: &str = "/nonexistent/jarvis-models";
 
-fn jarvis_bin() -> PathBuf {
-    let path = assert_cmd::cargo::cargo_bin("jarvis");
-    assert!(
-        path.exists(),
-        "{} is not built: run the workspace's tests (cargo nextest run --workspace)",
-        path.display()
-    );
-    path
-}
-
 fn jarvis(ns: Option<(&Namespaces, usize)>, home: &Path, args: &[&str]) -> Value {
     let mut cmd = match ns {
         Some((ns, i)) => ns.exec(i, &jarvis_bin()),
@@ -274,10 +267,15 @@ fn drain(lines: impl Iterator<Item = std::io::Result<String>> + Send + 'static) 
     std::thread::spawn(move || lines.for_each(drop));
 }
 
-/// The relay in namespace 2, and its peer id.
-fn start_relay(ns: &Namespaces) -> (Killed, String) {
+/// The relay in namespace 2, enrolled in the org administered in `d/admin`, and its peer id.
+fn start_relay(ns: &Namespaces, d: &Path) -> (Killed, String) {
+    let home = d.join("relay");
+    common::enrol_relay(&d.join("admin"), &home);
     let mut relay = ns
         .exec(2, &assert_cmd::cargo::cargo_bin("jarvis-relay"))
+        .env("JARVIS_PASSPHRASE", "pw")
+        .arg("--home")
+        .arg(&home)
         .args(["up", "--listen", "/ip4/0.0.0.0/udp/4001/quic-v1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -394,7 +392,7 @@ fn devices_on_unroutable_networks_sync_through_the_relay() {
     let dir = tempfile::tempdir().unwrap();
     let (laptop, phone, laptop_id) = enrol(dir.path());
     let ns = Namespaces::unroutable();
-    let (_relay, relay_id) = start_relay(&ns);
+    let (_relay, relay_id) = start_relay(&ns, dir.path());
     let _nodes = start_both(
         &ns,
         &relay_id,
@@ -424,7 +422,7 @@ fn devices_behind_nat_are_hole_punched_to_a_direct_connection() {
         .unwrap()
         .to_owned();
     let ns = Namespaces::behind_nats();
-    let (_relay, relay_id) = start_relay(&ns);
+    let (_relay, relay_id) = start_relay(&ns, dir.path());
     let _nodes = start_both(
         &ns,
         &relay_id,

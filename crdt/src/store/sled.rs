@@ -15,6 +15,7 @@
 
 use std::path::Path;
 
+pub use ::sled::Db;
 use jarvis_identity::PublicKey;
 use sled::Transactional;
 
@@ -53,15 +54,26 @@ fn vector_key(doc: DocId, actor: &PublicKey) -> Vec<u8> {
     k
 }
 
+/// Opens (or creates) a sled database, for [`SledStore::open_in`].
+pub fn open_db(path: &Path) -> Result<Db, StoreError> {
+    sled::Config::new().path(path).open().map_err(io)
+}
+
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(io)?;
+        Self::open_in(&open_db(path)?, "")
+    }
+
+    /// A store in the trees `{namespace}changes`, `{namespace}vectors`, … of an open database:
+    /// how a relay keeps each user's data apart in one database (one file set, one flush).
+    pub fn open_in(db: &sled::Db, namespace: &str) -> Result<Self, StoreError> {
+        let tree = |name: &str| db.open_tree(format!("{namespace}{name}")).map_err(io);
         Ok(Self {
-            changes: db.open_tree("changes").map_err(io)?,
-            vectors: db.open_tree("vectors").map_err(io)?,
-            keys: db.open_tree("keys").map_err(io)?,
-            snapshots: db.open_tree("snapshots").map_err(io)?,
-            db,
+            changes: tree("changes")?,
+            vectors: tree("vectors")?,
+            keys: tree("keys")?,
+            snapshots: tree("snapshots")?,
+            db: db.clone(),
             batching: false,
             dirty: false,
         })

@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use jarvis_identity::sealed::{self, DEFAULT_WORK_FACTOR, KeyMaterial, MIN_WORK_FACTOR};
-use jarvis_identity::{CertChain, OrgInfo, PublicKey, RevocationSet, UnixTime};
+use jarvis_identity::{
+    Bundle, CertChain, JoinRequest, Name, OrgInfo, PublicKey, RequestKind, RevocationSet,
+    SecretKey, UnixTime,
+};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -372,4 +375,102 @@ impl Passphrase {
             .map(Zeroizing::new)
             .context("reading the passphrase")
     }
+}
+
+/// Refuses to join a home that already belongs to an org.
+pub fn ensure_not_joined(home: &Home, state: &HomeState) -> Result<()> {
+    if let Some(org) = state.org()? {
+        bail!(
+            "{} already belongs to org `{}` ({}); a home is one device of one org. Use another --home to join a different org",
+            home.dir().display(),
+            org.name,
+            org.root
+        );
+    }
+    Ok(())
+}
+
+/// The command that makes a request of `kind`, for messages.
+pub fn request_command(kind: RequestKind) -> &'static str {
+    match kind {
+        RequestKind::Device => "jarvis devices request",
+        RequestKind::Gpu => "jarvis gpu request",
+        RequestKind::Relay => "jarvis-relay request",
+    }
+}
+
+/// Makes this home's key and an enrolment request of `kind` (a device's pairing request, or a
+/// relay's or GPU peer's request to an admin). Idempotent: asked again, it returns the same
+/// request. Returns the request's token, and whether it had been made before.
+pub fn make_request(home: &Home, kind: RequestKind, name: Name) -> Result<(String, bool)> {
+    let home_kind = match kind {
+        RequestKind::Device => HomeKind::Device,
+        RequestKind::Gpu => HomeKind::Gpu,
+        RequestKind::Relay => HomeKind::Relay,
+    };
+    let mut state = home.load_or_new(home_kind)?;
+    ensure_not_joined(home, &state)?;
+    if state.kind != home_kind {
+        bail!(
+            "{} is a {:?} home, not a {:?}",
+            home.dir().display(),
+            state.kind,
+            home_kind
+        );
+    }
+    if let Some(existing) = &state.pending_request {
+        return Ok((existing.clone(), true));
+    }
+    let passphrase = Passphrase::new_for("this machine's keys")?;
+    let key = SecretKey::generate();
+    let age = (kind == RequestKind::Device).then(jarvis_identity::age::x25519::Identity::generate);
+    let recipient = age.as_ref().map(|a| a.to_public().to_string());
+    let request = JoinRequest::create(kind, &key, name, recipient, now());
+    home.seal_key(
+        KeyFile::Identity,
+        &KeyMaterial { signing: key, age },
+        &passphrase,
+    )?;
+    let token = request.to_token();
+    state.pending_request = Some(token.clone());
+    home.save(&state)?;
+    Ok((token, false))
+}
+
+/// Installs the bundle that answers this home's pending request of `kind`, after checking it is
+/// for that request (and from the org `pinned`, when given). Returns the bundle.
+pub fn install_bundle(
+    home: &Home,
+    token: &str,
+    pinned: Option<&PublicKey>,
+    kind: RequestKind,
+) -> Result<Bundle> {
+    let mut state = home.load().with_context(|| {
+        format!(
+            "a bundle answers a request made on this machine; run `{}` here first",
+            request_command(kind)
+        )
+    })?;
+    ensure_not_joined(home, &state)?;
+    let request = state
+        .pending_request
+        .as_deref()
+        .context("this home made no request, so no bundle can be for it")?;
+    let request = JoinRequest::from_token(request).context("the stored request is damaged")?;
+    if request.kind() != kind {
+        bail!(
+            "this home asked to be a {}, but the bundle is being installed as a {}",
+            request.kind().as_str(),
+            kind.as_str()
+        );
+    }
+    let bundle = Bundle::from_token(token).context("cannot use this bundle")?;
+    bundle
+        .check_for(&request, pinned, now())
+        .context("cannot use this bundle")?;
+    state.set_org(&bundle.org);
+    state.chain = Some(encode_chain(&bundle.chain));
+    state.pending_request = None;
+    home.save(&state)?;
+    Ok(bundle)
 }

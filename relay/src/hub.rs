@@ -1,0 +1,499 @@
+//! The relay's core, sans-IO: blind store-and-forward of each user's sealed changes.
+//!
+//! Every admitted device is a sync peer of its user's **keyless** replica: the relay stores the
+//! ciphertext and the (document, actor, sequence, epoch) headers, answers the sync protocol
+//! exactly as a device does ([`jarvis_crdt::sync`]), and pushes what one device sends to the
+//! user's other connected devices at once. It holds no document key, so it can never read a
+//! conversation. Users are kept apart: a device is only ever a peer of its own user's replica.
+//!
+//! The hub also enforces the limits that keep one user from hurting the others: a token bucket
+//! of bytes per peer (the rate) and a storage quota per user. A refused message is not stored
+//! and not acknowledged; the refusal says why, and the device's session sends it again later.
+//!
+//! Generic over the peer id (`P`) and the store (`S`), so tests and simulations drive it with
+//! in-memory stores and plain numbers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+use jarvis_crdt::store::{Store, StoreError};
+use jarvis_crdt::{Replica, Session, SyncMessage};
+use jarvis_identity::Name;
+
+/// What a relay allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of sealed data stored per user.
+    pub quota_bytes: u64,
+    /// Sustained bytes per second one peer may send.
+    pub rate_bytes_per_sec: u64,
+    /// Bytes a peer may send at once after being idle.
+    pub burst_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            quota_bytes: 1 << 30,
+            rate_bytes_per_sec: 1 << 20,
+            burst_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Why a message was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("not admitted: authenticate as a device of this org first")]
+    NotAdmitted,
+    #[error("malformed sync message: {0}")]
+    Malformed(String),
+    #[error("rate limit: slow down, try again in {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
+    #[error(
+        "storage quota of user {user} is full ({used} of {quota} bytes): ask an admin for more, or let a snapshot replace old history"
+    )]
+    QuotaExceeded { user: Name, used: u64, quota: u64 },
+    #[error("the relay cannot store this now: {0}")]
+    Store(String),
+}
+
+impl Refusal {
+    /// A short name, for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotAdmitted => "not-admitted",
+            Self::Malformed(_) => "malformed",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::QuotaExceeded { .. } => "quota",
+            Self::Store(_) => "store",
+        }
+    }
+}
+
+/// A token bucket of bytes, on the caller's clock.
+#[derive(Debug, Clone)]
+struct Bucket {
+    tokens: f64,
+    at_ms: u64,
+}
+
+impl Bucket {
+    fn full(limits: &Limits, now_ms: u64) -> Self {
+        Self {
+            tokens: limits.burst_bytes as f64,
+            at_ms: now_ms,
+        }
+    }
+
+    /// Takes `bytes`, or says how long until they would be there.
+    fn take(&mut self, bytes: usize, limits: &Limits, now_ms: u64) -> Result<(), u64> {
+        let rate = limits.rate_bytes_per_sec.max(1) as f64;
+        let elapsed = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * rate).min(limits.burst_bytes as f64);
+        self.at_ms = now_ms.max(self.at_ms);
+        let want = bytes as f64;
+        if self.tokens >= want {
+            self.tokens -= want;
+            Ok(())
+        } else {
+            Err((((want - self.tokens) / rate) * 1000.0).ceil() as u64)
+        }
+    }
+}
+
+struct PeerState {
+    user: Name,
+    session: Session,
+    bucket: Bucket,
+}
+
+/// What handling one message did.
+#[derive(Debug)]
+pub struct Handled<P> {
+    /// Taken (durable, when it carried data), or refused and why.
+    pub result: Result<(), Refusal>,
+    /// Messages for peers: the sender's answers and the live fan-out to the user's other
+    /// devices.
+    pub send: Vec<(P, SyncMessage)>,
+    /// Changes newly stored.
+    pub stored: usize,
+}
+
+/// Opens (or creates) a user's store.
+pub type OpenStore<S> = Box<dyn FnMut(&Name) -> Result<S, StoreError> + Send>;
+
+/// The store-and-forward hub.
+pub struct Hub<P, S: Store> {
+    open: OpenStore<S>,
+    users: BTreeMap<Name, Replica<S>>,
+    peers: HashMap<P, PeerState>,
+    limits: Limits,
+}
+
+impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
+    pub fn new(limits: Limits, open: OpenStore<S>) -> Self {
+        Self {
+            open,
+            users: BTreeMap::new(),
+            peers: HashMap::new(),
+            limits,
+        }
+    }
+
+    fn replica(&mut self, user: &Name) -> Result<&mut Replica<S>, StoreError> {
+        if !self.users.contains_key(user) {
+            let store = (self.open)(user)?;
+            self.users.insert(user.clone(), Replica::keyless(store));
+        }
+        self.users
+            .get_mut(user)
+            .ok_or_else(|| StoreError::Io("the user's store vanished".into()))
+    }
+
+    /// Admits an authenticated device of `user`: its sync session starts, announcing what the
+    /// relay holds for that user.
+    pub fn admit(
+        &mut self,
+        peer: P,
+        user: Name,
+        now_ms: u64,
+    ) -> Result<Vec<(P, SyncMessage)>, Refusal> {
+        let limits = self.limits;
+        let replica = self
+            .replica(&user)
+            .map_err(|e| Refusal::Store(e.to_string()))?;
+        let mut session = Session::new();
+        let out = session
+            .start(now_ms, replica)
+            .map_err(|e| Refusal::Store(e.to_string()))?;
+        self.peers.insert(
+            peer,
+            PeerState {
+                user,
+                session,
+                bucket: Bucket::full(&limits, now_ms),
+            },
+        );
+        Ok(out.into_iter().map(|m| (peer, m)).collect())
+    }
+
+    /// The peer disconnected (or was revoked).
+    pub fn leave(&mut self, peer: &P) {
+        self.peers.remove(peer);
+    }
+
+    pub fn is_admitted(&self, peer: &P) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// The user a peer was admitted as.
+    pub fn user_of(&self, peer: &P) -> Option<&Name> {
+        self.peers.get(peer).map(|p| &p.user)
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Admitted peers.
+    pub fn connections(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Bytes stored for each user whose store is open.
+    pub fn stored_bytes(&self) -> BTreeMap<Name, u64> {
+        self.users
+            .iter()
+            .map(|(user, r)| (user.clone(), r.store().stored_bytes().unwrap_or(0)))
+            .collect()
+    }
+
+    /// A sync message (still encoded: untrusted bytes) from `peer`. Durable before it returns
+    /// `Ok`, so the transport acknowledgement may go back then.
+    pub fn handle(&mut self, peer: P, bytes: &[u8], now_ms: u64) -> Handled<P> {
+        let refused = |r| Handled {
+            result: Err(r),
+            send: Vec::new(),
+            stored: 0,
+        };
+        let limits = self.limits;
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return refused(Refusal::NotAdmitted);
+        };
+        if let Err(retry_after_ms) = state.bucket.take(bytes.len(), &limits, now_ms) {
+            return refused(Refusal::RateLimited { retry_after_ms });
+        }
+        let message = match SyncMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => return refused(Refusal::Malformed(e.to_string())),
+        };
+        let user = state.user.clone();
+        let Some(replica) = self.users.get_mut(&user) else {
+            return refused(Refusal::Store("the user's store is not open".into()));
+        };
+        if matches!(
+            message,
+            SyncMessage::Changes { .. } | SyncMessage::Snapshot { .. }
+        ) {
+            let used = replica.store().stored_bytes().unwrap_or(0);
+            if used >= limits.quota_bytes {
+                return refused(Refusal::QuotaExceeded {
+                    user,
+                    used,
+                    quota: limits.quota_bytes,
+                });
+            }
+        }
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return refused(Refusal::NotAdmitted);
+        };
+        replica.begin_batch();
+        let result = state.session.handle(message, now_ms, replica);
+        if let Err(e) = replica.end_batch() {
+            return refused(Refusal::Store(e.to_string()));
+        }
+        let out = match result {
+            Ok(out) => out,
+            // The message was understood but refused (a forged or out-of-place change).
+            Err(e) => return refused(Refusal::Malformed(e.to_string())),
+        };
+        let mut send: Vec<(P, SyncMessage)> = out.send.into_iter().map(|m| (peer, m)).collect();
+        let stored = out.received.stored;
+        if !stored.is_empty() {
+            for (other, state) in &mut self.peers {
+                if *other == peer || state.user != user {
+                    continue;
+                }
+                for change in &stored {
+                    match state.session.on_new_change(change, replica) {
+                        Ok(messages) => send.extend(messages.into_iter().map(|m| (*other, m))),
+                        Err(e) => tracing::debug!(error = %e, "fan-out skipped a change"),
+                    }
+                }
+            }
+        }
+        Handled {
+            result: Ok(()),
+            send,
+            stored: stored.len(),
+        }
+    }
+
+    /// Timers: sessions re-announce what the relay holds, so anything lost is sent again.
+    pub fn poll(&mut self, now_ms: u64) -> Vec<(P, SyncMessage)> {
+        let mut send = Vec::new();
+        for (peer, state) in &mut self.peers {
+            let Some(replica) = self.users.get(&state.user) else {
+                continue;
+            };
+            match state.session.poll(now_ms, replica) {
+                Ok(messages) => send.extend(messages.into_iter().map(|m| (*peer, m))),
+                Err(e) => tracing::warn!(error = %e, "resync failed"),
+            }
+        }
+        send
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use jarvis_crdt::doc::Doc;
+    use jarvis_crdt::store::MemStore;
+    use jarvis_identity::SecretKey;
+
+    use super::*;
+
+    struct Device {
+        replica: Replica<MemStore>,
+        session: Session,
+    }
+
+    fn device(age: age::x25519::Identity) -> Device {
+        Device {
+            replica: Replica::device(MemStore::new(), SecretKey::generate(), age),
+            session: Session::new(),
+        }
+    }
+
+    fn hub(limits: Limits) -> Hub<u32, MemStore> {
+        Hub::new(limits, Box::new(|_| Ok(MemStore::new())))
+    }
+
+    /// Runs device ↔ hub traffic until it settles.
+    fn settle(
+        hub: &mut Hub<u32, MemStore>,
+        devices: &mut [(u32, &mut Device)],
+        mut to_hub: Vec<(u32, SyncMessage)>,
+        mut to_devices: Vec<(u32, SyncMessage)>,
+    ) {
+        for _ in 0..1000 {
+            if to_hub.is_empty() && to_devices.is_empty() {
+                return;
+            }
+            for (from, m) in std::mem::take(&mut to_hub) {
+                let handled = hub.handle(from, &m.encode(), 0);
+                handled.result.unwrap();
+                to_devices.extend(handled.send);
+            }
+            for (to, m) in std::mem::take(&mut to_devices) {
+                if let Some((_, d)) = devices.iter_mut().find(|(id, _)| *id == to) {
+                    let out = d.session.handle(m, 0, &mut d.replica).unwrap();
+                    to_hub.extend(out.send.into_iter().map(|m| (to, m)));
+                }
+            }
+        }
+        panic!("did not settle");
+    }
+
+    fn alice() -> Name {
+        Name::new("alice").unwrap()
+    }
+
+    #[test]
+    fn a_device_that_was_away_gets_everything_from_the_relay_alone() {
+        let (aa, ab) = (
+            age::x25519::Identity::generate(),
+            age::x25519::Identity::generate(),
+        );
+        let recipients = [aa.to_public(), ab.to_public()];
+        let mut a = device(aa);
+        let mut b = device(ab);
+        let mut hub = hub(Limits::default());
+        // A writes with B away, and syncs with the relay.
+        let (id, _, _) = a
+            .replica
+            .create(
+                |me| Doc::create_conversation(me, "secret plans", 0),
+                &recipients,
+            )
+            .unwrap();
+        let to_a = hub.admit(1, alice(), 0).unwrap();
+        let hello = a.session.start(0, &a.replica).unwrap();
+        settle(
+            &mut hub,
+            &mut [(1, &mut a)],
+            hello.into_iter().map(|m| (1, m)).collect(),
+            to_a,
+        );
+        hub.leave(&1);
+        // B comes back while A is gone.
+        let to_b = hub.admit(2, alice(), 0).unwrap();
+        let hello = b.session.start(0, &b.replica).unwrap();
+        settle(
+            &mut hub,
+            &mut [(2, &mut b)],
+            hello.into_iter().map(|m| (2, m)).collect(),
+            to_b,
+        );
+        assert_eq!(b.replica.doc(id).unwrap().title().unwrap(), "secret plans");
+        // What the relay stored is sealed: the title is nowhere in it.
+        assert!(hub.stored_bytes()[&alice()] > 0);
+    }
+
+    #[test]
+    fn another_users_device_gets_nothing() {
+        let (aa, ab) = (
+            age::x25519::Identity::generate(),
+            age::x25519::Identity::generate(),
+        );
+        let mut a = device(aa.clone());
+        let mut mallory = device(ab);
+        let mut hub = hub(Limits::default());
+        a.replica
+            .create(
+                |me| Doc::create_conversation(me, "alice only", 0),
+                &[aa.to_public()],
+            )
+            .unwrap();
+        let to_a = hub.admit(1, alice(), 0).unwrap();
+        let hello = a.session.start(0, &a.replica).unwrap();
+        settle(
+            &mut hub,
+            &mut [(1, &mut a)],
+            hello.into_iter().map(|m| (1, m)).collect(),
+            to_a,
+        );
+        let to_m = hub.admit(2, Name::new("mallory").unwrap(), 0).unwrap();
+        let hello = mallory.session.start(0, &mallory.replica).unwrap();
+        settle(
+            &mut hub,
+            &mut [(2, &mut mallory)],
+            hello.into_iter().map(|m| (2, m)).collect(),
+            to_m,
+        );
+        assert!(mallory.replica.docs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_flooding_peer_is_rate_limited_and_a_full_quota_refuses_data() {
+        let limits = Limits {
+            quota_bytes: 10,
+            rate_bytes_per_sec: 1000,
+            burst_bytes: 2000,
+        };
+        let mut hub = hub(limits);
+        assert_eq!(hub.handle(7, b"x", 0).result, Err(Refusal::NotAdmitted));
+        hub.admit(7, alice(), 0).unwrap();
+        // Garbage is refused with the reason, and costs the sender its bytes.
+        let junk = vec![0xff_u8; 1500];
+        assert!(matches!(
+            hub.handle(7, &junk, 0).result,
+            Err(Refusal::Malformed(_))
+        ));
+        match hub.handle(7, &junk, 0).result {
+            Err(Refusal::RateLimited { retry_after_ms }) => assert_eq!(retry_after_ms, 1000),
+            other => panic!("{other:?}"),
+        }
+        // A second later the bucket has refilled.
+        assert!(matches!(
+            hub.handle(7, &junk, 1000).result,
+            Err(Refusal::Malformed(_))
+        ));
+
+        // Fill alice's quota, then more data is refused.
+        let aa = age::x25519::Identity::generate();
+        let mut a = device(aa.clone());
+        for title in ["one", "two", "three"] {
+            a.replica
+                .create(
+                    |me| Doc::create_conversation(me, title, 0),
+                    &[aa.to_public()],
+                )
+                .unwrap();
+        }
+        let mut hub = hub_with_quota(10);
+        let to_a = hub.admit(1, alice(), 0).unwrap();
+        let mut to_hub: Vec<SyncMessage> = a.session.start(0, &a.replica).unwrap();
+        for m in to_a {
+            to_hub.extend(a.session.handle(m.1, 0, &mut a.replica).unwrap().send);
+        }
+        let mut refused = None;
+        for _ in 0..20 {
+            let mut next = Vec::new();
+            for m in to_hub.drain(..) {
+                let handled = hub.handle(1, &m.encode(), 0);
+                if let Err(r) = handled.result {
+                    refused = Some(r);
+                }
+                for (_, m) in handled.send {
+                    next.extend(a.session.handle(m, 0, &mut a.replica).unwrap().send);
+                }
+            }
+            to_hub = next;
+        }
+        assert!(
+            matches!(refused, Some(Refusal::QuotaExceeded { quota: 10, .. })),
+            "{refused:?}"
+        );
+    }
+
+    fn hub_with_quota(quota_bytes: u64) -> Hub<u32, MemStore> {
+        hub(Limits {
+            quota_bytes,
+            ..Limits::default()
+        })
+    }
+}

@@ -1,0 +1,416 @@
+//! The relay server: the libp2p shell around [`crate::hub`].
+//!
+//! One task owns the swarm, the hub (over one sled database, a namespace per user) and the
+//! revocation set, driven by one closed set of events, as the node is:
+//!
+//! ```text
+//!   swarm events ─┐
+//!   tick (500 ms) ┼─▶ Relay::run (select, biased: shutdown first) ─▶ swarm requests
+//!   shutdown     ─┘                                               ─▶ hub (durable writes)
+//! ```
+//!
+//! Admission: a connection is served nothing of ours until its hello (certificate chain and
+//! revocations) verifies against the org root and names the connection's key; a refused peer is
+//! disconnected at once, and one that says nothing within [`AUTH_DEADLINE`] too. Devices are
+//! admitted to their user's store; the relay answers every hello with its own, which carries the
+//! revocations it holds, so each peer gets the org's revocations on admission.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use jarvis_crdt::store::sled::{Db, SledStore};
+use jarvis_identity::hello::{Hello, check_hello};
+use jarvis_identity::{CertChain, CertKind, OrgInfo, RevocationSet, SecretKey, UnixTime};
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping, relay};
+
+use crate::hub::{Hub, Limits};
+use crate::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES, MAX_SYNC_BYTES, SYNC_PROTOCOL};
+
+/// How long a new connection has to prove membership.
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);
+const TICK: Duration = Duration::from_millis(500);
+
+/// Who the relay is: its org, its certificate chain (relay role) and its key.
+pub struct RelayIdentity {
+    pub org: OrgInfo,
+    pub chain: CertChain,
+    pub key: SecretKey,
+}
+
+pub struct Config {
+    pub listen: Vec<Multiaddr>,
+    pub limits: Limits,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    relay: relay::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    auth: request_response::Behaviour<wire::Frames>,
+    sync: request_response::Behaviour<wire::Frames>,
+}
+
+struct Pending {
+    since: Instant,
+    hello_sent: bool,
+}
+
+/// What the relay reports as it runs (one JSON line each on stdout).
+pub trait Report {
+    fn event(&mut self, event: serde_json::Value);
+}
+
+impl<F: FnMut(serde_json::Value)> Report for F {
+    fn event(&mut self, event: serde_json::Value) {
+        self(event)
+    }
+}
+
+pub struct Relay {
+    swarm: Swarm<Behaviour>,
+    identity: RelayIdentity,
+    revocations: RevocationSet,
+    hub: Hub<PeerId, SledStore>,
+    db: Db,
+    /// Connections not yet authenticated.
+    pending: HashMap<PeerId, Pending>,
+    started: Instant,
+    /// Where `jarvis-relay status` reads the running relay's state, and what was last written.
+    status_path: PathBuf,
+    last_status: Option<serde_json::Value>,
+}
+
+/// The file the running relay keeps its status in.
+pub const STATUS_FILE: &str = "status.json";
+
+fn now_unix() -> UnixTime {
+    UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
+/// A sled tree namespace for a user: hex of the name, so no name can reach another's trees.
+fn namespace(user: &jarvis_identity::Name) -> String {
+    let hex: String = user.as_str().bytes().map(|b| format!("{b:02x}")).collect();
+    format!("user/{hex}/")
+}
+
+impl Relay {
+    /// Opens the store in `data` and listens.
+    pub fn new(
+        identity: RelayIdentity,
+        revocations: RevocationSet,
+        data: &Path,
+        config: &Config,
+    ) -> Result<Self> {
+        let db = jarvis_crdt::store::sled::open_db(&data.join("store")).with_context(|| {
+            format!(
+                "opening the relay's store in {} (is another relay running on this home?)",
+                data.display()
+            )
+        })?;
+        let opener = db.clone();
+        let hub = Hub::new(
+            config.limits,
+            Box::new(move |user| SledStore::open_in(&opener, &namespace(user))),
+        );
+        let keypair = identity
+            .key
+            .to_libp2p_keypair()
+            .context("deriving the libp2p identity")?;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default().nodelay(true),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .context("setting up TCP")?
+            .with_quic()
+            .with_behaviour(|key| Behaviour {
+                relay: relay::Behaviour::new(key.public().to_peer_id(), relay::Config::default()),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/jarvis-relay/1.0.0".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
+                sync: wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
+            })
+            .context("setting up the relay")?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        for address in &config.listen {
+            swarm
+                .listen_on(address.clone())
+                .with_context(|| format!("cannot listen on {address}"))?;
+        }
+        Ok(Self {
+            swarm,
+            identity,
+            revocations,
+            hub,
+            db,
+            pending: HashMap::new(),
+            started: Instant::now(),
+            status_path: data.join(STATUS_FILE),
+            last_status: None,
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn hello(&self) -> Vec<u8> {
+        Hello::new(self.identity.chain.clone(), &self.revocations).encode()
+    }
+
+    /// Runs until `shutdown` completes. Every acknowledged change was durable before it was
+    /// acknowledged, so stopping (or being killed) at any point loses none.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        report: &mut dyn Report,
+    ) -> Result<()> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                event = self.swarm.select_next_some() => self.on_swarm(event, report),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        self.db.flush_async().await.context("flushing the store")?;
+        self.write_status(false);
+        Ok(())
+    }
+
+    /// What `jarvis-relay status` shows.
+    pub fn status(&self, running: bool) -> serde_json::Value {
+        let per_user = self.hub.stored_bytes();
+        serde_json::json!({
+            "peer_id": self.peer_id().to_string(),
+            "running": running,
+            "connections": self.swarm.connected_peers().count(),
+            "devices": self.hub.connections(),
+            "stored_bytes": per_user.values().sum::<u64>(),
+            "stored_bytes_per_user": per_user
+                .iter()
+                .map(|(user, bytes)| (user.to_string(), *bytes))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            "quota_bytes": self.hub.limits().quota_bytes,
+            "revocations": self.revocations.len(),
+        })
+    }
+
+    /// Keeps the status file current (written when it changes, atomically).
+    fn write_status(&mut self, running: bool) {
+        let status = self.status(running);
+        if self.last_status.as_ref() == Some(&status) {
+            return;
+        }
+        let tmp = self.status_path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&status)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &self.status_path));
+        match written {
+            Ok(()) => self.last_status = Some(status),
+            Err(e) => tracing::warn!(error = %e, "cannot write the status file"),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let late: Vec<PeerId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.since) > AUTH_DEADLINE)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in late {
+            tracing::info!(%peer, "no valid hello in time: disconnecting");
+            self.pending.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let out = self.hub.poll(self.now_ms());
+        self.send(out);
+        self.write_status(true);
+    }
+
+    fn send(&mut self, messages: Vec<(PeerId, jarvis_crdt::SyncMessage)>) {
+        for (peer, m) in messages {
+            self.swarm
+                .behaviour_mut()
+                .sync
+                .send_request(&peer, m.encode());
+        }
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>, report: &mut dyn Report) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                // A relay is meant to be reachable where it listens: offer these addresses in
+                // reservations (the relay serves no reservation without one).
+                self.swarm.add_external_address(address.clone());
+                let me = self.peer_id();
+                report.event(serde_json::json!({
+                    "event": "listening",
+                    "address": address.with_p2p(me).unwrap_or_else(|a| a).to_string(),
+                }));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. }
+                if !self.hub.is_admitted(&peer_id) =>
+            {
+                let pending = self.pending.entry(peer_id).or_insert(Pending {
+                    since: Instant::now(),
+                    hello_sent: false,
+                });
+                if !pending.hello_sent {
+                    pending.hello_sent = true;
+                    let hello = self.hello();
+                    self.swarm
+                        .behaviour_mut()
+                        .auth
+                        .send_request(&peer_id, hello);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.pending.remove(&peer_id);
+                self.hub.leave(&peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+                tracing::debug!(?event, "circuit relay");
+            }
+            _ => {}
+        }
+    }
+
+    /// The gate: verifies a peer's hello; admits devices to their user's store.
+    fn check(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), String> {
+        let checked = check_hello(
+            &self.identity.org.root,
+            &mut self.revocations,
+            peer,
+            bytes,
+            now_unix(),
+        )?;
+        self.pending.remove(&peer);
+        let verified = checked.verified;
+        tracing::info!(%peer, kind = %verified.kind, name = %verified.name, "peer admitted");
+        if verified.kind == CertKind::Device
+            && !self.hub.is_admitted(&peer)
+            && let Some(user) = verified.user
+        {
+            let out = self
+                .hub
+                .admit(peer, user, self.now_ms())
+                .map_err(|e| e.to_string())?;
+            self.send(out);
+        }
+        Ok(())
+    }
+
+    fn refuse(&mut self, peer: PeerId, reason: &str) {
+        tracing::warn!(%peer, %reason, "peer refused");
+        self.pending.remove(&peer);
+        self.hub.leave(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn on_auth(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        let request_response::Event::Message { peer, message, .. } = event else {
+            return;
+        };
+        match message {
+            Message::Request {
+                request, channel, ..
+            } => {
+                let result = self.check(peer, &request);
+                let response = if result.is_ok() {
+                    self.hello()
+                } else {
+                    Vec::new()
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .auth
+                    .send_response(channel, response);
+                if let Err(reason) = result {
+                    self.refuse(peer, &reason);
+                }
+            }
+            Message::Response { response, .. } => {
+                if self.hub.is_admitted(&peer) {
+                    return;
+                }
+                let result = if response.is_empty() {
+                    Err("the peer refused our certificate".to_owned())
+                } else {
+                    self.check(peer, &response)
+                };
+                if let Err(reason) = result {
+                    self.refuse(peer, &reason);
+                }
+            }
+        }
+    }
+
+    fn on_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        let request_response::Event::Message { peer, message, .. } = event else {
+            return;
+        };
+        let Message::Request {
+            request, channel, ..
+        } = message
+        else {
+            // A device's answer to what we sent: empty when it stored it, else its reason.
+            return;
+        };
+        if !self.hub.is_admitted(&peer) {
+            // Not answered: a peer still authenticating asks again on its resync timer; one
+            // that is not a device of this org is disconnected by the gate.
+            return;
+        }
+        let handled = self.hub.handle(peer, &request, self.now_ms());
+        // The transport acknowledgement: empty once durable; otherwise the reason, so the
+        // device can say why its changes are not getting through.
+        let response = match &handled.result {
+            Ok(()) => Vec::new(),
+            Err(refusal) => {
+                tracing::info!(%peer, reason = refusal.reason(), "sync message refused: {refusal}");
+                refusal.to_string().into_bytes()
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, response);
+        self.send(handled.send);
+    }
+}

@@ -1,0 +1,124 @@
+//! The wire the mesh and the relay share: the project's libp2p protocols and their framing.
+//!
+//! - `/jarvis/auth/1`: each side sends a [`Hello`](jarvis_identity::hello::Hello) (its
+//!   certificate chain and the revocations it knows) as soon as a connection is up, and answers
+//!   the other's with its own (or with nothing, refusing). Until a peer's chain verifies against
+//!   the org root, names the key of the connection's `PeerId`, and is not revoked, nothing else is
+//!   served to it.
+//! - `/jarvis/sync/1`: one [`jarvis_crdt::SyncMessage`] per request, an empty response as the
+//!   transport acknowledgement, sent only once what the message carried is durable. Order
+//!   between requests is not guaranteed, which the sync protocol tolerates.
+//! - `/jarvis/pair/1`: a new device's pairing code exchange (node only).
+//!
+//! Every frame is length-prefixed and refused above its protocol's maximum before it is read.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use libp2p::request_response;
+
+pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/auth/1");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/sync/1");
+pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/pair/1");
+pub const MAX_AUTH_BYTES: usize = jarvis_identity::hello::MAX_HELLO_BYTES;
+/// A sync message may carry a snapshot.
+pub const MAX_SYNC_BYTES: usize = jarvis_crdt::sync::MAX_MESSAGE_BYTES;
+/// What a request/response behaviour of ours allows in flight per peer: the sync window keeps
+/// far fewer.
+pub const MAX_STREAMS: usize = 64;
+
+/// Length-prefixed frames (`u32` big-endian length, then the bytes), refused above `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Frames {
+    max: usize,
+}
+
+impl Frames {
+    pub fn new(max: usize) -> Self {
+        Self { max }
+    }
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+impl request_response::Codec for Frames {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}
+
+/// A request/response behaviour for `protocol` with frames up to `max` bytes, requests timing
+/// out after `timeout`, at most [`MAX_STREAMS`] concurrent streams per peer.
+pub fn behaviour(
+    protocol: StreamProtocol,
+    max: usize,
+    timeout: std::time::Duration,
+) -> request_response::Behaviour<Frames> {
+    request_response::Behaviour::with_codec(
+        Frames::new(max),
+        [(protocol, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(timeout)
+            .with_max_concurrent_streams(MAX_STREAMS),
+    )
+}

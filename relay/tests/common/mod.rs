@@ -1,0 +1,65 @@
+//! Helpers shared by the relay's integration tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+pub fn jarvis_bin() -> PathBuf {
+    let path = assert_cmd::cargo::cargo_bin("jarvis");
+    assert!(
+        path.exists(),
+        "{} is not built: run the workspace's tests (cargo nextest run --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// `jarvis-relay --home HOME …` with the test passphrase.
+pub fn relay_cmd(home: &Path) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("jarvis-relay"));
+    cmd.env("JARVIS_PASSPHRASE", "pw")
+        .env("JARVIS_KDF_WORK_FACTOR", "10")
+        .arg("--home")
+        .arg(home);
+    cmd
+}
+
+/// Runs `cmd ARGS --json`, which must succeed; its JSON.
+pub fn json_ok(mut cmd: Command, args: &[&str]) -> Value {
+    let out = cmd.args(args).arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Enrols a relay at `home` in the org administered at `admin`: `jarvis-relay request`, the
+/// admin's `jarvis admin enroll`, `jarvis-relay install`. Returns the relay's peer id.
+pub fn enrol_relay(admin: &Path, home: &Path) -> String {
+    let request = json_ok(relay_cmd(home), &["request", "--name", "relay-1"]);
+    let mut enroll = Command::new(jarvis_bin());
+    enroll
+        .env("JARVIS_PASSPHRASE", "pw")
+        .arg("--home")
+        .arg(admin);
+    let bundle = json_ok(
+        enroll,
+        &[
+            "admin",
+            "enroll",
+            "--request",
+            request["request"].as_str().unwrap(),
+        ],
+    );
+    let installed = json_ok(
+        relay_cmd(home),
+        &["install", bundle["bundle"].as_str().unwrap()],
+    );
+    assert_eq!(installed["peer_id"], request["peer_id"]);
+    installed["peer_id"].as_str().unwrap().to_owned()
+}

@@ -1,0 +1,249 @@
+//! Store-and-forward over real QUIC on loopback: a device writes while the user's other device
+//! is away, goes away itself, and the other device gets everything from the relay alone; the
+//! relay's files hold none of the text. Strangers are refused by the relay's gate.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{jarvis_bin, json_ok, relay_cmd};
+
+fn jarvis(home: &Path) -> Command {
+    let mut cmd = Command::new(jarvis_bin());
+    cmd.env("JARVIS_PASSPHRASE", "pw")
+        .env("JARVIS_KDF_WORK_FACTOR", "10")
+        // About sync, not answers: without a model `ask` saves the message and answers nothing.
+        .env("JARVIS_MODELS", "/nonexistent/jarvis-models")
+        .arg("--home")
+        .arg(home);
+    cmd
+}
+
+fn ok(home: &Path, args: &[&str]) -> Value {
+    json_ok(jarvis(home), args)
+}
+
+/// `jarvis ask` without a model: the message is saved (and synced); returns its conversation.
+fn say(home: &Path, args: &[&str]) -> String {
+    let out = jarvis(home)
+        .arg("ask")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        reply["error"].as_str().unwrap().contains("no answer"),
+        "{reply}"
+    );
+    reply["conversation_id"].as_str().unwrap().to_owned()
+}
+
+fn texts(home: &Path, conversation: &str) -> Vec<String> {
+    let shown = jarvis(home)
+        .args(["show", conversation, "--json"])
+        .output()
+        .unwrap();
+    if !shown.status.success() {
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A child stopped with SIGINT (a clean stop) when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The relay, and the address devices dial.
+fn start_relay(home: &Path) -> (Running, String) {
+    let mut child = relay_cmd(home)
+        .args(["up", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(up["event"], "up", "{up}");
+    let listening: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let address = listening["address"].as_str().unwrap().to_owned();
+    std::thread::spawn(move || lines.for_each(drop));
+    (Running(child), address)
+}
+
+fn start_node(home: &Path, relay: &str) -> Running {
+    let mut child = jarvis(home)
+        .args([
+            "up",
+            "--json",
+            "--no-mdns",
+            "--no-voice",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--peer",
+            relay,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(up["event"], "up", "{up}");
+    std::thread::spawn(move || lines.for_each(drop));
+    Running(child)
+}
+
+fn relay_status(home: &Path) -> Value {
+    json_ok(relay_cmd(home), &["status"])
+}
+
+/// Waits until the relay's stored bytes are non-zero and stop changing (everything sent has
+/// been stored); returns them.
+fn settled_bytes(relay_home: &Path) -> u64 {
+    let mut last = (0, Instant::now());
+    wait_for("the relay to store the changes", || {
+        let bytes = relay_status(relay_home)["stored_bytes"]
+            .as_u64()
+            .unwrap_or(0);
+        if bytes != last.0 {
+            last = (bytes, Instant::now());
+        }
+        (bytes > 0 && last.1.elapsed() > Duration::from_secs(2)).then_some(bytes)
+    })
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_device_that_was_away_gets_everything_from_the_relay_alone_and_the_relay_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let admin = d.join("admin");
+    ok(&admin, &["admin", "init", "--org", "acme"]);
+    let token = ok(&admin, &["admin", "invite", "alice"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let laptop = d.join("laptop");
+    ok(&laptop, &["join", &token, "--device-name", "laptop"]);
+    let phone = d.join("phone");
+    let request = ok(&phone, &["devices", "request"])["request"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bundle = ok(&laptop, &["devices", "approve", &request])["bundle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&phone, &["join", &bundle]);
+    let relay_home = d.join("relay");
+    let relay_id = common::enrol_relay(&admin, &relay_home);
+    let (relay, address) = start_relay(&relay_home);
+    assert!(address.ends_with(&relay_id), "{address}");
+
+    // The laptop writes while the phone is away, with the relay its only peer.
+    let a = start_node(&laptop, &address);
+    let secret = "the launch code is swordfish";
+    let conversation = say(&laptop, &[secret]);
+    let mut sent = vec![secret.to_owned()];
+    for i in 0..30 {
+        let text = format!("confidential note number {i}");
+        say(&laptop, &[&text, "--conversation", &conversation]);
+        sent.push(text);
+    }
+    let stored = settled_bytes(&relay_home);
+    let status = relay_status(&relay_home);
+    assert_eq!(status["running"], true, "{status}");
+    assert_eq!(status["stored_bytes_per_user"]["alice"], stored, "{status}");
+    drop(a);
+
+    // The phone comes online after the laptop left: everything comes from the relay.
+    let _b = start_node(&phone, &address);
+    wait_for("the phone to receive the laptop's messages", || {
+        (texts(&phone, &conversation) == sent).then_some(())
+    });
+
+    // The relay never had anything readable: none of the text is in its files.
+    drop(relay);
+    for file in files(&relay_home) {
+        let bytes = std::fs::read(&file).unwrap();
+        for needle in ["swordfish", "confidential note"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{} contains {needle:?}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_relay_that_is_not_enrolled_says_how_to_enrol_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = relay_cmd(dir.path())
+        .args(["up", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("jarvis-relay request"), "{stderr}");
+    let out = relay_cmd(dir.path())
+        .args(["install", "garbage"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("jarvis-relay request"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::{AdminCommand, InfraRole, InviteRole, RelaysCommand, RevokeArgs};
+use jarvis_relay::client::Published;
+
 use crate::home::{Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now};
 use crate::output::Output;
 
@@ -453,16 +455,93 @@ fn revoke(mut admin: Admin, out: Output, args: RevokeArgs) -> Result<()> {
         at: at.0,
     });
     admin.save()?;
+    let published = publish_to_relays(&admin, &key, &set);
+    let accepted: Vec<&str> = published
+        .iter()
+        .filter(|(_, p)| *p == Published::Accepted)
+        .map(|(a, _)| a.as_str())
+        .collect();
+    let failed: Vec<String> = published
+        .iter()
+        .filter(|(_, p)| *p != Published::Accepted)
+        .map(|(a, p)| format!("{a}: {p:?}"))
+        .collect();
     out.emit(
-        &json!({ "revoked": id, "kind": kind, "revocations": set.len(), "published_to_relays": false }),
+        &json!({
+            "revoked": id,
+            "kind": kind,
+            "revocations": set.len(),
+            "published_to_relays": !accepted.is_empty(),
+            "relays": accepted,
+            "relays_failed": failed,
+        }),
         || {
+            let reach = if !accepted.is_empty() {
+                format!(
+                    "Published to {} relay(s): connected devices get it now, and the revoked are disconnected.",
+                    accepted.len()
+                )
+            } else if admin.state.relays.is_empty() {
+                "No relays recorded (`jarvis admin relays add MULTIADDR`): it reaches devices when they next meet one that knows it.".to_owned()
+            } else {
+                "No relay could be reached; run the revoke again when one is up (it is idempotent).".to_owned()
+            };
+            let failed = if failed.is_empty() {
+                String::new()
+            } else {
+                format!("\nNot reached: {}", failed.join("; "))
+            };
             format!(
-                "Revoked {kind} {id}{}.\nRecorded in this admin home and the audit log; it reaches devices through the org's relays once they run (jarvis-relay).",
+                "Revoked {kind} {id}{}.\nRecorded in this admin home and the audit log. {reach}{failed}",
                 if already { " (it was already revoked)" } else { "" }
             )
         },
     );
     Ok(())
+}
+
+/// Gives the org's relays this admin's hello, which carries the revocation set: each relay
+/// merges it, disconnects the revoked, and pushes it to every connected peer.
+fn publish_to_relays(
+    admin: &Admin,
+    key: &jarvis_identity::SecretKey,
+    set: &jarvis_identity::RevocationSet,
+) -> Vec<(String, Published)> {
+    let relays: Vec<libp2p::Multiaddr> = admin
+        .state
+        .relays
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if relays.is_empty() {
+        return Vec::new();
+    }
+    let hello = jarvis_identity::hello::Hello::new(admin.chain.clone(), set).encode();
+    let published = key
+        .to_libp2p_keypair()
+        .map_err(|e| e.to_string())
+        .and_then(|keypair| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(jarvis_relay::client::publish_hello(
+                    keypair,
+                    hello,
+                    &relays,
+                    std::time::Duration::from_secs(10),
+                ))
+        });
+    match published {
+        Ok(results) => results
+            .into_iter()
+            .map(|(a, p)| (a.to_string(), p))
+            .collect(),
+        Err(e) => relays
+            .iter()
+            .map(|a| (a.to_string(), Published::Unreachable(e.clone())))
+            .collect(),
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -3,6 +3,7 @@
 //! store-and-forward core) and, with the `server` feature, the server behind `jarvis-relay`.
 //!
 //! - [`wire`]: the project's libp2p protocols and their framing, shared with the node.
+//! - [`client`]: an admin publishing the org's revocations to its relays.
 //! - [`hub`]: store-and-forward, sans-IO: each user's keyless replica, every admitted device a
 //!   sync peer of its own user's replica, live fan-out, rate limits and quotas.
 //! - `server` (feature): the libp2p shell: admission (the authentication gate), circuit relay
@@ -11,6 +12,7 @@
 //! Not built yet (the relay issue): the directory of online devices and GPU peers, pushing a new
 //! revocation to connected peers, metrics and health, `status`, the PostgreSQL store.
 
+pub mod client;
 pub mod hub;
 #[cfg(feature = "server")]
 pub mod server;

@@ -211,7 +211,7 @@ fn run(cli: Cli) -> Result<()> {
                 let relay = Relay::new(
                     RelayIdentity { org, chain, key },
                     revocations,
-                    home.dir(),
+                    home,
                     &config,
                 )?;
                 println!(

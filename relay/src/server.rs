@@ -16,14 +16,15 @@
 //! revocations it holds, so each peer gets the org's revocations on admission.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use jarvis_crdt::store::sled::{Db, SledStore};
+use jarvis_home::Home;
 use jarvis_identity::hello::{Hello, check_hello};
-use jarvis_identity::{CertChain, CertKind, OrgInfo, RevocationSet, SecretKey, UnixTime};
+use jarvis_identity::{CertChain, CertKind, OrgInfo, RevocationSet, SecretKey, UnixTime, Verified};
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping, relay};
@@ -80,6 +81,10 @@ pub struct Relay {
     db: Db,
     /// Connections not yet authenticated.
     pending: HashMap<PeerId, Pending>,
+    /// Authenticated peers (devices, GPU peers, admins), to push revocations to.
+    members: HashMap<PeerId, Verified>,
+    /// Where the revocation set is kept.
+    home: Home,
     started: Instant,
     /// Where `jarvis-relay status` reads the running relay's state, and what was last written.
     status_path: PathBuf,
@@ -105,13 +110,14 @@ fn namespace(user: &jarvis_identity::Name) -> String {
 }
 
 impl Relay {
-    /// Opens the store in `data` and listens.
+    /// Opens the store in the relay's home and listens.
     pub fn new(
         identity: RelayIdentity,
         revocations: RevocationSet,
-        data: &Path,
+        home: Home,
         config: &Config,
     ) -> Result<Self> {
+        let data = home.dir().to_path_buf();
         let db = jarvis_crdt::store::sled::open_db(&data.join("store")).with_context(|| {
             format!(
                 "opening the relay's store in {} (is another relay running on this home?)",
@@ -161,6 +167,8 @@ impl Relay {
             hub,
             db,
             pending: HashMap::new(),
+            members: HashMap::new(),
+            home,
             started: Instant::now(),
             status_path: data.join(STATUS_FILE),
             last_status: None,
@@ -298,6 +306,7 @@ impl Relay {
                 ..
             } => {
                 self.pending.remove(&peer_id);
+                self.members.remove(&peer_id);
                 self.hub.leave(&peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
@@ -319,8 +328,12 @@ impl Relay {
             now_unix(),
         )?;
         self.pending.remove(&peer);
+        if checked.new_revocations > 0 {
+            self.on_new_revocations(checked.new_revocations, peer);
+        }
         let verified = checked.verified;
         tracing::info!(%peer, kind = %verified.kind, name = %verified.name, "peer admitted");
+        self.members.insert(peer, verified.clone());
         if verified.kind == CertKind::Device
             && !self.hub.is_admitted(&peer)
             && let Some(user) = verified.user
@@ -334,9 +347,47 @@ impl Relay {
         Ok(())
     }
 
+    /// Revocations learned (from an admin publishing them, or any peer that knew more): kept,
+    /// enforced at once (revoked peers are disconnected, and their next hello fails), and pushed
+    /// to every other connected member in a fresh hello, so devices have them without asking.
+    fn on_new_revocations(&mut self, added: usize, from: PeerId) {
+        tracing::info!(%from, added, total = self.revocations.len(), "revocations learned");
+        if let Err(e) = self.home.save_revocations(&self.revocations) {
+            tracing::error!(error = %e, "cannot save the revocation set");
+        }
+        let revoked: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|(_, v)| {
+                self.revocations.is_key_revoked(&v.subject)
+                    || v.user
+                        .as_ref()
+                        .is_some_and(|u| self.revocations.is_user_revoked(u))
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in revoked {
+            self.refuse(peer, "revoked");
+        }
+        let hello = self.hello();
+        let others: Vec<PeerId> = self
+            .members
+            .keys()
+            .copied()
+            .filter(|p| *p != from)
+            .collect();
+        for peer in others {
+            self.swarm
+                .behaviour_mut()
+                .auth
+                .send_request(&peer, hello.clone());
+        }
+    }
+
     fn refuse(&mut self, peer: PeerId, reason: &str) {
         tracing::warn!(%peer, %reason, "peer refused");
         self.pending.remove(&peer);
+        self.members.remove(&peer);
         self.hub.leave(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
     }
@@ -365,7 +416,7 @@ impl Relay {
                 }
             }
             Message::Response { response, .. } => {
-                if self.hub.is_admitted(&peer) {
+                if self.members.contains_key(&peer) {
                     return;
                 }
                 let result = if response.is_empty() {

@@ -165,10 +165,9 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[test]
-fn a_device_that_was_away_gets_everything_from_the_relay_alone_and_the_relay_reads_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// Org acme with alice's laptop (holding her user key) and the devices named in `others`,
+/// paired from it, and an enrolled relay. Returns (admin, device homes, relay home).
+fn org(d: &Path, others: &[&str]) -> (PathBuf, Vec<PathBuf>, PathBuf) {
     let admin = d.join("admin");
     ok(&admin, &["admin", "init", "--org", "acme"]);
     let token = ok(&admin, &["admin", "invite", "alice"])["token"]
@@ -177,20 +176,31 @@ fn a_device_that_was_away_gets_everything_from_the_relay_alone_and_the_relay_rea
         .to_owned();
     let laptop = d.join("laptop");
     ok(&laptop, &["join", &token, "--device-name", "laptop"]);
-    let phone = d.join("phone");
-    let request = ok(&phone, &["devices", "request"])["request"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let bundle = ok(&laptop, &["devices", "approve", &request])["bundle"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    ok(&phone, &["join", &bundle]);
+    let mut devices = vec![laptop.clone()];
+    for name in others {
+        let home = d.join(name);
+        let request = ok(&home, &["devices", "request", "--device-name", name])["request"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bundle = ok(&laptop, &["devices", "approve", &request])["bundle"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        ok(&home, &["join", &bundle]);
+        devices.push(home);
+    }
     let relay_home = d.join("relay");
-    let relay_id = common::enrol_relay(&admin, &relay_home);
+    common::enrol_relay(&admin, &relay_home);
+    (admin, devices, relay_home)
+}
+
+#[test]
+fn a_device_that_was_away_gets_everything_from_the_relay_alone_and_the_relay_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, relay_home) = org(dir.path(), &["phone"]);
+    let (laptop, phone) = (devices[0].clone(), devices[1].clone());
     let (relay, address) = start_relay(&relay_home);
-    assert!(address.ends_with(&relay_id), "{address}");
 
     // The laptop writes while the phone is away, with the relay its only peer.
     let a = start_node(&laptop, &address);
@@ -246,4 +256,89 @@ fn a_relay_that_is_not_enrolled_says_how_to_enrol_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("jarvis-relay request"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_revoked_device_is_disconnected_by_the_relay_within_5_s_and_the_others_learn_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, devices, relay_home) = org(dir.path(), &["phone", "tablet"]);
+    let (relay, address) = start_relay(&relay_home);
+    ok(&admin, &["admin", "relays", "add", &address]);
+    let _nodes: Vec<Running> = devices.iter().map(|h| start_node(h, &address)).collect();
+    wait_for("all three devices to be admitted", || {
+        (relay_status(&relay_home)["devices"] == 3).then_some(())
+    });
+    let tablet_id = ok(&devices[2], &["whoami"])["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let revoked_at = Instant::now();
+    let revoked = ok(&admin, &["admin", "revoke", "--device", &tablet_id]);
+    assert_eq!(revoked["published_to_relays"], true, "{revoked}");
+    wait_for("the relay to drop the tablet", || {
+        (relay_status(&relay_home)["devices"] == 2).then_some(())
+    });
+    let took = revoked_at.elapsed();
+    assert!(took < Duration::from_secs(5), "disconnected after {took:?}");
+    eprintln!("revoke → disconnected: {took:?}");
+    // The other devices have the revocation without asking for it.
+    for home in &devices[..2] {
+        wait_for("a device to learn the revocation", || {
+            (ok(home, &["status"])["revocations"] == 1).then_some(())
+        });
+    }
+    assert_eq!(relay_status(&relay_home)["revocations"], 1);
+    // The tablet keeps redialling and is refused every time.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(relay_status(&relay_home)["devices"], 2);
+    drop(relay);
+}
+
+#[test]
+fn changes_acknowledged_before_a_kill_9_survive_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, relay_home) = org(dir.path(), &["phone"]);
+    // A fixed port, so that the restarted relay is where the devices look for it.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("/ip4/127.0.0.1/udp/{port}/quic-v1");
+    let spawn = || {
+        let mut child = relay_cmd(&relay_home)
+            .args(["up", "--listen", &listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let _up = lines.next().unwrap().unwrap();
+        let listening: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        std::thread::spawn(move || lines.for_each(drop));
+        (child, listening["address"].as_str().unwrap().to_owned())
+    };
+    let (mut relay, address) = spawn();
+    let a = start_node(&devices[0], &address);
+    let conversation = say(&devices[0], &["message 0"]);
+    let mut sent = vec!["message 0".to_owned()];
+    for i in 1..40 {
+        if i == 20 {
+            // Mid-burst: no clean shutdown, no flush.
+            relay.kill().unwrap();
+            relay.wait().unwrap();
+            relay = spawn().0;
+        }
+        let text = format!("message {i}");
+        say(&devices[0], &[&text, "--conversation", &conversation]);
+        sent.push(text);
+    }
+    settled_bytes(&relay_home);
+    drop(a);
+    let _relay = Running(relay);
+    let _b = start_node(&devices[1], &address);
+    wait_for("the phone to receive every message", || {
+        (texts(&devices[1], &conversation) == sent).then_some(())
+    });
 }

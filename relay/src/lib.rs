@@ -9,11 +9,13 @@
 //! - `server` (feature): the libp2p shell: admission (the authentication gate), circuit relay
 //!   v2, the hub over a sled database, revocations given on admission.
 //!
-//! Not built yet (the relay issue): the directory of online devices and GPU peers, pushing a new
-//! revocation to connected peers, metrics and health, `status`, the PostgreSQL store.
+//! Not built yet (the relay issue): the directory of online devices and GPU peers, the PostgreSQL
+//! store.
 
 pub mod client;
 pub mod hub;
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod wire;

@@ -57,6 +57,13 @@ enum Command {
         /// Sustained bytes per second one peer may send (bursts up to 8 × this).
         #[arg(long, value_name = "BYTES", default_value_t = Limits::default().rate_bytes_per_sec)]
         rate: u64,
+        /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`) here, e.g.
+        /// 127.0.0.1:9101.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Where the store lives: `sled` (embedded, in the relay's home; the default).
+        #[arg(long, value_name = "STORE", default_value = "sled")]
+        store: String,
     },
 }
 
@@ -172,7 +179,14 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             quota,
             rate,
+            metrics,
+            store,
         } => {
+            if store != "sled" {
+                bail!(
+                    "--store {store}: only the embedded `sled` store is built so far (PostgreSQL is planned)"
+                );
+            }
             let listen = if listen.is_empty() {
                 vec![
                     "/ip4/0.0.0.0/udp/4001/quic-v1".parse()?,
@@ -195,7 +209,9 @@ fn run(cli: Cli) -> Result<()> {
             chain
                 .verify(&org.root, jarvis_home::now(), &revocations)
                 .context("this relay's certificate is not valid")?;
+            let shared = std::sync::Arc::new(jarvis_relay::metrics::Metrics::new());
             let config = Config {
+                metrics: std::sync::Arc::clone(&shared),
                 listen,
                 limits: Limits {
                     quota_bytes: quota,
@@ -218,6 +234,17 @@ fn run(cli: Cli) -> Result<()> {
                     "{}",
                     serde_json::json!({ "event": "up", "peer_id": relay.peer_id().to_string() })
                 );
+                if let Some(address) = metrics {
+                    let listener = tokio::net::TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("cannot serve metrics on {address}"))?;
+                    let bound = listener.local_addr()?;
+                    tokio::spawn(jarvis_relay::metrics::serve(listener, shared));
+                    println!(
+                        "{}",
+                        serde_json::json!({ "event": "metrics", "address": bound.to_string() })
+                    );
+                }
                 let mut report = |event: serde_json::Value| println!("{event}");
                 relay
                     .run(

@@ -46,6 +46,7 @@ pub struct RelayIdentity {
 pub struct Config {
     pub listen: Vec<Multiaddr>,
     pub limits: Limits,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -89,6 +90,7 @@ pub struct Relay {
     /// Where `jarvis-relay status` reads the running relay's state, and what was last written.
     status_path: PathBuf,
     last_status: Option<serde_json::Value>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// The file the running relay keeps its status in.
@@ -172,6 +174,7 @@ impl Relay {
             started: Instant::now(),
             status_path: data.join(STATUS_FILE),
             last_status: None,
+            metrics: std::sync::Arc::clone(&config.metrics),
         })
     }
 
@@ -197,6 +200,7 @@ impl Relay {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        self.metrics.set_running(true);
         loop {
             tokio::select! {
                 biased;
@@ -205,6 +209,7 @@ impl Relay {
                 _ = tick.tick() => self.on_tick(),
             }
         }
+        self.metrics.set_running(false);
         self.db.flush_async().await.context("flushing the store")?;
         self.write_status(false);
         Ok(())
@@ -255,15 +260,33 @@ impl Relay {
             .collect();
         for peer in late {
             tracing::info!(%peer, "no valid hello in time: disconnecting");
+            self.metrics.refused("auth-timeout");
             self.pending.remove(&peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
         let out = self.hub.poll(self.now_ms());
         self.send(out);
         self.write_status(true);
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .connections
+            .set(gauge(self.swarm.connected_peers().count()));
+        self.metrics.devices.set(gauge(self.hub.connections()));
+        self.metrics.revocations.set(gauge(self.revocations.len()));
+        for (user, bytes) in self.hub.stored_bytes() {
+            self.metrics
+                .stored_bytes
+                .get_or_create(&crate::metrics::User {
+                    user: user.to_string(),
+                })
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
     }
 
     fn send(&mut self, messages: Vec<(PeerId, jarvis_crdt::SyncMessage)>) {
+        self.metrics
+            .messages_forwarded
+            .inc_by(messages.len() as u64);
         for (peer, m) in messages {
             self.swarm
                 .behaviour_mut()
@@ -386,6 +409,11 @@ impl Relay {
 
     fn refuse(&mut self, peer: PeerId, reason: &str) {
         tracing::warn!(%peer, %reason, "peer refused");
+        self.metrics.refused(if reason == "revoked" {
+            "revoked"
+        } else {
+            "not-a-member"
+        });
         self.pending.remove(&peer);
         self.members.remove(&peer);
         self.hub.leave(&peer);
@@ -448,12 +476,14 @@ impl Relay {
             return;
         }
         let handled = self.hub.handle(peer, &request, self.now_ms());
+        self.metrics.changes_stored.inc_by(handled.stored as u64);
         // The transport acknowledgement: empty once durable; otherwise the reason, so the
         // device can say why its changes are not getting through.
         let response = match &handled.result {
             Ok(()) => Vec::new(),
             Err(refusal) => {
                 tracing::info!(%peer, reason = refusal.reason(), "sync message refused: {refusal}");
+                self.metrics.refused(refusal.reason());
                 refusal.to_string().into_bytes()
             }
         };

@@ -90,21 +90,50 @@ impl Drop for Running {
     }
 }
 
-/// The relay, and the address devices dial.
-fn start_relay(home: &Path) -> (Running, String) {
+/// The relay (with metrics on a free port), the address devices dial, and the metrics address.
+fn start_relay(home: &Path) -> (Running, String, String) {
     let mut child = relay_cmd(home)
-        .args(["up", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        .args([
+            "up",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let up = next();
     assert_eq!(up["event"], "up", "{up}");
-    let listening: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let metrics = next();
+    assert_eq!(metrics["event"], "metrics", "{metrics}");
+    let listening = next();
     let address = listening["address"].as_str().unwrap().to_owned();
     std::thread::spawn(move || lines.for_each(drop));
-    (Running(child), address)
+    (
+        Running(child),
+        address,
+        metrics["address"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The relay's Prometheus text.
+fn scrape(metrics: &str) -> String {
+    reqwest::blocking::get(format!("http://{metrics}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+/// The value of the sample whose line starts with `name` (with its labels), if present.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 fn start_node(home: &Path, relay: &str) -> Running {
@@ -200,7 +229,9 @@ fn a_device_that_was_away_gets_everything_from_the_relay_alone_and_the_relay_rea
     let dir = tempfile::tempdir().unwrap();
     let (_, devices, relay_home) = org(dir.path(), &["phone"]);
     let (laptop, phone) = (devices[0].clone(), devices[1].clone());
-    let (relay, address) = start_relay(&relay_home);
+    let (relay, address, metrics) = start_relay(&relay_home);
+    let health = reqwest::blocking::get(format!("http://{metrics}/health")).unwrap();
+    assert_eq!(health.status(), 200);
 
     // The laptop writes while the phone is away, with the relay its only peer.
     let a = start_node(&laptop, &address);
@@ -216,6 +247,17 @@ fn a_device_that_was_away_gets_everything_from_the_relay_alone_and_the_relay_rea
     let status = relay_status(&relay_home);
     assert_eq!(status["running"], true, "{status}");
     assert_eq!(status["stored_bytes_per_user"]["alice"], stored, "{status}");
+    let text = scrape(&metrics);
+    assert_eq!(
+        sample(&text, "jarvis_relay_stored_bytes{user=\"alice\"}"),
+        Some(stored as f64),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "jarvis_relay_changes_stored_total").unwrap() >= 31.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "jarvis_relay_devices"), Some(1.0), "{text}");
     drop(a);
 
     // The phone comes online after the laptop left: everything comes from the relay.
@@ -262,7 +304,7 @@ fn a_relay_that_is_not_enrolled_says_how_to_enrol_it() {
 fn a_revoked_device_is_disconnected_by_the_relay_within_5_s_and_the_others_learn_it() {
     let dir = tempfile::tempdir().unwrap();
     let (admin, devices, relay_home) = org(dir.path(), &["phone", "tablet"]);
-    let (relay, address) = start_relay(&relay_home);
+    let (relay, address, metrics) = start_relay(&relay_home);
     ok(&admin, &["admin", "relays", "add", &address]);
     let _nodes: Vec<Running> = devices.iter().map(|h| start_node(h, &address)).collect();
     wait_for("all three devices to be admitted", || {
@@ -292,6 +334,20 @@ fn a_revoked_device_is_disconnected_by_the_relay_within_5_s_and_the_others_learn
     // The tablet keeps redialling and is refused every time.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(relay_status(&relay_home)["devices"], 2);
+    let text = scrape(&metrics);
+    assert!(
+        sample(&text, "jarvis_relay_refusals_total{reason=\"revoked\"}").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "jarvis_relay_refusals_total{reason=\"not-a-member\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "the tablet's redials are refused: {text}"
+    );
     drop(relay);
 }
 

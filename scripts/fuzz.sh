@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-60}"
 ensure_cargo_tool cargo-fuzz cargo-fuzz
 export RUSTC_BOOTSTRAP=1
-for crate_fuzz in identity/fuzz crdt/fuzz inference/fuzz voice/fuzz; do
+for crate_fuzz in identity/fuzz crdt/fuzz inference/fuzz voice/fuzz relay/fuzz; do
   targets=$(cd "$crate_fuzz/.." && cargo fuzz list)
   for target in $targets; do
     corpus="$JARVIS_CACHE/fuzz/${crate_fuzz%%/*}/$target"

@@ -40,6 +40,8 @@ pub enum ReplicaError {
 pub struct Received {
     /// Newly stored changes, to fan out to other peers.
     pub stored: Vec<SealedChange>,
+    /// Newly stored key records, to fan out too (ahead of the changes they open).
+    pub keys: Vec<KeyRecord>,
     /// Documents whose readable content changed (device replicas only).
     pub changed: BTreeSet<DocId>,
 }
@@ -326,7 +328,9 @@ impl<S: Store> Replica<S> {
         for record in records {
             record.verify()?;
             self.check_writer(&record.author)?;
-            let new = self.store.put_key(record)?;
+            if self.store.put_key(record)? {
+                received.keys.push(record.clone());
+            }
             if let Some(device) = self.device.as_mut() {
                 let known = device
                     .keyrings
@@ -348,7 +352,6 @@ impl<S: Store> Replica<S> {
                     }
                 }
             }
-            let _ = new;
         }
         Ok(received)
     }

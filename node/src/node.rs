@@ -808,6 +808,10 @@ impl Node {
                     self.refresh_documents_gauge();
                 }
                 self.send_sync(peer, Ok(out.send));
+                // Keys first, so the other peers can open the changes as they come.
+                for record in &out.received.keys {
+                    self.fan_out_key(record);
+                }
                 self.fan_out(Some(peer), &stored);
             }
             Err(e) => tracing::warn!(%peer, error = %e, "sync message refused"),

@@ -275,15 +275,20 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
         };
         let mut send: Vec<(P, SyncMessage)> = out.send.into_iter().map(|m| (peer, m)).collect();
         let stored = out.received.stored;
+        let keys = out.received.keys;
         if rescan {
             store.used = replica.store().stored_bytes().unwrap_or(store.used);
         } else {
             store.used += stored.iter().map(|c| c.len() as u64).sum::<u64>();
         }
-        if !stored.is_empty() {
+        if !stored.is_empty() || !keys.is_empty() {
             for (other, state) in &mut self.peers {
                 if *other == peer || state.user != user {
                     continue;
+                }
+                for record in &keys {
+                    let messages = state.session.on_new_key(record);
+                    send.extend(messages.into_iter().map(|m| (*other, m)));
                 }
                 for change in &stored {
                     match state.session.on_new_change(change, replica) {
@@ -320,6 +325,7 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+    use jarvis_crdt::DocId;
     use jarvis_crdt::doc::Doc;
     use jarvis_crdt::store::MemStore;
     use jarvis_identity::SecretKey;
@@ -368,46 +374,50 @@ mod tests {
         panic!("did not settle");
     }
 
+    /// Admits `device` as peer `id` of `user` and syncs it with the hub until nothing is left.
+    fn connect(hub: &mut Hub<u32, MemStore>, id: u32, user: Name, device: &mut Device) {
+        let to_device = hub.admit(id, user, 0).unwrap();
+        let hello = device.session.start(0, &device.replica).unwrap();
+        settle(
+            hub,
+            &mut [(id, device)],
+            hello.into_iter().map(|m| (id, m)).collect(),
+            to_device,
+        );
+    }
+
     fn alice() -> Name {
         Name::new("alice").unwrap()
     }
 
-    #[test]
-    fn a_device_that_was_away_gets_everything_from_the_relay_alone() {
+    /// Two devices of one user, and the recipients their conversations are sealed to.
+    fn two_devices() -> (Device, Device, [age::x25519::Recipient; 2]) {
         let (aa, ab) = (
             age::x25519::Identity::generate(),
             age::x25519::Identity::generate(),
         );
         let recipients = [aa.to_public(), ab.to_public()];
-        let mut a = device(aa);
-        let mut b = device(ab);
-        let mut hub = hub(Limits::default());
-        // A writes with B away, and syncs with the relay.
-        let (id, _, _) = a
+        (device(aa), device(ab), recipients)
+    }
+
+    fn conversation(device: &mut Device, title: &str, to: &[age::x25519::Recipient]) -> DocId {
+        device
             .replica
-            .create(
-                |me| Doc::create_conversation(me, "secret plans", 0),
-                &recipients,
-            )
-            .unwrap();
-        let to_a = hub.admit(1, alice(), 0).unwrap();
-        let hello = a.session.start(0, &a.replica).unwrap();
-        settle(
-            &mut hub,
-            &mut [(1, &mut a)],
-            hello.into_iter().map(|m| (1, m)).collect(),
-            to_a,
-        );
+            .create(|me| Doc::create_conversation(me, title, 0), to)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn a_device_that_was_away_gets_everything_from_the_relay_alone() {
+        let (mut a, mut b, recipients) = two_devices();
+        let mut hub = hub(Limits::default());
+        // A writes with B away, and syncs with the relay; then leaves.
+        let id = conversation(&mut a, "secret plans", &recipients);
+        connect(&mut hub, 1, alice(), &mut a);
         hub.leave(&1);
         // B comes back while A is gone.
-        let to_b = hub.admit(2, alice(), 0).unwrap();
-        let hello = b.session.start(0, &b.replica).unwrap();
-        settle(
-            &mut hub,
-            &mut [(2, &mut b)],
-            hello.into_iter().map(|m| (2, m)).collect(),
-            to_b,
-        );
+        connect(&mut hub, 2, alice(), &mut b);
         assert_eq!(b.replica.doc(id).unwrap().title().unwrap(), "secret plans");
         // The running count of stored bytes is the store's own.
         let counted = hub.stored_bytes()[&alice()];
@@ -419,36 +429,57 @@ mod tests {
     }
 
     #[test]
-    fn another_users_device_gets_nothing() {
-        let (aa, ab) = (
-            age::x25519::Identity::generate(),
-            age::x25519::Identity::generate(),
-        );
-        let mut a = device(aa.clone());
-        let mut mallory = device(ab);
+    fn an_edit_reaches_the_users_other_connected_device_at_once() {
+        let (mut a, mut b, recipients) = two_devices();
         let mut hub = hub(Limits::default());
-        a.replica
-            .create(
-                |me| Doc::create_conversation(me, "alice only", 0),
-                &[aa.to_public()],
-            )
+        let id = conversation(&mut a, "plans", &recipients);
+        connect(&mut hub, 1, alice(), &mut a);
+        connect(&mut hub, 2, alice(), &mut b);
+        assert!(b.replica.doc(id).is_some());
+        // A edits while both are connected: the hub pushes it to B, no resync needed.
+        let change = a
+            .replica
+            .edit(id, |doc, _| doc.set_title("new plans", 1))
             .unwrap();
-        let to_a = hub.admit(1, alice(), 0).unwrap();
-        let hello = a.session.start(0, &a.replica).unwrap();
+        let push = a.session.on_new_change(&change, &a.replica).unwrap();
         settle(
             &mut hub,
-            &mut [(1, &mut a)],
-            hello.into_iter().map(|m| (1, m)).collect(),
-            to_a,
+            &mut [(1, &mut a), (2, &mut b)],
+            push.into_iter().map(|m| (1, m)).collect(),
+            Vec::new(),
         );
-        let to_m = hub.admit(2, Name::new("mallory").unwrap(), 0).unwrap();
-        let hello = mallory.session.start(0, &mallory.replica).unwrap();
+        assert_eq!(b.replica.doc(id).unwrap().title().unwrap(), "new plans");
+    }
+
+    #[test]
+    fn a_new_conversation_reaches_the_users_other_connected_device_at_once() {
+        let (mut a, mut b, recipients) = two_devices();
+        let mut hub = hub(Limits::default());
+        connect(&mut hub, 1, alice(), &mut a);
+        connect(&mut hub, 2, alice(), &mut b);
+        // Its key and first change are pushed through the hub, no resync needed.
+        let (id, record, change) = a
+            .replica
+            .create(|me| Doc::create_conversation(me, "fresh", 0), &recipients)
+            .unwrap();
+        let mut push = a.session.on_new_key(&record);
+        push.extend(a.session.on_new_change(&change, &a.replica).unwrap());
         settle(
             &mut hub,
-            &mut [(2, &mut mallory)],
-            hello.into_iter().map(|m| (2, m)).collect(),
-            to_m,
+            &mut [(1, &mut a), (2, &mut b)],
+            push.into_iter().map(|m| (1, m)).collect(),
+            Vec::new(),
         );
+        assert_eq!(b.replica.doc(id).unwrap().title().unwrap(), "fresh");
+    }
+
+    #[test]
+    fn another_users_device_gets_nothing() {
+        let (mut a, mut mallory, recipients) = two_devices();
+        let mut hub = hub(Limits::default());
+        conversation(&mut a, "alice only", &recipients[..1]);
+        connect(&mut hub, 1, alice(), &mut a);
+        connect(&mut hub, 2, Name::new("mallory").unwrap(), &mut mallory);
         assert!(mallory.replica.docs().unwrap().is_empty());
     }
 

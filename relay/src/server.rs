@@ -220,6 +220,7 @@ impl Relay {
         let per_user = self.hub.stored_bytes();
         serde_json::json!({
             "peer_id": self.peer_id().to_string(),
+            "pid": std::process::id(),
             "running": running,
             "connections": self.swarm.connected_peers().count(),
             "devices": self.hub.connections(),

@@ -390,6 +390,13 @@ fn changes_acknowledged_before_a_kill_9_survive_the_restart() {
         say(&devices[0], &[&text, "--conversation", &conversation]);
         sent.push(text);
     }
+    // The restarted relay (its own status, not the killed one's) has the laptop back, and
+    // what the laptop sends to catch it up has been stored.
+    let pid = relay.id();
+    wait_for("the laptop to reconnect to the restarted relay", || {
+        let status = relay_status(&relay_home);
+        (status["pid"] == pid && status["devices"] == 1).then_some(())
+    });
     settled_bytes(&relay_home);
     drop(a);
     let _relay = Running(relay);

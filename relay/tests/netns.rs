@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::jarvis_bin;
+use common::{jarvis_bin, wait_for};
 
 fn sh(args: &[&str]) {
     let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
@@ -221,17 +221,6 @@ fn jarvis(ns: Option<(&Namespaces, usize)>, home: &Path, args: &[&str]) -> Value
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(45);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Alice's laptop (which holds her user key) and phone, enrolled in org acme. Returns their

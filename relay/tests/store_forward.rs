@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{jarvis_bin, json_ok, relay_cmd};
+use common::{jarvis_bin, json_ok, relay_cmd, wait_for};
 
 fn jarvis(home: &Path) -> Command {
     let mut cmd = Command::new(jarvis_bin());
@@ -65,17 +65,6 @@ fn texts(home: &Path, conversation: &str) -> Vec<String> {
         .iter()
         .map(|m| m["text"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(45);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// A child stopped with SIGINT (a clean stop) when dropped.

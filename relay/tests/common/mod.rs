@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -62,4 +63,16 @@ pub fn enrol_relay(admin: &Path, home: &Path) -> String {
     );
     assert_eq!(installed["peer_id"], request["peer_id"]);
     installed["peer_id"].as_str().unwrap().to_owned()
+}
+
+/// Polls `f` until it returns Some (a generous deadline: these machines are shared and slow).
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -120,6 +120,10 @@ struct Peer {
     verified: Option<Verified>,
     /// Why authentication failed, for `status`.
     refused: Option<String>,
+    /// Why the peer (a relay) last refused what we sent on this connection: rate limit, full
+    /// quota. Kept until the peer reconnects (an empty acknowledgement may be for a message that
+    /// was never at risk, such as an announcement).
+    last_refusal: Option<String>,
     session: Option<Session>,
     hello_sent: bool,
 }
@@ -462,6 +466,7 @@ impl Node {
                     address: Some(address.clone()),
                     verified: None,
                     refused: None,
+                    last_refusal: None,
                     session: None,
                     hello_sent: false,
                 });
@@ -744,7 +749,11 @@ impl Node {
             // (rate limit, full quota). The session sends it again on its next resync.
             Message::Response { response, .. } => {
                 if !response.is_empty() {
-                    tracing::warn!(%peer, reason = %String::from_utf8_lossy(&response), "changes not taken");
+                    let reason = String::from_utf8_lossy(&response).into_owned();
+                    tracing::warn!(%peer, %reason, "changes not taken");
+                    if let Some(state) = self.peers.get_mut(&peer) {
+                        state.last_refusal = Some(reason);
+                    }
                 }
                 return;
             }
@@ -897,6 +906,7 @@ impl Node {
                     "address": p.address.as_ref().map(ToString::to_string),
                     "authenticated": p.verified.is_some(),
                     "refused": p.refused,
+                    "last_refusal": p.last_refusal,
                     "syncing": p.session.is_some(),
                 })
             })

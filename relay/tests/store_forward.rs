@@ -81,6 +81,10 @@ impl Drop for Running {
 
 /// The relay (with metrics on a free port), the address devices dial, and the metrics address.
 fn start_relay(home: &Path) -> (Running, String, String) {
+    start_relay_with(home, &[])
+}
+
+fn start_relay_with(home: &Path, extra: &[&str]) -> (Running, String, String) {
     let mut child = relay_cmd(home)
         .args([
             "up",
@@ -89,6 +93,7 @@ fn start_relay(home: &Path) -> (Running, String, String) {
             "--metrics",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -393,4 +398,38 @@ fn changes_acknowledged_before_a_kill_9_survive_the_restart() {
     wait_for("the phone to receive every message", || {
         (texts(&devices[1], &conversation) == sent).then_some(())
     });
+}
+
+#[test]
+fn a_full_quota_is_refused_with_a_reason_the_device_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, relay_home) = org(dir.path(), &[]);
+    let (_relay, address, metrics) = start_relay_with(&relay_home, &["--quota", "1"]);
+    let _a = start_node(&devices[0], &address);
+    let conversation = say(&devices[0], &["the first message fits"]);
+    settled_bytes(&relay_home);
+    say(
+        &devices[0],
+        &["the second does not", "--conversation", &conversation],
+    );
+    // The relay took what came while the quota was empty (the conversation's key), refuses the
+    // rest, and says why;
+    // the device shows it on the relay's line of `status`.
+    let reason = wait_for("the device to show why the relay refused", || {
+        let status = ok(&devices[0], &["status"]);
+        status["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["role"] == "relay")
+            .and_then(|p| p["last_refusal"].as_str().map(str::to_owned))
+    });
+    assert!(
+        reason.contains("storage quota of user alice is full"),
+        "{reason}"
+    );
+    let text = scrape(&metrics);
+    assert!(
+        sample(&text, "jarvis_relay_refusals_total{reason=\"quota\"}").unwrap() >= 1.0,
+        "{text}"
+    );
 }

@@ -16,13 +16,7 @@ use crate::output::Output;
 
 /// The host name, as a default device name.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .or_else(|| std::env::var("COMPUTERNAME").ok())
-        .unwrap_or_else(|| "my-device".to_owned())
+    jarvis_home::host_name().unwrap_or_else(|| "my-device".to_owned())
 }
 
 fn device_name(given: Option<String>) -> Result<Name> {

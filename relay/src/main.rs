@@ -108,7 +108,9 @@ fn run(cli: Cli) -> Result<()> {
     let home = home(cli.home)?;
     match cli.command {
         Command::Request { name } => {
-            let name = name.unwrap_or_else(host_name);
+            let name = name
+                .or_else(jarvis_home::host_name)
+                .unwrap_or_else(|| "relay".to_owned());
             let name = Name::new(&name).map_err(|e| anyhow!("invalid name `{name}`: {e}"))?;
             let (token, again) = jarvis_home::make_request(&home, RequestKind::Relay, name)?;
             let request = jarvis_identity::JoinRequest::from_token(&token)?;
@@ -259,12 +261,4 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "relay".to_owned())
 }

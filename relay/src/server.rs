@@ -24,7 +24,7 @@ use futures::StreamExt;
 use jarvis_crdt::store::sled::{Db, SledStore};
 use jarvis_home::Home;
 use jarvis_identity::hello::{Hello, check_hello};
-use jarvis_identity::{CertChain, CertKind, OrgInfo, RevocationSet, SecretKey, UnixTime, Verified};
+use jarvis_identity::{CertChain, CertKind, OrgInfo, RevocationSet, SecretKey, Verified};
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping, relay};
@@ -95,15 +95,6 @@ pub struct Relay {
 
 /// The file the running relay keeps its status in.
 pub const STATUS_FILE: &str = "status.json";
-
-fn now_unix() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
-}
 
 /// A sled tree namespace for a user: hex of the name, so no name can reach another's trees.
 fn namespace(user: &jarvis_identity::Name) -> String {
@@ -349,7 +340,7 @@ impl Relay {
             &mut self.revocations,
             peer,
             bytes,
-            now_unix(),
+            jarvis_home::now(),
         )?;
         self.pending.remove(&peer);
         if checked.new_revocations > 0 {

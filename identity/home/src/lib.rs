@@ -323,6 +323,17 @@ fn work_factor() -> Result<u8> {
     }
 }
 
+/// This machine's name (`/etc/hostname`, `HOSTNAME`, `COMPUTERNAME`), a default name for the
+/// device, relay or GPU peer a home is.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+}
+
 /// The current time as the identity library wants it.
 pub fn now() -> UnixTime {
     UnixTime(

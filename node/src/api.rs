@@ -11,7 +11,11 @@
 //! POST /v1/chat/completions        OpenAI-compatible, streaming or not
 //! GET  /v1/events                 server-sent events (conversation changes, peers)
 //! GET  /metrics                    Prometheus text format
+//! GET  /                           the UI, and its own routes (see ui.rs)
 //! ```
+//!
+//! Browsers may call it only from the UI's own origin (`ui::same_origin`): a web page elsewhere
+//! cannot drive the node even if it learnt the token.
 
 use std::collections::BTreeMap;
 
@@ -64,6 +68,10 @@ pub(crate) struct AppState {
     /// Set when the node stops: event streams end then, or graceful shutdown would wait for
     /// them forever (the state holding the sender lives as long as the server).
     stop: tokio::sync::watch::Receiver<bool>,
+    /// The UI's share: voice state, pairing, the admin home.
+    pub(crate) ui: std::sync::Arc<crate::ui::UiState>,
+    /// The port the API listens on, for the same-origin check.
+    pub(crate) port: u16,
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -326,7 +334,7 @@ async fn ask(
     let task = AnswerTask {
         commands: state.commands.clone(),
         doc: started.doc,
-        id: answer_id,
+        id: answer_id.clone(),
         model: state.engine.model_name().to_owned(),
         reply: started.reply.clone(),
         timings_ms: body.timings_ms,
@@ -335,9 +343,13 @@ async fn ask(
         use axum::response::sse::{Event, KeepAlive, Sse};
         let (events_tx, events_rx) = mpsc::channel::<Event>(256);
         tokio::spawn(task.run(generation, Some(events_tx), done_tx));
-        let start = Event::default()
-            .event("start")
-            .data(started.reply.to_string());
+        // The answer's message id too, so a client can tell its own answer among the changes
+        // `/v1/events` reports.
+        let mut start = started.reply.clone();
+        if let Some(fields) = start.as_object_mut() {
+            fields.insert("answer_id".into(), json!(answer_id));
+        }
+        let start = Event::default().event("start").data(start.to_string());
         let rest = futures::stream::unfold(events_rx, |mut rx| async move {
             rx.recv().await.map(|event| (event, rx))
         });
@@ -433,10 +445,15 @@ pub async fn serve(
     events: tokio::sync::broadcast::Sender<Value>,
     engine: EngineHandle,
     stop: tokio::sync::watch::Receiver<bool>,
+    ui: std::sync::Arc<crate::ui::UiState>,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + use<>)> {
     if !addr.ip().is_loopback() {
         bail!("the local API only listens on a loopback address (127.0.0.1 or ::1), not {addr}");
     }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the local API (is another node running? try --api 127.0.0.1:0)"))?;
+    let bound = listener.local_addr()?;
     let state = AppState {
         token: token(home)?,
         commands,
@@ -444,6 +461,8 @@ pub async fn serve(
         events,
         engine,
         stop: stop.clone(),
+        ui,
+        port: bound.port(),
     };
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -454,11 +473,12 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ASK_BYTES + 4096))
         .merge(crate::openai::routes())
+        .merge(crate::ui::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ui::same_origin,
+        ))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the local API (is another node running? try --api 127.0.0.1:0)"))?;
-    let bound = listener.local_addr()?;
     let info = ApiInfo {
         addr: bound,
         pid: std::process::id(),
@@ -484,6 +504,23 @@ pub async fn serve(
     Ok((bound, server))
 }
 
+/// Where the running node of `home` listens, or a clear error.
+fn api_info(home: &Home) -> Result<ApiInfo> {
+    match home.read_optional(API_FILE)? {
+        Some(bytes) => serde_json::from_slice(&bytes).context("api.json is damaged"),
+        None => bail!(
+            "no node is running for {}: start one with `jarvis up`",
+            home.dir().display()
+        ),
+    }
+}
+
+/// The UI's address, with the token in the fragment (which browsers never send anywhere).
+pub fn ui_url(home: &Home) -> Result<String> {
+    let info = api_info(home)?;
+    Ok(format!("http://{}/#token={}", info.addr, token(home)?))
+}
+
 /// Removes `api.json` when the node stops, so clients do not try a dead address.
 pub fn forget(home: &Home) {
     let _ = std::fs::remove_file(home.dir().join(API_FILE));
@@ -499,13 +536,7 @@ pub struct Client {
 impl Client {
     /// The running node of `home`, or a clear error.
     pub fn for_home(home: &Home) -> Result<Self> {
-        let info: ApiInfo = match home.read_optional(API_FILE)? {
-            Some(bytes) => serde_json::from_slice(&bytes).context("api.json is damaged")?,
-            None => bail!(
-                "no node is running for {}: start one with `jarvis up`",
-                home.dir().display()
-            ),
-        };
+        let info = api_info(home)?;
         Ok(Self {
             base: format!("http://{}", info.addr),
             token: token(home)?,

@@ -45,7 +45,7 @@ pub enum Command {
     /// Who this home is: org, user, device id, roles and certificate expiry.
     Whoami,
 
-    /// Run the node. With no org joined it runs in personal mode: a one-person org of its own.
+    /// Run the node (its UI: `jarvis ui`). With no org joined it runs in personal mode: a one-person org of its own.
     Up(UpArgs),
 
     /// The running node: peers, how each is connected, sync state.
@@ -53,6 +53,14 @@ pub enum Command {
 
     /// Print the local API's bearer token (for scripts and OpenAI clients).
     Token,
+
+    /// Open the running node's UI in the browser (conversations, voice, devices, peers, models,
+    /// admin). The address carries the API token, so keep it to yourself.
+    Ui {
+        /// Print the address instead of opening a browser.
+        #[arg(long)]
+        print: bool,
+    },
 
     /// Ask Jarvis: the local model answers, streaming, and the exchange is saved to the
     /// conversation (a new one unless --conversation) and synced to your devices. Goes through
@@ -268,6 +276,10 @@ pub struct UpArgs {
     /// In personal mode, the user name for the new one-person org (default: $USER).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
+    /// An admin home on this machine (`jarvis admin init`): the UI's admin screen (members,
+    /// invites, revocation) works on it.
+    #[arg(long, env = "JARVIS_ADMIN_HOME", value_name = "DIR")]
+    pub admin_home: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

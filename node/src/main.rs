@@ -17,6 +17,7 @@ mod node;
 mod openai;
 mod output;
 mod pairing;
+mod ui;
 mod up;
 mod voice_loop;
 
@@ -62,6 +63,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", api::token(&home)?);
             Ok(())
         }
+        Command::Ui { print } => {
+            home.load()?;
+            let url = api::ui_url(&home)?;
+            let opened = !print && !out.json && open_browser(&url);
+            out.emit(&serde_json::json!({ "url": url, "opened": opened }), || {
+                if opened {
+                    format!("Opened the Jarvis UI: {url}")
+                } else {
+                    format!("The Jarvis UI (the address carries your API token): {url}")
+                }
+            });
+            Ok(())
+        }
         Command::Ask { text, conversation } => client::ask(&home, out, &text, conversation),
         Command::Listen(args) => listen::run(&home, out, args),
         Command::Conversations => client::conversations(&home, out),
@@ -70,4 +84,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models(ModelsCommand::Pull { name }) => llm::pull(out, name),
         Command::Models(ModelsCommand::Import { path }) => llm::import(out, &path),
     }
+}
+
+/// Opens `url` with the desktop's browser; false when there is none to ask (a server, CI).
+fn open_browser(url: &str) -> bool {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

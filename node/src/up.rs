@@ -107,6 +107,14 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let voice_metrics = metrics.clone();
     let (events, _) = tokio::sync::broadcast::channel(crate::node::EVENT_QUEUE);
     let engine = crate::llm::start_engine(metrics.engine.clone());
+    let voice_state = std::sync::Arc::new(crate::ui::Voice::new(events.clone(), !args.no_voice));
+    let ui = std::sync::Arc::new(crate::ui::UiState::new(
+        home.dir().to_path_buf(),
+        args.admin_home.clone(),
+        passphrase.clone(),
+        voice_state.clone(),
+        events.clone(),
+    ));
     let (api_addr, server) = api::serve(
         &home,
         args.api,
@@ -115,6 +123,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
         events.clone(),
         engine.clone(),
         stop_rx,
+        ui,
     )
     .await?;
     let node = Node::new(
@@ -133,6 +142,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
             home.clone(),
             args.mic.clone(),
             voice_metrics.clone(),
+            voice_state.clone(),
             stop_rx_voice.clone(),
         ))
     });

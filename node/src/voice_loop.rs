@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use jarvis_voice::device;
-use jarvis_voice::pipeline::{self, Pace, Source, Watch};
+use jarvis_voice::pipeline::{self, Pace, Source, Stage, Watch};
 use jarvis_voice::playback::Playback;
 use jarvis_voice::turn::TurnConfig;
 use tokio::sync::watch;
@@ -20,24 +20,64 @@ use tokio::sync::watch;
 use crate::home::Home;
 use crate::listen::{VOICE_RATE, VoiceModels, heard_timings, millis, speak_thread};
 use crate::metrics::Metrics;
+use crate::ui::Voice;
 
 /// Runs the voice loop until `stop`; logs why voice is off when it cannot run.
 pub async fn run(
     home: Home,
     mic: Option<String>,
     metrics: Arc<Metrics>,
+    ui: Arc<Voice>,
     mut stop: watch::Receiver<bool>,
 ) {
     let result = tokio::select! {
-        r = turns(&home, mic, &metrics) => r,
+        r = turns(&home, mic, &metrics, &ui) => r,
         _ = stop.wait_for(|s| *s) => Ok(()),
     };
     if let Err(e) = result {
         tracing::warn!("voice is off: {e:#} (`jarvis up --no-voice` runs without it)");
+        ui.off(format!("{e:#}"));
     }
 }
 
-async fn turns(home: &Home, mic_name: Option<String>, metrics: &Metrics) -> Result<()> {
+/// Between the microphone and the pipeline: reports the level every ~100 ms and feeds silence
+/// while muted (the microphone stays open, so unmuting is instant).
+fn metered(chunks: std::sync::mpsc::Receiver<Vec<f32>>, ui: Arc<Voice>) -> Source {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(64);
+    let spawned = std::thread::Builder::new()
+        .name("mic-level".into())
+        .spawn(move || {
+            let (mut sum, mut peak, mut n) = (0.0f32, 0.0f32, 0usize);
+            while let Ok(mut chunk) = chunks.recv() {
+                if ui.muted() {
+                    chunk.iter_mut().for_each(|s| *s = 0.0);
+                }
+                for s in &chunk {
+                    sum += s * s;
+                    peak = peak.max(s.abs());
+                }
+                n += chunk.len();
+                if n >= VOICE_RATE as usize / 10 {
+                    ui.level((sum / n as f32).sqrt(), peak);
+                    (sum, peak, n) = (0.0, 0.0, 0);
+                }
+                if tx.send(chunk).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no microphone level: {e}");
+    }
+    Source::Chunks(rx)
+}
+
+async fn turns(
+    home: &Home,
+    mic_name: Option<String>,
+    metrics: &Metrics,
+    ui: &Arc<Voice>,
+) -> Result<()> {
     // The cheap checks first: no models or no microphone turns voice off before anything loads.
     let models = VoiceModels::find()?;
     device::find_microphone(mic_name.as_deref())?;
@@ -50,13 +90,21 @@ async fn turns(home: &Home, mic_name: Option<String>, metrics: &Metrics) -> Resu
         .ok();
     let client = crate::api::Client::for_home(home)?;
     tracing::info!(microphone = %mic.name, speaker = ?speaker.as_ref().map(|s| &s.name), "voice is on: say \"hey jarvis\"");
-    let mut source = Source::Chunks(chunks);
+    let mut source = metered(chunks, Arc::clone(ui));
     let mut conversation: Option<String> = None;
     loop {
         playback.reset();
         let watch = Watch::new(Arc::clone(&playback), 0.0);
+        ui.set("idle");
+        let report = |stage| {
+            ui.set(match stage {
+                Stage::Woke => "listening",
+                Stage::Transcribing => "transcribing",
+            });
+        };
         let (heard, feeding, worker) =
-            pipeline::hear(listener, source, Pace::RealTime, stt, Some(watch)).await?;
+            pipeline::hear_reporting(listener, source, Pace::RealTime, stt, Some(watch), &report)
+                .await?;
         stt = worker;
         let Some(utterance) = heard.utterance else {
             if !heard.woke {
@@ -88,15 +136,18 @@ async fn turns(home: &Home, mic_name: Option<String>, metrics: &Metrics) -> Resu
                 (voice, result)
             })
         };
+        ui.set("thinking");
         let first_token = Arc::new(std::sync::Mutex::new(None::<Instant>));
         let answer =
             crate::client::ask_node(&client, &request, conversation.clone(), timings.clone(), {
                 let first_token = Arc::clone(&first_token);
+                let ui = Arc::clone(ui);
                 move |piece: &str| {
                     if let Ok(mut f) = first_token.lock()
                         && f.is_none()
                     {
                         *f = Some(Instant::now());
+                        ui.set("speaking");
                     }
                     let _ = pieces_tx.send(piece.to_owned());
                 }

@@ -221,6 +221,30 @@ pub async fn hear(
     stt: SttWorker,
     watch: Option<Watch>,
 ) -> Result<(Heard, Feeding, SttWorker)> {
+    hear_reporting(listener, source, pace, stt, watch, &|_| {}).await
+}
+
+/// Where a turn is, for a UI: told as it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The wake word was heard: the request is being listened to.
+    Woke,
+    /// The request ended: it is being transcribed.
+    Transcribing,
+}
+
+/// [`hear`], telling `report` when the turn wakes and when its transcription starts.
+///
+/// # Errors
+/// As [`hear`].
+pub async fn hear_reporting(
+    listener: Listener,
+    source: Source,
+    pace: Pace,
+    stt: SttWorker,
+    watch: Option<Watch>,
+    report: &(dyn Fn(Stage) + Sync),
+) -> Result<(Heard, Feeding, SttWorker)> {
     let (events_tx, mut events) = mpsc::channel(16);
     let thread =
         tokio::task::spawn_blocking(move || feed(listener, source, pace, events_tx, watch));
@@ -236,6 +260,9 @@ pub async fn hear(
     while let Some(event) = events.recv().await {
         match event {
             Event::Woke { at, score } => {
+                if !heard.woke {
+                    report(Stage::Woke);
+                }
                 heard.woke = true;
                 heard.wake_at = Some(at);
                 heard.wake_score = heard.wake_score.max(score);
@@ -255,6 +282,7 @@ pub async fn hear(
                 spoken,
                 audio,
             } => {
+                report(Stage::Transcribing);
                 finished = Some((end_of_speech, decided_at, spoken, Instant::now(), audio));
                 break;
             }

@@ -1,0 +1,552 @@
+//! The UI: a web page the node serves on its local API address (embedded in the binary, no build
+//! step), and the API routes only the UI needs. The page talks to the node only through the API,
+//! with the per-install token it is opened with (`jarvis ui` opens
+//! `http://127.0.0.1:PORT/#token=…`; the fragment never reaches the network or the server's log).
+//!
+//! ```text
+//! GET  /  /app.js  /app.css  /icon.svg     the page (no token: it holds no data)
+//! GET  /v1/devices                         this user's devices (`jarvis devices --json`)
+//! POST /v1/devices/pair {passphrase?}      a pairing code; `paired` / `pair_failed` events follow
+//! GET  /v1/local-models                    installed models (`jarvis models list --json`)
+//! GET  /v1/voice                           voice state and mute
+//! POST /v1/voice/mute {muted}              mute or unmute the microphone
+//! GET  /v1/admin/members                   with `jarvis up --admin-home DIR` only
+//! POST /v1/admin/invite {user, role?, passphrase?}
+//! POST /v1/admin/revoke {device|user|peer, reason?, passphrase?}
+//! ```
+//!
+//! Devices, models and admin actions run this binary's own commands (`jarvis --home … --json`)
+//! as child processes: the UI does exactly what the CLI does, through the one tested
+//! implementation, and a slow or failing command never blocks the node's event loop.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::broadcast;
+use zeroize::Zeroizing;
+
+use crate::api::{AppState, authorized};
+
+const INDEX: &str = include_str!("../ui/index.html");
+const APP_JS: &str = include_str!("../ui/app.js");
+const APP_CSS: &str = include_str!("../ui/app.css");
+const ICON: &str = include_str!("../ui/icon.svg");
+
+/// The page may load only itself and talk only to its own origin.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// How long one CLI command may take before the UI is told it failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the UI's routes share with the node.
+pub struct UiState {
+    /// This device's home, for the commands run on its behalf.
+    home: PathBuf,
+    /// The admin home (`--admin-home`), when this machine is also an admin's workstation.
+    admin_home: Option<PathBuf>,
+    /// This device's passphrase, for commands that unseal its keys (pairing).
+    passphrase: Zeroizing<String>,
+    pub voice: Arc<Voice>,
+    /// The pairing under way, if any: a new one replaces it.
+    pairing: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    events: broadcast::Sender<Value>,
+}
+
+impl UiState {
+    pub fn new(
+        home: PathBuf,
+        admin_home: Option<PathBuf>,
+        passphrase: Zeroizing<String>,
+        voice: Arc<Voice>,
+        events: broadcast::Sender<Value>,
+    ) -> Self {
+        Self {
+            home,
+            admin_home,
+            passphrase,
+            voice,
+            pairing: tokio::sync::Mutex::new(None),
+            events,
+        }
+    }
+}
+
+/// The voice loop's state as the UI shows it: what it is doing, and whether the microphone is
+/// muted. Changes are published as `{"type": "voice", …}` events; levels as `{"type": "level"}`.
+pub struct Voice {
+    state: std::sync::Mutex<VoiceInfo>,
+    muted: AtomicBool,
+    events: broadcast::Sender<Value>,
+}
+
+#[derive(Clone, Default)]
+struct VoiceInfo {
+    state: &'static str,
+    problem: Option<String>,
+}
+
+impl Voice {
+    pub fn new(events: broadcast::Sender<Value>, enabled: bool) -> Self {
+        Self {
+            state: std::sync::Mutex::new(VoiceInfo {
+                state: if enabled { "starting" } else { "off" },
+                problem: (!enabled).then(|| "voice is off (`jarvis up --no-voice`)".to_owned()),
+            }),
+            muted: AtomicBool::new(false),
+            events,
+        }
+    }
+
+    /// Idle, listening, transcribing, thinking, speaking, off.
+    pub fn set(&self, state: &'static str) {
+        self.update(state, None);
+    }
+
+    /// Voice cannot run, and why.
+    pub fn off(&self, problem: String) {
+        self.update("off", Some(problem));
+    }
+
+    fn update(&self, state: &'static str, problem: Option<String>) {
+        let changed = match self.state.lock() {
+            Ok(mut info) => {
+                let changed = info.state != state || info.problem != problem;
+                *info = VoiceInfo { state, problem };
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            let _ = self.events.send(self.json());
+        }
+    }
+
+    pub fn muted(&self) -> bool {
+        self.muted.load(Ordering::Relaxed)
+    }
+
+    fn set_muted(&self, muted: bool) {
+        if self.muted.swap(muted, Ordering::Relaxed) != muted {
+            let _ = self.events.send(self.json());
+        }
+    }
+
+    /// A microphone level (rms and peak of the last ~100 ms, 0 to 1).
+    pub fn level(&self, rms: f32, peak: f32) {
+        let _ = self.events.send(json!({
+            "type": "level",
+            "rms": (rms * 1000.0).round() / 1000.0,
+            "peak": (peak * 1000.0).round() / 1000.0,
+        }));
+    }
+
+    pub fn json(&self) -> Value {
+        let info = self.state.lock().map(|i| i.clone()).unwrap_or_default();
+        json!({
+            "type": "voice",
+            "state": info.state,
+            "muted": self.muted(),
+            "problem": info.problem,
+        })
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| page(INDEX, "text/html; charset=utf-8")))
+        .route(
+            "/index.html",
+            get(|| page(INDEX, "text/html; charset=utf-8")),
+        )
+        .route(
+            "/app.js",
+            get(|| page(APP_JS, "text/javascript; charset=utf-8")),
+        )
+        .route("/app.css", get(|| page(APP_CSS, "text/css; charset=utf-8")))
+        .route("/icon.svg", get(|| page(ICON, "image/svg+xml")))
+        .route("/v1/devices", get(devices))
+        .route("/v1/devices/pair", post(pair))
+        .route("/v1/local-models", get(local_models))
+        .route("/v1/voice", get(voice))
+        .route("/v1/voice/mute", post(mute))
+        .route("/v1/admin/members", get(members))
+        .route("/v1/admin/invite", post(invite))
+        .route("/v1/admin/revoke", post(revoke))
+}
+
+async fn page(body: &'static str, kind: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(kind)),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CSP),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (see `jarvis token`)",
+    )
+}
+
+/// `jarvis --home HOME ARGS… --json` as a child process.
+fn cli(home: &std::path::Path, args: &[&str], passphrase: &str) -> tokio::process::Command {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("jarvis"));
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("--home")
+        .arg(home)
+        .args(args)
+        .arg("--json")
+        .env("JARVIS_PASSPHRASE", passphrase)
+        .env_remove("JARVIS_HOME")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The last line of a failed command's stderr: its error, which says what to do.
+fn failure(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map_or_else(
+            || "the command failed".to_owned(),
+            |l| l.trim().trim_start_matches("error: ").to_owned(),
+        )
+}
+
+/// Runs one command and answers with its JSON output, or its error.
+async fn run_json(home: &std::path::Path, args: &[&str], passphrase: &str) -> Response {
+    let output =
+        match tokio::time::timeout(COMMAND_TIMEOUT, cli(home, args, passphrase).output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot run `jarvis {}`: {e}", args.join(" ")),
+                );
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("`jarvis {}` took too long", args.join(" ")),
+                );
+            }
+        };
+    if !output.status.success() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, &failure(&output.stderr));
+    }
+    match serde_json::from_slice::<Value>(&output.stdout) {
+        Ok(value) => Json(value).into_response(),
+        Err(_) => {
+            // Commands that print one object per line: all of them, as a list.
+            let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            Json(Value::Array(lines)).into_response()
+        }
+    }
+}
+
+async fn devices(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    run_json(&state.ui.home, &["devices"], &state.ui.passphrase).await
+}
+
+async fn local_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    run_json(&state.ui.home, &["models", "list"], &state.ui.passphrase).await
+}
+
+async fn voice(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    Json(state.ui.voice.json()).into_response()
+}
+
+#[derive(Deserialize)]
+struct MuteRequest {
+    muted: bool,
+}
+
+async fn mute(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<MuteRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"muted\": true|false}",
+        );
+    };
+    state.ui.voice.set_muted(body.muted);
+    Json(state.ui.voice.json()).into_response()
+}
+
+#[derive(Deserialize, Default)]
+struct PairRequest {
+    passphrase: Option<String>,
+}
+
+/// Starts `jarvis devices pair` and answers with its code once printed; the command waits on for
+/// the new device, and its outcome arrives as an event.
+async fn pair(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Option<Json<PairRequest>>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let passphrase = body
+        .passphrase
+        .map_or_else(|| state.ui.passphrase.clone(), Zeroizing::new);
+    let mut pairing = state.ui.pairing.lock().await;
+    if let Some(previous) = pairing.take() {
+        // A new code replaces the old one (dropping the child kills it).
+        previous.abort();
+    }
+    let mut child = match cli(&state.ui.home, &["devices", "pair"], &passphrase).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot start pairing: {e}"),
+            );
+        }
+    };
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot start pairing");
+    };
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(COMMAND_TIMEOUT, lines.next_line()).await;
+    let code = match first {
+        Ok(Ok(Some(line))) => serde_json::from_str::<Value>(&line).ok(),
+        _ => None,
+    };
+    let Some(code) = code.filter(|c| c.get("code").is_some()) else {
+        let mut err = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut err).await;
+        return error(StatusCode::UNPROCESSABLE_ENTITY, &failure(&err));
+    };
+    let events = state.ui.events.clone();
+    *pairing = Some(tokio::spawn(async move {
+        let joined = lines.next_line().await;
+        let mut err = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut err).await;
+        let _ = child.wait().await;
+        let event = match joined {
+            Ok(Some(line)) => match serde_json::from_str::<Value>(&line) {
+                Ok(Value::Object(mut fields)) => {
+                    fields.insert("type".into(), json!("paired"));
+                    Value::Object(fields)
+                }
+                _ => json!({ "type": "pair_failed", "error": failure(&err) }),
+            },
+            _ => json!({ "type": "pair_failed", "error": failure(&err) }),
+        };
+        let _ = events.send(event);
+    }));
+    Json(code).into_response()
+}
+
+fn admin_home(state: &AppState) -> Result<&std::path::Path, Response> {
+    state.ui.admin_home.as_deref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "this node has no admin home: start it with `jarvis up --admin-home DIR` on an admin's machine",
+        )
+    })
+}
+
+async fn members(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    match admin_home(&state) {
+        Ok(admin) => run_json(admin, &["admin", "members"], &state.ui.passphrase).await,
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct InviteRequest {
+    user: String,
+    role: Option<String>,
+    passphrase: Option<String>,
+}
+
+async fn invite(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<InviteRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"user\": \"name\", \"role\": optional \"member\"|\"admin\"}",
+        );
+    };
+    let admin = match admin_home(&state) {
+        Ok(admin) => admin,
+        Err(r) => return r,
+    };
+    let role = body.role.unwrap_or_else(|| "member".to_owned());
+    let passphrase = body
+        .passphrase
+        .map_or_else(|| state.ui.passphrase.clone(), Zeroizing::new);
+    run_json(
+        admin,
+        &["admin", "invite", &body.user, "--role", &role],
+        &passphrase,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct RevokeRequest {
+    device: Option<String>,
+    user: Option<String>,
+    peer: Option<String>,
+    reason: Option<String>,
+    passphrase: Option<String>,
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<RevokeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let target = match &body {
+        Ok(Json(RevokeRequest {
+            device: Some(id),
+            user: None,
+            peer: None,
+            ..
+        })) => ("--device", id.clone()),
+        Ok(Json(RevokeRequest {
+            device: None,
+            user: Some(name),
+            peer: None,
+            ..
+        })) => ("--user", name.clone()),
+        Ok(Json(RevokeRequest {
+            device: None,
+            user: None,
+            peer: Some(id),
+            ..
+        })) => ("--peer", id.clone()),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected JSON with exactly one of \"device\", \"user\", \"peer\", and optional \"reason\"",
+            );
+        }
+    };
+    let admin = match admin_home(&state) {
+        Ok(admin) => admin,
+        Err(r) => return r,
+    };
+    let (reason, passphrase) = match body {
+        Ok(Json(b)) => (b.reason, b.passphrase),
+        Err(_) => (None, None),
+    };
+    let passphrase = passphrase.map_or_else(|| state.ui.passphrase.clone(), Zeroizing::new);
+    let mut args = vec!["admin", "revoke", target.0, &target.1];
+    if let Some(reason) = reason.as_deref() {
+        args.extend(["--reason", reason]);
+    }
+    run_json(admin, &args, &passphrase).await
+}
+
+/// Refuses requests a browser sends from another origin (a web page the user visits must not
+/// drive the node, token or not) and requests for another host name (DNS rebinding). Requests
+/// without an `Origin` header (the CLI, scripts, OpenAI clients) pass.
+pub async fn same_origin(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let port = state.port;
+    let allowed_host = |host: &str| {
+        [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+        ]
+        .iter()
+        .any(|h| h == host)
+    };
+    let headers = request.headers();
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
+        && !allowed_host(host)
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the local API answers only requests for 127.0.0.1, localhost or [::1]",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin.to_str().ok().is_some_and(|o| {
+            o.strip_prefix("http://").is_some_and(allowed_host)
+                || o == "tauri://localhost"
+                || o == "http://tauri.localhost"
+        });
+        if !ok {
+            return error(
+                StatusCode::FORBIDDEN,
+                "requests from other web origins are refused: open the UI with `jarvis ui`",
+            );
+        }
+    }
+    next.run(request).await
+}

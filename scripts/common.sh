@@ -21,7 +21,10 @@ as_root() {
 # llama.cpp and whisper.cpp (both build with cmake and run bindgen), ALSA's headers for cpal (the
 # microphone and speaker), espeak-ng and sox to make the speech the voice tests listen to.
 install_system_packages() {
-  local debian_packages=(build-essential pkg-config iproute2 iptables procps cmake libclang-dev libasound2-dev espeak-ng sox)
+  # chromium (the UI's browser tests), xvfb and imagemagick (the desktop window's screenshot),
+  # libwebkit2gtk-4.1-dev and libayatana-appindicator3-dev (the Tauri desktop app and its tray).
+  local debian_packages=(build-essential pkg-config iproute2 iptables procps cmake libclang-dev libasound2-dev espeak-ng sox
+    chromium xvfb xauth imagemagick libwebkit2gtk-4.1-dev libayatana-appindicator3-dev)
   case "$(uname -s)" in
     Linux)
       if command -v apt-get >/dev/null; then
@@ -65,6 +68,19 @@ ensure_cargo_tool() { # binary crate
 }
 
 # The Python packages the tests drive the node with (the `openai` client, as users' tools use it).
+# Node.js and the UI tests' one npm package (playwright-core, pinned by package-lock.json).
+ensure_node_packages() {
+  if ! command -v npm >/dev/null; then
+    say "installing Node.js"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+  fi
+  if [ ! -d desktop/e2e/node_modules/playwright-core ]; then
+    say "npm ci (desktop/e2e: playwright-core)"
+    (cd desktop/e2e && npm ci --no-audit --no-fund --silent)
+  fi
+}
+
 ensure_python_packages() {
   python3 -c 'import openai' 2>/dev/null || { say "installing the openai Python package"; python3 -m pip install -q 'openai==3.57.0'; }
 }

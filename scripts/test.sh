@@ -9,6 +9,7 @@ install_system_packages
 ensure_rust
 ensure_cargo_tool cargo-nextest cargo-nextest
 ensure_python_packages
+ensure_node_packages
 
 say "cargo fmt --check"
 cargo fmt --all --check

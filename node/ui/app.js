@@ -67,7 +67,8 @@ function nodeDown() {
 }
 function nodeUp(status) {
   const s = $('node-state');
-  s.textContent = `${status.user} · ${status.peers.filter((p) => p.authenticated).length} peers`;
+  const peers = status.peers.filter((p) => p.authenticated).length;
+  s.textContent = `${status.user} · ${peers} peer${peers === 1 ? '' : 's'}`;
   s.className = 'node-state up';
   if (!$('banner').textContent.startsWith('This page needs')) banner('');
 }
@@ -177,7 +178,7 @@ function newConversation() {
 $('new-conversation').addEventListener('click', newConversation);
 
 function messageElement(m) {
-  const timings = Object.entries(m.timings_ms || {}).map(([k, v]) => `${k.replaceAll('_', ' ')} ${v} ms`).join(' · ');
+  const timings = Object.entries(m.timings_ms || {}).map(([k, v]) => `${k.replaceAll('_', ' ')} ${/tokens$|per_second$/.test(k) ? v : `${v} ms`}`).join(' · ');
   return el('li', { class: `msg ${m.role} ${m.status === 'streaming' ? 'streaming' : ''} ${m.status === 'failed' ? 'failed' : ''}`, 'data-id': m.id },
     el('div', { class: 'text', text: m.text }),
     el('div', { class: 'meta' },
@@ -309,7 +310,9 @@ function onLevel(event) {
 function onVoice(v) {
   const pill = $('voice-state');
   pill.dataset.state = v.state;
-  pill.textContent = v.muted ? 'voice: muted' : `voice: ${v.state}`;
+  const labels = { idle: 'say “hey Jarvis”', starting: 'voice: starting…', listening: 'listening…', transcribing: 'transcribing…', thinking: 'thinking…', speaking: 'speaking', off: 'voice: off' };
+  pill.textContent = v.muted ? 'voice: muted' : (labels[v.state] || v.state);
+  pill.title = `voice: ${v.state}`;
   const mute = $('mute');
   mute.setAttribute('aria-pressed', String(v.muted));
   mute.textContent = v.muted ? 'Unmute' : 'Mute';
@@ -392,6 +395,24 @@ async function loadMembers() {
   showError('admin-error', null);
   let members;
   try { ({ members } = await api('/v1/admin/members')); } catch (e) { showError('admin-error', e); return; }
+  // The admin's records know users, relays and GPU peers; a user's devices are certified by the
+  // user, so the devices come from what this node knows: this user's devices and its peers.
+  const known = new Set(members.map((m) => m.id));
+  const [devices, status] = await Promise.all([api('/v1/devices').catch(() => ({ devices: [] })), api('/v1/status').catch(() => ({ peers: [] }))]);
+  const seen = [
+    ...devices.devices.map((d) => ({ id: d.id, name: d.name, user: status.user, status: d.status })),
+    ...status.peers.filter((p) => p.role === 'device' || p.role === 'own-device').map((p) => ({ id: p.peer_id, name: p.name, user: p.user, status: 'active' })),
+  ];
+  for (const d of seen) {
+    const member = members.find((m) => m.id === d.id);
+    if (member) {
+      member.name ||= d.name;
+      member.user ||= d.user;
+    }
+    if (known.has(d.id)) continue;
+    known.add(d.id);
+    members.push({ kind: 'device', name: d.name, user: d.user, id: d.id, status: d.status });
+  }
   $('member-list').replaceChildren(...members.map((m) => el('tr', { 'data-id': m.id },
     el('td', { text: m.kind }), el('td', { text: m.name }), el('td', { text: m.user || '' }),
     el('td', {}, el('span', { class: `badge ${m.status}`, text: m.status })),
@@ -467,6 +488,11 @@ async function followEvents() {
           api('/v1/admin/members').then(() => { $('nav-admin').hidden = false; }).catch(() => {})]);
         document.body.dataset.connected = 'true';
         await readEvents(response, (_, data) => onEvent(JSON.parse(data)));
+      } else if (response.status === 401) {
+        // The banner says how to get the token; nothing works until then.
+        document.body.dataset.connected = 'false';
+        await new Promise((r) => setTimeout(r, 5000));
+        continue;
       }
     } catch (e) { /* reconnect below */ }
     document.body.dataset.connected = 'false';

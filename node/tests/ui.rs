@@ -1,0 +1,409 @@
+//! The UI, end to end, in a real browser: Playwright (npm `playwright-core`) driving the system's
+//! headless Chromium (`desktop/e2e/ui.mjs`) against real nodes with the real models. This test
+//! makes the org (an admin, alice's laptop and phone), a microphone (an ALSA capture device
+//! reading a FIFO the test writes a tone into), starts both nodes, runs the script, and checks
+//! what it reports and the screenshots it saved (in `target/tmp/ui-screenshots`).
+//!
+//! Also here, without a browser: the API's same-origin and host checks, and the token on every
+//! route the UI added.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use jarvis_inference::models::ModelStore;
+use serde_json::Value;
+
+mod common;
+
+fn jarvis(home: &Path) -> Command {
+    let mut cmd = common::jarvis(home);
+    cmd.env_remove("JARVIS_MODEL")
+        .env_remove("JARVIS_ADMIN_HOME")
+        .env("JARVIS_LLM_THREADS", "1");
+    cmd
+}
+
+fn ok(home: &Path, args: &[&str]) -> Value {
+    common::json_ok(jarvis(home), args)
+}
+
+/// A running node, stopped (SIGINT, then reaped) when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// alice's laptop (holding her user key) and phone, in the org of `admin`.
+fn org(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let admin = dir.join("admin");
+    ok(&admin, &["admin", "init", "--org", "acme"]);
+    let token = ok(&admin, &["admin", "invite", "alice"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let laptop = dir.join("laptop");
+    ok(&laptop, &["join", &token, "--device-name", "laptop"]);
+    let phone = dir.join("phone");
+    let request = ok(&phone, &["devices", "request", "--device-name", "phone"])["request"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bundle = ok(&laptop, &["devices", "approve", &request])["bundle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&phone, &["join", &bundle]);
+    (admin, laptop, phone)
+}
+
+/// A microphone the test speaks into: `alsa:jarvis_mic` (declared in `DIR/.asoundrc`; run with
+/// HOME=DIR) reads raw 16 kHz samples from a FIFO, which a thread fills in real time with a
+/// second of a 440 Hz tone, then a second of silence, over and over, until `stop`.
+fn microphone(dir: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let fifo = dir.join("mic.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(
+        dir.join(".asoundrc"),
+        format!(
+            "pcm.jarvis_mic {{\n type plug\n slave {{\n  pcm {{ type file; slave.pcm null; file \"/dev/null\"; infile \"{}\"; format \"raw\" }}\n  format S16_LE\n  rate 16000\n  channels 1\n }}\n}}\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    // Read and write: opening does not wait for a reader, and the FIFO stays open while the
+    // node opens and closes the device.
+    let mut pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            // 100 ms at a time, paced like a real microphone.
+            let chunk: Vec<u8> = (sent..sent + 1600)
+                .flat_map(|i| {
+                    let tone = (i / 16_000) % 2 == 0;
+                    let t = i as f32 / 16_000.0;
+                    let v = if tone {
+                        0.4 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
+                    } else {
+                        0.0
+                    };
+                    ((v * f32::from(i16::MAX)) as i16).to_le_bytes()
+                })
+                .collect();
+            if pipe.write_all(&chunk).is_err() {
+                return;
+            }
+            sent += 1600;
+            let due = started + Duration::from_millis(sent / 16);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+    })
+}
+
+#[test]
+fn the_ui_works_end_to_end_in_chromium() {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("../desktop/e2e");
+    assert!(
+        e2e.join("node_modules/playwright-core").is_dir(),
+        "run `npm ci` in desktop/e2e first (scripts/test.sh does)"
+    );
+    assert!(
+        Path::new("/usr/bin/chromium").exists() || std::env::var_os("CHROMIUM").is_some(),
+        "install chromium (scripts/test.sh does), or set CHROMIUM"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (admin, laptop, phone) = org(d);
+    let models = ModelStore::from_env().unwrap().dir().to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mic = microphone(d, Arc::clone(&stop));
+
+    let up = |home: &Path, extra: &[&str]| {
+        let mut cmd = jarvis(home);
+        cmd.env("HOME", d).env("JARVIS_MODELS", &models).args([
+            "up",
+            "--json",
+            "--no-mdns",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ]);
+        cmd.args(extra);
+        let (child, _, started) = common::spawn_up(cmd.stderr(Stdio::null()));
+        (Running(child), started)
+    };
+    let admin_arg = admin.to_str().unwrap();
+    let (_laptop_node, started) = up(
+        &laptop,
+        &["--mic", "alsa:jarvis_mic", "--admin-home", admin_arg],
+    );
+    let laptop_addr = wait_for("the laptop's address", || {
+        ok(&laptop, &["status"])["listen"][0]
+            .as_str()
+            .map(str::to_owned)
+    });
+    let (_phone_node, _) = up(&phone, &["--no-voice", "--peer", &laptop_addr]);
+    let phone_id = ok(&phone, &["whoami"])["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for("the phone to connect", || {
+        ok(&laptop, &["status"])["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["peer_id"] == phone_id.as_str() && p["authenticated"] == true)
+            .then_some(())
+    });
+
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let token = String::from_utf8(jarvis(&laptop).arg("token").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = Command::new("node")
+        .arg("ui.mjs")
+        .current_dir(&e2e)
+        .env("JARVIS_BIN", assert_cmd::cargo::cargo_bin("jarvis"))
+        .env("JARVIS_PASSPHRASE", common::PASSPHRASE)
+        .env("JARVIS_KDF_WORK_FACTOR", "10")
+        .env("JARVIS_MODELS", &models)
+        .env(
+            "UI_ORIGIN",
+            format!("http://{}", started["api"].as_str().unwrap()),
+        )
+        .env("UI_TOKEN", &token)
+        .env("LAPTOP_HOME", &laptop)
+        .env("PHONE_HOME", &phone)
+        .env("NEW_HOME", d.join("tablet"))
+        .env("ADMIN_HOME", &admin)
+        .env("PHONE_ID", &phone_id)
+        .env("SCREENSHOTS", &shots)
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let _ = mic.join();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["without_token"], 401, "{report}");
+    assert_eq!(report["other_origin"], "refused", "{report}");
+    assert!(!report["answer"].as_str().unwrap().is_empty(), "{report}");
+    assert_eq!(report["revoked"]["status"], "revoked", "{report}");
+    // The new device really joined: it holds a certificate of alice's.
+    let tablet = ok(&d.join("tablet"), &["whoami"]);
+    assert_eq!(tablet["user"], "alice", "{tablet}");
+    for name in [
+        "no-token",
+        "conversation",
+        "search",
+        "voice",
+        "pairing",
+        "devices",
+        "peers",
+        "models",
+        "settings-dark",
+        "conversation-dark",
+        "admin",
+        "admin-revoked",
+    ] {
+        let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name}.png is not a real screenshot"
+        );
+    }
+}
+
+/// One HTTP/1.1 request on a raw socket (so nothing adds or fixes headers): `head` is the
+/// request line and headers, each ending in CRLF.
+fn request(addr: &str, head: &str) -> (u16, String) {
+    request_with_body(addr, head, "")
+}
+
+fn request_with_body(addr: &str, head: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(
+            format!(
+                "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    (status, response)
+}
+
+/// The API answers only its own origin and host names, and every UI route wants the token; the
+/// page itself is public (it holds no data) and locked down by its content security policy.
+#[test]
+fn the_api_refuses_other_origins_hosts_and_requests_without_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mut cmd = jarvis(&home);
+    cmd.env("JARVIS_MODELS", "/nonexistent/jarvis-models")
+        .args([
+            "up",
+            "--json",
+            "--no-mdns",
+            "--no-voice",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ]);
+    let (child, _, started) = common::spawn_up(cmd.stderr(Stdio::null()));
+    let _node = Running(child);
+    let addr = started["api"].as_str().unwrap();
+    let token = String::from_utf8(jarvis(&home).arg("token").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let auth = format!("Authorization: Bearer {token}\r\n");
+
+    let (status, page) = request(addr, &format!("GET / HTTP/1.1\r\nHost: {addr}\r\n"));
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Jarvis</title>"), "{page}");
+    assert!(
+        page.to_lowercase()
+            .contains("content-security-policy: default-src 'none'"),
+        "{page}"
+    );
+    let (status, _) = request(
+        addr,
+        &format!("GET /v1/status HTTP/1.1\r\nHost: {addr}\r\n{auth}Origin: http://{addr}\r\n"),
+    );
+    assert_eq!(status, 200, "the UI's own origin");
+    for origin in ["http://evil.example", "null", "http://127.0.0.1:1"] {
+        let (status, body) = request(
+            addr,
+            &format!("GET /v1/status HTTP/1.1\r\nHost: {addr}\r\n{auth}Origin: {origin}\r\n"),
+        );
+        assert_eq!(status, 403, "origin {origin}: {body}");
+        assert!(body.contains("other web origins"), "{body}");
+    }
+    // A preflight from elsewhere is refused too, so a browser never sends the real request.
+    let (status, _) = request(
+        addr,
+        &format!(
+            "OPTIONS /v1/ask HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\nAccess-Control-Request-Method: POST\r\n"
+        ),
+    );
+    assert_eq!(status, 403);
+    // DNS rebinding: a name that resolves to 127.0.0.1 but is not ours.
+    let (status, body) = request(
+        addr,
+        &format!(
+            "GET /v1/status HTTP/1.1\r\nHost: evil.example:{}\r\n{auth}",
+            &addr[addr.rfind(':').unwrap() + 1..]
+        ),
+    );
+    assert_eq!(status, 403, "{body}");
+    for (method, path) in [
+        ("GET", "/v1/devices"),
+        ("POST", "/v1/devices/pair"),
+        ("GET", "/v1/local-models"),
+        ("GET", "/v1/voice"),
+        ("POST", "/v1/voice/mute"),
+        ("GET", "/v1/admin/members"),
+        ("POST", "/v1/admin/invite"),
+        ("POST", "/v1/admin/revoke"),
+    ] {
+        let (status, body) = request(
+            addr,
+            &format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n"),
+        );
+        assert_eq!(status, 401, "{method} {path} without the token: {body}");
+    }
+    // With the token: voice is off here and says so; there is no admin home.
+    let (status, body) = request(
+        addr,
+        &format!("GET /v1/voice HTTP/1.1\r\nHost: {addr}\r\n{auth}"),
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("\"state\":\"off\""), "{body}");
+    let (status, body) = request(
+        addr,
+        &format!("GET /v1/admin/members HTTP/1.1\r\nHost: {addr}\r\n{auth}"),
+    );
+    assert_eq!(status, 404);
+    assert!(body.contains("--admin-home"), "{body}");
+    let (status, body) = request_with_body(
+        addr,
+        &format!(
+            "POST /v1/voice/mute HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n"
+        ),
+        "{\"muted\": \"loud\"}",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("muted"), "{body}");
+    let (status, body) = request_with_body(
+        addr,
+        &format!(
+            "POST /v1/voice/mute HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n"
+        ),
+        "{\"muted\": true}",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"muted\":true"), "{body}");
+    // `jarvis ui --print` gives the address with the token in the fragment.
+    let ui = ok(&home, &["ui", "--print"]);
+    assert_eq!(
+        ui["url"].as_str().unwrap(),
+        format!("http://{addr}/#token={token}")
+    );
+    assert_eq!(ui["opened"], false);
+}

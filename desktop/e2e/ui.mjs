@@ -161,6 +161,10 @@ try {
   // The test's microphone plays a tone for a second, then silence for a second, over and over.
   check(high > 0.1 && low < 0.01, `the level follows the microphone (min ${low}, max ${high})`);
   await shot(page, 'voice');
+  // Push-to-talk: listening at once, no wake word (the tone is not speech, so it times out).
+  await page.click('#talk');
+  await page.locator('#voice-state[data-state="listening"]').waitFor({ timeout: 10_000 });
+  report.push_to_talk = 'listening';
   await page.click('#mute');
   await page.locator('#voice-state', { hasText: 'muted' }).waitFor();
   await new Promise((r) => setTimeout(r, 500));

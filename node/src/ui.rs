@@ -10,6 +10,8 @@
 //! GET  /v1/local-models                    installed models (`jarvis models list --json`)
 //! GET  /v1/voice                           voice state and mute
 //! POST /v1/voice/mute {muted}              mute or unmute the microphone
+//! POST /v1/voice/talk                      push-to-talk: listen to a request now, no wake word
+//! POST /v1/voice/stop                      stop the answer being spoken
 //! GET  /v1/admin/members                   with `jarvis up --admin-home DIR` only
 //! POST /v1/admin/invite {user, role?, passphrase?}
 //! POST /v1/admin/revoke {device|user|peer, reason?, passphrase?}
@@ -86,6 +88,10 @@ impl UiState {
 pub struct Voice {
     state: std::sync::Mutex<VoiceInfo>,
     muted: AtomicBool,
+    /// Push-to-talk: the listener wakes at its next frame when set.
+    talk: Arc<AtomicBool>,
+    /// Stop the answer being spoken.
+    stop: AtomicBool,
     events: broadcast::Sender<Value>,
 }
 
@@ -103,8 +109,20 @@ impl Voice {
                 problem: (!enabled).then(|| "voice is off (`jarvis up --no-voice`)".to_owned()),
             }),
             muted: AtomicBool::new(false),
+            talk: Arc::new(AtomicBool::new(false)),
+            stop: AtomicBool::new(false),
             events,
         }
+    }
+
+    /// The flag the listener watches for push-to-talk.
+    pub fn talk_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.talk)
+    }
+
+    /// Whether the user asked to stop the spoken answer (clears the request).
+    pub fn take_stop(&self) -> bool {
+        self.stop.swap(false, Ordering::Relaxed)
     }
 
     /// Idle, listening, transcribing, thinking, speaking, off.
@@ -179,6 +197,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/local-models", get(local_models))
         .route("/v1/voice", get(voice))
         .route("/v1/voice/mute", post(mute))
+        .route("/v1/voice/talk", post(talk))
+        .route("/v1/voice/stop", post(stop_speaking))
         .route("/v1/admin/members", get(members))
         .route("/v1/admin/invite", post(invite))
         .route("/v1/admin/revoke", post(revoke))
@@ -322,6 +342,35 @@ async fn mute(
         );
     };
     state.ui.voice.set_muted(body.muted);
+    Json(state.ui.voice.json()).into_response()
+}
+
+/// Push-to-talk: the next request is listened to without the wake word.
+async fn talk(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let voice = &state.ui.voice;
+    let on = voice
+        .state
+        .lock()
+        .map(|i| i.state != "off" && i.state != "starting")
+        .unwrap_or(false);
+    if !on {
+        return error(
+            StatusCode::CONFLICT,
+            "voice is not running (see `problem` in GET /v1/voice)",
+        );
+    }
+    voice.talk.store(true, Ordering::Relaxed);
+    Json(voice.json()).into_response()
+}
+
+async fn stop_speaking(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    state.ui.voice.stop.store(true, Ordering::Relaxed);
     Json(state.ui.voice.json()).into_response()
 }
 

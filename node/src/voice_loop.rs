@@ -82,6 +82,7 @@ async fn turns(
     let models = VoiceModels::find()?;
     device::find_microphone(mic_name.as_deref())?;
     let (mut listener, mut voice, mut stt) = crate::listen::load(&models, false).await?;
+    listener.push_to_talk(ui.talk_flag());
     // Opened once the models are loaded, so it does not hear stale audio.
     let (mic, chunks) = device::open_microphone(mic_name.as_deref())?;
     let playback = Arc::new(Playback::new());
@@ -96,6 +97,8 @@ async fn turns(
         playback.reset();
         let watch = Watch::new(Arc::clone(&playback), 0.0);
         ui.set("idle");
+        // A stop asked for after the last answer ended is not for the next one.
+        ui.take_stop();
         let report = |stage| {
             ui.set(match stage {
                 Stage::Woke => "listening",
@@ -177,6 +180,10 @@ async fn turns(
         // Listen on (for barge-in) until the answer has played.
         let until = Instant::now() + Duration::from_secs(600);
         while speaker.is_some() && playback.pending(Instant::now()) && Instant::now() < until {
+            if ui.take_stop() {
+                tracing::info!("the answer was stopped from the UI");
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         playback.stop(Instant::now());

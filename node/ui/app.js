@@ -97,8 +97,10 @@ document.addEventListener('keydown', (e) => {
     show('chat'); $('search').focus(); e.preventDefault();
   } else if ((e.ctrlKey || e.metaKey) && e.key === 'n') {
     show('chat'); newConversation(); e.preventDefault();
-  } else if (e.key === 'm' && !['INPUT', 'TEXTAREA', 'SELECT'].includes(document.activeElement?.tagName)) {
-    toggleMute();
+  } else if (!['INPUT', 'TEXTAREA', 'SELECT'].includes(document.activeElement?.tagName) && !e.ctrlKey && !e.metaKey && !e.altKey) {
+    if (e.key === 'm') toggleMute();
+    else if (e.key === 't') talk();
+    else if (e.key === 'Escape') stopSpeaking();
   }
 });
 
@@ -317,12 +319,22 @@ function onVoice(v) {
   mute.setAttribute('aria-pressed', String(v.muted));
   mute.textContent = v.muted ? 'Unmute' : 'Mute';
   $('voice-problem').textContent = v.problem || '';
+  $('talk').disabled = v.state === 'off' || v.state === 'starting' || v.muted;
+  $('stop-speaking').disabled = v.state !== 'speaking' && v.state !== 'thinking';
 }
 async function toggleMute() {
   const muted = $('mute').getAttribute('aria-pressed') !== 'true';
   try { onVoice(await api('/v1/voice/mute', { body: { muted } })); } catch (e) { /* banner */ }
 }
 $('mute').addEventListener('click', toggleMute);
+async function talk() {
+  try { onVoice(await api('/v1/voice/talk', { body: {} })); } catch (e) { $('voice-problem').textContent = e.message; }
+}
+async function stopSpeaking() {
+  try { await api('/v1/voice/stop', { body: {} }); } catch (e) { /* banner */ }
+}
+$('talk').addEventListener('click', talk);
+$('stop-speaking').addEventListener('click', stopSpeaking);
 drawMeter();
 
 // ---- Devices and pairing -------------------------------------------------------------------

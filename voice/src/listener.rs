@@ -25,6 +25,8 @@ pub struct Listener {
     /// The best wake score heard.
     pub best_wake_score: f32,
     config: TurnConfig,
+    /// Set from outside (a push-to-talk button) to wake the turn at the next frame.
+    talk: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Listener {
@@ -51,7 +53,14 @@ impl Listener {
             position: 0,
             frame: Vec::with_capacity(FRAME),
             best_wake_score: 0.0,
+            talk: None,
         })
+    }
+
+    /// Push-to-talk: whenever `flag` is set, the next frame wakes the turn (if it sleeps) and
+    /// clears the flag.
+    pub fn push_to_talk(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.talk = Some(flag);
     }
 
     /// Starts a new turn (the audio heard so far is forgotten).
@@ -126,6 +135,12 @@ impl Listener {
     fn frame_done(&mut self, events: &mut Vec<TurnEvent>) -> Result<()> {
         self.position += FRAME as u64;
         let end = self.position;
+        if let Some(talk) = &self.talk
+            && talk.swap(false, std::sync::atomic::Ordering::Relaxed)
+            && let Some(e) = self.turn.talk(end)
+        {
+            events.push(e);
+        }
         if let Some(wake) = &mut self.wake
             && !self.turn.is_awake()
             && !self.turn.is_done()

@@ -291,6 +291,22 @@ impl Turn {
         };
         Some(TurnEvent::Woke { at: end, score })
     }
+
+    /// Push-to-talk at sample `end`: awake as if the wake word had just been heard, with the
+    /// utterance starting now (not back at earlier speech, which was not meant for us).
+    pub fn talk(&mut self, end: u64) -> Option<TurnEvent> {
+        if self.phase != Phase::Asleep {
+            return None;
+        }
+        self.phase = Phase::Awake {
+            woke_at: end,
+            start: Some(self.pre_roll(end)),
+        };
+        Some(TurnEvent::Woke {
+            at: end,
+            score: 1.0,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +452,45 @@ mod tests {
             panic!("{events:?}")
         };
         assert!(at >= 28 * FRAME + 6000 * 16, "{at}");
+    }
+
+    #[test]
+    fn a_talk_button_wakes_the_turn_and_the_utterance_starts_at_the_press() {
+        // Someone else talking (not for us), the button pressed in the silence after, the
+        // request, silence.
+        let frames = pattern(&[(true, 30), (false, 20), (true, 40), (false, 30)]);
+        let mut turn = Turn::new(TurnConfig::default());
+        let mut events = Vec::new();
+        for (i, &speech) in frames.iter().enumerate() {
+            let end = (i as u64 + 1) * FRAME;
+            if i == 40 {
+                events.extend(turn.talk(end));
+                assert!(turn.talk(end).is_none(), "awake already");
+            }
+            events.extend(turn.voice(end, FRAME, if speech { 0.9 } else { 0.05 }));
+        }
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|e| !matches!(e, TurnEvent::Paused { .. }))
+            .collect();
+        assert!(
+            matches!(events[0], TurnEvent::Woke { at, .. } if at == 41 * FRAME),
+            "{events:?}"
+        );
+        let Some(TurnEvent::Utterance {
+            start,
+            end_of_speech,
+            ..
+        }) = events.last()
+        else {
+            panic!("{events:?}")
+        };
+        assert!(
+            *start > 30 * FRAME,
+            "the earlier talk is not part of it: {start}"
+        );
+        assert!(*start <= 41 * FRAME, "{start}");
+        assert_eq!(*end_of_speech, 90 * FRAME);
     }
 
     #[test]

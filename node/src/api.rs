@@ -150,20 +150,35 @@ async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Re
             "missing or wrong bearer token (see `jarvis token`)",
         );
     }
+    /// Counts the stream in `jarvis_event_streams` while it lives.
+    struct Following(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Following {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
     let receiver = state.events.subscribe();
+    state.metrics.event_streams.inc();
+    let following = Following(state.metrics.event_streams.clone());
     let mut stop = state.stop.clone();
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        let value = match receiver.recv().await {
-            Ok(value) => value,
-            Err(RecvError::Lagged(missed)) => json!({ "type": "lagged", "missed": missed }),
-            Err(RecvError::Closed) => return None,
-        };
-        let event = Event::default().data(value.to_string());
-        Some((Ok::<_, std::convert::Infallible>(event), receiver))
-    });
+    let stream = futures::stream::unfold(
+        (receiver, following),
+        |(mut receiver, following)| async move {
+            let value = match receiver.recv().await {
+                Ok(value) => value,
+                Err(RecvError::Lagged(missed)) => json!({ "type": "lagged", "missed": missed }),
+                Err(RecvError::Closed) => return None,
+            };
+            let event = Event::default().data(value.to_string());
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (receiver, following),
+            ))
+        },
+    );
     // A comment first: the response (and a browser's `onopen`) starts at once instead of at the
     // first event.
     let opened = futures::stream::once(async {
@@ -435,18 +450,32 @@ impl AnswerTask {
     }
 }
 
+/// What the API serves from: the node's command queue and events, the engine, the UI's share.
+pub struct Parts {
+    pub commands: mpsc::Sender<Command>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub events: tokio::sync::broadcast::Sender<Value>,
+    pub engine: EngineHandle,
+    /// Fires when the node stops.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub ui: std::sync::Arc<crate::ui::UiState>,
+}
+
 /// Binds the API and records where in `api.json`. Returns the bound address and the server
 /// future (which ends when `stop` fires).
 pub async fn serve(
     home: &Home,
     addr: SocketAddr,
-    commands: mpsc::Sender<Command>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    events: tokio::sync::broadcast::Sender<Value>,
-    engine: EngineHandle,
-    stop: tokio::sync::watch::Receiver<bool>,
-    ui: std::sync::Arc<crate::ui::UiState>,
+    parts: Parts,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + use<>)> {
+    let Parts {
+        commands,
+        metrics,
+        events,
+        engine,
+        stop,
+        ui,
+    } = parts;
     if !addr.ip().is_loopback() {
         bail!("the local API only listens on a loopback address (127.0.0.1 or ::1), not {addr}");
     }

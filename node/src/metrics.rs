@@ -33,6 +33,8 @@ pub struct Metrics {
     pub peers_refused: Counter,
     pub peers_connected: Gauge,
     pub documents: Gauge,
+    /// Clients following `/v1/events` (the UI's windows and tabs, scripts).
+    pub event_streams: Gauge,
     /// The local engine's queue, latency and outcomes (`jarvis_llm_…`).
     pub engine: jarvis_inference::metrics::EngineMetrics,
     /// Each voice stage's time, from the end of speech (`jarvis_voice_stage_seconds{name}`).
@@ -51,6 +53,7 @@ impl Metrics {
         let peers_refused = Counter::default();
         let peers_connected = Gauge::default();
         let documents = Gauge::default();
+        let event_streams = Gauge::default();
         registry.register(
             "sync_messages_sent",
             "Sync messages sent to peers",
@@ -82,6 +85,11 @@ impl Metrics {
             peers_connected.clone(),
         );
         registry.register("documents", "Documents held", documents.clone());
+        registry.register(
+            "event_streams",
+            "Clients following the event stream (UI windows, scripts)",
+            event_streams.clone(),
+        );
         let engine = jarvis_inference::metrics::EngineMetrics::default();
         engine.register(&mut registry);
         let voice_stages = Histograms::new_with_constructor(stage_histogram);
@@ -101,6 +109,7 @@ impl Metrics {
             peers_refused,
             peers_connected,
             documents,
+            event_streams,
             engine,
             voice_stages,
             voice_turns,

@@ -442,22 +442,20 @@ async fn pair(
     Json(code).into_response()
 }
 
-fn admin_home(state: &AppState) -> Result<&std::path::Path, Response> {
-    state.ui.admin_home.as_deref().ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            "this node has no admin home: start it with `jarvis up --admin-home DIR` on an admin's machine",
-        )
-    })
+fn no_admin_home() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "this node has no admin home: start it with `jarvis up --admin-home DIR` on an admin's machine",
+    )
 }
 
 async fn members(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    match admin_home(&state) {
-        Ok(admin) => run_json(admin, &["admin", "members"], &state.ui.passphrase).await,
-        Err(r) => r,
+    match state.ui.admin_home.as_deref() {
+        Some(admin) => run_json(admin, &["admin", "members"], &state.ui.passphrase).await,
+        None => no_admin_home(),
     }
 }
 
@@ -482,9 +480,8 @@ async fn invite(
             "expected JSON {\"user\": \"name\", \"role\": optional \"member\"|\"admin\"}",
         );
     };
-    let admin = match admin_home(&state) {
-        Ok(admin) => admin,
-        Err(r) => return r,
+    let Some(admin) = state.ui.admin_home.as_deref() else {
+        return no_admin_home();
     };
     let role = body.role.unwrap_or_else(|| "member".to_owned());
     let passphrase = body
@@ -541,9 +538,8 @@ async fn revoke(
             );
         }
     };
-    let admin = match admin_home(&state) {
-        Ok(admin) => admin,
-        Err(r) => return r,
+    let Some(admin) = state.ui.admin_home.as_deref() else {
+        return no_admin_home();
     };
     let (reason, passphrase) = match body {
         Ok(Json(b)) => (b.reason, b.passphrase),

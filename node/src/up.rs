@@ -118,12 +118,14 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let (api_addr, server) = api::serve(
         &home,
         args.api,
-        commands_tx,
-        metrics.clone(),
-        events.clone(),
-        engine.clone(),
-        stop_rx,
-        ui,
+        api::Parts {
+            commands: commands_tx,
+            metrics: metrics.clone(),
+            events: events.clone(),
+            engine: engine.clone(),
+            stop: stop_rx,
+            ui,
+        },
     )
     .await?;
     let node = Node::new(
@@ -169,7 +171,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
         }),
         || {
             format!(
-                "Jarvis node up{}.\n  device: {} `{}`\n  user:   {}\n  org:    {} ({})\n  api:    http://{api_addr} (token: `jarvis token`)\n{model_line}{}Press Ctrl-C to stop.",
+                "Jarvis node up{}.\n  device: {} `{}`\n  user:   {}\n  org:    {} ({})\n  api:    http://{api_addr} (token: `jarvis token`)\n  ui:     `jarvis ui` opens it in your browser (or run `jarvis-desktop`)\n{model_line}{}Press Ctrl-C to stop.",
                 if state.personal { " in personal mode" } else { "" },
                 peer_id,
                 verified.name,

@@ -121,8 +121,15 @@ impl NodeConfig {
     /// # Errors
     /// The node failing to start (its last log line says why) or not answering in time.
     pub fn start(&self, log: &Path) -> Result<(Link, Child)> {
-        let log_file = std::fs::File::create(log)
-            .with_context(|| format!("cannot write the node's log {}", log.display()))?;
+        let log_file = {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
+                .open(log)
+                .with_context(|| format!("cannot write the node's log {}", log.display()))?
+        };
         let mut child = self
             .command()
             .arg("up")

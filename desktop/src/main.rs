@@ -88,7 +88,7 @@ fn run(args: Args) -> Result<()> {
             }
         }
         None => {
-            let log = std::env::temp_dir().join(format!("jarvis-node-{}.log", std::process::id()));
+            let log = node_log()?;
             let (link, child) = config.start(&log)?;
             say(
                 json!({ "event": "started", "origin": link.origin, "pid": child.id(), "log": log }),
@@ -135,6 +135,18 @@ fn run(args: Args) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// Where the log of a node the app starts goes: the user's cache directory, readable by them
+/// only (it holds transcripts at info level).
+fn node_log() -> Result<PathBuf> {
+    let dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("jarvis");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir.join("desktop-node.log"))
 }
 
 fn talk(link: &Link) {

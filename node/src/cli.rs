@@ -107,6 +107,10 @@ pub enum ModelsCommand {
     Pull {
         /// A name from `jarvis models list`.
         name: Option<String>,
+        /// With --json: also print `{"event": "progress", "name", "bytes", "total"}` lines while
+        /// downloading (the UI's progress bar).
+        #[arg(long)]
+        json_progress: bool,
     },
     /// Copy a GGUF model file into the cache (then use it with JARVIS_MODEL=NAME), or convert a
     /// faster-whisper model directory (model.bin, vocabulary.txt) for speech to text.

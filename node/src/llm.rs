@@ -96,7 +96,7 @@ pub fn list(out: Output) -> Result<()> {
 /// `jarvis models pull [NAME]`: one model, or without NAME the defaults (the language model,
 /// `JARVIS_MODEL` or the catalog's default, then speech-to-text). Each is tried even when one
 /// before it failed; with `--json`, one line per model.
-pub fn pull(out: Output, name: Option<String>) -> Result<()> {
+pub fn pull(out: Output, name: Option<String>, json_progress: bool) -> Result<()> {
     let store = ModelStore::from_env()?;
     let names: Vec<String> = match name {
         Some(name) => vec![name],
@@ -116,7 +116,7 @@ pub fn pull(out: Output, name: Option<String>) -> Result<()> {
         .context("starting the async runtime")?;
     let mut failed = Vec::new();
     for name in &names {
-        if let Err(e) = pull_one(out, &store, &sources, &runtime, name) {
+        if let Err(e) = pull_one(out, &store, &sources, &runtime, name, json_progress) {
             if names.len() == 1 {
                 return Err(e);
             }
@@ -136,6 +136,7 @@ fn pull_one(
     sources: &Sources,
     runtime: &tokio::runtime::Runtime,
     name: &str,
+    json_progress: bool,
 ) -> Result<()> {
     let progress = if out.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::hidden()
@@ -151,7 +152,33 @@ fn pull_one(
         bar.set_message(name.to_owned());
         bar
     };
+    // Progress as JSON lines, every 250 ms while the download runs (the hidden bar still counts).
+    let reporting = (json_progress && out.json).then(|| {
+        let (done, stop) = std::sync::mpsc::channel::<()>();
+        let bar = progress.clone();
+        let name = name.to_owned();
+        let thread = std::thread::spawn(move || {
+            let mut last = None;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stop.recv_timeout(std::time::Duration::from_millis(250))
+            {
+                let now = (bar.position(), bar.length());
+                if last != Some(now) && now.0 > 0 {
+                    println!(
+                        "{}",
+                        json!({ "event": "progress", "name": name, "bytes": now.0, "total": now.1 })
+                    );
+                    last = Some(now);
+                }
+            }
+        });
+        (done, thread)
+    });
     let pulled = runtime.block_on(store.pull(name, sources, &progress));
+    if let Some((done, thread)) = reporting {
+        drop(done);
+        let _ = thread.join();
+    }
     progress.finish_and_clear();
     let pulled = pulled?;
     for skipped in &pulled.skipped {

@@ -81,7 +81,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conversations => client::conversations(&home, out),
         Command::Show { id } => client::show(&home, out, &id),
         Command::Models(ModelsCommand::List) => llm::list(out),
-        Command::Models(ModelsCommand::Pull { name }) => llm::pull(out, name),
+        Command::Models(ModelsCommand::Pull {
+            name,
+            json_progress,
+        }) => llm::pull(out, name, json_progress),
         Command::Models(ModelsCommand::Import { path }) => llm::import(out, &path),
     }
 }

@@ -8,6 +8,8 @@
 //! GET  /v1/devices                         this user's devices (`jarvis devices --json`)
 //! POST /v1/devices/pair {passphrase?}      a pairing code; `paired` / `pair_failed` events follow
 //! GET  /v1/local-models                    installed models (`jarvis models list --json`)
+//! POST /v1/models/pull {name}              download one; `model_progress`, then `model_pulled` or
+//!                                          `model_pull_failed` events
 //! GET  /v1/voice                           voice state and mute
 //! POST /v1/voice/mute {muted}              mute or unmute the microphone
 //! POST /v1/voice/talk                      push-to-talk: listen to a request now, no wake word
@@ -61,6 +63,8 @@ pub struct UiState {
     pub voice: Arc<Voice>,
     /// The pairing under way, if any: a new one replaces it.
     pairing: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Models being downloaded (one download per model at a time).
+    pulling: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     events: broadcast::Sender<Value>,
 }
 
@@ -78,6 +82,7 @@ impl UiState {
             passphrase,
             voice,
             pairing: tokio::sync::Mutex::new(None),
+            pulling: Arc::default(),
             events,
         }
     }
@@ -195,6 +200,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/devices", get(devices))
         .route("/v1/devices/pair", post(pair))
         .route("/v1/local-models", get(local_models))
+        .route("/v1/models/pull", post(pull_model))
         .route("/v1/voice", get(voice))
         .route("/v1/voice/mute", post(mute))
         .route("/v1/voice/talk", post(talk))
@@ -244,16 +250,43 @@ fn cli(home: &std::path::Path, args: &[&str], passphrase: &str) -> tokio::proces
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("--home")
         .arg(home)
-        .args(args)
         .arg("--json")
+        .args(args)
         .env("JARVIS_PASSPHRASE", passphrase)
         .env_remove("JARVIS_HOME")
+        // Its errors are what the UI needs, not a debug log that could fill the pipe.
+        .env_remove("JARVIS_LOG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     cmd
 }
+
+/// Reads a child's stderr to its end on a task of its own (so a chatty child never blocks on a
+/// full pipe), keeping the last 8 KiB: where its error is.
+fn drain(stderr: Option<tokio::process::ChildStderr>) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let Some(mut stderr) = stderr else {
+            return kept;
+        };
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stderr, &mut buf).await {
+            let Some(read) = buf.get(..n).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            kept.extend_from_slice(read);
+            if kept.len() > 8192 {
+                kept.drain(..kept.len() - 8192);
+            }
+        }
+        kept
+    })
+}
+
+/// How long a download may go without progress before it is stopped.
+const PULL_IDLE: Duration = Duration::from_secs(120);
 
 /// The last line of a failed command's stderr: its error, which says what to do.
 fn failure(stderr: &[u8]) -> String {
@@ -315,6 +348,112 @@ async fn local_models(State(state): State<AppState>, headers: HeaderMap) -> Resp
     run_json(&state.ui.home, &["models", "list"], &state.ui.passphrase).await
 }
 
+#[derive(Deserialize)]
+struct PullRequest {
+    name: String,
+}
+
+/// Starts `jarvis models pull NAME` and answers at once (202); its progress and outcome arrive
+/// as events.
+async fn pull_model(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<PullRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let Ok(Json(PullRequest { name })) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"name\": \"a model from GET /v1/local-models\"}",
+        );
+    };
+    if jarvis_inference::models::catalog(&name).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no model called {name:?} (see `jarvis models list`)"),
+        );
+    }
+    let fresh = state
+        .ui
+        .pulling
+        .lock()
+        .map(|mut p| p.insert(name.clone()))
+        .unwrap_or(false);
+    if !fresh {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("{name} is already downloading"),
+        );
+    }
+    let mut child = match cli(
+        &state.ui.home,
+        &["models", "pull", &name, "--json-progress"],
+        &state.ui.passphrase,
+    )
+    .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            if let Ok(mut p) = state.ui.pulling.lock() {
+                p.remove(&name);
+            }
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot start the download: {e}"),
+            );
+        }
+    };
+    let events = state.ui.events.clone();
+    let pulling = Arc::clone(&state.ui.pulling);
+    let model = name.clone();
+    tokio::spawn(async move {
+        let stderr = drain(child.stderr.take());
+        let Some(stdout) = child.stdout.take() else {
+            return;
+        };
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut pulled = None;
+        let mut stalled = false;
+        loop {
+            let line = match tokio::time::timeout(PULL_IDLE, lines.next_line()).await {
+                Ok(Ok(Some(line))) => line,
+                Ok(_) => break,
+                Err(_) => {
+                    stalled = true;
+                    let _ = child.start_kill();
+                    break;
+                }
+            };
+            let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if fields.remove("event").is_some_and(|e| e == "progress") {
+                fields.insert("type".into(), json!("model_progress"));
+                let _ = events.send(Value::Object(fields));
+            } else {
+                fields.insert("type".into(), json!("model_pulled"));
+                pulled = Some(Value::Object(fields));
+            }
+        }
+        let ok = child.wait().await.is_ok_and(|s| s.success());
+        let err = stderr.await.unwrap_or_default();
+        let event = match pulled {
+            Some(event) if ok => event,
+            _ if stalled => {
+                json!({ "type": "model_pull_failed", "name": model, "error": format!("no progress for {}s; stopped", PULL_IDLE.as_secs()) })
+            }
+            _ => json!({ "type": "model_pull_failed", "name": model, "error": failure(&err) }),
+        };
+        if let Ok(mut p) = pulling.lock() {
+            p.remove(&model);
+        }
+        let _ = events.send(event);
+    });
+    (StatusCode::ACCEPTED, Json(json!({ "pulling": name }))).into_response()
+}
+
 async fn voice(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
@@ -351,15 +490,23 @@ async fn talk(State(state): State<AppState>, headers: HeaderMap) -> Response {
         return unauthorized();
     }
     let voice = &state.ui.voice;
-    let on = voice
-        .state
-        .lock()
-        .map(|i| i.state != "off" && i.state != "starting")
-        .unwrap_or(false);
-    if !on {
+    let now = voice.state.lock().map(|i| i.state).unwrap_or("off");
+    if now == "off" || now == "starting" {
         return error(
             StatusCode::CONFLICT,
             "voice is not running (see `problem` in GET /v1/voice)",
+        );
+    }
+    if voice.muted() {
+        return error(
+            StatusCode::CONFLICT,
+            "the microphone is muted: unmute it to talk",
+        );
+    }
+    if now != "idle" {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("Jarvis is {now}: talk once it is done (or speak over an answer to stop it)"),
         );
     }
     voice.talk.store(true, Ordering::Relaxed);
@@ -370,8 +517,16 @@ async fn stop_speaking(State(state): State<AppState>, headers: HeaderMap) -> Res
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    state.ui.voice.stop.store(true, Ordering::Relaxed);
-    Json(state.ui.voice.json()).into_response()
+    let voice = &state.ui.voice;
+    let now = voice.state.lock().map(|i| i.state).unwrap_or("off");
+    if now != "thinking" && now != "speaking" {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("there is no answer to stop (voice is {now})"),
+        );
+    }
+    voice.stop.store(true, Ordering::Relaxed);
+    Json(voice.json()).into_response()
 }
 
 #[derive(Deserialize, Default)]
@@ -407,7 +562,8 @@ async fn pair(
             );
         }
     };
-    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+    let stderr = drain(child.stderr.take());
+    let Some(stdout) = child.stdout.take() else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot start pairing");
     };
     let mut lines = tokio::io::BufReader::new(stdout).lines();
@@ -417,16 +573,17 @@ async fn pair(
         _ => None,
     };
     let Some(code) = code.filter(|c| c.get("code").is_some()) else {
-        let mut err = Vec::new();
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut err).await;
+        // Stopped first, so its stderr ends even if it was still waiting.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let err = stderr.await.unwrap_or_default();
         return error(StatusCode::UNPROCESSABLE_ENTITY, &failure(&err));
     };
     let events = state.ui.events.clone();
     *pairing = Some(tokio::spawn(async move {
         let joined = lines.next_line().await;
-        let mut err = Vec::new();
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut err).await;
         let _ = child.wait().await;
+        let err = stderr.await.unwrap_or_default();
         let event = match joined {
             Ok(Some(line)) => match serde_json::from_str::<Value>(&line) {
                 Ok(Value::Object(mut fields)) => {
@@ -489,7 +646,7 @@ async fn invite(
         .map_or_else(|| state.ui.passphrase.clone(), Zeroizing::new);
     run_json(
         admin,
-        &["admin", "invite", &body.user, "--role", &role],
+        &["admin", "invite", "--role", &role, "--", &body.user],
         &passphrase,
     )
     .await
@@ -572,20 +729,19 @@ pub async fn same_origin(
         .any(|h| h == host)
     };
     let headers = request.headers();
-    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
-        && !allowed_host(host)
-    {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if !host.is_some_and(allowed_host) {
         return error(
             StatusCode::FORBIDDEN,
             "the local API answers only requests for 127.0.0.1, localhost or [::1]",
         );
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let ok = origin.to_str().ok().is_some_and(|o| {
-            o.strip_prefix("http://").is_some_and(allowed_host)
-                || o == "tauri://localhost"
-                || o == "http://tauri.localhost"
-        });
+        // (The desktop app's window loads the node's own page, so it has this origin too.)
+        let ok = origin
+            .to_str()
+            .ok()
+            .is_some_and(|o| o.strip_prefix("http://").is_some_and(allowed_host));
         if !ok {
             return error(
                 StatusCode::FORBIDDEN,

@@ -43,7 +43,7 @@ pub async fn run(
 /// Between the microphone and the pipeline: reports the level every ~100 ms and feeds silence
 /// while muted (the microphone stays open, so unmuting is instant).
 fn metered(chunks: std::sync::mpsc::Receiver<Vec<f32>>, ui: Arc<Voice>) -> Source {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(64);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(500);
     let spawned = std::thread::Builder::new()
         .name("mic-level".into())
         .spawn(move || {
@@ -61,8 +61,11 @@ fn metered(chunks: std::sync::mpsc::Receiver<Vec<f32>>, ui: Arc<Voice>) -> Sourc
                     ui.level((sum / n as f32).sqrt(), peak);
                     (sum, peak, n) = (0.0, 0.0, 0);
                 }
-                if tx.send(chunk).is_err() {
-                    break;
+                // The level goes on while the pipeline is busy (transcribing, between turns):
+                // what it does not take is dropped, as the microphone's own queue does.
+                match tx.try_send(chunk) {
+                    Ok(()) | Err(std::sync::mpsc::TrySendError::Full(_)) => {}
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
                 }
             }
         });

@@ -14,6 +14,7 @@
 )]
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,6 +25,9 @@ use jarvis_inference::models::ModelStore;
 use serde_json::Value;
 
 mod common;
+
+/// `O_NONBLOCK` on Linux.
+const O_NONBLOCK: i32 = 0o4000;
 
 fn jarvis(home: &Path) -> Command {
     let mut cmd = common::jarvis(home);
@@ -105,9 +109,12 @@ fn microphone(dir: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> 
     .unwrap();
     // Read and write: opening does not wait for a reader, and the FIFO stays open while the
     // node opens and closes the device.
+    // Non-blocking: if the node stops reading, the writer drops audio (as a real microphone
+    // overruns) instead of hanging the test.
     let mut pipe = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(O_NONBLOCK)
         .open(&fifo)
         .unwrap();
     std::thread::spawn(move || {
@@ -127,8 +134,10 @@ fn microphone(dir: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> 
                     ((v * f32::from(i16::MAX)) as i16).to_le_bytes()
                 })
                 .collect();
-            if pipe.write_all(&chunk).is_err() {
-                return;
+            match pipe.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
             }
             sent += 1600;
             let due = started + Duration::from_millis(sent / 16);
@@ -406,4 +415,149 @@ fn the_api_refuses_other_origins_hosts_and_requests_without_the_token() {
         format!("http://{addr}/#token={token}")
     );
     assert_eq!(ui["opened"], false);
+}
+
+/// A model downloads from the Models screen's route with progress: `POST /v1/models/pull` runs
+/// `jarvis models pull` against a local server standing in for the hub (serving the real file,
+/// slowly, so progress shows), and the event stream reports progress, then the model pulled.
+#[test]
+fn a_model_downloads_through_the_api_with_progress_events() {
+    use std::io::{BufRead, BufReader};
+    let cached = Command::new(assert_cmd::cargo::cargo_bin("jarvis"))
+        .args(["models", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&cached.stdout).unwrap();
+    let llm = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "smollm2-135m-instruct")
+        .unwrap()
+        .clone();
+    assert_eq!(llm["present"], true, "run `jarvis models pull` first");
+    let bytes = std::fs::read(llm["path"].as_str().unwrap()).unwrap();
+    let file = Path::new(llm["path"].as_str().unwrap())
+        .file_name()
+        .unwrap()
+        .to_owned();
+    // The hub: every path answers with the file, in 1 MiB pieces 15 ms apart.
+    let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hub_addr = hub.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in hub.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let bytes = bytes.clone();
+            std::thread::spawn(move || {
+                let mut request = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut request);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    bytes.len()
+                );
+                for piece in bytes.chunks(1024 * 1024) {
+                    if stream.write_all(piece).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+            });
+        }
+    });
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let models = dir.path().join("models");
+    let mut cmd = jarvis(&home);
+    cmd.env("JARVIS_MODELS", &models)
+        .env("JARVIS_HUB_URL", format!("http://{hub_addr}"))
+        .env("JARVIS_PYPI_INDEX", format!("http://{dead}/simple"))
+        .args([
+            "up",
+            "--json",
+            "--no-mdns",
+            "--no-voice",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ]);
+    let (child, _, started) = common::spawn_up(cmd.stderr(Stdio::null()));
+    let _node = Running(child);
+    let addr = started["api"].as_str().unwrap().to_owned();
+    let token = String::from_utf8(jarvis(&home).arg("token").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let mut events = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        events,
+        "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\n"
+    )
+    .unwrap();
+    events
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut events = BufReader::new(events);
+    let mut line = String::new();
+    // Up to the stream's opening comment.
+    while !line.starts_with(": connected") {
+        line.clear();
+        events.read_line(&mut line).unwrap();
+    }
+    let json_header = "Content-Type: application/json\r\n";
+    let (status, body) = request_with_body(
+        &addr,
+        &format!("POST /v1/models/pull HTTP/1.1\r\nHost: {addr}\r\n{auth}{json_header}"),
+        "{\"name\": \"no-such-model\"}",
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = request_with_body(
+        &addr,
+        &format!("POST /v1/models/pull HTTP/1.1\r\nHost: {addr}\r\n{auth}{json_header}"),
+        "{\"name\": \"smollm2-135m-instruct\"}",
+    );
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = request_with_body(
+        &addr,
+        &format!("POST /v1/models/pull HTTP/1.1\r\nHost: {addr}\r\n{auth}{json_header}"),
+        "{\"name\": \"smollm2-135m-instruct\"}",
+    );
+    assert_eq!(status, 409, "one download per model at a time: {body}");
+    let mut progress = Vec::new();
+    // The event stream's keep-alives would keep a read timeout from firing: a deadline of its own.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let pulled = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no model_pulled event: progress {progress:?}"
+        );
+        line.clear();
+        events.read_line(&mut line).unwrap();
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(data).unwrap();
+        match event["type"].as_str() {
+            Some("model_progress") => progress.push(event["bytes"].as_u64().unwrap()),
+            Some("model_pulled") => break event,
+            Some("model_pull_failed") => panic!("{event}"),
+            _ => {}
+        }
+    };
+    assert!(
+        progress.len() >= 2 && progress.windows(2).all(|w| w[0] < w[1]),
+        "progress grows: {progress:?}"
+    );
+    assert_eq!(pulled["name"], "smollm2-135m-instruct");
+    assert_eq!(
+        std::fs::read(models.join(&file)).unwrap(),
+        std::fs::read(llm["path"].as_str().unwrap()).unwrap(),
+        "the installed file is the served one"
+    );
 }

@@ -16,15 +16,17 @@ const el = (tag, attrs = {}, ...children) => {
 };
 
 // ---- The token -----------------------------------------------------------------------------
+// Kept for this tab only (sessionStorage): another page cannot plant a token in the user's tab,
+// and nothing outlives the session on a port another program may later listen on.
 const TOKEN_KEY = 'jarvis-token';
 {
   const fragment = new URLSearchParams(location.hash.slice(1));
   if (fragment.get('token')) {
-    localStorage.setItem(TOKEN_KEY, fragment.get('token'));
+    sessionStorage.setItem(TOKEN_KEY, fragment.get('token'));
     history.replaceState(null, '', location.pathname);
   }
 }
-const token = () => localStorage.getItem(TOKEN_KEY) || '';
+const token = () => sessionStorage.getItem(TOKEN_KEY) || '';
 
 class ApiError extends Error {
   constructor(status, message, body) { super(message); this.status = status; this.body = body; }
@@ -57,6 +59,10 @@ function banner(text) {
   b.hidden = !text;
 }
 function showNoToken() {
+  const s = $('node-state');
+  s.textContent = 'no token';
+  s.className = 'node-state down';
+  $('send').disabled = true;
   banner('This page needs the node\'s token: open the UI with `jarvis ui` (or add #token=… from `jarvis token` to the address).');
 }
 function nodeDown() {
@@ -188,12 +194,15 @@ function messageElement(m) {
       el('span', { class: 'timings', text: timings ? `timings: ${timings}` : '' })));
 }
 
+let openSeq = 0;
 async function openConversation(id) {
   current = id;
   renderConversations();
+  const seq = ++openSeq;
   try {
     const conv = await api(`/v1/conversations/${id}`);
-    if (current !== id) return;
+    // Only the newest read shows: an older one may come back later with older text.
+    if (current !== id || seq !== openSeq) return;
     texts.set(id, conv.messages.map((m) => m.text).join(' '));
     $('conversation-title').textContent = conv.title || 'Untitled';
     const list = $('messages');
@@ -234,7 +243,10 @@ async function readEvents(response, on) {
   }
 }
 
+let asking = false;
 async function ask(text) {
+  if (asking) return; // one question at a time (Enter does not wait for the button)
+  asking = true;
   showError('ask-error', null);
   $('send').disabled = true;
   const list = $('messages');
@@ -269,6 +281,7 @@ async function ask(text) {
     showError('ask-error', e);
   } finally {
     streaming = null;
+    asking = false;
     $('send').disabled = false;
     if (current) openConversation(current);
     loadConversations();
@@ -278,7 +291,7 @@ async function ask(text) {
 $('composer').addEventListener('submit', (e) => {
   e.preventDefault();
   const text = $('question').value.trim();
-  if (!text) return;
+  if (!text || asking) return;
   $('question').value = '';
   ask(text);
 });
@@ -344,7 +357,7 @@ async function loadDevices() {
     $('device-list').replaceChildren(...devices.map((d) => el('tr', { 'data-id': d.id },
       el('td', {}, d.name, d.this_device ? el('span', { class: 'muted', text: ' (this device)' }) : ''),
       el('td', {}, el('span', { class: `badge ${d.status}`, text: d.status })),
-      el('td', { text: d.this_device ? '—' : (d.last_sync ? new Date(d.last_sync * 1000).toLocaleString() : 'never') }),
+      el('td', { text: d.this_device ? '—' : (d.last_sync ? new Date(d.last_sync).toLocaleString() : 'never') }),
       el('td', { class: 'id', text: d.id, title: d.id }))));
   } catch (e) { showError('pair-error', e); }
 }
@@ -391,15 +404,47 @@ async function loadModels() {
   try {
     const { dir, models } = await api('/v1/local-models');
     $('models-dir').textContent = `In ${dir}, shared by every Jarvis home on this machine.`;
-    $('model-list').replaceChildren(...models.map((m) => el('tr', {},
+    $('model-list').replaceChildren(...models.map((m) => el('tr', { 'data-name': m.name },
       el('td', { text: m.name, title: m.description || '' }),
       el('td', { text: m.kind }),
-      el('td', {}, el('span', { class: `badge ${m.present ? 'yes' : 'no'}`, text: m.present ? 'installed' : 'not downloaded' })),
+      el('td', { class: 'state' }, m.present
+        ? el('span', { class: 'badge yes', text: 'installed' })
+        : downloading.has(m.name) ? progressCell(m.name)
+          : el('button', { onclick: (e) => pullModel(m.name, e.target) }, 'Download')),
       el('td', { text: `${(m.size / 1e6).toFixed(0)} MB` }),
       el('td', { text: m.licence || '?' }))));
   } catch (e) {
     $('models-dir').textContent = e.message;
   }
+}
+
+const downloading = new Map(); // name -> last progress event
+function progressCell(name) {
+  const last = downloading.get(name) || {};
+  const bar = el('progress', { max: String(last.total || 1), value: String(last.bytes || 0), 'aria-label': `Downloading ${name}` });
+  const text = el('span', { class: 'small muted progress-text', text: last.total ? ` ${(last.bytes / 1e6).toFixed(1)} / ${(last.total / 1e6).toFixed(1)} MB` : ' starting…' });
+  const cell = document.createDocumentFragment();
+  cell.append(bar, text);
+  return cell;
+}
+async function pullModel(name, button) {
+  button.disabled = true;
+  try {
+    await api('/v1/models/pull', { body: { name } });
+    downloading.set(name, {});
+    button.replaceWith(progressCell(name));
+  } catch (e) {
+    button.disabled = false;
+    $('models-dir').textContent = e.message;
+  }
+}
+function onModelProgress(event) {
+  downloading.set(event.name, event);
+  const row = document.querySelector(`#model-list tr[data-name="${CSS.escape(event.name)}"]`);
+  const bar = row?.querySelector('progress');
+  if (!bar) return;
+  if (event.total) { bar.max = event.total; bar.value = event.bytes; }
+  row.querySelector('.progress-text').textContent = ` ${(event.bytes / 1e6).toFixed(1)} / ${(event.total / 1e6).toFixed(1)} MB`;
 }
 
 // ---- Admin ---------------------------------------------------------------------------------
@@ -462,16 +507,19 @@ $('invite-form').addEventListener('submit', async (e) => {
 
 // ---- The event stream ----------------------------------------------------------------------
 let refreshTimer;
+const changed = new Set();
 function onEvent(event) {
   switch (event.type) {
     case 'conversation':
+      changed.add(event.id);
+      texts.delete(event.id);
       clearTimeout(refreshTimer);
       // Coalesce bursts (an answer streaming from another device is many changes).
       refreshTimer = setTimeout(() => {
         loadConversations();
-        if (event.id === current) openConversation(current);
+        if (changed.has(current)) openConversation(current);
+        changed.clear();
       }, 60);
-      texts.delete(event.id);
       break;
     case 'peer': loadStatus(); break;
     case 'voice': onVoice(event); break;
@@ -484,6 +532,9 @@ function onEvent(event) {
       $('pair-status').textContent = '';
       showError('pair-error', new Error(event.error));
       break;
+    case 'model_progress': onModelProgress(event); break;
+    case 'model_pulled': downloading.delete(event.name); loadModels(); break;
+    case 'model_pull_failed': downloading.delete(event.name); loadModels().then(() => { $('models-dir').textContent = `Downloading ${event.name} failed: ${event.error}`; }); break;
     case 'lagged': loadConversations(); break;
     default: break;
   }

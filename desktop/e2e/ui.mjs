@@ -171,8 +171,23 @@ try {
   check(high > 0.1 && low < 0.01, `the level follows the microphone (min ${low}, max ${high})`);
   await shot(page, 'voice');
   // Push-to-talk: listening at once, no wake word (the tone is not speech, so it times out).
+  // Every state the voice bar shows, recorded in the page (a state can be brief on a busy
+  // machine).
+  await page.evaluate(() => {
+    window.voiceStates = [];
+    const pill = document.getElementById('voice-state');
+    new MutationObserver(() => window.voiceStates.push(pill.dataset.state))
+      .observe(pill, { attributes: true, attributeFilter: ['data-state'] });
+  });
+  await until('the voice loop to be idle (waiting for the wake word)', async () =>
+    (await page.locator('#voice-state').getAttribute('data-state')) === 'idle', 60_000);
   await page.click('#talk');
-  await page.locator('#voice-state[data-state="listening"]').waitFor({ timeout: 10_000 });
+  await until('the node to listen after Talk', async () => {
+    const seen = await page.evaluate(() => window.voiceStates);
+    const problem = await page.locator('#voice-problem').textContent();
+    if (problem) throw new Error(`Talk was refused: ${problem}`);
+    return seen.includes('listening');
+  }, 30_000);
   report.push_to_talk = 'listening';
   await page.click('#mute');
   await page.locator('#voice-state', { hasText: 'muted' }).waitFor();

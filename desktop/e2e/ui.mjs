@@ -218,6 +218,9 @@ try {
   await page.keyboard.press('Alt+3');
   const phoneRow = page.locator(`#peer-list tr[data-id="${env('PHONE_ID')}"]`);
   await phoneRow.waitFor();
+  const problem = page.locator('.dial-problem', { hasText: 'unreachable' });
+  await problem.waitFor({ timeout: 30_000 });
+  report.unreachable_peer = await problem.textContent();
   report.phone_path = await phoneRow.locator('.badge').first().textContent();
   check(report.phone_path === 'direct', `the phone is reached directly on loopback (${report.phone_path})`);
   await shot(page, 'peers');

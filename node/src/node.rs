@@ -132,6 +132,33 @@ struct Redial {
     address: Multiaddr,
     next: Instant,
     backoff: Duration,
+    /// One of the org's relays (from the bundle), not a `--peer`.
+    relay: bool,
+    /// Why the last dial failed, until a connection to it is made (`status`: `dialing`).
+    error: Option<String>,
+}
+
+impl Redial {
+    /// The peer the address reaches: its last `/p2p/` (in a relayed address
+    /// `…/p2p/RELAY/p2p-circuit/p2p/PEER` the first one is the relay).
+    fn peer(&self) -> Option<PeerId> {
+        self.address
+            .iter()
+            .filter_map(|p| match p {
+                Protocol::P2p(id) => Some(id),
+                _ => None,
+            })
+            .last()
+    }
+}
+
+/// A dial error short enough for `status` and the UI (libp2p's lists every address tried).
+fn short_error(error: &impl std::fmt::Display) -> String {
+    let text = error.to_string();
+    match text.char_indices().nth(240) {
+        Some((cut, _)) => format!("{}…", text.get(..cut).unwrap_or_default()),
+        None => text,
+    }
 }
 
 pub struct Node {
@@ -262,11 +289,14 @@ impl Node {
         let redials = config
             .peers
             .iter()
-            .chain(&relays)
-            .map(|address| Redial {
+            .map(|a| (a, false))
+            .chain(relays.iter().map(|a| (a, true)))
+            .map(|(address, relay)| Redial {
                 address: address.clone(),
                 next: Instant::now(),
                 backoff: REDIAL_MIN,
+                relay,
+                error: None,
             })
             .collect();
         Ok(Self {
@@ -382,20 +412,11 @@ impl Node {
             if redial.next > now {
                 continue;
             }
-            // The peer is the last `/p2p/` of the address: in a relayed address
-            // (`…/p2p/RELAY/p2p-circuit/p2p/PEER`) the first one is the relay.
-            let already = redial
-                .address
-                .iter()
-                .filter_map(|p| match p {
-                    Protocol::P2p(id) => Some(id),
-                    _ => None,
-                })
-                .last()
-                .is_some_and(|id| self.swarm.is_connected(&id));
+            let already = redial.peer().is_some_and(|id| self.swarm.is_connected(&id));
             if !already {
                 if let Err(e) = self.swarm.dial(redial.address.clone()) {
                     tracing::debug!(address = %redial.address, error = %e, "dial failed");
+                    redial.error = Some(short_error(&e));
                 }
                 redial.next = now + redial.backoff;
                 redial.backoff = (redial.backoff * 2).min(REDIAL_MAX);
@@ -458,6 +479,11 @@ impl Node {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
+                for redial in &mut self.redials {
+                    if redial.peer() == Some(peer_id) {
+                        redial.error = None;
+                    }
+                }
                 let address = endpoint.get_remote_address().clone();
                 let path = path_of(&endpoint);
                 let hello = self.hello();
@@ -490,6 +516,17 @@ impl Node {
                 ..
             } => {
                 self.peers.remove(&peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer_id),
+                error,
+                ..
+            } => {
+                for redial in &mut self.redials {
+                    if redial.peer() == Some(peer_id) && !self.swarm.is_connected(&peer_id) {
+                        redial.error = Some(short_error(&error));
+                    }
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
@@ -912,7 +949,22 @@ impl Node {
             })
             .collect();
         let listen: Vec<String> = self.listening.iter().map(ToString::to_string).collect();
+        // The addresses this node keeps dialling (`--peer`, the org's relays), and why each
+        // cannot be reached, if it cannot.
+        let dialing: Vec<Value> = self
+            .redials
+            .iter()
+            .map(|r| {
+                json!({
+                    "address": r.address.to_string(),
+                    "kind": if r.relay { "relay" } else { "peer" },
+                    "connected": r.peer().is_some_and(|id| self.swarm.is_connected(&id)),
+                    "error": r.error,
+                })
+            })
+            .collect();
         json!({
+            "dialing": dialing,
             "device_id": self.peer_id().to_string(),
             "org_id": self.identity.org.root.to_string(),
             "user": self.identity.user.as_str(),

@@ -29,6 +29,9 @@ mod common;
 /// `O_NONBLOCK` on Linux.
 const O_NONBLOCK: i32 = 0o4000;
 
+/// A well-formed peer id no process here has.
+const UNREACHABLE_PEER: &str = "12D3KooWEpGjQeY9VAVJEYLQxa7dhxM21JUrt6KtsNoprCSEKurW";
+
 fn jarvis(home: &Path) -> Command {
     let mut cmd = common::jarvis(home);
     cmd.env_remove("JARVIS_MODEL")
@@ -180,10 +183,35 @@ fn the_ui_works_end_to_end_in_chromium() {
         (Running(child), started)
     };
     let admin_arg = admin.to_str().unwrap();
+    // Also a peer that cannot be reached (nothing listens there): the Peers screen says so.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = format!("/ip4/127.0.0.1/tcp/{dead}/p2p/{UNREACHABLE_PEER}");
     let (_laptop_node, started) = up(
         &laptop,
-        &["--mic", "alsa:jarvis_mic", "--admin-home", admin_arg],
+        &[
+            "--mic",
+            "alsa:jarvis_mic",
+            "--admin-home",
+            admin_arg,
+            "--peer",
+            &unreachable,
+        ],
     );
+    let status = wait_for("the laptop to say the dead peer is unreachable", || {
+        let status = ok(&laptop, &["status"]);
+        let dialing = status["dialing"]
+            .as_array()?
+            .iter()
+            .find(|d| d["address"] == unreachable.as_str())?
+            .clone();
+        dialing["error"].is_string().then_some(dialing)
+    });
+    assert_eq!(status["kind"], "peer", "{status}");
+    assert_eq!(status["connected"], false, "{status}");
     let laptop_addr = wait_for("the laptop's address", || {
         ok(&laptop, &["status"])["listen"][0]
             .as_str()

@@ -393,6 +393,16 @@ async function loadStatus() {
     }), p.last_refusal ? el('div', { class: 'small error', text: p.last_refusal }) : ''),
     el('td', { class: 'id', text: p.address || '', title: p.address || '' }))));
   $('no-peers').hidden = status.peers.length > 0;
+  // Addresses the node keeps dialling and cannot reach: the org's relay above all (without it,
+  // devices on other networks do not sync).
+  const unreachable = (status.dialing || []).filter((d) => !d.connected && d.error);
+  $('dial-problems').replaceChildren(...unreachable.map((d) => el('div', { class: 'error dial-problem', 'data-address': d.address },
+    el('b', { text: d.kind === 'relay' ? 'Your org\'s relay is unreachable' : 'A peer you asked for is unreachable' }),
+    ` (${d.address}): ${d.error}. `,
+    d.kind === 'relay'
+      ? 'Check this machine\'s network; if it persists, tell your admin (the relay may be down). Devices on this network still sync directly.'
+      : 'Check the address (`jarvis up --peer`) and that the other device is running.')));
+  if (unreachable.some((d) => d.kind === 'relay')) $('node-state').textContent += ' · relay unreachable';
   const info = [['Device', status.device_id], ['User', status.user], ['Org', status.org_id], ['API', status.api],
     ['Listening on', (status.listen || []).join('\n')], ['Conversations', status.documents],
     ['Revocations known', status.revocations], ['Model', (status.models || []).map((m) => `${m.name || ''} ${m.state || ''}`).join(', ')]];

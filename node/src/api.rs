@@ -502,7 +502,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ASK_BYTES + 4096))
         .merge(crate::openai::routes())
-        .merge(crate::ui::routes())
+        .merge(crate::ui::routes(&state))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::ui::same_origin,

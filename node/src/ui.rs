@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -184,7 +184,25 @@ impl Voice {
     }
 }
 
-pub fn routes() -> Router<AppState> {
+/// The page (public: it holds no data) and the UI's API routes (token required, checked once
+/// for all of them by `require_token`).
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let api = Router::new()
+        .route("/v1/devices", get(devices))
+        .route("/v1/devices/pair", post(pair))
+        .route("/v1/local-models", get(local_models))
+        .route("/v1/models/pull", post(pull_model))
+        .route("/v1/voice", get(voice))
+        .route("/v1/voice/mute", post(mute))
+        .route("/v1/voice/talk", post(talk))
+        .route("/v1/voice/stop", post(stop_speaking))
+        .route("/v1/admin/members", get(members))
+        .route("/v1/admin/invite", post(invite))
+        .route("/v1/admin/revoke", post(revoke))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
     Router::new()
         .route("/", get(|| page(INDEX, "text/html; charset=utf-8")))
         .route(
@@ -197,17 +215,20 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/app.css", get(|| page(APP_CSS, "text/css; charset=utf-8")))
         .route("/icon.svg", get(|| page(ICON, "image/svg+xml")))
-        .route("/v1/devices", get(devices))
-        .route("/v1/devices/pair", post(pair))
-        .route("/v1/local-models", get(local_models))
-        .route("/v1/models/pull", post(pull_model))
-        .route("/v1/voice", get(voice))
-        .route("/v1/voice/mute", post(mute))
-        .route("/v1/voice/talk", post(talk))
-        .route("/v1/voice/stop", post(stop_speaking))
-        .route("/v1/admin/members", get(members))
-        .route("/v1/admin/invite", post(invite))
-        .route("/v1/admin/revoke", post(revoke))
+        .merge(api)
+}
+
+/// The bearer token, for every UI route (the page itself is public).
+async fn require_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorized(&state, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
 }
 
 async fn page(body: &'static str, kind: &'static str) -> Response {
@@ -334,17 +355,11 @@ async fn run_json(home: &std::path::Path, args: &[&str], passphrase: &str) -> Re
     }
 }
 
-async fn devices(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn devices(State(state): State<AppState>) -> Response {
     run_json(&state.ui.home, &["devices"], &state.ui.passphrase).await
 }
 
-async fn local_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn local_models(State(state): State<AppState>) -> Response {
     run_json(&state.ui.home, &["models", "list"], &state.ui.passphrase).await
 }
 
@@ -357,12 +372,8 @@ struct PullRequest {
 /// as events.
 async fn pull_model(
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: Result<Json<PullRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
     let Ok(Json(PullRequest { name })) = body else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -454,10 +465,7 @@ async fn pull_model(
     (StatusCode::ACCEPTED, Json(json!({ "pulling": name }))).into_response()
 }
 
-async fn voice(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn voice(State(state): State<AppState>) -> Response {
     Json(state.ui.voice.json()).into_response()
 }
 
@@ -468,12 +476,8 @@ struct MuteRequest {
 
 async fn mute(
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: Result<Json<MuteRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
     let Ok(Json(body)) = body else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -485,10 +489,7 @@ async fn mute(
 }
 
 /// Push-to-talk: the next request is listened to without the wake word.
-async fn talk(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn talk(State(state): State<AppState>) -> Response {
     let voice = &state.ui.voice;
     let now = voice.state.lock().map(|i| i.state).unwrap_or("off");
     if now == "off" || now == "starting" {
@@ -513,10 +514,7 @@ async fn talk(State(state): State<AppState>, headers: HeaderMap) -> Response {
     Json(voice.json()).into_response()
 }
 
-async fn stop_speaking(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn stop_speaking(State(state): State<AppState>) -> Response {
     let voice = &state.ui.voice;
     let now = voice.state.lock().map(|i| i.state).unwrap_or("off");
     if now != "thinking" && now != "speaking" {
@@ -536,14 +534,7 @@ struct PairRequest {
 
 /// Starts `jarvis devices pair` and answers with its code once printed; the command waits on for
 /// the new device, and its outcome arrives as an event.
-async fn pair(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Option<Json<PairRequest>>,
-) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn pair(State(state): State<AppState>, body: Option<Json<PairRequest>>) -> Response {
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let passphrase = body
         .passphrase
@@ -606,10 +597,7 @@ fn no_admin_home() -> Response {
     )
 }
 
-async fn members(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn members(State(state): State<AppState>) -> Response {
     match state.ui.admin_home.as_deref() {
         Some(admin) => run_json(admin, &["admin", "members"], &state.ui.passphrase).await,
         None => no_admin_home(),
@@ -625,12 +613,8 @@ struct InviteRequest {
 
 async fn invite(
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: Result<Json<InviteRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
     let Ok(Json(body)) = body else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -663,12 +647,8 @@ struct RevokeRequest {
 
 async fn revoke(
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: Result<Json<RevokeRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
     let target = match &body {
         Ok(Json(RevokeRequest {
             device: Some(id),

@@ -296,6 +296,30 @@ fn the_ui_works_end_to_end_in_chromium() {
     }
 }
 
+/// A node on a fresh personal home with no voice and the given environment: the process (stopped
+/// when dropped), its API address and its token.
+fn plain_node(home: &Path, env: &[(&str, &str)]) -> (Running, String, String) {
+    let mut cmd = jarvis(home);
+    cmd.envs(env.iter().copied()).args([
+        "up",
+        "--json",
+        "--no-mdns",
+        "--no-voice",
+        "--api",
+        "127.0.0.1:0",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ]);
+    let (child, _, started) = common::spawn_up(cmd.stderr(Stdio::null()));
+    let running = Running(child);
+    let addr = started["api"].as_str().unwrap().to_owned();
+    let token = String::from_utf8(jarvis(home).arg("token").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    (running, addr, token)
+}
+
 /// One HTTP/1.1 request on a raw socket (so nothing adds or fixes headers): `head` is the
 /// request line and headers, each ending in CRLF.
 fn request(addr: &str, head: &str) -> (u16, String) {
@@ -330,25 +354,9 @@ fn request_with_body(addr: &str, head: &str, body: &str) -> (u16, String) {
 fn the_api_refuses_other_origins_hosts_and_requests_without_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let mut cmd = jarvis(&home);
-    cmd.env("JARVIS_MODELS", "/nonexistent/jarvis-models")
-        .args([
-            "up",
-            "--json",
-            "--no-mdns",
-            "--no-voice",
-            "--api",
-            "127.0.0.1:0",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-        ]);
-    let (child, _, started) = common::spawn_up(cmd.stderr(Stdio::null()));
-    let _node = Running(child);
-    let addr = started["api"].as_str().unwrap();
-    let token = String::from_utf8(jarvis(&home).arg("token").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let (_node, addr, token) =
+        plain_node(&home, &[("JARVIS_MODELS", "/nonexistent/jarvis-models")]);
+    let addr = addr.as_str();
     let auth = format!("Authorization: Bearer {token}\r\n");
 
     let (status, page) = request(addr, &format!("GET / HTTP/1.1\r\nHost: {addr}\r\n"));
@@ -500,27 +508,16 @@ fn a_model_downloads_through_the_api_with_progress_events() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let models = dir.path().join("models");
-    let mut cmd = jarvis(&home);
-    cmd.env("JARVIS_MODELS", &models)
-        .env("JARVIS_HUB_URL", format!("http://{hub_addr}"))
-        .env("JARVIS_PYPI_INDEX", format!("http://{dead}/simple"))
-        .args([
-            "up",
-            "--json",
-            "--no-mdns",
-            "--no-voice",
-            "--api",
-            "127.0.0.1:0",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-        ]);
-    let (child, _, started) = common::spawn_up(cmd.stderr(Stdio::null()));
-    let _node = Running(child);
-    let addr = started["api"].as_str().unwrap().to_owned();
-    let token = String::from_utf8(jarvis(&home).arg("token").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let hub = format!("http://{hub_addr}");
+    let pypi = format!("http://{dead}/simple");
+    let (_node, addr, token) = plain_node(
+        &home,
+        &[
+            ("JARVIS_MODELS", models.to_str().unwrap()),
+            ("JARVIS_HUB_URL", &hub),
+            ("JARVIS_PYPI_INDEX", &pypi),
+        ],
+    );
     let auth = format!("Authorization: Bearer {token}\r\n");
     let mut events = std::net::TcpStream::connect(&addr).unwrap();
     write!(

@@ -18,6 +18,8 @@ use serde_json::Value;
 
 mod common;
 
+use common::wait_for;
+
 fn jarvis(home: &Path) -> Command {
     let mut cmd = common::jarvis(home);
     // These tests are about sync: no model, so `ask` saves the question and answers nothing
@@ -108,18 +110,6 @@ impl Drop for Running {
             .args(["-INT", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
-    }
-}
-
-/// Polls `f` until it returns Some (generous deadline: these machines are shared and slow).
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

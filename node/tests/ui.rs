@@ -26,6 +26,8 @@ use serde_json::Value;
 
 mod common;
 
+use common::wait_for;
+
 /// `O_NONBLOCK` on Linux.
 const O_NONBLOCK: i32 = 0o4000;
 
@@ -53,17 +55,6 @@ impl Drop for Running {
             .args(["-INT", &self.0.id().to_string()])
             .status();
         let _ = self.0.wait();
-    }
-}
-
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -344,14 +344,10 @@ async fn run_json(home: &std::path::Path, args: &[&str], passphrase: &str) -> Re
     }
     match serde_json::from_slice::<Value>(&output.stdout) {
         Ok(value) => Json(value).into_response(),
-        Err(_) => {
-            // Commands that print one object per line: all of them, as a list.
-            let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            Json(Value::Array(lines)).into_response()
-        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("`jarvis {}` printed no JSON: {e}", args.join(" ")),
+        ),
     }
 }
 

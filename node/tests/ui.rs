@@ -450,24 +450,12 @@ fn the_api_refuses_other_origins_hosts_and_requests_without_the_token() {
 #[test]
 fn a_model_downloads_through_the_api_with_progress_events() {
     use std::io::{BufRead, BufReader};
-    let cached = Command::new(assert_cmd::cargo::cargo_bin("jarvis"))
-        .args(["models", "list", "--json"])
-        .output()
-        .unwrap();
-    let list: Value = serde_json::from_slice(&cached.stdout).unwrap();
-    let llm = list["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "smollm2-135m-instruct")
-        .unwrap()
-        .clone();
-    assert_eq!(llm["present"], true, "run `jarvis models pull` first");
-    let bytes = std::fs::read(llm["path"].as_str().unwrap()).unwrap();
-    let file = Path::new(llm["path"].as_str().unwrap())
-        .file_name()
-        .unwrap()
-        .to_owned();
+    // The real model file from the machine's cache, served by the stand-in hub.
+    let entry = jarvis_inference::models::catalog("smollm2-135m-instruct").unwrap();
+    let source = ModelStore::from_env().unwrap().dir().join(entry.file);
+    assert!(source.is_file(), "run `jarvis models pull` first");
+    let bytes = std::fs::read(&source).unwrap();
+    let file = entry.file;
     // The hub: every path answers with the file, in 1 MiB pieces 15 ms apart.
     let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hub_addr = hub.local_addr().unwrap();
@@ -572,8 +560,8 @@ fn a_model_downloads_through_the_api_with_progress_events() {
     );
     assert_eq!(pulled["name"], "smollm2-135m-instruct");
     assert_eq!(
-        std::fs::read(models.join(&file)).unwrap(),
-        std::fs::read(llm["path"].as_str().unwrap()).unwrap(),
+        std::fs::read(models.join(file)).unwrap(),
+        std::fs::read(&source).unwrap(),
         "the installed file is the served one"
     );
 }

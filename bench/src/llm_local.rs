@@ -93,6 +93,7 @@ async fn engine_run(engine: &EngineHandle, prompt: &str, max_tokens: u32) -> Res
             temperature: 0.0,
             ..Sampling::default()
         },
+        prefix: String::new(),
     };
     let mut generation = engine.submit(request).await?;
     while let Some(update) = generation.updates.recv().await {

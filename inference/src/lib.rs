@@ -8,9 +8,12 @@
 //! - [`models`]: the model cache (`jarvis models list | pull | import`).
 //! - [`metrics`]: queue depth, time to first token, tokens per second, requests by outcome.
 //! - [`openai`]: the OpenAI chat-completions request, checked, sans-IO.
+//! - [`offload`]: answers on the org's GPU peers: the stream protocol, the choice of a peer,
+//!   the local-or-offload policy, sans-IO.
 
 pub mod metrics;
 pub mod models;
+pub mod offload;
 pub mod openai;
 pub mod protocol;
 pub mod sched;

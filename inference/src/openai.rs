@@ -242,6 +242,7 @@ pub fn parse_chat(body: &[u8], model: &str) -> Result<ChatCompletion, ApiError> 
         client: body.user.unwrap_or_else(|| "openai".to_owned()),
         messages,
         sampling,
+        prefix: String::new(),
     };
     Ok(ChatCompletion {
         request,

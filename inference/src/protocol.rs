@@ -69,6 +69,10 @@ pub enum Command {
         messages: Vec<ChatMessage>,
         /// How to sample.
         sampling: Sampling,
+        /// The answer so far, which the model continues (an answer resumed here after the GPU
+        /// peer making it went away). Empty for a new answer.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        prefix: String,
     },
     /// Stop generating `id` and free its slot; the worker answers with `done` (`cancelled`).
     Cancel {
@@ -216,6 +220,7 @@ mod tests {
                 stop: vec!["\n\n".into()],
                 ..Sampling::default()
             },
+            prefix: "The answer: ".into(),
         };
         let line = encode(&command).unwrap();
         assert_eq!(

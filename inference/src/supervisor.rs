@@ -113,6 +113,8 @@ pub struct Request {
     pub messages: Vec<ChatMessage>,
     /// How to sample.
     pub sampling: Sampling,
+    /// The answer so far, for the model to continue (empty for a new answer).
+    pub prefix: String,
 }
 
 /// How a finished request went.
@@ -254,6 +256,12 @@ impl EngineHandle {
         &self.metrics
     }
 
+    /// Requests generating or waiting now.
+    pub fn busy(&self) -> u32 {
+        let busy = self.metrics.queue_depth.get() + self.metrics.active.get();
+        u32::try_from(busy).unwrap_or(0)
+    }
+
     /// The engine's state now.
     pub fn state(&self) -> EngineState {
         self.state.borrow().clone()
@@ -299,6 +307,7 @@ struct Pending {
     id: u64,
     messages: Vec<ChatMessage>,
     sampling: Sampling,
+    prefix: String,
     updates: mpsc::Sender<Update>,
     submitted: Instant,
 }
@@ -527,6 +536,7 @@ impl Supervisor {
             id,
             messages: request.messages,
             sampling: request.sampling,
+            prefix: request.prefix,
             updates,
             submitted: Instant::now(),
         };
@@ -555,6 +565,7 @@ impl Supervisor {
                 id: pending.id,
                 messages: pending.messages,
                 sampling: pending.sampling,
+                prefix: pending.prefix,
             };
             if let Err(error) = send(worker, &command).await {
                 let _ = pending.updates.try_send(Update::Failed {

@@ -198,6 +198,8 @@ struct Waiting {
     id: u64,
     messages: Vec<ChatMessage>,
     sampling: Sampling,
+    /// The answer so far, continued rather than started (see `Command::Generate`).
+    prefix: String,
     received: Instant,
 }
 
@@ -251,11 +253,18 @@ impl<'m> Engine<'m> {
     }
 
     /// Queues a request; it starts at the next step with a free slot.
-    pub fn submit(&mut self, id: u64, messages: Vec<ChatMessage>, sampling: Sampling) {
+    pub fn submit(
+        &mut self,
+        id: u64,
+        messages: Vec<ChatMessage>,
+        sampling: Sampling,
+        prefix: String,
+    ) {
         self.waiting.push_back(Waiting {
             id,
             messages,
             sampling,
+            prefix,
             received: Instant::now(),
         });
     }
@@ -303,8 +312,10 @@ impl<'m> Engine<'m> {
             let Some(w) = self.waiting.pop_front() else {
                 return;
             };
+            // A resumed answer: the prompt ends where the assistant speaks, so the text so far
+            // follows it and the model goes on from there.
             let prompt = match self.loaded.prompt(&w.messages) {
-                Ok(prompt) => prompt,
+                Ok(prompt) => prompt + &w.prefix,
                 Err(error) => {
                     emit(Event::Error {
                         id: Some(w.id),

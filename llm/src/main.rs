@@ -155,7 +155,8 @@ fn run(
                     id,
                     messages,
                     sampling,
-                } => engine.submit(id, messages, sampling),
+                    prefix,
+                } => engine.submit(id, messages, sampling, prefix),
                 Command::Cancel { id } => engine.cancel(id, &mut emit),
                 Command::Shutdown => {
                     engine.cancel_all(&mut emit);

@@ -105,6 +105,7 @@ impl Worker {
                 ChatMessage::new("user", question),
             ],
             sampling,
+            prefix: String::new(),
         });
     }
 
@@ -358,6 +359,7 @@ fn a_shared_start_is_read_once_and_changes_nothing() {
         id: 1,
         messages: turn("What is the capital of France?"),
         sampling: greedy(32),
+        prefix: String::new(),
     });
     let (_, cached) = started(&w, 1);
     assert_eq!(cached, 0, "nothing cached at first");
@@ -368,6 +370,7 @@ fn a_shared_start_is_read_once_and_changes_nothing() {
         id: 2,
         messages: turn("What is the capital of Italy?"),
         sampling: greedy(32),
+        prefix: String::new(),
     });
     let (prompt, cached) = started(&w, 2);
     assert!(
@@ -381,6 +384,7 @@ fn a_shared_start_is_read_once_and_changes_nothing() {
         id: 3,
         messages: turn("What is the capital of France?"),
         sampling: greedy(32),
+        prefix: String::new(),
     });
     let (prompt, cached) = started(&w, 3);
     assert!(cached > 0 && cached < prompt, "reused {cached} of {prompt}");
@@ -395,6 +399,7 @@ fn a_shared_start_is_read_once_and_changes_nothing() {
         id: 4,
         messages: follow_up,
         sampling: greedy(32),
+        prefix: String::new(),
     });
     let (prompt, cached) = started(&w, 4);
     assert!(
@@ -402,4 +407,38 @@ fn a_shared_start_is_read_once_and_changes_nothing() {
         "most of the conversation is reused: {cached} of {prompt}"
     );
     w.finish(4);
+}
+
+/// A resumed answer (the GPU peer making it went away): with the text so far as `prefix`, the
+/// model goes on from there instead of starting again.
+#[test]
+fn an_answer_given_its_beginning_is_continued_not_restarted() {
+    let mut w = Worker::start(1);
+    let question = vec![
+        ChatMessage::new("system", "You are a helpful assistant."),
+        ChatMessage::new("user", "What is the capital of France?"),
+    ];
+    w.send(&Cmd::Generate {
+        id: 1,
+        messages: question.clone(),
+        sampling: greedy(32),
+        prefix: String::new(),
+    });
+    let (whole, _) = w.finish(1);
+    let cut = whole.find("Paris").expect("the model knows");
+    // Without the space before "Paris": tokenizers attach it to the word (the node's
+    // `resume_from` trims it the same way).
+    let before = whole.split_at(cut).0.trim_end();
+    w.send(&Cmd::Generate {
+        id: 2,
+        messages: question,
+        sampling: greedy(32),
+        prefix: before.to_owned(),
+    });
+    let (rest, _) = w.finish(2);
+    assert!(
+        rest.trim_start().starts_with("Paris"),
+        "{before:?} + {rest:?}"
+    );
+    assert!(!rest.contains(before.trim()), "not restarted: {rest:?}");
 }

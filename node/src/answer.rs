@@ -59,12 +59,13 @@ impl Finished {
     }
 
     /// The answer's part of `jarvis ask --json`.
-    pub fn json(&self, model: &str) -> Value {
+    pub fn json(&self, model: &str, route: &crate::offload::Where) -> Value {
         json!({
             "answer": self.text,
             "status": self.status.as_str(),
             "model": model,
-            "where": "local",
+            "where": route.as_json(),
+            "offload": route.detail(),
             "timings_ms": self.timings(),
             "error": self.error,
         })

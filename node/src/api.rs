@@ -65,6 +65,8 @@ pub(crate) struct AppState {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     events: tokio::sync::broadcast::Sender<Value>,
     pub(crate) engine: EngineHandle,
+    /// Where answers are made: here or on a GPU peer.
+    pub(crate) offload: crate::offload::Offload,
     /// Set when the node stops: event streams end then, or graceful shutdown would wait for
     /// them forever (the state holding the sender lives as long as the server).
     stop: tokio::sync::watch::Receiver<bool>,
@@ -296,7 +298,11 @@ async fn ask(
             );
         }
     };
-    let problem = engine_problem(&state.engine).await;
+    // A GPU peer can answer when this machine has no model.
+    let problem = match state.offload.available() {
+        true => None,
+        false => engine_problem(&state.engine).await,
+    };
     let started = match ask_node(&state, |reply| Command::Ask {
         text: body.text,
         conversation,
@@ -328,9 +334,10 @@ async fn ask(
         client: "ask".into(),
         messages: started.history,
         sampling: crate::answer::ask_sampling(),
+        prefix: String::new(),
     };
-    let generation = match state.engine.submit(request).await {
-        Ok(generation) => generation,
+    let routed = match state.offload.submit(&state.engine, request).await {
+        Ok(routed) => routed,
         Err(e) => {
             let _ = state
                 .commands
@@ -357,7 +364,7 @@ async fn ask(
     if body.stream {
         use axum::response::sse::{Event, KeepAlive, Sse};
         let (events_tx, events_rx) = mpsc::channel::<Event>(256);
-        tokio::spawn(task.run(generation, Some(events_tx), done_tx));
+        tokio::spawn(task.run(routed, Some(events_tx), done_tx));
         // The answer's message id too, so a client can tell its own answer among the changes
         // `/v1/events` reports.
         let mut start = started.reply.clone();
@@ -376,7 +383,7 @@ async fn ask(
             .keep_alive(KeepAlive::default())
             .into_response();
     }
-    tokio::spawn(task.run(generation, None, done_tx));
+    tokio::spawn(task.run(routed, None, done_tx));
     match done_rx.await {
         Ok(body) => Json(body).into_response(),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
@@ -397,7 +404,7 @@ struct AnswerTask {
 impl AnswerTask {
     async fn run(
         self,
-        generation: jarvis_inference::supervisor::Generation,
+        routed: crate::offload::Routed,
         client: Option<mpsc::Sender<axum::response::sse::Event>>,
         done: oneshot::Sender<Value>,
     ) {
@@ -410,6 +417,7 @@ impl AnswerTask {
             reply,
             timings_ms: before,
         } = self;
+        let crate::offload::Routed { generation, route } = routed;
         let finished = crate::answer::run(
             generation,
             client.as_ref(),
@@ -427,6 +435,9 @@ impl AnswerTask {
             },
         )
         .await;
+        // An offloaded answer names the GPU peer's model.
+        let model = finished.summary.as_ref().map_or(model, |s| s.model.clone());
+        let route = route.borrow().clone();
         let _ = commands
             .send(Command::AnswerDone {
                 doc,
@@ -437,7 +448,8 @@ impl AnswerTask {
             })
             .await;
         let mut body = reply;
-        if let (Some(fields), Value::Object(answer)) = (body.as_object_mut(), finished.json(&model))
+        if let (Some(fields), Value::Object(answer)) =
+            (body.as_object_mut(), finished.json(&model, &route))
         {
             fields.extend(answer);
         }
@@ -456,6 +468,7 @@ pub struct Parts {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub events: tokio::sync::broadcast::Sender<Value>,
     pub engine: EngineHandle,
+    pub offload: crate::offload::Offload,
     /// Fires when the node stops.
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub ui: std::sync::Arc<crate::ui::UiState>,
@@ -473,6 +486,7 @@ pub async fn serve(
         metrics,
         events,
         engine,
+        offload,
         stop,
         ui,
     } = parts;
@@ -489,6 +503,7 @@ pub async fn serve(
         metrics,
         events,
         engine,
+        offload,
         stop: stop.clone(),
         ui,
         port: bound.port(),

@@ -299,4 +299,23 @@ pub enum GpuCommand {
         /// The `jvbundle_…` text.
         bundle: String,
     },
+    /// Serve answers to the org's devices: one model, shared by everyone, over the mesh.
+    Up(GpuUpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GpuUpArgs {
+    /// The GGUF model to serve (default: `JARVIS_MODEL` or the catalog's default, from the
+    /// model cache).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Requests generated at once (continuous batching); more wait in a fair queue per user.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub slots: u32,
+    /// Addresses to listen on (default: QUIC and TCP on every interface, port 4011).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// Do not announce this peer on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
 }

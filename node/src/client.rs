@@ -218,6 +218,7 @@ pub(crate) async fn ask_offline(
         client: "ask".into(),
         messages: history,
         sampling: crate::answer::ask_sampling(),
+        prefix: String::new(),
     };
     let generation = engine.submit(request).await?;
     let (pieces, mut printer) = tokio::sync::mpsc::channel::<String>(256);
@@ -241,7 +242,7 @@ pub(crate) async fn ask_offline(
         &timings().into_iter().chain(finished.timings()).collect(),
     )?;
     engine.shutdown().await;
-    if let Value::Object(answer) = finished.json(&model)
+    if let Value::Object(answer) = finished.json(&model, &crate::offload::Where::Local)
         && let Some(fields) = reply.as_object_mut()
     {
         fields.extend(answer);

@@ -404,5 +404,6 @@ pub fn gpu(home: Home, out: Output, command: GpuCommand) -> Result<()> {
         GpuCommand::Install { bundle } => {
             install_bundle(home, out, &bundle, None, RequestKind::Gpu)
         }
+        GpuCommand::Up(args) => crate::gpu::run(home, out, args),
     }
 }

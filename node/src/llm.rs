@@ -36,23 +36,69 @@ pub fn start_engine(metrics: EngineMetrics) -> EngineHandle {
 
 /// [`start_engine`], with `threads` unless `JARVIS_LLM_THREADS` says otherwise.
 pub fn start_engine_with(metrics: EngineMetrics, threads: Option<u32>) -> EngineHandle {
-    let name = model_name();
-    let model = ModelStore::from_env()
-        .and_then(|store| store.path(&name))
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "no model");
-            std::path::PathBuf::from(format!("(no model called {name})"))
-        });
+    start(metrics, None, threads, None)
+}
+
+/// The engine of a GPU peer: `model` (a GGUF file; default as for `jarvis up`) with `slots`
+/// requests at once.
+pub fn start_engine_for(
+    metrics: EngineMetrics,
+    model: Option<std::path::PathBuf>,
+    slots: Option<u32>,
+) -> EngineHandle {
+    start(metrics, model, None, slots)
+}
+
+fn start(
+    metrics: EngineMetrics,
+    model: Option<std::path::PathBuf>,
+    threads: Option<u32>,
+    slots: Option<u32>,
+) -> EngineHandle {
+    let (name, model) = match model {
+        Some(path) => (
+            path.file_stem()
+                .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned()),
+            path,
+        ),
+        None => {
+            let name = model_name();
+            let path = default_model_path(&name);
+            (name, path)
+        }
+    };
     let worker = find_worker(LLM_WORKER, "JARVIS_LLM_WORKER").unwrap_or_else(|problem| {
         tracing::warn!(%problem, "no engine program");
         std::path::PathBuf::from(LLM_WORKER)
     });
     let mut config = EngineConfig::new(worker, model, name);
     config.threads = env_number("JARVIS_LLM_THREADS").or(threads);
-    if let Some(slots) = env_number("JARVIS_LLM_SLOTS") {
+    if let Some(slots) = env_number("JARVIS_LLM_SLOTS").or(slots) {
         config.slots = slots.clamp(1, 64);
     }
     EngineHandle::start(config, metrics)
+}
+
+fn default_model_path(name: &str) -> std::path::PathBuf {
+    ModelStore::from_env()
+        .and_then(|store| store.path(name))
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no model");
+            std::path::PathBuf::from(format!("(no model called {name})"))
+        })
+}
+
+/// The size of this machine's model file (0 when there is none): how [`Policy::Auto`] tells
+/// whether a GPU peer serves a larger model.
+///
+/// [`Policy::Auto`]: jarvis_inference::offload::Policy::Auto
+pub fn model_bytes() -> u64 {
+    let name = model_name();
+    ModelStore::from_env()
+        .and_then(|store| store.path(&name))
+        .ok()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len())
 }
 
 /// The engine as `status` shows it.

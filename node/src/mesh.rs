@@ -25,6 +25,49 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub auth: request_response::Behaviour<Frames>,
     pub sync: request_response::Behaviour<Frames>,
+    /// Offloaded answers (`/jarvis/infer/1`), streamed.
+    pub stream: libp2p_stream::Behaviour,
+}
+
+/// What a GPU peer speaks: the gate and the inference streams (no sync, no relaying).
+#[derive(NetworkBehaviour)]
+pub struct GpuBehaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub auth: request_response::Behaviour<Frames>,
+    pub stream: libp2p_stream::Behaviour,
+}
+
+impl GpuBehaviour {
+    pub fn new(key: &libp2p::identity::Keypair, mdns_enabled: bool) -> io::Result<Self> {
+        Ok(Self {
+            identify: identify(key),
+            ping: ping::Behaviour::new(ping::Config::new()),
+            mdns: Toggle::from(mdns(key, mdns_enabled)),
+            auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
+            stream: libp2p_stream::Behaviour::new(),
+        })
+    }
+}
+
+fn identify(key: &libp2p::identity::Keypair) -> identify::Behaviour {
+    identify::Behaviour::new(identify::Config::new("/jarvis/1.0.0".into(), key.public()))
+}
+
+/// mDNS, unless disabled or unavailable: a network without multicast (some Wi-Fi, containers)
+/// must not stop the node: it still has --peer addresses and the org's relays.
+fn mdns(key: &libp2p::identity::Keypair, enabled: bool) -> Option<mdns::tokio::Behaviour> {
+    if !enabled {
+        return None;
+    }
+    match mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id()) {
+        Ok(mdns) => Some(mdns),
+        Err(e) => {
+            tracing::warn!(error = %e, "mDNS is unavailable; using --peer and relays only");
+            None
+        }
+    }
 }
 
 impl Behaviour {
@@ -32,32 +75,18 @@ impl Behaviour {
         key: &libp2p::identity::Keypair,
         relay_client: relay::client::Behaviour,
         mdns_enabled: bool,
+        stream: libp2p_stream::Behaviour,
     ) -> io::Result<Self> {
         let peer_id = key.public().to_peer_id();
-        // A network without multicast (some Wi-Fi, containers) must not stop the node: it
-        // still has --peer addresses and the org's relays.
-        let mdns = if mdns_enabled {
-            match mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id) {
-                Ok(mdns) => Some(mdns),
-                Err(e) => {
-                    tracing::warn!(error = %e, "mDNS is unavailable; using --peer and relays only");
-                    None
-                }
-            }
-        } else {
-            None
-        };
         Ok(Self {
             relay_client,
             dcutr: dcutr::Behaviour::new(peer_id),
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/jarvis/1.0.0".into(),
-                key.public(),
-            )),
+            identify: identify(key),
             ping: ping::Behaviour::new(ping::Config::new()),
-            mdns: Toggle::from(mdns),
+            mdns: Toggle::from(mdns(key, mdns_enabled)),
             auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
             sync: wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
+            stream,
         })
     }
 }

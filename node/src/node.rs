@@ -53,6 +53,14 @@ pub struct NodeIdentity {
     pub user: Name,
 }
 
+/// How the node answers: its local engine, and the GPU peers through `offload`, whose
+/// streams ride the swarm's `stream` behaviour.
+pub struct Answering {
+    pub engine: jarvis_inference::supervisor::EngineHandle,
+    pub offload: crate::offload::Offload,
+    pub stream: libp2p_stream::Behaviour,
+}
+
 pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     pub peers: Vec<Multiaddr>,
@@ -182,6 +190,8 @@ pub struct Node {
     seen_dirty: bool,
     /// The local inference engine (for `status`).
     engine: jarvis_inference::supervisor::EngineHandle,
+    /// The GPU peers answers can go to (told who connects).
+    offload: crate::offload::Offload,
     /// The group commit in progress, while commands are handled.
     group: Option<Group>,
 }
@@ -225,8 +235,13 @@ impl Node {
         api_addr: String,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
         events: tokio::sync::broadcast::Sender<Value>,
-        engine: jarvis_inference::supervisor::EngineHandle,
+        answering: Answering,
     ) -> Result<Self> {
+        let Answering {
+            engine,
+            offload,
+            stream,
+        } = answering;
         let keypair = identity
             .device_key
             .to_libp2p_keypair()
@@ -244,7 +259,7 @@ impl Node {
             .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
             .context("setting up the relay client")?
             .with_behaviour(|key, relay| {
-                Behaviour::new(key, relay, mdns)
+                Behaviour::new(key, relay, mdns, stream)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .context("setting up the behaviour")?
@@ -315,6 +330,7 @@ impl Node {
             seen,
             seen_dirty: false,
             engine,
+            offload,
             group: None,
         })
     }
@@ -516,6 +532,7 @@ impl Node {
                 ..
             } => {
                 self.peers.remove(&peer_id);
+                self.offload.left(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer_id),
@@ -710,6 +727,9 @@ impl Node {
                         "name": verified.name.as_str(),
                         "own_device": same_user_device,
                     }));
+                }
+                if verified.kind == CertKind::Gpu && first {
+                    self.offload.joined(peer, verified.name.to_string());
                 }
                 state.verified = Some(verified);
                 state.refused = None;
@@ -974,6 +994,7 @@ impl Node {
             "documents": self.replica.docs().map(|d| d.len()).unwrap_or(0),
             "revocations": self.revocations.len(),
             "models": [crate::llm::model_status(&self.engine)],
+            "offload": self.offload.status(),
         })
     }
 

@@ -199,6 +199,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/v1/admin/members", get(members))
         .route("/v1/admin/invite", post(invite))
         .route("/v1/admin/revoke", post(revoke))
+        .route("/v1/settings", get(settings).put(change_settings))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -463,6 +464,77 @@ async fn pull_model(
 
 async fn voice(State(state): State<AppState>) -> Response {
     Json(state.ui.voice.json()).into_response()
+}
+
+/// The settings with what each choice means, for the settings screen.
+fn settings_json(settings: &crate::settings::Settings) -> Value {
+    json!({
+        "offload": settings.offload.as_str(),
+        "offload_choices": [
+            { "value": "local", "label": "Only this computer", "detail": "Conversations never leave your devices; answers use the model here." },
+            { "value": "auto", "label": "Automatic", "detail": "Your org's GPU peers answer when they run a larger model, when this computer has no model or is busy, or for long prompts. The question and the conversation so far go to that peer, encrypted in transit." },
+            { "value": "gpu", "label": "Prefer GPU peers", "detail": "Every answer goes to your org's fastest GPU peer when one is reachable (the conversation so far goes with it, encrypted in transit); this computer answers when none is." },
+        ],
+    })
+}
+
+fn home_of(state: &AppState) -> Result<crate::home::Home, Box<Response>> {
+    crate::home::Home::locate(Some(state.ui.home.clone()))
+        .map_err(|e| Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"))))
+}
+
+async fn settings(State(state): State<AppState>) -> Response {
+    let home = match home_of(&state) {
+        Ok(home) => home,
+        Err(r) => return *r,
+    };
+    match crate::settings::Settings::load(&home) {
+        Ok(settings) => Json(settings_json(&settings)).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+    }
+}
+
+/// What a change may hold: any subset of the settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsChange {
+    offload: Option<String>,
+}
+
+async fn change_settings(
+    State(state): State<AppState>,
+    body: Result<Json<SettingsChange>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(change)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected JSON with any of: {\"offload\": \"local\"|\"auto\"|\"gpu\"}",
+        );
+    };
+    let home = match home_of(&state) {
+        Ok(home) => home,
+        Err(r) => return *r,
+    };
+    let mut settings = match crate::settings::Settings::load(&home) {
+        Ok(settings) => settings,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+    };
+    if let Some(offload) = change.offload {
+        match offload.parse() {
+            Ok(policy) => settings.offload = policy,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        }
+    }
+    if let Err(e) = settings.save(&home) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"));
+    }
+    // Live: the next answer follows the new policy.
+    state.offload.set_policy(settings.offload);
+    let _ = state
+        .ui
+        .events
+        .send(json!({ "type": "settings", "offload": settings.offload.as_str() }));
+    Json(settings_json(&settings)).into_response()
 }
 
 #[derive(Deserialize)]

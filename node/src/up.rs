@@ -107,6 +107,13 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let voice_metrics = metrics.clone();
     let (events, _) = tokio::sync::broadcast::channel(crate::node::EVENT_QUEUE);
     let engine = crate::llm::start_engine(metrics.engine.clone());
+    let settings = crate::settings::Settings::load(&home)?;
+    let stream = libp2p_stream::Behaviour::new();
+    let offload = crate::offload::Offload::new(
+        stream.new_control(),
+        settings.offload,
+        crate::llm::model_bytes(),
+    );
     let voice_state = std::sync::Arc::new(crate::ui::Voice::new(events.clone(), !args.no_voice));
     let ui = std::sync::Arc::new(crate::ui::UiState::new(
         home.dir().to_path_buf(),
@@ -123,7 +130,8 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
             metrics: metrics.clone(),
             events: events.clone(),
             engine: engine.clone(),
-            stop: stop_rx,
+            offload: offload.clone(),
+            stop: stop_rx.clone(),
             ui,
         },
     )
@@ -135,8 +143,13 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
         api_addr.to_string(),
         metrics,
         events,
-        engine.clone(),
+        crate::node::Answering {
+            engine: engine.clone(),
+            offload: offload.clone(),
+            stream,
+        },
     )?;
+    let loads = tokio::spawn(offload.clone().watch_loads(stop_rx));
     let peer_id = node.peer_id();
     let server = tokio::spawn(server);
     let voice = (!args.no_voice).then(|| {
@@ -188,6 +201,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), voice).await;
     }
     let _ = server.await;
+    let _ = loads.await;
     engine.shutdown().await;
     api::forget(&home);
     result?;

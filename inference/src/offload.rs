@@ -1,0 +1,539 @@
+//! Offloading answers to the org's GPU peers, sans-IO: the wire protocol spoken on a libp2p
+//! stream (`/jarvis/infer/1`), the choice of a peer, and the policy that decides local or
+//! offloaded.
+//!
+//! ```text
+//!   node                                   GPU peer
+//!    │ ── Load ──────────────────────────▶  │   (on connecting, then every few seconds)
+//!    │ ◀───────────────── Load{model, …} ── │
+//!    │ ── Generate{messages, sampling} ──▶  │   (one stream per answer)
+//!    │ ◀─ Started · Token… · Done|Failed ── │   (closing the stream cancels the answer)
+//! ```
+//!
+//! Every frame is a big-endian `u32` length and that many bytes of JSON, bounded on both sides
+//! ([`MAX_REQUEST`], [`MAX_EVENT`]): the payloads are text, and the volume (one frame per token,
+//! a few per second per answer) makes a binary format not worth its cost in debuggability.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{ChatMessage, ErrorKind, FinishReason, Sampling};
+
+/// The libp2p protocol name.
+pub const PROTOCOL: &str = "/jarvis/infer/1";
+/// The largest frame a GPU peer reads (a request carries the whole conversation).
+pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
+/// The largest frame a node reads (one event: a few characters, or a summary).
+pub const MAX_EVENT: usize = 64 * 1024;
+
+/// What a node asks on a stream (its first and only frame).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Ask {
+    /// The peer's model and load.
+    Load,
+    /// An answer to `messages`.
+    Generate {
+        /// The conversation, oldest first.
+        messages: Vec<ChatMessage>,
+        /// How to sample.
+        sampling: Sampling,
+        /// The answer so far, to continue (an answer resumed after another peer failed).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        prefix: String,
+    },
+}
+
+/// What a GPU peer says back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// Its model and load.
+    Load(Load),
+    /// The prompt is read; text follows.
+    Started {
+        /// Tokens in the prompt.
+        prompt_tokens: u32,
+    },
+    /// More of the answer.
+    Token {
+        /// The text.
+        text: String,
+    },
+    /// The answer is complete.
+    Done {
+        /// Why it ended.
+        finish_reason: FinishReason,
+        /// Tokens in the prompt.
+        prompt_tokens: u32,
+        /// Tokens generated.
+        completion_tokens: u32,
+        /// From the first token to the last, on the peer.
+        generation_ms: f64,
+        /// The model that answered.
+        model: String,
+    },
+    /// The request failed, or was refused.
+    Failed {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// What happened, for a person.
+        message: String,
+    },
+}
+
+/// A GPU peer's model and load, as it reports them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// The model it serves.
+    pub model: String,
+    /// The model file's size in bytes (a rough measure of how capable it is).
+    pub model_bytes: u64,
+    /// Requests it generates at once.
+    pub slots: u32,
+    /// Requests generating or waiting now.
+    pub busy: u32,
+    /// Whether its engine is ready.
+    pub ready: bool,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix says more than the side accepts.
+    #[error("a frame of {0} bytes is larger than allowed ({1})")]
+    TooLarge(usize, usize),
+    /// The bytes are not the JSON expected.
+    #[error("a malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// One frame: the length, then the JSON.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serialising these types cannot fail (no maps with non-string keys, no custom impls).
+    let body = serde_json::to_vec(message).unwrap_or_default();
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Frames from a byte stream that arrives in pieces.
+#[derive(Debug)]
+pub struct Frames {
+    buffer: Vec<u8>,
+    max: usize,
+}
+
+impl Frames {
+    /// A reader refusing frames longer than `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            buffer: Vec::new(),
+            max,
+        }
+    }
+
+    /// Adds bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// How many more bytes the next frame needs before [`Self::next_frame`] can return it (at least
+    /// 1 when it cannot return one now); 0 when a whole frame is buffered.
+    pub fn wanted(&self) -> usize {
+        match self.length() {
+            None => 4 - self.buffer.len().min(4),
+            Some(len) => (4 + len).saturating_sub(self.buffer.len()),
+        }
+    }
+
+    fn length(&self) -> Option<usize> {
+        let prefix: [u8; 4] = self.buffer.get(..4)?.try_into().ok()?;
+        usize::try_from(u32::from_be_bytes(prefix)).ok()
+    }
+
+    /// The next whole frame, if one is buffered.
+    ///
+    /// # Errors
+    /// When the frame is too large or not the JSON of `T`; the stream is then unusable.
+    pub fn next_frame<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
+        let Some(len) = self.length() else {
+            return Ok(None);
+        };
+        if len > self.max {
+            return Err(FrameError::TooLarge(len, self.max));
+        }
+        let Some(body) = self.buffer.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let message =
+            serde_json::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()));
+        self.buffer.drain(..4 + len);
+        message.map(Some)
+    }
+}
+
+/// The answer so far, split for resuming it: the text to give the model as its prefix (without
+/// trailing whitespace, which tokenizers attach to the next word: a prefix ending in a space
+/// makes the model start an unlikely token), and a [`Rejoin`] that drops that whitespace again
+/// from the start of the continuation, since the client already has it.
+pub fn resume_from(text: &str) -> (String, Rejoin) {
+    let kept = text.trim_end();
+    let skip = text.get(kept.len()..).unwrap_or_default().to_owned();
+    (kept.to_owned(), Rejoin { skip })
+}
+
+/// Drops from a continuation the whitespace the client already has (see [`resume_from`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rejoin {
+    skip: String,
+}
+
+impl Rejoin {
+    /// The piece as the client should get it.
+    pub fn piece(&mut self, piece: String) -> String {
+        if self.skip.is_empty() {
+            return piece;
+        }
+        let mut rest = piece.as_str();
+        while let (Some(want), Some(got)) = (self.skip.chars().next(), rest.chars().next()) {
+            if want != got {
+                // The model went on without it: nothing more to drop.
+                self.skip.clear();
+                break;
+            }
+            self.skip.drain(..want.len_utf8());
+            rest = rest.get(got.len_utf8()..).unwrap_or_default();
+        }
+        if rest.is_empty() {
+            String::new()
+        } else {
+            self.skip.clear();
+            rest.to_owned()
+        }
+    }
+}
+
+/// Local or offloaded: the user's setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Never: every answer is made on this machine.
+    Local,
+    /// A GPU peer when it is the better choice: it serves a larger model than this machine,
+    /// or this machine cannot answer now (no model, or every slot busy), or the prompt is long.
+    #[default]
+    Auto,
+    /// A GPU peer whenever one is reachable; this machine only when none is.
+    Gpu,
+}
+
+impl Policy {
+    /// Its name in settings and the UI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Auto => "auto",
+            Self::Gpu => "gpu",
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Self::Local),
+            "auto" => Ok(Self::Auto),
+            "gpu" => Ok(Self::Gpu),
+            other => Err(format!(
+                "unknown offload policy {other:?}: use local, auto or gpu"
+            )),
+        }
+    }
+}
+
+/// A prompt longer than this (in characters, about 4 per token) goes to a GPU peer under
+/// [`Policy::Auto`]: reading it is where a GPU helps most.
+pub const LONG_PROMPT_CHARS: usize = 8_000;
+
+/// What the node knows of a GPU peer, for choosing one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate<P> {
+    /// The peer.
+    pub peer: P,
+    /// What it last reported (none until it has).
+    pub load: Option<Load>,
+    /// Answers this node has in flight on it (more recent than its report).
+    pub in_flight: u32,
+    /// The round trip to it, in milliseconds.
+    pub rtt_ms: f64,
+    /// How long its answers took here on average (an estimate before the first).
+    pub answer_ms: f64,
+    /// When its last answer failed, a penalty in milliseconds that fades as it succeeds again.
+    pub penalty_ms: f64,
+}
+
+impl<P> Candidate<P> {
+    /// A peer just met: no report yet, a guess of a second per answer.
+    pub fn new(peer: P) -> Self {
+        Self {
+            peer,
+            load: None,
+            in_flight: 0,
+            rtt_ms: 0.0,
+            answer_ms: 1_000.0,
+            penalty_ms: 0.0,
+        }
+    }
+
+    /// The expected time until an answer sent now would be complete: the round trip, the wait
+    /// for a free slot (the queue ahead of it, in answers per slot), and the answer itself.
+    /// None when the peer cannot answer (not ready, or no report yet).
+    pub fn expected_ms(&self) -> Option<f64> {
+        let load = self.load.as_ref().filter(|l| l.ready)?;
+        let slots = f64::from(load.slots.max(1));
+        let ahead = f64::from(load.busy.max(self.in_flight));
+        let waves = (ahead / slots).floor();
+        Some(self.rtt_ms + waves * self.answer_ms + self.answer_ms + self.penalty_ms)
+    }
+
+    /// Folds in a finished answer's duration (an exponential average) and clears or sets the
+    /// failure penalty.
+    pub fn record(&mut self, took_ms: f64, failed: bool) {
+        if failed {
+            self.penalty_ms = (self.penalty_ms * 2.0).clamp(5_000.0, 600_000.0);
+        } else {
+            self.answer_ms = 0.7 * self.answer_ms + 0.3 * took_ms.max(1.0);
+            self.penalty_ms /= 2.0;
+            if self.penalty_ms < 1.0 {
+                self.penalty_ms = 0.0;
+            }
+        }
+    }
+}
+
+/// How this machine stands, for [`choose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Local {
+    /// Whether the local engine can answer at all.
+    pub ready: bool,
+    /// Its model file's size in bytes.
+    pub model_bytes: u64,
+    /// Whether every slot is busy.
+    pub saturated: bool,
+}
+
+/// The GPU peer to send an answer to, or none to answer here: the candidate expected to finish
+/// first, if the policy says to offload.
+pub fn choose<'a, P>(
+    policy: Policy,
+    local: Local,
+    prompt_chars: usize,
+    candidates: &'a [Candidate<P>],
+    excluded: &[P],
+) -> Option<&'a Candidate<P>>
+where
+    P: PartialEq,
+{
+    if policy == Policy::Local {
+        return None;
+    }
+    let best = candidates
+        .iter()
+        .filter(|c| !excluded.contains(&c.peer))
+        .filter_map(|c| c.expected_ms().map(|ms| (c, ms)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(c, _)| c)?;
+    let offload = match policy {
+        Policy::Local => false,
+        Policy::Gpu => true,
+        Policy::Auto => {
+            let bigger = best
+                .load
+                .as_ref()
+                .is_some_and(|l| l.model_bytes > local.model_bytes);
+            !local.ready || local.saturated || bigger || prompt_chars > LONG_PROMPT_CHARS
+        }
+    };
+    offload.then_some(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(model_bytes: u64, slots: u32, busy: u32) -> Load {
+        Load {
+            model: "m".into(),
+            model_bytes,
+            slots,
+            busy,
+            ready: true,
+        }
+    }
+
+    fn candidate(peer: u8, load: Load, answer_ms: f64) -> Candidate<u8> {
+        Candidate {
+            load: Some(load),
+            answer_ms,
+            ..Candidate::new(peer)
+        }
+    }
+
+    const LOCAL: Local = Local {
+        ready: true,
+        model_bytes: 100,
+        saturated: false,
+    };
+
+    #[test]
+    fn frames_round_trip_in_any_pieces() {
+        let asks = [
+            Ask::Load,
+            Ask::Generate {
+                messages: vec![ChatMessage::new("user", "héllo")],
+                sampling: Sampling::default(),
+                prefix: "Par".into(),
+            },
+        ];
+        let bytes: Vec<u8> = asks.iter().flat_map(encode).collect();
+        for piece in 1..bytes.len() {
+            let mut frames = Frames::new(MAX_REQUEST);
+            let mut got = Vec::new();
+            for chunk in bytes.chunks(piece) {
+                assert!(frames.wanted() > 0);
+                frames.push(chunk);
+                while let Some(ask) = frames.next_frame::<Ask>().unwrap() {
+                    got.push(ask);
+                }
+            }
+            assert_eq!(got, asks);
+            assert_eq!(frames.wanted(), 4);
+        }
+    }
+
+    #[test]
+    fn an_oversized_or_malformed_frame_is_refused() {
+        let mut frames = Frames::new(10);
+        frames.push(&11u32.to_be_bytes());
+        assert_eq!(
+            frames.next_frame::<Ask>(),
+            Err(FrameError::TooLarge(11, 10))
+        );
+        let mut frames = Frames::new(10);
+        frames.push(&3u32.to_be_bytes());
+        frames.push(b"{x}");
+        assert!(matches!(
+            frames.next_frame::<Ask>(),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_local_policy_never_offloads() {
+        let c = [candidate(1, load(1_000, 4, 0), 10.0)];
+        let down = Local {
+            ready: false,
+            ..LOCAL
+        };
+        assert!(choose(Policy::Local, down, 100_000, &c, &[]).is_none());
+    }
+
+    #[test]
+    fn auto_offloads_for_a_bigger_model_a_busy_or_missing_engine_or_a_long_prompt() {
+        let same = [candidate(1, load(100, 4, 0), 10.0)];
+        assert!(choose(Policy::Auto, LOCAL, 10, &same, &[]).is_none());
+        let bigger = [candidate(1, load(1_000, 4, 0), 10.0)];
+        assert_eq!(
+            choose(Policy::Auto, LOCAL, 10, &bigger, &[]).map(|c| c.peer),
+            Some(1)
+        );
+        let busy = Local {
+            saturated: true,
+            ..LOCAL
+        };
+        assert!(choose(Policy::Auto, busy, 10, &same, &[]).is_some());
+        let missing = Local {
+            ready: false,
+            ..LOCAL
+        };
+        assert!(choose(Policy::Auto, missing, 10, &same, &[]).is_some());
+        assert!(choose(Policy::Auto, LOCAL, LONG_PROMPT_CHARS + 1, &same, &[]).is_some());
+    }
+
+    #[test]
+    fn gpu_picks_the_earliest_expected_finish_and_skips_excluded_and_unready_peers() {
+        let mut unready = load(1_000, 4, 0);
+        unready.ready = false;
+        let peers = [
+            // Fast but queued: 8 ahead on 2 slots = 4 waves of 100 ms, then its own: 500.
+            candidate(1, load(100, 2, 8), 100.0),
+            // Slower per answer but free: 300.
+            candidate(2, load(100, 4, 1), 300.0),
+            candidate(3, unready, 1.0),
+            Candidate::new(4),
+        ];
+        assert_eq!(
+            choose(Policy::Gpu, LOCAL, 10, &peers, &[]).map(|c| c.peer),
+            Some(2)
+        );
+        assert_eq!(
+            choose(Policy::Gpu, LOCAL, 10, &peers, &[2]).map(|c| c.peer),
+            Some(1)
+        );
+        assert!(choose(Policy::Gpu, LOCAL, 10, &peers, &[1, 2]).is_none());
+    }
+
+    #[test]
+    fn a_failed_peer_is_avoided_until_it_succeeds_again() {
+        let mut a = candidate(1, load(100, 4, 0), 100.0);
+        let b = candidate(2, load(100, 4, 0), 400.0);
+        a.record(0.0, true);
+        let both = [a.clone(), b.clone()];
+        assert_eq!(
+            choose(Policy::Gpu, LOCAL, 10, &both, &[]).map(|c| c.peer),
+            Some(2)
+        );
+        for _ in 0..20 {
+            a.record(100.0, false);
+        }
+        assert_eq!(a.penalty_ms, 0.0);
+        let both = [a, b];
+        assert_eq!(
+            choose(Policy::Gpu, LOCAL, 10, &both, &[]).map(|c| c.peer),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_resumed_answer_does_not_repeat_or_lose_whitespace() {
+        let (prefix, mut rejoin) = resume_from("The capital of France is ");
+        assert_eq!(prefix, "The capital of France is");
+        assert_eq!(rejoin.piece(" Paris".into()), "Paris");
+        assert_eq!(rejoin.piece(" and".into()), " and");
+        // Whitespace split over pieces, or not produced at all.
+        let (_, mut rejoin) = resume_from("one,\n ");
+        assert_eq!(rejoin.piece("\n".into()), "");
+        assert_eq!(rejoin.piece(" two".into()), "two");
+        let (_, mut rejoin) = resume_from("one ");
+        assert_eq!(rejoin.piece("two".into()), "two");
+        let (prefix, mut rejoin) = resume_from("no space");
+        assert_eq!(prefix, "no space");
+        assert_eq!(rejoin.piece(" more".into()), " more");
+    }
+
+    #[test]
+    fn policies_parse_from_their_names() {
+        for p in [Policy::Local, Policy::Auto, Policy::Gpu] {
+            assert_eq!(p.as_str().parse::<Policy>(), Ok(p));
+        }
+        assert!(
+            "cloud"
+                .parse::<Policy>()
+                .unwrap_err()
+                .contains("local, auto or gpu")
+        );
+    }
+}

@@ -1,0 +1,413 @@
+//! `jarvis gpu up`: this machine as a GPU peer of the org. One model, loaded once and shared by
+//! every user (continuous batching in the engine worker, a fair queue per user in the
+//! supervisor), served over the mesh on `/jarvis/infer/1` ([`jarvis_inference::offload`]).
+//!
+//! The same gate as a node's: both sides present their certificate chains (`/jarvis/auth/1`),
+//! and a stream is served only to a peer whose chain verified against the org root and the
+//! revocations: a device of the org (any user). Each answer is one stream; the peer closing it
+//! cancels the answer and frees its slot at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use jarvis_identity::{CertKind, RevocationSet, Verified};
+use jarvis_inference::metrics::EngineMetrics;
+use jarvis_inference::offload::{self as core, Ask, Frames, Load, MAX_REQUEST, Reply};
+use jarvis_inference::protocol::ErrorKind;
+use jarvis_inference::supervisor::{EngineHandle, EngineState, Request, Update};
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::cli::GpuUpArgs;
+use crate::home::{Home, HomeKind, KeyFile, Passphrase, now};
+use crate::mesh::{GpuBehaviour, GpuBehaviourEvent, Hello};
+use crate::output::Output;
+
+/// Streams served at once (answers in flight and queued, and load reports): beyond it a new
+/// stream is refused with a message rather than left waiting.
+const MAX_STREAMS: usize = 256;
+/// How long a peer has, after opening a stream, to be authenticated and to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The peers whose chains verified, with what they are.
+type Gate = Arc<Mutex<HashMap<PeerId, Verified>>>;
+
+fn gate_lock(gate: &Gate) -> std::sync::MutexGuard<'_, HashMap<PeerId, Verified>> {
+    gate.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub fn run(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(up(home, out, args))
+}
+
+async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
+    let state = home.load().with_context(|| {
+        format!(
+            "{} is not a GPU peer's home: run `jarvis gpu request`, have an admin run `jarvis admin enroll --role gpu`, then `jarvis gpu install BUNDLE`",
+            home.dir().display()
+        )
+    })?;
+    if state.kind != HomeKind::Gpu {
+        bail!(
+            "{} is a {:?} home, not a GPU peer's (use another --home, or `jarvis up` for a device)",
+            home.dir().display(),
+            state.kind
+        );
+    }
+    let (Some(org), Some(chain)) = (state.org()?, state.chain()?) else {
+        bail!(
+            "this GPU peer is not enrolled yet: give the request (`jarvis gpu request`) to an admin, then run `jarvis gpu install BUNDLE`"
+        );
+    };
+    let passphrase = Passphrase::get("this GPU peer's keys")?;
+    let key = home.unseal_key(KeyFile::Identity, &passphrase)?.signing;
+    let mut revocations = home.revocations(&org.root)?;
+    let verified = chain
+        .verify(&org.root, now(), &revocations)
+        .context("this GPU peer's certificate is not valid")?;
+    if verified.subject != key.public() {
+        bail!("this home's key does not match its certificate; the home is damaged");
+    }
+    let engine = crate::llm::start_engine_for(
+        EngineMetrics::default(),
+        args.model.clone(),
+        Some(args.slots),
+    );
+    let model_bytes = args
+        .model
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or_else(crate::llm::model_bytes, |m| m.len());
+    let keypair = key
+        .to_libp2p_keypair()
+        .context("deriving the libp2p identity")?;
+    let mdns = !args.no_mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .context("setting up TCP")?
+        .with_quic()
+        .with_behaviour(|key| {
+            GpuBehaviour::new(key, mdns)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .context("setting up the behaviour")?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let listen: Vec<Multiaddr> = if args.listen.is_empty() {
+        vec![
+            "/ip4/0.0.0.0/udp/4011/quic-v1".parse()?,
+            "/ip4/0.0.0.0/tcp/4011".parse()?,
+        ]
+    } else {
+        args.listen.clone()
+    };
+    for address in &listen {
+        swarm.listen_on(address.clone()).with_context(|| {
+            format!("cannot listen on {address} (is another GPU peer running? use --listen)")
+        })?;
+    }
+    let peer_id = *swarm.local_peer_id();
+    let gate: Gate = Arc::new(Mutex::new(HashMap::new()));
+    let mut incoming = swarm
+        .behaviour()
+        .stream
+        .new_control()
+        .accept(crate::offload::protocol())
+        .context("registering the inference protocol")?;
+    let server = Server {
+        engine: engine.clone(),
+        gate: gate.clone(),
+        model_bytes,
+        streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+    };
+    let model_state = match engine.wait_ready(Duration::from_secs(60)).await {
+        EngineState::Ready { .. } => "ready".to_owned(),
+        EngineState::Failed(problem) => format!("unavailable: {problem}"),
+        _ => "loading".to_owned(),
+    };
+    tracing::info!(%peer_id, org = %org.name, name = %verified.name, "GPU peer up");
+    out.emit(
+        &json!({
+            "event": "up",
+            "peer_id": peer_id.to_string(),
+            "org_id": org.root.to_string(),
+            "name": verified.name.as_str(),
+            "model": crate::llm::model_status(&engine),
+            "slots": args.slots,
+        }),
+        || {
+            format!(
+                "Jarvis GPU peer up.\n  peer:   {peer_id} `{}`\n  org:    {} ({})\n  model:  {} ({model_state}), {} at once\nDevices reach it on the local network (mDNS) or with `jarvis up --peer ADDRESS`; the addresses follow. Press Ctrl-C to stop.",
+                verified.name,
+                org.name,
+                org.root,
+                engine.model_name(),
+                args.slots,
+            )
+        },
+    );
+    let mut shutdown = crate::up::Shutdown::install()?;
+    let own_hello = |revocations: &RevocationSet| Hello::new(chain.clone(), revocations).encode();
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => break,
+            Some((peer, stream)) = incoming.next() => server.accept(peer, stream),
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    let address = address.with_p2p(peer_id).unwrap_or_else(|a| a);
+                    out.emit(&json!({ "event": "listening", "address": address.to_string() }), || {
+                        format!("  listening on {address}")
+                    });
+                }
+                SwarmEvent::ConnectionEstablished { peer_id: peer, .. } => {
+                    let hello = own_hello(&revocations);
+                    swarm.behaviour_mut().auth.send_request(&peer, hello);
+                }
+                SwarmEvent::ConnectionClosed { peer_id: peer, num_established: 0, .. } => {
+                    gate_lock(&gate).remove(&peer);
+                }
+                SwarmEvent::Behaviour(GpuBehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                    // Devices find GPU peers; the GPU peer needs no one, so nothing is dialled.
+                    tracing::trace!(found = found.len(), "mDNS");
+                }
+                SwarmEvent::Behaviour(GpuBehaviourEvent::Auth(request_response::Event::Message { peer, message, .. })) => {
+                    let (bytes, channel) = match message {
+                        Message::Request { request, channel, .. } => (request, Some(channel)),
+                        Message::Response { response, .. } => (response, None),
+                    };
+                    let checked = if bytes.is_empty() {
+                        Err("the peer refused our certificate".to_owned())
+                    } else {
+                        crate::mesh::check_hello(&org.root, &mut revocations, peer, &bytes, now())
+                    };
+                    if let Ok(c) = &checked && c.new_revocations > 0
+                        && let Err(e) = home.save_revocations(&revocations) {
+                        tracing::warn!(error = %e, "cannot save revocations");
+                    }
+                    // Devices of the org may ask; nothing else (relays, other GPU peers) may.
+                    let result = checked.and_then(|c| {
+                        if c.verified.kind == CertKind::Device {
+                            Ok(c.verified)
+                        } else {
+                            Err(format!("a {} may not ask a GPU peer for answers", c.verified.kind))
+                        }
+                    });
+                    if let Some(channel) = channel {
+                        let response = if result.is_ok() { own_hello(&revocations) } else { Vec::new() };
+                        let _ = swarm.behaviour_mut().auth.send_response(channel, response);
+                    }
+                    match result {
+                        Ok(verified) => {
+                            tracing::info!(%peer, user = ?verified.user.as_ref().map(ToString::to_string), "device authenticated");
+                            gate_lock(&gate).insert(peer, verified);
+                        }
+                        Err(reason) => {
+                            tracing::warn!(%peer, %reason, "peer refused");
+                            gate_lock(&gate).remove(&peer);
+                            let _ = swarm.disconnect_peer_id(peer);
+                        }
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+    tracing::info!("GPU peer stopping");
+    engine.shutdown().await;
+    out.emit(&json!({ "event": "stopped" }), || {
+        "Stopped cleanly.".to_owned()
+    });
+    Ok(())
+}
+
+/// What serving a stream needs.
+#[derive(Clone)]
+struct Server {
+    engine: EngineHandle,
+    gate: Gate,
+    model_bytes: u64,
+    streams: Arc<Semaphore>,
+}
+
+impl Server {
+    fn accept(&self, peer: PeerId, stream: libp2p::Stream) {
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many streams; refusing one");
+            tokio::spawn(refuse(
+                stream,
+                "this GPU peer is serving too many requests; try again",
+            ));
+            return;
+        };
+        let server = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server.serve(peer, stream).await {
+                tracing::debug!(%peer, error = %e, "stream ended");
+            }
+            drop(permit);
+        });
+    }
+
+    /// Waits (briefly) for the peer's hello to be checked: a device may open its stream as soon
+    /// as it has checked ours, before we have checked its.
+    async fn authenticated(&self, peer: PeerId) -> Option<Verified> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            if let Some(v) = gate_lock(&self.gate).get(&peer) {
+                return Some(v.clone());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn load(&self) -> Load {
+        let (ready, slots) = match self.engine.state() {
+            EngineState::Ready { slots, .. } => (true, slots),
+            _ => (false, 0),
+        };
+        Load {
+            model: self.engine.model_name().to_owned(),
+            model_bytes: self.model_bytes,
+            slots,
+            busy: self.engine.busy(),
+            ready,
+        }
+    }
+
+    async fn serve(&self, peer: PeerId, stream: libp2p::Stream) -> std::io::Result<()> {
+        let Some(verified) = self.authenticated(peer).await else {
+            tracing::warn!(%peer, "stream from a peer that is not an authenticated device");
+            return refuse(
+                stream,
+                "not authenticated: this GPU peer serves the org's devices",
+            )
+            .await;
+        };
+        let (mut reader, mut writer) = stream.split();
+        let mut frames = Frames::new(MAX_REQUEST);
+        let mut buf = vec![0u8; 64 * 1024];
+        let ask = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            loop {
+                match frames.next_frame::<Ask>() {
+                    Ok(Some(ask)) => return Ok(ask),
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("the stream closed before a request".to_owned());
+                }
+                frames.push(buf.get(..n).unwrap_or_default());
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("no request in time".to_owned()));
+        let ask = match ask {
+            Ok(ask) => ask,
+            Err(message) => {
+                let reply = Reply::Failed {
+                    kind: ErrorKind::InvalidRequest,
+                    message,
+                };
+                writer.write_all(&core::encode(&reply)).await?;
+                return writer.close().await;
+            }
+        };
+        let (messages, sampling, prefix) = match ask {
+            Ask::Load => {
+                writer
+                    .write_all(&core::encode(&Reply::Load(self.load())))
+                    .await?;
+                return writer.close().await;
+            }
+            Ask::Generate {
+                messages,
+                sampling,
+                prefix,
+            } => (messages, sampling, prefix),
+        };
+        // Fair between users: the supervisor's queue takes turns between clients.
+        let client = verified
+            .user
+            .as_ref()
+            .map_or_else(|| verified.name.to_string(), ToString::to_string);
+        let request = Request {
+            client,
+            messages,
+            sampling,
+            prefix,
+        };
+        let mut generation = match self.engine.submit(request).await {
+            Ok(g) => g,
+            Err(e) => {
+                let reply = Reply::Failed {
+                    kind: ErrorKind::Engine,
+                    message: e.to_string(),
+                };
+                writer.write_all(&core::encode(&reply)).await?;
+                return writer.close().await;
+            }
+        };
+        let mut closed = [0u8; 1];
+        loop {
+            // Whichever comes first: the next piece of the answer, or the device closing the
+            // stream (the answer is then cancelled: `generation` is dropped on return).
+            let update = tokio::select! {
+                update = generation.updates.recv() => update,
+                _ = reader.read(&mut closed) => return Ok(()),
+            };
+            let reply = match update {
+                None => Reply::Failed {
+                    kind: ErrorKind::Engine,
+                    message: "the engine stopped".into(),
+                },
+                Some(Update::Started { prompt_tokens }) => Reply::Started { prompt_tokens },
+                Some(Update::Token(text)) => Reply::Token { text },
+                Some(Update::Done(s)) => Reply::Done {
+                    finish_reason: s.finish_reason,
+                    prompt_tokens: s.prompt_tokens,
+                    completion_tokens: s.completion_tokens,
+                    generation_ms: s.generation.as_secs_f64() * 1_000.0,
+                    model: s.model,
+                },
+                Some(Update::Failed { kind, message }) => Reply::Failed { kind, message },
+            };
+            let last = matches!(reply, Reply::Done { .. } | Reply::Failed { .. });
+            writer.write_all(&core::encode(&reply)).await?;
+            if last {
+                return writer.close().await;
+            }
+        }
+    }
+}
+
+/// Says why a stream is not served. As an engine failure: the device then asks elsewhere.
+async fn refuse(mut stream: libp2p::Stream, message: &str) -> std::io::Result<()> {
+    let reply = Reply::Failed {
+        kind: ErrorKind::Engine,
+        message: message.to_owned(),
+    };
+    stream.write_all(&core::encode(&reply)).await?;
+    stream.close().await
+}

@@ -1,0 +1,514 @@
+//! Answers on the org's GPU peers: the node's async shell around the sans-IO core in
+//! [`jarvis_inference::offload`].
+//!
+//! The node task tells [`Offload`] which authenticated GPU peers are connected; a background task
+//! ([`Offload::watch_loads`]) asks each for its model and load every few seconds; and
+//! [`Offload::submit`] answers a request where the policy says: here, through the local engine,
+//! or on the GPU peer expected to finish first, over a libp2p stream. If that peer fails
+//! mid-answer the answer goes on from the text already received, on another GPU peer or here
+//! (the model continues the same answer: `Request::prefix`). Either way the caller gets one
+//! [`Generation`], so everything downstream (streaming to the client, saving to the
+//! conversation) is the same for a local and an offloaded answer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use jarvis_inference::offload::{
+    self as core, Ask, Candidate, Frames, Load, Local, MAX_EVENT, Policy, Rejoin, Reply,
+};
+use jarvis_inference::protocol::ErrorKind;
+use jarvis_inference::supervisor::{
+    EngineHandle, EngineState, Generation, Request, SubmitError, Summary, Update,
+};
+use libp2p::{PeerId, StreamProtocol};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, watch};
+
+/// How often GPU peers are asked for their load.
+const LOAD_EVERY: Duration = Duration::from_secs(5);
+/// How long opening a stream and a load report may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest silence from a GPU peer while it makes an answer (a queued request waits for a
+/// slot; a working one sends a token every few tens of milliseconds).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest pause in an answer once it streams: a peer that stops mid-answer (its process
+/// died, its network went) is given up on this soon, not after the transport's idle timeout.
+const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Peers tried for one answer before it is finished here.
+const MAX_PEERS_PER_ANSWER: usize = 2;
+/// Updates buffered between the stream and the answer's reader.
+const UPDATES: usize = 64;
+
+pub fn protocol() -> StreamProtocol {
+    StreamProtocol::new(core::PROTOCOL)
+}
+
+/// Where an answer was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Where {
+    /// Here.
+    Local,
+    /// On a GPU peer.
+    Peer { id: PeerId, name: String },
+    /// Started on a GPU peer that failed, and finished here.
+    Resumed { from: PeerId, reason: String },
+}
+
+impl Where {
+    /// `where` in `jarvis ask --json`: `local` or the GPU peer's id.
+    pub fn as_json(&self) -> Value {
+        match self {
+            Self::Local | Self::Resumed { .. } => json!("local"),
+            Self::Peer { id, .. } => json!(id.to_string()),
+        }
+    }
+
+    /// More about an offloaded answer, for `--json` and the UI (none for a local one).
+    pub fn detail(&self) -> Value {
+        match self {
+            Self::Local => Value::Null,
+            Self::Peer { id, name } => json!({ "peer_id": id.to_string(), "name": name }),
+            Self::Resumed { from, reason } => {
+                json!({ "peer_id": from.to_string(), "failed": reason, "finished": "local" })
+            }
+        }
+    }
+}
+
+/// An answer under way, and where it is being made (which can change once, if a peer fails).
+pub struct Routed {
+    pub generation: Generation,
+    pub route: watch::Receiver<Where>,
+}
+
+struct GpuPeer {
+    name: String,
+    candidate: Candidate<PeerId>,
+    answers: u64,
+    failures: u64,
+    last_used: Option<u64>,
+    last_error: Option<String>,
+}
+
+struct Inner {
+    control: Mutex<libp2p_stream::Control>,
+    peers: Mutex<BTreeMap<PeerId, GpuPeer>>,
+    policy: RwLock<Policy>,
+    /// The local model file's size, for [`Policy::Auto`].
+    local_model_bytes: u64,
+    joined: Notify,
+}
+
+/// The offload service (cheap to clone).
+#[derive(Clone)]
+pub struct Offload {
+    inner: Arc<Inner>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Offload {
+    pub fn new(control: libp2p_stream::Control, policy: Policy, local_model_bytes: u64) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                control: Mutex::new(control),
+                peers: Mutex::new(BTreeMap::new()),
+                policy: RwLock::new(policy),
+                local_model_bytes,
+                joined: Notify::new(),
+            }),
+        }
+    }
+
+    fn control(&self) -> libp2p_stream::Control {
+        lock(&self.inner.control).clone()
+    }
+
+    pub fn policy(&self) -> Policy {
+        *self
+            .inner
+            .policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        *self
+            .inner
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
+    }
+
+    /// An authenticated GPU peer connected.
+    pub fn joined(&self, peer: PeerId, name: String) {
+        lock(&self.inner.peers).entry(peer).or_insert(GpuPeer {
+            name,
+            candidate: Candidate::new(peer),
+            answers: 0,
+            failures: 0,
+            last_used: None,
+            last_error: None,
+        });
+        self.inner.joined.notify_one();
+    }
+
+    /// A GPU peer disconnected.
+    pub fn left(&self, peer: &PeerId) {
+        lock(&self.inner.peers).remove(peer);
+    }
+
+    /// Whether a GPU peer could answer now (so a node without a model of its own still can).
+    pub fn available(&self) -> bool {
+        self.policy() != Policy::Local
+            && lock(&self.inner.peers)
+                .values()
+                .any(|p| p.candidate.expected_ms().is_some())
+    }
+
+    /// The policy and the GPU peers, for `status` and the UI.
+    pub fn status(&self) -> Value {
+        let peers: Vec<Value> = lock(&self.inner.peers)
+            .iter()
+            .map(|(id, p)| {
+                let load = p.candidate.load.as_ref();
+                json!({
+                    "peer_id": id.to_string(),
+                    "name": p.name,
+                    "model": load.map(|l| l.model.clone()),
+                    "ready": load.is_some_and(|l| l.ready),
+                    "slots": load.map(|l| l.slots),
+                    "busy": load.map(|l| l.busy),
+                    "in_flight": p.candidate.in_flight,
+                    "rtt_ms": p.candidate.rtt_ms.round(),
+                    "expected_ms": p.candidate.expected_ms().map(f64::round),
+                    "answers": p.answers,
+                    "failures": p.failures,
+                    "last_used": p.last_used,
+                    "last_error": p.last_error,
+                })
+            })
+            .collect();
+        json!({ "policy": self.policy().as_str(), "gpu_peers": peers })
+    }
+
+    /// Asks every GPU peer for its load now and then, until `stop` fires.
+    pub async fn watch_loads(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let peers: Vec<PeerId> = lock(&self.inner.peers).keys().copied().collect();
+            for peer in peers {
+                let started = Instant::now();
+                let result = tokio::time::timeout(OPEN_TIMEOUT * 2, self.ask_load(peer)).await;
+                let mut all = lock(&self.inner.peers);
+                let Some(state) = all.get_mut(&peer) else {
+                    continue;
+                };
+                match result {
+                    Ok(Ok(load)) => {
+                        state.candidate.rtt_ms = started.elapsed().as_secs_f64() * 1_000.0;
+                        state.candidate.load = Some(load);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "no load report");
+                        state.candidate.load = None;
+                        state.last_error = Some(e);
+                    }
+                    Err(_) => {
+                        state.candidate.load = None;
+                        state.last_error = Some("no load report in 10 s".into());
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = self.inner.joined.notified() => {}
+                () = tokio::time::sleep(LOAD_EVERY) => {}
+            }
+        }
+    }
+
+    async fn ask_load(&self, peer: PeerId) -> Result<Load, String> {
+        let mut stream =
+            tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, protocol()))
+                .await
+                .map_err(|_| "opening a stream timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+        stream
+            .write_all(&core::encode(&Ask::Load))
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        let mut frames = Frames::new(MAX_EVENT);
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(reply) = frames.next_frame::<Reply>().map_err(|e| e.to_string())? {
+                return match reply {
+                    Reply::Load(load) => Ok(load),
+                    Reply::Failed { message, .. } => Err(message),
+                    _ => Err("the peer answered a load request with something else".into()),
+                };
+            }
+            let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the peer closed the stream".into());
+            }
+            frames.push(buf.get(..n).unwrap_or_default());
+        }
+    }
+
+    fn pick(
+        &self,
+        engine: &EngineHandle,
+        prompt_chars: usize,
+        excluded: &[PeerId],
+    ) -> Option<(PeerId, String)> {
+        let (ready, slots) = match engine.state() {
+            EngineState::Ready { slots, .. } => (true, slots),
+            _ => (false, 0),
+        };
+        let local = Local {
+            ready,
+            model_bytes: self.inner.local_model_bytes,
+            saturated: ready && engine.busy() >= slots,
+        };
+        let mut peers = lock(&self.inner.peers);
+        let candidates: Vec<Candidate<PeerId>> =
+            peers.values().map(|p| p.candidate.clone()).collect();
+        let chosen = core::choose(self.policy(), local, prompt_chars, &candidates, excluded)?.peer;
+        let state = peers.get_mut(&chosen)?;
+        state.candidate.in_flight += 1;
+        state.last_used = Some(unix_now());
+        Some((chosen, state.name.clone()))
+    }
+
+    fn finished(&self, peer: PeerId, took: Duration, error: Option<&str>) {
+        if let Some(state) = lock(&self.inner.peers).get_mut(&peer) {
+            state.candidate.in_flight = state.candidate.in_flight.saturating_sub(1);
+            state
+                .candidate
+                .record(took.as_secs_f64() * 1_000.0, error.is_some());
+            match error {
+                Some(e) => {
+                    state.failures += 1;
+                    state.last_error = Some(e.to_owned());
+                }
+                None => state.answers += 1,
+            }
+        }
+    }
+
+    /// Starts answering `request`: here, or on a GPU peer if the policy says so.
+    ///
+    /// # Errors
+    /// When it is to be answered here and the local engine cannot take it.
+    pub async fn submit(
+        &self,
+        engine: &EngineHandle,
+        request: Request,
+    ) -> Result<Routed, SubmitError> {
+        let chars = request.messages.iter().map(|m| m.content.len()).sum();
+        let Some((peer, name)) = self.pick(engine, chars, &[]) else {
+            let generation = engine.submit(request).await?;
+            let (_, route) = watch::channel(Where::Local);
+            return Ok(Routed { generation, route });
+        };
+        let (updates_tx, updates) = mpsc::channel(UPDATES);
+        let (route_tx, route) = watch::channel(Where::Peer { id: peer, name });
+        let this = self.clone();
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            this.answer_remotely(peer, request, engine, updates_tx, route_tx)
+                .await;
+        });
+        Ok(Routed {
+            generation: Generation { id: 0, updates },
+            route,
+        })
+    }
+
+    /// Makes the answer on `first`, then (if peers fail) on others, then here; every update goes
+    /// to `updates`. Stops when the reader of `updates` goes away (the stream then closes, which
+    /// cancels the answer on the peer).
+    async fn answer_remotely(
+        self,
+        first: PeerId,
+        mut request: Request,
+        engine: EngineHandle,
+        updates: mpsc::Sender<Update>,
+        route: watch::Sender<Where>,
+    ) {
+        let submitted = Instant::now();
+        let mut text = String::new();
+        let mut tried = vec![first];
+        let mut peer = first;
+        let mut rejoin = Rejoin::default();
+        let reason = loop {
+            let started = Instant::now();
+            let result = self
+                .stream_answer(peer, &request, submitted, &mut text, &mut rejoin, &updates)
+                .await;
+            self.finished(
+                peer,
+                started.elapsed(),
+                result.as_ref().err().map(String::as_str),
+            );
+            let reason = match result {
+                Ok(()) => return,
+                Err(reason) => reason,
+            };
+            tracing::warn!(%peer, %reason, received = text.len(), "GPU peer failed mid-answer");
+            (request.prefix, rejoin) = core::resume_from(&text);
+            let chars = request.messages.iter().map(|m| m.content.len()).sum();
+            match (tried.len() < MAX_PEERS_PER_ANSWER)
+                .then(|| self.pick(&engine, chars, &tried))
+                .flatten()
+            {
+                Some((next, name)) => {
+                    tried.push(next);
+                    peer = next;
+                    route.send_replace(Where::Peer { id: next, name });
+                }
+                None => break reason,
+            }
+        };
+        route.send_replace(Where::Resumed {
+            from: first,
+            reason: reason.clone(),
+        });
+        // Finish here, continuing from what was received.
+        let mut generation = match engine.submit(request).await {
+            Ok(generation) => generation,
+            Err(e) => {
+                let _ = updates
+                    .send(Update::Failed {
+                        kind: ErrorKind::Engine,
+                        message: format!(
+                            "the GPU peer failed ({reason}) and this machine cannot finish the answer: {e}"
+                        ),
+                    })
+                    .await;
+                return;
+            }
+        };
+        loop {
+            let update = tokio::select! {
+                update = generation.updates.recv() => update,
+                () = updates.closed() => return,
+            };
+            let update = match update {
+                Some(Update::Token(piece)) => match rejoin.piece(piece) {
+                    piece if piece.is_empty() => continue,
+                    piece => Update::Token(piece),
+                },
+                Some(update) => update,
+                None => return,
+            };
+            if updates.send(update).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One attempt on one peer. `Ok` when the answer ended (done, refused by the model, or
+    /// the reader went away); `Err` with the reason when the peer failed and the answer should
+    /// go on elsewhere. `text` collects what was received.
+    async fn stream_answer(
+        &self,
+        peer: PeerId,
+        request: &Request,
+        submitted: Instant,
+        text: &mut String,
+        rejoin: &mut Rejoin,
+        updates: &mpsc::Sender<Update>,
+    ) -> Result<(), String> {
+        let mut stream =
+            tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, protocol()))
+                .await
+                .map_err(|_| "opening a stream to it timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+        let ask = Ask::Generate {
+            messages: request.messages.clone(),
+            sampling: request.sampling.clone(),
+            prefix: request.prefix.clone(),
+        };
+        stream
+            .write_all(&core::encode(&ask))
+            .await
+            .map_err(|e| format!("sending the request: {e}"))?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        let mut frames = Frames::new(MAX_EVENT);
+        let mut buf = [0u8; 8192];
+        let mut first_token = None;
+        loop {
+            while let Some(reply) = frames.next_frame::<Reply>().map_err(|e| e.to_string())? {
+                let update = match reply {
+                    Reply::Started { prompt_tokens } => Update::Started { prompt_tokens },
+                    Reply::Token { text: piece } => {
+                        first_token.get_or_insert_with(Instant::now);
+                        let piece = rejoin.piece(piece);
+                        if piece.is_empty() {
+                            continue;
+                        }
+                        text.push_str(&piece);
+                        Update::Token(piece)
+                    }
+                    Reply::Done {
+                        finish_reason,
+                        prompt_tokens,
+                        completion_tokens,
+                        generation_ms,
+                        model,
+                    } => Update::Done(Summary {
+                        finish_reason,
+                        prompt_tokens,
+                        completion_tokens,
+                        ttft: first_token
+                            .unwrap_or_else(Instant::now)
+                            .saturating_duration_since(submitted),
+                        generation: Duration::from_secs_f64(generation_ms.max(0.0) / 1_000.0),
+                        model,
+                    }),
+                    // The engine broke on the peer: go on elsewhere. A refusal of the request
+                    // itself (too long, invalid) would be refused anywhere: pass it on.
+                    Reply::Failed {
+                        kind: ErrorKind::Engine,
+                        message,
+                    } => return Err(message),
+                    Reply::Failed { kind, message } => Update::Failed { kind, message },
+                    Reply::Load(_) => continue,
+                };
+                let last = matches!(update, Update::Done(_) | Update::Failed { .. });
+                if updates.send(update).await.is_err() || last {
+                    return Ok(());
+                }
+            }
+            let patience = if first_token.is_some() {
+                STALL_TIMEOUT
+            } else {
+                IDLE_TIMEOUT
+            };
+            let read = tokio::select! {
+                read = tokio::time::timeout(patience, stream.read(&mut buf)) => read,
+                () = updates.closed() => return Ok(()),
+            };
+            let n = read
+                .map_err(|_| format!("it went silent for {} s", patience.as_secs()))?
+                .map_err(|e| format!("the stream broke: {e}"))?;
+            if n == 0 {
+                return Err("it closed the stream before the answer was complete".into());
+            }
+            frames.push(buf.get(..n).unwrap_or_default());
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! GPU peers with real processes over real QUIC on loopback and the real SmolLM2 model: an
+//! enrolled `jarvis gpu up` answers the org's devices, the user's policy decides local or
+//! offloaded, a GPU peer that dies mid-answer hands the answer back (it is finished here, from
+//! what was received), and a device of another org gets nothing from it.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+mod common;
+
+use common::wait_for;
+
+const NO_MODELS: &str = "/nonexistent/jarvis-models";
+
+fn jarvis(home: &Path) -> Command {
+    let mut cmd = common::jarvis(home);
+    cmd.env_remove("JARVIS_MODEL")
+        .env("JARVIS_LLM_THREADS", "1");
+    cmd
+}
+
+fn ok(home: &Path, args: &[&str]) -> Value {
+    common::json_ok(jarvis(home), args)
+}
+
+/// A process stopped (SIGINT, then reaped) when dropped.
+struct Running(Child);
+
+impl Running {
+    fn kill_now(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+struct Org {
+    admin: PathBuf,
+}
+
+impl Org {
+    fn new(dir: &Path, name: &str) -> Self {
+        let admin = dir.join(format!("{name}-admin"));
+        ok(&admin, &["admin", "init", "--org", name]);
+        Self { admin }
+    }
+
+    fn device(&self, dir: &Path, user: &str, device: &str) -> PathBuf {
+        let token = ok(&self.admin, &["admin", "invite", user])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let home = dir.join(device);
+        ok(&home, &["join", &token, "--device-name", device]);
+        home
+    }
+
+    /// An enrolled GPU peer's home.
+    fn gpu(&self, dir: &Path, name: &str) -> PathBuf {
+        let home = dir.join(name);
+        let request = ok(&home, &["gpu", "request", "--name", name])["request"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bundle = ok(
+            &self.admin,
+            &["admin", "enroll", "--request", &request, "--role", "gpu"],
+        )["bundle"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        ok(&home, &["gpu", "install", &bundle]);
+        home
+    }
+}
+
+/// `jarvis gpu up` with the machine's default model; returns it, its peer id and address.
+fn gpu_up(home: &Path) -> (Running, String, String) {
+    let mut child = jarvis(home)
+        .args([
+            "gpu",
+            "up",
+            "--json",
+            "--no-mdns",
+            "--slots",
+            "2",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(up["event"], "up", "{up}");
+    assert_eq!(
+        up["model"]["state"], "ready",
+        "run `jarvis models pull` first: {up}"
+    );
+    let listening: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(listening["event"], "listening", "{listening}");
+    let address = listening["address"].as_str().unwrap().to_owned();
+    (
+        Running(child),
+        up["peer_id"].as_str().unwrap().to_owned(),
+        address,
+    )
+}
+
+/// `jarvis up` dialling `peer`; `models` is the model cache it sees (none: no local model).
+fn device_up(home: &Path, peer: &str, models: Option<&str>) -> Running {
+    let mut cmd = jarvis(home);
+    if let Some(models) = models {
+        cmd.env("JARVIS_MODELS", models);
+    }
+    cmd.args([
+        "up",
+        "--json",
+        "--no-voice",
+        "--no-mdns",
+        "--api",
+        "127.0.0.1:0",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--peer",
+        peer,
+    ]);
+    let (child, _, _) = common::spawn_up(cmd.stderr(Stdio::null()));
+    Running(child)
+}
+
+fn gpu_peer(home: &Path, id: &str) -> Option<Value> {
+    ok(home, &["status"])["offload"]["gpu_peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["peer_id"] == id)
+        .cloned()
+}
+
+/// Waits until the device has the GPU peer's load report (it can then offload to it).
+fn wait_ready(home: &Path, id: &str) {
+    wait_for("the GPU peer's load report", || {
+        gpu_peer(home, id).filter(|p| p["ready"] == true)
+    });
+}
+
+fn api(home: &Path) -> (String, String) {
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).unwrap()).unwrap();
+    let token = std::fs::read_to_string(home.join("api-token")).unwrap();
+    (
+        info["addr"].as_str().unwrap().to_owned(),
+        token.trim().to_owned(),
+    )
+}
+
+/// Sends one request to the device's API; returns the stream past the response headers.
+fn send(
+    home: &Path,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> (u16, BufReader<std::net::TcpStream>) {
+    let (addr, token) = api(home);
+    let body = body.to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    (status, reader)
+}
+
+fn set_policy(home: &Path, policy: &str) {
+    let (status, mut reader) = send(home, "PUT", "/v1/settings", &json!({ "offload": policy }));
+    let mut body = String::new();
+    reader.read_to_string(&mut body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("\"offload\":\"{policy}\"")),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_device_without_a_model_is_answered_by_its_orgs_gpu_peer_and_a_stranger_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = Org::new(dir.path(), "acme");
+    let gpu_home = acme.gpu(dir.path(), "big-gpu");
+    let laptop = acme.device(dir.path(), "ann", "laptop");
+    let (_gpu, gpu_id, gpu_addr) = gpu_up(&gpu_home);
+
+    // No model on the laptop: under the default policy (auto) the GPU peer answers.
+    let _laptop = device_up(&laptop, &gpu_addr, Some(NO_MODELS));
+    wait_ready(&laptop, &gpu_id);
+    let peer = gpu_peer(&laptop, &gpu_id).unwrap();
+    assert_eq!(peer["name"], "big-gpu", "{peer}");
+    assert_eq!(peer["model"], "smollm2-135m-instruct", "{peer}");
+    let asked = ok(&laptop, &["ask", "What is the capital of France?"]);
+    assert_eq!(asked["where"], gpu_id.as_str(), "{asked}");
+    assert_eq!(asked["offload"]["name"], "big-gpu", "{asked}");
+    assert_eq!(asked["model"], "smollm2-135m-instruct", "{asked}");
+    assert!(
+        asked["answer"].as_str().unwrap().contains("Paris"),
+        "{asked}"
+    );
+    assert!(
+        asked["timings_ms"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{asked}"
+    );
+    // The exchange is in the conversation, with the model that answered.
+    let shown = ok(
+        &laptop,
+        &["show", asked["conversation_id"].as_str().unwrap()],
+    );
+    assert_eq!(shown["messages"][1]["text"], asked["answer"], "{shown}");
+    let peer = gpu_peer(&laptop, &gpu_id).unwrap();
+    assert_eq!(peer["answers"], 1, "{peer}");
+    assert_eq!(peer["in_flight"], 0, "{peer}");
+
+    // A device of another org reaches the GPU peer's address but is refused: no answer.
+    let other = Org::new(dir.path(), "other");
+    let stranger = other.device(dir.path(), "eve", "stranger");
+    let _stranger = device_up(&stranger, &gpu_addr, Some(NO_MODELS));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(gpu_peer(&stranger, &gpu_id).is_none());
+    let out = jarvis(&stranger)
+        .env("JARVIS_MODELS", NO_MODELS)
+        .args(["ask", "What is the capital of France?", "--json"])
+        .output()
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success(), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("no answer"),
+        "{reply}"
+    );
+}
+
+/// Reads SSE `data:` lines of a streamed ask (skipping chunk sizes): tokens until `stop` says
+/// so, then the rest.
+fn sse_events(
+    reader: &mut BufReader<std::net::TcpStream>,
+) -> impl Iterator<Item = (String, Value)> + '_ {
+    let mut event = String::new();
+    std::iter::from_fn(move || {
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let line = line.trim_end();
+            if let Some(name) = line.strip_prefix("event: ") {
+                event = name.to_owned();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                return Some((event.clone(), serde_json::from_str(data).unwrap()));
+            }
+        }
+    })
+}
+
+#[test]
+fn the_policy_decides_where_and_a_gpu_peer_that_dies_mid_answer_hands_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = Org::new(dir.path(), "acme");
+    let gpu_home = acme.gpu(dir.path(), "gpu-1");
+    let laptop = acme.device(dir.path(), "ann", "laptop");
+    let (mut gpu, gpu_id, gpu_addr) = gpu_up(&gpu_home);
+    // The laptop has the same model: auto keeps answers here, gpu sends them out.
+    let _laptop = device_up(&laptop, &gpu_addr, None);
+    wait_ready(&laptop, &gpu_id);
+    let asked = ok(&laptop, &["ask", "What is the capital of France?"]);
+    assert_eq!(asked["where"], "local", "auto, same model: {asked}");
+    set_policy(&laptop, "gpu");
+    let asked = ok(&laptop, &["ask", "What is the capital of France?"]);
+    assert_eq!(asked["where"], gpu_id.as_str(), "{asked}");
+    set_policy(&laptop, "local");
+    let asked = ok(&laptop, &["ask", "What is the capital of France?"]);
+    assert_eq!(asked["where"], "local", "{asked}");
+    // The setting is kept in the home.
+    let saved = std::fs::read_to_string(laptop.join("settings.json")).unwrap();
+    assert!(saved.contains("\"local\""), "{saved}");
+
+    // Offloaded, streamed: the GPU peer is killed after the first pieces arrive.
+    set_policy(&laptop, "gpu");
+    let (status, mut reader) = send(
+        &laptop,
+        "POST",
+        "/v1/ask",
+        &json!({ "text": "Write a long story about a dragon who learns to fly.", "stream": true }),
+    );
+    assert_eq!(status, 200);
+    let mut received = String::new();
+    let mut at_kill = None;
+    let mut done = None;
+    for (event, data) in sse_events(&mut reader) {
+        match event.as_str() {
+            "token" => {
+                received.push_str(data["text"].as_str().unwrap());
+                if at_kill.is_none() && received.len() > 10 {
+                    gpu.kill_now();
+                    at_kill = Some(received.clone());
+                }
+            }
+            "done" => {
+                done = Some(data);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let done = done.expect("the answer ends");
+    let at_kill = at_kill.expect("the answer was long enough to interrupt");
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["where"], "local", "finished here: {done}");
+    assert_eq!(done["offload"]["peer_id"], gpu_id.as_str(), "{done}");
+    assert!(done["offload"]["failed"].is_string(), "{done}");
+    let answer = done["answer"].as_str().unwrap();
+    eprintln!("received before the kill: {at_kill:?}\nthe whole answer: {answer:?}");
+    assert_eq!(answer, received, "the client saw the whole answer");
+    // It went on from where the GPU peer stopped (a peer's last pieces can still arrive after
+    // the kill: they are part of the answer too).
+    assert!(answer.starts_with(&at_kill), "{answer}");
+    assert!(answer.len() > at_kill.len() + 20, "finished here: {answer}");
+}

@@ -223,6 +223,11 @@ try {
   report.unreachable_peer = await problem.textContent();
   report.phone_path = await phoneRow.locator('.badge').first().textContent();
   check(report.phone_path === 'direct', `the phone is reached directly on loopback (${report.phone_path})`);
+  // The org's GPU peer: its model and load, ready to answer.
+  const gpuRow = page.locator('#gpu-list tr', { hasText: 'gpu-1' });
+  await gpuRow.locator('.badge', { hasText: 'ready' }).waitFor({ timeout: 30_000 });
+  report.gpu_row = await gpuRow.textContent();
+  check(report.gpu_row.includes('smollm2-135m-instruct'), `the GPU peer's model is shown (${report.gpu_row})`);
   await shot(page, 'peers');
   await page.keyboard.press('Alt+4');
   await page.locator('#model-list tr', { hasText: 'smollm2-135m-instruct' }).locator('.badge', { hasText: 'installed' }).waitFor();
@@ -233,8 +238,22 @@ try {
   const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
   check(background === 'rgb(17, 19, 24)', `the dark theme applies (${background})`);
   await shot(page, 'settings-dark');
+  // Where answers are made: GPU peers first, then an answer that says it came from gpu-1.
+  await page.locator('#offload-form input[value="gpu"]').check();
+  await page.locator('#offload-saved', { hasText: 'Prefer GPU peers' }).waitFor();
+  await shot(page, 'settings-offload');
   await page.keyboard.press('Alt+1');
+  await page.keyboard.press('Control+n');
+  await page.fill('#question', 'What is the capital of France?');
+  await page.keyboard.press('Enter');
+  const offloaded = page.locator('#messages .msg.assistant .meta', { hasText: 'on GPU peer gpu-1' });
+  await offloaded.waitFor({ timeout: 60_000 });
+  report.offloaded = await offloaded.textContent();
   await shot(page, 'conversation-dark');
+  await page.keyboard.press('Alt+5');
+  await page.locator('#offload-form input[value="auto"]').check();
+  await page.locator('#offload-saved', { hasText: 'Automatic' }).waitFor();
+  await page.keyboard.press('Alt+1');
   await page.keyboard.press('Alt+5');
   await page.selectOption('#theme', 'light');
 

@@ -144,8 +144,12 @@ async fn turns(
         };
         ui.set("thinking");
         let first_token = Arc::new(std::sync::Mutex::new(None::<Instant>));
-        let answer =
-            crate::client::ask_node(&client, &request, conversation.clone(), timings.clone(), {
+        let mut asking = Box::pin(crate::client::ask_node(
+            &client,
+            &request,
+            conversation.clone(),
+            timings.clone(),
+            {
                 let first_token = Arc::clone(&first_token);
                 let ui = Arc::clone(ui);
                 move |piece: &str| {
@@ -157,8 +161,25 @@ async fn turns(
                     }
                     let _ = pieces_tx.send(piece.to_owned());
                 }
-            })
-            .await;
+            },
+        ));
+        // Stop (the UI, the tray) ends the answer while it is still being written: dropping the
+        // request closes its stream, which cancels the generation and frees the engine, and the
+        // speech thread ends with the pieces it was given. The answer is kept as cancelled.
+        let answer = loop {
+            tokio::select! {
+                answer = &mut asking => break answer,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if ui.take_stop() {
+                        tracing::info!("the answer was stopped from the UI while being written");
+                        playback.stop(Instant::now());
+                        break Err(anyhow::anyhow!("stopped from the UI"));
+                    }
+                }
+            }
+        };
+        // Before waiting for the speech thread: the request holds the sender of its pieces.
+        drop(asking);
         let (v, spoken_result) = tokio::task::spawn_blocking(move || speaking.join())
             .await
             .context("the speaking thread")?

@@ -13,7 +13,7 @@
     clippy::panic
 )]
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -79,6 +79,45 @@ fn org(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .to_owned();
     ok(&phone, &["join", &bundle]);
     (admin, laptop, phone)
+}
+
+/// The org's GPU peer `gpu-1`, enrolled and started; returns it and its address.
+fn gpu_peer(dir: &Path, admin: &Path, models: &Path) -> (Running, String) {
+    let home = dir.join("gpu-1");
+    let request = ok(&home, &["gpu", "request", "--name", "gpu-1"])["request"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bundle = ok(
+        admin,
+        &["admin", "enroll", "--request", &request, "--role", "gpu"],
+    )["bundle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&home, &["gpu", "install", &bundle]);
+    let mut child = jarvis(&home)
+        .env("JARVIS_MODELS", models)
+        .env("JARVIS_LLM_THREADS", "1")
+        .args([
+            "gpu",
+            "up",
+            "--json",
+            "--no-mdns",
+            "--slots",
+            "1",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _up = lines.next().unwrap().unwrap();
+    let listening: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let address = listening["address"].as_str().unwrap().to_owned();
+    (Running(child), address)
 }
 
 /// A microphone the test speaks into: `alsa:jarvis_mic` (declared in `DIR/.asoundrc`; run with
@@ -181,6 +220,8 @@ fn the_ui_works_end_to_end_in_chromium() {
         .unwrap()
         .port();
     let unreachable = format!("/ip4/127.0.0.1/tcp/{dead}/p2p/{UNREACHABLE_PEER}");
+    // The org's GPU peer, which the laptop reaches (Peers, Settings, and an offloaded answer).
+    let (_gpu, gpu_addr) = gpu_peer(d, &admin, &models);
     let (_laptop_node, started) = up(
         &laptop,
         &[
@@ -190,6 +231,8 @@ fn the_ui_works_end_to_end_in_chromium() {
             admin_arg,
             "--peer",
             &unreachable,
+            "--peer",
+            &gpu_addr,
         ],
     );
     let status = wait_for("the laptop to say the dead peer is unreachable", || {

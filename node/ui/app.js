@@ -92,7 +92,7 @@ function show(screen) {
     document.querySelector(`#nav [data-screen="${s}"]`).classList.toggle('active', s === screen);
   }
   document.body.dataset.screen = screen;
-  ({ devices: loadDevices, peers: loadStatus, models: loadModels, settings: loadStatus, admin: loadMembers })[screen]?.();
+  ({ devices: loadDevices, peers: loadStatus, models: loadModels, settings: loadSettings, admin: loadMembers })[screen]?.();
 }
 for (const b of document.querySelectorAll('#nav [data-screen]')) b.addEventListener('click', () => show(b.dataset.screen));
 document.addEventListener('keydown', (e) => {
@@ -185,12 +185,16 @@ function newConversation() {
 }
 $('new-conversation').addEventListener('click', newConversation);
 
+// Which GPU peer made an answer streamed in this window (answer id -> text), for its line.
+const servedBy = new Map();
+
 function messageElement(m) {
+  const where = servedBy.get(m.id);
   const timings = Object.entries(m.timings_ms || {}).map(([k, v]) => `${k.replaceAll('_', ' ')} ${/tokens$|per_second$/.test(k) ? v : `${v} ms`}`).join(' · ');
   return el('li', { class: `msg ${m.role} ${m.status === 'streaming' ? 'streaming' : ''} ${m.status === 'failed' ? 'failed' : ''}`, 'data-id': m.id },
     el('div', { class: 'text', text: m.text }),
     el('div', { class: 'meta' },
-      `${m.role === 'user' ? 'You' : 'Jarvis'}${m.model ? ` · ${m.model}` : ''} · ${when(m.created_at)}`,
+      `${m.role === 'user' ? 'You' : 'Jarvis'}${m.model ? ` · ${m.model}` : ''}${where ? ` · ${where}` : ''} · ${when(m.created_at)}`,
       el('span', { class: 'timings', text: timings ? `timings: ${timings}` : '' })));
 }
 
@@ -274,6 +278,12 @@ async function ask(text) {
         list.scrollTop = list.scrollHeight;
       } else if (event === 'done') {
         answer.classList.remove('streaming');
+        const o = value.offload;
+        if (o && streaming) {
+          servedBy.set(streaming.messageId, o.failed
+            ? `GPU peer ${o.name || o.peer_id.slice(0, 12)} failed (${o.failed}); finished on this computer`
+            : `on GPU peer ${o.name || o.peer_id.slice(0, 12)}`);
+        }
         if (value.error) showError('ask-error', new Error(value.error));
       }
     });
@@ -403,11 +413,54 @@ async function loadStatus() {
       ? 'Check this machine\'s network; if it persists, tell your admin (the relay may be down). Devices on this network still sync directly.'
       : 'Check the address (`jarvis up --peer`) and that the other device is running.')));
   if (unreachable.some((d) => d.kind === 'relay')) $('node-state').textContent += ' · relay unreachable';
+  renderGpus(status.offload || { policy: 'local', gpu_peers: [] });
   const info = [['Device', status.device_id], ['User', status.user], ['Org', status.org_id], ['API', status.api],
     ['Listening on', (status.listen || []).join('\n')], ['Conversations', status.documents],
     ['Revocations known', status.revocations], ['Model', (status.models || []).map((m) => `${m.name || ''} ${m.state || ''}`).join(', ')]];
   $('node-info').replaceChildren(...info.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: String(v ?? '') })]));
 }
+
+const policyText = {
+  local: 'Answers are made only on this computer (Settings → Where answers are made). GPU peers below are connected but not used.',
+  auto: 'Automatic: a GPU peer answers when it runs a larger model, when this computer has no model or is busy, or for long prompts.',
+  gpu: 'GPU peers first: every answer goes to the one expected to finish first; this computer answers when none is reachable.',
+};
+function renderGpus(offload) {
+  $('gpu-policy').textContent = policyText[offload.policy] || '';
+  const peers = offload.gpu_peers || [];
+  $('gpu-list').replaceChildren(...peers.map((g) => el('tr', { 'data-id': g.peer_id },
+    el('td', { text: g.name || g.peer_id.slice(0, 12) + '…', title: g.peer_id }),
+    el('td', { text: g.model || '—' }),
+    el('td', { text: g.slots ? `${g.busy} busy of ${g.slots}` : '—' }),
+    el('td', { text: g.expected_ms != null ? `${(g.expected_ms / 1000).toFixed(1)} s` : '—' }),
+    el('td', { text: `${g.answers}${g.failures ? ` (${g.failures} failed)` : ''}` }),
+    el('td', {}, el('span', {
+      class: `badge ${g.in_flight ? 'in-use' : g.ready ? 'yes' : 'refused'}`,
+      text: g.in_flight ? `answering now (${g.in_flight})` : g.ready ? (g.last_used ? `in use · last ${when(g.last_used * 1000)}` : 'ready') : 'not ready',
+    }), g.last_error && !g.ready ? el('div', { class: 'small error', text: g.last_error }) : ''))));
+  $('gpu-table').hidden = peers.length === 0;
+  $('no-gpus').hidden = peers.length > 0;
+}
+
+// ---- Settings --------------------------------------------------------------------------------
+async function loadSettings() {
+  loadStatus();
+  let settings;
+  try { settings = await api('/v1/settings'); } catch (e) { showError('offload-error', e); return; }
+  $('offload-form').replaceChildren(...settings.offload_choices.map((c) => el('label', { class: 'choice' },
+    el('input', { type: 'radio', name: 'offload', value: c.value, ...(c.value === settings.offload ? { checked: '' } : {}) }),
+    el('b', { text: c.label }), el('div', { class: 'small muted', text: c.detail }))));
+}
+$('offload-form').addEventListener('change', async (e) => {
+  $('offload-error').hidden = true;
+  try {
+    const saved = await api('/v1/settings', { method: 'PUT', body: { offload: e.target.value } });
+    $('offload-saved').textContent = `Saved: ${saved.offload_choices.find((c) => c.value === saved.offload)?.label}. The next answer follows it.`;
+  } catch (err) {
+    showError('offload-error', err);
+    loadSettings();
+  }
+});
 
 // ---- Models --------------------------------------------------------------------------------
 async function loadModels() {

@@ -253,6 +253,16 @@ try {
   await page.keyboard.press('Alt+5');
   await page.locator('#offload-form input[value="auto"]').check();
   await page.locator('#offload-saved', { hasText: 'Automatic' }).waitFor();
+  // The wake word off: the voice bar says to press Talk; the installed voices are offered.
+  await page.locator('#wake-word').uncheck();
+  await page.locator('#voice-saved', { hasText: 'wake word off' }).waitFor();
+  await page.locator('#voice-state', { hasText: 'press Talk' }).waitFor();
+  report.voice_choices = await page.locator('#voice-choice option').allTextContents();
+  check(report.voice_choices.some((t) => t.includes('en_US-joe-medium')), `the Piper voice is offered (${report.voice_choices})`);
+  await page.locator('#voice-card').scrollIntoViewIfNeeded();
+  await shot(page, 'settings-voice');
+  await page.locator('#wake-word').check();
+  await page.locator('#voice-saved', { hasText: 'listening for' }).waitFor();
   await page.keyboard.press('Alt+1');
   await page.keyboard.press('Alt+5');
   await page.selectOption('#theme', 'light');

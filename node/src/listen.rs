@@ -113,13 +113,7 @@ impl VoiceModels {
             Some(path) => present(PathBuf::from(path), "wake word (JARVIS_WAKE_MODEL)")?,
             None => get(DEFAULT_WAKE_WORD)?,
         };
-        let piper = if std::env::var("JARVIS_VOICE").is_ok_and(|v| v == "espeak") {
-            None
-        } else {
-            let model = store.path(DEFAULT_VOICE)?;
-            let config = PathBuf::from(format!("{}.json", model.display()));
-            (model.is_file() && config.is_file()).then_some((model, config))
-        };
+        let piper = piper_voice(&store, None)?;
         Ok(Self {
             onnxruntime,
             vad: get(DEFAULT_VAD)?,
@@ -132,6 +126,88 @@ impl VoiceModels {
             piper,
         })
     }
+}
+
+/// The Piper voice to speak with: `choice` (a voice's name, `espeak` for none, or none for the
+/// default), unless `JARVIS_VOICE=espeak` says otherwise; none when it is not installed.
+pub(crate) fn piper_voice(
+    store: &ModelStore,
+    choice: Option<&str>,
+) -> Result<Option<(PathBuf, PathBuf)>> {
+    let env_espeak = std::env::var("JARVIS_VOICE").is_ok_and(|v| v == "espeak");
+    if env_espeak || choice == Some(ESPEAK) {
+        return Ok(None);
+    }
+    let model = match choice {
+        Some(name) => store.dir().join(format!("{name}.onnx")),
+        None => store.path(DEFAULT_VOICE)?,
+    };
+    let config = PathBuf::from(format!("{}.json", model.display()));
+    Ok((model.is_file() && config.is_file()).then_some((model, config)))
+}
+
+/// The name of the espeak-ng choice in settings.
+pub(crate) const ESPEAK: &str = "espeak";
+
+/// The voices a user can choose: every Piper voice in the model cache (a `NAME.onnx` with its
+/// `NAME.onnx.json`), and espeak-ng when it is installed. `(value, label)` pairs.
+pub(crate) fn voice_choices() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Ok(store) = ModelStore::from_env()
+        && let Ok(entries) = std::fs::read_dir(store.dir())
+    {
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter_map(|f| f.strip_suffix(".onnx").map(str::to_owned))
+            .filter(|name| store.dir().join(format!("{name}.onnx.json")).is_file())
+            .collect();
+        names.sort();
+        out.extend(
+            names
+                .into_iter()
+                .map(|n| (n.clone(), format!("{n} (Piper, natural)"))),
+        );
+    }
+    let espeak = std::process::Command::new("espeak-ng")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if espeak {
+        out.push((
+            ESPEAK.to_owned(),
+            "espeak-ng (robotic, very fast)".to_owned(),
+        ));
+    }
+    out
+}
+
+/// Loads the voice `choice` (see [`piper_voice`]).
+pub(crate) async fn load_voice(models: &VoiceModels, choice: Option<String>) -> Result<Voice> {
+    let store = ModelStore::from_env()?;
+    let piper = piper_voice(&store, choice.as_deref())?;
+    if piper.is_none()
+        && let Some(name) = choice.as_deref().filter(|c| *c != ESPEAK)
+    {
+        bail!(
+            "the voice {name:?} is not installed in {}",
+            store.dir().display()
+        );
+    }
+    let ort = models.onnxruntime.clone();
+    tokio::task::spawn_blocking(move || -> Result<Voice> {
+        Ok(match piper {
+            Some((model, config)) => {
+                let env = jarvis_voice::onnx::environment(&ort)?;
+                Voice::Piper(Box::new(Piper::load(env, &model, &config)?))
+            }
+            None => Voice::Espeak("en-us".into()),
+        })
+    })
+    .await
+    .context("loading the voice")?
 }
 
 /// Where the audio comes from; with a microphone, the device (kept open while it is used).

@@ -10,11 +10,32 @@ use crate::home::Home;
 const FILE: &str = "settings.json";
 
 /// Every setting, each with its default when absent (so an older file still loads).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
     /// Answer here, or on the org's GPU peers.
     pub offload: Policy,
+    /// Listen for the wake word (off: push-to-talk only).
+    pub wake_word: bool,
+    /// The wake word's score that wakes: lower wakes more easily (and more often by mistake).
+    pub wake_threshold: f32,
+    /// The voice answers are spoken with: a Piper voice's name, `espeak`, or none for the
+    /// default (the catalog's Piper voice when installed, else espeak-ng).
+    pub voice: Option<String>,
+}
+
+/// The range of wake thresholds accepted.
+pub const WAKE_THRESHOLDS: std::ops::RangeInclusive<f32> = 0.05..=0.95;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            offload: Policy::default(),
+            wake_word: true,
+            wake_threshold: 0.5,
+            voice: None,
+        }
+    }
 }
 
 impl Settings {
@@ -24,12 +45,21 @@ impl Settings {
     /// When the file cannot be read or is damaged (it says which file to fix or delete).
     pub fn load(home: &Home) -> Result<Self> {
         match home.read_optional(FILE)? {
-            Some(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "{} is damaged: fix it, or delete it to go back to the defaults",
-                    home.dir().join(FILE).display()
-                )
-            }),
+            Some(bytes) => {
+                let settings: Self = serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "{} is damaged: fix it, or delete it to go back to the defaults",
+                        home.dir().join(FILE).display()
+                    )
+                })?;
+                if !WAKE_THRESHOLDS.contains(&settings.wake_threshold) {
+                    anyhow::bail!(
+                        "{}: wake_threshold must be between 0.05 and 0.95",
+                        home.dir().join(FILE).display()
+                    );
+                }
+                Ok(settings)
+            }
             None => Ok(Self::default()),
         }
     }

@@ -97,6 +97,13 @@ pub struct Voice {
     talk: Arc<AtomicBool>,
     /// Stop the answer being spoken.
     stop: AtomicBool,
+    /// The wake word on or off, and its threshold (the listener follows it live).
+    wake: Arc<jarvis_voice::listener::WakeControl>,
+    /// A voice chosen in settings, for the loop to load before its next turn (`Some(None)`:
+    /// back to the default).
+    voice_change: std::sync::Mutex<Option<Option<String>>>,
+    /// The voice answers are spoken with now (`piper`, `espeak-ng`).
+    tts: std::sync::Mutex<&'static str>,
     events: broadcast::Sender<Value>,
 }
 
@@ -107,7 +114,11 @@ struct VoiceInfo {
 }
 
 impl Voice {
-    pub fn new(events: broadcast::Sender<Value>, enabled: bool) -> Self {
+    pub fn new(
+        events: broadcast::Sender<Value>,
+        enabled: bool,
+        settings: &crate::settings::Settings,
+    ) -> Self {
         Self {
             state: std::sync::Mutex::new(VoiceInfo {
                 state: if enabled { "starting" } else { "off" },
@@ -116,8 +127,45 @@ impl Voice {
             muted: AtomicBool::new(false),
             talk: Arc::new(AtomicBool::new(false)),
             stop: AtomicBool::new(false),
+            wake: Arc::new(jarvis_voice::listener::WakeControl::new(
+                settings.wake_word,
+                settings.wake_threshold,
+            )),
+            voice_change: std::sync::Mutex::new(settings.voice.clone().map(Some)),
+            tts: std::sync::Mutex::new(""),
             events,
         }
+    }
+
+    /// What the listener follows for the wake word.
+    pub fn wake_control(&self) -> Arc<jarvis_voice::listener::WakeControl> {
+        Arc::clone(&self.wake)
+    }
+
+    /// The wake word's settings changed.
+    fn set_wake(&self, enabled: bool, threshold: f32) {
+        self.wake.set(enabled, threshold);
+        let _ = self.events.send(self.json());
+    }
+
+    /// Another voice was chosen: the loop loads it before its next turn.
+    fn change_voice(&self, choice: Option<String>) {
+        if let Ok(mut change) = self.voice_change.lock() {
+            *change = Some(choice);
+        }
+    }
+
+    /// The voice chosen since the last call, if any.
+    pub fn take_voice_change(&self) -> Option<Option<String>> {
+        self.voice_change.lock().ok().and_then(|mut c| c.take())
+    }
+
+    /// The voice answers are now spoken with.
+    pub fn set_tts(&self, name: &'static str) {
+        if let Ok(mut tts) = self.tts.lock() {
+            *tts = name;
+        }
+        let _ = self.events.send(self.json());
     }
 
     /// The flag the listener watches for push-to-talk.
@@ -180,6 +228,8 @@ impl Voice {
             "state": info.state,
             "muted": self.muted(),
             "problem": info.problem,
+            "wake_word": self.wake.enabled(),
+            "tts": self.tts.lock().map(|t| *t).unwrap_or(""),
         })
     }
 }
@@ -468,7 +518,15 @@ async fn voice(State(state): State<AppState>) -> Response {
 
 /// The settings with what each choice means, for the settings screen.
 fn settings_json(settings: &crate::settings::Settings) -> Value {
+    let voices: Vec<Value> = crate::listen::voice_choices()
+        .into_iter()
+        .map(|(value, label)| json!({ "value": value, "label": label }))
+        .collect();
     json!({
+        "wake_word": settings.wake_word,
+        "wake_threshold": settings.wake_threshold,
+        "voice": settings.voice,
+        "voice_choices": voices,
         "offload": settings.offload.as_str(),
         "offload_choices": [
             { "value": "local", "label": "Only this computer", "detail": "Conversations never leave your devices; answers use the model here." },
@@ -499,6 +557,10 @@ async fn settings(State(state): State<AppState>) -> Response {
 #[serde(deny_unknown_fields)]
 struct SettingsChange {
     offload: Option<String>,
+    wake_word: Option<bool>,
+    wake_threshold: Option<f32>,
+    /// A voice's name, `espeak`, or `default`.
+    voice: Option<String>,
 }
 
 async fn change_settings(
@@ -508,7 +570,7 @@ async fn change_settings(
     let Ok(Json(change)) = body else {
         return error(
             StatusCode::BAD_REQUEST,
-            "expected JSON with any of: {\"offload\": \"local\"|\"auto\"|\"gpu\"}",
+            "expected JSON with any of: {\"offload\": \"local\"|\"auto\"|\"gpu\", \"wake_word\": true|false, \"wake_threshold\": 0.05 to 0.95, \"voice\": a name from voice_choices or \"default\"}",
         );
     };
     let home = match home_of(&state) {
@@ -525,11 +587,48 @@ async fn change_settings(
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         }
     }
+    if let Some(enabled) = change.wake_word {
+        settings.wake_word = enabled;
+    }
+    if let Some(threshold) = change.wake_threshold {
+        if !crate::settings::WAKE_THRESHOLDS.contains(&threshold) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "wake_threshold must be between 0.05 (wakes most easily) and 0.95",
+            );
+        }
+        settings.wake_threshold = threshold;
+    }
+    let voice_changed = change.voice.is_some();
+    if let Some(voice) = change.voice {
+        if voice == "default" {
+            settings.voice = None;
+        } else if crate::listen::voice_choices()
+            .iter()
+            .any(|(v, _)| *v == voice)
+        {
+            settings.voice = Some(voice);
+        } else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "there is no voice {voice:?} here: pick one of voice_choices (GET /v1/settings), or \"default\""
+                ),
+            );
+        }
+    }
     if let Err(e) = settings.save(&home) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"));
     }
     // Live: the next answer follows the new policy.
     state.offload.set_policy(settings.offload);
+    state
+        .ui
+        .voice
+        .set_wake(settings.wake_word, settings.wake_threshold);
+    if voice_changed {
+        state.ui.voice.change_voice(settings.voice.clone());
+    }
     let _ = state
         .ui
         .events

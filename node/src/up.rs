@@ -106,15 +106,19 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let voice_metrics = metrics.clone();
     let (events, _) = tokio::sync::broadcast::channel(crate::node::EVENT_QUEUE);
-    let engine = crate::llm::start_engine(metrics.engine.clone());
     let settings = crate::settings::Settings::load(&home)?;
+    let engine = crate::llm::start_engine(metrics.engine.clone());
     let stream = libp2p_stream::Behaviour::new();
     let offload = crate::offload::Offload::new(
         stream.new_control(),
         settings.offload,
         crate::llm::model_bytes(),
     );
-    let voice_state = std::sync::Arc::new(crate::ui::Voice::new(events.clone(), !args.no_voice));
+    let voice_state = std::sync::Arc::new(crate::ui::Voice::new(
+        events.clone(),
+        !args.no_voice,
+        &settings,
+    ));
     let ui = std::sync::Arc::new(crate::ui::UiState::new(
         home.dir().to_path_buf(),
         args.admin_home.clone(),

@@ -86,6 +86,8 @@ async fn turns(
     device::find_microphone(mic_name.as_deref())?;
     let (mut listener, mut voice, mut stt) = crate::listen::load(&models, false).await?;
     listener.push_to_talk(ui.talk_flag());
+    listener.wake_control(ui.wake_control());
+    ui.set_tts(voice.name());
     // Opened once the models are loaded, so it does not hear stale audio.
     let (mic, chunks) = device::open_microphone(mic_name.as_deref())?;
     let playback = Arc::new(Playback::new());
@@ -97,6 +99,17 @@ async fn turns(
     let mut source = metered(chunks, Arc::clone(ui));
     let mut conversation: Option<String> = None;
     loop {
+        // A voice chosen in settings since the last turn (a failure keeps the one in use).
+        if let Some(choice) = ui.take_voice_change() {
+            match crate::listen::load_voice(&models, choice.clone()).await {
+                Ok(v) => {
+                    tracing::info!(voice = ?choice, engine = v.name(), "voice changed");
+                    voice = v;
+                    ui.set_tts(voice.name());
+                }
+                Err(e) => tracing::warn!(voice = ?choice, "cannot use that voice: {e:#}"),
+            }
+        }
         playback.reset();
         let watch = Watch::new(Arc::clone(&playback), 0.0);
         ui.set("idle");

@@ -76,54 +76,24 @@ impl Org {
     /// An enrolled GPU peer's home.
     fn gpu(&self, dir: &Path, name: &str) -> PathBuf {
         let home = dir.join(name);
-        let request = ok(&home, &["gpu", "request", "--name", name])["request"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let bundle = ok(
-            &self.admin,
-            &["admin", "enroll", "--request", &request, "--role", "gpu"],
-        )["bundle"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        ok(&home, &["gpu", "install", &bundle]);
+        common::enrol_gpu(&self.admin, &home, name);
         home
     }
 }
 
 /// `jarvis gpu up` with the machine's default model; returns it, its peer id and address.
 fn gpu_up(home: &Path) -> (Running, String, String) {
-    let mut child = jarvis(home)
-        .args([
-            "gpu",
-            "up",
-            "--json",
-            "--no-mdns",
-            "--slots",
-            "2",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(up["event"], "up", "{up}");
-    assert_eq!(
-        up["model"]["state"], "ready",
-        "run `jarvis models pull` first: {up}"
-    );
-    let listening: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(listening["event"], "listening", "{listening}");
-    let address = listening["address"].as_str().unwrap().to_owned();
-    (
-        Running(child),
-        up["peer_id"].as_str().unwrap().to_owned(),
-        address,
-    )
+    let (child, id, address) = common::gpu_up(jarvis(home).args([
+        "gpu",
+        "up",
+        "--json",
+        "--no-mdns",
+        "--slots",
+        "2",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ]));
+    (Running(child), id, address)
 }
 
 /// `jarvis up` dialling `peer`; `models` is the model cache it sees (none: no local model).

@@ -13,8 +13,7 @@
     clippy::panic
 )]
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -27,9 +26,6 @@ use serde_json::Value;
 mod common;
 
 use common::wait_for;
-
-/// `O_NONBLOCK` on Linux.
-const O_NONBLOCK: i32 = 0o4000;
 
 /// A well-formed peer id no process here has.
 const UNREACHABLE_PEER: &str = "12D3KooWEpGjQeY9VAVJEYLQxa7dhxM21JUrt6KtsNoprCSEKurW";
@@ -84,97 +80,26 @@ fn org(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// The org's GPU peer `gpu-1`, enrolled and started; returns it and its address.
 fn gpu_peer(dir: &Path, admin: &Path, models: &Path) -> (Running, String) {
     let home = dir.join("gpu-1");
-    let request = ok(&home, &["gpu", "request", "--name", "gpu-1"])["request"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let bundle = ok(
-        admin,
-        &["admin", "enroll", "--request", &request, "--role", "gpu"],
-    )["bundle"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    ok(&home, &["gpu", "install", &bundle]);
-    let mut child = jarvis(&home)
-        .env("JARVIS_MODELS", models)
-        .env("JARVIS_LLM_THREADS", "1")
-        .args([
-            "gpu",
-            "up",
-            "--json",
-            "--no-mdns",
-            "--slots",
-            "1",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let _up = lines.next().unwrap().unwrap();
-    let listening: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let address = listening["address"].as_str().unwrap().to_owned();
+    common::enrol_gpu(admin, &home, "gpu-1");
+    let (child, _, address) = common::gpu_up(
+        jarvis(&home)
+            .env("JARVIS_MODELS", models)
+            .env("JARVIS_LLM_THREADS", "1")
+            .args(["gpu", "up", "--json", "--no-mdns", "--slots", "1"])
+            .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]),
+    );
     (Running(child), address)
 }
 
-/// A microphone the test speaks into: `alsa:jarvis_mic` (declared in `DIR/.asoundrc`; run with
-/// HOME=DIR) reads raw 16 kHz samples from a FIFO, which a thread fills in real time with a
-/// second of a 440 Hz tone, then a second of silence, over and over, until `stop`.
+/// A microphone playing a second of a 440 Hz tone, then a second of silence, over and over
+/// (`common::fifo_microphone`).
 fn microphone(dir: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    let fifo = dir.join("mic.fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
-    std::fs::write(
-        dir.join(".asoundrc"),
-        format!(
-            "pcm.jarvis_mic {{\n type plug\n slave {{\n  pcm {{ type file; slave.pcm null; file \"/dev/null\"; infile \"{}\"; format \"raw\" }}\n  format S16_LE\n  rate 16000\n  channels 1\n }}\n}}\n",
-            fifo.display()
-        ),
-    )
-    .unwrap();
-    // Read and write: opening does not wait for a reader, and the FIFO stays open while the
-    // node opens and closes the device.
-    // Non-blocking: if the node stops reading, the writer drops audio (as a real microphone
-    // overruns) instead of hanging the test.
-    let mut pipe = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(O_NONBLOCK)
-        .open(&fifo)
-        .unwrap();
-    std::thread::spawn(move || {
-        let started = Instant::now();
-        let mut sent = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            // 100 ms at a time, paced like a real microphone.
-            let chunk: Vec<u8> = (sent..sent + 1600)
-                .flat_map(|i| {
-                    let tone = (i / 16_000) % 2 == 0;
-                    let t = i as f32 / 16_000.0;
-                    let v = if tone {
-                        0.4 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
-                    } else {
-                        0.0
-                    };
-                    ((v * f32::from(i16::MAX)) as i16).to_le_bytes()
-                })
-                .collect();
-            match pipe.write(&chunk) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-            sent += 1600;
-            let due = started + Duration::from_millis(sent / 16);
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    common::fifo_microphone(dir, stop, |i| {
+        let t = i as f32 / 16_000.0;
+        if (i / 16_000) % 2 == 0 {
+            0.4 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
+        } else {
+            0.0
         }
     })
 }

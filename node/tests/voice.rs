@@ -594,3 +594,153 @@ fn the_running_node_answers_a_question_spoken_into_its_microphone() {
         "{answered}"
     );
 }
+
+/// The 16 kHz samples of a WAV made by [`speech`] (16-bit mono), from -1 to 1.
+fn samples(wav: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(wav).unwrap();
+    // sox writes a plain 44-byte header for this format.
+    bytes[44..]
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / f32::from(i16::MAX))
+        .collect()
+}
+
+/// Voice settings apply while the node runs: with the wake word off, "hey jarvis, …" spoken
+/// into the microphone again and again starts nothing; turned on (`PUT /v1/settings`) the same
+/// words are answered; a voice chosen there is the one in use from the next turn.
+#[test]
+fn voice_settings_apply_while_the_node_runs() {
+    let home = home();
+    let dir = tempfile::tempdir().unwrap();
+    let wav = speech(
+        dir.path(),
+        "q",
+        "hey jarvis, what is the capital of France",
+        0.5,
+    );
+    // The question, then 2 s of silence, over and over.
+    let question = samples(&wav);
+    let period = question.len() as u64 + 32_000;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mic = common::fifo_microphone(dir.path(), std::sync::Arc::clone(&stop), move |i| {
+        question
+            .get(usize::try_from(i % period).unwrap())
+            .copied()
+            .unwrap_or(0.0)
+    });
+    std::fs::write(home.path().join("settings.json"), r#"{"wake_word": false}"#).unwrap();
+    let models = ModelStore::from_env().unwrap().dir().to_owned();
+    let (up, _, started) = common::spawn_up(
+        jarvis(home.path())
+            .env("HOME", dir.path())
+            .env("JARVIS_MODELS", &models)
+            .args([
+                "up",
+                "--json",
+                "--no-mdns",
+                "--api",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--mic",
+                "alsa:jarvis_mic",
+            ]),
+    );
+    struct Stop(
+        std::process::Child,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    );
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _up = Stop(up, std::sync::Arc::clone(&stop));
+    let api = started["api"].as_str().unwrap().to_owned();
+    let token = String::from_utf8(jarvis(home.path()).arg("token").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let client = reqwest::blocking::Client::new();
+    let voice = || -> Value {
+        client
+            .get(format!("http://{api}/v1/voice"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let conversations = || {
+        common::json_ok(jarvis(home.path()), &["conversations"])["conversations"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    common::wait_for("voice to listen", || {
+        (voice()["state"] == "idle").then_some(())
+    });
+    assert_eq!(voice()["wake_word"], false);
+    // Two whole plays of the question with the wake word off: nothing.
+    std::thread::sleep(std::time::Duration::from_millis(2 * period / 16 + 1_000));
+    assert_eq!(voice()["state"], "idle", "{}", voice());
+    assert_eq!(conversations(), 0, "woke with the wake word off");
+
+    let put = |body: Value| {
+        let response = client
+            .put(format!("http://{api}/v1/settings"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap(),
+        )
+    };
+    // A bad value is refused with what is allowed, and changes nothing.
+    let (status, body) = put(serde_json::json!({ "wake_threshold": 3.0 }));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("0.95"), "{body}");
+    let (status, body) = put(serde_json::json!({ "voice": "no-such-voice" }));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("voice_choices"),
+        "{body}"
+    );
+    let (status, body) = put(serde_json::json!({ "wake_word": true, "voice": "espeak" }));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["voice_choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["value"] == "en_US-joe-medium"),
+        "the installed Piper voice is a choice: {body}"
+    );
+    assert_eq!(voice()["wake_word"], true);
+    assert_eq!(voice()["tts"], "piper", "until the next turn");
+
+    let answered = common::wait_for("the spoken question to be answered", || {
+        let list = common::json_ok(jarvis(home.path()), &["conversations"]);
+        let id = list["conversations"][0]["id"].as_str()?.to_owned();
+        let shown = common::json_ok(jarvis(home.path()), &["show", &id]);
+        (shown["messages"][1]["status"] == "done").then_some(shown)
+    });
+    assert!(
+        answered["messages"][1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{answered}"
+    );
+    common::wait_for("the chosen voice to be in use", || {
+        (voice()["tts"] == "espeak-ng").then_some(())
+    });
+    let saved = std::fs::read_to_string(home.path().join("settings.json")).unwrap();
+    assert!(saved.contains("\"espeak\""), "{saved}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = mic.join();
+}

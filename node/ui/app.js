@@ -336,6 +336,7 @@ function onVoice(v) {
   const pill = $('voice-state');
   pill.dataset.state = v.state;
   const labels = { idle: 'say “hey Jarvis”', starting: 'voice: starting…', listening: 'listening…', transcribing: 'transcribing…', thinking: 'thinking…', speaking: 'speaking', off: 'voice: off' };
+  if (v.wake_word === false) labels.idle = 'press Talk (wake word off)';
   pill.textContent = v.muted ? 'voice: muted' : (labels[v.state] || v.state);
   pill.title = `voice: ${v.state}`;
   const mute = $('mute');
@@ -447,6 +448,11 @@ async function loadSettings() {
   loadStatus();
   let settings;
   try { settings = await api('/v1/settings'); } catch (e) { showError('offload-error', e); return; }
+  $('wake-word').checked = settings.wake_word;
+  $('wake-threshold').value = String(settings.wake_threshold);
+  if (![...$('wake-threshold').options].some((o) => o.selected)) $('wake-threshold').append(el('option', { value: String(settings.wake_threshold), selected: '' }, `custom (${settings.wake_threshold})`));
+  $('voice-choice').replaceChildren(el('option', { value: 'default' }, 'Default'),
+    ...settings.voice_choices.map((c) => el('option', { value: c.value, ...(c.value === settings.voice ? { selected: '' } : {}) }, c.label)));
   $('offload-form').replaceChildren(...settings.offload_choices.map((c) => el('label', { class: 'choice' },
     el('input', { type: 'radio', name: 'offload', value: c.value, ...(c.value === settings.offload ? { checked: '' } : {}) }),
     el('b', { text: c.label }), el('div', { class: 'small muted', text: c.detail }))));
@@ -461,6 +467,21 @@ $('offload-form').addEventListener('change', async (e) => {
     loadSettings();
   }
 });
+
+async function saveVoiceSettings(change, what) {
+  $('voice-settings-error').hidden = true;
+  try {
+    await api('/v1/settings', { method: 'PUT', body: change });
+    $('voice-saved').textContent = `Saved: ${what}.`;
+  } catch (err) {
+    showError('voice-settings-error', err);
+    loadSettings();
+  }
+}
+$('wake-word').addEventListener('change', (e) => saveVoiceSettings({ wake_word: e.target.checked },
+  e.target.checked ? 'listening for “hey Jarvis”' : 'wake word off; use Talk or Ctrl+Shift+Space'));
+$('wake-threshold').addEventListener('change', (e) => saveVoiceSettings({ wake_threshold: Number(e.target.value) }, `sensitivity ${e.target.selectedOptions[0].textContent.toLowerCase()}`));
+$('voice-choice').addEventListener('change', (e) => saveVoiceSettings({ voice: e.target.value }, `the voice (from the next answer): ${e.target.selectedOptions[0].textContent}`));
 
 // ---- Models --------------------------------------------------------------------------------
 async function loadModels() {

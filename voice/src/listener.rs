@@ -11,6 +11,43 @@ use crate::vad::{FRAME, Vad};
 use crate::wake::{WakeModels, WakeWord};
 
 /// The listening pipeline.
+/// The wake word's settings, changed from outside while the listener runs (the user's
+/// settings screen): whether it listens for the wake word at all (off: push-to-talk only), and
+/// the score that wakes it (lower wakes more easily, and more often by mistake).
+#[derive(Debug)]
+pub struct WakeControl {
+    enabled: std::sync::atomic::AtomicBool,
+    threshold: std::sync::atomic::AtomicU32,
+}
+
+impl WakeControl {
+    /// Settings to start with.
+    pub fn new(enabled: bool, threshold: f32) -> Self {
+        Self {
+            enabled: std::sync::atomic::AtomicBool::new(enabled),
+            threshold: std::sync::atomic::AtomicU32::new(threshold.to_bits()),
+        }
+    }
+
+    /// Whether the wake word is listened for.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The score that wakes.
+    pub fn threshold(&self) -> f32 {
+        f32::from_bits(self.threshold.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Changes both; the listener follows from its next frame.
+    pub fn set(&self, enabled: bool, threshold: f32) {
+        self.enabled
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+        self.threshold
+            .store(threshold.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub struct Listener {
     vad: Vad,
     wake: Option<WakeWord>,
@@ -27,6 +64,8 @@ pub struct Listener {
     config: TurnConfig,
     /// Set from outside (a push-to-talk button) to wake the turn at the next frame.
     talk: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Set from outside: the wake word on or off, and its threshold.
+    wake_control: Option<std::sync::Arc<WakeControl>>,
 }
 
 impl Listener {
@@ -54,6 +93,7 @@ impl Listener {
             frame: Vec::with_capacity(FRAME),
             best_wake_score: 0.0,
             talk: None,
+            wake_control: None,
         })
     }
 
@@ -61,6 +101,11 @@ impl Listener {
     /// clears the flag.
     pub fn push_to_talk(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         self.talk = Some(flag);
+    }
+
+    /// Follows `control` for whether to listen for the wake word and how easily it wakes.
+    pub fn wake_control(&mut self, control: std::sync::Arc<WakeControl>) {
+        self.wake_control = Some(control);
     }
 
     /// Starts a new turn (the audio heard so far is forgotten).
@@ -141,7 +186,15 @@ impl Listener {
         {
             events.push(e);
         }
+        let listening = match &self.wake_control {
+            Some(control) => {
+                self.turn.set_wake_threshold(control.threshold());
+                control.enabled()
+            }
+            None => true,
+        };
         if let Some(wake) = &mut self.wake
+            && listening
             && !self.turn.is_awake()
             && !self.turn.is_done()
         {

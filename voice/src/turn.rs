@@ -273,6 +273,11 @@ impl Turn {
         event
     }
 
+    /// Changes the score that wakes (the user's sensitivity setting).
+    pub fn set_wake_threshold(&mut self, threshold: f32) {
+        self.config.wake_threshold = threshold;
+    }
+
     /// One wake-word score, for the step ending at sample `end`.
     pub fn wake(&mut self, end: u64, score: f32) -> Option<TurnEvent> {
         if self.phase != Phase::Asleep || score < self.config.wake_threshold {
@@ -410,6 +415,22 @@ mod tests {
                 .any(|(_, e)| matches!(e, TurnEvent::Paused { .. })),
             "{events:?}"
         );
+    }
+
+    #[test]
+    fn the_wake_threshold_can_be_changed_while_asleep() {
+        let mut turn = Turn::new(TurnConfig::default());
+        turn.voice(FRAME, FRAME, 0.9);
+        turn.set_wake_threshold(0.8);
+        assert!(
+            turn.wake(FRAME, 0.7).is_none(),
+            "below the stricter threshold"
+        );
+        turn.set_wake_threshold(0.3);
+        assert!(matches!(
+            turn.wake(FRAME, 0.4),
+            Some(TurnEvent::Woke { .. })
+        ));
     }
 
     #[test]

@@ -605,101 +605,147 @@ fn samples(wav: &Path) -> Vec<f32> {
         .collect()
 }
 
+/// `jarvis up` hearing `text` (with the wake word) from a real-time microphone, again and
+/// again with 2 s of silence between, until dropped. `settings` is written to the home first.
+struct LiveNode {
+    home: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mic: Option<std::thread::JoinHandle<()>>,
+    api: String,
+    token: String,
+    client: reqwest::blocking::Client,
+    /// Samples in one round of the question and its silence.
+    period: u64,
+}
+
+impl LiveNode {
+    fn start(text: &str, settings: &str) -> Self {
+        let home = home();
+        let dir = tempfile::tempdir().unwrap();
+        let wav = speech(dir.path(), "q", text, 0.5);
+        let question = samples(&wav);
+        let period = question.len() as u64 + 32_000;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mic = common::fifo_microphone(dir.path(), std::sync::Arc::clone(&stop), move |i| {
+            question
+                .get(usize::try_from(i % period).unwrap())
+                .copied()
+                .unwrap_or(0.0)
+        });
+        std::fs::write(home.path().join("settings.json"), settings).unwrap();
+        let models = ModelStore::from_env().unwrap().dir().to_owned();
+        let (child, _, started) = common::spawn_up(
+            jarvis(home.path())
+                .env("HOME", dir.path())
+                .env("JARVIS_MODELS", &models)
+                .args([
+                    "up",
+                    "--json",
+                    "--no-mdns",
+                    "--api",
+                    "127.0.0.1:0",
+                    "--listen",
+                    "/ip4/127.0.0.1/udp/0/quic-v1",
+                    "--mic",
+                    "alsa:jarvis_mic",
+                ]),
+        );
+        let token = String::from_utf8(jarvis(home.path()).arg("token").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            home,
+            _dir: dir,
+            child,
+            stop,
+            mic: Some(mic),
+            api: started["api"].as_str().unwrap().to_owned(),
+            token,
+            client: reqwest::blocking::Client::new(),
+            period,
+        }
+    }
+
+    fn voice(&self) -> Value {
+        self.client
+            .get(format!("http://{}/v1/voice", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    fn send(&self, method: reqwest::Method, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .request(method, format!("http://{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().unwrap_or(Value::Null),
+        )
+    }
+
+    fn conversations(&self) -> Vec<Value> {
+        common::json_ok(jarvis(self.home.path()), &["conversations"])["conversations"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The first conversation's answer once it has ended (done, cancelled or failed).
+    fn ended_answer(&self) -> Value {
+        common::wait_for("the spoken question's answer to end", || {
+            let id = self.conversations().first()?["id"].as_str()?.to_owned();
+            let shown = common::json_ok(jarvis(self.home.path()), &["show", &id]);
+            let answer = shown["messages"][1].clone();
+            (answer["status"] != "streaming" && !answer.is_null()).then_some(answer)
+        })
+    }
+}
+
+impl Drop for LiveNode {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(mic) = self.mic.take() {
+            let _ = mic.join();
+        }
+    }
+}
+
 /// Voice settings apply while the node runs: with the wake word off, "hey jarvis, …" spoken
 /// into the microphone again and again starts nothing; turned on (`PUT /v1/settings`) the same
 /// words are answered; a voice chosen there is the one in use from the next turn.
 #[test]
 fn voice_settings_apply_while_the_node_runs() {
-    let home = home();
-    let dir = tempfile::tempdir().unwrap();
-    let wav = speech(
-        dir.path(),
-        "q",
+    let node = LiveNode::start(
         "hey jarvis, what is the capital of France",
-        0.5,
+        r#"{"wake_word": false}"#,
     );
-    // The question, then 2 s of silence, over and over.
-    let question = samples(&wav);
-    let period = question.len() as u64 + 32_000;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mic = common::fifo_microphone(dir.path(), std::sync::Arc::clone(&stop), move |i| {
-        question
-            .get(usize::try_from(i % period).unwrap())
-            .copied()
-            .unwrap_or(0.0)
-    });
-    std::fs::write(home.path().join("settings.json"), r#"{"wake_word": false}"#).unwrap();
-    let models = ModelStore::from_env().unwrap().dir().to_owned();
-    let (up, _, started) = common::spawn_up(
-        jarvis(home.path())
-            .env("HOME", dir.path())
-            .env("JARVIS_MODELS", &models)
-            .args([
-                "up",
-                "--json",
-                "--no-mdns",
-                "--api",
-                "127.0.0.1:0",
-                "--listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-                "--mic",
-                "alsa:jarvis_mic",
-            ]),
-    );
-    struct Stop(
-        std::process::Child,
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-    );
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            self.1.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _up = Stop(up, std::sync::Arc::clone(&stop));
-    let api = started["api"].as_str().unwrap().to_owned();
-    let token = String::from_utf8(jarvis(home.path()).arg("token").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned();
-    let client = reqwest::blocking::Client::new();
-    let voice = || -> Value {
-        client
-            .get(format!("http://{api}/v1/voice"))
-            .bearer_auth(&token)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    };
-    let conversations = || {
-        common::json_ok(jarvis(home.path()), &["conversations"])["conversations"]
-            .as_array()
-            .unwrap()
-            .len()
-    };
     common::wait_for("voice to listen", || {
-        (voice()["state"] == "idle").then_some(())
+        (node.voice()["state"] == "idle").then_some(())
     });
-    assert_eq!(voice()["wake_word"], false);
+    assert_eq!(node.voice()["wake_word"], false);
     // Two whole plays of the question with the wake word off: nothing.
-    std::thread::sleep(std::time::Duration::from_millis(2 * period / 16 + 1_000));
-    assert_eq!(voice()["state"], "idle", "{}", voice());
-    assert_eq!(conversations(), 0, "woke with the wake word off");
+    std::thread::sleep(std::time::Duration::from_millis(
+        2 * node.period / 16 + 1_000,
+    ));
+    assert_eq!(node.voice()["state"], "idle", "{}", node.voice());
+    assert!(
+        node.conversations().is_empty(),
+        "woke with the wake word off"
+    );
 
-    let put = |body: Value| {
-        let response = client
-            .put(format!("http://{api}/v1/settings"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .unwrap();
-        (
-            response.status().as_u16(),
-            response.json::<Value>().unwrap(),
-        )
-    };
+    let put = |body: Value| node.send(reqwest::Method::PUT, "/v1/settings", &body);
     // A bad value is refused with what is allowed, and changes nothing.
     let (status, body) = put(serde_json::json!({ "wake_threshold": 3.0 }));
     assert_eq!(status, 400, "{body}");
@@ -720,27 +766,42 @@ fn voice_settings_apply_while_the_node_runs() {
             .any(|c| c["value"] == "en_US-joe-medium"),
         "the installed Piper voice is a choice: {body}"
     );
-    assert_eq!(voice()["wake_word"], true);
-    assert_eq!(voice()["tts"], "piper", "until the next turn");
+    assert_eq!(node.voice()["wake_word"], true);
+    assert_eq!(node.voice()["tts"], "piper", "until the next turn");
 
-    let answered = common::wait_for("the spoken question to be answered", || {
-        let list = common::json_ok(jarvis(home.path()), &["conversations"]);
-        let id = list["conversations"][0]["id"].as_str()?.to_owned();
-        let shown = common::json_ok(jarvis(home.path()), &["show", &id]);
-        (shown["messages"][1]["status"] == "done").then_some(shown)
-    });
+    let answer = node.ended_answer();
+    assert_eq!(answer["status"], "done", "{answer}");
     assert!(
-        answered["messages"][1]["text"]
-            .as_str()
-            .unwrap()
-            .contains("Paris"),
-        "{answered}"
+        answer["text"].as_str().unwrap().contains("Paris"),
+        "{answer}"
     );
     common::wait_for("the chosen voice to be in use", || {
-        (voice()["tts"] == "espeak-ng").then_some(())
+        (node.voice()["tts"] == "espeak-ng").then_some(())
     });
-    let saved = std::fs::read_to_string(home.path().join("settings.json")).unwrap();
+    let saved = std::fs::read_to_string(node.home.path().join("settings.json")).unwrap();
     assert!(saved.contains("\"espeak\""), "{saved}");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = mic.join();
+}
+
+/// Stop (the UI's button, the tray) ends an answer while it is still being written: the
+/// generation is cancelled and the conversation keeps what was written, marked cancelled.
+#[test]
+fn stop_ends_a_spoken_answer_while_it_is_being_written() {
+    let node = LiveNode::start("hey jarvis, tell me a long story about a dragon", "{}");
+    // From the first words of the answer (the state says speaking), Stop.
+    common::wait_for("the answer to start", || {
+        let state = node.voice()["state"].clone();
+        (state == "speaking").then_some(())
+    });
+    let (status, body) = node.send(
+        reqwest::Method::POST,
+        "/v1/voice/stop",
+        &serde_json::json!({}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer = node.ended_answer();
+    assert_eq!(answer["status"], "cancelled", "{answer}");
+    assert!(!answer["text"].as_str().unwrap().is_empty(), "{answer}");
+    common::wait_for("voice to listen again", || {
+        (node.voice()["state"] == "idle").then_some(())
+    });
 }

@@ -111,6 +111,9 @@ pub struct Message {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub model: Option<String>,
+    /// The machine that made an answer when it was not the author device (an org GPU peer's
+    /// name).
+    pub served_by: Option<String>,
     /// Per-stage timings in milliseconds (e.g. `end_of_speech_to_transcript`).
     pub timings_ms: BTreeMap<String, u64>,
 }
@@ -284,6 +287,22 @@ impl Doc {
         Ok(())
     }
 
+    /// Records which machine made an answer (see [`Message::served_by`]).
+    ///
+    /// # Errors
+    /// When there is no message `id`.
+    pub fn set_served_by(
+        &mut self,
+        id: &str,
+        served_by: &str,
+        now_ms: i64,
+    ) -> Result<(), DocError> {
+        let m = self.find(id)?;
+        self.doc.put(&m, "served_by", served_by)?;
+        self.commit(now_ms);
+        Ok(())
+    }
+
     /// Every message, in order.
     pub fn messages(&self) -> Result<Vec<Message>, DocError> {
         let list = self.messages_obj()?;
@@ -339,6 +358,7 @@ impl Doc {
             created_at_ms: int_of(doc, m, "created_at")?,
             updated_at_ms: int_of(doc, m, "updated_at")?,
             model: str_of(doc, m, "model")?,
+            served_by: str_of(doc, m, "served_by")?,
             timings_ms,
         })
     }

@@ -346,6 +346,7 @@ async fn ask(
                     id: answer_id,
                     status: jarvis_crdt::Status::Failed,
                     model: None,
+                    served_by: None,
                     timings_ms: Default::default(),
                 })
                 .await;
@@ -444,6 +445,7 @@ impl AnswerTask {
                 id: id.clone(),
                 status: finished.status,
                 model: Some(model.clone()),
+                served_by: route.served_by(),
                 timings_ms: before.into_iter().chain(finished.timings()).collect(),
             })
             .await;

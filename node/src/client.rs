@@ -239,6 +239,7 @@ pub(crate) async fn ask_offline(
         &answer_id,
         finished.status,
         Some(&model),
+        None,
         &timings().into_iter().chain(finished.timings()).collect(),
     )?;
     engine.shutdown().await;

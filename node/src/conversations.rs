@@ -69,6 +69,7 @@ pub fn show(replica: &Replica<SledStore>, id: DocId) -> Result<Value, String> {
                 "status": m.status.as_str(),
                 "created_at": m.created_at_ms,
                 "model": m.model,
+                "served_by": m.served_by,
                 "timings_ms": m.timings_ms,
             })
         })
@@ -212,9 +213,13 @@ pub fn finish_answer(
     id: &str,
     status: Status,
     model: Option<&str>,
+    served_by: Option<&str>,
     timings_ms: &std::collections::BTreeMap<String, u64>,
 ) -> Result<SealedChange> {
     Ok(replica.edit(doc, |d, _| {
+        if let Some(served_by) = served_by {
+            d.set_served_by(id, served_by, now_ms())?;
+        }
         d.finish(id, status, model, timings_ms, now_ms())
     })?)
 }

@@ -91,6 +91,8 @@ pub enum Command {
         id: String,
         status: jarvis_crdt::Status,
         model: Option<String>,
+        /// The GPU peer that made it, if one did.
+        served_by: Option<String>,
         timings_ms: BTreeMap<String, u64>,
     },
 }
@@ -923,6 +925,7 @@ impl Node {
                 id,
                 status,
                 model,
+                served_by,
                 timings_ms,
             } => {
                 match conversations::finish_answer(
@@ -931,6 +934,7 @@ impl Node {
                     &id,
                     status,
                     model.as_deref(),
+                    served_by.as_deref(),
                     &timings_ms,
                 ) {
                     Ok(change) => self.fan_out(None, &[change]),

@@ -53,7 +53,11 @@ pub enum Where {
     /// On a GPU peer.
     Peer { id: PeerId, name: String },
     /// Started on a GPU peer that failed, and finished here.
-    Resumed { from: PeerId, reason: String },
+    Resumed {
+        from: PeerId,
+        name: String,
+        reason: String,
+    },
 }
 
 impl Where {
@@ -65,13 +69,25 @@ impl Where {
         }
     }
 
+    /// What the conversation keeps of where the answer was made: the GPU peer's name (and that
+    /// it failed, if this machine finished the answer).
+    pub fn served_by(&self) -> Option<String> {
+        match self {
+            Self::Local => None,
+            Self::Peer { name, .. } => Some(name.clone()),
+            Self::Resumed { name, .. } => {
+                Some(format!("{name} (failed; finished on the author device)"))
+            }
+        }
+    }
+
     /// More about an offloaded answer, for `--json` and the UI (none for a local one).
     pub fn detail(&self) -> Value {
         match self {
             Self::Local => Value::Null,
             Self::Peer { id, name } => json!({ "peer_id": id.to_string(), "name": name }),
-            Self::Resumed { from, reason } => {
-                json!({ "peer_id": from.to_string(), "failed": reason, "finished": "local" })
+            Self::Resumed { from, name, reason } => {
+                json!({ "peer_id": from.to_string(), "name": name, "failed": reason, "finished": "local" })
             }
         }
     }
@@ -382,8 +398,13 @@ impl Offload {
                 None => break reason,
             }
         };
+        let name = match &*route.borrow() {
+            Where::Peer { name, .. } => name.clone(),
+            _ => String::new(),
+        };
         route.send_replace(Where::Resumed {
-            from: first,
+            from: peer,
+            name,
             reason: reason.clone(),
         });
         // Finish here, continuing from what was received.

@@ -216,6 +216,8 @@ fn a_device_without_a_model_is_answered_by_its_orgs_gpu_peer_and_a_stranger_is_n
         &["show", asked["conversation_id"].as_str().unwrap()],
     );
     assert_eq!(shown["messages"][1]["text"], asked["answer"], "{shown}");
+    assert_eq!(shown["messages"][1]["served_by"], "big-gpu", "{shown}");
+    assert_eq!(shown["messages"][0]["served_by"], Value::Null, "{shown}");
     let peer = gpu_peer(&laptop, &gpu_id).unwrap();
     assert_eq!(peer["answers"], 1, "{peer}");
     assert_eq!(peer["in_flight"], 0, "{peer}");
@@ -324,4 +326,12 @@ fn the_policy_decides_where_and_a_gpu_peer_that_dies_mid_answer_hands_it_back() 
     // the kill: they are part of the answer too).
     assert!(answer.starts_with(&at_kill), "{answer}");
     assert!(answer.len() > at_kill.len() + 20, "finished here: {answer}");
+    // The conversation keeps the whole answer, and that the GPU peer failed it.
+    let shown = ok(&laptop, &["show", done["conversation_id"].as_str().unwrap()]);
+    let kept = &shown["messages"][1];
+    assert_eq!(kept["text"], answer, "{shown}");
+    assert!(
+        kept["served_by"].as_str().unwrap().starts_with("gpu-1 (failed"),
+        "{shown}"
+    );
 }

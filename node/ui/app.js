@@ -185,11 +185,9 @@ function newConversation() {
 }
 $('new-conversation').addEventListener('click', newConversation);
 
-// Which GPU peer made an answer streamed in this window (answer id -> text), for its line.
-const servedBy = new Map();
-
 function messageElement(m) {
-  const where = servedBy.get(m.id);
+  // The org GPU peer that made an answer (kept in the conversation, so every device shows it).
+  const where = m.served_by ? `on GPU peer ${m.served_by}` : '';
   const timings = Object.entries(m.timings_ms || {}).map(([k, v]) => `${k.replaceAll('_', ' ')} ${/tokens$|per_second$/.test(k) ? v : `${v} ms`}`).join(' · ');
   return el('li', { class: `msg ${m.role} ${m.status === 'streaming' ? 'streaming' : ''} ${m.status === 'failed' ? 'failed' : ''}`, 'data-id': m.id },
     el('div', { class: 'text', text: m.text }),
@@ -278,12 +276,7 @@ async function ask(text) {
         list.scrollTop = list.scrollHeight;
       } else if (event === 'done') {
         answer.classList.remove('streaming');
-        const o = value.offload;
-        if (o && streaming) {
-          servedBy.set(streaming.messageId, o.failed
-            ? `GPU peer ${o.name || o.peer_id.slice(0, 12)} failed (${o.failed}); finished on this computer`
-            : `on GPU peer ${o.name || o.peer_id.slice(0, 12)}`);
-        }
+
         if (value.error) showError('ask-error', new Error(value.error));
       }
     });

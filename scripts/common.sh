@@ -22,9 +22,10 @@ as_root() {
 # microphone and speaker), espeak-ng and sox to make the speech the voice tests listen to.
 install_system_packages() {
   # chromium (the UI's browser tests), xvfb and imagemagick (the desktop window's screenshot),
-  # libwebkit2gtk-4.1-dev and libayatana-appindicator3-dev (the Tauri desktop app and its tray).
+  # libwebkit2gtk-4.1-dev and libayatana-appindicator3-dev (the Tauri desktop app and its tray),
+  # dbus and libglib2.0-bin (a session bus and gdbus, to drive the tray as a desktop would).
   local debian_packages=(build-essential pkg-config iproute2 iptables procps cmake libclang-dev libasound2-dev espeak-ng sox
-    chromium xvfb xauth imagemagick libwebkit2gtk-4.1-dev libayatana-appindicator3-dev)
+    chromium xvfb xauth imagemagick libwebkit2gtk-4.1-dev libayatana-appindicator3-dev dbus libglib2.0-bin)
   case "$(uname -s)" in
     Linux)
       if command -v apt-get >/dev/null; then

@@ -143,8 +143,17 @@ fn analyse(png_path: &Path) -> (usize, usize) {
 }
 
 fn desktop(home: &Path, dir: &Path, display: &str) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("jarvis-desktop"))
-        .env("DISPLAY", display)
+    desktop_on(home, dir, display, None)
+}
+
+/// [`desktop`], on the D-Bus session bus at `bus` (for the tray).
+fn desktop_on(home: &Path, dir: &Path, display: &str, bus: Option<&str>) -> Child {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("jarvis-desktop"));
+    match bus {
+        Some(bus) => cmd.env("DBUS_SESSION_BUS_ADDRESS", bus),
+        None => cmd.env_remove("DBUS_SESSION_BUS_ADDRESS"),
+    };
+    cmd.env("DISPLAY", display)
         // The app's own settings (start at login) and the node's, inside the test's folder.
         .env("HOME", dir)
         .env("XDG_CONFIG_HOME", dir.join("config"))
@@ -250,4 +259,225 @@ fn the_app_starts_the_node_and_shows_its_live_ui_in_a_window() {
     );
     let _ = again.kill();
     let _ = again.wait();
+}
+
+/// A private D-Bus session bus (`dbus-daemon`), stopped when dropped.
+struct SessionBus {
+    pid: String,
+    address: String,
+}
+
+impl SessionBus {
+    fn start() -> Self {
+        let out = Command::new("dbus-daemon")
+            .args(["--session", "--fork", "--print-address=1", "--print-pid=1"])
+            .output()
+            .expect("dbus-daemon is not installed (scripts/test.sh installs dbus)");
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        let address = lines.next().unwrap().to_owned();
+        let pid = lines.next().unwrap().to_owned();
+        Self { pid, address }
+    }
+
+    /// `gdbus call` on this bus; its output.
+    fn call(&self, dest: &str, path: &str, method: &str, args: &[&str]) -> String {
+        self.try_call(dest, path, method, args)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    fn try_call(
+        &self,
+        dest: &str,
+        path: &str,
+        method: &str,
+        args: &[&str],
+    ) -> Result<String, String> {
+        let out = Command::new("gdbus")
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .args([
+                "call",
+                "--session",
+                "--dest",
+                dest,
+                "--object-path",
+                path,
+                "--method",
+                method,
+                "--",
+            ])
+            .args(args)
+            .output()
+            .expect("gdbus is not installed (scripts/test.sh installs libglib2.0-bin)");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8(out.stdout).unwrap())
+    }
+
+    /// The bus names of the process `pid` (a GTK app has several connections).
+    fn names_of(&self, pid: u32) -> Vec<String> {
+        let names = self.call(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.ListNames",
+            &[],
+        );
+        names
+            .split('\'')
+            .filter(|n| n.starts_with(':'))
+            // Names come and go (each `gdbus` is a connection of its own).
+            .filter(|n| {
+                self.try_call(
+                    "org.freedesktop.DBus",
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus.GetConnectionUnixProcessID",
+                    &[n],
+                )
+                .is_ok_and(|answer| answer.contains(&format!("uint32 {pid},")))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for SessionBus {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
+}
+
+/// The id of the menu item labelled `label` in a `com.canonical.dbusmenu.GetLayout` answer
+/// (`…<(4, {…, 'label': <'Mute microphone'>}, @av [])>…`).
+fn menu_item(layout: &str, label: &str) -> String {
+    let at = layout
+        .find(&format!("'label': <'{label}'>"))
+        .unwrap_or_else(|| panic!("no menu item {label:?} in {layout}"));
+    let start = layout[..at].rfind("<(").unwrap() + 2;
+    layout[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie, waiting for a parent that may never reap it, does not).
+fn process_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// The tray, as a desktop environment sees it: the app's StatusNotifierItem and its menu on
+/// the session bus (what GNOME's AppIndicator extension and KDE show). Its Mute item mutes the
+/// node's microphone, and Quit ends the app and the node it started.
+#[test]
+fn the_tray_menu_mutes_the_microphone_and_quits_over_dbus() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let x = Xvfb::start();
+    let bus = SessionBus::start();
+    let mut app = desktop_on(&home, dir.path(), &x.display, Some(&bus.address));
+    let events = lines(app.stdout.take().unwrap());
+    let started = next_event(&events, "started");
+    let origin = started["origin"].as_str().unwrap().to_owned();
+    let node_pid = started["pid"].as_u64().unwrap();
+    struct StopBoth(u64, Child);
+    impl Drop for StopBoth {
+        fn drop(&mut self) {
+            let _ = self.1.kill();
+            let _ = self.1.wait();
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.to_string()])
+                .status();
+        }
+    }
+    let app_pid = app.id();
+    let mut guard = StopBoth(node_pid, app);
+    next_event(&events, "loaded");
+    let token = token(&home);
+
+    let item = "/org/ayatana/NotificationItem/tray_icon_tray_app_jarvis";
+    let (owner, properties) = wait_for("the tray item on the bus", Duration::from_secs(30), || {
+        bus.names_of(app_pid).into_iter().find_map(|name| {
+            bus.try_call(
+                &name,
+                item,
+                "org.freedesktop.DBus.Properties.GetAll",
+                &["org.kde.StatusNotifierItem"],
+            )
+            .ok()
+            .map(|p| (name, p))
+        })
+    });
+    assert!(properties.contains("'Status': <'Active'>"), "{properties}");
+    let menu = format!("{item}/Menu");
+    let layout = bus.call(
+        &owner,
+        &menu,
+        "com.canonical.dbusmenu.GetLayout",
+        &["0", "-1", "[]"],
+    );
+    for label in [
+        "Show Jarvis",
+        "Push to talk (Ctrl+Shift+Space)",
+        "Start at login",
+    ] {
+        menu_item(&layout, label);
+    }
+
+    let muted = || {
+        let addr = origin.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        write!(
+            stream,
+            "GET /v1/voice HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let body: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1)?).ok()?;
+        body["muted"].as_bool()
+    };
+    assert_eq!(muted(), Some(false));
+    let click = |id: &str| {
+        bus.call(
+            &owner,
+            &menu,
+            "com.canonical.dbusmenu.Event",
+            &[id, "clicked", "<int32 0>", "0"],
+        );
+    };
+    click(&menu_item(&layout, "Mute microphone"));
+    wait_for(
+        "the tray's Mute to mute the node",
+        Duration::from_secs(10),
+        || (muted() == Some(true)).then_some(()),
+    );
+    let layout = bus.call(
+        &owner,
+        &menu,
+        "com.canonical.dbusmenu.GetLayout",
+        &["0", "-1", "[]"],
+    );
+    assert!(
+        layout.contains(
+            "'toggle-state': <1>, 'toggle-type': <'checkmark'>, 'label': <'Mute microphone'>"
+        ),
+        "the item shows it: {layout}"
+    );
+
+    click(&menu_item(&layout, "Quit Jarvis"));
+    wait_for("Quit to end the app", Duration::from_secs(20), || {
+        guard.1.try_wait().ok().flatten()
+    });
+    wait_for(
+        "Quit to stop the node the app started",
+        Duration::from_secs(20),
+        || (!process_alive(node_pid)).then_some(()),
+    );
 }

@@ -327,11 +327,17 @@ fn the_policy_decides_where_and_a_gpu_peer_that_dies_mid_answer_hands_it_back() 
     assert!(answer.starts_with(&at_kill), "{answer}");
     assert!(answer.len() > at_kill.len() + 20, "finished here: {answer}");
     // The conversation keeps the whole answer, and that the GPU peer failed it.
-    let shown = ok(&laptop, &["show", done["conversation_id"].as_str().unwrap()]);
+    let shown = ok(
+        &laptop,
+        &["show", done["conversation_id"].as_str().unwrap()],
+    );
     let kept = &shown["messages"][1];
     assert_eq!(kept["text"], answer, "{shown}");
     assert!(
-        kept["served_by"].as_str().unwrap().starts_with("gpu-1 (failed"),
+        kept["served_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("gpu-1 (failed"),
         "{shown}"
     );
 }

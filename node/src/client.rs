@@ -47,6 +47,34 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
                     .unwrap_or_default()
             ));
         }
+        let offload = &status["offload"];
+        text.push_str(&format!(
+            "answers {}\n",
+            match offload["policy"].as_str() {
+                Some("local") => "on this machine only (offload policy: local)",
+                Some("gpu") => "on the org's GPU peers first (offload policy: gpu)",
+                _ => "here, or on a GPU peer when that is better (offload policy: auto)",
+            }
+        ));
+        for g in offload["gpu_peers"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                "gpu    {} {} ({}, {} busy of {} slots; {} answers for you{})\n",
+                g["name"].as_str().unwrap_or("?"),
+                g["model"].as_str().unwrap_or("no report yet"),
+                if g["ready"] == true {
+                    "ready"
+                } else {
+                    "not ready"
+                },
+                g["busy"].as_u64().unwrap_or(0),
+                g["slots"].as_u64().unwrap_or(0),
+                g["answers"].as_u64().unwrap_or(0),
+                g["last_error"]
+                    .as_str()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default(),
+            ));
+        }
         let peers = status["peers"].as_array().cloned().unwrap_or_default();
         if peers.is_empty() {
             text.push_str("no peers connected");
@@ -95,6 +123,16 @@ pub fn ask(home: &Home, out: Output, text: &str, conversation: Option<String>) -
                 print,
             ))?;
             print_end(out, &answer);
+            // Where it was made, when not here (stderr: the answer alone stays on stdout).
+            let offload = &answer["offload"];
+            if let Some(name) = offload["name"].as_str() {
+                match offload["failed"].as_str() {
+                    Some(why) => out.note(&format!(
+                        "(GPU peer {name} failed mid-answer ({why}); this machine finished it)"
+                    )),
+                    None => out.note(&format!("(answered by the org's GPU peer {name})")),
+                }
+            }
             answer
         }
         None => {

@@ -137,10 +137,15 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
         model_bytes,
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
     };
+    // Serving is all a GPU peer does: a model that cannot load ends it, with the reason. A
+    // large one still loading after a minute is served once it is ready.
     let model_state = match engine.wait_ready(Duration::from_secs(60)).await {
-        EngineState::Ready { .. } => "ready".to_owned(),
-        EngineState::Failed(problem) => format!("unavailable: {problem}"),
-        _ => "loading".to_owned(),
+        EngineState::Ready { .. } => "ready",
+        EngineState::Failed(problem) => {
+            engine.shutdown().await;
+            bail!("cannot serve {}: {problem}", engine.model_name());
+        }
+        _ => "loading",
     };
     tracing::info!(%peer_id, org = %org.name, name = %verified.name, "GPU peer up");
     out.emit(

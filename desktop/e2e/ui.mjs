@@ -116,8 +116,11 @@ try {
   }, 120_000);
   const answerText = await answer.locator('.text').textContent();
   const lengths = await page.evaluate(() => [...window.answerLengths]);
-  // Seen growing token by token: several lengths before the final text.
-  check(lengths.filter((n) => n > 0).length >= 3, `the answer streamed in (lengths seen: ${lengths.join(',')})`);
+  // Seen growing before it was complete: part of the text on screen first. (Tokens that arrive
+  // in one network read are drawn in one task, which the observer sees once: on a busy machine
+  // a short answer may show in as few as two steps.)
+  const partial = lengths.filter((n) => n > 0 && n < answerText.length);
+  check(partial.length >= 1, `the answer streamed in (lengths seen: ${lengths.join(',')}, final ${answerText.length})`);
   const conversation = await until('the conversation in the list', () =>
     page.locator('#conversation-list li.active').getAttribute('data-id').catch(() => null));
   await page.check('#show-timings');

@@ -30,11 +30,19 @@ use crate::home::{Home, HomeKind, KeyFile, Passphrase, now};
 use crate::mesh::{GpuBehaviour, GpuBehaviourEvent, Hello};
 use crate::output::Output;
 
-/// Streams served at once (answers in flight and queued, and load reports): beyond it a new
-/// stream is refused with a message rather than left waiting.
+/// Streams served at once (answers in flight and queued, and load reports), from
+/// authenticated devices: beyond it a new stream is refused with a message rather than left
+/// waiting.
 const MAX_STREAMS: usize = 256;
+/// Streams one device may have at once (so one device cannot take every slot).
+const MAX_STREAMS_PER_PEER: usize = 16;
+/// Streams waiting for their peer's hello to be checked (a device may open its first stream
+/// before we have checked its hello); beyond it, refused.
+const MAX_PENDING: usize = 64;
 /// How long a peer has, after opening a stream, to be authenticated and to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one write may wait for a device that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The peers whose chains verified, with what they are.
 type Gate = Arc<Mutex<HashMap<PeerId, Verified>>>;
@@ -136,6 +144,8 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
         gate: gate.clone(),
         model_bytes,
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        pending: Arc::new(Semaphore::new(MAX_PENDING)),
+        per_peer: Arc::new(Mutex::new(HashMap::new())),
     };
     // Serving is all a GPU peer does: a model that cannot load ends it, with the reason. A
     // large one still loading after a minute is served once it is ready.
@@ -203,9 +213,24 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                     } else {
                         crate::mesh::check_hello(&org.root, &mut revocations, peer, &bytes, now())
                     };
-                    if let Ok(c) = &checked && c.new_revocations > 0
-                        && let Err(e) = home.save_revocations(&revocations) {
-                        tracing::warn!(error = %e, "cannot save revocations");
+                    if let Ok(c) = &checked && c.new_revocations > 0 {
+                        if let Err(e) = home.save_revocations(&revocations) {
+                            tracing::warn!(error = %e, "cannot save revocations");
+                        }
+                        // Devices revoked since they were let in are let go at once.
+                        let revoked: Vec<PeerId> = gate_lock(&gate)
+                            .iter()
+                            .filter(|(_, v)| {
+                                revocations.is_key_revoked(&v.subject)
+                                    || v.user.as_ref().is_some_and(|u| revocations.is_user_revoked(u))
+                            })
+                            .map(|(p, _)| *p)
+                            .collect();
+                        for p in revoked {
+                            tracing::info!(peer = %p, "revoked: disconnecting");
+                            gate_lock(&gate).remove(&p);
+                            let _ = swarm.disconnect_peer_id(p);
+                        }
                     }
                     // Devices of the org may ask; nothing else (relays, other GPU peers) may.
                     let result = checked.and_then(|c| {
@@ -250,24 +275,100 @@ struct Server {
     gate: Gate,
     model_bytes: u64,
     streams: Arc<Semaphore>,
+    pending: Arc<Semaphore>,
+    /// Streams open per device.
+    per_peer: Arc<Mutex<HashMap<PeerId, usize>>>,
+}
+
+/// One of a device's streams; dropping it gives the place back.
+struct PeerSlot {
+    peer: PeerId,
+    counts: Arc<Mutex<HashMap<PeerId, usize>>>,
+}
+
+impl PeerSlot {
+    fn take(counts: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
+        let mut all = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = all.entry(peer).or_insert(0);
+        if *n >= MAX_STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            peer,
+            counts: Arc::clone(counts),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut all = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = all.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                all.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Writes one frame, giving up on a device that does not read.
+async fn send<W: futures::AsyncWrite + Unpin>(
+    writer: &mut W,
+    reply: &Reply,
+) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&core::encode(reply)))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the device does not read")
+        })?
 }
 
 impl Server {
+    /// Takes a stream: only an authenticated device's, within its share and the total, is
+    /// served; a peer whose hello is not checked yet waits (among a bounded few).
     fn accept(&self, peer: PeerId, stream: libp2p::Stream) {
-        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many streams; refusing one");
-            tokio::spawn(refuse(
-                stream,
-                "this GPU peer is serving too many requests; try again",
-            ));
+        let Ok(pending) = self.pending.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many streams waiting for authentication; refusing one");
+            tokio::spawn(refuse(stream, "this GPU peer is busy; try again"));
             return;
         };
         let server = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = server.serve(peer, stream).await {
+            let verified = server.authenticated(peer).await;
+            drop(pending);
+            let Some(verified) = verified else {
+                tracing::warn!(%peer, "stream from a peer that is not an authenticated device");
+                let _ = refuse(
+                    stream,
+                    "not authenticated: this GPU peer serves the org's devices",
+                )
+                .await;
+                return;
+            };
+            let Some(slot) = PeerSlot::take(&server.per_peer, peer) else {
+                let _ = refuse(stream, "too many requests from this device at once").await;
+                return;
+            };
+            let Ok(permit) = server.streams.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "too many streams; refusing one");
+                let _ = refuse(
+                    stream,
+                    "this GPU peer is serving too many requests; try again",
+                )
+                .await;
+                return;
+            };
+            if let Err(e) = server.serve(verified, stream).await {
                 tracing::debug!(%peer, error = %e, "stream ended");
             }
-            drop(permit);
+            drop((permit, slot));
         });
     }
 
@@ -300,15 +401,7 @@ impl Server {
         }
     }
 
-    async fn serve(&self, peer: PeerId, stream: libp2p::Stream) -> std::io::Result<()> {
-        let Some(verified) = self.authenticated(peer).await else {
-            tracing::warn!(%peer, "stream from a peer that is not an authenticated device");
-            return refuse(
-                stream,
-                "not authenticated: this GPU peer serves the org's devices",
-            )
-            .await;
-        };
+    async fn serve(&self, verified: Verified, stream: libp2p::Stream) -> std::io::Result<()> {
         let (mut reader, mut writer) = stream.split();
         let mut frames = Frames::new(MAX_REQUEST);
         let mut buf = vec![0u8; 64 * 1024];
@@ -317,40 +410,38 @@ impl Server {
                 match frames.next_frame::<Ask>() {
                     Ok(Some(ask)) => return Ok(ask),
                     Ok(None) => {}
-                    Err(e) => return Err(e.to_string()),
+                    // Bytes that are not a request: the device's request is wrong, not us.
+                    Err(e) => return Err((ErrorKind::InvalidRequest, e.to_string())),
                 }
-                let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
+                let n = reader
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| (ErrorKind::Engine, e.to_string()))?;
                 if n == 0 {
-                    return Err("the stream closed before a request".to_owned());
+                    return Err((
+                        ErrorKind::Engine,
+                        "the stream closed before a request".to_owned(),
+                    ));
                 }
                 frames.push(buf.get(..n).unwrap_or_default());
             }
         })
         .await
-        .unwrap_or_else(|_| Err("no request in time".to_owned()));
-        let ask = match ask {
-            Ok(ask) => ask,
-            Err(message) => {
-                let reply = Reply::Failed {
-                    kind: ErrorKind::InvalidRequest,
-                    message,
-                };
-                writer.write_all(&core::encode(&reply)).await?;
-                return writer.close().await;
-            }
-        };
+        .unwrap_or_else(|_| Err((ErrorKind::Engine, "no request in time".to_owned())));
         let (messages, sampling, prefix) = match ask {
-            Ask::Load => {
-                writer
-                    .write_all(&core::encode(&Reply::Load(self.load())))
-                    .await?;
+            Ok(Ask::Load) => {
+                send(&mut writer, &Reply::Load(self.load())).await?;
                 return writer.close().await;
             }
-            Ask::Generate {
+            Ok(Ask::Generate {
                 messages,
                 sampling,
                 prefix,
-            } => (messages, sampling, prefix),
+            }) => (messages, sampling, prefix),
+            Err((kind, message)) => {
+                send(&mut writer, &Reply::Failed { kind, message }).await?;
+                return writer.close().await;
+            }
         };
         // Fair between users: the supervisor's queue takes turns between clients.
         let client = verified
@@ -370,7 +461,7 @@ impl Server {
                     kind: ErrorKind::Engine,
                     message: e.to_string(),
                 };
-                writer.write_all(&core::encode(&reply)).await?;
+                send(&mut writer, &reply).await?;
                 return writer.close().await;
             }
         };
@@ -399,7 +490,7 @@ impl Server {
                 Some(Update::Failed { kind, message }) => Reply::Failed { kind, message },
             };
             let last = matches!(reply, Reply::Done { .. } | Reply::Failed { .. });
-            writer.write_all(&core::encode(&reply)).await?;
+            send(&mut writer, &reply).await?;
             if last {
                 return writer.close().await;
             }
@@ -413,6 +504,6 @@ async fn refuse(mut stream: libp2p::Stream, message: &str) -> std::io::Result<()
         kind: ErrorKind::Engine,
         message: message.to_owned(),
     };
-    stream.write_all(&core::encode(&reply)).await?;
+    send(&mut stream, &reply).await?;
     stream.close().await
 }

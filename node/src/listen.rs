@@ -139,6 +139,10 @@ pub(crate) fn piper_voice(
         return Ok(None);
     }
     let model = match choice {
+        // A name, not a path: nothing outside the model cache is loaded.
+        Some(name) if !crate::settings::plain_name(name) => {
+            bail!("{name:?} is not a voice's name")
+        }
         Some(name) => store.dir().join(format!("{name}.onnx")),
         None => store.path(DEFAULT_VOICE)?,
     };

@@ -592,6 +592,7 @@ impl Node {
                 tracing::warn!(error = %e, "cannot save revocations");
             }
             self.rotate_after_revocation();
+            self.drop_revoked_peers();
         }
         let verified = checked.verified;
         if verified.kind == CertKind::Device
@@ -635,6 +636,30 @@ impl Node {
             devices = revoked.len(),
             "rotated document keys after a revocation"
         );
+    }
+
+    /// Peers let in before a revocation that now covers them are let go: a revoked GPU peer
+    /// gets no more conversations, a revoked relay no more changes.
+    fn drop_revoked_peers(&mut self) {
+        let revocations = &self.revocations;
+        let revoked: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.verified.as_ref().is_some_and(|v| {
+                    revocations.is_key_revoked(&v.subject)
+                        || v.user
+                            .as_ref()
+                            .is_some_and(|u| revocations.is_user_revoked(u))
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in revoked {
+            tracing::info!(%peer, "revoked: disconnecting");
+            self.offload.left(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     fn save_devices(&self) {

@@ -99,7 +99,20 @@ pub struct Routed {
     pub route: watch::Receiver<Where>,
 }
 
+/// How one attempt on a GPU peer ended, for its record.
+enum Attempt {
+    /// The answer came (done, or refused by the model for a reason that holds anywhere).
+    Answered,
+    /// Nobody reads it any more (the client went away): says nothing about the peer.
+    Abandoned,
+    /// The peer failed; the answer goes on elsewhere.
+    Failed(String),
+}
+
 struct GpuPeer {
+    /// Which connection of the peer this entry is for: a peer that left and came back is a new
+    /// entry, and answers of the old one do not touch it.
+    epoch: u64,
     name: String,
     candidate: Candidate<PeerId>,
     answers: u64,
@@ -115,6 +128,7 @@ struct Inner {
     /// The local model file's size, for [`Policy::Auto`].
     local_model_bytes: u64,
     joined: Notify,
+    epochs: std::sync::atomic::AtomicU64,
 }
 
 /// The offload service (cheap to clone).
@@ -143,6 +157,7 @@ impl Offload {
                 policy: RwLock::new(policy),
                 local_model_bytes,
                 joined: Notify::new(),
+                epochs: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -169,7 +184,12 @@ impl Offload {
 
     /// An authenticated GPU peer connected.
     pub fn joined(&self, peer: PeerId, name: String) {
+        let epoch = self
+            .inner
+            .epochs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         lock(&self.inner.peers).entry(peer).or_insert(GpuPeer {
+            epoch,
             name,
             candidate: Candidate::new(peer),
             answers: 0,
@@ -288,7 +308,7 @@ impl Offload {
         engine: &EngineHandle,
         prompt_chars: usize,
         excluded: &[PeerId],
-    ) -> Option<(PeerId, String)> {
+    ) -> Option<(PeerId, String, u64)> {
         let (ready, slots) = match engine.state() {
             EngineState::Ready { slots, .. } => (true, slots),
             _ => (false, 0),
@@ -305,21 +325,26 @@ impl Offload {
         let state = peers.get_mut(&chosen)?;
         state.candidate.in_flight += 1;
         state.last_used = Some(unix_now());
-        Some((chosen, state.name.clone()))
+        Some((chosen, state.name.clone(), state.epoch))
     }
 
-    fn finished(&self, peer: PeerId, took: Duration, error: Option<&str>) {
-        if let Some(state) = lock(&self.inner.peers).get_mut(&peer) {
-            state.candidate.in_flight = state.candidate.in_flight.saturating_sub(1);
-            state
-                .candidate
-                .record(took.as_secs_f64() * 1_000.0, error.is_some());
-            match error {
-                Some(e) => {
-                    state.failures += 1;
-                    state.last_error = Some(e.to_owned());
-                }
-                None => state.answers += 1,
+    fn finished(&self, peer: PeerId, epoch: u64, took: Duration, attempt: &Attempt) {
+        let mut peers = lock(&self.inner.peers);
+        let Some(state) = peers.get_mut(&peer).filter(|s| s.epoch == epoch) else {
+            return;
+        };
+        state.candidate.in_flight = state.candidate.in_flight.saturating_sub(1);
+        let took_ms = took.as_secs_f64() * 1_000.0;
+        match attempt {
+            Attempt::Answered => {
+                state.candidate.record(took_ms, false);
+                state.answers += 1;
+            }
+            Attempt::Abandoned => {}
+            Attempt::Failed(e) => {
+                state.candidate.record(took_ms, true);
+                state.failures += 1;
+                state.last_error = Some(e.clone());
             }
         }
     }
@@ -334,7 +359,7 @@ impl Offload {
         request: Request,
     ) -> Result<Routed, SubmitError> {
         let chars = request.messages.iter().map(|m| m.content.len()).sum();
-        let Some((peer, name)) = self.pick(engine, chars, &[]) else {
+        let Some((peer, name, epoch)) = self.pick(engine, chars, &[]) else {
             let generation = engine.submit(request).await?;
             let (_, route) = watch::channel(Where::Local);
             return Ok(Routed { generation, route });
@@ -344,7 +369,7 @@ impl Offload {
         let this = self.clone();
         let engine = engine.clone();
         tokio::spawn(async move {
-            this.answer_remotely(peer, request, engine, updates_tx, route_tx)
+            this.answer_remotely((peer, epoch), request, engine, updates_tx, route_tx)
                 .await;
         });
         Ok(Routed {
@@ -358,7 +383,7 @@ impl Offload {
     /// cancels the answer on the peer).
     async fn answer_remotely(
         self,
-        first: PeerId,
+        (first, first_epoch): (PeerId, u64),
         mut request: Request,
         engine: EngineHandle,
         updates: mpsc::Sender<Update>,
@@ -367,32 +392,40 @@ impl Offload {
         let submitted = Instant::now();
         let mut text = String::new();
         let mut tried = vec![first];
-        let mut peer = first;
+        let (mut peer, mut epoch) = (first, first_epoch);
         let mut rejoin = Rejoin::default();
+        let mut tokens = 0u32;
         let reason = loop {
             let started = Instant::now();
-            let result = self
-                .stream_answer(peer, &request, submitted, &mut text, &mut rejoin, &updates)
+            let attempt = self
+                .stream_answer(
+                    peer,
+                    &request,
+                    submitted,
+                    &mut text,
+                    &mut tokens,
+                    &mut rejoin,
+                    &updates,
+                )
                 .await;
-            self.finished(
-                peer,
-                started.elapsed(),
-                result.as_ref().err().map(String::as_str),
-            );
-            let reason = match result {
-                Ok(()) => return,
-                Err(reason) => reason,
+            self.finished(peer, epoch, started.elapsed(), &attempt);
+            let reason = match attempt {
+                Attempt::Answered | Attempt::Abandoned => return,
+                Attempt::Failed(reason) => reason,
             };
             tracing::warn!(%peer, %reason, received = text.len(), "GPU peer failed mid-answer");
+            // The rest of the answer: from what was received, within what is left of its length.
             (request.prefix, rejoin) = core::resume_from(&text);
+            request.sampling.max_tokens = request.sampling.max_tokens.saturating_sub(tokens).max(1);
+            tokens = 0;
             let chars = request.messages.iter().map(|m| m.content.len()).sum();
             match (tried.len() < MAX_PEERS_PER_ANSWER)
                 .then(|| self.pick(&engine, chars, &tried))
                 .flatten()
             {
-                Some((next, name)) => {
+                Some((next, name, next_epoch)) => {
                     tried.push(next);
-                    peer = next;
+                    (peer, epoch) = (next, next_epoch);
                     route.send_replace(Where::Peer { id: next, name });
                 }
                 None => break reason,
@@ -441,33 +474,62 @@ impl Offload {
         }
     }
 
-    /// One attempt on one peer. `Ok` when the answer ended (done, refused by the model, or
-    /// the reader went away); `Err` with the reason when the peer failed and the answer should
-    /// go on elsewhere. `text` collects what was received.
+    /// One attempt on one peer. `text` collects what was received, `tokens` counts its pieces.
+    #[allow(clippy::too_many_arguments)]
     async fn stream_answer(
         &self,
         peer: PeerId,
         request: &Request,
         submitted: Instant,
         text: &mut String,
+        tokens: &mut u32,
         rejoin: &mut Rejoin,
         updates: &mpsc::Sender<Update>,
-    ) -> Result<(), String> {
-        let mut stream =
-            tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, protocol()))
+    ) -> Attempt {
+        let attempt = async {
+            let mut stream =
+                tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, protocol()))
+                    .await
+                    .map_err(|_| "opening a stream to it timed out".to_owned())?
+                    .map_err(|e| e.to_string())?;
+            let ask = Ask::Generate {
+                messages: request.messages.clone(),
+                sampling: request.sampling.clone(),
+                prefix: request.prefix.clone(),
+            };
+            // A peer that does not read its request is given up on like a silent one.
+            let send = async {
+                stream.write_all(&core::encode(&ask)).await?;
+                stream.flush().await
+            };
+            tokio::time::timeout(OPEN_TIMEOUT, send)
                 .await
-                .map_err(|_| "opening a stream to it timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
-        let ask = Ask::Generate {
-            messages: request.messages.clone(),
-            sampling: request.sampling.clone(),
-            prefix: request.prefix.clone(),
+                .map_err(|_| "it did not take the request".to_owned())?
+                .map_err(|e| format!("sending the request: {e}"))?;
+            self.read_answer(stream, request, submitted, text, tokens, rejoin, updates)
+                .await
         };
-        stream
-            .write_all(&core::encode(&ask))
-            .await
-            .map_err(|e| format!("sending the request: {e}"))?;
-        stream.flush().await.map_err(|e| e.to_string())?;
+        tokio::select! {
+            result = attempt => match result {
+                Ok(attempt) => attempt,
+                Err(reason) => Attempt::Failed(reason),
+            },
+            () = updates.closed() => Attempt::Abandoned,
+        }
+    }
+
+    /// Reads the peer's replies into `updates` until the answer ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_answer(
+        &self,
+        mut stream: libp2p::Stream,
+        request: &Request,
+        submitted: Instant,
+        text: &mut String,
+        tokens: &mut u32,
+        rejoin: &mut Rejoin,
+        updates: &mpsc::Sender<Update>,
+    ) -> Result<Attempt, String> {
         let mut frames = Frames::new(MAX_EVENT);
         let mut buf = [0u8; 8192];
         let mut first_token = None;
@@ -477,6 +539,12 @@ impl Offload {
                     Reply::Started { prompt_tokens } => Update::Started { prompt_tokens },
                     Reply::Token { text: piece } => {
                         first_token.get_or_insert_with(Instant::now);
+                        // One piece per token: a peer sending more than was asked for is
+                        // broken (or worse), and is not let grow the answer without end.
+                        *tokens += 1;
+                        if *tokens > request.sampling.max_tokens.saturating_add(8) {
+                            return Err("it sent more than the answer's length".into());
+                        }
                         let piece = rejoin.piece(piece);
                         if piece.is_empty() {
                             continue;
@@ -500,18 +568,26 @@ impl Offload {
                         generation: Duration::from_secs_f64(generation_ms.max(0.0) / 1_000.0),
                         model,
                     }),
-                    // The engine broke on the peer: go on elsewhere. A refusal of the request
-                    // itself (too long, invalid) would be refused anywhere: pass it on.
+                    // The engine broke on the peer: go on elsewhere; and a prompt too long for
+                    // its context may fit another's (or this machine's) before anything was
+                    // said. An invalid request would be refused anywhere: pass it on.
                     Reply::Failed {
                         kind: ErrorKind::Engine,
                         message,
                     } => return Err(message),
+                    Reply::Failed {
+                        kind: ErrorKind::ContextLengthExceeded,
+                        message,
+                    } if text.is_empty() => return Err(message),
                     Reply::Failed { kind, message } => Update::Failed { kind, message },
                     Reply::Load(_) => continue,
                 };
                 let last = matches!(update, Update::Done(_) | Update::Failed { .. });
-                if updates.send(update).await.is_err() || last {
-                    return Ok(());
+                if updates.send(update).await.is_err() {
+                    return Ok(Attempt::Abandoned);
+                }
+                if last {
+                    return Ok(Attempt::Answered);
                 }
             }
             let patience = if first_token.is_some() {
@@ -519,10 +595,7 @@ impl Offload {
             } else {
                 IDLE_TIMEOUT
             };
-            let read = tokio::select! {
-                read = tokio::time::timeout(patience, stream.read(&mut buf)) => read,
-                () = updates.closed() => return Ok(()),
-            };
+            let read = tokio::time::timeout(patience, stream.read(&mut buf)).await;
             let n = read
                 .map_err(|_| format!("it went silent for {} s", patience.as_secs()))?
                 .map_err(|e| format!("the stream broke: {e}"))?;

@@ -27,6 +27,11 @@ pub struct Settings {
 /// The range of wake thresholds accepted.
 pub const WAKE_THRESHOLDS: std::ops::RangeInclusive<f32> = 0.05..=0.95;
 
+/// Whether `name` is a plain file name (no path, not hidden): what a voice's name may be.
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0'])
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -52,6 +57,12 @@ impl Settings {
                         home.dir().join(FILE).display()
                     )
                 })?;
+                if let Some(voice) = settings.voice.as_deref().filter(|v| !plain_name(v)) {
+                    anyhow::bail!(
+                        "{}: {voice:?} is not a voice's name (a file name in the model cache, without .onnx)",
+                        home.dir().join(FILE).display()
+                    );
+                }
                 if !WAKE_THRESHOLDS.contains(&settings.wake_threshold) {
                     anyhow::bail!(
                         "{}: wake_threshold must be between 0.05 and 0.95",

@@ -65,6 +65,9 @@ pub struct UiState {
     pairing: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Models being downloaded (one download per model at a time).
     pulling: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// Held from reading `settings.json` to applying a change, so two changes at once do not
+    /// lose one.
+    settings: tokio::sync::Mutex<()>,
     events: broadcast::Sender<Value>,
 }
 
@@ -83,6 +86,7 @@ impl UiState {
             voice,
             pairing: tokio::sync::Mutex::new(None),
             pulling: Arc::default(),
+            settings: tokio::sync::Mutex::new(()),
             events,
         }
     }
@@ -573,6 +577,7 @@ async fn change_settings(
             "expected JSON with any of: {\"offload\": \"local\"|\"auto\"|\"gpu\", \"wake_word\": true|false, \"wake_threshold\": 0.05 to 0.95, \"voice\": a name from voice_choices or \"default\"}",
         );
     };
+    let _one_at_a_time = state.ui.settings.lock().await;
     let home = match home_of(&state) {
         Ok(home) => home,
         Err(r) => return *r,

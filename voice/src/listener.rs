@@ -10,7 +10,6 @@ use crate::turn::{Turn, TurnConfig, TurnEvent};
 use crate::vad::{FRAME, Vad};
 use crate::wake::{WakeModels, WakeWord};
 
-/// The listening pipeline.
 /// The wake word's settings, changed from outside while the listener runs (the user's
 /// settings screen): whether it listens for the wake word at all (off: push-to-talk only), and
 /// the score that wakes it (lower wakes more easily, and more often by mistake).
@@ -48,6 +47,7 @@ impl WakeControl {
     }
 }
 
+/// The listening pipeline.
 pub struct Listener {
     vad: Vad,
     wake: Option<WakeWord>,
@@ -66,6 +66,8 @@ pub struct Listener {
     talk: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Set from outside: the wake word on or off, and its threshold.
     wake_control: Option<std::sync::Arc<WakeControl>>,
+    /// Whether the wake word was listened for at the last frame.
+    wake_listening: bool,
 }
 
 impl Listener {
@@ -94,6 +96,7 @@ impl Listener {
             best_wake_score: 0.0,
             talk: None,
             wake_control: None,
+            wake_listening: true,
         })
     }
 
@@ -193,6 +196,14 @@ impl Listener {
             }
             None => true,
         };
+        // Turned back on: the wake word starts from fresh audio, not what it heard before.
+        if listening
+            && !self.wake_listening
+            && let Some(wake) = &mut self.wake
+        {
+            wake.reset();
+        }
+        self.wake_listening = listening;
         if let Some(wake) = &mut self.wake
             && listening
             && !self.turn.is_awake()

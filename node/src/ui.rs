@@ -108,6 +108,8 @@ pub struct Voice {
     voice_change: std::sync::Mutex<Option<Option<String>>>,
     /// The voice answers are spoken with now (`piper`, `espeak-ng`).
     tts: std::sync::Mutex<&'static str>,
+    /// What the current (or last) turn heard: partial at each pause, then final.
+    heard: std::sync::Mutex<String>,
     events: broadcast::Sender<Value>,
 }
 
@@ -137,6 +139,7 @@ impl Voice {
             )),
             voice_change: std::sync::Mutex::new(settings.voice.clone().map(Some)),
             tts: std::sync::Mutex::new(""),
+            heard: std::sync::Mutex::new(String::new()),
             events,
         }
     }
@@ -162,6 +165,21 @@ impl Voice {
     /// The voice chosen since the last call, if any.
     pub fn take_voice_change(&self) -> Option<Option<String>> {
         self.voice_change.lock().ok().and_then(|mut c| c.take())
+    }
+
+    /// What the turn has heard so far (a partial transcript, then the final one; empty at a
+    /// new wake).
+    pub fn heard(&self, text: String) {
+        let changed = match self.heard.lock() {
+            Ok(mut heard) if *heard != text => {
+                *heard = text;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            let _ = self.events.send(self.json());
+        }
     }
 
     /// The voice answers are now spoken with.
@@ -234,6 +252,7 @@ impl Voice {
             "problem": info.problem,
             "wake_word": self.wake.enabled(),
             "tts": self.tts.lock().map(|t| *t).unwrap_or(""),
+            "heard": self.heard.lock().map(|h| h.clone()).unwrap_or_default(),
         })
     }
 }

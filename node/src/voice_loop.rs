@@ -115,11 +115,14 @@ async fn turns(
         ui.set("idle");
         // A stop asked for after the last answer ended is not for the next one.
         ui.take_stop();
-        let report = |stage| {
-            ui.set(match stage {
-                Stage::Woke => "listening",
-                Stage::Transcribing => "transcribing",
-            });
+        let report = |stage| match stage {
+            Stage::Woke => {
+                ui.heard(String::new());
+                ui.set("listening");
+            }
+            // The words so far, shown while the user may still be speaking.
+            Stage::Heard(text) => ui.heard(text),
+            Stage::Transcribing => ui.set("transcribing"),
         };
         let (heard, feeding, worker) =
             pipeline::hear_reporting(listener, source, Pace::RealTime, stt, Some(watch), &report)
@@ -136,6 +139,7 @@ async fn turns(
             listener.next_turn(TurnConfig::default());
             continue;
         };
+        ui.heard(utterance.transcript.text.clone());
         let request = jarvis_voice::strip_wake_phrase(&utterance.transcript.text).to_owned();
         if request.is_empty() {
             metrics.voice_turn("no_request", &BTreeMap::new());

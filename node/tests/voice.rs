@@ -622,9 +622,14 @@ struct LiveNode {
 
 impl LiveNode {
     fn start(text: &str, settings: &str) -> Self {
+        Self::start_with(|dir| speech(dir, "q", text, 0.5), settings)
+    }
+
+    /// [`Self::start`] with the WAV `make` writes into the given folder.
+    fn start_with(make: impl FnOnce(&Path) -> PathBuf, settings: &str) -> Self {
         let home = home();
         let dir = tempfile::tempdir().unwrap();
-        let wav = speech(dir.path(), "q", text, 0.5);
+        let wav = make(dir.path());
         let question = samples(&wav);
         let period = question.len() as u64 + 32_000;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -804,4 +809,73 @@ fn stop_ends_a_spoken_answer_while_it_is_being_written() {
     common::wait_for("voice to listen again", || {
         (node.voice()["state"] == "idle").then_some(())
     });
+}
+
+/// What is heard shows while the user is still speaking: a request with a short pause in it
+/// (longer than the 160 ms that starts a transcript, shorter than the 320 ms that ends the
+/// request) has its first words on `/v1/voice` (`heard`) while the node still listens, and then
+/// the whole request.
+#[test]
+fn what_is_heard_shows_while_the_user_is_still_speaking() {
+    let node = LiveNode::start_with(
+        |dir| {
+            let first = speech(dir, "first", "hey jarvis, what is the capital", 0.0);
+            // Long enough after the pause for the words so far to come back even on a busy machine.
+            let rest = speech(
+                dir,
+                "rest",
+                "of France, and the capital of Spain, and of Italy",
+                0.0,
+            );
+            // espeak-ng's own silence at the ends trimmed, then exactly 280 ms between (the
+            // voice detector hears speech a little past its end, so the silence it measures is
+            // shorter).
+            let trimmed = |wav: &Path, name: &str, before: &str, after: &str| {
+                let out = dir.join(format!("{name}.trimmed.wav"));
+                let status = Command::new("sox")
+                    .arg(wav)
+                    .arg(&out)
+                    .args([
+                        "silence", "1", "0.01", "1%", "reverse", "silence", "1", "0.01", "1%",
+                        "reverse",
+                    ])
+                    .args(["pad", before, after])
+                    .status();
+                assert!(status.unwrap().success());
+                out
+            };
+            let first = trimmed(&first, "first", "0.5", "0.28");
+            let rest = trimmed(&rest, "rest", "0", "0.5");
+            concat(dir, &[&first, &rest])
+        },
+        "{}",
+    );
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let voice = node.voice();
+        let now = (
+            voice["state"].as_str().unwrap_or_default().to_owned(),
+            voice["heard"].as_str().unwrap_or_default().to_owned(),
+        );
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if now.0 == "thinking" || now.0 == "speaking" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no turn: {seen:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // (whisper's tiny model on cut speech may get words wrong; that they come is the point)
+    let partial = seen
+        .iter()
+        .find(|(state, heard)| state == "listening" && heard.to_lowercase().contains("jarvis"))
+        .map(|(_, heard)| heard.clone())
+        .unwrap_or_else(|| panic!("the words so far, while listening: {seen:?}"));
+    let last = &seen.last().unwrap().1;
+    assert!(
+        last.len() > partial.len(),
+        "then the whole request: {seen:?}"
+    );
 }

@@ -336,6 +336,9 @@ function onVoice(v) {
   mute.setAttribute('aria-pressed', String(v.muted));
   mute.textContent = v.muted ? 'Unmute' : 'Mute';
   $('voice-problem').textContent = v.problem || '';
+  // The words heard so far, live while the user speaks, then what was understood.
+  $('voice-heard').textContent = v.heard ? `“${v.heard}”` : '';
+  $('voice-heard').dataset.state = v.state;
   $('talk').disabled = v.state === 'off' || v.state === 'starting' || v.muted;
   $('stop-speaking').disabled = v.state !== 'speaking' && v.state !== 'thinking';
 }

@@ -225,15 +225,18 @@ pub async fn hear(
 }
 
 /// Where a turn is, for a UI: told as it happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stage {
     /// The wake word was heard: the request is being listened to.
     Woke,
+    /// The words so far, transcribed at a pause while the user may still be speaking.
+    Heard(String),
     /// The request ended: it is being transcribed.
     Transcribing,
 }
 
-/// [`hear`], telling `report` when the turn wakes and when its transcription starts.
+/// [`hear`], telling `report` when the turn wakes, what was heard at each pause (the partial
+/// transcripts), and when the final transcription starts.
 ///
 /// # Errors
 /// As [`hear`].
@@ -256,8 +259,28 @@ pub async fn hear_reporting(
         utterance: None,
     };
     let mut requested = Vec::new();
+    // Transcripts that came back while the user went on (from pauses), by end of speech.
+    let mut ready: Vec<(u64, Result<Transcript>)> = Vec::new();
     let mut finished = None;
-    while let Some(event) = events.recv().await {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            Some((end, result)) = results.recv() => {
+                if let Ok(t) = &result
+                    && heard.woke
+                    && !t.text.is_empty()
+                {
+                    report(Stage::Heard(t.text.clone()));
+                }
+                // Only the newest few can still be the utterance's.
+                ready.push((end, result));
+                if ready.len() > 4 {
+                    drop(ready.remove(0));
+                }
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         match event {
             Event::Woke { at, score } => {
                 if !heard.woke {
@@ -304,12 +327,21 @@ pub async fn hear_reporting(
                 .await
                 .map_err(|_| VoiceError::Model("the speech worker stopped".into()))?;
         }
-        let transcript = loop {
-            match results.recv().await {
-                Some((end, result)) if end == end_of_speech => break result?,
-                Some(_) => {}
-                None => return Err(VoiceError::Model("the speech worker stopped".into())),
-            }
+        let kept = ready
+            .iter()
+            .position(|(end, _)| *end == end_of_speech)
+            .map(|at| ready.swap_remove(at).1);
+        let transcript = match kept {
+            Some(result) => result?,
+            None => loop {
+                match results.recv().await {
+                    Some((end, result)) if end == end_of_speech => break result?,
+                    Some(_) => {}
+                    None => {
+                        return Err(VoiceError::Model("the speech worker stopped".into()));
+                    }
+                }
+            },
         };
         heard.utterance = Some(Utterance {
             transcript,

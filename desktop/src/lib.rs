@@ -217,8 +217,13 @@ fn answer(response: reqwest::blocking::Response) -> Result<Value> {
 pub fn tray_tooltip(voice: &Value) -> String {
     let state = voice.get("state").and_then(Value::as_str).unwrap_or("?");
     let muted = voice.get("muted").and_then(Value::as_bool).unwrap_or(false);
+    let wake_word = voice
+        .get("wake_word")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     match (muted, state) {
         (true, _) => "Jarvis: microphone muted".to_owned(),
+        (false, "idle") if !wake_word => "Jarvis: press Push to talk".to_owned(),
         (false, "idle") => "Jarvis: say \"hey Jarvis\"".to_owned(),
         (false, "off") => "Jarvis: voice off".to_owned(),
         (false, state) => format!("Jarvis: {state}"),
@@ -267,6 +272,10 @@ mod tests {
         assert_eq!(
             tip(r#"{"state":"idle","muted":true}"#),
             "Jarvis: microphone muted"
+        );
+        assert_eq!(
+            tip(r#"{"state":"idle","muted":false,"wake_word":false}"#),
+            "Jarvis: press Push to talk"
         );
     }
 }

@@ -195,6 +195,9 @@ fn setup(app: &AppHandle, node: &Arc<Node>, push_to_talk: Shortcut, minimized: b
         });
     }
 
+    // The voice state, at the top of the menu (where tooltips are not shown, as on Linux's
+    // AppIndicator trays, this is how the tray says whether Jarvis listens).
+    let state_item = MenuItem::with_id(app, "state", "Jarvis: starting…", false, None::<&str>)?;
     let show = MenuItem::with_id(app, "show", "Show Jarvis", true, None::<&str>)?;
     let talk_item = MenuItem::with_id(
         app,
@@ -217,7 +220,15 @@ fn setup(app: &AppHandle, node: &Arc<Node>, push_to_talk: Shortcut, minimized: b
     let separator = PredefinedMenuItem::separator(app)?;
     let menu = Menu::with_items(
         app,
-        &[&show, &talk_item, &mute, &separator, &at_login, &quit],
+        &[
+            &state_item,
+            &show,
+            &talk_item,
+            &mute,
+            &separator,
+            &at_login,
+            &quit,
+        ],
     )?;
     let icon = app
         .default_window_icon()
@@ -284,6 +295,7 @@ fn setup(app: &AppHandle, node: &Arc<Node>, push_to_talk: Shortcut, minimized: b
                 };
                 if tooltip != last {
                     let _ = tray.set_tooltip(Some(&tooltip));
+                    let _ = state_item.set_text(&tooltip);
                     last = tooltip;
                 }
                 std::thread::sleep(Duration::from_secs(1));

@@ -444,6 +444,22 @@ fn the_tray_menu_mutes_the_microphone_and_quits_over_dbus() {
         body["muted"].as_bool()
     };
     assert_eq!(muted(), Some(false));
+    // The menu's first line says what voice is doing (here: off, `--no-voice`).
+    wait_for(
+        "the tray to say the voice state",
+        Duration::from_secs(10),
+        || {
+            let layout = bus.call(
+                &owner,
+                &menu,
+                "com.canonical.dbusmenu.GetLayout",
+                &["0", "-1", "[]"],
+            );
+            layout
+                .contains("'label': <'Jarvis: voice off'>")
+                .then_some(())
+        },
+    );
     let click = |id: &str| {
         bus.call(
             &owner,
@@ -458,18 +474,19 @@ fn the_tray_menu_mutes_the_microphone_and_quits_over_dbus() {
         Duration::from_secs(10),
         || (muted() == Some(true)).then_some(()),
     );
-    let layout = bus.call(
-        &owner,
-        &menu,
-        "com.canonical.dbusmenu.GetLayout",
-        &["0", "-1", "[]"],
-    );
-    assert!(
-        layout.contains(
-            "'toggle-state': <1>, 'toggle-type': <'checkmark'>, 'label': <'Mute microphone'>"
-        ),
-        "the item shows it: {layout}"
-    );
+    // The item shows the check, and the first line says so (the thread polls once a second).
+    let layout = wait_for("the tray to show it", Duration::from_secs(10), || {
+        let layout = bus.call(
+            &owner,
+            &menu,
+            "com.canonical.dbusmenu.GetLayout",
+            &["0", "-1", "[]"],
+        );
+        (layout.contains(
+            "'toggle-state': <1>, 'toggle-type': <'checkmark'>, 'label': <'Mute microphone'>",
+        ) && layout.contains("'label': <'Jarvis: microphone muted'>"))
+        .then_some(layout)
+    });
 
     click(&menu_item(&layout, "Quit Jarvis"));
     wait_for("Quit to end the app", Duration::from_secs(20), || {

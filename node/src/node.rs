@@ -136,6 +136,9 @@ struct Peer {
     last_refusal: Option<String>,
     session: Option<Session>,
     hello_sent: bool,
+    /// The peer answered our hello with its own: it has admitted us (a relay then serves us
+    /// circuit reservations).
+    accepted_us: bool,
 }
 
 struct Redial {
@@ -162,6 +165,36 @@ impl Redial {
     }
 }
 
+/// A circuit address to listen on (`…/p2p/RELAY/p2p-circuit`): a reservation on that relay,
+/// so peers elsewhere can reach this node through it. The relay serves reservations only to
+/// peers that passed its gate, so the reservation is asked for once the relay has authenticated
+/// us (and we it), and asked for again whenever the relay ends it.
+struct CircuitListen {
+    address: Multiaddr,
+    relay: PeerId,
+    listener: Option<libp2p::core::transport::ListenerId>,
+    next: Instant,
+    backoff: Duration,
+}
+
+/// The relay a circuit address goes through, and the address of the relay itself (what comes
+/// before `/p2p-circuit`), if `address` is one.
+fn circuit_relay(address: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut relay = Multiaddr::empty();
+    let mut id = None;
+    for p in address.iter() {
+        match p {
+            Protocol::P2pCircuit => return id.map(|id| (id, relay)),
+            Protocol::P2p(peer) => {
+                id = Some(peer);
+                relay.push(p);
+            }
+            _ => relay.push(p),
+        }
+    }
+    None
+}
+
 /// A dial error short enough for `status` and the UI (libp2p's lists every address tried).
 fn short_error(error: &impl std::fmt::Display) -> String {
     let text = error.to_string();
@@ -181,6 +214,7 @@ pub struct Node {
     /// The user's other devices met so far: key → age recipient (persisted in devices.json).
     devices: BTreeMap<PublicKey, String>,
     redials: Vec<Redial>,
+    circuits: Vec<CircuitListen>,
     api_addr: String,
     /// Addresses actually listened on, with this node's peer id: what others dial.
     listening: Vec<Multiaddr>,
@@ -267,7 +301,20 @@ impl Node {
             .context("setting up the behaviour")?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
+        let mut circuits = Vec::new();
+        let mut circuit_relays = Vec::new();
         for address in &config.listen {
+            if let Some((relay, relay_address)) = circuit_relay(address) {
+                circuits.push(CircuitListen {
+                    address: address.clone(),
+                    relay,
+                    listener: None,
+                    next: Instant::now(),
+                    backoff: REDIAL_MIN,
+                });
+                circuit_relays.push(relay_address);
+                continue;
+            }
             swarm
                 .listen_on(address.clone())
                 .with_context(|| format!("cannot listen on {address}"))?;
@@ -303,11 +350,24 @@ impl Node {
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect();
+        // The relays of circuit addresses (listened on or dialled) are dialled themselves, so
+        // that they admit us before we ask them for a reservation or a circuit.
+        for relay in config
+            .peers
+            .iter()
+            .filter_map(|a| circuit_relay(a).map(|r| r.1))
+        {
+            if !circuit_relays.contains(&relay) {
+                circuit_relays.push(relay);
+            }
+        }
+        circuit_relays.retain(|a| !relays.contains(a));
         let redials = config
             .peers
             .iter()
             .map(|a| (a, false))
             .chain(relays.iter().map(|a| (a, true)))
+            .chain(circuit_relays.iter().map(|a| (a, true)))
             .map(|(address, relay)| Redial {
                 address: address.clone(),
                 next: Instant::now(),
@@ -325,6 +385,7 @@ impl Node {
             peers: HashMap::new(),
             devices,
             redials,
+            circuits,
             api_addr,
             listening: Vec::new(),
             metrics,
@@ -426,8 +487,15 @@ impl Node {
             }
         }
         let now = Instant::now();
+        let peers = &self.peers;
+        // A peer reached through a relay is dialled once the relay has admitted us: it opens
+        // circuits only for peers that passed its gate.
+        let relay_ready = |address: &Multiaddr| {
+            circuit_relay(address)
+                .is_none_or(|(relay, _)| peers.get(&relay).is_some_and(|p| p.accepted_us))
+        };
         for redial in &mut self.redials {
-            if redial.next > now {
+            if redial.next > now || !relay_ready(&redial.address) {
                 continue;
             }
             let already = redial.peer().is_some_and(|id| self.swarm.is_connected(&id));
@@ -442,6 +510,7 @@ impl Node {
                 redial.backoff = REDIAL_MIN;
             }
         }
+        self.reserve_circuits(now);
         let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for peer in peers {
@@ -450,6 +519,32 @@ impl Node {
                 None => continue,
             };
             self.send_sync(peer, out);
+        }
+    }
+
+    /// Asks for the circuit reservations not held, on relays that have authenticated us.
+    fn reserve_circuits(&mut self, now: Instant) {
+        for circuit in &mut self.circuits {
+            let admitted = self.peers.get(&circuit.relay).is_some_and(|p| {
+                p.accepted_us
+                    && p.verified
+                        .as_ref()
+                        .is_some_and(|v| v.kind == CertKind::Relay)
+            });
+            if circuit.listener.is_some() || !admitted || circuit.next > now {
+                continue;
+            }
+            match self.swarm.listen_on(circuit.address.clone()) {
+                Ok(id) => {
+                    tracing::info!(address = %circuit.address, "asking the relay for a reservation");
+                    circuit.listener = Some(id);
+                }
+                Err(e) => {
+                    tracing::warn!(address = %circuit.address, error = %e, "cannot listen through the relay");
+                }
+            }
+            circuit.next = now + circuit.backoff;
+            circuit.backoff = (circuit.backoff * 2).min(REDIAL_MAX);
         }
     }
 
@@ -490,6 +585,22 @@ impl Node {
                 self.listening
                     .push(address.with_p2p(me).unwrap_or_else(|a| a));
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some(circuit) = self
+                    .circuits
+                    .iter_mut()
+                    .find(|c| c.listener == Some(listener_id))
+                {
+                    // Refused (not admitted yet, or the relay is full) or ended with the
+                    // connection: asked for again on a later tick, with backoff.
+                    tracing::info!(address = %circuit.address, ?reason, "relay reservation ended");
+                    circuit.listener = None;
+                }
+            }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listening
                     .retain(|a| !a.to_string().starts_with(&address.to_string()));
@@ -513,6 +624,7 @@ impl Node {
                     last_refusal: None,
                     session: None,
                     hello_sent: false,
+                    accepted_us: false,
                 });
                 // A direct connection next to a relayed one (a hole punch, or a dial that found
                 // a route): traffic now goes the direct way, and `status` shows where.
@@ -810,7 +922,12 @@ impl Node {
                         self.settle_peer(peer, Err("the peer refused our certificate".into()));
                     } else {
                         let result = self.check_hello(peer, &response);
+                        let accepted = result.is_ok();
                         self.settle_peer(peer, result);
+                        if accepted && let Some(state) = self.peers.get_mut(&peer) {
+                            state.accepted_us = true;
+                            self.reserve_circuits(Instant::now());
+                        }
                     }
                 }
             },

@@ -84,6 +84,8 @@ pub struct Relay {
     pending: HashMap<PeerId, Pending>,
     /// Authenticated peers (devices, GPU peers, admins), to push revocations to.
     members: HashMap<PeerId, Verified>,
+    /// The same peers, as the circuit relay's gate sees them.
+    admitted: Admitted,
     /// Where the revocation set is kept.
     home: Home,
     started: Instant,
@@ -91,6 +93,58 @@ pub struct Relay {
     status_path: PathBuf,
     last_status: Option<serde_json::Value>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+/// The peers that passed the gate, shared with the circuit relay behaviour, which consults it
+/// before serving a reservation or opening a circuit: libp2p's relay serves both on its own
+/// protocol, which would otherwise answer a stranger before its hello is checked.
+#[derive(Clone, Default)]
+struct Admitted(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PeerId>>>);
+
+impl Admitted {
+    fn set(&self, peer: PeerId, admitted: bool) {
+        if let Ok(mut set) = self.0.lock() {
+            if admitted {
+                set.insert(peer);
+            } else {
+                set.remove(&peer);
+            }
+        }
+    }
+
+    fn contains(&self, peer: &PeerId) -> bool {
+        self.0.lock().is_ok_and(|set| set.contains(peer))
+    }
+}
+
+/// How long a relayed circuit may last and how much it may carry: enough for two devices to
+/// sync and to hole-punch (after which they talk directly), not a free tunnel.
+pub const MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(30 * 60);
+pub const MAX_CIRCUIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// libp2p's circuit relay limits, with admission checked first: a peer that has not passed the
+/// gate gets neither a reservation nor a circuit (it is told "resource limit exceeded", and asks
+/// again once admitted).
+fn circuit_config(admitted: &Admitted) -> relay::Config {
+    let mut config = relay::Config {
+        max_reservations: 16_384,
+        max_reservations_per_peer: 4,
+        max_circuits: 4_096,
+        max_circuits_per_peer: 16,
+        max_circuit_duration: MAX_CIRCUIT_DURATION,
+        max_circuit_bytes: MAX_CIRCUIT_BYTES,
+        ..relay::Config::default()
+    };
+    let gate = |admitted: Admitted| {
+        move |peer: PeerId, _: &Multiaddr, _: Instant| admitted.contains(&peer)
+    };
+    config
+        .reservation_rate_limiters
+        .insert(0, Box::new(gate(admitted.clone())));
+    config
+        .circuit_src_rate_limiters
+        .insert(0, Box::new(gate(admitted.clone())));
+    config
 }
 
 /// The file the running relay keeps its status in.
@@ -126,6 +180,8 @@ impl Relay {
             .key
             .to_libp2p_keypair()
             .context("deriving the libp2p identity")?;
+        let admitted = Admitted::default();
+        let admitted_for_relay = admitted.clone();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -136,7 +192,10 @@ impl Relay {
             .context("setting up TCP")?
             .with_quic()
             .with_behaviour(|key| Behaviour {
-                relay: relay::Behaviour::new(key.public().to_peer_id(), relay::Config::default()),
+                relay: relay::Behaviour::new(
+                    key.public().to_peer_id(),
+                    circuit_config(&admitted_for_relay),
+                ),
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/jarvis-relay/1.0.0".into(),
                     key.public(),
@@ -161,6 +220,7 @@ impl Relay {
             db,
             pending: HashMap::new(),
             members: HashMap::new(),
+            admitted,
             home,
             started: Instant::now(),
             status_path: data.join(STATUS_FILE),
@@ -322,6 +382,7 @@ impl Relay {
             } => {
                 self.pending.remove(&peer_id);
                 self.members.remove(&peer_id);
+                self.admitted.set(peer_id, false);
                 self.hub.leave(&peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
@@ -349,6 +410,7 @@ impl Relay {
         let verified = checked.verified;
         tracing::info!(%peer, kind = %verified.kind, name = %verified.name, "peer admitted");
         self.members.insert(peer, verified.clone());
+        self.admitted.set(peer, true);
         if verified.kind == CertKind::Device
             && !self.hub.is_admitted(&peer)
             && let Some(user) = verified.user
@@ -408,6 +470,7 @@ impl Relay {
         });
         self.pending.remove(&peer);
         self.members.remove(&peer);
+        self.admitted.set(peer, false);
         self.hub.leave(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
     }

@@ -433,3 +433,79 @@ fn a_full_quota_is_refused_with_a_reason_the_device_shows() {
         "{text}"
     );
 }
+
+/// The relay's circuit service is behind its gate: a stranger asking for a reservation is
+/// refused, while an enrolled device (which asks once the relay has admitted it) gets one and
+/// is reachable through the relay.
+#[test]
+fn only_admitted_peers_get_a_circuit_reservation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, relay_home) = org(dir.path(), &[]);
+    let (_relay, address, _) = start_relay(&relay_home);
+
+    // A stranger: a fresh key that never says hello.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let outcome = runtime.block_on(async {
+        use futures::StreamExt;
+        use libp2p::swarm::SwarmEvent;
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_quic()
+            .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|_, relay| relay)
+            .unwrap()
+            .build();
+        let circuit: libp2p::Multiaddr = format!("{address}/p2p-circuit").parse().unwrap();
+        swarm.listen_on(circuit).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+                Err(_) => return "no answer".to_owned(),
+                Ok(SwarmEvent::NewListenAddr { address, .. }) => {
+                    return format!("reserved {address}");
+                }
+                Ok(SwarmEvent::ListenerClosed { reason, .. }) => {
+                    return format!("closed {reason:?}");
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    assert!(
+        outcome.starts_with("closed Err"),
+        "a stranger got: {outcome}"
+    );
+
+    // An enrolled device listening through the relay gets its reservation.
+    let laptop = &devices[0];
+    let mut child = jarvis(laptop)
+        .args([
+            "up",
+            "--json",
+            "--no-mdns",
+            "--no-voice",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            &format!("{address}/p2p-circuit"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(up["event"], "up", "{up}");
+    std::thread::spawn(move || lines.for_each(drop));
+    let _laptop = Running(child);
+    wait_for("the laptop's reservation on the relay", || {
+        let status = ok(laptop, &["status"]);
+        status["listen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().contains("/p2p-circuit"))
+            .then_some(())
+    });
+}

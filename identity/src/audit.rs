@@ -49,6 +49,19 @@ pub enum AuditAction {
     RelayAdded {
         address: String,
     },
+    /// A relay reported a device presenting a chain made with an invite: the first user key to
+    /// do so claims the invite (`accepted`); any other user key presenting it later is refused
+    /// by the relay, and recorded here too so the admin sees the token was used twice.
+    InviteClaimed {
+        invite: Serial,
+        user: Name,
+        user_key: PublicKey,
+        device: PublicKey,
+        device_name: Name,
+        accepted: bool,
+        /// The relay that saw it.
+        relay: String,
+    },
 }
 
 impl fmt::Display for AuditAction {
@@ -73,6 +86,30 @@ impl fmt::Display for AuditAction {
             Self::Revoked { target, reason } if reason.is_empty() => write!(f, "revoked {target}"),
             Self::Revoked { target, reason } => write!(f, "revoked {target}: {reason}"),
             Self::RelayAdded { address } => write!(f, "added relay {address}"),
+            Self::InviteClaimed {
+                invite,
+                user,
+                user_key,
+                device,
+                device_name,
+                accepted: true,
+                relay,
+            } => write!(
+                f,
+                "invite {invite} claimed by user `{user}` ({user_key}) from device `{device_name}` ({device}), seen by relay {relay}"
+            ),
+            Self::InviteClaimed {
+                invite,
+                user,
+                user_key,
+                device,
+                device_name,
+                accepted: false,
+                relay,
+            } => write!(
+                f,
+                "invite {invite} claimed a second time, by another user key ({user_key}, calling itself `{user}`) from device `{device_name}` ({device}): refused by relay {relay}"
+            ),
         }
     }
 }
@@ -85,6 +122,10 @@ impl AuditAction {
             Self::Enrolled { .. } => "enrolled",
             Self::Revoked { .. } => "revoked",
             Self::RelayAdded { .. } => "relay-added",
+            Self::InviteClaimed { accepted: true, .. } => "invite-claimed",
+            Self::InviteClaimed {
+                accepted: false, ..
+            } => "invite-claim-refused",
         }
     }
 
@@ -128,6 +169,22 @@ impl AuditAction {
             Self::RelayAdded { address } => {
                 w.u8(5).str(address);
             }
+            Self::InviteClaimed {
+                invite,
+                user,
+                user_key,
+                device,
+                device_name,
+                accepted,
+                relay,
+            } => {
+                w.u8(6).fixed(&invite.0);
+                user.write(w);
+                user_key.write(w);
+                device.write(w);
+                device_name.write(w);
+                w.u8(u8::from(*accepted)).str(relay);
+            }
         }
     }
 
@@ -161,6 +218,23 @@ impl AuditAction {
             },
             5 => Self::RelayAdded {
                 address: r
+                    .str("relay address", crate::enrol::MAX_RELAY_ADDR_BYTES)?
+                    .to_owned(),
+            },
+            6 => Self::InviteClaimed {
+                invite: Serial(r.array("invite serial")?),
+                user: Name::read(r)?,
+                user_key: PublicKey::read(r, "claiming user key")?,
+                device: PublicKey::read(r, "claiming device")?,
+                device_name: Name::read(r)?,
+                accepted: match r.u8("claim accepted")? {
+                    0 => false,
+                    1 => true,
+                    other => {
+                        return Err(DecodeError::invalid("claim accepted", format!("{other}")));
+                    }
+                },
+                relay: r
                     .str("relay address", crate::enrol::MAX_RELAY_ADDR_BYTES)?
                     .to_owned(),
             },

@@ -52,6 +52,15 @@ fn sample_log() -> (SecretKey, AuditLog, Vec<u8>) {
         AuditAction::RelayAdded {
             address: "/ip4/127.0.0.1/udp/4001/quic-v1".into(),
         },
+        AuditAction::InviteClaimed {
+            invite: Serial([7; 16]),
+            user: Name::new("alice").unwrap(),
+            user_key: SecretKey::generate().public(),
+            device: SecretKey::generate().public(),
+            device_name: Name::new("laptop").unwrap(),
+            accepted: false,
+            relay: "/ip4/127.0.0.1/udp/4001/quic-v1".into(),
+        },
         AuditAction::Revoked {
             target: RevocationTarget::User(Name::new("alice").unwrap()),
             reason: "left".into(),
@@ -72,9 +81,21 @@ fn a_log_verifies_and_every_flipped_byte_breaks_it() {
     let (root, log, file) = sample_log();
     let head = log.head();
     let verified = AuditLog::verify(root.public(), &file, head).unwrap();
-    assert_eq!(verified.entries().len(), 4);
+    assert_eq!(verified.entries().len(), 5);
     assert_eq!(
-        verified.entries()[3].action().to_string(),
+        verified.entries()[3].action().kind(),
+        "invite-claim-refused"
+    );
+    assert!(
+        verified.entries()[3]
+            .action()
+            .to_string()
+            .contains("claimed a second time"),
+        "{}",
+        verified.entries()[3].action()
+    );
+    assert_eq!(
+        verified.entries()[4].action().to_string(),
         "revoked user `alice`: left"
     );
 

@@ -158,7 +158,7 @@ pub fn run(home: Home, out: Output, command: AdminCommand) -> Result<()> {
             valid,
         } => enroll(Admin::load(home)?, out, &request, role, name, valid),
         AdminCommand::Revoke(args) => revoke(Admin::load(home)?, out, args),
-        AdminCommand::Members => members(&Admin::load(home)?, out),
+        AdminCommand::Members => members(Admin::load(home)?, out),
         AdminCommand::Audit => audit(&Admin::load(home)?, out),
         AdminCommand::Relays(RelaysCommand::Add { multiaddr }) => {
             relays_add(Admin::load(home)?, out, &multiaddr)
@@ -551,9 +551,128 @@ struct Member {
     id: String,
     user: String,
     status: &'static str,
+    /// Whether a relay has it connected now (devices and GPU peers the relays report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online: Option<bool>,
+    /// When a relay last admitted it (unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen: Option<u64>,
 }
 
-fn members(admin: &Admin, out: Output) -> Result<()> {
+/// An invite claim, as a relay reported it.
+#[derive(Debug, Serialize)]
+struct ClaimSeen {
+    relay: String,
+    #[serde(flatten)]
+    claim: jarvis_relay::directory::Claim,
+}
+
+/// Asks the org's relays for the members they have admitted and the invite claims they saw.
+fn ask_relays_for_members(
+    admin: &Admin,
+    key: &SecretKey,
+    set: &jarvis_identity::RevocationSet,
+) -> Vec<(
+    String,
+    Result<jarvis_relay::directory::MembersReport, String>,
+)> {
+    let relays: Vec<libp2p::Multiaddr> = admin
+        .state
+        .relays
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let hello = jarvis_identity::hello::Hello::new(admin.chain.clone(), set).encode();
+    let asked = key
+        .to_libp2p_keypair()
+        .map_err(|e| e.to_string())
+        .and_then(|keypair| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(jarvis_relay::client::ask_members(
+                    keypair,
+                    hello,
+                    &relays,
+                    std::time::Duration::from_secs(10),
+                ))
+        });
+    match asked {
+        Ok(results) => results
+            .into_iter()
+            .map(|(a, r)| (a.to_string(), r))
+            .collect(),
+        Err(e) => relays
+            .iter()
+            .map(|a| (a.to_string(), Err(e.clone())))
+            .collect(),
+    }
+}
+
+/// Records in the audit log the claims not recorded yet (the same claim reported by several
+/// relays, or asked for again, is recorded once).
+fn audit_claims(admin: &mut Admin, key: &SecretKey, claims: &[ClaimSeen]) -> Result<usize> {
+    let log = admin.audit_log()?;
+    let mut known: Vec<(jarvis_identity::Serial, PublicKey, bool)> = log
+        .entries()
+        .iter()
+        .filter_map(|e| match e.action() {
+            AuditAction::InviteClaimed {
+                invite,
+                device,
+                accepted,
+                ..
+            } => Some((*invite, *device, *accepted)),
+            _ => None,
+        })
+        .collect();
+    let mut recorded = 0;
+    for seen in claims {
+        let c = &seen.claim;
+        let parsed = (|| -> Result<AuditAction> {
+            let serial = hex::decode(&c.invite)
+                .ok()
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .context("an invite serial that is not 16 bytes of hex")?;
+            Ok(AuditAction::InviteClaimed {
+                invite: jarvis_identity::Serial(serial),
+                user: Name::new(&c.user)?,
+                user_key: parse_id(&c.user_key)?,
+                device: parse_id(&c.device)?,
+                device_name: Name::new(&c.device_name)?,
+                accepted: c.accepted,
+                relay: seen.relay.clone(),
+            })
+        })();
+        let action = match parsed {
+            Ok(action) => action,
+            Err(e) => {
+                tracing::warn!(relay = %seen.relay, error = %e, "a relay reported a claim that does not parse");
+                continue;
+            }
+        };
+        let AuditAction::InviteClaimed {
+            invite,
+            device,
+            accepted,
+            ..
+        } = &action
+        else {
+            continue;
+        };
+        let id = (*invite, *device, *accepted);
+        if known.contains(&id) {
+            continue;
+        }
+        known.push(id);
+        admin.record(key, action)?;
+        recorded += 1;
+    }
+    Ok(recorded)
+}
+
+fn members(mut admin: Admin, out: Output) -> Result<()> {
     let set = admin.home.revocations(&admin.org.root)?;
     let at = now();
     let mut members: Vec<Member> = Vec::new();
@@ -571,6 +690,8 @@ fn members(admin: &Admin, out: Output) -> Result<()> {
             id: invite.user.clone(),
             user: invite.user.clone(),
             status: if revoked { "revoked" } else { "active" },
+            online: None,
+            last_seen: None,
         });
     }
     for peer in &admin.state.enrolled {
@@ -587,10 +708,60 @@ fn members(admin: &Admin, out: Output) -> Result<()> {
             } else {
                 "active"
             },
+            online: None,
+            last_seen: None,
         });
     }
-    // Devices report to the org through its relays; until then the admin knows the devices it
-    // has revoked.
+    // Devices are known to the org through its relays: each reports who it has admitted and
+    // which invites were claimed (a second claim of one invite is refused there).
+    let mut claims: Vec<ClaimSeen> = Vec::new();
+    let mut unreached: Vec<String> = Vec::new();
+    if !admin.state.relays.is_empty() {
+        let key = admin.unlock()?;
+        for (relay, report) in ask_relays_for_members(&admin, &key, &set) {
+            let report = match report {
+                Ok(report) => report,
+                Err(e) => {
+                    unreached.push(format!("{relay}: {e}"));
+                    continue;
+                }
+            };
+            for seen in report.members {
+                let kind = match seen.kind.as_str() {
+                    "device" => "device",
+                    "gpu" => "gpu",
+                    "relay" => "relay",
+                    _ => continue,
+                };
+                let revoked = parse_id(&seen.id).is_ok_and(|k| set.is_key_revoked(&k))
+                    || Name::new(&seen.user).is_ok_and(|u| set.is_user_revoked(&u));
+                if let Some(m) = members.iter_mut().find(|m| m.id == seen.id) {
+                    m.online = Some(m.online.unwrap_or(false) || seen.online);
+                    m.last_seen = m.last_seen.max(Some(seen.last_seen));
+                    if m.name.is_empty() {
+                        m.name = seen.name;
+                        m.user = seen.user;
+                    }
+                    continue;
+                }
+                members.push(Member {
+                    kind,
+                    name: seen.name,
+                    id: seen.id,
+                    user: seen.user,
+                    status: if revoked { "revoked" } else { "active" },
+                    online: Some(seen.online),
+                    last_seen: Some(seen.last_seen),
+                });
+            }
+            claims.extend(report.claims.into_iter().map(|claim| ClaimSeen {
+                relay: relay.clone(),
+                claim,
+            }));
+        }
+        audit_claims(&mut admin, &key, &claims)?;
+    }
+    // Until a relay has seen them, the admin knows the devices it has revoked.
     for revoked in admin.state.revoked.iter().filter(|r| r.kind == "device") {
         if members.iter().any(|m| m.id == revoked.id) {
             continue;
@@ -601,21 +772,59 @@ fn members(admin: &Admin, out: Output) -> Result<()> {
             id: revoked.id.clone(),
             user: String::new(),
             status: "revoked",
+            online: None,
+            last_seen: None,
         });
     }
-    out.emit(&json!({ "members": members }), || {
-        if members.is_empty() {
-            return "No members yet; invite one with `jarvis admin invite NAME`.".into();
-        }
-        let mut text = format!("{:<7} {:<8} {:<20} ID\n", "KIND", "STATUS", "NAME");
-        for m in &members {
-            text.push_str(&format!(
-                "{:<7} {:<8} {:<20} {}\n",
-                m.kind, m.status, m.name, m.id
-            ));
-        }
-        text.trim_end().to_owned()
-    });
+    for problem in &unreached {
+        tracing::warn!("relay not reached: {problem}");
+    }
+    out.emit(
+        &json!({ "members": members, "claims": claims, "relays_unreached": unreached }),
+        || {
+            if members.is_empty() {
+                return "No members yet; invite one with `jarvis admin invite NAME`.".into();
+            }
+            let mut text = format!(
+                "{:<7} {:<8} {:<20} {:<12} ID\n",
+                "KIND", "STATUS", "NAME", "USER"
+            );
+            for m in &members {
+                let name = match m.online {
+                    Some(true) => format!("{} (online)", m.name),
+                    _ => m.name.clone(),
+                };
+                text.push_str(&format!(
+                    "{:<7} {:<8} {:<20} {:<12} {}\n",
+                    m.kind, m.status, name, m.user, m.id
+                ));
+            }
+            if !claims.is_empty() {
+                text.push_str("\nInvite claims (as the relays saw them):\n");
+                for c in &claims {
+                    let c = &c.claim;
+                    text.push_str(&format!(
+                        "  invite {}…: user `{}` from device `{}` {}\n",
+                        c.invite.get(..8).unwrap_or(&c.invite),
+                        c.user,
+                        c.device_name,
+                        if c.accepted {
+                            "(claimed it)"
+                        } else {
+                            "REFUSED: claimed a second time with another user key; revoke the user if the token leaked"
+                        }
+                    ));
+                }
+            }
+            if !unreached.is_empty() {
+                text.push_str(&format!(
+                    "\nNot reached (devices they know are not listed): {}\n",
+                    unreached.join("; ")
+                ));
+            }
+            text.trim_end().to_owned()
+        },
+    );
     Ok(())
 }
 

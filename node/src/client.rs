@@ -75,6 +75,30 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
                     .unwrap_or_default(),
             ));
         }
+        let directory = &status["directory"];
+        let names = |list: &serde_json::Value| -> Vec<String> {
+            list.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["name"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let (online, gpus) = (names(&directory["devices"]), names(&directory["gpus"]));
+        if !online.is_empty() || !gpus.is_empty() {
+            text.push_str(&format!(
+                "relay directory: your devices online {}; GPU peers {}\n",
+                if online.is_empty() {
+                    "none".to_owned()
+                } else {
+                    online.join(", ")
+                },
+                if gpus.is_empty() {
+                    "none".to_owned()
+                } else {
+                    gpus.join(", ")
+                },
+            ));
+        }
         let peers = status["peers"].as_array().cloned().unwrap_or_default();
         if peers.is_empty() {
             text.push_str("no peers connected");

@@ -7,7 +7,7 @@
 //! revocations: a device of the org (any user). Each answer is one stream; the peer closing it
 //! cancels the answer and frees its slot at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -180,14 +180,37 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
     );
     let mut shutdown = crate::up::Shutdown::install()?;
     let own_hello = |revocations: &RevocationSet| Hello::new(chain.clone(), revocations).encode();
+    // The org's relays (from the bundle): the GPU peer reports its model and load to their
+    // directory, where devices on other networks find it.
+    let relay_addresses: Vec<Multiaddr> =
+        org.relays.iter().filter_map(|a| a.parse().ok()).collect();
+    let mut relays: HashSet<PeerId> = HashSet::new();
+    let mut listening: Vec<String> = Vec::new();
+    let mut beat = tokio::time::interval(jarvis_relay::directory::HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = shutdown.wait() => break,
             Some((peer, stream)) = incoming.next() => server.accept(peer, stream),
+            _ = beat.tick() => {
+                for address in &relay_addresses {
+                    let connected = crate::node::last_peer(address).is_some_and(|p| swarm.is_connected(&p));
+                    if !connected && let Err(e) = swarm.dial(address.clone()) {
+                        tracing::debug!(%address, error = %e, "cannot dial the relay");
+                    }
+                }
+                let heartbeat = server.heartbeat(&listening);
+                for relay in &relays {
+                    swarm.behaviour_mut().directory.send_request(relay, heartbeat.clone());
+                }
+            }
             event = swarm.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
                     let address = address.with_p2p(peer_id).unwrap_or_else(|a| a);
+                    if listening.len() < jarvis_relay::directory::MAX_ADDRESSES {
+                        listening.push(address.to_string());
+                    }
                     out.emit(&json!({ "event": "listening", "address": address.to_string() }), || {
                         format!("  listening on {address}")
                     });
@@ -198,12 +221,25 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                 }
                 SwarmEvent::ConnectionClosed { peer_id: peer, num_established: 0, .. } => {
                     gate_lock(&gate).remove(&peer);
+                    relays.remove(&peer);
+                }
+                SwarmEvent::Behaviour(GpuBehaviourEvent::Directory(request_response::Event::Message {
+                    peer,
+                    message: Message::Response { response, .. },
+                    ..
+                })) => {
+                    if let Ok(jarvis_relay::directory::Response::Refused { reason }) =
+                        jarvis_relay::directory::decode(&response)
+                    {
+                        tracing::warn!(%peer, %reason, "the relay refused our heartbeat");
+                    }
                 }
                 SwarmEvent::Behaviour(GpuBehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
                     // Devices find GPU peers; the GPU peer needs no one, so nothing is dialled.
                     tracing::trace!(found = found.len(), "mDNS");
                 }
                 SwarmEvent::Behaviour(GpuBehaviourEvent::Auth(request_response::Event::Message { peer, message, .. })) => {
+                    let answered = matches!(message, Message::Response { .. });
                     let (bytes, channel) = match message {
                         Message::Request { request, channel, .. } => (request, Some(channel)),
                         Message::Response { response, .. } => (response, None),
@@ -232,9 +268,10 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                             let _ = swarm.disconnect_peer_id(p);
                         }
                     }
-                    // Devices of the org may ask; nothing else (relays, other GPU peers) may.
+                    // Devices of the org may ask; the org's relays list us; nothing else (other
+                    // GPU peers, admins) is served.
                     let result = checked.and_then(|c| {
-                        if c.verified.kind == CertKind::Device {
+                        if matches!(c.verified.kind, CertKind::Device | CertKind::Relay) {
                             Ok(c.verified)
                         } else {
                             Err(format!("a {} may not ask a GPU peer for answers", c.verified.kind))
@@ -245,6 +282,14 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                         let _ = swarm.behaviour_mut().auth.send_response(channel, response);
                     }
                     match result {
+                        Ok(verified) if verified.kind == CertKind::Relay => {
+                            // A relay that answered our hello has admitted us: report to it now.
+                            if answered && relays.insert(peer) {
+                                tracing::info!(%peer, name = %verified.name, "joined the relay's directory");
+                                let heartbeat = server.heartbeat(&listening);
+                                swarm.behaviour_mut().directory.send_request(&peer, heartbeat);
+                            }
+                        }
                         Ok(verified) => {
                             tracing::info!(%peer, user = ?verified.user.as_ref().map(ToString::to_string), "device authenticated");
                             gate_lock(&gate).insert(peer, verified);
@@ -385,6 +430,25 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A heartbeat for the relays' directory: where we listen, the model, the load.
+    fn heartbeat(&self, listening: &[String]) -> Vec<u8> {
+        let load = self.load();
+        jarvis_relay::directory::encode(&jarvis_relay::directory::Request::Heartbeat {
+            addresses: listening.to_vec(),
+            gpu: Some(jarvis_relay::directory::GpuLoad {
+                model: load
+                    .model
+                    .chars()
+                    .take(jarvis_relay::directory::MAX_MODEL_LEN)
+                    .collect(),
+                model_bytes: load.model_bytes,
+                slots: load.slots,
+                busy: load.busy,
+                ready: load.ready,
+            }),
+        })
     }
 
     fn load(&self) -> Load {

@@ -25,6 +25,8 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub auth: request_response::Behaviour<Frames>,
     pub sync: request_response::Behaviour<Frames>,
+    /// Heartbeats to the org's relays, answered with their directory.
+    pub directory: request_response::Behaviour<Frames>,
     /// Offloaded answers (`/jarvis/infer/1`), streamed.
     pub stream: libp2p_stream::Behaviour,
 }
@@ -36,6 +38,8 @@ pub struct GpuBehaviour {
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub auth: request_response::Behaviour<Frames>,
+    /// Heartbeats (model and load) to the org's relays' directory.
+    pub directory: request_response::Behaviour<Frames>,
     pub stream: libp2p_stream::Behaviour,
 }
 
@@ -46,9 +50,18 @@ impl GpuBehaviour {
             ping: ping::Behaviour::new(ping::Config::new()),
             mdns: Toggle::from(mdns(key, mdns_enabled)),
             auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
+            directory: directory(),
             stream: libp2p_stream::Behaviour::new(),
         })
     }
+}
+
+fn directory() -> request_response::Behaviour<Frames> {
+    wire::behaviour(
+        jarvis_relay::directory::DIRECTORY_PROTOCOL,
+        jarvis_relay::directory::MAX_DIRECTORY_BYTES,
+        Duration::from_secs(30),
+    )
 }
 
 fn identify(key: &libp2p::identity::Keypair) -> identify::Behaviour {
@@ -86,6 +99,7 @@ impl Behaviour {
             mdns: Toggle::from(mdns(key, mdns_enabled)),
             auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
             sync: wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
+            directory: directory(),
             stream,
         })
     }

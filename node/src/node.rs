@@ -155,13 +155,7 @@ impl Redial {
     /// The peer the address reaches: its last `/p2p/` (in a relayed address
     /// `…/p2p/RELAY/p2p-circuit/p2p/PEER` the first one is the relay).
     fn peer(&self) -> Option<PeerId> {
-        self.address
-            .iter()
-            .filter_map(|p| match p {
-                Protocol::P2p(id) => Some(id),
-                _ => None,
-            })
-            .last()
+        last_peer(&self.address)
     }
 }
 
@@ -193,6 +187,17 @@ fn circuit_relay(address: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
         }
     }
     None
+}
+
+/// The peer an address names: its last `/p2p/`.
+pub(crate) fn last_peer(address: &Multiaddr) -> Option<PeerId> {
+    address
+        .iter()
+        .filter_map(|p| match p {
+            Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .last()
 }
 
 /// A dial error short enough for `status` and the UI (libp2p's lists every address tried).
@@ -230,7 +235,16 @@ pub struct Node {
     offload: crate::offload::Offload,
     /// The group commit in progress, while commands are handled.
     group: Option<Group>,
+    /// When heartbeats last went to the relays.
+    last_heartbeat: Option<Instant>,
+    /// Each relay's latest directory: this user's other devices and the org's GPU peers online.
+    directory: HashMap<PeerId, jarvis_relay::directory::Directory>,
+    /// GPU peers from a directory dialled lately (not dialled again for [`GPU_REDIAL`]).
+    gpu_dials: HashMap<PeerId, Instant>,
 }
+
+/// How long before a GPU peer listed by a relay, dialled and not connected, is dialled again.
+const GPU_REDIAL: Duration = Duration::from_secs(30);
 
 /// Commands handled together, made durable by one flush.
 const GROUP_MAX: usize = 64;
@@ -395,6 +409,9 @@ impl Node {
             engine,
             offload,
             group: None,
+            last_heartbeat: None,
+            directory: HashMap::new(),
+            gpu_dials: HashMap::new(),
         })
     }
 
@@ -511,6 +528,12 @@ impl Node {
             }
         }
         self.reserve_circuits(now);
+        if self
+            .last_heartbeat
+            .is_none_or(|t| now.duration_since(t) >= jarvis_relay::directory::HEARTBEAT)
+        {
+            self.heartbeat(now);
+        }
         let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for peer in peers {
@@ -520,6 +543,115 @@ impl Node {
             };
             self.send_sync(peer, out);
         }
+    }
+
+    /// Tells each relay that admitted us that this device is online and where it listens; each
+    /// answers with its directory.
+    fn heartbeat(&mut self, now: Instant) {
+        let relays: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.accepted_us
+                    && p.verified
+                        .as_ref()
+                        .is_some_and(|v| v.kind == CertKind::Relay)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if relays.is_empty() {
+            return;
+        }
+        self.last_heartbeat = Some(now);
+        let beat = jarvis_relay::directory::encode(&jarvis_relay::directory::Request::Heartbeat {
+            addresses: self
+                .listening
+                .iter()
+                .take(jarvis_relay::directory::MAX_ADDRESSES)
+                .map(ToString::to_string)
+                .filter(|a| a.len() <= jarvis_relay::directory::MAX_ADDRESS_LEN)
+                .collect(),
+            gpu: None,
+        });
+        for relay in relays {
+            self.swarm
+                .behaviour_mut()
+                .directory
+                .send_request(&relay, beat.clone());
+        }
+    }
+
+    /// A relay's directory: kept for `status`; the GPU peers in it that we are not connected to
+    /// are dialled (at the addresses they reported), so a device finds them across networks.
+    fn on_directory(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        use jarvis_relay::directory::{Response, decode};
+        let (relay, bytes) = match event {
+            request_response::Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => (peer, response),
+            // Nobody asks a device for its directory.
+            request_response::Event::Message {
+                peer,
+                message: Message::Request { .. },
+                ..
+            } => {
+                tracing::debug!(%peer, "directory request to a device; ignored");
+                return;
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "heartbeat failed");
+                return;
+            }
+            _ => return,
+        };
+        let directory = match decode::<Response>(&bytes) {
+            Ok(Response::Directory(d)) => d,
+            Ok(Response::Refused { reason }) => {
+                tracing::warn!(%relay, %reason, "the relay refused our heartbeat");
+                return;
+            }
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(%relay, error = %e, "an unreadable directory");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for gpu in &directory.gpus {
+            let Ok(peer) = gpu.peer_id.parse::<PeerId>() else {
+                continue;
+            };
+            if peer == self.peer_id()
+                || self.swarm.is_connected(&peer)
+                || self
+                    .gpu_dials
+                    .get(&peer)
+                    .is_some_and(|t| now.duration_since(*t) < GPU_REDIAL)
+            {
+                continue;
+            }
+            let addresses: Vec<Multiaddr> = gpu
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            if addresses.is_empty() {
+                continue;
+            }
+            tracing::info!(%peer, name = %gpu.name, "dialling a GPU peer the relay lists");
+            self.gpu_dials.insert(peer, now);
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addresses)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial the GPU peer");
+            }
+        }
+        self.gpu_dials
+            .retain(|_, t| now.duration_since(*t) < GPU_REDIAL);
+        self.directory.insert(relay, directory);
     }
 
     /// Asks for the circuit reservations not held, on relays that have authenticated us.
@@ -647,6 +779,7 @@ impl Node {
             } => {
                 self.peers.remove(&peer_id);
                 self.offload.left(&peer_id);
+                self.directory.remove(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer_id),
@@ -661,6 +794,7 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Directory(event)) => self.on_directory(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
                 for (peer, address) in found {
                     if !self.swarm.is_connected(&peer) {
@@ -926,7 +1060,15 @@ impl Node {
                         self.settle_peer(peer, result);
                         if accepted && let Some(state) = self.peers.get_mut(&peer) {
                             state.accepted_us = true;
-                            self.reserve_circuits(Instant::now());
+                            let relay = state
+                                .verified
+                                .as_ref()
+                                .is_some_and(|v| v.kind == CertKind::Relay);
+                            if relay {
+                                // Admitted by a relay: reserve circuits and join its directory now.
+                                self.reserve_circuits(Instant::now());
+                                self.heartbeat(Instant::now());
+                            }
                         }
                     }
                 }
@@ -1141,6 +1283,37 @@ impl Node {
             "revocations": self.revocations.len(),
             "models": [crate::llm::model_status(&self.engine)],
             "offload": self.offload.status(),
+            "directory": self.directory_status(),
+        })
+    }
+
+    /// What the relays list: this user's other devices online and the org's GPU peers (each
+    /// once, however many relays list it).
+    fn directory_status(&self) -> Value {
+        let mut devices = BTreeMap::new();
+        let mut gpus = BTreeMap::new();
+        for directory in self.directory.values() {
+            for d in &directory.devices {
+                devices.entry(d.peer_id.clone()).or_insert_with(
+                    || json!({ "peer_id": d.peer_id, "name": d.name, "addresses": d.addresses }),
+                );
+            }
+            for g in &directory.gpus {
+                gpus.entry(g.peer_id.clone()).or_insert_with(|| {
+                    json!({
+                        "peer_id": g.peer_id,
+                        "name": g.name,
+                        "addresses": g.addresses,
+                        "model": g.gpu.as_ref().map(|l| l.model.clone()),
+                        "slots": g.gpu.as_ref().map(|l| l.slots),
+                        "busy": g.gpu.as_ref().map(|l| l.busy),
+                    })
+                });
+            }
+        }
+        json!({
+            "devices": devices.into_values().collect::<Vec<_>>(),
+            "gpus": gpus.into_values().collect::<Vec<_>>(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! Talking to relays from an admin workstation: publishing a hello (and with it the org's
-//! revocation set) to each of the org's relays. A relay merges the revocations it did not know,
-//! disconnects the revoked at once, and pushes the set to every peer connected to it.
+//! revocation set) to each of the org's relays, and asking them who they have admitted. A relay
+//! merges the revocations it did not know, disconnects the revoked at once, and pushes the set to
+//! every peer connected to it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +12,16 @@ use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
 
+use crate::directory::{
+    self, DIRECTORY_PROTOCOL, MAX_DIRECTORY_BYTES, MembersReport, Request, Response,
+};
 use crate::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES};
+
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct Admin {
+    auth: request_response::Behaviour<wire::Frames>,
+    directory: request_response::Behaviour<wire::Frames>,
+}
 
 /// What became of one relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +53,68 @@ pub async fn publish_hello(
     addresses: &[Multiaddr],
     timeout: Duration,
 ) -> Result<Vec<(Multiaddr, Published)>, String> {
+    Ok(exchange(key, hello, addresses, None, timeout)
+        .await?
+        .into_iter()
+        .map(|(address, published, _)| (address, published))
+        .collect())
+}
+
+/// Asks each relay (as an admin: `hello` carries the admin's chain) for the members it has
+/// admitted and the invite claims it has seen.
+pub async fn ask_members(
+    key: libp2p::identity::Keypair,
+    hello: Vec<u8>,
+    addresses: &[Multiaddr],
+    timeout: Duration,
+) -> Result<Vec<(Multiaddr, Result<MembersReport, String>)>, String> {
+    let ask = directory::encode(&Request::Members);
+    Ok(exchange(key, hello, addresses, Some(ask), timeout)
+        .await?
+        .into_iter()
+        .map(|(address, published, answer)| {
+            let report = match (published, answer) {
+                (Published::Accepted, Some(bytes)) => match directory::decode::<Response>(&bytes) {
+                    Ok(Response::Members(report)) => Ok(report),
+                    Ok(Response::Refused { reason }) => Err(reason),
+                    Ok(other) => Err(format!("an unexpected answer: {other:?}")),
+                    Err(e) => Err(e),
+                },
+                (Published::Accepted, None) => Err("no answer in time".to_owned()),
+                (Published::Refused, _) => Err("the relay refused our certificate".to_owned()),
+                (Published::Unreachable(e), _) => Err(e),
+            };
+            (address, report)
+        })
+        .collect())
+}
+
+/// What became of one relay: the hello, then (if asked) the directory answer.
+struct Exchange {
+    address: Multiaddr,
+    published: Option<Published>,
+    answer: Option<Vec<u8>>,
+}
+
+impl Exchange {
+    fn done(&self, asking: bool) -> bool {
+        match &self.published {
+            Some(Published::Accepted) => !asking || self.answer.is_some(),
+            Some(_) => true,
+            None => false,
+        }
+    }
+}
+
+/// Dials each relay, exchanges hellos and, once the relay has accepted ours, sends `ask` on
+/// the directory protocol.
+async fn exchange(
+    key: libp2p::identity::Keypair,
+    hello: Vec<u8>,
+    addresses: &[Multiaddr],
+    ask: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Vec<(Multiaddr, Published, Option<Vec<u8>>)>, String> {
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -52,70 +124,112 @@ pub async fn publish_hello(
         )
         .map_err(|e| format!("setting up TCP: {e}"))?
         .with_quic()
-        .with_behaviour(|_| wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, timeout))
+        .with_behaviour(|_| Admin {
+            auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, timeout),
+            directory: wire::behaviour(DIRECTORY_PROTOCOL, MAX_DIRECTORY_BYTES, timeout),
+        })
         .map_err(|e| format!("setting up: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(timeout))
         .build();
-    let mut results: HashMap<PeerId, (Multiaddr, Option<Published>)> = HashMap::new();
+    let asking = ask.is_some();
+    let mut results: HashMap<PeerId, Exchange> = HashMap::new();
     let mut out = Vec::new();
     for address in addresses {
         let Some(peer) = peer_of(address) else {
             out.push((
                 address.clone(),
                 Published::Unreachable("the address names no relay (add /p2p/PEER_ID)".into()),
+                None,
             ));
             continue;
         };
         match swarm.dial(address.clone()) {
             Ok(()) => {
-                results.insert(peer, (address.clone(), None));
+                results.insert(
+                    peer,
+                    Exchange {
+                        address: address.clone(),
+                        published: None,
+                        answer: None,
+                    },
+                );
             }
-            Err(e) => out.push((address.clone(), Published::Unreachable(e.to_string()))),
+            Err(e) => out.push((address.clone(), Published::Unreachable(e.to_string()), None)),
         }
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    while results.values().any(|(_, r)| r.is_none()) {
+    while results.values().any(|r| !r.done(asking)) {
         let event = match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
             Ok(event) => event,
             Err(_) => break,
         };
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                swarm.behaviour_mut().send_request(&peer_id, hello.clone());
+                swarm
+                    .behaviour_mut()
+                    .auth
+                    .send_request(&peer_id, hello.clone());
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 error,
                 ..
             } => {
-                if let Some((_, result)) = results.get_mut(&peer) {
-                    result.get_or_insert(Published::Unreachable(error.to_string()));
+                if let Some(r) = results.get_mut(&peer) {
+                    r.published
+                        .get_or_insert(Published::Unreachable(error.to_string()));
                 }
             }
-            SwarmEvent::Behaviour(request_response::Event::Message { peer, message, .. }) => {
-                match message {
-                    // The relay checks us too: answer with the same hello.
-                    Message::Request { channel, .. } => {
-                        let _ = swarm.behaviour_mut().send_response(channel, hello.clone());
+            SwarmEvent::Behaviour(AdminEvent::Auth(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                // The relay checks us too: answer with the same hello.
+                Message::Request { channel, .. } => {
+                    let _ = swarm
+                        .behaviour_mut()
+                        .auth
+                        .send_response(channel, hello.clone());
+                }
+                Message::Response { response, .. } => {
+                    let Some(r) = results.get_mut(&peer) else {
+                        continue;
+                    };
+                    if r.published.is_some() {
+                        continue;
                     }
-                    Message::Response { response, .. } => {
-                        if let Some((_, result)) = results.get_mut(&peer) {
-                            result.get_or_insert(if response.is_empty() {
-                                Published::Refused
-                            } else {
-                                Published::Accepted
-                            });
+                    if response.is_empty() {
+                        r.published = Some(Published::Refused);
+                    } else {
+                        r.published = Some(Published::Accepted);
+                        if let Some(ask) = &ask {
+                            swarm
+                                .behaviour_mut()
+                                .directory
+                                .send_request(&peer, ask.clone());
                         }
                     }
+                }
+            },
+            SwarmEvent::Behaviour(AdminEvent::Directory(request_response::Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            })) => {
+                if let Some(r) = results.get_mut(&peer) {
+                    r.answer = Some(response);
                 }
             }
             _ => {}
         }
     }
-    out.extend(results.into_values().map(|(address, result)| {
+    out.extend(results.into_values().map(|r| {
         (
-            address,
-            result.unwrap_or_else(|| Published::Unreachable("no answer in time".into())),
+            r.address,
+            r.published
+                .unwrap_or_else(|| Published::Unreachable("no answer in time".into())),
+            r.answer,
         )
     }));
     Ok(out)

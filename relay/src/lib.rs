@@ -3,19 +3,25 @@
 //! store-and-forward core) and, with the `server` feature, the server behind `jarvis-relay`.
 //!
 //! - [`wire`]: the project's libp2p protocols and their framing, shared with the node.
-//! - [`client`]: an admin publishing the org's revocations to its relays.
+//! - [`client`]: an admin publishing the org's revocations to its relays, and asking them who
+//!   they have seen.
+//! - [`directory`]: the directory of online devices and GPU peers (heartbeats, expiry), and the
+//!   member and invite-claim report an admin reads, sans-IO.
 //! - [`hub`]: store-and-forward, sans-IO: each user's keyless replica, every admitted device a
 //!   sync peer of its own user's replica, live fan-out, rate limits and quotas.
 //! - `server` (feature): the libp2p shell: admission (the authentication gate), circuit relay
 //!   v2, the hub over a sled database, revocations given on admission.
 //!
-//! Not built yet (the relay issue): the directory of online devices and GPU peers, the PostgreSQL
-//! store.
+//! Not built yet (the relay issue): the PostgreSQL store (the hub is generic over crdt's
+//! `Store`, which is where it plugs in).
 
 pub mod client;
+pub mod directory;
 pub mod hub;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod roster;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod wire;

@@ -29,7 +29,11 @@ use libp2p::request_response::{self, Message};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping, relay};
 
+use crate::directory::{
+    self, DIRECTORY_PROTOCOL, Listing, MAX_DIRECTORY_BYTES, MembersReport, Request, Response,
+};
 use crate::hub::{Hub, Limits};
+use crate::roster::{ClaimCheck, Roster};
 use crate::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES, MAX_SYNC_BYTES, SYNC_PROTOCOL};
 
 /// How long a new connection has to prove membership.
@@ -56,6 +60,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     auth: request_response::Behaviour<wire::Frames>,
     sync: request_response::Behaviour<wire::Frames>,
+    directory: request_response::Behaviour<wire::Frames>,
 }
 
 struct Pending {
@@ -86,6 +91,10 @@ pub struct Relay {
     members: HashMap<PeerId, Verified>,
     /// The same peers, as the circuit relay's gate sees them.
     admitted: Admitted,
+    /// Devices and GPU peers online, from their heartbeats.
+    listing: Listing<PeerId>,
+    /// Members ever admitted, and invite claims.
+    roster: Roster,
     /// Where the revocation set is kept.
     home: Home,
     started: Instant,
@@ -171,6 +180,7 @@ impl Relay {
                 data.display()
             )
         })?;
+        let roster = Roster::open(&db).context("opening the relay's member roster")?;
         let opener = db.clone();
         let hub = Hub::new(
             config.limits,
@@ -203,6 +213,11 @@ impl Relay {
                 ping: ping::Behaviour::new(ping::Config::new()),
                 auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
                 sync: wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
+                directory: wire::behaviour(
+                    DIRECTORY_PROTOCOL,
+                    MAX_DIRECTORY_BYTES,
+                    Duration::from_secs(30),
+                ),
             })
             .context("setting up the relay")?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -221,6 +236,8 @@ impl Relay {
             pending: HashMap::new(),
             members: HashMap::new(),
             admitted,
+            listing: Listing::default(),
+            roster,
             home,
             started: Instant::now(),
             status_path: data.join(STATUS_FILE),
@@ -282,6 +299,8 @@ impl Relay {
                 .collect::<std::collections::BTreeMap<_, _>>(),
             "quota_bytes": self.hub.limits().quota_bytes,
             "revocations": self.revocations.len(),
+            "online_devices": self.listing.counts().0,
+            "gpu_peers": self.listing.counts().1,
         })
     }
 
@@ -316,7 +335,9 @@ impl Relay {
             self.pending.remove(&peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
-        let out = self.hub.poll(self.now_ms());
+        let now_ms = self.now_ms();
+        self.listing.expire(now_ms);
+        let out = self.hub.poll(now_ms);
         self.send(out);
         self.write_status(true);
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
@@ -383,10 +404,12 @@ impl Relay {
                 self.pending.remove(&peer_id);
                 self.members.remove(&peer_id);
                 self.admitted.set(peer_id, false);
+                self.listing.left(&peer_id);
                 self.hub.leave(&peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Directory(event)) => self.on_directory(event),
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
                 tracing::debug!(?event, "circuit relay");
             }
@@ -408,6 +431,21 @@ impl Relay {
             self.on_new_revocations(checked.new_revocations, peer);
         }
         let verified = checked.verified;
+        let at = jarvis_home::now().0;
+        if verified.kind == CertKind::Device {
+            // The chain verified, so it decodes; its invite says which user claimed it.
+            let chain = Hello::decode(bytes)
+                .map_err(|e| format!("an unreadable hello: {e}"))?
+                .chain;
+            match self.roster.check_claim(peer, &verified, &chain, at) {
+                Ok(ClaimCheck::Fine) => {}
+                Ok(ClaimCheck::Refused(reason)) => return Err(reason),
+                Err(e) => return Err(format!("the relay cannot check the invite: {e}")),
+            }
+        }
+        if let Err(e) = self.roster.admitted(peer, &verified, at) {
+            tracing::warn!(error = %e, "cannot record the member");
+        }
         tracing::info!(%peer, kind = %verified.kind, name = %verified.name, "peer admitted");
         self.members.insert(peer, verified.clone());
         self.admitted.set(peer, true);
@@ -465,12 +503,15 @@ impl Relay {
         tracing::warn!(%peer, %reason, "peer refused");
         self.metrics.refused(if reason == "revoked" {
             "revoked"
+        } else if reason.contains("already claimed") {
+            "invite-claimed"
         } else {
             "not-a-member"
         });
         self.pending.remove(&peer);
         self.members.remove(&peer);
         self.admitted.set(peer, false);
+        self.listing.left(&peer);
         self.hub.leave(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
     }
@@ -512,6 +553,54 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// Heartbeats (answered with the directory the member may see) and an admin's member report.
+    fn on_directory(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        let request_response::Event::Message {
+            peer,
+            message: Message::Request {
+                request, channel, ..
+            },
+            ..
+        } = event
+        else {
+            return;
+        };
+        let now_ms = self.now_ms();
+        let response = match (
+            self.members.get(&peer),
+            directory::decode::<Request>(&request),
+        ) {
+            (None, _) => Response::Refused {
+                reason: "not admitted: say hello first".to_owned(),
+            },
+            (Some(_), Err(reason)) => Response::Refused { reason },
+            (Some(who), Ok(Request::Heartbeat { addresses, gpu })) => {
+                let who = who.clone();
+                match self.listing.heartbeat(peer, &who, addresses, gpu, now_ms) {
+                    Ok(()) => Response::Directory(self.listing.view(&peer, &who, now_ms)),
+                    Err(reason) => Response::Refused { reason },
+                }
+            }
+            (Some(who), Ok(Request::Members)) if who.kind == CertKind::Admin => {
+                let connected: std::collections::HashSet<String> =
+                    self.members.keys().map(ToString::to_string).collect();
+                let (members, claims) = self.roster.report(|id| connected.contains(id));
+                Response::Members(MembersReport { members, claims })
+            }
+            (Some(who), Ok(Request::Members)) => Response::Refused {
+                reason: format!("only an admin may list the members, not a {}", who.kind),
+            },
+        };
+        if let Response::Refused { reason } = &response {
+            tracing::info!(%peer, %reason, "directory request refused");
+        }
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .directory
+            .send_response(channel, directory::encode(&response));
     }
 
     fn on_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {

@@ -11,13 +11,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
-use common::{jarvis_bin, json_ok, relay_cmd, wait_for};
+use common::{Running, jarvis_bin, json_ok, relay_cmd, start_relay, start_relay_with, wait_for};
 
 fn jarvis(home: &Path) -> Command {
     let mut cmd = Command::new(jarvis_bin());
@@ -65,53 +65,6 @@ fn texts(home: &Path, conversation: &str) -> Vec<String> {
         .iter()
         .map(|m| m["text"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// A child stopped with SIGINT (a clean stop) when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-/// The relay (with metrics on a free port), the address devices dial, and the metrics address.
-fn start_relay(home: &Path) -> (Running, String, String) {
-    start_relay_with(home, &[])
-}
-
-fn start_relay_with(home: &Path, extra: &[&str]) -> (Running, String, String) {
-    let mut child = relay_cmd(home)
-        .args([
-            "up",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-            "--metrics",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
-    let up = next();
-    assert_eq!(up["event"], "up", "{up}");
-    let metrics = next();
-    assert_eq!(metrics["event"], "metrics", "{metrics}");
-    let listening = next();
-    let address = listening["address"].as_str().unwrap().to_owned();
-    std::thread::spawn(move || lines.for_each(drop));
-    (
-        Running(child),
-        address,
-        metrics["address"].as_str().unwrap().to_owned(),
-    )
 }
 
 /// The relay's Prometheus text.

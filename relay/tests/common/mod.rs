@@ -2,8 +2,9 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -75,4 +76,51 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A child stopped with SIGINT (a clean stop) when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The relay (with metrics on a free port), the address devices dial, and the metrics address.
+pub fn start_relay(home: &Path) -> (Running, String, String) {
+    start_relay_with(home, &[])
+}
+
+pub fn start_relay_with(home: &Path, extra: &[&str]) -> (Running, String, String) {
+    let mut child = relay_cmd(home)
+        .args([
+            "up",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let up = next();
+    assert_eq!(up["event"], "up", "{up}");
+    let metrics = next();
+    assert_eq!(metrics["event"], "metrics", "{metrics}");
+    let listening = next();
+    let address = listening["address"].as_str().unwrap().to_owned();
+    std::thread::spawn(move || lines.for_each(drop));
+    (
+        Running(child),
+        address,
+        metrics["address"].as_str().unwrap().to_owned(),
+    )
 }

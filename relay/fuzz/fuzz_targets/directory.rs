@@ -1,0 +1,49 @@
+//! The relay's directory messages from arbitrary bytes: requests and responses decode or are
+//! refused with a reason, and every heartbeat that decodes is taken or refused by the listing
+//! (for a device and a GPU peer), with the views staying within bounds. Nothing panics.
+#![no_main]
+use jarvis_identity::{CertKind, Name, Roles, SecretKey, UnixTime, Verified};
+use jarvis_relay::directory::{self, Listing, MAX_ADDRESSES, Request, Response};
+use libfuzzer_sys::fuzz_target;
+
+fn member(kind: CertKind, name: &str, user: Option<&str>) -> Option<Verified> {
+    Some(Verified {
+        subject: SecretKey::generate().public(),
+        kind,
+        name: Name::new(name).ok()?,
+        roles: Roles::MEMBER,
+        user: match user {
+            Some(u) => Some(Name::new(u).ok()?),
+            None => None,
+        },
+        expires_at: UnixTime(u64::MAX),
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = directory::decode::<Response>(data);
+    let (Some(laptop), Some(gpu)) = (
+        member(CertKind::Device, "laptop", Some("alice")),
+        member(CertKind::Gpu, "gpu", None),
+    ) else {
+        return;
+    };
+    let mut listing = Listing::<u8>::default();
+    let mut now = 0u64;
+    for (i, chunk) in data.split(|b| *b == 0xff).enumerate() {
+        now += 1000;
+        let who = if i % 2 == 0 { &laptop } else { &gpu };
+        if let Ok(Request::Heartbeat { addresses, gpu }) = directory::decode::<Request>(chunk) {
+            let peer = u8::try_from(i % 4).unwrap_or(0);
+            if listing.heartbeat(peer, who, addresses, gpu, now).is_ok() {
+                let view = listing.view(&peer, who, now);
+                assert!(view
+                    .devices
+                    .iter()
+                    .chain(&view.gpus)
+                    .all(|e| e.addresses.len() <= MAX_ADDRESSES));
+            }
+        }
+        listing.expire(now);
+    }
+});

@@ -6,8 +6,10 @@
 mod crdt;
 mod harness;
 mod identity_verify;
+mod iroh;
 mod llm_local;
 mod mesh_sync;
+mod relay;
 mod voice;
 
 use std::process::ExitCode;
@@ -46,6 +48,16 @@ const BENCHES: &[Bench] = &[
         run: mesh_sync::run,
     },
     Bench {
+        name: relay::CAPACITY,
+        about: "authenticated idle device connections one jarvis-relay holds within 200 MB RSS vs iroh-relay (crates.io, `server`) with as many authenticated clients",
+        run: relay::capacity,
+    },
+    Bench {
+        name: relay::ACK,
+        about: "store-and-forward acknowledgement latency (p50, p95) with 1,000 active devices, and the others' p95 while one device floods (absolute, and flood vs calm)",
+        run: relay::ack,
+    },
+    Bench {
         name: llm_local::NAME,
         about: "local engine (and through the HTTP API) vs llama-cpp-2 called directly: time to first token, tokens/s",
         run: llm_local::run,
@@ -78,6 +90,17 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // This binary is also the iroh-relay server of `relay-capacity`'s reference, in a process of
+    // its own so that its memory is measured alone.
+    if std::env::var_os(iroh::SERVER_ENV).is_some() {
+        return match iroh::serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("iroh-relay server: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

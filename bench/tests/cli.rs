@@ -168,3 +168,47 @@ fn voice_turn_quick_measures_first_audio() {
         assert!(f["ours"].as_f64().unwrap() > 0.0, "{f}");
     }
 }
+
+/// `relay-ack` runs a real `jarvis-relay` (the debug one beside this `jarvis-bench`) with
+/// active devices and then a flooder: the flooder is held to its rate (throttled, not served
+/// faster), and every figure is measured.
+#[test]
+fn relay_ack_quick_measures_and_holds_the_flooder_to_its_rate() {
+    let figures = quick("relay-ack");
+    let metric = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["metric"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {figures:?}"))
+            .clone()
+    };
+    for name in ["ack_p95_ms", "ack_p50_ms"] {
+        let ours = metric(name)["ours"].as_f64().unwrap();
+        assert!(ours.is_finite() && ours > 0.0, "{name}: {ours}");
+    }
+    let flood = metric("ack_p95_under_flood_ms");
+    assert!(flood["ours"].as_f64().unwrap() > 0.0, "{flood}");
+    let held = metric("flooder_taken_bytes_per_s");
+    let ratio = held["ratio"].as_f64().unwrap();
+    assert!(
+        ratio > 0.0 && ratio < 1.5,
+        "the flooder took {ratio} × its rate: {held}"
+    );
+}
+
+/// `relay-capacity` ramps idle devices on a real `jarvis-relay` and iroh-relay clients on an
+/// iroh-relay server: both are measured.
+#[test]
+fn relay_capacity_quick_measures_ours_and_iroh_relay() {
+    let figures = quick("relay-capacity");
+    assert_eq!(figures.len(), 2, "{figures:?}");
+    for f in &figures {
+        assert_eq!(f["bench"], "relay-capacity");
+        let (ours, reference) = (
+            f["ours"].as_f64().unwrap(),
+            f["reference"].as_f64().unwrap(),
+        );
+        assert!(ours.is_finite() && ours > 0.0, "{f}");
+        assert!(reference.is_finite() && reference > 0.0, "{f}");
+    }
+}

@@ -364,6 +364,19 @@ impl<S: Store> Replica<S> {
         snapshot.verify()?;
         self.check_writer(&snapshot.author)?;
         let mut received = Received::default();
+        if self.device.is_none() {
+            // A keyless replica (a relay) keeps one snapshot per document and drops the history
+            // it covers, so storage stays bounded. It cannot read snapshots, so it only takes one
+            // that covers everything the one it holds does: replacing a snapshot with one that
+            // covers less would lose the history already dropped.
+            let covers_more = self.store.snapshot(snapshot.doc)?.is_none_or(|held| {
+                snapshot.vector.dominates(&held.vector) && snapshot.vector != held.vector
+            });
+            if covers_more && self.store.put_snapshot(snapshot)? {
+                self.store.compact(snapshot.doc)?;
+            }
+            return Ok(received);
+        }
         self.store.put_snapshot(snapshot)?;
         if let Some(device) = self.device.as_mut() {
             let applied = device.applied.entry(snapshot.doc).or_default();

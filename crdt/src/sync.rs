@@ -420,6 +420,17 @@ impl Session {
         }])
     }
 
+    /// A snapshot this replica just made: offered to the peer at once (a relay then drops the
+    /// history it covers, so its storage stays bounded).
+    pub fn on_new_snapshot(&mut self, snapshot: &SealedSnapshot) -> Vec<SyncMessage> {
+        let peer = self.docs.entry(snapshot.doc).or_default();
+        peer.has.merge(&snapshot.vector);
+        peer.in_flight += 1;
+        vec![SyncMessage::Snapshot {
+            snapshot: snapshot.clone(),
+        }]
+    }
+
     /// A key record this replica just stored: pushed to the peer if it lacks it.
     pub fn on_new_key(&mut self, record: &KeyRecord) -> Vec<SyncMessage> {
         let peer = self.docs.entry(record.doc).or_default();

@@ -241,7 +241,13 @@ pub struct Node {
     directory: HashMap<PeerId, jarvis_relay::directory::Directory>,
     /// GPU peers from a directory dialled lately (not dialled again for [`GPU_REDIAL`]).
     gpu_dials: HashMap<PeerId, Instant>,
+    /// Changes per conversation since this node last snapshotted it.
+    since_snapshot: HashMap<DocId, u32>,
 }
+
+/// A conversation is compacted into a snapshot after this many changes (an answer streams in
+/// as a change every 200 ms, so a long conversation makes thousands).
+const SNAPSHOT_EVERY: u32 = 512;
 
 /// How long before a GPU peer listed by a relay, dialled and not connected, is dialled again.
 const GPU_REDIAL: Duration = Duration::from_secs(30);
@@ -412,6 +418,7 @@ impl Node {
             last_heartbeat: None,
             directory: HashMap::new(),
             gpu_dials: HashMap::new(),
+            since_snapshot: HashMap::new(),
         })
     }
 
@@ -957,7 +964,51 @@ impl Node {
         }
     }
 
+    /// Counts changes per conversation; one that has grown by [`SNAPSHOT_EVERY`] changes since
+    /// its last snapshot here is compacted into a new snapshot, offered to the org's relays,
+    /// which drop the history it covers (their storage stays bounded; a device that lacks the
+    /// history gets the snapshot).
+    fn maybe_snapshot(&mut self, changes: &[jarvis_crdt::SealedChange]) {
+        let mut due = Vec::new();
+        for change in changes {
+            let doc = change.header().doc;
+            let n = self.since_snapshot.entry(doc).or_default();
+            *n += 1;
+            if *n >= SNAPSHOT_EVERY {
+                *n = 0;
+                due.push(doc);
+            }
+        }
+        for doc in due {
+            let snapshot = match self.replica.snapshot(doc) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%doc, error = %e, "cannot snapshot");
+                    continue;
+                }
+            };
+            tracing::info!(%doc, bytes = snapshot.len(), "conversation compacted into a snapshot");
+            let relays: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| {
+                    p.verified
+                        .as_ref()
+                        .is_some_and(|v| v.kind == CertKind::Relay)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for relay in relays {
+                if let Some(session) = self.peers.get_mut(&relay).and_then(|p| p.session.as_mut()) {
+                    let out = session.on_new_snapshot(&snapshot);
+                    self.send_sync(relay, Ok(out));
+                }
+            }
+        }
+    }
+
     fn fan_out(&mut self, except: Option<PeerId>, changes: &[jarvis_crdt::SealedChange]) {
+        self.maybe_snapshot(changes);
         let peers: Vec<PeerId> = self
             .peers
             .keys()

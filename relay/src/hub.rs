@@ -13,7 +13,7 @@
 //! Generic over the peer id (`P`) and the store (`S`), so tests and simulations drive it with
 //! in-memory stores and plain numbers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 
 use jarvis_crdt::store::{Store, StoreError};
@@ -136,6 +136,8 @@ pub struct Hub<P, S: Store> {
     users: BTreeMap<Name, UserStore<S>>,
     peers: HashMap<P, PeerState>,
     limits: Limits,
+    /// Users written to since the last [`Hub::commit`] (a group commit in progress).
+    dirty: BTreeSet<Name>,
 }
 
 impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
@@ -145,6 +147,7 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
             users: BTreeMap::new(),
             peers: HashMap::new(),
             limits,
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -227,6 +230,38 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
     /// A sync message (still encoded: untrusted bytes) from `peer`. Durable before it returns
     /// `Ok`, so the transport acknowledgement may go back then.
     pub fn handle(&mut self, peer: P, bytes: &[u8], now_ms: u64) -> Handled<P> {
+        let mut handled = self.take(peer, bytes, now_ms);
+        if let Err(e) = self.commit()
+            && handled.result.is_ok()
+        {
+            handled = Handled {
+                result: Err(Refusal::Store(e.to_string())),
+                send: Vec::new(),
+                stored: 0,
+            };
+        }
+        handled
+    }
+
+    /// Makes everything taken since the last commit durable, with one flush per store (one in
+    /// all when the stores share a database). Until it returns `Ok`, nothing taken may be
+    /// acknowledged; if it fails, nothing taken is (the devices send it again on resync).
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        let mut result = Ok(());
+        for user in std::mem::take(&mut self.dirty) {
+            if let Some(store) = self.users.get_mut(&user)
+                && let Err(e) = store.replica.end_batch()
+            {
+                result = Err(StoreError::Io(e.to_string()));
+            }
+        }
+        result
+    }
+
+    /// Takes a sync message as part of a group commit: written, not yet durable. `Ok` means
+    /// taken; acknowledge it only once [`Hub::commit`] has succeeded. Messages of many peers
+    /// (and users) can be taken before one commit, so a burst costs one flush.
+    pub fn take(&mut self, peer: P, bytes: &[u8], now_ms: u64) -> Handled<P> {
         let refused = |r| Handled {
             result: Err(r),
             send: Vec::new(),
@@ -263,11 +298,10 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
         let Some(state) = self.peers.get_mut(&peer) else {
             return refused(Refusal::NotAdmitted);
         };
-        replica.begin_batch();
-        let result = state.session.handle(message, now_ms, replica);
-        if let Err(e) = replica.end_batch() {
-            return refused(Refusal::Store(e.to_string()));
+        if self.dirty.insert(user.clone()) {
+            replica.begin_batch();
         }
+        let result = state.session.handle(message, now_ms, replica);
         let out = match result {
             Ok(out) => out,
             // The message was understood but refused (a forged or out-of-place change).
@@ -426,6 +460,71 @@ mod tests {
             counted,
             hub.users[&alice()].replica.store().stored_bytes().unwrap()
         );
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_history_it_covers_and_a_newcomer_gets_everything() {
+        let (mut a, mut b, recipients) = two_devices();
+        let mut hub = hub(Limits::default());
+        let id = conversation(&mut a, "long talk", &recipients);
+        for i in 0..200 {
+            a.replica
+                .edit(id, |doc, me| {
+                    doc.append(
+                        jarvis_crdt::doc::NewMessage {
+                            id: &format!("m{i}"),
+                            role: jarvis_crdt::doc::Role::User,
+                            text: &format!("message {i}: what is the weather like tomorrow?"),
+                            status: jarvis_crdt::doc::Status::Done,
+                            now_ms: i,
+                        },
+                        me,
+                    )
+                })
+                .unwrap();
+        }
+        connect(&mut hub, 1, alice(), &mut a);
+        let before = hub.stored_bytes()[&alice()];
+
+        // A compacts the conversation and offers the snapshot: the relay drops the changes it
+        // covers, so what it stores shrinks.
+        let snapshot = a.replica.snapshot(id).unwrap();
+        let push = a.session.on_new_snapshot(&snapshot);
+        settle(
+            &mut hub,
+            &mut [(1, &mut a)],
+            push.into_iter().map(|m| (1, m)).collect(),
+            Vec::new(),
+        );
+        let after = hub.stored_bytes()[&alice()];
+        assert!(after < before / 2, "{after} of {before} bytes still stored");
+        // A later edit is stored past the snapshot as usual.
+        let change = a
+            .replica
+            .edit(id, |doc, _| doc.set_title("long talk, later", 1))
+            .unwrap();
+        let push = a.session.on_new_change(&change, &a.replica).unwrap();
+        settle(
+            &mut hub,
+            &mut [(1, &mut a)],
+            push.into_iter().map(|m| (1, m)).collect(),
+            Vec::new(),
+        );
+        hub.leave(&1);
+
+        // A device that had nothing gets the snapshot and the later change: all 200 messages.
+        connect(&mut hub, 2, alice(), &mut b);
+        let doc = b.replica.doc(id).unwrap();
+        assert_eq!(doc.message_count().unwrap(), 200);
+        assert_eq!(doc.title().unwrap(), "long talk, later");
+
+        // A snapshot covering no more than the one held is not taken (a narrower one would need
+        // history that is gone).
+        let stored = hub.stored_bytes()[&alice()];
+        let stale = SyncMessage::Snapshot { snapshot };
+        let handled = hub.handle(2, &stale.encode(), 0);
+        assert!(handled.result.is_ok());
+        assert_eq!(hub.stored_bytes()[&alice()], stored);
     }
 
     #[test]

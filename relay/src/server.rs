@@ -36,6 +36,12 @@ use crate::hub::{Hub, Limits};
 use crate::roster::{ClaimCheck, Roster};
 use crate::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES, MAX_SYNC_BYTES, SYNC_PROTOCOL};
 
+/// Streams a peer may have open at once on one QUIC connection: above what a device's sync
+/// window, directory and hello use together.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// The store's page cache.
+const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// How long a new connection has to prove membership.
 pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(500);
@@ -102,7 +108,103 @@ pub struct Relay {
     status_path: PathBuf,
     last_status: Option<serde_json::Value>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Sync messages received and not handled yet, per peer, served in turn.
+    inbox: Inbox,
 }
+
+/// A sync message waiting, with where its acknowledgement goes.
+type Waiting = (Vec<u8>, request_response::ResponseChannel<Vec<u8>>);
+
+/// Received sync messages, queued per peer and taken round-robin: one message from each peer
+/// with something waiting per round, all of a round made durable with one flush. A device with
+/// many messages in flight (a flood) then delays the others by one message each round, not by
+/// its whole queue. Each queue is bounded by the transport (at most [`wire::MAX_STREAMS`]
+/// requests in flight per peer).
+///
+/// A peer over its rate is throttled, not answered with a refusal: its message goes back to the
+/// head of its queue and the peer is parked until its bucket holds enough again. Its streams
+/// stay open meanwhile, so a flooder ends up sending at its rate and no faster, and the relay
+/// does no work for what waits.
+#[derive(Default)]
+struct Inbox {
+    queues: HashMap<PeerId, std::collections::VecDeque<Waiting>>,
+    turn: std::collections::VecDeque<PeerId>,
+    parked: HashMap<PeerId, Instant>,
+}
+
+impl Inbox {
+    fn push(&mut self, peer: PeerId, waiting: Waiting) {
+        let queue = self.queues.entry(peer).or_default();
+        if queue.is_empty() {
+            self.turn.push_back(peer);
+        }
+        queue.push_back(waiting);
+    }
+
+    /// Puts a message back at the head of its peer's queue and parks the peer until `until`.
+    fn park(&mut self, peer: PeerId, waiting: Waiting, until: Instant) {
+        let queue = self.queues.entry(peer).or_default();
+        if queue.is_empty() {
+            self.turn.push_back(peer);
+        }
+        queue.push_front(waiting);
+        self.parked.insert(peer, until);
+    }
+
+    fn ready(&self, peer: &PeerId, now: Instant) -> bool {
+        self.parked.get(peer).is_none_or(|until| *until <= now)
+    }
+
+    /// Whether some peer has a message to take now.
+    fn has_ready(&self, now: Instant) -> bool {
+        self.turn.iter().any(|p| self.ready(p, now))
+    }
+
+    /// When the first parked peer may go on.
+    fn next_wake(&self) -> Option<Instant> {
+        self.parked.values().min().copied()
+    }
+
+    /// One message from each waiting peer that is not parked, in turn (at most `max`).
+    fn round(&mut self, max: usize, now: Instant) -> Vec<(PeerId, Waiting)> {
+        let mut out = Vec::new();
+        for _ in 0..self.turn.len() {
+            if out.len() >= max {
+                break;
+            }
+            let Some(peer) = self.turn.pop_front() else {
+                break;
+            };
+            if !self.ready(&peer, now) {
+                self.turn.push_back(peer);
+                continue;
+            }
+            self.parked.remove(&peer);
+            let Some(queue) = self.queues.get_mut(&peer) else {
+                continue;
+            };
+            if let Some(waiting) = queue.pop_front() {
+                out.push((peer, waiting));
+            }
+            if queue.is_empty() {
+                self.queues.remove(&peer);
+            } else {
+                self.turn.push_back(peer);
+            }
+        }
+        out
+    }
+
+    /// A peer gone: what it sent and was not handled is dropped (never acknowledged).
+    fn forget(&mut self, peer: &PeerId) {
+        self.queues.remove(peer);
+        self.parked.remove(peer);
+        self.turn.retain(|p| p != peer);
+    }
+}
+
+/// The most messages one round takes (and one flush covers).
+const ROUND_MAX: usize = 256;
 
 /// The peers that passed the gate, shared with the circuit relay behaviour, which consults it
 /// before serving a reservation or opening a circuit: libp2p's relay serves both on its own
@@ -174,12 +276,14 @@ impl Relay {
         config: &Config,
     ) -> Result<Self> {
         let data = home.dir().to_path_buf();
-        let db = jarvis_crdt::store::sled::open_db(&data.join("store")).with_context(|| {
-            format!(
-                "opening the relay's store in {} (is another relay running on this home?)",
-                data.display()
-            )
-        })?;
+        let db =
+            jarvis_crdt::store::sled::open_db_with_cache(&data.join("store"), STORE_CACHE_BYTES)
+                .with_context(|| {
+                    format!(
+                        "opening the relay's store in {} (is another relay running on this home?)",
+                        data.display()
+                    )
+                })?;
         let roster = Roster::open(&db).context("opening the relay's member roster")?;
         let opener = db.clone();
         let hub = Hub::new(
@@ -200,7 +304,12 @@ impl Relay {
                 libp2p::yamux::Config::default,
             )
             .context("setting up TCP")?
-            .with_quic()
+            .with_quic_config(|mut c| {
+                // quinn keeps state for every stream a peer may open, per connection: 256 (the
+                // default) costs about 20 KiB per idle device.
+                c.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
+                c
+            })
             .with_behaviour(|key| Behaviour {
                 relay: relay::Behaviour::new(
                     key.public().to_peer_id(),
@@ -243,6 +352,7 @@ impl Relay {
             status_path: data.join(STATUS_FILE),
             last_status: None,
             metrics: std::sync::Arc::clone(&config.metrics),
+            inbox: Inbox::default(),
         })
     }
 
@@ -270,11 +380,17 @@ impl Relay {
         tokio::pin!(shutdown);
         self.metrics.set_running(true);
         loop {
+            // Arrivals first, then timers, then a round of the waiting sync messages: a sustained
+            // flood of messages cannot starve the gate or the timers.
+            let ready = self.inbox.has_ready(Instant::now());
+            let wake = self.inbox.next_wake();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 event = self.swarm.select_next_some() => self.on_swarm(event, report),
                 _ = tick.tick() => self.on_tick(),
+                () = std::future::ready(()), if ready => self.round(),
+                () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => self.round(),
             }
         }
         self.metrics.set_running(false);
@@ -405,6 +521,7 @@ impl Relay {
                 self.members.remove(&peer_id);
                 self.admitted.set(peer_id, false);
                 self.listing.left(&peer_id);
+                self.inbox.forget(&peer_id);
                 self.hub.leave(&peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
@@ -512,6 +629,7 @@ impl Relay {
         self.members.remove(&peer);
         self.admitted.set(peer, false);
         self.listing.left(&peer);
+        self.inbox.forget(&peer);
         self.hub.leave(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
     }
@@ -619,23 +737,52 @@ impl Relay {
             // that is not a device of this org is disconnected by the gate.
             return;
         }
-        let handled = self.hub.handle(peer, &request, self.now_ms());
-        self.metrics.changes_stored.inc_by(handled.stored as u64);
-        // The transport acknowledgement: empty once durable; otherwise the reason, so the
-        // device can say why its changes are not getting through.
-        let response = match &handled.result {
-            Ok(()) => Vec::new(),
-            Err(refusal) => {
-                tracing::info!(%peer, reason = refusal.reason(), "sync message refused: {refusal}");
-                self.metrics.refused(refusal.reason());
-                refusal.to_string().into_bytes()
+        self.inbox.push(peer, (request, channel));
+    }
+
+    /// Takes one waiting message from each peer in turn, makes them all durable with one
+    /// flush, then acknowledges them (or says why not) and sends what they caused.
+    fn round(&mut self) {
+        let now_ms = self.now_ms();
+        let now = Instant::now();
+        let mut taken = Vec::new();
+        for (peer, (request, channel)) in self.inbox.round(ROUND_MAX, now) {
+            let handled = self.hub.take(peer, &request, now_ms);
+            if let Err(crate::hub::Refusal::RateLimited { retry_after_ms }) = handled.result {
+                // Throttled: it waits its turn again once the peer's bucket allows it.
+                self.metrics.refused("rate-limited");
+                let until = now + Duration::from_millis(retry_after_ms.max(1));
+                self.inbox.park(peer, (request, channel), until);
+                continue;
             }
-        };
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .sync
-            .send_response(channel, response);
-        self.send(handled.send);
+            taken.push((peer, channel, handled));
+        }
+        let committed = self.hub.commit();
+        for (peer, channel, handled) in taken {
+            self.metrics.changes_stored.inc_by(handled.stored as u64);
+            // The transport acknowledgement: empty once durable; otherwise the reason, so the
+            // device can say why its changes are not getting through.
+            let result = match (&handled.result, &committed) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Ok(()), Err(e)) => Err(crate::hub::Refusal::Store(e.to_string())),
+                (Err(refusal), _) => Err(refusal.clone()),
+            };
+            let response = match &result {
+                Ok(()) => Vec::new(),
+                Err(refusal) => {
+                    tracing::info!(%peer, reason = refusal.reason(), "sync message refused: {refusal}");
+                    self.metrics.refused(refusal.reason());
+                    refusal.to_string().into_bytes()
+                }
+            };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, response);
+            if result.is_ok() {
+                self.send(handled.send);
+            }
+        }
     }
 }

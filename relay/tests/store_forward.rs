@@ -462,3 +462,65 @@ fn only_admitted_peers_get_a_circuit_reservation() {
             .then_some(())
     });
 }
+
+/// Posts `count` messages to the running node at `home` through its API (no model: each is
+/// saved and synced); returns the conversation.
+fn post_messages(home: &Path, conversation: Option<&str>, count: usize) -> String {
+    let api: Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).unwrap()).unwrap();
+    let token = std::fs::read_to_string(home.join("api-token")).unwrap();
+    let client = reqwest::blocking::Client::new();
+    let mut conversation = conversation.map(str::to_owned);
+    for i in 0..count {
+        let reply: Value = client
+            .post(format!("http://{}/v1/ask", api["addr"].as_str().unwrap()))
+            .bearer_auth(token.trim())
+            .json(&serde_json::json!({
+                "text": format!("note {i}: remember to water the plants on the balcony"),
+                "conversation": conversation,
+            }))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        conversation = Some(reply["conversation_id"].as_str().unwrap().to_owned());
+    }
+    conversation.unwrap()
+}
+
+/// A long conversation is compacted: past 512 changes the device snapshots it and the relay
+/// drops the history the snapshot covers, so what it stores shrinks while the conversation
+/// grows; a device that was away gets all of it (snapshot, then the later changes) from the
+/// relay alone.
+#[test]
+fn a_snapshot_replaces_the_history_it_covers_on_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, relay_home) = org(dir.path(), &["phone"]);
+    let (laptop, phone) = (devices[0].clone(), devices[1].clone());
+    let (_relay, address, _) = start_relay(&relay_home);
+    let a = start_node(&laptop, &address);
+    let conversation = post_messages(&laptop, None, 500);
+    let before = settled_bytes(&relay_home);
+    post_messages(&laptop, Some(&conversation), 100);
+    let after = wait_for("the relay to drop the history the snapshot covers", || {
+        let bytes = relay_status(&relay_home)["stored_bytes"].as_u64().unwrap();
+        (bytes < before / 2).then_some(bytes)
+    });
+    assert!(after > 0);
+    drop(a);
+
+    let _b = start_node(&phone, &address);
+    wait_for("the phone to get all 600 messages from the relay", || {
+        let texts = texts(&phone, &conversation);
+        (texts.len() == 600).then_some(())
+    });
+    let texts = texts(&phone, &conversation);
+    assert_eq!(
+        texts[0],
+        "note 0: remember to water the plants on the balcony"
+    );
+    assert_eq!(
+        texts[599],
+        "note 99: remember to water the plants on the balcony"
+    );
+}

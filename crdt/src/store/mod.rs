@@ -58,6 +58,10 @@ pub trait Store {
     /// Replaces the document's snapshot if `snapshot` covers more.
     fn put_snapshot(&mut self, snapshot: &SealedSnapshot) -> Result<bool, StoreError>;
     fn snapshot(&self, doc: DocId) -> Result<Option<SealedSnapshot>, StoreError>;
+    /// Drops the stored changes of `doc` that its snapshot covers (the snapshot replaces that
+    /// history: a peer lacking them gets the snapshot); returns the bytes freed. Durable when it
+    /// returns (or at the end of the batch).
+    fn compact(&mut self, doc: DocId) -> Result<u64, StoreError>;
     fn docs(&self) -> Result<Vec<DocId>, StoreError>;
     /// Bytes of sealed data held (quotas, `jarvis-relay status`).
     fn stored_bytes(&self) -> Result<u64, StoreError>;
@@ -166,6 +170,24 @@ impl Store for MemStore {
 
     fn snapshot(&self, doc: DocId) -> Result<Option<SealedSnapshot>, StoreError> {
         Ok(self.docs.get(&doc).and_then(|d| d.snapshot.clone()))
+    }
+
+    fn compact(&mut self, doc: DocId) -> Result<u64, StoreError> {
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return Ok(0);
+        };
+        let Some(covered) = d.snapshot.as_ref().map(|s| s.vector.clone()) else {
+            return Ok(0);
+        };
+        let mut freed = 0u64;
+        d.changes.retain(|(actor, seq), change| {
+            let keep = *seq > covered.get(actor);
+            if !keep {
+                freed += change.len() as u64;
+            }
+            keep
+        });
+        Ok(freed)
     }
 
     fn docs(&self) -> Result<Vec<DocId>, StoreError> {

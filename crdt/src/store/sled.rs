@@ -59,6 +59,16 @@ pub fn open_db(path: &Path) -> Result<Db, StoreError> {
     sled::Config::new().path(path).open().map_err(io)
 }
 
+/// Opens a sled database whose page cache holds at most `cache_bytes` (sled's default is 1 GB:
+/// a relay holding many users' data would grow towards it).
+pub fn open_db_with_cache(path: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .open()
+        .map_err(io)
+}
+
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_in(&open_db(path)?, "")
@@ -203,6 +213,31 @@ impl Store for SledStore {
             .map_err(io)?
             .map(|v| SealedSnapshot::decode(&v).map_err(StoreError::from))
             .transpose()
+    }
+
+    fn compact(&mut self, doc: DocId) -> Result<u64, StoreError> {
+        let Some(snapshot) = self.snapshot(doc)? else {
+            return Ok(0);
+        };
+        let mut freed = 0u64;
+        for (actor, top) in snapshot.vector.iter() {
+            let range = change_key(doc, actor, 0)..=change_key(doc, actor, *top);
+            let keys: Vec<sled::IVec> = self
+                .changes
+                .range(range)
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(io)?;
+            for key in keys {
+                if let Some(old) = self.changes.remove(key).map_err(io)? {
+                    freed += old.len() as u64;
+                }
+            }
+        }
+        if freed > 0 {
+            self.flush()?;
+        }
+        Ok(freed)
     }
 
     fn docs(&self) -> Result<Vec<DocId>, StoreError> {

@@ -500,13 +500,18 @@ fn revoke(mut admin: Admin, out: Output, args: RevokeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Gives the org's relays this admin's hello, which carries the revocation set: each relay
-/// merges it, disconnects the revoked, and pushes it to every connected peer.
-fn publish_to_relays(
+/// Talks to every recorded relay as this admin (its key, and its hello with `set`): `call`
+/// does the talking; if it cannot start, each relay gets `failed(reason)`.
+fn with_relays<T, F>(
     admin: &Admin,
     key: &jarvis_identity::SecretKey,
     set: &jarvis_identity::RevocationSet,
-) -> Vec<(String, Published)> {
+    call: impl FnOnce(libp2p::identity::Keypair, Vec<u8>, Vec<libp2p::Multiaddr>) -> F,
+    failed: impl Fn(String) -> T,
+) -> Vec<(String, T)>
+where
+    F: std::future::Future<Output = Result<Vec<(libp2p::Multiaddr, T)>, String>>,
+{
     let relays: Vec<libp2p::Multiaddr> = admin
         .state
         .relays
@@ -517,7 +522,7 @@ fn publish_to_relays(
         return Vec::new();
     }
     let hello = jarvis_identity::hello::Hello::new(admin.chain.clone(), set).encode();
-    let published = key
+    let outcome = key
         .to_libp2p_keypair()
         .map_err(|e| e.to_string())
         .and_then(|keypair| {
@@ -525,23 +530,39 @@ fn publish_to_relays(
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?
-                .block_on(jarvis_relay::client::publish_hello(
-                    keypair,
-                    hello,
-                    &relays,
-                    std::time::Duration::from_secs(10),
-                ))
+                .block_on(call(keypair, hello, relays.clone()))
         });
-    match published {
+    match outcome {
         Ok(results) => results
             .into_iter()
-            .map(|(a, p)| (a.to_string(), p))
+            .map(|(a, r)| (a.to_string(), r))
             .collect(),
         Err(e) => relays
             .iter()
-            .map(|a| (a.to_string(), Published::Unreachable(e.clone())))
+            .map(|a| (a.to_string(), failed(e.clone())))
             .collect(),
     }
+}
+
+/// How long an admin command waits for the relays.
+const RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Gives the org's relays this admin's hello, which carries the revocation set: each relay
+/// merges it, disconnects the revoked, and pushes it to every connected peer.
+fn publish_to_relays(
+    admin: &Admin,
+    key: &jarvis_identity::SecretKey,
+    set: &jarvis_identity::RevocationSet,
+) -> Vec<(String, Published)> {
+    with_relays(
+        admin,
+        key,
+        set,
+        |keypair, hello, relays| async move {
+            jarvis_relay::client::publish_hello(keypair, hello, &relays, RELAY_TIMEOUT).await
+        },
+        Published::Unreachable,
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -576,38 +597,15 @@ fn ask_relays_for_members(
     String,
     Result<jarvis_relay::directory::MembersReport, String>,
 )> {
-    let relays: Vec<libp2p::Multiaddr> = admin
-        .state
-        .relays
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let hello = jarvis_identity::hello::Hello::new(admin.chain.clone(), set).encode();
-    let asked = key
-        .to_libp2p_keypair()
-        .map_err(|e| e.to_string())
-        .and_then(|keypair| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?
-                .block_on(jarvis_relay::client::ask_members(
-                    keypair,
-                    hello,
-                    &relays,
-                    std::time::Duration::from_secs(10),
-                ))
-        });
-    match asked {
-        Ok(results) => results
-            .into_iter()
-            .map(|(a, r)| (a.to_string(), r))
-            .collect(),
-        Err(e) => relays
-            .iter()
-            .map(|a| (a.to_string(), Err(e.clone())))
-            .collect(),
-    }
+    with_relays(
+        admin,
+        key,
+        set,
+        |keypair, hello, relays| async move {
+            jarvis_relay::client::ask_members(keypair, hello, &relays, RELAY_TIMEOUT).await
+        },
+        Err,
+    )
 }
 
 /// Records in the audit log the claims not recorded yet (the same claim reported by several

@@ -35,8 +35,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             quota_bytes: 1 << 30,
-            rate_bytes_per_sec: 1 << 20,
-            burst_bytes: 8 << 20,
+            rate_bytes_per_sec: 256 << 10,
+            burst_bytes: 2 << 20,
         }
     }
 }
@@ -86,15 +86,18 @@ impl Bucket {
         }
     }
 
-    /// Takes `bytes`, or says how long until they would be there.
+    /// Takes `bytes`, or says how long until they would be there. A message larger than the
+    /// burst (a big snapshot) is taken once the bucket is full, leaving it in debt, so it
+    /// passes at the rate instead of never.
     fn take(&mut self, bytes: usize, limits: &Limits, now_ms: u64) -> Result<(), u64> {
         let rate = limits.rate_bytes_per_sec.max(1) as f64;
+        let burst = limits.burst_bytes as f64;
         let elapsed = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
-        self.tokens = (self.tokens + elapsed * rate).min(limits.burst_bytes as f64);
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
         self.at_ms = now_ms.max(self.at_ms);
-        let want = bytes as f64;
+        let want = (bytes as f64).min(burst);
         if self.tokens >= want {
-            self.tokens -= want;
+            self.tokens -= bytes as f64;
             Ok(())
         } else {
             Err((((want - self.tokens) / rate) * 1000.0).ceil() as u64)
@@ -525,6 +528,24 @@ mod tests {
         let handled = hub.handle(2, &stale.encode(), 0);
         assert!(handled.result.is_ok());
         assert_eq!(hub.stored_bytes()[&alice()], stored);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_burst_passes_once_the_bucket_is_full() {
+        let limits = Limits {
+            quota_bytes: u64::MAX,
+            rate_bytes_per_sec: 1000,
+            burst_bytes: 4000,
+        };
+        let mut bucket = Bucket::full(&limits, 0);
+        // Full: a 10,000-byte message passes and leaves the bucket 6,000 in debt.
+        assert_eq!(bucket.take(10_000, &limits, 0), Ok(()));
+        // The next small one waits for the debt to be paid back at the rate.
+        assert_eq!(bucket.take(1000, &limits, 0), Err(7000));
+        assert_eq!(bucket.take(1000, &limits, 7000), Ok(()));
+        // A large one waits for a full bucket, not for ever.
+        assert_eq!(bucket.take(10_000, &limits, 7000), Err(4000));
+        assert_eq!(bucket.take(10_000, &limits, 11_000), Ok(()));
     }
 
     #[test]

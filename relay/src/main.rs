@@ -218,7 +218,9 @@ fn run(cli: Cli) -> Result<()> {
                 limits: Limits {
                     quota_bytes: quota,
                     rate_bytes_per_sec: rate,
-                    burst_bytes: rate.saturating_mul(8),
+                    // Eight seconds' worth, and at least 2 MiB: a device's first upload of its
+                    // history goes at once.
+                    burst_bytes: rate.saturating_mul(8).max(2 << 20),
                 },
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()

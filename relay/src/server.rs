@@ -141,13 +141,16 @@ impl Inbox {
         queue.push_back(waiting);
     }
 
-    /// Puts a message back at the head of its peer's queue and parks the peer until `until`.
-    fn park(&mut self, peer: PeerId, waiting: Waiting, until: Instant) {
+    /// Puts messages back at the head of their peer's queue, in their order, and parks the
+    /// peer until `until`.
+    fn park(&mut self, peer: PeerId, waiting: Vec<Waiting>, until: Instant) {
         let queue = self.queues.entry(peer).or_default();
         if queue.is_empty() {
             self.turn.push_back(peer);
         }
-        queue.push_front(waiting);
+        for w in waiting.into_iter().rev() {
+            queue.push_front(w);
+        }
         self.parked.insert(peer, until);
     }
 
@@ -183,8 +186,11 @@ impl Inbox {
             let Some(queue) = self.queues.get_mut(&peer) else {
                 continue;
             };
-            if let Some(waiting) = queue.pop_front() {
-                out.push((peer, waiting));
+            for _ in 0..PER_PEER_PER_ROUND {
+                match queue.pop_front() {
+                    Some(waiting) => out.push((peer, waiting)),
+                    None => break,
+                }
             }
             if queue.is_empty() {
                 self.queues.remove(&peer);
@@ -203,8 +209,11 @@ impl Inbox {
     }
 }
 
-/// The most messages one round takes (and one flush covers).
+/// The most messages one round takes (and one flush covers), and from one peer.
 const ROUND_MAX: usize = 256;
+const PER_PEER_PER_ROUND: usize = 4;
+/// The least a throttled peer waits.
+const MIN_THROTTLE: Duration = Duration::from_millis(25);
 
 /// The peers that passed the gate, shared with the circuit relay behaviour, which consults it
 /// before serving a reservation or opening a circuit: libp2p's relay serves both on its own
@@ -746,16 +755,26 @@ impl Relay {
         let now_ms = self.now_ms();
         let now = Instant::now();
         let mut taken = Vec::new();
+        // Peers found over their rate in this round: what they sent waits, in order, until
+        // their bucket allows it (and at least a moment, so a throttled peer does not cost a
+        // flush of its own many times a second).
+        let mut throttled: HashMap<PeerId, (Instant, Vec<Waiting>)> = HashMap::new();
         for (peer, (request, channel)) in self.inbox.round(ROUND_MAX, now) {
+            if let Some((_, held)) = throttled.get_mut(&peer) {
+                held.push((request, channel));
+                continue;
+            }
             let handled = self.hub.take(peer, &request, now_ms);
             if let Err(crate::hub::Refusal::RateLimited { retry_after_ms }) = handled.result {
-                // Throttled: it waits its turn again once the peer's bucket allows it.
                 self.metrics.refused("rate-limited");
-                let until = now + Duration::from_millis(retry_after_ms.max(1));
-                self.inbox.park(peer, (request, channel), until);
+                let wait = Duration::from_millis(retry_after_ms).max(MIN_THROTTLE);
+                throttled.insert(peer, (now + wait, vec![(request, channel)]));
                 continue;
             }
             taken.push((peer, channel, handled));
+        }
+        for (peer, (until, held)) in throttled {
+            self.inbox.park(peer, held, until);
         }
         let committed = self.hub.commit();
         for (peer, channel, handled) in taken {

@@ -98,26 +98,7 @@ impl Org {
 
 /// `jarvis up` with no `--peer`: the org's relay (from its bundle) is all it knows.
 fn up(home: &Path) -> Running {
-    let mut child = jarvis(home)
-        .args([
-            "up",
-            "--json",
-            "--no-mdns",
-            "--no-voice",
-            "--api",
-            "127.0.0.1:0",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(up["event"], "up", "{up}");
-    std::thread::spawn(move || lines.for_each(drop));
-    Running(child)
+    common::node_up(jarvis(home), &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
 }
 
 fn names(list: &Value) -> Vec<String> {

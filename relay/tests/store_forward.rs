@@ -84,28 +84,10 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 }
 
 fn start_node(home: &Path, relay: &str) -> Running {
-    let mut child = jarvis(home)
-        .args([
-            "up",
-            "--json",
-            "--no-mdns",
-            "--no-voice",
-            "--api",
-            "127.0.0.1:0",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-            "--peer",
-            relay,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(up["event"], "up", "{up}");
-    std::thread::spawn(move || lines.for_each(drop));
-    Running(child)
+    common::node_up(
+        jarvis(home),
+        &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--peer", relay],
+    )
 }
 
 fn relay_status(home: &Path) -> Value {
@@ -432,26 +414,8 @@ fn only_admitted_peers_get_a_circuit_reservation() {
 
     // An enrolled device listening through the relay gets its reservation.
     let laptop = &devices[0];
-    let mut child = jarvis(laptop)
-        .args([
-            "up",
-            "--json",
-            "--no-mdns",
-            "--no-voice",
-            "--api",
-            "127.0.0.1:0",
-            "--listen",
-            &format!("{address}/p2p-circuit"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(up["event"], "up", "{up}");
-    std::thread::spawn(move || lines.for_each(drop));
-    let _laptop = Running(child);
+    let circuit = format!("{address}/p2p-circuit");
+    let _laptop = common::node_up(jarvis(laptop), &["--listen", &circuit]);
     wait_for("the laptop's reservation on the relay", || {
         let status = ok(laptop, &["status"]);
         status["listen"]

@@ -124,3 +124,27 @@ pub fn start_relay_with(home: &Path, extra: &[&str]) -> (Running, String, String
         metrics["address"].as_str().unwrap().to_owned(),
     )
 }
+
+/// `cmd` (a `jarvis --home …` command) running `up --json --no-mdns --no-voice` on a free API
+/// port with `args` (listen and peer addresses) added; waits for its "up" line.
+pub fn node_up(mut cmd: Command, args: &[&str]) -> Running {
+    let mut child = cmd
+        .args([
+            "up",
+            "--json",
+            "--no-mdns",
+            "--no-voice",
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let up: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(up["event"], "up", "{up}");
+    std::thread::spawn(move || lines.for_each(drop));
+    Running(child)
+}

@@ -461,9 +461,13 @@ fn a_snapshot_replaces_the_history_it_covers_on_the_relay() {
     let dir = tempfile::tempdir().unwrap();
     let (_, devices, relay_home) = org(dir.path(), &["phone"]);
     let (laptop, phone) = (devices[0].clone(), devices[1].clone());
-    let (_relay, address, _) = start_relay(&relay_home);
+    let (_relay, address, metrics) = start_relay(&relay_home);
     let a = start_node(&laptop, &address);
     let conversation = post_messages(&laptop, None, 500);
+    // Every one of the 500 changes stored on the relay (not just a pause in a slow sync).
+    wait_for("the relay to store the 500 messages", || {
+        (sample(&scrape(&metrics), "jarvis_relay_changes_stored_total")? >= 500.0).then_some(())
+    });
     let before = settled_bytes(&relay_home);
     post_messages(&laptop, Some(&conversation), 100);
     let after = wait_for("the relay to drop the history the snapshot covers", || {

@@ -157,6 +157,43 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The passphrase of the homes benchmarks make.
+pub const PASSPHRASE: &str = "bench";
+
+/// Runs `BIN --home HOME ARGS --json` (`jarvis` or `jarvis-relay`) to completion with the
+/// benchmark passphrase and a low key-derivation cost; returns its JSON.
+pub fn cli_json(
+    bin: &std::path::Path,
+    home: &std::path::Path,
+    args: &[&str],
+) -> Result<serde_json::Value> {
+    let out = std::process::Command::new(bin)
+        .env("JARVIS_PASSPHRASE", PASSPHRASE)
+        .env("JARVIS_KDF_WORK_FACTOR", "10")
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .arg("--json")
+        .output()
+        .with_context(|| format!("running {} {args:?}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {args:?} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{args:?} printed no JSON"))
+}
+
+/// The string `key` of a JSON object.
+pub fn field(v: &serde_json::Value, key: &str) -> Result<String> {
+    v.get(key)
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .with_context(|| format!("no {key} in {v}"))
+}
+
 /// Stops a `jarvis up` the way Ctrl-C does (so it shuts down cleanly) and waits for it.
 pub fn interrupt(child: &mut std::process::Child) {
     let _ = std::process::Command::new("kill")

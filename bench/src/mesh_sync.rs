@@ -30,7 +30,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-use crate::harness::{Figure, median, sibling};
+use crate::harness::{Figure, PASSPHRASE, cli_json, field, median, sibling};
 
 pub const NAME: &str = "mesh-sync";
 
@@ -38,7 +38,6 @@ pub const NAME: &str = "mesh-sync";
 const PAYLOAD_BYTES: usize = 200;
 /// Requests in flight to the laptop's API during a burst.
 const IN_FLIGHT: usize = 16;
-const PASSPHRASE: &str = "bench";
 
 struct Plan {
     rounds: usize,
@@ -61,33 +60,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = (p * (sorted.len() - 1) as f64).round() as usize;
     sorted.get(rank).copied().unwrap_or(f64::NAN)
-}
-
-/// Runs `jarvis --home HOME ARGS --json` to completion and returns its JSON.
-fn jarvis_json(jarvis: &Path, home: &Path, args: &[&str]) -> Result<Value> {
-    let out = Command::new(jarvis)
-        .env("JARVIS_PASSPHRASE", PASSPHRASE)
-        .env("JARVIS_KDF_WORK_FACTOR", "10")
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .arg("--json")
-        .output()
-        .with_context(|| format!("running jarvis {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "jarvis {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("jarvis {args:?} printed no JSON"))
-}
-
-fn field(v: &Value, key: &str) -> Result<String> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .with_context(|| format!("no {key} in {v}"))
 }
 
 /// A running `jarvis up` with no model (so asking only stores and syncs).
@@ -196,25 +168,25 @@ impl Pair {
             dir.path().join("laptop"),
             dir.path().join("phone"),
         );
-        jarvis_json(jarvis, &admin, &["admin", "init", "--org", "bench"])?;
+        cli_json(jarvis, &admin, &["admin", "init", "--org", "bench"])?;
         let token = field(
-            &jarvis_json(jarvis, &admin, &["admin", "invite", "user"])?,
+            &cli_json(jarvis, &admin, &["admin", "invite", "user"])?,
             "token",
         )?;
-        jarvis_json(
+        cli_json(
             jarvis,
             &laptop,
             &["join", &token, "--device-name", "laptop"],
         )?;
         let request = field(
-            &jarvis_json(jarvis, &phone, &["devices", "request"])?,
+            &cli_json(jarvis, &phone, &["devices", "request"])?,
             "request",
         )?;
         let bundle = field(
-            &jarvis_json(jarvis, &laptop, &["devices", "approve", &request])?,
+            &cli_json(jarvis, &laptop, &["devices", "approve", &request])?,
             "bundle",
         )?;
-        jarvis_json(jarvis, &phone, &["join", &bundle])?;
+        cli_json(jarvis, &phone, &["join", &bundle])?;
 
         let laptop_node = Node::start(jarvis, &laptop, &[])?;
         let status = laptop_node.get(client, "/v1/status").await?;

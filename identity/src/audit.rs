@@ -92,24 +92,21 @@ impl fmt::Display for AuditAction {
                 user_key,
                 device,
                 device_name,
-                accepted: true,
+                accepted,
                 relay,
-            } => write!(
-                f,
-                "invite {invite} claimed by user `{user}` ({user_key}) from device `{device_name}` ({device}), seen by relay {relay}"
-            ),
-            Self::InviteClaimed {
-                invite,
-                user,
-                user_key,
-                device,
-                device_name,
-                accepted: false,
-                relay,
-            } => write!(
-                f,
-                "invite {invite} claimed a second time, by another user key ({user_key}, calling itself `{user}`) from device `{device_name}` ({device}): refused by relay {relay}"
-            ),
+            } => {
+                if *accepted {
+                    write!(
+                        f,
+                        "invite {invite} claimed by user `{user}` ({user_key}) from device `{device_name}` ({device}), seen by relay {relay}"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "invite {invite} claimed a second time, by another user key ({user_key}, calling itself `{user}`) from device `{device_name}` ({device}): refused by relay {relay}"
+                    )
+                }
+            }
         }
     }
 }

@@ -195,7 +195,7 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
             Some((peer, stream)) = incoming.next() => server.accept(peer, stream),
             _ = beat.tick() => {
                 for address in &relay_addresses {
-                    let connected = crate::node::last_peer(address).is_some_and(|p| swarm.is_connected(&p));
+                    let connected = jarvis_relay::wire::peer_of(address).is_some_and(|p| swarm.is_connected(&p));
                     if !connected && let Err(e) = swarm.dial(address.clone()) {
                         tracing::debug!(%address, error = %e, "cannot dial the relay");
                     }

@@ -155,7 +155,7 @@ impl Redial {
     /// The peer the address reaches: its last `/p2p/` (in a relayed address
     /// `…/p2p/RELAY/p2p-circuit/p2p/PEER` the first one is the relay).
     fn peer(&self) -> Option<PeerId> {
-        last_peer(&self.address)
+        jarvis_relay::wire::peer_of(&self.address)
     }
 }
 
@@ -187,17 +187,6 @@ fn circuit_relay(address: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
         }
     }
     None
-}
-
-/// The peer an address names: its last `/p2p/`.
-pub(crate) fn last_peer(address: &Multiaddr) -> Option<PeerId> {
-    address
-        .iter()
-        .filter_map(|p| match p {
-            Protocol::P2p(id) => Some(id),
-            _ => None,
-        })
-        .last()
 }
 
 /// A dial error short enough for `status` and the UI (libp2p's lists every address tried).

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
@@ -15,7 +14,7 @@ use libp2p::{Multiaddr, PeerId};
 use crate::directory::{
     self, DIRECTORY_PROTOCOL, MAX_DIRECTORY_BYTES, MembersReport, Request, Response,
 };
-use crate::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES};
+use crate::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES, peer_of};
 
 #[derive(libp2p::swarm::NetworkBehaviour)]
 struct Admin {
@@ -32,17 +31,6 @@ pub enum Published {
     Refused,
     /// Could not reach it (or it did not answer) in time.
     Unreachable(String),
-}
-
-/// The peer an address names (its last `/p2p/`), if any.
-fn peer_of(address: &Multiaddr) -> Option<PeerId> {
-    address
-        .iter()
-        .filter_map(|p| match p {
-            Protocol::P2p(id) => Some(id),
-            _ => None,
-        })
-        .last()
 }
 
 /// Sends `hello` to the relay at each address (each must end in `/p2p/PEER`) and waits up to

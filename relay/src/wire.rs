@@ -28,6 +28,18 @@ pub const MAX_SYNC_BYTES: usize = jarvis_crdt::sync::MAX_MESSAGE_BYTES;
 /// far fewer.
 pub const MAX_STREAMS: usize = 64;
 
+/// The peer an address names: its last `/p2p/` (in a relayed address
+/// `…/p2p/RELAY/p2p-circuit/p2p/PEER` the first one is the relay).
+pub fn peer_of(address: &libp2p::Multiaddr) -> Option<libp2p::PeerId> {
+    address
+        .iter()
+        .filter_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .last()
+}
+
 /// Length-prefixed frames (`u32` big-endian length, then the bytes), refused above `max`.
 #[derive(Debug, Clone, Copy)]
 pub struct Frames {

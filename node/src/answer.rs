@@ -12,7 +12,7 @@ use jarvis_crdt::Status;
 use jarvis_inference::protocol::{FinishReason, Sampling};
 use jarvis_inference::supervisor::{Generation, Summary, Update};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// How often streamed text is written to the conversation.
 pub const FLUSH: Duration = Duration::from_millis(200);
@@ -37,6 +37,10 @@ pub struct Finished {
     pub summary: Option<Summary>,
     /// Why it failed.
     pub error: Option<String>,
+    /// A held answer's confirmation: the timings it came with.
+    pub confirmed: Option<BTreeMap<String, u64>>,
+    /// A held answer that was never confirmed: nothing of it was written.
+    pub discarded: bool,
 }
 
 impl Finished {
@@ -76,14 +80,49 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A speculative answer's hold: nothing is written to the conversation until `confirm` gives
+/// the timings to store with it; if it is dropped instead, or `until` passes first, the answer is
+/// cancelled and nothing was written.
+#[derive(Debug)]
+pub struct Hold {
+    pub confirm: oneshot::Receiver<BTreeMap<String, u64>>,
+    pub until: Instant,
+}
+
+/// How a hold ended.
+enum Held {
+    Confirmed(BTreeMap<String, u64>),
+    Dropped,
+}
+
+async fn held(hold: &mut Option<Hold>) -> Held {
+    match hold {
+        Some(h) => tokio::select! {
+            confirmed = &mut h.confirm => confirmed.map_or(Held::Dropped, Held::Confirmed),
+            () = tokio::time::sleep_until(h.until.into()) => Held::Dropped,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn closed<T>(client: Option<&mpsc::Sender<T>>) {
+    match client {
+        Some(client) => client.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Reads `generation` to its end. Each piece of text goes to `client` (wrapped by `wrap`) as it
 /// comes; if the client has gone the answer is cancelled. Every [`FLUSH`] the text so far goes
-/// to `flush` (the conversation), and whatever is left at the end.
+/// to `flush` (the conversation), and whatever is left at the end. With a `hold`, nothing goes to
+/// `flush` until it is confirmed (the timings it gave are in [`Finished::confirmed`]); a hold
+/// that is never confirmed cancels the answer, flushing nothing.
 pub async fn run<T, Flush>(
     mut generation: Generation,
     client: Option<&mpsc::Sender<T>>,
     wrap: impl Fn(String) -> T,
     mut flush: impl FnMut(String) -> Flush,
+    mut hold: Option<Hold>,
 ) -> Finished
 where
     Flush: std::future::Future<Output = ()>,
@@ -93,13 +132,25 @@ where
     let mut last_flush = Instant::now();
     let mut summary = None;
     let mut error = None;
+    let mut confirmed = None;
     let status = loop {
-        let update = match client {
-            Some(client) => tokio::select! {
-                update = generation.updates.recv() => update,
-                () = client.closed() => break Status::Cancelled,
-            },
-            None => generation.updates.recv().await,
+        let update = tokio::select! {
+            update = generation.updates.recv() => update,
+            () = closed(client) => break Status::Cancelled,
+            outcome = held(&mut hold) => {
+                hold = None;
+                match outcome {
+                    Held::Confirmed(timings) => {
+                        confirmed = Some(timings);
+                        if !unflushed.is_empty() {
+                            flush(std::mem::take(&mut unflushed)).await;
+                            last_flush = Instant::now();
+                        }
+                        continue;
+                    }
+                    Held::Dropped => break Status::Cancelled,
+                }
+            }
         };
         match update {
             None => {
@@ -115,7 +166,7 @@ where
                 {
                     break Status::Cancelled;
                 }
-                if last_flush.elapsed() >= FLUSH {
+                if hold.is_none() && last_flush.elapsed() >= FLUSH {
                     flush(std::mem::take(&mut unflushed)).await;
                     last_flush = Instant::now();
                 }
@@ -137,6 +188,31 @@ where
     };
     // Dropping the generation (below, on return) cancels it in the engine if it still runs.
     drop(generation);
+    // Written whole, or still waiting for its confirmation (or the client going away).
+    let discarded = if hold.is_some() {
+        tokio::select! {
+            outcome = held(&mut hold) => match outcome {
+                Held::Confirmed(timings) => {
+                    confirmed = Some(timings);
+                    false
+                }
+                Held::Dropped => true,
+            },
+            () = closed(client) => true,
+        }
+    } else {
+        false
+    };
+    if discarded {
+        return Finished {
+            text,
+            status: Status::Cancelled,
+            summary,
+            error,
+            confirmed: None,
+            discarded: true,
+        };
+    }
     if !unflushed.is_empty() {
         flush(unflushed).await;
     }
@@ -145,5 +221,7 @@ where
         status,
         summary,
         error,
+        confirmed,
+        discarded: false,
     }
 }

@@ -74,6 +74,8 @@ pub(crate) struct AppState {
     pub(crate) ui: std::sync::Arc<crate::ui::UiState>,
     /// The port the API listens on, for the same-origin check.
     pub(crate) port: u16,
+    /// Speculative answers waiting to be confirmed.
+    held: std::sync::Arc<HeldAnswers>,
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -240,6 +242,57 @@ struct AskRequest {
     /// transcript), stored with the answer's own.
     #[serde(default)]
     timings_ms: BTreeMap<String, u64>,
+    /// Speculative (with `stream`): the answer streams at once, but neither the question nor
+    /// the answer is saved until `POST /v1/ask/confirm` names the `ticket` of the `start` event;
+    /// closing the stream first (or not confirming within [`HOLD_FOR`]) drops both.
+    #[serde(default)]
+    hold: bool,
+}
+
+/// `POST /v1/ask/confirm`: keep a held answer.
+#[derive(Deserialize)]
+struct ConfirmRequest {
+    ticket: String,
+    /// Timings to store with the answer (a voice turn's, known once its end is certain).
+    #[serde(default)]
+    timings_ms: BTreeMap<String, u64>,
+}
+
+/// Held answers at once: a voice turn holds one at a time, so this is plenty for a machine.
+const MAX_HELD: usize = 8;
+/// How long a held answer waits to be confirmed.
+const HOLD_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Speculative answers waiting for their confirmation, by ticket.
+#[derive(Default)]
+struct HeldAnswers(std::sync::Mutex<std::collections::HashMap<String, HeldConfirm>>);
+
+type HeldConfirm = oneshot::Sender<BTreeMap<String, u64>>;
+
+impl HeldAnswers {
+    /// A new ticket, or `None` when [`MAX_HELD`] are waiting.
+    fn add(&self, confirm: HeldConfirm) -> Option<String> {
+        let mut held = self.0.lock().ok()?;
+        if held.len() >= MAX_HELD {
+            return None;
+        }
+        let ticket = hex::encode(jarvis_identity::keys::random_bytes::<16>());
+        held.insert(ticket.clone(), confirm);
+        Some(ticket)
+    }
+
+    fn take(&self, ticket: &str) -> Option<HeldConfirm> {
+        self.0.lock().ok()?.remove(ticket)
+    }
+}
+
+/// Forgets a held answer's ticket when its task ends, however it ends.
+struct Ticket(std::sync::Arc<HeldAnswers>, String);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        drop(self.0.take(&self.1));
+    }
 }
 
 /// The longest message accepted from the API: a pasted document, not a disk image.
@@ -303,6 +356,9 @@ async fn ask(
         true => None,
         false => engine_problem(&state.engine).await,
     };
+    if body.hold {
+        return ask_held(state, body, conversation, problem).await;
+    }
     let started = match ask_node(&state, |reply| Command::Ask {
         text: body.text,
         conversation,
@@ -355,50 +411,208 @@ async fn ask(
     };
     let (done_tx, done_rx) = oneshot::channel();
     let task = AnswerTask {
-        commands: state.commands.clone(),
-        doc: started.doc,
-        id: answer_id.clone(),
+        target: Target {
+            commands: state.commands.clone(),
+            started: tokio::sync::OnceCell::new_with(Some(Some((
+                started.doc,
+                answer_id.clone(),
+                started.reply.clone(),
+            )))),
+            question: None,
+        },
         model: state.engine.model_name().to_owned(),
-        reply: started.reply.clone(),
         timings_ms: body.timings_ms,
     };
     if body.stream {
-        use axum::response::sse::{Event, KeepAlive, Sse};
-        let (events_tx, events_rx) = mpsc::channel::<Event>(256);
-        tokio::spawn(task.run(routed, Some(events_tx), done_tx));
+        let (events_tx, events_rx) = mpsc::channel(256);
+        tokio::spawn(task.run(routed, Some(events_tx), done_tx, None));
         // The answer's message id too, so a client can tell its own answer among the changes
         // `/v1/events` reports.
         let mut start = started.reply.clone();
         if let Some(fields) = start.as_object_mut() {
             fields.insert("answer_id".into(), json!(answer_id));
         }
-        let start = Event::default().event("start").data(start.to_string());
-        let rest = futures::stream::unfold(events_rx, |mut rx| async move {
-            rx.recv().await.map(|event| (event, rx))
-        });
-        let stream = futures::StreamExt::map(
-            futures::StreamExt::chain(futures::stream::once(async move { start }), rest),
-            Ok::<_, std::convert::Infallible>,
-        );
-        return Sse::new(stream)
-            .keep_alive(KeepAlive::default())
-            .into_response();
+        return event_stream(start, events_rx);
     }
-    tokio::spawn(task.run(routed, None, done_tx));
+    tokio::spawn(task.run(routed, None, done_tx, None));
     match done_rx.await {
         Ok(body) => Json(body).into_response(),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
     }
 }
 
+/// An answer's server-sent events: `start` (with `start`'s fields), then what the task sends.
+fn event_stream(start: Value, events: mpsc::Receiver<axum::response::sse::Event>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let start = Event::default().event("start").data(start.to_string());
+    let rest = futures::stream::unfold(events, |mut rx| async move {
+        rx.recv().await.map(|event| (event, rx))
+    });
+    let stream = futures::StreamExt::map(
+        futures::StreamExt::chain(futures::stream::once(async move { start }), rest),
+        Ok::<_, std::convert::Infallible>,
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `POST /v1/ask` with `"hold": true`: the answer is generated and streamed from the
+/// conversation as it would be with the question added, and nothing is saved until it is
+/// confirmed. A voice turn starts one on the words heard at a pause, before it is sure the user
+/// has finished, and confirms it once the silence is long enough.
+async fn ask_held(
+    state: AppState,
+    body: AskRequest,
+    conversation: Option<DocId>,
+    problem: Option<String>,
+) -> Response {
+    if !body.stream {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "\"hold\" needs \"stream\": true (a held answer streams while it waits to be confirmed)",
+        );
+    }
+    if let Some(problem) = problem {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("no answer (nothing was saved): {problem}"),
+        );
+    }
+    let history = match ask_node(&state, |reply| Command::Preview {
+        text: body.text.clone(),
+        conversation,
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(history)) => history,
+        Ok(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        Err(r) => return r,
+    };
+    let (confirm, confirmed) = oneshot::channel();
+    let Some(ticket) = state.held.add(confirm) else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("{MAX_HELD} held answers are already waiting; confirm or close one first"),
+        );
+    };
+    let guard = Ticket(std::sync::Arc::clone(&state.held), ticket.clone());
+    let request = Request {
+        client: "ask".into(),
+        messages: history,
+        sampling: crate::answer::ask_sampling(),
+        prefix: String::new(),
+    };
+    let routed = match state.offload.submit(&state.engine, request).await {
+        Ok(routed) => routed,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no answer (nothing was saved): {e}"),
+            );
+        }
+    };
+    let task = AnswerTask {
+        target: Target {
+            commands: state.commands.clone(),
+            started: tokio::sync::OnceCell::new(),
+            question: Some((body.text, conversation)),
+        },
+        model: state.engine.model_name().to_owned(),
+        timings_ms: body.timings_ms,
+    };
+    let hold = crate::answer::Hold {
+        confirm: confirmed,
+        until: std::time::Instant::now() + HOLD_FOR,
+    };
+    let (events_tx, events_rx) = mpsc::channel(256);
+    let (done_tx, _) = oneshot::channel();
+    tokio::spawn(async move {
+        task.run(routed, Some(events_tx), done_tx, Some(hold)).await;
+        drop(guard);
+    });
+    event_stream(json!({ "held": true, "ticket": ticket }), events_rx)
+}
+
+/// POST /v1/ask/confirm: keeps a held answer (see [`ask_held`]): its question and answer are
+/// saved, the answer streaming on to the stream that holds it.
+async fn confirm(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<ConfirmRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (see `jarvis token`)",
+        );
+    }
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"ticket\": \"…\", \"timings_ms\": optional {name: ms}}",
+        );
+    };
+    let gone = || {
+        error(
+            StatusCode::NOT_FOUND,
+            "no held answer has that ticket: its stream closed, it waited too long, or it was already confirmed",
+        )
+    };
+    let Some(confirm) = state.held.take(&body.ticket) else {
+        return gone();
+    };
+    match confirm.send(body.timings_ms) {
+        Ok(()) => Json(json!({ "confirmed": true })).into_response(),
+        Err(_) => gone(),
+    }
+}
+
+/// Where an answer is written: known from the start, or (held) made once it is confirmed.
+struct Target {
+    commands: mpsc::Sender<Command>,
+    /// The conversation, the answer's message id, and the question's reply fields; `None` when
+    /// a confirmed answer could not be saved.
+    started: tokio::sync::OnceCell<Option<(DocId, String, Value)>>,
+    /// A held answer's question and conversation, added when it is confirmed.
+    question: Option<(String, Option<DocId>)>,
+}
+
+impl Target {
+    /// Where the answer goes, adding the question and the answer's message first if held.
+    async fn get(&self) -> Option<&(DocId, String, Value)> {
+        self.started
+            .get_or_init(|| async {
+                let (text, conversation) = self.question.clone()?;
+                let (reply, started) = oneshot::channel();
+                self.commands
+                    .send(Command::Ask {
+                        text,
+                        conversation,
+                        answer: true,
+                        reply,
+                    })
+                    .await
+                    .ok()?;
+                match started.await.ok()? {
+                    Ok(s) => Some((s.doc, s.answer_id?, s.reply)),
+                    Err(e) => {
+                        tracing::warn!("a confirmed answer could not be saved: {e}");
+                        None
+                    }
+                }
+            })
+            .await
+            .as_ref()
+    }
+}
+
 /// Streams one answer to its client and into the conversation, then records how it ended.
 struct AnswerTask {
-    commands: mpsc::Sender<Command>,
-    doc: DocId,
-    id: String,
+    target: Target,
     model: String,
-    reply: Value,
-    /// Timings from before the question, stored with the answer's.
+    /// Timings from before the question, stored with the answer's own.
     timings_ms: BTreeMap<String, u64>,
 }
 
@@ -408,14 +622,12 @@ impl AnswerTask {
         routed: crate::offload::Routed,
         client: Option<mpsc::Sender<axum::response::sse::Event>>,
         done: oneshot::Sender<Value>,
+        hold: Option<crate::answer::Hold>,
     ) {
         use axum::response::sse::Event;
         let Self {
-            commands,
-            doc,
-            id,
+            target,
             model,
-            reply,
             timings_ms: before,
         } = self;
         let crate::offload::Routed { generation, route } = routed;
@@ -428,25 +640,60 @@ impl AnswerTask {
                     .data(json!({ "text": text }).to_string())
             },
             |text| {
-                let commands = commands.clone();
-                let id = id.clone();
+                let target = &target;
                 async move {
-                    let _ = commands.send(Command::AnswerChunk { doc, id, text }).await;
+                    if let Some((doc, id, _)) = target.get().await {
+                        let _ = target
+                            .commands
+                            .send(Command::AnswerChunk {
+                                doc: *doc,
+                                id: id.clone(),
+                                text,
+                            })
+                            .await;
+                    }
                 }
             },
+            hold,
         )
         .await;
+        let send_done = |body: Value| async {
+            if let Some(client) = &client {
+                let _ = client
+                    .send(Event::default().event("done").data(body.to_string()))
+                    .await;
+            }
+            let _ = done.send(body);
+        };
+        if finished.discarded {
+            send_done(json!({ "status": "discarded", "answer": finished.text })).await;
+            return;
+        }
+        let Some((doc, id, reply)) = target.get().await.cloned() else {
+            send_done(json!({
+                "status": "failed",
+                "answer": finished.text,
+                "error": "the answer could not be saved (is the node stopping?)",
+            }))
+            .await;
+            return;
+        };
         // An offloaded answer names the GPU peer's model.
         let model = finished.summary.as_ref().map_or(model, |s| s.model.clone());
         let route = route.borrow().clone();
-        let _ = commands
+        let _ = target
+            .commands
             .send(Command::AnswerDone {
                 doc,
-                id: id.clone(),
+                id,
                 status: finished.status,
                 model: Some(model.clone()),
                 served_by: route.served_by(),
-                timings_ms: before.into_iter().chain(finished.timings()).collect(),
+                timings_ms: before
+                    .into_iter()
+                    .chain(finished.confirmed.clone().unwrap_or_default())
+                    .chain(finished.timings())
+                    .collect(),
             })
             .await;
         let mut body = reply;
@@ -455,12 +702,7 @@ impl AnswerTask {
         {
             fields.extend(answer);
         }
-        if let Some(client) = client {
-            let _ = client
-                .send(Event::default().event("done").data(body.to_string()))
-                .await;
-        }
-        let _ = done.send(body);
+        send_done(body).await;
     }
 }
 
@@ -509,12 +751,14 @@ pub async fn serve(
         stop: stop.clone(),
         ui,
         port: bound.port(),
+        held: std::sync::Arc::default(),
     };
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/conversations", get(conversations))
         .route("/v1/conversations/{id}", get(show))
         .route("/v1/ask", post(ask))
+        .route("/v1/ask/confirm", post(confirm))
         .route("/v1/events", get(events_handler))
         .route("/metrics", get(metrics_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ASK_BYTES + 4096))
@@ -573,6 +817,7 @@ pub fn forget(home: &Home) {
 }
 
 /// A client of a running node's API, for the CLI.
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: String,
@@ -616,6 +861,19 @@ impl Client {
             .http
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(Self::unreachable)?;
+        Self::check(response).await
+    }
+
+    /// POSTs `body`; the JSON answer, or the node's error.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
             .send()
             .await
             .map_err(Self::unreachable)?;

@@ -234,6 +234,58 @@ pub(crate) async fn ask_node(
     Ok(answer)
 }
 
+/// Asks the running node for a held answer (`"hold": true`): generated and streamed to
+/// `on_piece` at once, but saved only once [`confirm`]ed with the ticket sent to `ticket` (which
+/// comes before the first piece). Dropping the future before that drops the answer.
+pub(crate) async fn ask_node_held(
+    client: &Client,
+    text: &str,
+    conversation: Option<String>,
+    ticket: tokio::sync::oneshot::Sender<String>,
+    mut on_piece: impl FnMut(&str),
+) -> Result<Value> {
+    let body = json!({ "text": text, "conversation": conversation, "stream": true, "hold": true });
+    let mut ticket = Some(ticket);
+    let mut final_answer = None;
+    client
+        .post_events("/v1/ask", &body, |event, data| match event {
+            "start" => {
+                let start: Value = serde_json::from_str(data).unwrap_or_default();
+                if let (Some(t), Some(tx)) = (start["ticket"].as_str(), ticket.take()) {
+                    let _ = tx.send(t.to_owned());
+                }
+            }
+            "token" => {
+                let piece: Value = serde_json::from_str(data).unwrap_or_default();
+                on_piece(piece["text"].as_str().unwrap_or_default());
+            }
+            "done" => final_answer = serde_json::from_str(data).ok(),
+            _ => {}
+        })
+        .await?;
+    let answer: Value = final_answer.context("the node ended the answer early")?;
+    match answer["status"].as_str() {
+        Some("cancelled") => anyhow::bail!("the answer was cancelled"),
+        Some("discarded") => anyhow::bail!("the held answer was not confirmed in time"),
+        _ => Ok(answer),
+    }
+}
+
+/// Keeps a held answer ([`ask_node_held`]), storing `timings` with it.
+pub(crate) async fn confirm(
+    client: &Client,
+    ticket: &str,
+    timings: &BTreeMap<String, u64>,
+) -> Result<()> {
+    client
+        .post(
+            "/v1/ask/confirm",
+            &json!({ "ticket": ticket, "timings_ms": timings }),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Answers in this process (no node runs): the model is loaded here, the exchange saved to the
 /// store; `engine` is the one to use, or none to start one. Pieces go to `on_piece`; `timings` is asked for just before the answer is saved (a
 /// voice turn adds its own then).
@@ -290,8 +342,9 @@ pub(crate) async fn ask_offline(
         }
     };
     // Nobody else reads this store while no node runs: the text is written once, at the end.
-    let answer =
-        async move { crate::answer::run(generation, Some(&pieces), |p| p, |_| async {}).await };
+    let answer = async move {
+        crate::answer::run(generation, Some(&pieces), |p| p, |_| async {}, None).await
+    };
     let (finished, ()) = tokio::join!(answer, print);
     conv::stream_answer(&mut replica, added.doc, &answer_id, &finished.text)?;
     let model = engine.model_name().to_owned();

@@ -153,12 +153,22 @@ const HISTORY_CHARS: usize = 6000;
 /// The model's view of a conversation: the system prompt, then the finished messages, newest
 /// last, as many as fit in [`HISTORY_CHARS`].
 pub fn history(doc: &Doc) -> Vec<ChatMessage> {
-    let count = doc.message_count().unwrap_or(0);
+    history_with(Some(doc), None)
+}
+
+/// [`history`] as it will be once the user's `text` is added to `doc` (a new conversation when
+/// `doc` is `None`), without adding it: what a speculative answer is generated from.
+pub fn history_with(doc: Option<&Doc>, text: Option<&str>) -> Vec<ChatMessage> {
     let mut kept: Vec<ChatMessage> = Vec::new();
     let mut chars = 0;
+    if let Some(text) = text {
+        chars += text.len();
+        kept.push(ChatMessage::new("user", text.to_owned()));
+    }
+    let count = doc.map_or(0, |d| d.message_count().unwrap_or(0));
     // From the newest back, reading only as many messages as the budget keeps.
     for i in (0..count).rev() {
-        let Ok(Some(m)) = doc.message(i) else {
+        let Some(Ok(Some(m))) = doc.map(|d| d.message(i)) else {
             continue;
         };
         if m.status != Status::Done || m.text.is_empty() {

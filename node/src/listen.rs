@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 
 use crate::home::Home;
 use crate::output::Output;
+use crate::speculate::{Answerer, Gate};
 
 #[derive(Debug, Args)]
 pub struct ListenArgs {
@@ -254,22 +255,30 @@ fn list_devices(out: Output) {
 }
 
 /// Speaks pieces of the answer as they arrive, a sentence at a time, into `playback` (which
-/// starts playing with the first); stops speaking when the user barges in. Returns the sentences
-/// spoken.
+/// starts playing with the first) once `gate` opens; stops speaking when the user barges in, or
+/// when the gate drops the answer (a held answer the user did not finish at). Returns the
+/// sentences spoken.
 pub(crate) fn speak_thread(
-    voice: &mut Voice,
+    voice: &Mutex<Voice>,
     pieces: std::sync::mpsc::Receiver<String>,
     playback: &Playback,
+    gate: &Gate,
 ) -> Result<usize, String> {
     let mut sentences = Sentences::new();
     let mut count = 0;
     let mut speak = |sentence: String| -> Result<(), String> {
-        if playback.stopped().is_some() {
+        if playback.stopped().is_some() || gate.dropped() {
             return Ok(());
         }
-        let spoken = voice.speak(&sentence).map_err(|e| e.to_string())?;
-        playback.queue(&spoken, Instant::now());
-        count += 1;
+        let spoken = voice
+            .lock()
+            .map_err(|_| "the voice failed".to_owned())?
+            .speak(&sentence)
+            .map_err(|e| e.to_string())?;
+        if gate.wait() {
+            playback.queue(&spoken, Instant::now());
+            count += 1;
+        }
         Ok(())
     };
     for piece in pieces {
@@ -280,7 +289,10 @@ pub(crate) fn speak_thread(
     if let Some(rest) = sentences.finish() {
         speak(rest)?;
     }
-    playback.complete();
+    // A dropped answer leaves the playback to the one that replaces it.
+    if !gate.dropped() {
+        playback.complete();
+    }
     Ok(count)
 }
 
@@ -435,7 +447,35 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
     };
     let watch = Watch::new(Arc::clone(&playback), args.echo);
     let outcome = Arc::clone(&watch.outcome);
-    let (heard, feeding, stt) = pipeline::hear(listener, source, pace, stt, Some(watch)).await?;
+    let voice = Arc::new(Mutex::new(voice));
+    // With a running node, the words heard at each pause are answered at once, held until the
+    // end of the turn says whether they were the request (`speculate`).
+    let mut answerer = node.clone().map(|client| {
+        Answerer::new(
+            client,
+            Arc::clone(&voice),
+            Arc::clone(&playback),
+            Arc::new(|| {}),
+        )
+    });
+    let (heard_tx, mut heard_rx) = tokio::sync::mpsc::channel(8);
+    let report = move |stage| {
+        let _ = heard_tx.try_send(stage);
+    };
+    let hearing = pipeline::hear_reporting(listener, source, pace, stt, Some(watch), &report);
+    let (heard, feeding, stt) = match answerer.as_mut() {
+        Some(answerer) => {
+            answerer
+                .hear(
+                    hearing,
+                    &mut heard_rx,
+                    push_to_talk,
+                    args.conversation.clone(),
+                )
+                .await?
+        }
+        None => hearing.await?,
+    };
     stt.shutdown().await;
     let Some(utterance) = heard.utterance else {
         playback.complete();
@@ -455,11 +495,7 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
     };
     let transcript = &utterance.transcript;
     let spoken = utterance.spoken;
-    let request = if push_to_talk {
-        transcript.text.trim().to_owned()
-    } else {
-        jarvis_voice::strip_wake_phrase(&transcript.text).to_owned()
-    };
+    let request = crate::speculate::request(&transcript.text, push_to_talk);
     let mut timings = heard_timings(&utterance);
     if let Some(at) = heard.wake_at {
         timings.insert("wake_at".to_owned(), samples_ms(at));
@@ -489,36 +525,13 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
         return Ok(turn);
     }
 
-    // The answer streams into the speaking thread, which plays it; the listening thread goes on
-    // listening for the user talking over it.
-    let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
-    let speaking = {
-        let playback = Arc::clone(&playback);
-        let mut voice = voice;
-        std::thread::spawn(move || speak_thread(&mut voice, pieces, &playback))
-    };
-    let first_token_at = Arc::new(Mutex::new(None::<Instant>));
-    let on_piece = {
-        let first_token_at = Arc::clone(&first_token_at);
-        move |piece: &str| {
-            if let Ok(mut first) = first_token_at.lock()
-                && first.is_none()
-            {
-                *first = Some(Instant::now());
-            }
-            // The receiver lives until every piece is spoken; unbounded is bounded here by the
-            // answer's token limit.
-            let _ = pieces_tx.send(piece.to_owned());
-        }
-    };
     // The stage timings once the turn is over (first token, first audio, barge-in).
     let after = {
-        let first_token_at = Arc::clone(&first_token_at);
         let playback = Arc::clone(&playback);
-        move |barge: Option<BargeIn>| {
+        move |first_token: Option<Instant>, barge: Option<BargeIn>| {
             let mut t = BTreeMap::new();
             let since = |i: Instant| millis(i.saturating_duration_since(spoken));
-            if let Some(first) = first_token_at.lock().ok().and_then(|f| *f) {
+            if let Some(first) = first_token {
                 t.insert("end_of_speech_to_first_token".to_owned(), since(first));
             }
             if let Some(first) = playback.started() {
@@ -534,39 +547,71 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
             t
         }
     };
-    let before = timings.clone();
-    let answer = match &node {
-        Some(client) => {
-            crate::client::ask_node(
-                client,
-                &request,
-                args.conversation.clone(),
-                timings.clone(),
-                on_piece,
-            )
-            .await?
+    let (answer, first_token, sentences) = match answerer.as_mut() {
+        Some(answerer) => {
+            let mut attempt = answerer
+                .answer(
+                    utterance.end_of_speech,
+                    &request,
+                    args.conversation.clone(),
+                    &timings,
+                )
+                .await;
+            set(
+                &mut turn,
+                "speculative_answer",
+                json!(attempt.speculative()),
+            );
+            set(&mut turn, "held_answers_dropped", json!(answerer.dropped));
+            let answer = attempt.answer().await?;
+            let first_token = attempt.first_token();
+            (answer, first_token, attempt.spoken().await?)
         }
         None => {
+            // The answer streams into the speaking thread, which plays it; the listening
+            // thread goes on listening for the user talking over it.
+            let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
+            let speaking = {
+                let (playback, voice) = (Arc::clone(&playback), Arc::clone(&voice));
+                std::thread::spawn(move || speak_thread(&voice, pieces, &playback, &Gate::open()))
+            };
+            let first_token_at = Arc::new(Mutex::new(None::<Instant>));
+            let on_piece = {
+                let first_token_at = Arc::clone(&first_token_at);
+                move |piece: &str| {
+                    if let Ok(mut first) = first_token_at.lock()
+                        && first.is_none()
+                    {
+                        *first = Some(Instant::now());
+                    }
+                    // The receiver lives until every piece is spoken; unbounded is bounded here
+                    // by the answer's token limit.
+                    let _ = pieces_tx.send(piece.to_owned());
+                }
+            };
+            let before = timings.clone();
             let after = after.clone();
             let outcome = Arc::clone(&outcome);
+            let first = Arc::clone(&first_token_at);
             // Saved once the turn is over, so the conversation has every stage and whether the
             // user interrupted. The listening thread ends by itself (the answer played, the
             // recording ended, or a barge-in), without this task's help.
-            let playback = Arc::clone(&playback);
+            let playback_done = Arc::clone(&playback);
             let stored = move || {
                 let barge = outcome.wait(Duration::from_secs(600));
                 // A recording can end before the answer starts playing: wait for the first
                 // audio (the speaking thread runs on its own) so the turn records it.
                 let until = Instant::now() + Duration::from_secs(60);
-                while playback.started().is_none()
-                    && !playback.is_complete()
+                while playback_done.started().is_none()
+                    && !playback_done.is_complete()
                     && Instant::now() < until
                 {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                before.into_iter().chain(after(barge)).collect()
+                let first = first.lock().ok().and_then(|f| *f);
+                before.into_iter().chain(after(first, barge)).collect()
             };
-            crate::client::ask_offline(
+            let answer = crate::client::ask_offline(
                 home,
                 engine,
                 &request,
@@ -574,19 +619,21 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
                 stored,
                 on_piece,
             )
-            .await?
+            .await?;
+            let sentences = tokio::task::spawn_blocking(move || speaking.join())
+                .await
+                .context("the speaking thread")?
+                .map_err(|_| anyhow::anyhow!("the speaking thread failed"))?
+                .map_err(|e| anyhow::anyhow!("speaking the answer: {e}"))?;
+            let first_token = first_token_at.lock().ok().and_then(|f| *f);
+            (answer, first_token, sentences)
         }
     };
-    let sentences = tokio::task::spawn_blocking(move || speaking.join())
-        .await
-        .context("the speaking thread")?
-        .map_err(|_| anyhow::anyhow!("the speaking thread failed"))?
-        .map_err(|e| anyhow::anyhow!("speaking the answer: {e}"))?;
     let (_, barge) = feeding.finish().await?;
     let timings: BTreeMap<String, u64> = timings
         .into_iter()
         .chain(timings_from(&answer))
-        .chain(after(barge))
+        .chain(after(first_token, barge))
         .collect();
     for (key, value) in &answer.as_object().cloned().unwrap_or_default() {
         if !matches!(key.as_str(), "timings_ms") {

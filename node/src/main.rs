@@ -20,6 +20,7 @@ mod openai;
 mod output;
 mod pairing;
 mod settings;
+mod speculate;
 mod ui;
 mod up;
 mod voice_loop;

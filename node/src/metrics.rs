@@ -41,6 +41,11 @@ pub struct Metrics {
     pub voice_stages: Histograms,
     /// Voice turns by outcome (`answered`, `interrupted`, `no_request`, `failed`).
     pub voice_turns: Family<Label, Counter>,
+    /// Voice answers by how they started: `kept` (held at a pause, confirmed at the end) or
+    /// `asked` (at the end).
+    pub voice_answers: Family<Label, Counter>,
+    /// Held answers dropped because the user went on speaking after the pause.
+    pub voice_held_dropped: Counter,
 }
 
 impl Metrics {
@@ -100,6 +105,18 @@ impl Metrics {
             voice_stages.clone(),
         );
         registry.register("voice_turns", "Voice turns by outcome", voice_turns.clone());
+        let voice_answers = Family::<Label, Counter>::default();
+        registry.register(
+            "voice_answers",
+            "Voice answers by how they started: kept (held at a pause) or asked (at the end)",
+            voice_answers.clone(),
+        );
+        let voice_held_dropped = Counter::default();
+        registry.register(
+            "voice_held_answers_dropped",
+            "Held answers dropped because the user went on speaking after the pause",
+            voice_held_dropped.clone(),
+        );
         Self {
             registry,
             sync_messages_sent,
@@ -113,6 +130,8 @@ impl Metrics {
             engine,
             voice_stages,
             voice_turns,
+            voice_answers,
+            voice_held_dropped,
         }
     }
 
@@ -132,6 +151,17 @@ impl Metrics {
                     .observe(*ms as f64 / 1000.0);
             }
         }
+    }
+
+    /// How a voice turn's answer started: held at a pause and kept (`kept`), or asked for at
+    /// the end (`asked`); and how many held answers were dropped because the user went on.
+    pub fn voice_answer(&self, speculative: bool, dropped: usize) {
+        self.voice_answers
+            .get_or_create(&Label {
+                name: if speculative { "kept" } else { "asked" }.to_owned(),
+            })
+            .inc();
+        self.voice_held_dropped.inc_by(dropped as u64);
     }
 
     /// The text exposition format.

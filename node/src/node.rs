@@ -79,6 +79,13 @@ pub enum Command {
         answer: bool,
         reply: oneshot::Sender<Result<AskStarted, String>>,
     },
+    /// The conversation as the model would see it with `text` added, adding nothing (for a
+    /// speculative answer, saved only once confirmed).
+    Preview {
+        text: String,
+        conversation: Option<DocId>,
+        reply: oneshot::Sender<Result<Vec<jarvis_inference::protocol::ChatMessage>, String>>,
+    },
     /// More text of an answer.
     AnswerChunk {
         doc: DocId,
@@ -1220,6 +1227,23 @@ impl Node {
             }
             Command::Show(doc, reply) => {
                 let _ = reply.send(self.show(doc));
+            }
+            Command::Preview {
+                text,
+                conversation,
+                reply,
+            } => {
+                let doc = match conversation {
+                    Some(id) => match self.replica.doc(id) {
+                        Some(doc) => Some(doc),
+                        None => {
+                            let _ = reply.send(Err(format!("no conversation {id}")));
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                let _ = reply.send(Ok(conversations::history_with(doc, Some(&text))));
             }
             Command::Ask {
                 text,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use jarvis_voice::device;
 use jarvis_voice::pipeline::{self, Pace, Source, Stage, Watch};
 use jarvis_voice::playback::Playback;
@@ -18,8 +18,9 @@ use jarvis_voice::turn::TurnConfig;
 use tokio::sync::watch;
 
 use crate::home::Home;
-use crate::listen::{VOICE_RATE, VoiceModels, heard_timings, millis, speak_thread};
+use crate::listen::{VOICE_RATE, VoiceModels, heard_timings, millis};
 use crate::metrics::Metrics;
+use crate::speculate::Answerer;
 use crate::ui::Voice;
 
 /// Runs the voice loop until `stop`; logs why voice is off when it cannot run.
@@ -84,10 +85,11 @@ async fn turns(
     // The cheap checks first: no models or no microphone turns voice off before anything loads.
     let models = VoiceModels::find()?;
     device::find_microphone(mic_name.as_deref())?;
-    let (mut listener, mut voice, mut stt) = crate::listen::load(&models, false).await?;
+    let (mut listener, voice, mut stt) = crate::listen::load(&models, false).await?;
     listener.push_to_talk(ui.talk_flag());
     listener.wake_control(ui.wake_control());
     ui.set_tts(voice.name());
+    let voice = Arc::new(std::sync::Mutex::new(voice));
     // Opened once the models are loaded, so it does not hear stale audio.
     let (mic, chunks) = device::open_microphone(mic_name.as_deref())?;
     let playback = Arc::new(Playback::new());
@@ -104,8 +106,10 @@ async fn turns(
             match crate::listen::load_voice(&models, choice.clone()).await {
                 Ok(v) => {
                     tracing::info!(voice = ?choice, engine = v.name(), "voice changed");
-                    voice = v;
-                    ui.set_tts(voice.name());
+                    ui.set_tts(v.name());
+                    if let Ok(mut voice) = voice.lock() {
+                        *voice = v;
+                    }
                 }
                 Err(e) => tracing::warn!(voice = ?choice, "cannot use that voice: {e:#}"),
             }
@@ -115,18 +119,36 @@ async fn turns(
         ui.set("idle");
         // A stop asked for after the last answer ended is not for the next one.
         ui.take_stop();
-        let report = |stage| match stage {
-            Stage::Woke => {
-                ui.heard(String::new());
-                ui.set("listening");
+        // The words heard at each pause are answered at once, held until the end of the turn
+        // says whether they were the request (`speculate`).
+        let mut answerer = Answerer::new(
+            client.clone(),
+            Arc::clone(&voice),
+            Arc::clone(&playback),
+            Arc::new({
+                let ui = Arc::clone(ui);
+                move || ui.set("speaking")
+            }),
+        );
+        let (heard_tx, mut heard_rx) = tokio::sync::mpsc::channel(8);
+        let report = |stage: Stage| {
+            match &stage {
+                Stage::Woke => {
+                    ui.heard(String::new());
+                    ui.set("listening");
+                }
+                // The words so far, shown while the user may still be speaking.
+                Stage::Heard { text, .. } => ui.heard(text.clone()),
+                Stage::Resumed { .. } => {}
+                Stage::Transcribing => ui.set("transcribing"),
             }
-            // The words so far, shown while the user may still be speaking.
-            Stage::Heard(text) => ui.heard(text),
-            Stage::Transcribing => ui.set("transcribing"),
+            let _ = heard_tx.try_send(stage);
         };
-        let (heard, feeding, worker) =
-            pipeline::hear_reporting(listener, source, Pace::RealTime, stt, Some(watch), &report)
-                .await?;
+        let hearing =
+            pipeline::hear_reporting(listener, source, Pace::RealTime, stt, Some(watch), &report);
+        let (heard, feeding, worker) = answerer
+            .hear(hearing, &mut heard_rx, false, conversation.clone())
+            .await?;
         stt = worker;
         let Some(utterance) = heard.utterance else {
             if !heard.woke {
@@ -140,7 +162,7 @@ async fn turns(
             continue;
         };
         ui.heard(utterance.transcript.text.clone());
-        let request = jarvis_voice::strip_wake_phrase(&utterance.transcript.text).to_owned();
+        let request = crate::speculate::request(&utterance.transcript.text, false);
         if request.is_empty() {
             metrics.voice_turn("no_request", &BTreeMap::new());
             playback.complete();
@@ -151,41 +173,22 @@ async fn turns(
         }
         let spoken = utterance.spoken;
         let mut timings = heard_timings(&utterance);
-        let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
-        let speaking = {
-            let playback = Arc::clone(&playback);
-            std::thread::spawn(move || {
-                let result = speak_thread(&mut voice, pieces, &playback);
-                (voice, result)
-            })
-        };
         ui.set("thinking");
-        let first_token = Arc::new(std::sync::Mutex::new(None::<Instant>));
-        let mut asking = Box::pin(crate::client::ask_node(
-            &client,
-            &request,
-            conversation.clone(),
-            timings.clone(),
-            {
-                let first_token = Arc::clone(&first_token);
-                let ui = Arc::clone(ui);
-                move |piece: &str| {
-                    if let Ok(mut f) = first_token.lock()
-                        && f.is_none()
-                    {
-                        *f = Some(Instant::now());
-                        ui.set("speaking");
-                    }
-                    let _ = pieces_tx.send(piece.to_owned());
-                }
-            },
-        ));
-        // Stop (the UI, the tray) ends the answer while it is still being written: dropping the
+        let mut attempt = answerer
+            .answer(
+                utterance.end_of_speech,
+                &request,
+                conversation.clone(),
+                &timings,
+            )
+            .await;
+        metrics.voice_answer(attempt.speculative(), answerer.dropped);
+        // Stop (the UI, the tray) ends the answer while it is still being written: ending the
         // request closes its stream, which cancels the generation and frees the engine, and the
         // speech thread ends with the pieces it was given. The answer is kept as cancelled.
         let answer = loop {
             tokio::select! {
-                answer = &mut asking => break answer,
+                answer = attempt.answer() => break answer,
                 () = tokio::time::sleep(Duration::from_millis(50)) => {
                     if ui.take_stop() {
                         tracing::info!("the answer was stopped from the UI while being written");
@@ -195,15 +198,9 @@ async fn turns(
                 }
             }
         };
-        // Before waiting for the speech thread: the request holds the sender of its pieces.
-        drop(asking);
-        let (v, spoken_result) = tokio::task::spawn_blocking(move || speaking.join())
-            .await
-            .context("the speaking thread")?
-            .map_err(|_| anyhow::anyhow!("the speaking thread failed"))?;
-        voice = v;
-        if let Err(e) = spoken_result {
-            tracing::warn!("speaking the answer: {e}");
+        let first_token = attempt.first_token();
+        if let Err(e) = attempt.spoken().await {
+            tracing::warn!("{e:#}");
         }
         let answered_ok = answer.is_ok();
         match answer {
@@ -231,7 +228,7 @@ async fn turns(
         let first_audio = playback.started();
         let (l, barge, s) = feeding.finish_with_source().await?;
         let since = |i: Instant| millis(i.saturating_duration_since(spoken));
-        if let Some(t) = first_token.lock().ok().and_then(|f| *f) {
+        if let Some(t) = first_token {
             timings.insert("end_of_speech_to_first_token".to_owned(), since(t));
         }
         if let Some(t) = first_audio {

@@ -396,6 +396,126 @@ fn cancelling_a_stream_frees_the_engine_for_the_next_request() {
     );
 }
 
+/// Reads server-sent events from `response` until `until` says stop; returns (event, data).
+fn events_until(
+    reader: &mut BufReader<reqwest::blocking::Response>,
+    mut until: impl FnMut(&str, &Value) -> bool,
+) -> Vec<(String, Value)> {
+    let mut seen = Vec::new();
+    let mut event = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream ended: {seen:?}"
+        );
+        if let Some(name) = line.strip_prefix("event:") {
+            event = name.trim().to_owned();
+        } else if let Some(data) = line.strip_prefix("data:") {
+            let data: Value = serde_json::from_str(data.trim()).unwrap();
+            let stop = until(&event, &data);
+            seen.push((event.clone(), data));
+            if stop {
+                return seen;
+            }
+        }
+    }
+}
+
+/// A held answer (what a voice turn starts at a pause): it streams at once and saves nothing
+/// until confirmed; dropped (its stream closed), nothing is saved and the engine is freed;
+/// confirmed, the question and the whole answer are saved with the confirmation's timings.
+#[test]
+fn a_held_answer_is_saved_only_once_confirmed() {
+    let node = Node::start(1);
+    let client = reqwest::blocking::Client::new();
+    let ask = |body: Value| {
+        client
+            .post(node.url("/v1/ask"))
+            .bearer_auth(&node.token)
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    let conversations = || ok(node.home(), &["conversations"])["conversations"].clone();
+
+    // Dropped after a few tokens: nothing saved.
+    let held =
+        ask(json!({"text": "Write a long story about a dragon.", "stream": true, "hold": true}));
+    assert_eq!(held.status(), 200);
+    let mut reader = BufReader::new(held);
+    let seen = events_until(&mut reader, |event, _| event == "token");
+    assert_eq!(seen[0].0, "start");
+    assert_eq!(seen[0].1["held"], true, "{seen:?}");
+    drop(reader);
+    // Without stream it is refused; a wrong ticket is not found.
+    let refused = ask(json!({"text": "hi", "hold": true}));
+    assert_eq!(refused.status(), 400);
+    let unknown = client
+        .post(node.url("/v1/ask/confirm"))
+        .bearer_auth(&node.token)
+        .json(&json!({"ticket": "00"}))
+        .send()
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let error: Value = unknown.json().unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("ticket"),
+        "{error}"
+    );
+
+    // Confirmed mid-answer: saved whole, with the timings the confirmation gave.
+    let held = ask(json!({"text": "What is the capital of France?", "stream": true, "hold": true}));
+    let mut reader = BufReader::new(held);
+    let seen = events_until(&mut reader, |event, _| event == "token");
+    let ticket = seen[0].1["ticket"].as_str().unwrap().to_owned();
+    // One slot: this answer runs only because the dropped one freed it.
+    assert_eq!(
+        conversations(),
+        json!([]),
+        "nothing is saved before the confirmation"
+    );
+    let confirmed: Value = client
+        .post(node.url("/v1/ask/confirm"))
+        .bearer_auth(&node.token)
+        .json(&json!({"ticket": ticket, "timings_ms": {"end_of_speech_to_transcript": 123}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(confirmed["confirmed"], true, "{confirmed}");
+    let seen = events_until(&mut reader, |event, _| event == "done");
+    let (_, done) = seen.last().unwrap();
+    assert_eq!(done["status"], "done", "{done}");
+    let answer = done["answer"].as_str().unwrap();
+    assert!(answer.contains("Paris"), "{done}");
+    let shown = ok(
+        node.home(),
+        &["show", done["conversation_id"].as_str().unwrap()],
+    );
+    let messages = shown["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{shown}");
+    assert_eq!(messages[0]["text"], "What is the capital of France?");
+    assert_eq!(
+        messages[1]["text"], answer,
+        "the text from before the confirmation too"
+    );
+    assert_eq!(
+        messages[1]["timings_ms"]["end_of_speech_to_transcript"],
+        123
+    );
+    assert_eq!(
+        conversations().as_array().unwrap().len(),
+        1,
+        "the dropped one left nothing"
+    );
+    assert_eq!(
+        node.metric("jarvis_llm_requests_total{outcome=\"cancelled\"}"),
+        1.0
+    );
+}
+
 /// No node running: `jarvis ask` runs the model in-process and saves the exchange for the node
 /// to sync later.
 #[test]

@@ -570,6 +570,22 @@ fn the_running_node_answers_a_question_spoken_into_its_microphone() {
             .contains("jarvis_voice_stage_seconds_count{name=\"end_of_speech_to_first_token\"} 1"),
         "{metrics}"
     );
+    // The answer was held at the pause and kept, or asked for at the end: one way or the other,
+    // once; the conversation has that one exchange.
+    let count = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("jarvis_voice_answers_total{{name=\"{name}\"}} "))
+            })
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    assert_eq!(count("kept") + count("asked"), 1, "{metrics}");
+    assert_eq!(
+        answered["messages"].as_array().unwrap().len(),
+        2,
+        "{answered}"
+    );
     let _ = Command::new("kill")
         .args(["-INT", &up.0.id().to_string()])
         .status();
@@ -878,4 +894,25 @@ fn what_is_heard_shows_while_the_user_is_still_speaking() {
         last.len() > partial.len(),
         "then the whole request: {seen:?}"
     );
+    // An answer to the words heard at the pause may have started (held): it saved nothing.
+    // The conversation has the whole request and its answer only.
+    let answer = node.ended_answer();
+    assert_eq!(answer["role"], "assistant", "{answer}");
+    let conversations = node.conversations();
+    assert_eq!(conversations.len(), 1, "{conversations:?}");
+    let id = conversations[0]["id"].as_str().unwrap();
+    let shown = common::json_ok(jarvis(node.home.path()), &["show", id]);
+    let partial_request = partial.to_lowercase().replace("hey jarvis", "");
+    for message in shown["messages"].as_array().unwrap() {
+        if message["role"] == "user" {
+            let text = message["text"].as_str().unwrap();
+            assert!(
+                text.len()
+                    > partial_request
+                        .trim_matches(|c: char| !c.is_alphanumeric())
+                        .len(),
+                "only whole requests are saved: {shown}"
+            );
+        }
+    }
 }

@@ -182,7 +182,8 @@ pub struct Utterance {
     pub spoken: Instant,
     /// When the end became certain.
     pub decided: Instant,
-    /// When the transcript was ready.
+    /// When the transcript was ready (before [`Self::decided`] when the one made at the pause
+    /// came back before the end was certain).
     pub transcribed: Instant,
     /// Whether the transcript was the one started at the pause (not started after the end).
     pub speculative: bool,
@@ -202,6 +203,9 @@ enum Event {
         decided_at: u64,
         spoken: Instant,
         audio: Vec<f32>,
+    },
+    Resumed {
+        at: u64,
     },
     Ended {
         best_wake_score: f32,
@@ -229,8 +233,21 @@ pub async fn hear(
 pub enum Stage {
     /// The wake word was heard: the request is being listened to.
     Woke,
-    /// The words so far, transcribed at a pause while the user may still be speaking.
-    Heard(String),
+    /// The words so far, transcribed at a pause while the user may still be speaking. If the
+    /// pause turns out to be the end, the utterance has the same `end_of_speech` and these words
+    /// are its transcript: a caller can start answering them before it knows.
+    Heard {
+        /// What whisper heard.
+        text: String,
+        /// The end of the speech transcribed, in samples ([`Utterance::end_of_speech`]).
+        end_of_speech: u64,
+    },
+    /// Speech went on after the pause whose words were [`Stage::Heard`] (up to `at`, in samples):
+    /// they were not the whole request.
+    Resumed {
+        /// Where the speech resumed.
+        at: u64,
+    },
     /// The request ended: it is being transcribed.
     Transcribing,
 }
@@ -260,7 +277,7 @@ pub async fn hear_reporting(
     };
     let mut requested = Vec::new();
     // Transcripts that came back while the user went on (from pauses), by end of speech.
-    let mut ready: Vec<(u64, Result<Transcript>)> = Vec::new();
+    let mut ready: Vec<(u64, Result<Transcript>, Instant)> = Vec::new();
     let mut finished = None;
     loop {
         let event = tokio::select! {
@@ -270,10 +287,13 @@ pub async fn hear_reporting(
                     && heard.woke
                     && !t.text.is_empty()
                 {
-                    report(Stage::Heard(t.text.clone()));
+                    report(Stage::Heard {
+                        text: t.text.clone(),
+                        end_of_speech: end,
+                    });
                 }
                 // Only the newest few can still be the utterance's.
-                ready.push((end, result));
+                ready.push((end, result, Instant::now()));
                 if ready.len() > 4 {
                     drop(ready.remove(0));
                 }
@@ -309,6 +329,7 @@ pub async fn hear_reporting(
                 finished = Some((end_of_speech, decided_at, spoken, Instant::now(), audio));
                 break;
             }
+            Event::Resumed { at } => report(Stage::Resumed { at }),
             Event::Ended { best_wake_score } => {
                 heard.wake_score = heard.wake_score.max(best_wake_score);
                 break;
@@ -329,13 +350,13 @@ pub async fn hear_reporting(
         }
         let kept = ready
             .iter()
-            .position(|(end, _)| *end == end_of_speech)
-            .map(|at| ready.swap_remove(at).1);
-        let transcript = match kept {
-            Some(result) => result?,
+            .position(|(end, _, _)| *end == end_of_speech)
+            .map(|at| ready.swap_remove(at));
+        let (transcript, transcribed) = match kept {
+            Some((_, result, at)) => (result?, at),
             None => loop {
                 match results.recv().await {
-                    Some((end, result)) if end == end_of_speech => break result?,
+                    Some((end, result)) if end == end_of_speech => break (result?, Instant::now()),
                     Some(_) => {}
                     None => {
                         return Err(VoiceError::Model("the speech worker stopped".into()));
@@ -350,7 +371,7 @@ pub async fn hear_reporting(
             decided_at,
             spoken,
             decided,
-            transcribed: Instant::now(),
+            transcribed,
             speculative,
         });
     }
@@ -521,6 +542,7 @@ fn feed(
                     spoken: at(end_of_speech, listener.position()),
                     audio: listener.audio(start, end).to_vec(),
                 },
+                TurnEvent::Resumed { at } => Event::Resumed { at },
                 TurnEvent::TimedOut { .. } => Event::Ended {
                     best_wake_score: listener.best_wake_score,
                 },

@@ -96,6 +96,11 @@ pub enum TurnEvent {
         /// Where the audio to transcribe ends (`pause_ms` after the end of speech).
         end: u64,
     },
+    /// Speech went on after a [`TurnEvent::Paused`]: that pause was not the end.
+    Resumed {
+        /// Where the speech resumed.
+        at: u64,
+    },
     /// Woken, but nothing was said.
     TimedOut {
         /// When it gave up.
@@ -205,6 +210,12 @@ impl Turn {
                         at: self.segment_start,
                     });
                 }
+            }
+            if self.paused {
+                // What was transcribed at the pause is not the whole request after all.
+                event = Some(TurnEvent::Resumed {
+                    at: end.saturating_sub(len),
+                });
             }
             self.last_voiced_end = end;
             self.paused = false;
@@ -338,7 +349,7 @@ mod tests {
         for (i, &speech) in frames.iter().enumerate() {
             let end = (i as u64 + 1) * FRAME;
             match turn.voice(end, FRAME, if speech { 0.9 } else { 0.05 }) {
-                Some(TurnEvent::Paused { .. }) if !paused => {}
+                Some(TurnEvent::Paused { .. } | TurnEvent::Resumed { .. }) if !paused => {}
                 Some(e) => events.push((i, e)),
                 None => {}
             }
@@ -399,11 +410,12 @@ mod tests {
             end_of_speech,
             end: end_of_speech + 160 * 16,
         };
-        // 160 ms is 5 frames into the silence.
+        // 160 ms is 5 frames into the silence; the speech resuming is told.
         assert_eq!(events[1], (34, paused(0, 30 * FRAME)));
-        assert_eq!(events[2], (70, paused(0, 66 * FRAME)));
+        assert_eq!(events[2], (36, TurnEvent::Resumed { at: 36 * FRAME }));
+        assert_eq!(events[3], (70, paused(0, 66 * FRAME)));
         assert!(
-            matches!(events[3].1, TurnEvent::Utterance { end_of_speech, .. } if end_of_speech == 66 * FRAME),
+            matches!(events[4].1, TurnEvent::Utterance { end_of_speech, .. } if end_of_speech == 66 * FRAME),
             "{kinds:?}"
         );
         // Before the wake's own phrase is over, nothing is announced.

@@ -335,3 +335,42 @@ impl Answerer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_gate_holds_until_decided_and_the_first_decision_stands() {
+        let gate = Arc::new(Gate::default());
+        assert!(!gate.is_open() && !gate.dropped());
+        let waiter = {
+            let gate = Arc::clone(&gate);
+            std::thread::spawn(move || gate.wait())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "it waits while undecided");
+        gate.decide(true);
+        assert!(waiter.join().unwrap());
+        gate.decide(false);
+        assert!(gate.is_open() && !gate.dropped(), "a kept answer stays kept");
+
+        let dropped = Gate::default();
+        dropped.decide(false);
+        dropped.decide(true);
+        assert!(dropped.dropped() && !dropped.wait());
+        assert!(Gate::open().wait());
+    }
+
+    #[test]
+    fn the_request_is_what_follows_the_wake_phrase() {
+        assert_eq!(
+            request("Hey Jarvis, what time is it?", false),
+            "what time is it?"
+        );
+        assert_eq!(request("  what time is it? ", true), "what time is it?");
+        assert_eq!(request("Hey Jarvis.", false), "");
+    }
+}

@@ -189,6 +189,15 @@ pub(crate) fn voice_choices() -> Vec<(String, String)> {
     out
 }
 
+/// A Piper voice after its first run (see [`Piper::warm_up`]); a failure there is the first
+/// sentence's to report.
+fn warm(mut piper: Piper) -> Piper {
+    if let Err(e) = piper.warm_up() {
+        tracing::debug!("warming the voice up: {e}");
+    }
+    piper
+}
+
 /// Loads the voice `choice` (see [`piper_voice`]).
 pub(crate) async fn load_voice(models: &VoiceModels, choice: Option<String>) -> Result<Voice> {
     let store = ModelStore::from_env()?;
@@ -206,7 +215,7 @@ pub(crate) async fn load_voice(models: &VoiceModels, choice: Option<String>) -> 
         Ok(match piper {
             Some((model, config)) => {
                 let env = jarvis_voice::onnx::environment(&ort)?;
-                Voice::Piper(Box::new(Piper::load(env, &model, &config)?))
+                Voice::Piper(Box::new(warm(Piper::load(env, &model, &config)?)))
             }
             None => Voice::Espeak("en-us".into()),
         })
@@ -351,7 +360,9 @@ pub(crate) async fn load(
                 TurnConfig::default(),
             )?;
             let voice = match piper {
-                Some((model, config)) => Voice::Piper(Box::new(Piper::load(env, &model, &config)?)),
+                Some((model, config)) => {
+                    Voice::Piper(Box::new(warm(Piper::load(env, &model, &config)?)))
+                }
                 None => Voice::Espeak("en-us".into()),
             };
             Ok((listener, voice))

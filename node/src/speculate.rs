@@ -8,7 +8,7 @@
 //! held answer is dropped (its stream closed, which cancels the generation) and the final words
 //! are asked for as usual.
 //!
-//! The pause comes 160 ms into the silence, the end 320 ms in: the transcript, the model's
+//! The pause comes 96 ms into the silence, the end 320 ms in: the transcript, the model's
 //! first sentence and its synthesis overlap the rest of that wait instead of following it.
 
 use std::collections::BTreeMap;
@@ -355,7 +355,10 @@ mod tests {
         gate.decide(true);
         assert!(waiter.join().unwrap());
         gate.decide(false);
-        assert!(gate.is_open() && !gate.dropped(), "a kept answer stays kept");
+        assert!(
+            gate.is_open() && !gate.dropped(),
+            "a kept answer stays kept"
+        );
 
         let dropped = Gate::default();
         dropped.decide(false);

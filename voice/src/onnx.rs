@@ -55,6 +55,14 @@ pub fn library_from_env() -> Option<PathBuf> {
 /// # Errors
 /// The model's path and onnxruntime's message.
 pub fn session(environment: &Environment, model: &Path) -> Result<Session> {
+    session_with(environment, model, 1)
+}
+
+/// [`session`] with `threads` intra-op threads, which sleep rather than spin between runs.
+///
+/// # Errors
+/// As [`session`].
+pub fn session_with(environment: &Environment, model: &Path, threads: usize) -> Result<Session> {
     let fail =
         |e: String| VoiceError::Model(format!("cannot load the model {}: {e}", model.display()));
     if !model.is_file() {
@@ -64,7 +72,9 @@ pub fn session(environment: &Environment, model: &Path) -> Result<Session> {
     }
     Session::builder(environment)
         .map_err(|e| fail(e.to_string()))?
-        .with_intra_threads(1)
+        .with_intra_threads(threads)
+        .map_err(|e| fail(e.to_string()))?
+        .with_intra_op_spinning(false)
         .map_err(|e| fail(e.to_string()))?
         .with_inter_threads(1)
         .map_err(|e| fail(e.to_string()))?

@@ -268,7 +268,10 @@ pub async fn hear_reporting(
     let (events_tx, mut events) = mpsc::channel(16);
     let thread =
         tokio::task::spawn_blocking(move || feed(listener, source, pace, events_tx, watch));
-    let (requests, mut results, stt_task) = transcriber(stt);
+    // Where the speech last resumed: a pause's audio still waiting for the worker is skipped
+    // once the user went on after it.
+    let resumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (requests, mut results, stt_task) = transcriber(stt, Arc::clone(&resumed));
     let mut heard = Heard {
         woke: false,
         wake_at: None,
@@ -329,7 +332,10 @@ pub async fn hear_reporting(
                 finished = Some((end_of_speech, decided_at, spoken, Instant::now(), audio));
                 break;
             }
-            Event::Resumed { at } => report(Stage::Resumed { at }),
+            Event::Resumed { at } => {
+                resumed.fetch_max(at, std::sync::atomic::Ordering::Relaxed);
+                report(Stage::Resumed { at });
+            }
             Event::Ended { best_wake_score } => {
                 heard.wake_score = heard.wake_score.max(best_wake_score);
                 break;
@@ -386,13 +392,20 @@ type Requests = mpsc::Sender<(u64, Vec<f32>)>;
 type Results = mpsc::Receiver<(u64, Result<Transcript>)>;
 
 /// The worker, owned by one task: transcribes each utterance sent to it, tagged with its end of
-/// speech, and reports each result. Returns the worker when the requests end.
-fn transcriber(mut worker: SttWorker) -> (Requests, Results, tokio::task::JoinHandle<SttWorker>) {
+/// speech, and reports each result; skips one whose speech went on (`resumed` is past its end)
+/// before its turn came. Returns the worker when the requests end.
+fn transcriber(
+    mut worker: SttWorker,
+    resumed: Arc<std::sync::atomic::AtomicU64>,
+) -> (Requests, Results, tokio::task::JoinHandle<SttWorker>) {
     // One waiting at most.
     let (requests, mut incoming) = mpsc::channel::<(u64, Vec<f32>)>(1);
     let (results_tx, results) = mpsc::channel(4);
     let task = tokio::spawn(async move {
         while let Some((end, audio)) = incoming.recv().await {
+            if resumed.load(std::sync::atomic::Ordering::Relaxed) > end {
+                continue;
+            }
             let result = worker.transcribe(&audio, false).await;
             if results_tx.send((end, result)).await.is_err() {
                 break;

@@ -210,7 +210,8 @@ impl Piper {
                 )));
             }
         }
-        let session = crate::onnx::session(environment, model)?;
+        // Two threads: a sentence is synthesised while the user waits for it.
+        let session = crate::onnx::session_with(environment, model, 2)?;
         let has_scales = session.inputs().iter().any(|i| i.name() == "scales");
         Ok(Self {
             session,
@@ -224,6 +225,16 @@ impl Piper {
             ],
             has_scales,
         })
+    }
+
+    /// Speaks a word and throws it away: onnxruntime's first run of a session allocates and
+    /// plans (several times the cost of the next), which would otherwise fall on the first
+    /// sentence of the first answer.
+    ///
+    /// # Errors
+    /// As [`Self::speak`].
+    pub fn warm_up(&mut self) -> Result<()> {
+        self.speak("Hello.").map(drop)
     }
 
     /// Phoneme ids for IPA text: `^ _ p _ p _ … $`.

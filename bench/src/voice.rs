@@ -11,7 +11,8 @@
 //!
 //! `voice-turn`: `"hey jarvis, <question>"` WAVs through `jarvis listen` against a running node
 //! (release build, shipped models): end of speech to first audio of the answer, measured from
-//! the true end of speech in the WAV (the last audible sample), p50 over the questions.
+//! the true end of speech in the WAV (the last audible sample), p50 over the questions; says how
+//! many answers were started at the pause (held, then kept).
 
 // `serde_json::Value[...]` with a string key returns `Null` for a missing key; it never panics.
 #![allow(clippy::indexing_slicing)]
@@ -282,6 +283,7 @@ pub fn voice_turn(quick: bool) -> Result<Vec<Figure>> {
     let dir = tempfile::tempdir()?;
     let questions = if quick { &QUESTIONS[..3] } else { QUESTIONS };
     let (mut first_audio, mut transcript, mut first_token) = (Vec::new(), Vec::new(), Vec::new());
+    let mut kept = 0;
     for question in questions {
         let (audio, speech_end) = speak(dir.path(), question, 1.0, 1.0)?;
         let wav = dir.path().join("question.wav");
@@ -311,14 +313,24 @@ pub fn voice_turn(quick: bool) -> Result<Vec<Figure>> {
         first_audio.push(get("end_of_speech_to_first_audio").context("no first audio")?);
         transcript.push(get("end_of_speech_to_transcript").context("no transcript")?);
         first_token.push(get("end_of_speech_to_first_token").context("no first token")?);
+        kept += usize::from(turn["speculative_answer"] == true);
         eprintln!(
-            "voice-turn: {question:?} → {:?} / {:?}: first audio {:.0} ms after the end of speech",
+            "voice-turn: {question:?} → {:?} / {:?}: first audio {:.0} ms after the end of speech ({})",
             turn["request"].as_str().unwrap_or(""),
             turn["answer"].as_str().unwrap_or(""),
-            first_audio.last().copied().unwrap_or_default()
+            first_audio.last().copied().unwrap_or_default(),
+            if turn["speculative_answer"] == true {
+                "answered from the pause"
+            } else {
+                "answered after the end"
+            }
         );
     }
     drop(node);
+    eprintln!(
+        "voice-turn: {kept} of {} answers started at the pause, before the end was certain",
+        questions.len()
+    );
     let absolute = |metric, ours, goal: Option<&str>| Figure {
         bench: VOICE_TURN,
         metric,

@@ -213,25 +213,10 @@ pub(crate) async fn ask_node(
     text: &str,
     conversation: Option<String>,
     timings: BTreeMap<String, u64>,
-    mut on_piece: impl FnMut(&str),
+    on_piece: impl FnMut(&str),
 ) -> Result<Value> {
     let body = json!({ "text": text, "conversation": conversation, "stream": true, "timings_ms": timings });
-    let mut final_answer = None;
-    client
-        .post_events("/v1/ask", &body, |event, data| match event {
-            "token" => {
-                let piece: Value = serde_json::from_str(data).unwrap_or_default();
-                on_piece(piece["text"].as_str().unwrap_or_default());
-            }
-            "done" => final_answer = serde_json::from_str(data).ok(),
-            _ => {}
-        })
-        .await?;
-    let answer: Value = final_answer.context("the node ended the answer early")?;
-    if answer["status"] == "cancelled" {
-        anyhow::bail!("the answer was cancelled");
-    }
-    Ok(answer)
+    stream_answer(client, &body, None, on_piece).await
 }
 
 /// Asks the running node for a held answer (`"hold": true`): generated and streamed to
@@ -242,13 +227,23 @@ pub(crate) async fn ask_node_held(
     text: &str,
     conversation: Option<String>,
     ticket: tokio::sync::oneshot::Sender<String>,
-    mut on_piece: impl FnMut(&str),
+    on_piece: impl FnMut(&str),
 ) -> Result<Value> {
     let body = json!({ "text": text, "conversation": conversation, "stream": true, "hold": true });
-    let mut ticket = Some(ticket);
+    stream_answer(client, &body, Some(ticket), on_piece).await
+}
+
+/// POSTs `body` to `/v1/ask` and reads the answer's events: the ticket of a held answer to
+/// `ticket`, each piece to `on_piece`; returns the `done` event's answer.
+async fn stream_answer(
+    client: &Client,
+    body: &Value,
+    mut ticket: Option<tokio::sync::oneshot::Sender<String>>,
+    mut on_piece: impl FnMut(&str),
+) -> Result<Value> {
     let mut final_answer = None;
     client
-        .post_events("/v1/ask", &body, |event, data| match event {
+        .post_events("/v1/ask", body, |event, data| match event {
             "start" => {
                 let start: Value = serde_json::from_str(data).unwrap_or_default();
                 if let (Some(t), Some(tx)) = (start["ticket"].as_str(), ticket.take()) {

@@ -47,9 +47,7 @@ impl Transcriber {
     pub fn load(model: &Path, threads: usize) -> Result<Self> {
         // Without a log backend this drops whisper.cpp's and ggml's logging.
         whisper_rs::install_logging_hooks();
-        let mut params = WhisperContextParameters::default();
-        params.flash_attn(std::env::var("JARVIS_STT_FLASH").is_ok_and(|v| v == "1"));
-        let ctx = WhisperContext::new_with_params(model, params)
+        let ctx = WhisperContext::new_with_params(model, WhisperContextParameters::default())
             .with_context(|| format!("loading the whisper model {}", model.display()))?;
         let state = ctx.create_state().context("creating a whisper state")?;
         Ok(Self {

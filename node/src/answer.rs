@@ -203,25 +203,15 @@ where
     } else {
         false
     };
-    if discarded {
-        return Finished {
-            text,
-            status: Status::Cancelled,
-            summary,
-            error,
-            confirmed: None,
-            discarded: true,
-        };
-    }
-    if !unflushed.is_empty() {
+    if !discarded && !unflushed.is_empty() {
         flush(unflushed).await;
     }
     Finished {
         text,
-        status,
+        status: if discarded { Status::Cancelled } else { status },
         summary,
         error,
         confirmed,
-        discarded: false,
+        discarded,
     }
 }

@@ -581,25 +581,8 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
         None => {
             // The answer streams into the speaking thread, which plays it; the listening
             // thread goes on listening for the user talking over it.
-            let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
-            let speaking = {
-                let (playback, voice) = (Arc::clone(&playback), Arc::clone(&voice));
-                std::thread::spawn(move || speak_thread(&voice, pieces, &playback, &Gate::open()))
-            };
-            let first_token_at = Arc::new(Mutex::new(None::<Instant>));
-            let on_piece = {
-                let first_token_at = Arc::clone(&first_token_at);
-                move |piece: &str| {
-                    if let Ok(mut first) = first_token_at.lock()
-                        && first.is_none()
-                    {
-                        *first = Some(Instant::now());
-                    }
-                    // The receiver lives until every piece is spoken; unbounded is bounded here
-                    // by the answer's token limit.
-                    let _ = pieces_tx.send(piece.to_owned());
-                }
-            };
+            let (on_piece, speaking, first_token_at) =
+                crate::speculate::speak(&voice, &playback, &Gate::open(), Arc::new(|| {}));
             let before = timings.clone();
             let after = after.clone();
             let outcome = Arc::clone(&outcome);

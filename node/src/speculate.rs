@@ -91,7 +91,7 @@ pub(crate) struct Attempt {
     ticket: Option<oneshot::Receiver<String>>,
     asking: Option<tokio::task::JoinHandle<Result<Value>>>,
     speaking: Option<std::thread::JoinHandle<Result<usize, String>>>,
-    first_token: Arc<Mutex<Option<Instant>>>,
+    first_token: FirstToken,
     on_first_token: Arc<dyn Fn() + Send + Sync>,
 }
 
@@ -219,7 +219,7 @@ impl Answerer {
         if request.is_empty() {
             return;
         }
-        self.held = Some(self.start(request, conversation, Some(end_of_speech), None));
+        self.held = Some(self.start(request, conversation, Ask::Held { end_of_speech }));
     }
 
     /// The turn's end: the answer to `request` (whose speech ended at `end_of_speech`), the held
@@ -242,7 +242,13 @@ impl Answerer {
             }
             self.dropped += 1;
         }
-        self.start(request, conversation, None, Some(timings.clone()))
+        self.start(
+            request,
+            conversation,
+            Ask::Final {
+                timings: timings.clone(),
+            },
+        )
     }
 
     async fn confirm(&self, held: &mut Attempt, timings: &BTreeMap<String, u64>) -> Result<()> {
@@ -260,59 +266,32 @@ impl Answerer {
         Ok(())
     }
 
-    /// Starts asking and speaking: held (with the pause it answers) or for good (with the
-    /// turn's timings).
-    fn start(
-        &self,
-        request: &str,
-        conversation: Option<String>,
-        held: Option<u64>,
-        timings: Option<BTreeMap<String, u64>>,
-    ) -> Attempt {
+    /// Starts asking and speaking: held (answering a pause) or for good (at the turn's end).
+    fn start(&self, request: &str, conversation: Option<String>, kind: Ask) -> Attempt {
+        let held = match kind {
+            Ask::Held { end_of_speech } => Some(end_of_speech),
+            Ask::Final { .. } => None,
+        };
         let gate = match held {
             Some(_) => Arc::new(Gate::default()),
             None => Gate::open(),
         };
-        let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
-        let speaking = {
-            let (voice, playback, gate) = (
-                Arc::clone(&self.voice),
-                Arc::clone(&self.playback),
-                Arc::clone(&gate),
-            );
-            std::thread::spawn(move || speak_thread(&voice, pieces, &playback, &gate))
-        };
-        let first_token = Arc::new(Mutex::new(None::<Instant>));
-        let on_piece = {
-            let (first_token, gate, notify) = (
-                Arc::clone(&first_token),
-                Arc::clone(&gate),
-                Arc::clone(&self.on_first_token),
-            );
-            move |piece: &str| {
-                if let Ok(mut first) = first_token.lock()
-                    && first.is_none()
-                {
-                    *first = Some(Instant::now());
-                    if gate.is_open() {
-                        notify();
-                    }
-                }
-                // The receiver lives until every piece is spoken; unbounded is bounded here by
-                // the answer's token limit.
-                let _ = pieces_tx.send(piece.to_owned());
-            }
-        };
+        let (on_piece, speaking, first_token) = speak(
+            &self.voice,
+            &self.playback,
+            &gate,
+            Arc::clone(&self.on_first_token),
+        );
         let client = self.client.clone();
         let request = request.to_owned();
         let (ticket_tx, ticket) = oneshot::channel();
         let asking = tokio::spawn(async move {
-            match timings {
-                Some(timings) => {
+            match kind {
+                Ask::Final { timings } => {
                     crate::client::ask_node(&client, &request, conversation, timings, on_piece)
                         .await
                 }
-                None => {
+                Ask::Held { .. } => {
                     crate::client::ask_node_held(
                         &client,
                         &request,
@@ -334,6 +313,55 @@ impl Answerer {
             on_first_token: Arc::clone(&self.on_first_token),
         }
     }
+}
+
+/// How an answer is asked for.
+enum Ask {
+    /// Held, answering the words heard at the pause after `end_of_speech`.
+    Held { end_of_speech: u64 },
+    /// For good, at the turn's end, with its timings.
+    Final { timings: BTreeMap<String, u64> },
+}
+
+/// When an answer's first piece of text came.
+pub(crate) type FirstToken = Arc<Mutex<Option<Instant>>>;
+
+/// The speaking half of an answer: a thread speaking (into `playback`, once `gate` opens) what
+/// is given to the returned `on_piece`, which also records when the first piece came and calls
+/// `notify` then if the gate is open. The thread ends when `on_piece` is dropped.
+pub(crate) fn speak(
+    voice: &Arc<Mutex<Voice>>,
+    playback: &Arc<Playback>,
+    gate: &Arc<Gate>,
+    notify: Arc<dyn Fn() + Send + Sync>,
+) -> (
+    impl FnMut(&str) + Send + 'static,
+    std::thread::JoinHandle<Result<usize, String>>,
+    FirstToken,
+) {
+    let (pieces_tx, pieces) = std::sync::mpsc::channel::<String>();
+    let speaking = {
+        let (voice, playback, gate) = (Arc::clone(voice), Arc::clone(playback), Arc::clone(gate));
+        std::thread::spawn(move || speak_thread(&voice, pieces, &playback, &gate))
+    };
+    let first_token: FirstToken = Arc::new(Mutex::new(None));
+    let on_piece = {
+        let (first_token, gate) = (Arc::clone(&first_token), Arc::clone(gate));
+        move |piece: &str| {
+            if let Ok(mut first) = first_token.lock()
+                && first.is_none()
+            {
+                *first = Some(Instant::now());
+                if gate.is_open() {
+                    notify();
+                }
+            }
+            // The receiver lives until every piece is spoken; unbounded is bounded here by the
+            // answer's token limit.
+            let _ = pieces_tx.send(piece.to_owned());
+        }
+    };
+    (on_piece, speaking, first_token)
 }
 
 #[cfg(test)]

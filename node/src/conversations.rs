@@ -144,8 +144,14 @@ pub fn add_user_message(
 }
 
 /// What Jarvis is told before every conversation. Small models answer very differently with
-/// different wording (testing.md); this one keeps SmolLM2 short and on topic.
-pub const SYSTEM_PROMPT: &str = "You are Jarvis, a helpful assistant. Answer the question directly and briefly, in one or two sentences.";
+/// different wording (testing.md). With the earlier "You are Jarvis, a helpful assistant. Answer
+/// the question directly and briefly, in one or two sentences.", SmolLM2-135M answered "what is
+/// the capital of France?" in French ("Le Grand Paris, la femme de la France.") for most of the
+/// ways whisper hears it ("capital on France", "capital, France"), and adding "in English" made
+/// it worse; this wording answered all eight of them in English ("The capital of France is
+/// Paris.") and stays short.
+pub const SYSTEM_PROMPT: &str =
+    "You are a helpful assistant named Jarvis. Give short, direct answers.";
 
 /// The most conversation text sent to the model with a question; older messages are left out.
 const HISTORY_CHARS: usize = 6000;

@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub ctx_per_slot: u32,
     /// CPU threads for llama.cpp (none: the worker's default, every core).
     pub threads: Option<u32>,
+    /// How much lower than normal the worker's CPU priority is (its `nice` value; 0: normal).
+    pub nice: i32,
     /// Requests that may wait in all.
     pub queue: usize,
     /// Requests that may wait per client.
@@ -62,6 +64,7 @@ impl EngineConfig {
             slots: 4,
             ctx_per_slot: 2048,
             threads: None,
+            nice: 0,
             queue: 256,
             per_client: 64,
         }
@@ -391,6 +394,9 @@ fn spawn_worker(config: &EngineConfig) -> std::io::Result<Worker> {
         .kill_on_drop(true);
     if let Some(threads) = config.threads {
         process.arg("--threads").arg(threads.to_string());
+    }
+    if config.nice != 0 {
+        process.arg("--nice").arg(config.nice.to_string());
     }
     let mut child = process.spawn()?;
     let (Some(stdin), Some(stdout), Some(stderr)) =

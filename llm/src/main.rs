@@ -32,7 +32,7 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: jarvis-llm-worker --model FILE [--slots N] [--ctx N] [--threads N] [--verbose]\n\
+const USAGE: &str = "usage: jarvis-llm-worker --model FILE [--slots N] [--ctx N] [--threads N] [--nice N] [--verbose]\n\
        jarvis-llm-worker direct --model FILE --prompt TEXT [--max-tokens N] [--threads N]\n\
 This program is started by the Jarvis node; it speaks JSON lines on stdin and stdout.";
 
@@ -40,6 +40,7 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
     let mut model: Option<PathBuf> = None;
     let mut config = EngineConfig::default();
     let mut verbose = false;
+    let mut nice = 0;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -51,6 +52,7 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
             "--slots" => config.slots = value()?.parse().context("--slots")?,
             "--ctx" => config.ctx_per_slot = value()?.parse().context("--ctx")?,
             "--threads" => config.threads = value()?.parse().context("--threads")?,
+            "--nice" => nice = value()?.parse().context("--nice")?,
             "--verbose" => verbose = true,
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -61,6 +63,9 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
     }
     let model = model.with_context(|| format!("--model is required\n{USAGE}"))?;
     config.slots = config.slots.clamp(1, 64);
+    // Before any thread starts, so that llama.cpp's threads inherit it (Linux sets the nice value
+    // per thread).
+    lower_priority(nice);
 
     // Commands arrive on a bounded queue so a flood from the node waits in the pipe, not here.
     let (commands, inbox) = sync_channel::<Command>(64);
@@ -84,6 +89,22 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
     let mut engine = Engine::new(&loaded, config)?;
     out.send(engine.ready());
     run(&mut engine, &inbox, &mut out)
+}
+
+/// Lowers this process's CPU priority by `nice` (0: unchanged): generation then yields to the
+/// real-time work of a voice turn (speech recognition, synthesis, playback) and to the user's
+/// own programs on a busy machine, and runs at full speed on an idle one. Failing to is not
+/// fatal.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(unix)]
+    if let Err(error) = rustix::process::nice(nice) {
+        eprintln!("jarvis-llm-worker: could not lower the priority by {nice}: {error}");
+    }
+    #[cfg(not(unix))]
+    eprintln!("jarvis-llm-worker: --nice is not supported here");
 }
 
 /// Reads command lines until stdin ends; a bad line is answered, not fatal.

@@ -46,6 +46,10 @@ struct Worker {
 
 impl Worker {
     fn start(slots: u32) -> Self {
+        Self::start_with(slots, &[])
+    }
+
+    fn start_with(slots: u32, more: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_jarvis-llm-worker"))
             .arg("--model")
             .arg(model())
@@ -57,6 +61,7 @@ impl Worker {
                 "--threads",
                 "2",
             ])
+            .args(more)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -143,6 +148,28 @@ fn greedy(max_tokens: u32) -> Sampling {
         temperature: 0.0,
         ..Sampling::default()
     }
+}
+
+/// `--nice` lowers the priority of every thread of the worker, llama.cpp's included (Linux keeps a
+/// nice value per thread), so generation yields to the voice turn's real-time work.
+#[cfg(target_os = "linux")]
+#[test]
+fn nice_lowers_the_priority_of_every_thread() {
+    let mut w = Worker::start_with(1, &["--nice", "7"]);
+    w.ask(1, "What is the capital of France?", greedy(8));
+    let (text, _) = w.finish(1);
+    assert!(!text.is_empty());
+    let tasks = format!("/proc/{}/task", w.child.id());
+    let mut threads = 0;
+    for task in std::fs::read_dir(tasks).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // The fields after the command name (which may hold spaces): state is the 3rd, nice the 19th.
+        let after = stat.rsplit_once(") ").unwrap().1;
+        let nice: i32 = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        assert_eq!(nice, 7, "{stat}");
+        threads += 1;
+    }
+    assert!(threads >= 2, "{threads} threads");
 }
 
 #[test]

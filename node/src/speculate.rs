@@ -8,8 +8,10 @@
 //! held answer is dropped (its stream closed, which cancels the generation) and the final words
 //! are asked for as usual.
 //!
-//! The pause comes 96 ms into the silence, the end 320 ms in: the transcript, the model's
-//! first sentence and its synthesis overlap the rest of that wait instead of following it.
+//! The pause comes 64 ms into the silence, the end 320 ms in: the transcript, the model's
+//! first sentence and its synthesis overlap the rest of that wait instead of following it. (At
+//! 96 ms the pause's transcript often came after the end, so 2–5 of 7 answers in
+//! `jarvis-bench voice-turn` started at the pause; at 64 ms, 6–7 of 7.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};

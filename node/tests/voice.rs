@@ -834,7 +834,7 @@ fn stop_ends_a_spoken_answer_while_it_is_being_written() {
 }
 
 /// What is heard shows while the user is still speaking: a request with a short pause in it
-/// (longer than the 96 ms that starts a transcript, shorter than the 320 ms that ends the
+/// (longer than the 64 ms that starts a transcript, shorter than the 320 ms that ends the
 /// request) has its first words on `/v1/voice` (`heard`) while the node still listens, and then
 /// the whole request.
 #[test]

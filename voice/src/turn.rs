@@ -49,7 +49,7 @@ impl Default for TurnConfig {
             speech_threshold: 0.5,
             silence_threshold: 0.35,
             end_silence_ms: 320,
-            pause_ms: 96,
+            pause_ms: 64,
             pre_roll_ms: 200,
             wake_lookback_ms: 3000,
             after_wake_ms: 300,
@@ -386,14 +386,14 @@ mod tests {
         };
         assert_eq!(start, 31 * FRAME - 200 * 16);
         assert_eq!(end_of_speech, 125 * FRAME);
-        assert_eq!(end, 125 * FRAME + 96 * 16);
+        assert_eq!(end, 125 * FRAME + 64 * 16);
         // Decided once the silence lasted 320 ms (10 frames).
         assert_eq!(decided_at, 135 * FRAME);
         assert_eq!(events.len(), 2);
     }
 
     #[test]
-    fn a_pause_is_announced_96_ms_into_the_silence_and_again_after_a_false_end() {
+    fn a_pause_is_announced_64_ms_into_the_silence_and_again_after_a_false_end() {
         let config = TurnConfig {
             require_wake: false,
             ..TurnConfig::default()
@@ -408,12 +408,12 @@ mod tests {
         let paused = |start, end_of_speech: u64| TurnEvent::Paused {
             start,
             end_of_speech,
-            end: end_of_speech + 96 * 16,
+            end: end_of_speech + 64 * 16,
         };
-        // 96 ms is 3 frames into the silence; the speech resuming is told.
-        assert_eq!(events[1], (32, paused(0, 30 * FRAME)));
+        // 64 ms is 2 frames into the silence; the speech resuming is told.
+        assert_eq!(events[1], (31, paused(0, 30 * FRAME)));
         assert_eq!(events[2], (36, TurnEvent::Resumed { at: 36 * FRAME }));
-        assert_eq!(events[3], (68, paused(0, 66 * FRAME)));
+        assert_eq!(events[3], (67, paused(0, 66 * FRAME)));
         assert!(
             matches!(events[4].1, TurnEvent::Utterance { end_of_speech, .. } if end_of_speech == 66 * FRAME),
             "{kinds:?}"

@@ -19,6 +19,15 @@ This program is started by the Jarvis node; it speaks JSON lines on stdin and st
 `direct` is the benchmark's reference: whisper-rs called directly on raw 16 kHz mono 16-bit\n\
 little-endian PCM, timed inside this process, one JSON line per run.";
 
+/// whisper's threads meet at a barrier after every operation, so one that is preempted stalls the
+/// rest. With as many threads as cores, anything else running (the listener's voice detector
+/// every 32 ms, Piper, the model) preempts one: in `jarvis-bench stt` on 2 cores the worker took
+/// 110–249 ms with 2 threads and 96–102 ms with 1 on the same clips, and `voice-turn`'s p50 went
+/// from 484–488 ms to 440–455 ms. So one core is left free, and at most 4 are used.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).clamp(1, 4))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = if args.first().map(String::as_str) == Some("direct") {
@@ -36,7 +45,7 @@ fn main() {
 fn direct(args: &[String]) -> anyhow::Result<()> {
     let mut model: Option<PathBuf> = None;
     let mut raw: Option<PathBuf> = None;
-    let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let mut threads = default_threads();
     let mut runs = 1_usize;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -73,7 +82,7 @@ fn direct(args: &[String]) -> anyhow::Result<()> {
 
 fn serve(args: Vec<String>) -> anyhow::Result<()> {
     let mut model: Option<PathBuf> = None;
-    let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let mut threads = default_threads();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {

@@ -24,7 +24,7 @@ pub fn model_name() -> String {
         .unwrap_or_else(|| DEFAULT_LLM.to_owned())
 }
 
-fn env_number(var: &str) -> Option<u32> {
+fn env_number<T: std::str::FromStr>(var: &str) -> Option<T> {
     std::env::var(var).ok().and_then(|v| v.parse().ok())
 }
 
@@ -42,10 +42,7 @@ pub fn start_engine(metrics: EngineMetrics) -> EngineHandle {
 /// waits for. `jarvis-bench voice-turn` p50 went from 527 and 541 ms to 508 and 493 ms (two runs
 /// each, alternating).
 pub fn start_engine_with(metrics: EngineMetrics, threads: Option<u32>) -> EngineHandle {
-    let nice = std::env::var("JARVIS_LLM_NICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(LOCAL_NICE);
+    let nice = env_number("JARVIS_LLM_NICE").unwrap_or(LOCAL_NICE);
     start(metrics, None, threads, None, nice)
 }
 

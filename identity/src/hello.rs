@@ -64,6 +64,47 @@ impl Hello {
     }
 }
 
+/// A refusal's first byte, where a hello has its version: never a hello's.
+const REFUSAL_TAG: u8 = 0;
+/// The longest reason a refusal carries; a longer one is cut (at a character boundary).
+pub const MAX_REFUSAL_REASON_BYTES: usize = 512;
+
+/// The answer to a hello that was refused: the tag, then why, in UTF-8, so the refused peer can
+/// tell its user ("invite already claimed by another user") instead of guessing.
+pub fn encode_refusal(reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_REFUSAL_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = Vec::with_capacity(1 + end);
+    out.push(REFUSAL_TAG);
+    out.extend_from_slice(reason.as_bytes().get(..end).unwrap_or_default());
+    out
+}
+
+/// Why the peer refused our hello, when `bytes` (its answer) is a refusal rather than its own
+/// hello. An empty answer is a refusal without a reason (what peers before reasons sent); a
+/// reason is cut to [`MAX_REFUSAL_REASON_BYTES`] and stripped of control characters, since it
+/// comes from the network and ends up in logs and on screens.
+pub fn decode_refusal(bytes: &[u8]) -> Option<String> {
+    match bytes.split_first() {
+        None => Some("no reason given".to_owned()),
+        Some((&REFUSAL_TAG, reason)) => {
+            let reason = reason.get(..MAX_REFUSAL_REASON_BYTES).unwrap_or(reason);
+            let reason: String = String::from_utf8_lossy(reason)
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
+            Some(if reason.trim().is_empty() {
+                "no reason given".to_owned()
+            } else {
+                reason
+            })
+        }
+        Some(_) => None,
+    }
+}
+
 /// What a hello proved.
 #[derive(Debug)]
 pub struct Checked {
@@ -170,6 +211,39 @@ mod tests {
 
     fn peer_of(key: &SecretKey) -> PeerId {
         key.public().to_libp2p_peer_id().unwrap()
+    }
+
+    #[test]
+    fn a_refusal_carries_its_reason_and_is_never_taken_for_a_hello() {
+        let refusal = encode_refusal("invite already claimed by another user");
+        assert_eq!(
+            decode_refusal(&refusal).as_deref(),
+            Some("invite already claimed by another user")
+        );
+        assert!(Hello::decode(&refusal).is_err());
+        assert_eq!(decode_refusal(&[]).as_deref(), Some("no reason given"));
+        assert_eq!(
+            decode_refusal(&[REFUSAL_TAG]).as_deref(),
+            Some("no reason given")
+        );
+        let acme = org();
+        let (_, chain) = device(&acme, "alice");
+        let empty = RevocationSet::new(acme.info.root);
+        assert_eq!(decode_refusal(&hello(&chain, &empty)), None);
+        // Cut at a character boundary, and cleaned of what a terminal would act on.
+        let long = "é".repeat(MAX_REFUSAL_REASON_BYTES);
+        let cut = encode_refusal(&long);
+        assert!(cut.len() <= 1 + MAX_REFUSAL_REASON_BYTES);
+        assert_eq!(
+            decode_refusal(&cut).unwrap().chars().count(),
+            MAX_REFUSAL_REASON_BYTES / 2
+        );
+        let mut nasty = vec![REFUSAL_TAG];
+        nasty.extend_from_slice(b"revoked\x1b[2J\n\xff");
+        assert_eq!(
+            decode_refusal(&nasty).as_deref(),
+            Some("revoked[2J\u{fffd}")
+        );
     }
 
     fn hello(chain: &CertChain, set: &RevocationSet) -> Vec<u8> {

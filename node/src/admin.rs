@@ -464,7 +464,11 @@ fn revoke(mut admin: Admin, out: Output, args: RevokeArgs) -> Result<()> {
     let failed: Vec<String> = published
         .iter()
         .filter(|(_, p)| *p != Published::Accepted)
-        .map(|(a, p)| format!("{a}: {p:?}"))
+        .map(|(a, p)| match p {
+            Published::Refused(reason) => format!("{a}: refused: {reason}"),
+            Published::Unreachable(e) => format!("{a}: {e}"),
+            Published::Accepted => a.clone(),
+        })
         .collect();
     out.emit(
         &json!({

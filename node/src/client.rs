@@ -99,6 +99,22 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
                 },
             ));
         }
+        // Addresses kept dialled (the org's relays, `--peer`) that cannot be reached, or that
+        // refused this device (a revoked device, an invite claimed twice): said, with what to do.
+        for d in status["dialing"].as_array().into_iter().flatten() {
+            let (Some(error), false) = (d["error"].as_str(), d["connected"] == true) else {
+                continue;
+            };
+            let kind = d["kind"].as_str().unwrap_or("peer");
+            let address = d["address"].as_str().unwrap_or("?");
+            text.push_str(&if error.starts_with("the peer refused us") {
+                format!(
+                    "{kind:<6} {address} refuses this device ({error}); ask your org's admin (`jarvis admin members` shows why)\n"
+                )
+            } else {
+                format!("{kind:<6} {address} unreachable: {error}\n")
+            });
+        }
         let peers = status["peers"].as_array().cloned().unwrap_or_default();
         if peers.is_empty() {
             text.push_str("no peers connected");

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
+use jarvis_identity::hello::{decode_refusal, encode_refusal};
 use jarvis_identity::{CertKind, RevocationSet, Verified};
 use jarvis_inference::metrics::EngineMetrics;
 use jarvis_inference::offload::{self as core, Ask, Frames, Load, MAX_REQUEST, Reply};
@@ -244,10 +245,9 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                         Message::Request { request, channel, .. } => (request, Some(channel)),
                         Message::Response { response, .. } => (response, None),
                     };
-                    let checked = if bytes.is_empty() {
-                        Err("the peer refused our certificate".to_owned())
-                    } else {
-                        crate::mesh::check_hello(&org.root, &mut revocations, peer, &bytes, now())
+                    let checked = match channel.is_none().then(|| decode_refusal(&bytes)).flatten() {
+                        Some(reason) => Err(format!("the peer refused us: {reason}")),
+                        None => crate::mesh::check_hello(&org.root, &mut revocations, peer, &bytes, now()),
                     };
                     if let Ok(c) = &checked && c.new_revocations > 0 {
                         if let Err(e) = home.save_revocations(&revocations) {
@@ -278,7 +278,10 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                         }
                     });
                     if let Some(channel) = channel {
-                        let response = if result.is_ok() { own_hello(&revocations) } else { Vec::new() };
+                        let response = match &result {
+                            Ok(_) => own_hello(&revocations),
+                            Err(reason) => encode_refusal(reason),
+                        };
                         let _ = swarm.behaviour_mut().auth.send_response(channel, response);
                     }
                     match result {

@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use jarvis_crdt::store::sled::SledStore;
 use jarvis_crdt::{DocId, Replica, Session, SyncMessage};
+use jarvis_identity::hello::{decode_refusal, encode_refusal};
 use jarvis_identity::{
     CertChain, CertKind, Name, OrgInfo, PublicKey, RevocationSet, SecretKey, Verified,
 };
@@ -154,7 +155,8 @@ struct Redial {
     backoff: Duration,
     /// One of the org's relays (from the bundle), not a `--peer`.
     relay: bool,
-    /// Why the last dial failed, until a connection to it is made (`status`: `dialing`).
+    /// Why the last dial failed, or why the peer refused us, until it admits us (`status`:
+    /// `dialing`).
     error: Option<String>,
 }
 
@@ -743,11 +745,6 @@ impl Node {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
-                for redial in &mut self.redials {
-                    if redial.peer() == Some(peer_id) {
-                        redial.error = None;
-                    }
-                }
                 let address = endpoint.get_remote_address().clone();
                 let path = path_of(&endpoint);
                 let hello = self.hello();
@@ -1038,6 +1035,11 @@ impl Node {
                     return;
                 };
                 let first = state.verified.is_none();
+                for redial in &mut self.redials {
+                    if redial.peer() == Some(peer) {
+                        redial.error = None;
+                    }
+                }
                 if first {
                     self.metrics.peers_authenticated.inc();
                     let _ = self.events.send(json!({
@@ -1070,6 +1072,13 @@ impl Node {
                     "state": "refused",
                     "reason": reason,
                 }));
+                // Kept past the disconnect for the addresses we keep dialling (a relay that
+                // refuses this device is a problem its user must hear of).
+                for redial in &mut self.redials {
+                    if redial.peer() == Some(peer) {
+                        redial.error = Some(reason.clone());
+                    }
+                }
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.refused = Some(reason);
                 }
@@ -1086,10 +1095,9 @@ impl Node {
                 } => {
                     let result = self.check_hello(peer, &request);
                     // Answer with our hello only to peers that proved membership.
-                    let response = if result.is_ok() {
-                        self.hello()
-                    } else {
-                        Vec::new()
+                    let response = match &result {
+                        Ok(_) => self.hello(),
+                        Err(reason) => encode_refusal(reason),
                     };
                     let _ = self
                         .swarm
@@ -1099,8 +1107,8 @@ impl Node {
                     self.settle_peer(peer, result);
                 }
                 Message::Response { response, .. } => {
-                    if response.is_empty() {
-                        self.settle_peer(peer, Err("the peer refused our certificate".into()));
+                    if let Some(reason) = decode_refusal(&response) {
+                        self.settle_peer(peer, Err(format!("the peer refused us: {reason}")));
                     } else {
                         let result = self.check_hello(peer, &response);
                         let accepted = result.is_ok();

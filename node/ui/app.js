@@ -403,13 +403,20 @@ async function loadStatus() {
   // Addresses the node keeps dialling and cannot reach: the org's relay above all (without it,
   // devices on other networks do not sync).
   const unreachable = (status.dialing || []).filter((d) => !d.connected && d.error);
+  const refused = (d) => d.error.startsWith('the peer refused us');
   $('dial-problems').replaceChildren(...unreachable.map((d) => el('div', { class: 'error dial-problem', 'data-address': d.address },
-    el('b', { text: d.kind === 'relay' ? 'Your org\'s relay is unreachable' : 'A peer you asked for is unreachable' }),
+    el('b', { text: refused(d)
+      ? (d.kind === 'relay' ? 'Your org\'s relay refuses this device' : 'A peer you asked for refuses this device')
+      : (d.kind === 'relay' ? 'Your org\'s relay is unreachable' : 'A peer you asked for is unreachable') }),
     ` (${d.address}): ${d.error}. `,
-    d.kind === 'relay'
-      ? 'Check this machine\'s network; if it persists, tell your admin (the relay may be down). Devices on this network still sync directly.'
-      : 'Check the address (`jarvis up --peer`) and that the other device is running.')));
-  if (unreachable.some((d) => d.kind === 'relay')) $('node-state').textContent += ' · relay unreachable';
+    refused(d)
+      ? 'Ask your org\'s admin: `jarvis admin members` shows why (a revoked device, or an invite already used on another machine).'
+      : d.kind === 'relay'
+        ? 'Check this machine\'s network; if it persists, tell your admin (the relay may be down). Devices on this network still sync directly.'
+        : 'Check the address (`jarvis up --peer`) and that the other device is running.')));
+  if (unreachable.some((d) => d.kind === 'relay')) {
+    $('node-state').textContent += unreachable.some((d) => d.kind === 'relay' && refused(d)) ? ' · refused by the relay' : ' · relay unreachable';
+  }
   renderGpus(status.offload || { policy: 'local', gpu_peers: [] });
   const info = [['Device', status.device_id], ['User', status.user], ['Org', status.org_id], ['API', status.api],
     ['Listening on', (status.listen || []).join('\n')], ['Conversations', status.documents],

@@ -27,8 +27,8 @@ struct Admin {
 pub enum Published {
     /// The relay checked our hello and answered with its own.
     Accepted,
-    /// The relay refused our certificate.
-    Refused,
+    /// The relay refused our certificate, and said why.
+    Refused(String),
     /// Could not reach it (or it did not answer) in time.
     Unreachable(String),
 }
@@ -69,7 +69,7 @@ pub async fn ask_members(
                     Err(e) => Err(e),
                 },
                 (Published::Accepted, None) => Err("no answer in time".to_owned()),
-                (Published::Refused, _) => Err("the relay refused our certificate".to_owned()),
+                (Published::Refused(reason), _) => Err(format!("the relay refused us: {reason}")),
                 (Published::Unreachable(e), _) => Err(e),
             };
             (address, report)
@@ -187,8 +187,8 @@ async fn exchange(
                     if r.published.is_some() {
                         continue;
                     }
-                    if response.is_empty() {
-                        r.published = Some(Published::Refused);
+                    if let Some(reason) = jarvis_identity::hello::decode_refusal(&response) {
+                        r.published = Some(Published::Refused(reason));
                     } else {
                         r.published = Some(Published::Accepted);
                         if let Some(ask) = &ask {

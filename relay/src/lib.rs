@@ -15,6 +15,8 @@
 //! Not built yet (the relay issue): the PostgreSQL store (the hub is generic over crdt's
 //! `Store`, which is where it plugs in).
 
+#[cfg(feature = "server")]
+pub mod boxed;
 pub mod client;
 pub mod directory;
 pub mod hub;

@@ -88,9 +88,11 @@ impl Roster {
         if record.first.user_key == claim.user_key {
             return Ok(ClaimCheck::Fine);
         }
+        // Said to the refused device too, so it names no other device (the admin's
+        // `members` shows which one claimed it).
         let reason = format!(
-            "invite {} was already claimed by user `{}` from device `{}`; ask an admin for a new invite",
-            claim.invite, record.first.user, record.first.device_name
+            "invite {} was already claimed by user `{}` on another device; ask an admin for a new invite",
+            claim.invite, record.first.user
         );
         if !record.refused.iter().any(|r| r.device == claim.device)
             && record.refused.len() < MAX_REFUSED_PER_INVITE

@@ -23,12 +23,13 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use jarvis_crdt::store::sled::{Db, SledStore};
 use jarvis_home::Home;
-use jarvis_identity::hello::{Hello, check_hello};
+use jarvis_identity::hello::{Hello, check_hello, decode_refusal, encode_refusal};
 use jarvis_identity::{CertChain, CertKind, OrgInfo, RevocationSet, SecretKey, Verified};
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping, relay};
 
+use crate::boxed::Boxed;
 use crate::directory::{
     self, DIRECTORY_PROTOCOL, Listing, MAX_DIRECTORY_BYTES, MembersReport, Request, Response,
 };
@@ -45,6 +46,8 @@ const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// How long a new connection has to prove membership.
 pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(500);
+/// How long a refused peer's connection stays open for its refusal to be sent, at most.
+const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 
 /// Who the relay is: its org, its certificate chain (relay role) and its key.
 pub struct RelayIdentity {
@@ -86,13 +89,15 @@ impl<F: FnMut(serde_json::Value)> Report for F {
 }
 
 pub struct Relay {
-    swarm: Swarm<Behaviour>,
+    swarm: Swarm<Boxed<Behaviour>>,
     identity: RelayIdentity,
     revocations: RevocationSet,
     hub: Hub<PeerId, SledStore>,
     db: Db,
     /// Connections not yet authenticated.
     pending: HashMap<PeerId, Pending>,
+    /// Peers refused, disconnected once their refusal is sent (or after [`REFUSAL_GRACE`]).
+    closing: HashMap<PeerId, Instant>,
     /// Authenticated peers (devices, GPU peers, admins), to push revocations to.
     members: HashMap<PeerId, Verified>,
     /// The same peers, as the circuit relay's gate sees them.
@@ -319,23 +324,25 @@ impl Relay {
                 c.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
                 c
             })
-            .with_behaviour(|key| Behaviour {
-                relay: relay::Behaviour::new(
-                    key.public().to_peer_id(),
-                    circuit_config(&admitted_for_relay),
-                ),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/jarvis-relay/1.0.0".into(),
-                    key.public(),
-                )),
-                ping: ping::Behaviour::new(ping::Config::new()),
-                auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
-                sync: wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
-                directory: wire::behaviour(
-                    DIRECTORY_PROTOCOL,
-                    MAX_DIRECTORY_BYTES,
-                    Duration::from_secs(30),
-                ),
+            .with_behaviour(|key| {
+                Boxed(Behaviour {
+                    relay: relay::Behaviour::new(
+                        key.public().to_peer_id(),
+                        circuit_config(&admitted_for_relay),
+                    ),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/jarvis-relay/1.0.0".into(),
+                        key.public(),
+                    )),
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
+                    sync: wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
+                    directory: wire::behaviour(
+                        DIRECTORY_PROTOCOL,
+                        MAX_DIRECTORY_BYTES,
+                        Duration::from_secs(30),
+                    ),
+                })
             })
             .context("setting up the relay")?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -352,6 +359,7 @@ impl Relay {
             hub,
             db,
             pending: HashMap::new(),
+            closing: HashMap::new(),
             members: HashMap::new(),
             admitted,
             listing: Listing::default(),
@@ -454,6 +462,15 @@ impl Relay {
             .filter(|(_, p)| now.duration_since(p.since) > AUTH_DEADLINE)
             .map(|(peer, _)| *peer)
             .collect();
+        let refused: Vec<PeerId> = self
+            .closing
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) > REFUSAL_GRACE)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in refused {
+            self.on_auth_answered(peer);
+        }
         for peer in late {
             tracing::info!(%peer, "no valid hello in time: disconnecting");
             self.metrics.refused("auth-timeout");
@@ -527,12 +544,17 @@ impl Relay {
                 ..
             } => {
                 self.pending.remove(&peer_id);
+                self.closing.remove(&peer_id);
                 self.members.remove(&peer_id);
                 self.admitted.set(peer_id, false);
                 self.listing.left(&peer_id);
                 self.inbox.forget(&peer_id);
                 self.hub.leave(&peer_id);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Auth(
+                request_response::Event::ResponseSent { peer, .. }
+                | request_response::Event::InboundFailure { peer, .. },
+            )) => self.on_auth_answered(peer),
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
             SwarmEvent::Behaviour(BehaviourEvent::Directory(event)) => self.on_directory(event),
@@ -609,6 +631,7 @@ impl Relay {
             .collect();
         for peer in revoked {
             self.refuse(peer, "revoked");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
         let hello = self.hello();
         let others: Vec<PeerId> = self
@@ -640,7 +663,6 @@ impl Relay {
         self.listing.left(&peer);
         self.inbox.forget(&peer);
         self.hub.leave(&peer);
-        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     fn on_auth(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
@@ -652,33 +674,47 @@ impl Relay {
                 request, channel, ..
             } => {
                 let result = self.check(peer, &request);
-                let response = if result.is_ok() {
-                    self.hello()
-                } else {
-                    Vec::new()
+                let response = match &result {
+                    Ok(()) => self.hello(),
+                    // The refused peer is told why (its user sees it in `jarvis status`), and
+                    // disconnected once that answer is out.
+                    Err(reason) => encode_refusal(reason),
                 };
-                let _ = self
+                let sent = self
                     .swarm
                     .behaviour_mut()
                     .auth
-                    .send_response(channel, response);
+                    .send_response(channel, response)
+                    .is_ok();
                 if let Err(reason) = result {
                     self.refuse(peer, &reason);
+                    if sent {
+                        self.closing.insert(peer, Instant::now());
+                    } else {
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
                 }
             }
             Message::Response { response, .. } => {
                 if self.members.contains_key(&peer) {
                     return;
                 }
-                let result = if response.is_empty() {
-                    Err("the peer refused our certificate".to_owned())
-                } else {
-                    self.check(peer, &response)
+                let result = match decode_refusal(&response) {
+                    Some(reason) => Err(format!("the peer refused us: {reason}")),
+                    None => self.check(peer, &response),
                 };
                 if let Err(reason) = result {
                     self.refuse(peer, &reason);
+                    let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }
+        }
+    }
+
+    /// A refused peer's connection, once its refusal is out (or could not be sent).
+    fn on_auth_answered(&mut self, peer: PeerId) {
+        if self.closing.remove(&peer).is_some() {
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 

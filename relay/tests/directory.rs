@@ -131,6 +131,25 @@ fn an_invite_claimed_twice_is_refused_by_the_relay_and_the_admin_sees_both_claim
         (members["claims"].as_array().unwrap().len() == 2).then_some(members)
     });
 
+    // The second claimant is told why, and its user sees it in `jarvis status`.
+    let refusal = wait_for("the second claimant to hear why it was refused", || {
+        let status = ok(&other, &["status"]);
+        status["dialing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["kind"] == "relay")
+            .and_then(|d| d["error"].as_str().map(str::to_owned))
+            .filter(|e| e.starts_with("the peer refused us"))
+    });
+    assert!(refusal.contains("already claimed"), "{refusal}");
+    let text = jarvis(&other).args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("refuses this device") && text.contains("already claimed"),
+        "{text}"
+    );
+
     // What alice writes never reaches the second claimant.
     let said = jarvis(&laptop)
         .args(["ask", "the vault code is 4417", "--json"])

@@ -19,6 +19,8 @@
 pub mod boxed;
 pub mod client;
 pub mod directory;
+#[cfg(feature = "server")]
+pub mod gate;
 pub mod hub;
 #[cfg(feature = "server")]
 pub mod metrics;

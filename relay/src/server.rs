@@ -33,6 +33,7 @@ use crate::boxed::Boxed;
 use crate::directory::{
     self, DIRECTORY_PROTOCOL, Listing, MAX_DIRECTORY_BYTES, MembersReport, Request, Response,
 };
+use crate::gate::Gated;
 use crate::hub::{Hub, Limits};
 use crate::roster::{ClaimCheck, Roster};
 use crate::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES, MAX_SYNC_BYTES, SYNC_PROTOCOL};
@@ -65,8 +66,8 @@ pub struct Config {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     relay: relay::Behaviour,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
+    identify: Gated<identify::Behaviour>,
+    ping: Gated<ping::Behaviour>,
     auth: request_response::Behaviour<wire::Frames>,
     sync: request_response::Behaviour<wire::Frames>,
     directory: request_response::Behaviour<wire::Frames>,
@@ -240,6 +241,11 @@ impl Admitted {
     fn contains(&self, peer: &PeerId) -> bool {
         self.0.lock().is_ok_and(|set| set.contains(peer))
     }
+
+    /// The check [`Gated`] makes on a new connection.
+    fn into_check(self) -> crate::gate::IsAdmitted {
+        Box::new(move |peer| self.contains(peer))
+    }
 }
 
 /// How long a relayed circuit may last and how much it may carry: enough for two devices to
@@ -330,11 +336,18 @@ impl Relay {
                         key.public().to_peer_id(),
                         circuit_config(&admitted_for_relay),
                     ),
-                    identify: identify::Behaviour::new(identify::Config::new(
-                        "/jarvis-relay/1.0.0".into(),
-                        key.public(),
-                    )),
-                    ping: ping::Behaviour::new(ping::Config::new()),
+                    // Served to admitted peers only: they tell our addresses and protocols.
+                    identify: Gated::new(
+                        identify::Behaviour::new(identify::Config::new(
+                            "/jarvis-relay/1.0.0".into(),
+                            key.public(),
+                        )),
+                        admitted.clone().into_check(),
+                    ),
+                    ping: Gated::new(
+                        ping::Behaviour::new(ping::Config::new()),
+                        admitted.clone().into_check(),
+                    ),
                     auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
                     sync: wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
                     directory: wire::behaviour(
@@ -597,6 +610,8 @@ impl Relay {
         tracing::info!(%peer, kind = %verified.kind, name = %verified.name, "peer admitted");
         self.members.insert(peer, verified.clone());
         self.admitted.set(peer, true);
+        self.swarm.behaviour_mut().identify.set_open(peer, true);
+        self.swarm.behaviour_mut().ping.set_open(peer, true);
         if verified.kind == CertKind::Device
             && !self.hub.is_admitted(&peer)
             && let Some(user) = verified.user
@@ -660,6 +675,8 @@ impl Relay {
         self.pending.remove(&peer);
         self.members.remove(&peer);
         self.admitted.set(peer, false);
+        self.swarm.behaviour_mut().identify.set_open(peer, false);
+        self.swarm.behaviour_mut().ping.set_open(peer, false);
         self.listing.left(&peer);
         self.inbox.forget(&peer);
         self.hub.leave(&peer);

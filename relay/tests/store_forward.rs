@@ -492,3 +492,125 @@ fn a_snapshot_replaces_the_history_it_covers_on_the_relay() {
         "note 99: remember to water the plants on the balcony"
     );
 }
+
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct Prober {
+    identify: libp2p::identify::Behaviour,
+    ping: libp2p::ping::Behaviour,
+    auth: libp2p::request_response::Behaviour<jarvis_relay::wire::Frames>,
+}
+
+/// What a peer with `key` learns from the relay at `address` in `time`: whether identify told it
+/// the relay's protocols, whether a ping was answered, and whether its hello (if it says one)
+/// was answered with the relay's.
+fn probe(
+    key: libp2p::identity::Keypair,
+    hello: Option<Vec<u8>>,
+    address: &str,
+    time: Duration,
+) -> (Option<Vec<String>>, bool, bool) {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{identify, ping, request_response};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_quic()
+            .with_behaviour(|key| Prober {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/probe/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_millis(300)),
+                ),
+                auth: jarvis_relay::wire::behaviour(
+                    jarvis_relay::wire::AUTH_PROTOCOL,
+                    jarvis_relay::wire::MAX_AUTH_BYTES,
+                    Duration::from_secs(10),
+                ),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        swarm
+            .dial(address.parse::<libp2p::Multiaddr>().unwrap())
+            .unwrap();
+        let (mut protocols, mut pinged, mut welcomed) = (None, false, false);
+        let deadline = tokio::time::Instant::now() + time;
+        while let Ok(event) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    if let Some(hello) = &hello {
+                        swarm
+                            .behaviour_mut()
+                            .auth
+                            .send_request(&peer_id, hello.clone());
+                    }
+                }
+                SwarmEvent::Behaviour(ProberEvent::Identify(identify::Event::Received {
+                    info,
+                    ..
+                })) => {
+                    protocols = Some(info.protocols.iter().map(ToString::to_string).collect());
+                }
+                SwarmEvent::Behaviour(ProberEvent::Ping(ping::Event { result: Ok(_), .. })) => {
+                    pinged = true;
+                }
+                SwarmEvent::Behaviour(ProberEvent::Auth(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                })) => {
+                    welcomed = jarvis_identity::hello::decode_refusal(&response).is_none();
+                }
+                _ => {}
+            }
+        }
+        (protocols, pinged, welcomed)
+    })
+}
+
+#[test]
+fn identify_and_ping_answer_only_admitted_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, relay_home) = org(dir.path(), &[]);
+    let (_relay, address, _) = start_relay(&relay_home);
+
+    // A stranger (a fresh key, no hello) learns nothing: no identify, no ping.
+    let stranger = probe(
+        libp2p::identity::Keypair::generate_ed25519(),
+        None,
+        &address,
+        Duration::from_secs(4),
+    );
+    assert_eq!(stranger, (None, false, false), "a stranger got an answer");
+
+    // The laptop, with its own key and chain, says hello and then gets both.
+    let home = jarvis_home::Home::locate(Some(devices[0].clone())).unwrap();
+    let state = home.load().unwrap();
+    let chain = state.chain().unwrap().unwrap();
+    let org = state.org().unwrap().unwrap();
+    let key = home
+        .unseal_key(jarvis_home::KeyFile::Identity, "pw")
+        .unwrap()
+        .signing;
+    let hello =
+        jarvis_identity::hello::Hello::new(chain, &jarvis_identity::RevocationSet::new(org.root))
+            .encode();
+    let (protocols, pinged, welcomed) = probe(
+        key.to_libp2p_keypair().unwrap(),
+        Some(hello),
+        &address,
+        Duration::from_secs(4),
+    );
+    assert!(welcomed, "the relay did not answer the laptop's hello");
+    let protocols = protocols.expect("no identify for an admitted device");
+    assert!(
+        protocols
+            .iter()
+            .any(|p| p == jarvis_relay::wire::SYNC_PROTOCOL.as_ref()),
+        "{protocols:?}"
+    );
+    assert!(pinged, "no ping answered for an admitted device");
+}

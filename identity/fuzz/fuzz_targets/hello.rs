@@ -1,7 +1,9 @@
-//! The mesh's authentication hello and the pairing request, as received from any peer that
-//! connects: decoding and the gate never panic.
+//! The mesh's authentication hello, the refusal that may answer it, and the pairing request, as
+//! received from any peer that connects: decoding and the gate never panic.
 #![no_main]
-use jarvis_identity::hello::{check_hello, Hello};
+use jarvis_identity::hello::{
+    check_hello, decode_refusal, encode_refusal, Hello, MAX_REFUSAL_REASON_BYTES,
+};
 use jarvis_identity::{RevocationSet, SecretKey, UnixTime};
 use libfuzzer_sys::fuzz_target;
 
@@ -14,4 +16,13 @@ fuzz_target!(|data: &[u8]| {
     let mut set = RevocationSet::new(root);
     let _ = check_hello(&root, &mut set, peer, data, UnixTime(1_800_000_000));
     let _ = jarvis_identity::enrol::decode_pair_request(data);
+    // An answer is a hello or a refusal, never both; a reason is bounded and printable.
+    if let Some(reason) = decode_refusal(data) {
+        assert!(Hello::decode(data).is_err());
+        assert!(reason.len() <= 3 * MAX_REFUSAL_REASON_BYTES);
+        assert!(!reason.chars().any(char::is_control));
+        if reason.len() <= MAX_REFUSAL_REASON_BYTES {
+            assert_eq!(decode_refusal(&encode_refusal(&reason)).as_deref(), Some(reason.as_str()));
+        }
+    }
 });

@@ -10,7 +10,8 @@
 //! - [`hub`]: store-and-forward, sans-IO: each user's keyless replica, every admitted device a
 //!   sync peer of its own user's replica, live fan-out, rate limits and quotas.
 //! - `server` (feature): the libp2p shell: admission (the authentication gate), circuit relay
-//!   v2, the hub over a sled database, revocations given on admission.
+//!   v2, the hub over a sled database, revocations given on admission; with `gate` (identify and
+//!   ping only for admitted peers) and `boxed` (connection handlers on the heap).
 //!
 //! Not built yet (the relay issue): the PostgreSQL store (the hub is generic over crdt's
 //! `Store`, which is where it plugs in).

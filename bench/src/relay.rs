@@ -587,16 +587,28 @@ pub struct Ramp {
 }
 
 impl Ramp {
-    /// Connections within the budget: where the ramp crossed it, or else projected from the
-    /// memory per connection over the ramp. Returns (count, projected?).
+    /// Connections within the budget: where the ramp crossed it (between the last step under it
+    /// and the first over it, linearly), or else projected from the memory per connection over
+    /// the ramp. Returns (count, projected?).
     pub fn within_budget(&self) -> (f64, bool) {
-        let under: Vec<&(usize, u64)> = self
+        let budget = RSS_BUDGET_BYTES as f64;
+        if let Some(over) = self
             .points
             .iter()
-            .filter(|(_, rss)| *rss <= RSS_BUDGET_BYTES)
-            .collect();
-        if under.len() < self.points.len() {
-            return (under.last().map_or(0.0, |(n, _)| *n as f64), false);
+            .position(|(_, rss)| *rss > RSS_BUDGET_BYTES)
+        {
+            let (n2, r2) = self
+                .points
+                .get(over)
+                .map_or((0.0, 0.0), |(n, r)| (*n as f64, *r as f64));
+            let (n1, r1) = over
+                .checked_sub(1)
+                .and_then(|i| self.points.get(i))
+                .map_or((0.0, 0.0), |(n, r)| (*n as f64, *r as f64));
+            if r2 <= r1 || r1 > budget {
+                return (n1, false);
+            }
+            return (n1 + (budget - r1) * (n2 - n1) / (r2 - r1), false);
         }
         (
             self.per_connection().map_or(f64::NAN, |(base, per)| {
@@ -844,4 +856,30 @@ pub fn ack(quick: bool) -> Result<Vec<Figure>> {
             ),
         ])
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_found_between_the_steps_that_cross_it_or_projected() {
+        // Session 11's ramp: 200 MB lies between 2,000 and 3,000 devices.
+        let crossed = Ramp {
+            points: vec![(1000, 92_200_000), (2000, 161_700_000), (3000, 231_900_000)],
+        };
+        let (n, projected) = crossed.within_budget();
+        assert!(!projected);
+        assert!((n - 2545.6).abs() < 1.0, "{n}");
+        // Never over: projected from the slope (18 KiB each over a 10 MB base).
+        let under = Ramp {
+            points: (1..=4)
+                .map(|i| (i * 1000, 10_000_000 + i as u64 * 1000 * 18_432))
+                .collect(),
+        };
+        let (n, projected) = under.within_budget();
+        assert!(projected);
+        assert!((n - 190e6 / 18_432.0).abs() < 1.0, "{n}");
+    }
 }

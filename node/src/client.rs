@@ -107,13 +107,18 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
             };
             let kind = d["kind"].as_str().unwrap_or("peer");
             let address = d["address"].as_str().unwrap_or("?");
-            text.push_str(&if error.starts_with("the peer refused us") {
-                format!(
-                    "{kind:<6} {address} refuses this device ({error}); ask your org's admin (`jarvis admin members` shows why)\n"
-                )
-            } else {
-                format!("{kind:<6} {address} unreachable: {error}\n")
-            });
+            text.push_str(
+                &if let Some(reason) = error.strip_prefix("the peer refused us: ") {
+                    let advice = if reason.contains("admin") {
+                        ""
+                    } else {
+                        "; ask your org's admin (`jarvis admin members` shows why)"
+                    };
+                    format!("{kind:<6} {address} refuses this device: {reason}{advice}\n")
+                } else {
+                    format!("{kind:<6} {address} unreachable: {error}\n")
+                },
+            );
         }
         let peers = status["peers"].as_array().cloned().unwrap_or_default();
         if peers.is_empty() {

@@ -404,13 +404,14 @@ async function loadStatus() {
   // devices on other networks do not sync).
   const unreachable = (status.dialing || []).filter((d) => !d.connected && d.error);
   const refused = (d) => d.error.startsWith('the peer refused us');
+  const why = (d) => d.error.replace(/^the peer refused us: /, '').replace(/\.?$/, '.');
   $('dial-problems').replaceChildren(...unreachable.map((d) => el('div', { class: 'error dial-problem', 'data-address': d.address },
     el('b', { text: refused(d)
       ? (d.kind === 'relay' ? 'Your org\'s relay refuses this device' : 'A peer you asked for refuses this device')
       : (d.kind === 'relay' ? 'Your org\'s relay is unreachable' : 'A peer you asked for is unreachable') }),
-    ` (${d.address}): ${d.error}. `,
+    ` (${d.address}): ${why(d)} `,
     refused(d)
-      ? 'Ask your org\'s admin: `jarvis admin members` shows why (a revoked device, or an invite already used on another machine).'
+      ? (why(d).includes('admin') ? '' : 'Ask your org\'s admin: `jarvis admin members` shows why (a revoked device, or an invite already used on another machine).')
       : d.kind === 'relay'
         ? 'Check this machine\'s network; if it persists, tell your admin (the relay may be down). Devices on this network still sync directly.'
         : 'Check the address (`jarvis up --peer`) and that the other device is running.')));

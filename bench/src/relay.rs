@@ -387,8 +387,8 @@ async fn device_loop(
                         let _ = swarm.behaviour_mut().auth.send_response(channel, device.hello.clone());
                     }
                     Message::Response { response, .. } => {
-                        if response.is_empty() {
-                            bail!("the relay refused the device");
+                        if let Some(reason) = jarvis_identity::hello::decode_refusal(&response) {
+                            bail!("the relay refused the device: {reason}");
                         }
                         if relay_peer.is_none() {
                             relay_peer = Some(peer);

@@ -115,6 +115,10 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
                         "; ask your org's admin (`jarvis admin members` shows why)"
                     };
                     format!("{kind:<6} {address} refuses this device: {reason}{advice}\n")
+                } else if let Some(reason) = error.strip_prefix(crate::node::NOT_ACCEPTED) {
+                    format!(
+                        "{kind:<6} {address} reached, but this device does not accept it: {reason}\n"
+                    )
                 } else {
                     format!("{kind:<6} {address} unreachable: {error}\n")
                 },

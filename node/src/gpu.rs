@@ -35,6 +35,9 @@ use crate::output::Output;
 /// authenticated devices: beyond it a new stream is refused with a message rather than left
 /// waiting.
 const MAX_STREAMS: usize = 256;
+/// Refused peers left to read why before they are disconnected, at most (more are disconnected
+/// at once).
+const MAX_REFUSED_WAITING: usize = 256;
 /// Streams one device may have at once (so one device cannot take every slot).
 const MAX_STREAMS_PER_PEER: usize = 16;
 /// Streams waiting for their peer's hello to be checked (a device may open its first stream
@@ -187,6 +190,9 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
         org.relays.iter().filter_map(|a| a.parse().ok()).collect();
     let mut relays: HashSet<PeerId> = HashSet::new();
     let mut listening: Vec<String> = Vec::new();
+    // Peers refused with a reason, disconnected at the next heartbeat if they have not left
+    // (a refused node leaves when it reads why; closing at once could drop the reason unsent).
+    let mut refused: Vec<PeerId> = Vec::new();
     let mut beat = tokio::time::interval(jarvis_relay::directory::HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -195,6 +201,9 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
             () = shutdown.wait() => break,
             Some((peer, stream)) = incoming.next() => server.accept(peer, stream),
             _ = beat.tick() => {
+                for peer in refused.drain(..) {
+                    let _ = swarm.disconnect_peer_id(peer);
+                }
                 for address in &relay_addresses {
                     let connected = jarvis_relay::wire::peer_of(address).is_some_and(|p| swarm.is_connected(&p));
                     if !connected && let Err(e) = swarm.dial(address.clone()) {
@@ -277,12 +286,13 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                             Err(format!("a {} may not ask a GPU peer for answers", c.verified.kind))
                         }
                     });
+                    let mut told = false;
                     if let Some(channel) = channel {
                         let response = match &result {
                             Ok(_) => own_hello(&revocations),
                             Err(reason) => encode_refusal(reason),
                         };
-                        let _ = swarm.behaviour_mut().auth.send_response(channel, response);
+                        told = swarm.behaviour_mut().auth.send_response(channel, response).is_ok();
                     }
                     match result {
                         Ok(verified) if verified.kind == CertKind::Relay => {
@@ -300,7 +310,15 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                         Err(reason) => {
                             tracing::warn!(%peer, %reason, "peer refused");
                             gate_lock(&gate).remove(&peer);
-                            let _ = swarm.disconnect_peer_id(peer);
+                            if told {
+                                if refused.len() < MAX_REFUSED_WAITING && !refused.contains(&peer) {
+                                    refused.push(peer);
+                                } else {
+                                    let _ = swarm.disconnect_peer_id(peer);
+                                }
+                            } else {
+                                let _ = swarm.disconnect_peer_id(peer);
+                            }
                         }
                     }
                 }

@@ -36,6 +36,11 @@ use crate::mesh::{Behaviour, BehaviourEvent, Hello};
 
 /// How often sessions are polled for their resync timers.
 const TICK: Duration = Duration::from_millis(500);
+/// What `status` puts before our reason for refusing an address we dial (the peer there was
+/// reached, and is not a member we accept).
+pub(crate) const NOT_ACCEPTED: &str = "reached, but not accepted here: ";
+/// How long a peer we refused has to read why before it is disconnected.
+const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 /// Redial backoff for `--peer` addresses: doubling from 1 s to 30 s.
 const REDIAL_MIN: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(30);
@@ -138,6 +143,9 @@ struct Peer {
     verified: Option<Verified>,
     /// Why authentication failed, for `status`.
     refused: Option<String>,
+    /// When we sent the peer our refusal: it is disconnected [`REFUSAL_GRACE`] later if it has
+    /// not left (a refused node leaves when it reads why; closing at once could drop that).
+    refused_at: Option<Instant>,
     /// Why the peer (a relay) last refused what we sent on this connection: rate limit, full
     /// quota. Kept until the peer reconnects (an empty acknowledgement may be for a message that
     /// was never at risk, such as an announcement).
@@ -498,6 +506,19 @@ impl Node {
     }
 
     fn on_tick(&mut self) {
+        let now = Instant::now();
+        let refused: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.refused_at
+                    .is_some_and(|at| now.duration_since(at) > REFUSAL_GRACE)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in refused {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
         if self.seen_dirty {
             self.seen_dirty = false;
             if let Ok(bytes) = serde_json::to_vec_pretty(&self.seen)
@@ -508,7 +529,6 @@ impl Node {
                 tracing::warn!(error = %e, "cannot save peers.json");
             }
         }
-        let now = Instant::now();
         let peers = &self.peers;
         // A peer reached through a relay is dialled once the relay has admitted us: it opens
         // circuits only for peers that passed its gate.
@@ -753,6 +773,7 @@ impl Node {
                     address: Some(address.clone()),
                     verified: None,
                     refused: None,
+                    refused_at: None,
                     last_refusal: None,
                     session: None,
                     hello_sent: false,
@@ -1034,6 +1055,11 @@ impl Node {
                 let Some(state) = self.peers.get_mut(&peer) else {
                     return;
                 };
+                // A connection refused either way is on its way out: its hello checking out
+                // (the two hellos cross) changes nothing, and must not hide the refusal.
+                if state.refused.is_some() {
+                    return;
+                }
                 let first = state.verified.is_none();
                 for redial in &mut self.redials {
                     if redial.peer() == Some(peer) {
@@ -1054,7 +1080,6 @@ impl Node {
                     self.offload.joined(peer, verified.name.to_string());
                 }
                 state.verified = Some(verified);
-                state.refused = None;
                 if syncs && first {
                     let mut session = Session::new();
                     let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
@@ -1074,15 +1099,24 @@ impl Node {
                 }));
                 // Kept past the disconnect for the addresses we keep dialling (a relay that
                 // refuses this device is a problem its user must hear of).
+                let error = if reason.starts_with("the peer refused us") {
+                    reason.clone()
+                } else {
+                    format!("{NOT_ACCEPTED}{reason}")
+                };
                 for redial in &mut self.redials {
                     if redial.peer() == Some(peer) {
-                        redial.error = Some(reason.clone());
+                        redial.error = Some(error.clone());
                     }
                 }
+                let mut told = false;
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.refused = Some(reason);
+                    told = state.refused_at.is_some();
                 }
-                let _ = self.swarm.disconnect_peer_id(peer);
+                if !told {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
             }
         }
     }
@@ -1099,13 +1133,26 @@ impl Node {
                         Ok(_) => self.hello(),
                         Err(reason) => encode_refusal(reason),
                     };
-                    let _ = self
+                    let told = self
                         .swarm
                         .behaviour_mut()
                         .auth
-                        .send_response(channel, response);
+                        .send_response(channel, response)
+                        .is_ok();
+                    if told
+                        && result.is_err()
+                        && let Some(state) = self.peers.get_mut(&peer)
+                    {
+                        state.refused_at.get_or_insert_with(Instant::now);
+                    }
                     self.settle_peer(peer, result);
                 }
+                // Refused already: its answer to our hello changes nothing.
+                Message::Response { .. }
+                    if self
+                        .peers
+                        .get(&peer)
+                        .is_some_and(|p| p.refused_at.is_some()) => {}
                 Message::Response { response, .. } => {
                     if let Some(reason) = decode_refusal(&response) {
                         self.settle_peer(peer, Err(format!("the peer refused us: {reason}")));

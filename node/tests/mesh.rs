@@ -244,7 +244,6 @@ fn two_devices_of_one_user_sync_and_strangers_get_nothing() {
     for (home, why) in &strangers {
         let s = Running::start(home, std::slice::from_ref(&a_addr));
         let id = device_id(home);
-        let _ = &s;
         // The stranger's node dials the laptop and the handshake runs; a refused peer may be
         // disconnected before it ever shows up in `status`, so wait a while either way.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -263,6 +262,17 @@ fn two_devices_of_one_user_sync_and_strangers_get_nothing() {
                 p["syncing"], true,
                 "{why} device is syncing with the laptop"
             );
+        }
+        if *why == "revoked" {
+            // The revoked device is told why (not just cut off), and its user sees it.
+            let error = wait_for("the revoked tablet to hear why it was refused", || {
+                s.status()["dialing"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|d| d["error"].as_str().map(str::to_owned))
+                    .filter(|e| e.starts_with("the peer refused us"))
+            });
+            assert!(error.contains("revoked"), "{error}");
         }
         let theirs = ok(home, &["conversations"]);
         assert_eq!(

@@ -404,19 +404,25 @@ async function loadStatus() {
   // devices on other networks do not sync).
   const unreachable = (status.dialing || []).filter((d) => !d.connected && d.error);
   const refused = (d) => d.error.startsWith('the peer refused us');
-  const why = (d) => d.error.replace(/^the peer refused us: /, '').replace(/\.?$/, '.');
+  const notAccepted = (d) => d.error.startsWith('reached, but not accepted here');
+  const why = (d) => d.error.replace(/^(the peer refused us|reached, but not accepted here): /, '').replace(/\.?$/, '.');
   $('dial-problems').replaceChildren(...unreachable.map((d) => el('div', { class: 'error dial-problem', 'data-address': d.address },
     el('b', { text: refused(d)
       ? (d.kind === 'relay' ? 'Your org\'s relay refuses this device' : 'A peer you asked for refuses this device')
-      : (d.kind === 'relay' ? 'Your org\'s relay is unreachable' : 'A peer you asked for is unreachable') }),
+      : notAccepted(d)
+        ? 'This device does not accept the peer at this address'
+        : (d.kind === 'relay' ? 'Your org\'s relay is unreachable' : 'A peer you asked for is unreachable') }),
     ` (${d.address}): ${why(d)} `,
     refused(d)
       ? (why(d).includes('admin') ? '' : 'Ask your org\'s admin: `jarvis admin members` shows why (a revoked device, or an invite already used on another machine).')
+      : notAccepted(d)
+        ? 'It is not (or no longer) a member of your org: check the address, or ask your admin.'
       : d.kind === 'relay'
         ? 'Check this machine\'s network; if it persists, tell your admin (the relay may be down). Devices on this network still sync directly.'
         : 'Check the address (`jarvis up --peer`) and that the other device is running.')));
   if (unreachable.some((d) => d.kind === 'relay')) {
-    $('node-state').textContent += unreachable.some((d) => d.kind === 'relay' && refused(d)) ? ' · refused by the relay' : ' · relay unreachable';
+    $('node-state').textContent += unreachable.some((d) => d.kind === 'relay' && refused(d)) ? ' · refused by the relay'
+      : unreachable.some((d) => d.kind === 'relay' && notAccepted(d)) ? ' · relay not accepted' : ' · relay unreachable';
   }
   renderGpus(status.offload || { policy: 'local', gpu_peers: [] });
   const info = [['Device', status.device_id], ['User', status.user], ['Org', status.org_id], ['API', status.api],

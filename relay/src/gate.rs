@@ -1,8 +1,9 @@
 //! libp2p protocols served only to admitted peers.
 //!
 //! The relay's own protocols check admission themselves. libp2p's identify and ping do not: they
-//! would tell any stranger that completes a QUIC handshake the relay's listen addresses, its
-//! protocols and its agent. [`Gated`] wraps such a behaviour. On a connection whose peer is not
+//! would answer any stranger that completes a QUIC handshake with the relay's listen addresses,
+//! its protocol list and its agent. (Protocol names can still be tried one by one at
+//! negotiation, as with any libp2p peer.) [`Gated`] wraps such a behaviour. On a connection whose peer is not
 //! admitted, its handler is not polled (so it sends nothing), and the inbound streams it accepts
 //! are held, unanswered (a few; more are dropped). Once [`Gated::set_open`] opens the gate for
 //! a peer, the held streams are handed over and the handler runs as it would have from the
@@ -134,17 +135,33 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gated<B> {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
-        if let FromSwarm::ConnectionClosed(ConnectionClosed {
-            peer_id,
-            connection_id,
-            ..
-        }) = &event
-            && let Some(list) = self.connections.get_mut(peer_id)
-        {
-            list.retain(|c| c != connection_id);
-            if list.is_empty() {
-                self.connections.remove(peer_id);
+        // A connection that ends, or that a behaviour after this one refused once it was
+        // established here (the swarm then reports a failure rather than a close).
+        let gone = match &event {
+            FromSwarm::ConnectionClosed(ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            }) => Some((Some(*peer_id), *connection_id)),
+            FromSwarm::ListenFailure(f) => Some((f.peer_id, f.connection_id)),
+            FromSwarm::DialFailure(f) => Some((f.peer_id, f.connection_id)),
+            _ => None,
+        };
+        match gone {
+            Some((Some(peer), gone)) => {
+                if let Some(list) = self.connections.get_mut(&peer) {
+                    list.retain(|c| *c != gone);
+                    if list.is_empty() {
+                        self.connections.remove(&peer);
+                    }
+                }
             }
+            // A failure before the peer was known: rare, so a scan.
+            Some((None, gone)) => self.connections.retain(|_, list| {
+                list.retain(|c| *c != gone);
+                !list.is_empty()
+            }),
+            None => {}
         }
         self.inner.on_swarm_event(event)
     }

@@ -97,7 +97,8 @@ pub struct Relay {
     db: Db,
     /// Connections not yet authenticated.
     pending: HashMap<PeerId, Pending>,
-    /// Peers refused, disconnected once their refusal is sent (or after [`REFUSAL_GRACE`]).
+    /// Peers refused, disconnected [`REFUSAL_GRACE`] after their refusal was sent (the refused
+    /// peer normally leaves first, having read it).
     closing: HashMap<PeerId, Instant>,
     /// Authenticated peers (devices, GPU peers, admins), to push revocations to.
     members: HashMap<PeerId, Verified>,
@@ -535,8 +536,10 @@ impl Relay {
                     "address": address.with_p2p(me).unwrap_or_else(|a| a).to_string(),
                 }));
             }
+            // A member's further connections (a GPU peer's, an admin's, not only a device's)
+            // are admitted already: no second hello is awaited from them.
             SwarmEvent::ConnectionEstablished { peer_id, .. }
-                if !self.hub.is_admitted(&peer_id) =>
+                if !self.members.contains_key(&peer_id) =>
             {
                 let pending = self.pending.entry(peer_id).or_insert(Pending {
                     since: Instant::now(),
@@ -564,9 +567,11 @@ impl Relay {
                 self.inbox.forget(&peer_id);
                 self.hub.leave(&peer_id);
             }
+            // A refusal that could not be sent: nothing to wait for. One that was sent is left
+            // to the refused peer to act on (it disconnects when it reads it); "sent" means
+            // handed to QUIC, and closing the connection now could drop it unsent.
             SwarmEvent::Behaviour(BehaviourEvent::Auth(
-                request_response::Event::ResponseSent { peer, .. }
-                | request_response::Event::InboundFailure { peer, .. },
+                request_response::Event::InboundFailure { peer, .. },
             )) => self.on_auth_answered(peer),
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
@@ -706,14 +711,16 @@ impl Relay {
                 if let Err(reason) = result {
                     self.refuse(peer, &reason);
                     if sent {
-                        self.closing.insert(peer, Instant::now());
+                        self.closing.entry(peer).or_insert_with(Instant::now);
                     } else {
                         let _ = self.swarm.disconnect_peer_id(peer);
                     }
                 }
             }
             Message::Response { response, .. } => {
-                if self.members.contains_key(&peer) {
+                // Admitted already, or refused already (its answer to our hello would refuse it
+                // a second time, and cut off the refusal we sent it).
+                if self.members.contains_key(&peer) || self.closing.contains_key(&peer) {
                     return;
                 }
                 let result = match decode_refusal(&response) {
@@ -728,7 +735,8 @@ impl Relay {
         }
     }
 
-    /// A refused peer's connection, once its refusal is out (or could not be sent).
+    /// A refused peer's connection, once its refusal could not be sent or the refused peer had
+    /// [`REFUSAL_GRACE`] to read it.
     fn on_auth_answered(&mut self, peer: PeerId) {
         if self.closing.remove(&peer).is_some() {
             let _ = self.swarm.disconnect_peer_id(peer);

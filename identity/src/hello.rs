@@ -66,6 +66,9 @@ impl Hello {
 
 /// A refusal's first byte, where a hello has its version: never a hello's.
 const REFUSAL_TAG: u8 = 0;
+/// How a refusal received is told, before its reason: in logs, in `status` (`dialing`), and to
+/// the UI, which looks for it.
+pub const REFUSED_BY_PEER: &str = "the peer refused us: ";
 /// The longest reason a refusal carries; a longer one is cut (at a character boundary).
 pub const MAX_REFUSAL_REASON_BYTES: usize = 512;
 

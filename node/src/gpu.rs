@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
-use jarvis_identity::hello::{decode_refusal, encode_refusal};
+use jarvis_identity::hello::{REFUSED_BY_PEER, decode_refusal, encode_refusal};
 use jarvis_identity::{CertKind, RevocationSet, Verified};
 use jarvis_inference::metrics::EngineMetrics;
 use jarvis_inference::offload::{self as core, Ask, Frames, Load, MAX_REQUEST, Reply};
@@ -255,7 +255,7 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                         Message::Response { response, .. } => (response, None),
                     };
                     let checked = match channel.is_none().then(|| decode_refusal(&bytes)).flatten() {
-                        Some(reason) => Err(format!("the peer refused us: {reason}")),
+                        Some(reason) => Err(format!("{REFUSED_BY_PEER}{reason}")),
                         None => crate::mesh::check_hello(&org.root, &mut revocations, peer, &bytes, now()),
                     };
                     if let Ok(c) = &checked && c.new_revocations > 0 {

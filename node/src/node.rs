@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use jarvis_crdt::store::sled::SledStore;
 use jarvis_crdt::{DocId, Replica, Session, SyncMessage};
-use jarvis_identity::hello::{decode_refusal, encode_refusal};
+use jarvis_identity::hello::{REFUSED_BY_PEER, decode_refusal, encode_refusal};
 use jarvis_identity::{
     CertChain, CertKind, Name, OrgInfo, PublicKey, RevocationSet, SecretKey, Verified,
 };
@@ -1099,7 +1099,7 @@ impl Node {
                 }));
                 // Kept past the disconnect for the addresses we keep dialling (a relay that
                 // refuses this device is a problem its user must hear of).
-                let error = if reason.starts_with("the peer refused us") {
+                let error = if reason.starts_with(REFUSED_BY_PEER) {
                     reason.clone()
                 } else {
                     format!("{NOT_ACCEPTED}{reason}")
@@ -1155,7 +1155,7 @@ impl Node {
                         .is_some_and(|p| p.refused_at.is_some()) => {}
                 Message::Response { response, .. } => {
                     if let Some(reason) = decode_refusal(&response) {
-                        self.settle_peer(peer, Err(format!("the peer refused us: {reason}")));
+                        self.settle_peer(peer, Err(format!("{REFUSED_BY_PEER}{reason}")));
                     } else {
                         let result = self.check_hello(peer, &response);
                         let accepted = result.is_ok();

@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use jarvis_crdt::store::sled::{Db, SledStore};
 use jarvis_home::Home;
-use jarvis_identity::hello::{Hello, check_hello, decode_refusal, encode_refusal};
+use jarvis_identity::hello::{Hello, REFUSED_BY_PEER, check_hello, decode_refusal, encode_refusal};
 use jarvis_identity::{CertChain, CertKind, OrgInfo, RevocationSet, SecretKey, Verified};
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -724,7 +724,7 @@ impl Relay {
                     return;
                 }
                 let result = match decode_refusal(&response) {
-                    Some(reason) => Err(format!("the peer refused us: {reason}")),
+                    Some(reason) => Err(format!("{REFUSED_BY_PEER}{reason}")),
                     None => self.check(peer, &response),
                 };
                 if let Err(reason) = result {

@@ -47,7 +47,7 @@ const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// How long a new connection has to prove membership.
 pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(500);
-/// How long a refused peer's connection stays open for its refusal to be sent, at most.
+/// How long a refused peer has to read why (and leave) before the relay disconnects it.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 
 /// Who the relay is: its org, its certificate chain (relay role) and its key.
@@ -483,7 +483,7 @@ impl Relay {
             .map(|(peer, _)| *peer)
             .collect();
         for peer in refused {
-            self.on_auth_answered(peer);
+            self.close_refused(peer);
         }
         for peer in late {
             tracing::info!(%peer, "no valid hello in time: disconnecting");
@@ -572,7 +572,7 @@ impl Relay {
             // handed to QUIC, and closing the connection now could drop it unsent.
             SwarmEvent::Behaviour(BehaviourEvent::Auth(
                 request_response::Event::InboundFailure { peer, .. },
-            )) => self.on_auth_answered(peer),
+            )) => self.close_refused(peer),
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
             SwarmEvent::Behaviour(BehaviourEvent::Directory(event)) => self.on_directory(event),
@@ -698,8 +698,8 @@ impl Relay {
                 let result = self.check(peer, &request);
                 let response = match &result {
                     Ok(()) => self.hello(),
-                    // The refused peer is told why (its user sees it in `jarvis status`), and
-                    // disconnected once that answer is out.
+                    // The refused peer is told why (its user sees it in `jarvis status`); it
+                    // leaves when it reads it, or is disconnected after REFUSAL_GRACE.
                     Err(reason) => encode_refusal(reason),
                 };
                 let sent = self
@@ -737,7 +737,7 @@ impl Relay {
 
     /// A refused peer's connection, once its refusal could not be sent or the refused peer had
     /// [`REFUSAL_GRACE`] to read it.
-    fn on_auth_answered(&mut self, peer: PeerId) {
+    fn close_refused(&mut self, peer: PeerId) {
         if self.closing.remove(&peer).is_some() {
             let _ = self.swarm.disconnect_peer_id(peer);
         }

@@ -27,6 +27,8 @@ const ORG_VERSION: u8 = 1;
 const INVITE_VERSION: u8 = 1;
 const REQUEST_VERSION: u8 = 1;
 const BUNDLE_VERSION: u8 = 1;
+/// A bundle that carries its sponsor's chain (the device that approved the new one).
+const BUNDLE_WITH_SPONSOR_VERSION: u8 = 2;
 /// Relay addresses an org advertises in invites and bundles.
 pub const MAX_RELAYS: usize = 16;
 pub const MAX_RELAY_ADDR_BYTES: usize = 256;
@@ -120,6 +122,14 @@ pub enum EnrolError {
         "the bundle's device certificate carries a different encryption key than this device's"
     )]
     BundleWrongAgeRecipient,
+    #[error("the approving device's certificate is not a user's device (it is a {0})")]
+    SponsorNotADevice(&'static str),
+    #[error("the approving device belongs to another user than the one this bundle certifies")]
+    SponsorOtherUser,
+    #[error("the approving device's certificate carries no encryption key")]
+    SponsorNoAgeRecipient,
+    #[error("the bundle names this very device as the one that approved it")]
+    SponsorIsSelf,
     #[error("{0}")]
     Decode(#[from] DecodeError),
 }
@@ -457,6 +467,7 @@ impl JoinRequest {
         Ok(Bundle {
             org: org.clone(),
             chain: user_chain.extend(cert)?,
+            sponsor: None,
         })
     }
 
@@ -499,36 +510,135 @@ impl JoinRequest {
         Ok(Bundle {
             org: org.clone(),
             chain,
+            sponsor: None,
         })
     }
 }
 
-/// The answer to a [`JoinRequest`]: the org and the requester's certificate chain.
+/// The answer to a [`JoinRequest`]: the org and the requester's certificate chain, and for a
+/// device approved by another device of its user, that device's chain (its *sponsor*).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
     pub org: OrgInfo,
     pub chain: CertChain,
+    /// The chain of the device that approved this one, so the new device can wrap conversation
+    /// keys to it (the age recipient in its certificate) before the two ever meet. Untrusted
+    /// until [`Bundle::check_sponsor`] accepts it.
+    pub sponsor: Option<CertChain>,
+}
+
+/// The device that approved a new one, as [`Bundle::check_sponsor`] verified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sponsor {
+    pub key: PublicKey,
+    pub name: Name,
+    /// Its age recipient (`age1…`), from its certificate.
+    pub age_recipient: String,
 }
 
 impl Bundle {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.u8(BUNDLE_VERSION);
+        // A bundle without a sponsor keeps the first version, so older devices still read it.
+        w.u8(if self.sponsor.is_some() {
+            BUNDLE_WITH_SPONSOR_VERSION
+        } else {
+            BUNDLE_VERSION
+        });
         self.org.write(&mut w);
         self.chain.write(&mut w);
+        if let Some(sponsor) = &self.sponsor {
+            sponsor.write(&mut w);
+        }
         w.finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version("bundle", BUNDLE_VERSION)?;
+        let version = r.u8("bundle")?;
+        if version != BUNDLE_VERSION && version != BUNDLE_WITH_SPONSOR_VERSION {
+            return Err(DecodeError::UnknownVersion {
+                what: "bundle",
+                version,
+                supported: BUNDLE_WITH_SPONSOR_VERSION,
+            });
+        }
         let org = OrgInfo::read(&mut r)?;
         let chain = CertChain::read(&mut r)?;
+        let sponsor = if version == BUNDLE_WITH_SPONSOR_VERSION {
+            let sponsor = CertChain::read(&mut r)?;
+            if sponsor.certs().is_empty() {
+                return Err(DecodeError::invalid("bundle", "an empty sponsor chain"));
+            }
+            Some(sponsor)
+        } else {
+            None
+        };
         r.finish("bundle")?;
         if chain.certs().is_empty() {
             return Err(DecodeError::invalid("bundle", "no certificates"));
         }
-        Ok(Self { org, chain })
+        Ok(Self {
+            org,
+            chain,
+            sponsor,
+        })
+    }
+
+    /// This bundle, naming `sponsor` (the approving device's own chain) as the device that
+    /// approved it.
+    #[must_use]
+    pub fn with_sponsor(mut self, sponsor: CertChain) -> Self {
+        self.sponsor = Some(sponsor);
+        self
+    }
+
+    /// Checks the sponsor a device bundle names, on the new device: its chain verifies against
+    /// the org root (`revocations` applied) at `now`, it is a *device* of the same user **key**
+    /// as this bundle's chain (a name proves nothing), it is not the new device itself, and it
+    /// carries an encryption key. `Ok(None)` when the bundle names no sponsor.
+    pub fn check_sponsor(
+        &self,
+        now: UnixTime,
+        revocations: &RevocationSet,
+    ) -> Result<Option<Sponsor>, EnrolError> {
+        let Some(sponsor) = &self.sponsor else {
+            return Ok(None);
+        };
+        let verified = sponsor.verify(&self.org.root, now, revocations)?;
+        if verified.kind != CertKind::Device {
+            return Err(EnrolError::SponsorNotADevice(verified.kind.as_str()));
+        }
+        let user_key = |chain: &CertChain| {
+            chain
+                .certs()
+                .iter()
+                .rev()
+                .find(|c| c.kind() == CertKind::User)
+                .map(Certificate::subject)
+        };
+        match (user_key(sponsor), user_key(&self.chain)) {
+            (Some(a), Some(b)) if a == b => {}
+            _ => return Err(EnrolError::SponsorOtherUser),
+        }
+        if self
+            .chain
+            .leaf()
+            .is_some_and(|leaf| leaf.subject() == verified.subject)
+        {
+            return Err(EnrolError::SponsorIsSelf);
+        }
+        let age_recipient = sponsor
+            .leaf()
+            .and_then(Certificate::age_recipient)
+            .filter(|r| !r.is_empty())
+            .ok_or(EnrolError::SponsorNoAgeRecipient)?
+            .to_owned();
+        Ok(Some(Sponsor {
+            key: verified.subject,
+            name: verified.name,
+            age_recipient,
+        }))
     }
 
     pub fn to_token(&self) -> String {

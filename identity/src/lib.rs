@@ -63,7 +63,7 @@ pub use cert::{
 pub use encoding::DecodeError;
 pub use enrol::{
     Bundle, DeviceKeys, EnrolError, Invite, JoinRequest, OrgInfo, PairingCode, Redeemed,
-    RequestKind,
+    RequestKind, Sponsor,
 };
 pub use keys::{Name, ParseIdError, PublicKey, SecretKey, Serial, Signature, UnixTime};
 pub use revocation::{Revocation, RevocationError, RevocationSet, RevocationTarget};

@@ -518,3 +518,112 @@ fn wrong_token_kinds_say_what_they_expected() {
     let err = Bundle::from_token(&token).unwrap_err();
     assert!(err.to_string().contains("jvbundle_"), "{err}");
 }
+
+#[test]
+fn a_device_bundle_names_the_approving_device_and_the_new_device_checks_it_by_user_key() {
+    let acme = org("acme");
+    let at = NOW.saturating_add_secs(60);
+    let laptop = device("laptop");
+    let first = redeem(&invite(&acme, "alice", 24 * HOUR).to_token(), &laptop, at).unwrap();
+    let phone = device("phone");
+    let request = JoinRequest::create(
+        RequestKind::Device,
+        &phone.key,
+        phone.name.clone(),
+        Some(phone.age.to_public().to_string()),
+        at,
+    );
+    let plain = request
+        .approve_device(&first.org, &first.user_key, &first.user_chain, at)
+        .unwrap();
+    // Without a sponsor the bundle keeps its first encoding (older devices read it).
+    assert_eq!(plain.encode()[0], 1);
+    assert_eq!(plain.check_sponsor(at, &empty(&acme)).unwrap(), None);
+
+    let bundle = Bundle::from_token(
+        &plain
+            .clone()
+            .with_sponsor(first.device_chain.clone())
+            .to_token(),
+    )
+    .unwrap();
+    assert_eq!(bundle.sponsor.as_ref(), Some(&first.device_chain));
+    bundle
+        .check_for(&request, Some(&acme.root.public()), at)
+        .unwrap();
+    let sponsor = bundle.check_sponsor(at, &empty(&acme)).unwrap().unwrap();
+    assert_eq!(sponsor.key, laptop.key.public());
+    assert_eq!(sponsor.name.as_str(), "laptop");
+    assert_eq!(sponsor.age_recipient, laptop.age.to_public().to_string());
+
+    // Another user's device is refused, even one whose user has the same *name* (a second
+    // invite for "alice"): the same user is the same user key.
+    for user in ["bob", "alice"] {
+        let other = redeem(
+            &invite(&acme, user, 24 * HOUR).to_token(),
+            &device("laptop"),
+            at,
+        )
+        .unwrap();
+        let forged = plain.clone().with_sponsor(other.device_chain);
+        assert!(
+            matches!(
+                forged.check_sponsor(at, &empty(&acme)),
+                Err(EnrolError::SponsorOtherUser)
+            ),
+            "{user}"
+        );
+    }
+    // The user's own chain is not a device.
+    let not_device = plain.clone().with_sponsor(first.user_chain.clone());
+    assert!(matches!(
+        not_device.check_sponsor(at, &empty(&acme)),
+        Err(EnrolError::SponsorNotADevice("user"))
+    ));
+    // The new device named as its own sponsor.
+    let itself = plain.clone().with_sponsor(plain.chain.clone());
+    assert!(matches!(
+        itself.check_sponsor(at, &empty(&acme)),
+        Err(EnrolError::SponsorIsSelf)
+    ));
+    // A device of another org.
+    let other_org = org("globex");
+    let stranger = redeem(
+        &invite(&other_org, "alice", 24 * HOUR).to_token(),
+        &device("laptop"),
+        at,
+    )
+    .unwrap();
+    let foreign = plain.clone().with_sponsor(stranger.device_chain);
+    assert!(matches!(
+        foreign.check_sponsor(at, &empty(&acme)),
+        Err(EnrolError::Chain(_))
+    ));
+    // A revoked sponsor.
+    let mut set = empty(&acme);
+    set.insert(
+        Revocation::issue(
+            RevocationTarget::Key(laptop.key.public()),
+            "stolen",
+            at,
+            Some(&acme.admin_chain),
+            &acme.admin,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        bundle.check_sponsor(at, &set),
+        Err(EnrolError::Chain(ChainError::Revoked { .. }))
+    ));
+    // A damaged sponsor (an empty chain, a bad version) is refused by the decoder.
+    let mut bytes = bundle.encode();
+    let tail = first.device_chain.encode().len();
+    let cut = bytes.len() - tail;
+    bytes.truncate(cut);
+    bytes.extend_from_slice(&[1, 0]);
+    assert!(Bundle::decode(&bytes).is_err());
+    let mut bytes = bundle.encode();
+    bytes[0] = 3;
+    assert!(Bundle::decode(&bytes).is_err());
+}

@@ -124,6 +124,24 @@ async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
+/// `POST /v1/devices/reload`: a command recorded a device of this user in `devices.json`; the
+/// node shares every conversation key with it now (`crate::siblings`).
+async fn reload_devices(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (see `jarvis token`)",
+        );
+    }
+    match ask_node(&state, Command::ReloadDevices).await {
+        Ok(v) if v.get("error").is_some() => {
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(v)).into_response()
+        }
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
 async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !authorized(&state, &headers) {
         return error(
@@ -760,6 +778,7 @@ pub async fn serve(
         .route("/v1/ask", post(ask))
         .route("/v1/ask/confirm", post(confirm))
         .route("/v1/events", get(events_handler))
+        .route(crate::siblings::RELOAD_PATH, post(reload_devices))
         .route("/metrics", get(metrics_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ASK_BYTES + 4096))
         .merge(crate::openai::routes())

@@ -260,11 +260,11 @@ pub fn open_offline(
         )
     })?;
     let mut recipients = vec![age.to_public()];
-    if let Some(bytes) = home.read_optional("devices.json")? {
-        let devices: std::collections::BTreeMap<String, String> =
-            serde_json::from_slice(&bytes).context("devices.json is damaged")?;
-        recipients.extend(devices.values().filter_map(|r| r.parse().ok()));
-    }
+    recipients.extend(
+        crate::siblings::load(home)?
+            .values()
+            .filter_map(|d| d.recipient.parse().ok()),
+    );
     let replica = Replica::open_device(store, keys.signing, age)
         .context("loading conversations from the store")?;
     Ok((replica, recipients))

@@ -113,6 +113,51 @@ fn join_with_invite(
     report_joined(&home, out, &redeemed.org, &redeemed.device_chain)
 }
 
+/// Records the device `chain` certifies as a sibling of this one (`devices.json`), so every
+/// conversation key, those of what was written before included, is wrapped to it before the two
+/// ever meet; and tells the running node, if any, to share them now.
+pub fn record_sibling(home: &Home, out: Output, chain: &CertChain) -> Result<()> {
+    let Some(leaf) = chain.leaf() else {
+        return Ok(());
+    };
+    let Some(recipient) = leaf.age_recipient().filter(|r| !r.is_empty()) else {
+        out.note(&format!(
+            "note: `{}` has no encryption key in its certificate, so conversations cannot be shared with it",
+            leaf.name()
+        ));
+        return Ok(());
+    };
+    crate::siblings::record(home, leaf.subject(), recipient, leaf.name().as_str())?;
+    if let Err(e) = crate::siblings::tell_running_node(home) {
+        out.note(&format!("note: {e:#}"));
+    }
+    Ok(())
+}
+
+/// On a new device: records the device that approved it (the bundle's sponsor, checked: the
+/// same user key, a valid device of the org), so what this device writes is readable there
+/// before they meet. A bundle without one, from an older device, records nothing; one that
+/// names a device that does not check out is refused, with the reason.
+pub fn record_sponsor(home: &Home, out: Output, bundle: &jarvis_identity::Bundle) -> Result<()> {
+    let set = home.revocations(&bundle.org.root)?;
+    let Some(sponsor) = bundle.check_sponsor(now(), &set).context(
+        "the bundle names a device that approved it, but that device does not check out",
+    )?
+    else {
+        return Ok(());
+    };
+    crate::siblings::record(
+        home,
+        sponsor.key,
+        &sponsor.age_recipient,
+        sponsor.name.as_str(),
+    )?;
+    if let Err(e) = crate::siblings::tell_running_node(home) {
+        out.note(&format!("note: {e:#}"));
+    }
+    Ok(())
+}
+
 pub fn report_joined(home: &Home, out: Output, org: &OrgInfo, chain: &CertChain) -> Result<()> {
     let set = home.revocations(&org.root)?;
     let verified = chain.verify(&org.root, now(), &set)?;
@@ -147,7 +192,19 @@ fn install_bundle(
     pinned: Option<&PublicKey>,
     kind: RequestKind,
 ) -> Result<()> {
+    if kind == RequestKind::Device {
+        // The device that approved this one must check out before anything is installed.
+        let bundle =
+            jarvis_identity::Bundle::from_token(token).context("cannot use this bundle")?;
+        let set = home.revocations(&bundle.org.root)?;
+        bundle.check_sponsor(now(), &set).context(
+            "cannot use this bundle: it names a device that approved it, but that device does not check out",
+        )?;
+    }
     let bundle = jarvis_home::install_bundle(&home, token, pinned, kind)?;
+    if kind == RequestKind::Device {
+        record_sponsor(&home, out, &bundle)?;
+    }
     report_joined(&home, out, &bundle.org, &bundle.chain)
 }
 
@@ -201,7 +258,7 @@ fn joined(home: &Home, state: &HomeState) -> Result<(OrgInfo, CertChain)> {
 
 fn approve(home: &Home, out: Output, request: &str) -> Result<()> {
     let mut state = home.load()?;
-    let (org, _) = joined(home, &state)?;
+    let (org, chain) = joined(home, &state)?;
     let user_chain = state.user_chain()?;
     let (Some(user_chain), true) = (user_chain, home.has_key(KeyFile::User)) else {
         bail!(
@@ -217,25 +274,18 @@ fn approve(home: &Home, out: Output, request: &str) -> Result<()> {
     }
     let passphrase = Passphrase::get("your user key")?;
     let user_key = home.unseal_key(KeyFile::User, &passphrase)?.signing;
-    let bundle = request.approve_device(&org, &user_key, &user_chain, now())?;
+    // The bundle names this device as the new one's sponsor, so the new device wraps what it
+    // writes to this one too, before they ever meet.
+    let bundle = request
+        .approve_device(&org, &user_key, &user_chain, now())?
+        .with_sponsor(chain);
     state.approved_devices.push(ApprovedDevice {
         id: request.key().to_string(),
         name: request.name().to_string(),
         approved_at: now().0,
     });
     home.save(&state)?;
-    // This device can now share every conversation key with the new one, before they ever
-    // meet: what it writes while the new device is away reaches it through a relay, readable.
-    if let Some(recipient) = bundle.chain.leaf().and_then(|c| c.age_recipient()) {
-        let mut devices: std::collections::BTreeMap<String, String> =
-            match home.read_optional("devices.json")? {
-                Some(bytes) => serde_json::from_slice(&bytes).context("devices.json is damaged")?,
-                None => std::collections::BTreeMap::new(),
-            };
-        devices.insert(request.key().to_string(), recipient.to_owned());
-        let bytes = serde_json::to_vec_pretty(&devices).context("encoding devices.json")?;
-        home.write_atomic("devices.json", &bytes, false)?;
-    }
+    record_sibling(home, out, &bundle.chain)?;
     let token = bundle.to_token();
     out.note(&format!(
         "Approved `{}` ({}). On the new device run:\n  jarvis join <bundle>\nThe bundle:",
@@ -287,8 +337,40 @@ fn list_devices(home: &Home, out: Output) -> Result<()> {
             "approved_at": UnixTime(d.approved_at).to_string(),
         }));
     }
+    // The devices this one shares conversation keys with (`devices.json`): the one that
+    // approved or paired it, and those met since.
+    let siblings = crate::siblings::load(home)?;
+    let listed = |id: &str| id == this_id || state.approved_devices.iter().any(|a| a.id == id);
+    for (key, d) in &siblings {
+        let id = key.to_string();
+        if listed(&id) {
+            continue;
+        }
+        let name = if d.name.is_empty() {
+            seen.get(&id).map(|s| s.name.clone()).unwrap_or_default()
+        } else {
+            d.name.clone()
+        };
+        devices.push(json!({
+            "id": id,
+            "name": name,
+            "status": status(&id),
+            "last_sync": last_sync(&id),
+            "this_device": false,
+        }));
+    }
     for (id, d) in &seen {
-        if id == &this_id || state.approved_devices.iter().any(|a| &a.id == id) {
+        // Older nodes also recorded the org's relays there: they are not the user's devices.
+        let relay = org
+            .relays
+            .iter()
+            .any(|a| a.ends_with(&format!("/p2p/{id}")));
+        if relay
+            || listed(id)
+            || id
+                .parse::<PublicKey>()
+                .is_ok_and(|k| siblings.contains_key(&k))
+        {
             continue;
         }
         devices.push(json!({

@@ -20,6 +20,7 @@ mod openai;
 mod output;
 mod pairing;
 mod settings;
+mod siblings;
 mod speculate;
 mod ui;
 mod up;

@@ -108,6 +108,9 @@ pub enum Command {
         served_by: Option<String>,
         timings_ms: BTreeMap<String, u64>,
     },
+    /// A command recorded a sibling in `devices.json`: read it again and share every document
+    /// key with the new ones (`{shared_with, documents}`), sent once the key records are durable.
+    ReloadDevices(oneshot::Sender<Value>),
 }
 
 /// What `Ask` did: the reply so far, and where the answer goes.
@@ -223,7 +226,7 @@ pub struct Node {
     revocations: RevocationSet,
     peers: HashMap<PeerId, Peer>,
     /// The user's other devices met so far: key → age recipient (persisted in devices.json).
-    devices: BTreeMap<PublicKey, String>,
+    devices: crate::siblings::Siblings,
     redials: Vec<Redial>,
     circuits: Vec<CircuitListen>,
     api_addr: String,
@@ -268,6 +271,8 @@ type AskReply = oneshot::Sender<Result<AskStarted, String>>;
 #[derive(Default)]
 struct Group {
     replies: Vec<(AskReply, Result<AskStarted, String>)>,
+    /// Other replies that wait for the flush.
+    values: Vec<(oneshot::Sender<Value>, Value)>,
     unsent: Vec<(PeerId, Vec<SyncMessage>)>,
 }
 
@@ -356,14 +361,8 @@ impl Node {
             Replica::open_device(store, identity.device_key_clone(), identity.age.clone())
                 .context("loading conversations from the store")?;
         let revocations = home.revocations(&identity.org.root)?;
-        let devices = match home.read_optional("devices.json")? {
-            Some(bytes) => serde_json::from_slice::<BTreeMap<String, String>>(&bytes)
-                .context("devices.json is damaged")?
-                .into_iter()
-                .filter_map(|(k, v)| k.parse::<PublicKey>().ok().map(|k| (k, v)))
-                .collect(),
-            None => BTreeMap::new(),
-        };
+        let mut devices = crate::siblings::load(&home)?;
+        devices.retain(|k, _| !revocations.is_key_revoked(k));
         let seen = match home.read_optional(crate::device::SEEN_FILE)? {
             Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             None => BTreeMap::new(),
@@ -440,6 +439,8 @@ impl Node {
         shutdown: &mut crate::up::Shutdown,
     ) -> Result<()> {
         self.refresh_documents_gauge();
+        // Siblings recorded while this node was stopped get the keys of what was written before.
+        self.share_pending();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -491,6 +492,9 @@ impl Node {
                 for (reply, result) in group.replies {
                     let _ = reply.send(result);
                 }
+                for (reply, value) in group.values {
+                    let _ = reply.send(value);
+                }
                 for (peer, messages) in group.unsent {
                     self.send_sync(peer, Ok(messages));
                 }
@@ -500,6 +504,9 @@ impl Node {
                 tracing::error!(error = %e, "cannot make local changes durable");
                 for (reply, _) in group.replies {
                     let _ = reply.send(Err(format!("the change was not saved: {e}")));
+                }
+                for (reply, _) in group.values {
+                    let _ = reply.send(json!({ "error": format!("the keys were not saved: {e}") }));
                 }
             }
         }
@@ -866,7 +873,7 @@ impl Node {
             && verified.user.as_ref() == Some(&self.identity.user)
             && let Some(recipient) = checked.age_recipient
         {
-            self.meet_device(verified.subject, recipient);
+            self.meet_device(verified.subject, recipient, verified.name.as_str());
         }
         Ok(verified)
     }
@@ -929,42 +936,110 @@ impl Node {
         }
     }
 
-    fn save_devices(&self) {
-        let json: BTreeMap<String, String> = self
-            .devices
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        if let Ok(bytes) = serde_json::to_vec_pretty(&json)
-            && let Err(e) = self.home.write_atomic("devices.json", &bytes, false)
-        {
+    /// Writes `devices.json`: this node's view merged over the file's, so a sibling that a
+    /// command recorded meanwhile is kept (and picked up by [`Node::reload_devices`]).
+    fn save_devices(&mut self) {
+        let on_disk = crate::siblings::load(&self.home).unwrap_or_default();
+        let revocations = &self.revocations;
+        crate::siblings::merge_into(&mut self.devices, on_disk, |k| {
+            revocations.is_key_revoked(k)
+        });
+        if let Err(e) = crate::siblings::save(&self.home, &self.devices) {
             tracing::warn!(error = %e, "cannot save devices.json");
         }
     }
 
     /// A device of this user: remember its encryption key, and give it every document key.
-    fn meet_device(&mut self, key: PublicKey, recipient: String) {
-        if self.devices.get(&key) == Some(&recipient) {
+    fn meet_device(&mut self, key: PublicKey, recipient: String, name: &str) {
+        if key == self.identity.device_key.public()
+            || self
+                .devices
+                .get(&key)
+                .is_some_and(|d| d.recipient == recipient && d.keys_shared)
+        {
             return;
         }
-        self.devices.insert(key, recipient);
-        self.save_devices();
+        self.devices.insert(
+            key,
+            crate::siblings::Sibling {
+                recipient,
+                name: name.to_owned(),
+                keys_shared: false,
+            },
+        );
+        self.share_pending();
+    }
+
+    /// Reads `devices.json` again (a command recorded a sibling: `jarvis devices approve`,
+    /// `pair`, `join`) and shares every document key with the siblings new to this node.
+    fn reload_devices(&mut self) -> Value {
+        match crate::siblings::load(&self.home) {
+            Ok(on_disk) => {
+                let revocations = &self.revocations;
+                crate::siblings::merge_into(&mut self.devices, on_disk, |k| {
+                    revocations.is_key_revoked(k)
+                });
+            }
+            Err(e) => return json!({ "error": format!("{e:#}") }),
+        }
+        let (shared_with, documents) = self.share_pending();
+        json!({ "shared_with": shared_with, "documents": documents })
+    }
+
+    /// Wraps every key of every document again, to every sibling, if any sibling has not been
+    /// given them yet (recorded while this node was stopped, by a command, or met just now);
+    /// the new key records go to every connected peer (the org's relays keep them for the
+    /// siblings that are away). Returns who was new and how many documents were shared.
+    fn share_pending(&mut self) -> (Vec<String>, usize) {
+        let me = self.identity.device_key.public();
+        self.devices.remove(&me);
+        let pending: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| !d.keys_shared)
+            .map(|(k, _)| k.to_string())
+            .collect();
+        if pending.is_empty() {
+            return (pending, 0);
+        }
         let recipients = self.recipients();
+        let mut documents = 0;
+        let mut failed = false;
         for doc in self.replica.docs().unwrap_or_default() {
             match self.replica.share_keys(doc, &recipients) {
                 Ok(records) => {
+                    documents += 1;
                     for record in &records {
                         self.fan_out_key(record);
                     }
                 }
-                Err(e) => tracing::debug!(%doc, error = %e, "cannot share keys"),
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(%doc, error = %e, "cannot share a document's keys with a new device");
+                }
             }
         }
+        if !failed {
+            for d in self.devices.values_mut() {
+                d.keys_shared = true;
+            }
+        }
+        tracing::info!(
+            devices = pending.len(),
+            documents,
+            "shared document keys with new devices"
+        );
+        self.save_devices();
+        (pending, documents)
     }
 
     fn recipients(&self) -> Vec<jarvis_identity::age::x25519::Recipient> {
         let mut out = vec![self.identity.age.to_public()];
-        out.extend(self.devices.values().filter_map(|r| r.parse().ok()));
+        out.extend(
+            self.devices
+                .values()
+                .filter_map(|d| d.recipient.parse().ok()),
+        );
         out
     }
 
@@ -1210,6 +1285,11 @@ impl Node {
             return;
         };
         let name = state.verified.as_ref().map(|v| v.name.to_string());
+        // `peers.json` is for `jarvis devices`: the user's devices, not the org's relays.
+        let own_device = state
+            .verified
+            .as_ref()
+            .is_some_and(|v| v.kind == CertKind::Device);
         let Some(session) = state.session.as_mut() else {
             if state.verified.is_some() || state.refused.is_some() {
                 tracing::warn!(%peer, "sync request from a peer that is not a device of this user");
@@ -1231,12 +1311,14 @@ impl Node {
         };
         let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
         self.metrics.sync_messages_received.inc();
-        let seen = self.seen.entry(peer_key_string(&peer)).or_default();
-        if let Some(name) = name {
-            seen.name = name;
+        if own_device {
+            let seen = self.seen.entry(peer_key_string(&peer)).or_default();
+            if let Some(name) = name {
+                seen.name = name;
+            }
+            seen.last_sync = Some(now_unix().0);
+            self.seen_dirty = true;
         }
-        seen.last_sync = Some(now_unix().0);
-        self.seen_dirty = true;
         // One group commit for everything the message carries (up to a batch of changes).
         self.replica.begin_batch();
         let result = session.handle(message, now_ms, &mut self.replica);
@@ -1276,6 +1358,15 @@ impl Node {
         match command {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::ReloadDevices(reply) => {
+                let value = self.reload_devices();
+                match &mut self.group {
+                    Some(group) => group.values.push((reply, value)),
+                    None => {
+                        let _ = reply.send(value);
+                    }
+                }
             }
             Command::Conversations(reply) => {
                 let _ = reply.send(self.conversations());

@@ -80,7 +80,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `jarvis devices pair`: show a code, wait for the new device, certify it.
 pub fn pair(home: &Home, out: Output, listen: Vec<Multiaddr>, expires: Duration) -> Result<()> {
     let mut state = home.load()?;
-    let (Some(org), Some(user_chain)) = (state.org()?, state.user_chain()?) else {
+    let (Some(org), Some(user_chain), Some(own_chain)) =
+        (state.org()?, state.user_chain()?, state.chain()?)
+    else {
         bail!(
             "this device does not hold your user key, so it cannot pair devices: run `jarvis devices pair` on the device you first joined with (the one that used the invite)"
         );
@@ -101,7 +103,7 @@ pub fn pair(home: &Home, out: Output, listen: Vec<Multiaddr>, expires: Duration)
     } else {
         listen
     };
-    runtime()?.block_on(async {
+    let (request, bundle) = runtime()?.block_on(async {
         let mut swarm = swarm(&device_key)?;
         for a in &listen {
             swarm.listen_on(a.clone()).with_context(|| format!("cannot listen on {a}"))?;
@@ -158,7 +160,8 @@ pub fn pair(home: &Home, out: Output, listen: Vec<Multiaddr>, expires: Duration)
                     } else {
                         request
                             .approve_device(&org, &user_key, &user_chain, now())
-                            .map(|bundle| (request, bundle))
+                            // Names this device, so the new one wraps its keys to it at once.
+                            .map(|bundle| (request, bundle.with_sponsor(own_chain.clone())))
                             .map_err(Into::into)
                     }
                 }
@@ -181,16 +184,7 @@ pub fn pair(home: &Home, out: Output, listen: Vec<Multiaddr>, expires: Duration)
                             }
                         }
                     }
-                    state.approved_devices.push(ApprovedDevice {
-                        id: request.key().to_string(),
-                        name: request.name().to_string(),
-                        approved_at: now().0,
-                    });
-                    home.save(&state)?;
-                    out.emit(&json!({ "joined": request.key().to_string(), "name": request.name().as_str() }), || {
-                        format!("Paired `{}` ({}).", request.name(), request.key())
-                    });
-                    return Ok(());
+                    return Ok((request, bundle));
                 }
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "pairing attempt refused");
@@ -202,7 +196,22 @@ pub fn pair(home: &Home, out: Output, listen: Vec<Multiaddr>, expires: Duration)
                 }
             }
         }
-    })
+    })?;
+    state.approved_devices.push(ApprovedDevice {
+        id: request.key().to_string(),
+        name: request.name().to_string(),
+        approved_at: now().0,
+    });
+    home.save(&state)?;
+    // Every conversation key, of what was written before too, goes to it now (or when this
+    // device's node next starts), readable through the relays. Outside the pairing runtime: it
+    // may talk to the running node.
+    crate::device::record_sibling(home, out, &bundle.chain)?;
+    out.emit(
+        &json!({ "joined": request.key().to_string(), "name": request.name().as_str() }),
+        || format!("Paired `{}` ({}).", request.name(), request.key()),
+    );
+    Ok(())
 }
 
 /// `jarvis join jvpair_…`: reach the device that shows the code and get certified by it.
@@ -286,6 +295,18 @@ pub fn join(home: &Home, out: Output, code: &str, device_name: Name) -> Result<(
     bundle
         .check_for(&request, None, now())
         .context("the other device's bundle does not certify this device")?;
+    // The device that paired us: the one the code named (the transport proved its key), a
+    // device of the same user key. What this device writes is wrapped to it from the start.
+    let set = jarvis_identity::RevocationSet::new(bundle.org.root);
+    match bundle
+        .check_sponsor(now(), &set)
+        .context("the other device's bundle does not check out")?
+    {
+        Some(sponsor) if sponsor.key != code.peer => {
+            bail!("the other device's bundle names another device than the one the code named")
+        }
+        _ => {}
+    }
     let passphrase = Passphrase::new_for("this device's keys")?;
     home.seal_key(
         KeyFile::Identity,
@@ -299,5 +320,6 @@ pub fn join(home: &Home, out: Output, code: &str, device_name: Name) -> Result<(
     state.set_org(&bundle.org);
     state.chain = Some(encode_chain(&bundle.chain));
     home.save(&state)?;
+    crate::device::record_sponsor(home, out, &bundle)?;
     crate::device::report_joined(home, out, &bundle.org, &bundle.chain)
 }

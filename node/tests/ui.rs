@@ -359,6 +359,7 @@ fn the_api_refuses_other_origins_hosts_and_requests_without_the_token() {
     for (method, path) in [
         ("GET", "/v1/devices"),
         ("POST", "/v1/devices/pair"),
+        ("POST", "/v1/devices/reload"),
         ("GET", "/v1/local-models"),
         ("GET", "/v1/voice"),
         ("POST", "/v1/voice/mute"),

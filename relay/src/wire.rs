@@ -52,6 +52,9 @@ impl Frames {
     }
 }
 
+/// What a frame's buffer starts with before its bytes arrive.
+const READ_CHUNK: usize = 64 * 1024;
+
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -62,8 +65,16 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::
             format!("frame of {len} bytes exceeds {max}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // The buffer grows with the bytes that actually arrive, never to the announced length at
+    // once: a peer that announces a large frame and sends little costs little.
+    let mut buf = Vec::with_capacity(len.min(READ_CHUNK));
+    let read = io.take(len as u64).read_to_end(&mut buf).await?;
+    if read != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame ended after {read} of {len} bytes"),
+        ));
+    }
     Ok(buf)
 }
 
@@ -133,4 +144,33 @@ pub fn behaviour(
             .with_request_timeout(timeout)
             .with_max_concurrent_streams(MAX_STREAMS),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn frame(len: u32, body: &[u8]) -> Vec<u8> {
+        let mut bytes = len.to_be_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn frames_are_bounded_and_a_short_one_is_an_error_not_an_allocation() {
+        futures::executor::block_on(async {
+            let body = vec![7u8; 100_000];
+            let ok = read_frame(&mut &frame(100_000, &body)[..], 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(ok, body);
+            let big = read_frame(&mut &frame(2 << 20, b"x")[..], 1 << 20).await;
+            assert_eq!(big.unwrap_err().kind(), io::ErrorKind::InvalidData);
+            // Announces 64 MiB (allowed) and sends 3 bytes: the read fails once the stream ends,
+            // having held a buffer for what arrived only.
+            let short = read_frame(&mut &frame(64 << 20, b"abc")[..], 64 << 20).await;
+            assert_eq!(short.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        });
+    }
 }

@@ -614,3 +614,167 @@ fn identify_and_ping_answer_only_admitted_peers() {
     );
     assert!(pinged, "no ping answered for an admitted device");
 }
+
+/// `jarvis up` with no `--peer`: the org's relay, recorded by the admin and carried by the
+/// invite or pairing bundle, is the only way it has to the user's other devices.
+fn up_with_org_relays(home: &Path) -> Running {
+    common::node_up(jarvis(home), &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+}
+
+/// Waits until the relay's stored bytes are above `above` and stop changing; returns them.
+fn settled_above(relay_home: &Path, above: u64) -> u64 {
+    let mut last = (0, Instant::now());
+    wait_for("the relay to store what was sent", || {
+        let bytes = relay_status(relay_home)["stored_bytes"]
+            .as_u64()
+            .unwrap_or(0);
+        if bytes != last.0 {
+            last = (bytes, Instant::now());
+        }
+        (bytes > above && last.1.elapsed() > Duration::from_secs(2)).then_some(bytes)
+    })
+}
+
+/// An org whose admin enrolled a relay, started it and recorded it, and alice's laptop joined
+/// with an invite. Returns (relay, laptop home, relay home).
+fn org_with_recorded_relay(d: &Path) -> (Running, PathBuf, PathBuf) {
+    let admin = d.join("admin");
+    ok(&admin, &["admin", "init", "--org", "acme"]);
+    let relay_home = d.join("relay");
+    common::enrol_relay(&admin, &relay_home);
+    let (relay, address, _) = start_relay(&relay_home);
+    ok(&admin, &["admin", "relays", "add", &address]);
+    let token = ok(&admin, &["admin", "invite", "alice"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let laptop = d.join("laptop");
+    ok(&laptop, &["join", &token, "--device-name", "laptop"]);
+    (relay, laptop, relay_home)
+}
+
+/// The names `jarvis devices` lists on `home`.
+fn device_names(home: &Path) -> Vec<String> {
+    let mut names: Vec<String> = ok(home, &["devices"])["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Issue #28, as a new user meets it: alice pairs her desk machine over the network
+/// (`jarvis devices pair` on the laptop, whose node is running; `jarvis join <code>` on the
+/// desk), the desk is switched off before it ever starts, alice asks on the laptop and closes
+/// it; the desk, started alone with the relay, shows the conversation, and the one the laptop
+/// had before the desk was paired. Then the other way: the desk writes while the laptop is off,
+/// and the laptop reads it from the relay alone.
+#[test]
+fn a_device_paired_over_the_network_reads_its_siblings_writing_through_the_relay_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_relay, laptop, relay_home) = org_with_recorded_relay(d);
+    let desk = d.join("desk");
+
+    let a = up_with_org_relays(&laptop);
+    let before = say(&laptop, &["written before the desk was paired"]);
+    let stored = settled_above(&relay_home, 0);
+
+    // Pairing over the network, with the laptop's node running all along.
+    let mut pair = jarvis(&laptop)
+        .args([
+            "devices",
+            "pair",
+            "--json",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(pair.stdout.take().unwrap()).lines();
+    let shown: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let code = shown["code"].as_str().unwrap().to_owned();
+    let joined = ok(&desk, &["join", &code, "--device-name", "desk"]);
+    assert_eq!(joined["user"], "alice");
+    let paired: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(paired["joined"], joined["device_id"]);
+    assert!(pair.wait().unwrap().success());
+    // Each side lists the other at once, before they ever met.
+    assert_eq!(device_names(&desk), ["desk", "laptop"]);
+    assert_eq!(device_names(&laptop), ["desk", "laptop"]);
+
+    // The desk is off. Alice asks on the laptop (whose node learned of the desk without a
+    // restart), the relay stores it, and she closes the laptop.
+    let after = say(&laptop, &["what is the capital of France"]);
+    let stored = settled_above(&relay_home, stored);
+    drop(a);
+
+    // The desk starts with only the relay: both conversations are readable there.
+    let b = up_with_org_relays(&desk);
+    wait_for("the desk to read the laptop's conversations", || {
+        (texts(&desk, &after) == ["what is the capital of France"]
+            && texts(&desk, &before) == ["written before the desk was paired"])
+        .then_some(())
+    });
+
+    // The other way: the desk writes while the laptop is off; the laptop reads it.
+    let from_desk = say(&desk, &["written on the desk while the laptop was closed"]);
+    settled_above(&relay_home, stored);
+    drop(b);
+    let _a = up_with_org_relays(&laptop);
+    wait_for("the laptop to read the desk's conversation", || {
+        (texts(&laptop, &from_desk) == ["written on the desk while the laptop was closed"])
+            .then_some(())
+    });
+}
+
+/// The offline path (`jarvis devices request` / `approve` / `join <bundle>`) with the laptop's
+/// node stopped while the desk is approved: the laptop's node shares the keys of what it wrote
+/// before when it next starts, and the desk, which recorded the laptop from its bundle, writes
+/// to it from its first run. The two are never online together.
+#[test]
+fn a_device_approved_offline_gets_the_history_and_writes_to_its_sponsor_through_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_relay, laptop, relay_home) = org_with_recorded_relay(d);
+
+    let a = up_with_org_relays(&laptop);
+    let before = say(&laptop, &["the laptop's history"]);
+    let stored = settled_above(&relay_home, 0);
+    drop(a);
+
+    let desk = d.join("desk");
+    let request = ok(&desk, &["devices", "request", "--device-name", "desk"])["request"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bundle = ok(&laptop, &["devices", "approve", &request])["bundle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&desk, &["join", &bundle]);
+    assert_eq!(device_names(&desk), ["desk", "laptop"]);
+
+    // The desk's first run, with the laptop off: what it writes is wrapped to the laptop too.
+    let b = up_with_org_relays(&desk);
+    let from_desk = say(&desk, &["the desk's first words"]);
+    let stored = settled_above(&relay_home, stored);
+    drop(b);
+
+    // The laptop starts: it reads the desk's words, and shares its history's keys with the desk.
+    let a = up_with_org_relays(&laptop);
+    wait_for("the laptop to read the desk's conversation", || {
+        (texts(&laptop, &from_desk) == ["the desk's first words"]).then_some(())
+    });
+    settled_above(&relay_home, stored);
+    drop(a);
+
+    let _b = up_with_org_relays(&desk);
+    wait_for("the desk to read the laptop's history", || {
+        (texts(&desk, &before) == ["the laptop's history"]).then_some(())
+    });
+}

@@ -25,6 +25,6 @@ pub use envelope::{
     ChangeHeader, DocKey, EnvelopeError, KeyId, KeyRecord, SealedChange, SealedSnapshot,
 };
 pub use ids::{DocId, VersionVector};
-pub use replica::{Received, Replica, ReplicaError};
+pub use replica::{Quarantine, Received, Replica, ReplicaError};
 pub use store::{MemStore, Put, Store, StoreError};
 pub use sync::{HaveKind, Session, SyncMessage};

@@ -5,7 +5,7 @@
 //! replica (the relay) verifies signatures and stores ciphertext, and can never open anything.
 //! Both answer the sync protocol the same way ([`crate::sync`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use jarvis_identity::{PublicKey, SecretKey};
 use thiserror::Error;
@@ -46,6 +46,18 @@ pub struct Received {
     pub changed: BTreeSet<DocId>,
 }
 
+/// What a device could not read and set aside instead of failing. A stored change that does
+/// not open with its epoch's key, or does not apply, blocks only its own actor's later changes
+/// in that document; a document whose stored keys or snapshot do not load when the store is
+/// reopened is skipped whole. Either way the device starts and reads everything else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quarantine {
+    /// `(doc, actor, seq)` of the changes that do not open or apply.
+    pub changes: BTreeSet<(DocId, PublicKey, u64)>,
+    /// Documents that did not load when the store was reopened, and why.
+    pub docs: BTreeMap<DocId, String>,
+}
+
 struct DeviceKeys {
     key: SecretKey,
     age: age::x25519::Identity,
@@ -53,6 +65,7 @@ struct DeviceKeys {
     docs: HashMap<DocId, Doc>,
     /// What has been applied to each `Doc`: everything in the store up to this vector.
     applied: HashMap<DocId, VersionVector>,
+    quarantine: Quarantine,
 }
 
 pub struct Replica<S: Store> {
@@ -74,13 +87,16 @@ impl<S: Store> Replica<S> {
                 keyrings: HashMap::new(),
                 docs: HashMap::new(),
                 applied: HashMap::new(),
+                quarantine: Quarantine::default(),
             }),
             writers: None,
         }
     }
 
     /// Reopens a device's replica from its store (after a restart): unwraps every key it is a
-    /// recipient of, loads snapshots and applies every stored change it can open.
+    /// recipient of, loads snapshots and applies every stored change it can open. What does
+    /// not load is set aside ([`Replica::quarantine`]), never a reason not to start: only the
+    /// store itself failing is an error.
     pub fn open_device(
         store: S,
         key: SecretKey,
@@ -88,14 +104,41 @@ impl<S: Store> Replica<S> {
     ) -> Result<Self, ReplicaError> {
         let mut replica = Self::device(store, key, age);
         for doc in replica.store.docs()? {
-            let keys = replica.store.keys(doc)?;
-            replica.receive_keys(&keys)?;
-            if let Some(snapshot) = replica.store.snapshot(doc)? {
-                replica.receive_snapshot(&snapshot)?;
+            match replica.load_doc(doc) {
+                Ok(()) => {}
+                Err(e @ ReplicaError::Store(_)) => return Err(e),
+                Err(e) => {
+                    if let Some(device) = replica.device.as_mut() {
+                        device.docs.remove(&doc);
+                        device.applied.remove(&doc);
+                        device.quarantine.docs.insert(doc, e.to_string());
+                    }
+                }
             }
-            replica.catch_up(doc)?;
         }
         Ok(replica)
+    }
+
+    fn load_doc(&mut self, doc: DocId) -> Result<(), ReplicaError> {
+        let keys = self.store.keys(doc)?;
+        self.receive_keys(&keys)?;
+        if let Some(snapshot) = self.store.snapshot(doc)? {
+            match self.receive_snapshot(&snapshot) {
+                // A snapshot of an epoch whose key this device does not hold (yet): what it
+                // can open of the changes is applied without it.
+                Err(ReplicaError::Envelope(EnvelopeError::NoKey { .. })) => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        self.catch_up(doc)?;
+        Ok(())
+    }
+
+    /// What this device set aside instead of failing (device replicas).
+    pub fn quarantine(&self) -> Option<&Quarantine> {
+        self.device.as_ref().map(|d| &d.quarantine)
     }
 
     /// A relay's replica: stores and forwards ciphertext, holds no keys.
@@ -424,6 +467,9 @@ impl<S: Store> Replica<S> {
         for (actor, top) in held.iter() {
             let mut next = applied.get(actor) + 1;
             while next <= *top {
+                if device.quarantine.changes.contains(&(id, *actor, next)) {
+                    break;
+                }
                 let Some(change) = self.store.change(id, actor, next)? else {
                     break;
                 };
@@ -434,9 +480,17 @@ impl<S: Store> Replica<S> {
                 else {
                     break;
                 };
-                let bytes = change.open(key)?;
+                // A change stored before its key was known that does not open (or apply) now
+                // is set aside: it blocks this actor's later changes here, nothing else.
                 let doc = device.docs.entry(id).or_insert_with(|| Doc::empty(&me));
-                doc.apply(actor, next, &bytes)?;
+                let opened = change
+                    .open(key)
+                    .map_err(ReplicaError::from)
+                    .and_then(|bytes| Ok(doc.apply(actor, next, &bytes)?));
+                if opened.is_err() {
+                    device.quarantine.changes.insert((id, *actor, next));
+                    break;
+                }
                 applied.set(*actor, next);
                 any = true;
                 next += 1;

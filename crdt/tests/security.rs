@@ -440,3 +440,64 @@ fn keys_are_wrapped_to_the_recipients_in_device_certificates() {
             .is_err()
     );
 }
+
+/// #20, finding 2: a change stored before its key was known (nobody could check it then) that
+/// does not open once the key arrives is set aside, not a failure: the batch that brings the
+/// key goes through, the other changes are read, and the device reopens its store and starts
+/// (before, `receive_keys` failed with a decryption error and `open_device` failed on every
+/// start). The same for a stored snapshot of an epoch the device holds no key for.
+#[test]
+fn what_does_not_open_is_set_aside_and_the_device_still_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, m]: [_; 3] = devices(3).try_into().ok().unwrap();
+    let all = [a.age.to_public(), b.age.to_public()];
+    let (b_seed, b_age) = (*b.key.seed(), b.age.clone());
+    let m_pub = m.key.public();
+    let mut ra = Replica::device(MemStore::new(), a.key, a.age);
+    let mut rb = Replica::device(
+        SledStore::open(&dir.path().join("b")).unwrap(),
+        b.key,
+        b.age,
+    );
+    let (doc, key, first) = ra
+        .create(|me| Doc::create_conversation(me, "t", 0), &all)
+        .unwrap();
+    let hello = say(&mut ra, doc, "1", "hello");
+
+    // Junk under the document's epoch 0, sealed with a key of its own, reaches B first.
+    let junk = SealedChange::seal(
+        ChangeHeader {
+            doc,
+            actor: m_pub,
+            seq: 1,
+            epoch: 0,
+        },
+        b"junk",
+        &DocKey::generate(),
+        &m.key,
+    )
+    .unwrap();
+    rb.receive_changes(&[junk]).unwrap();
+    // A snapshot of another document at an epoch B will never get a key for.
+    let (other, _, _) = ra
+        .create(|me| Doc::create_conversation(me, "not for b", 0), &all[..1])
+        .unwrap();
+    rb.receive_snapshot(&ra.snapshot(other).unwrap()).ok();
+
+    rb.receive_keys(std::slice::from_ref(&key)).unwrap();
+    rb.receive_changes(&[first, hello]).unwrap();
+    let read = |r: &Replica<SledStore>| r.doc(doc).unwrap().messages().unwrap()[0].text.clone();
+    assert_eq!(read(&rb), "hello");
+    let set_aside = rb.quarantine().unwrap().changes.clone();
+    assert_eq!(set_aside.into_iter().collect::<Vec<_>>(), [(doc, m_pub, 1)]);
+    drop(rb);
+
+    let rb = Replica::open_device(
+        SledStore::open(&dir.path().join("b")).unwrap(),
+        SecretKey::from_seed(&b_seed),
+        b_age,
+    )
+    .expect("the device starts");
+    assert_eq!(read(&rb), "hello");
+    assert_eq!(rb.quarantine().unwrap().changes.len(), 1);
+}

@@ -124,6 +124,15 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
                 format!("{kind:<6} {address} unreachable: {error}\n")
             });
         }
+        let set_aside = status["quarantined"]["changes"].as_u64().unwrap_or(0);
+        let unreadable = status["quarantined"]["documents"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if set_aside > 0 || unreadable > 0 {
+            text.push_str(&format!(
+                "store  set aside {set_aside} change(s) that do not open and {unreadable} conversation(s) that do not load; everything else is readable\n"
+            ));
+        }
         let peers = status["peers"].as_array().cloned().unwrap_or_default();
         if peers.is_empty() {
             text.push_str("no peers connected");

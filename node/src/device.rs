@@ -128,9 +128,17 @@ pub fn record_sibling(home: &Home, out: Output, chain: &CertChain) -> Result<()>
         return Ok(());
     };
     crate::siblings::record(home, leaf.subject(), recipient, leaf.name().as_str())?;
-    if let Err(e) = crate::siblings::tell_running_node(home) {
-        out.note(&format!("note: {e:#}"));
-    }
+    let name = leaf.name();
+    out.note(&match crate::siblings::tell_running_node(home) {
+        Ok(Some(answer)) => format!(
+            "Shared {} conversation(s) with `{name}`: it reads them, and what you write from now on, through your org's relay even while this device is off.",
+            answer.get("documents").and_then(serde_json::Value::as_u64).unwrap_or(0)
+        ),
+        Ok(None) => format!(
+            "Your conversations are shared with `{name}` when `jarvis up` next runs here; what you write from now on is shared with it as you write."
+        ),
+        Err(e) => format!("note: {e:#}"),
+    });
     Ok(())
 }
 
@@ -155,6 +163,10 @@ pub fn record_sponsor(home: &Home, out: Output, bundle: &jarvis_identity::Bundle
     if let Err(e) = crate::siblings::tell_running_node(home) {
         out.note(&format!("note: {e:#}"));
     }
+    out.note(&format!(
+        "What you write here is shared with `{}`, the device that approved this one.",
+        sponsor.name
+    ));
     Ok(())
 }
 
@@ -202,10 +214,11 @@ fn install_bundle(
         )?;
     }
     let bundle = jarvis_home::install_bundle(&home, token, pinned, kind)?;
+    report_joined(&home, out, &bundle.org, &bundle.chain)?;
     if kind == RequestKind::Device {
         record_sponsor(&home, out, &bundle)?;
     }
-    report_joined(&home, out, &bundle.org, &bundle.chain)
+    Ok(())
 }
 
 /// Makes this home's key and a request of `kind`; prints the request. Idempotent: asked again,

@@ -1491,6 +1491,15 @@ impl Node {
             "api": self.api_addr,
             "documents": self.replica.docs().map(|d| d.len()).unwrap_or(0),
             "revocations": self.revocations.len(),
+            // What this device could not read and set aside instead of failing (changes that
+            // do not open with their epoch's key, documents whose store did not load).
+            "quarantined": self.replica.quarantine().map_or_else(
+                || json!({ "changes": 0, "documents": [] }),
+                |q| json!({
+                    "changes": q.changes.len(),
+                    "documents": q.docs.iter().map(|(doc, why)| json!({ "id": doc.to_string(), "error": why })).collect::<Vec<_>>(),
+                }),
+            ),
             "models": [crate::llm::model_status(&self.engine)],
             "offload": self.offload.status(),
             "directory": self.directory_status(),

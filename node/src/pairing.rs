@@ -320,6 +320,6 @@ pub fn join(home: &Home, out: Output, code: &str, device_name: Name) -> Result<(
     state.set_org(&bundle.org);
     state.chain = Some(encode_chain(&bundle.chain));
     home.save(&state)?;
-    crate::device::record_sponsor(home, out, &bundle)?;
-    crate::device::report_joined(home, out, &bundle.org, &bundle.chain)
+    crate::device::report_joined(home, out, &bundle.org, &bundle.chain)?;
+    crate::device::record_sponsor(home, out, &bundle)
 }

@@ -165,15 +165,16 @@ pub fn merge_into(
     added
 }
 
-/// Asks the node running on `home`, if any, to share keys with the siblings just recorded.
-/// Without a running node there is nothing to do: it shares them when it starts.
-pub fn tell_running_node(home: &Home) -> Result<()> {
+/// Asks the node running on `home`, if any, to share keys with the siblings just recorded;
+/// its answer (`{shared_with, documents}`). Without a running node there is nothing to do (it
+/// shares them when it starts): `None`.
+pub fn tell_running_node(home: &Home) -> Result<Option<serde_json::Value>> {
     let Some(client) = crate::client::running(home)? else {
-        return Ok(());
+        return Ok(None);
     };
     crate::client::block_on(client.post(RELOAD_PATH, &serde_json::json!({})))
-        .context("telling the running node about the new device (it will share keys with it when it restarts)")?;
-    Ok(())
+        .context("telling the running node about the new device (it will share keys with it when it restarts)")
+        .map(Some)
 }
 
 #[cfg(test)]

@@ -225,7 +225,8 @@ pub struct Node {
     replica: Replica<SledStore>,
     revocations: RevocationSet,
     peers: HashMap<PeerId, Peer>,
-    /// The user's other devices met so far: key → age recipient (persisted in devices.json).
+    /// The user's other devices, recorded or met: every document key is wrapped to them
+    /// (`devices.json`, [`crate::siblings`]).
     devices: crate::siblings::Siblings,
     redials: Vec<Redial>,
     circuits: Vec<CircuitListen>,

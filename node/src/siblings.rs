@@ -136,9 +136,9 @@ fn merge_one(siblings: &mut Siblings, key: PublicKey, recipient: &str, name: &st
     }
 }
 
-/// The node's view merged over the file's: entries only the file has (a command added them)
-/// are kept and come back in `added`, so the node can share keys with them; entries `drop`
-/// rejects (revoked devices) are removed from both.
+/// The node's view merged over the file's: the node's entries stand as they are; entries only
+/// the file has (a command added them) are taken, as the file has them, and come back in
+/// `added`; entries `drop` rejects (revoked devices) are removed from both.
 pub fn merge_into(
     memory: &mut Siblings,
     on_disk: Siblings,
@@ -146,20 +146,11 @@ pub fn merge_into(
 ) -> Vec<PublicKey> {
     let mut added = Vec::new();
     for (key, entry) in on_disk {
-        if drop(&key) {
+        if drop(&key) || memory.contains_key(&key) {
             continue;
         }
-        let name = entry.name.clone();
-        let fresh = !memory.contains_key(&key);
-        if merge_one(memory, key, &entry.recipient, &name) && fresh {
-            added.push(key);
-        }
-        if fresh && entry.keys_shared {
-            // Shared by an earlier run of this node: nothing to do again.
-            if let Some(known) = memory.get_mut(&key) {
-                known.keys_shared = true;
-            }
-        }
+        memory.insert(key, entry);
+        added.push(key);
     }
     memory.retain(|k, _| !drop(k));
     added
@@ -225,9 +216,14 @@ mod tests {
         merge_one(&mut memory, c, &recipient(), "stolen");
         let mut disk = memory.clone();
         merge_one(&mut disk, b, &recipient(), "desk");
+        // The file still has the node's older view of `a`: the node's stands.
+        let newer = memory[&a].recipient.clone();
+        disk.get_mut(&a).unwrap().recipient = recipient();
+        disk.get_mut(&a).unwrap().keys_shared = false;
         let added = merge_into(&mut memory, disk, |k| *k == c);
         assert_eq!(added, vec![b]);
         assert!(memory[&a].keys_shared);
+        assert_eq!(memory[&a].recipient, newer);
         assert!(!memory[&b].keys_shared);
         assert!(!memory.contains_key(&c));
         // A new recipient for a known device waits for its keys again.

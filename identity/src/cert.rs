@@ -461,6 +461,9 @@ pub struct Verified {
     pub roles: Roles,
     /// The user the leaf belongs to (the user itself, or a device's user).
     pub user: Option<Name>,
+    /// That user's key: what "the same user" means (two users may share a name: a second
+    /// invite for it, or a name reused after a revocation).
+    pub user_key: Option<PublicKey>,
     /// The earliest expiry in the chain: the chain stops verifying then.
     pub expires_at: UnixTime,
 }
@@ -575,6 +578,7 @@ impl CertChain {
         }
         let mut parent: Option<&Certificate> = None;
         let mut user = None;
+        let mut user_key = None;
         let mut roles = Roles::NONE;
         let mut expires_at = UnixTime(u64::MAX);
         for (index, cert) in self.0.iter().enumerate() {
@@ -622,6 +626,7 @@ impl CertChain {
             match cert.kind {
                 CertKind::User => {
                     user = Some(cert.name.clone());
+                    user_key = Some(cert.subject);
                     roles = cert.roles;
                 }
                 CertKind::Device => {}
@@ -635,6 +640,7 @@ impl CertChain {
             name: leaf.name.clone(),
             roles,
             user,
+            user_key,
             expires_at,
         })
     }

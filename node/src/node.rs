@@ -57,6 +57,9 @@ pub struct NodeIdentity {
     pub device_key: SecretKey,
     pub age: jarvis_identity::age::x25519::Identity,
     pub user: Name,
+    /// The user's key: a peer is this user's device when its chain names this key (a name
+    /// alone proves nothing: a second invite for the same name makes another user).
+    pub user_key: PublicKey,
 }
 
 /// How the node answers: its local engine, and the GPU peers through `offload`, whose
@@ -871,7 +874,7 @@ impl Node {
         }
         let verified = checked.verified;
         if verified.kind == CertKind::Device
-            && verified.user.as_ref() == Some(&self.identity.user)
+            && verified.user_key == Some(self.identity.user_key)
             && let Some(recipient) = checked.age_recipient
         {
             self.meet_device(verified.subject, recipient, verified.name.as_str());
@@ -1124,7 +1127,7 @@ impl Node {
         match result {
             Ok(verified) => {
                 let same_user_device = verified.kind == CertKind::Device
-                    && verified.user.as_ref() == Some(&self.identity.user);
+                    && verified.user_key == Some(self.identity.user_key);
                 // The org's relays hold this user's sealed changes for the devices that are away.
                 let syncs = same_user_device || verified.kind == CertKind::Relay;
                 tracing::info!(%peer, kind = %verified.kind, name = %verified.name, same_user_device, "peer authenticated");
@@ -1446,7 +1449,7 @@ impl Node {
             .iter()
             .map(|(id, p)| {
                 let role = p.verified.as_ref().map(|v| match v.kind {
-                    CertKind::Device if v.user.as_ref() == Some(&self.identity.user) => "own-device",
+                    CertKind::Device if v.user_key == Some(self.identity.user_key) => "own-device",
                     CertKind::Device => "device",
                     CertKind::Relay => "relay",
                     CertKind::Gpu => "gpu",

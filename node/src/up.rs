@@ -79,12 +79,16 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
         .user
         .clone()
         .context("this device's certificate names no user")?;
+    let user_key = verified
+        .user_key
+        .context("this device's certificate names no user")?;
     let identity = NodeIdentity {
         org: org.clone(),
         chain,
         device_key: keys.signing,
         age,
         user: user.clone(),
+        user_key,
     };
     let listen = if args.listen.is_empty() {
         vec![

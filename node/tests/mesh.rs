@@ -186,6 +186,9 @@ fn two_devices_of_one_user_sync_and_strangers_get_nothing() {
     let phone = paired_device(d, &laptop, "phone");
     let old_tablet = paired_device(d, &laptop, "tablet");
     let carol = first_device(d, &acme, "carol", "carol-laptop");
+    // Another user who happens to be named alice too (a second invite for the name): the same
+    // user is the same user key, not the same name (#20, finding 3).
+    let other_alice = first_device(d, &acme, "alice", "other-alice-laptop");
     let globex = org(d, "globex");
     let mallory = first_device(d, &globex, "mallory", "mallory-laptop");
 
@@ -239,6 +242,7 @@ fn two_devices_of_one_user_sync_and_strangers_get_nothing() {
     let strangers = [
         (mallory.clone(), "another org"),
         (carol.clone(), "another user"),
+        (other_alice.clone(), "another user named alice"),
         (old_tablet.clone(), "revoked"),
     ];
     for (home, why) in &strangers {

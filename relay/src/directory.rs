@@ -297,6 +297,7 @@ mod tests {
             name: Name::new(name).unwrap(),
             roles: Roles::MEMBER,
             user: user.map(|u| Name::new(u).unwrap()),
+            user_key: None,
             expires_at: UnixTime(u64::MAX),
         }
     }

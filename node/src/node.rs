@@ -157,6 +157,9 @@ struct Peer {
     /// was never at risk, such as an announcement).
     last_refusal: Option<String>,
     session: Option<Session>,
+    /// When the connection came up: a peer that has not said who it is
+    /// [`jarvis_relay::wire::AUTH_DEADLINE`] later is disconnected.
+    since: Instant,
     hello_sent: bool,
     /// The peer answered our hello with its own: it has admitted us (a relay then serves us
     /// circuit reservations).
@@ -530,6 +533,22 @@ impl Node {
         for peer in refused {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
+        // A peer that has said nothing (no hello, no refusal) since it connected holds a
+        // connection for free: it goes, as at the relay.
+        let silent: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.verified.is_none()
+                    && p.refused.is_none()
+                    && now.duration_since(p.since) > jarvis_relay::wire::AUTH_DEADLINE
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in silent {
+            tracing::info!(%peer, "said nothing within the deadline: disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
         if self.seen_dirty {
             self.seen_dirty = false;
             if let Ok(bytes) = serde_json::to_vec_pretty(&self.seen)
@@ -787,6 +806,7 @@ impl Node {
                     refused_at: None,
                     last_refusal: None,
                     session: None,
+                    since: Instant::now(),
                     hello_sent: false,
                     accepted_us: false,
                 });

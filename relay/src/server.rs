@@ -44,8 +44,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 /// The store's page cache.
 const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// How long a new connection has to prove membership.
-pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a new connection has to prove membership (the mesh's one value, in `wire`).
+pub use crate::wire::AUTH_DEADLINE;
 const TICK: Duration = Duration::from_millis(500);
 /// How long a refused peer has to read why (and leave) before the relay disconnects it.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);

@@ -509,6 +509,17 @@ fn probe(
     address: &str,
     time: Duration,
 ) -> (Option<Vec<String>>, bool, bool) {
+    let (protocols, pinged, welcomed, _) = probe_timed(key, hello, address, time);
+    (protocols, pinged, welcomed)
+}
+
+/// [`probe`], and how long after connecting the other side closed the connection (if it did).
+fn probe_timed(
+    key: libp2p::identity::Keypair,
+    hello: Option<Vec<u8>>,
+    address: &str,
+    time: Duration,
+) -> (Option<Vec<String>>, bool, bool, Option<Duration>) {
     use futures::StreamExt;
     use libp2p::swarm::SwarmEvent;
     use libp2p::{identify, ping, request_response};
@@ -538,10 +549,16 @@ fn probe(
             .dial(address.parse::<libp2p::Multiaddr>().unwrap())
             .unwrap();
         let (mut protocols, mut pinged, mut welcomed) = (None, false, false);
+        let (mut connected, mut closed) = (None, None);
         let deadline = tokio::time::Instant::now() + time;
         while let Ok(event) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
             match event {
+                SwarmEvent::ConnectionClosed { .. } => {
+                    closed = connected.map(|at: Instant| at.elapsed());
+                    break;
+                }
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    connected = Some(Instant::now());
                     if let Some(hello) = &hello {
                         swarm
                             .behaviour_mut()
@@ -567,7 +584,7 @@ fn probe(
                 _ => {}
             }
         }
-        (protocols, pinged, welcomed)
+        (protocols, pinged, welcomed, closed)
     })
 }
 
@@ -777,4 +794,37 @@ fn a_device_approved_offline_gets_the_history_and_writes_to_its_sponsor_through_
     wait_for("the desk to read the laptop's history", || {
         (texts(&desk, &before) == ["the laptop's history"]).then_some(())
     });
+}
+
+/// #20, finding 5 (in part): a stranger that connects to a device's node and says nothing is
+/// disconnected once the mesh's hello deadline has passed (as at the relay); before, the node
+/// kept it for as long as the stranger liked.
+#[test]
+fn a_node_disconnects_a_peer_that_says_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, _) = org(dir.path(), &[]);
+    let _node = common::node_up(
+        jarvis(&devices[0]),
+        &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"],
+    );
+    let address = wait_for("the node's listen address", || {
+        ok(&devices[0], &["status"])["listen"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let deadline = jarvis_relay::wire::AUTH_DEADLINE;
+    let (_, _, welcomed, closed) = probe_timed(
+        libp2p::identity::Keypair::generate_ed25519(),
+        None,
+        &address,
+        deadline + Duration::from_secs(10),
+    );
+    assert!(!welcomed);
+    let closed = closed.expect("the node kept a silent stranger's connection");
+    assert!(
+        closed >= deadline - Duration::from_secs(1),
+        "closed after {closed:?}, before the deadline"
+    );
 }

@@ -171,14 +171,18 @@ pub fn pair(home: &Home, out: Output, listen: Vec<Multiaddr>, expires: Duration)
             match answer {
                 Ok((request, bundle)) => {
                     let _ = swarm.behaviour_mut().pair.send_response(channel, bundle.encode());
-                    // Let the response reach the new device before exiting.
-                    let flush = tokio::time::sleep(Duration::from_millis(500));
+                    // Let the response reach the new device before exiting: `ResponseSent` only
+                    // means handed to the transport, and dropping the swarm then can cut it off.
+                    // The new device closes the connection once it has read the bundle.
+                    let flush = tokio::time::sleep(Duration::from_secs(3));
                     tokio::pin!(flush);
                     loop {
                         tokio::select! {
                             () = &mut flush => break,
                             event = swarm.select_next_some() => {
-                                if let SwarmEvent::Behaviour(PairBehaviourEvent::Pair(request_response::Event::ResponseSent { .. })) = event {
+                                if let SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } = event
+                                    && peer_id == peer
+                                {
                                     break;
                                 }
                             }

@@ -482,11 +482,13 @@ impl<S: Store> Replica<S> {
                 };
                 // A change stored before its key was known that does not open (or apply) now
                 // is set aside: it blocks this actor's later changes here, nothing else.
-                let doc = device.docs.entry(id).or_insert_with(|| Doc::empty(&me));
                 let opened = change
                     .open(key)
                     .map_err(ReplicaError::from)
-                    .and_then(|bytes| Ok(doc.apply(actor, next, &bytes)?));
+                    .and_then(|bytes| {
+                        let doc = device.docs.entry(id).or_insert_with(|| Doc::empty(&me));
+                        Ok(doc.apply(actor, next, &bytes)?)
+                    });
                 if opened.is_err() {
                     device.quarantine.changes.insert((id, *actor, next));
                     break;

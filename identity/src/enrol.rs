@@ -609,23 +609,11 @@ impl Bundle {
         if verified.kind != CertKind::Device {
             return Err(EnrolError::SponsorNotADevice(verified.kind.as_str()));
         }
-        let user_key = |chain: &CertChain| {
-            chain
-                .certs()
-                .iter()
-                .rev()
-                .find(|c| c.kind() == CertKind::User)
-                .map(Certificate::subject)
-        };
-        match (user_key(sponsor), user_key(&self.chain)) {
-            (Some(a), Some(b)) if a == b => {}
-            _ => return Err(EnrolError::SponsorOtherUser),
+        let own = self.chain.verify(&self.org.root, now, revocations)?;
+        if verified.user_key.is_none() || verified.user_key != own.user_key {
+            return Err(EnrolError::SponsorOtherUser);
         }
-        if self
-            .chain
-            .leaf()
-            .is_some_and(|leaf| leaf.subject() == verified.subject)
-        {
+        if own.subject == verified.subject {
             return Err(EnrolError::SponsorIsSelf);
         }
         let age_recipient = sponsor

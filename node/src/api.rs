@@ -134,10 +134,8 @@ async fn reload_devices(State(state): State<AppState>, headers: HeaderMap) -> Re
         );
     }
     match ask_node(&state, Command::ReloadDevices).await {
-        Ok(v) if v.get("error").is_some() => {
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(v)).into_response()
-        }
-        Ok(v) => Json(v).into_response(),
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
         Err(r) => r,
     }
 }

@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use jarvis_identity::{
-    CertChain, CertKind, DeviceKeys, Invite, JoinRequest, KeyMaterial, Name, OrgInfo, PublicKey,
-    RequestKind, SecretKey, TokenKind, UnixTime,
+    Bundle, CertChain, CertKind, DeviceKeys, Invite, JoinRequest, KeyMaterial, Name, OrgInfo,
+    PublicKey, RequestKind, SecretKey, Sponsor, TokenKind, UnixTime,
 };
 use serde_json::json;
 
@@ -142,16 +142,22 @@ pub fn record_sibling(home: &Home, out: Output, chain: &CertChain) -> Result<()>
     Ok(())
 }
 
-/// On a new device: records the device that approved it (the bundle's sponsor, checked: the
-/// same user key, a valid device of the org), so what this device writes is readable there
-/// before they meet. A bundle without one, from an older device, records nothing; one that
-/// names a device that does not check out is refused, with the reason.
-pub fn record_sponsor(home: &Home, out: Output, bundle: &jarvis_identity::Bundle) -> Result<()> {
+/// The device that approved this one, as the bundle names it, checked against the org and this
+/// home's revocations (`Bundle::check_sponsor`: the same user key, a valid device, not this
+/// one). Called before anything is installed, so a bundle naming a device that does not check
+/// out is refused whole; `None` for a bundle from an older device, which names none.
+pub fn checked_sponsor(home: &Home, bundle: &Bundle) -> Result<Option<Sponsor>> {
     let set = home.revocations(&bundle.org.root)?;
-    let Some(sponsor) = bundle.check_sponsor(now(), &set).context(
-        "the bundle names a device that approved it, but that device does not check out",
-    )?
-    else {
+    bundle.check_sponsor(now(), &set).context(
+        "cannot use this bundle: it names a device that approved it, but that device does not check out",
+    )
+}
+
+/// On a new device, once joined: records the device that approved it, so what this device
+/// writes is readable there before they meet. No node runs on a home that has just joined: the
+/// node reads the record at its first start.
+pub fn record_sponsor(home: &Home, out: Output, sponsor: Option<Sponsor>) -> Result<()> {
+    let Some(sponsor) = sponsor else {
         return Ok(());
     };
     crate::siblings::record(
@@ -160,9 +166,6 @@ pub fn record_sponsor(home: &Home, out: Output, bundle: &jarvis_identity::Bundle
         &sponsor.age_recipient,
         sponsor.name.as_str(),
     )?;
-    if let Err(e) = crate::siblings::tell_running_node(home) {
-        out.note(&format!("note: {e:#}"));
-    }
     out.note(&format!(
         "What you write here is shared with `{}`, the device that approved this one.",
         sponsor.name
@@ -204,21 +207,16 @@ fn install_bundle(
     pinned: Option<&PublicKey>,
     kind: RequestKind,
 ) -> Result<()> {
-    if kind == RequestKind::Device {
-        // The device that approved this one must check out before anything is installed.
-        let bundle =
-            jarvis_identity::Bundle::from_token(token).context("cannot use this bundle")?;
-        let set = home.revocations(&bundle.org.root)?;
-        bundle.check_sponsor(now(), &set).context(
-            "cannot use this bundle: it names a device that approved it, but that device does not check out",
-        )?;
-    }
+    let sponsor = match kind {
+        RequestKind::Device => {
+            let bundle = Bundle::from_token(token).context("cannot use this bundle")?;
+            checked_sponsor(&home, &bundle)?
+        }
+        _ => None,
+    };
     let bundle = jarvis_home::install_bundle(&home, token, pinned, kind)?;
     report_joined(&home, out, &bundle.org, &bundle.chain)?;
-    if kind == RequestKind::Device {
-        record_sponsor(&home, out, &bundle)?;
-    }
-    Ok(())
+    record_sponsor(&home, out, sponsor)
 }
 
 /// Makes this home's key and a request of `kind`; prints the request. Idempotent: asked again,

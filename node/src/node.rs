@@ -113,7 +113,7 @@ pub enum Command {
     },
     /// A command recorded a sibling in `devices.json`: read it again and share every document
     /// key with the new ones (`{shared_with, documents}`), sent once the key records are durable.
-    ReloadDevices(oneshot::Sender<Value>),
+    ReloadDevices(ValueReply),
 }
 
 /// What `Ask` did: the reply so far, and where the answer goes.
@@ -273,13 +273,14 @@ const GROUP_MAX: usize = 64;
 
 /// Where the answer to an `Ask` command goes.
 type AskReply = oneshot::Sender<Result<AskStarted, String>>;
+type ValueReply = oneshot::Sender<Result<Value, String>>;
 
 /// What waits for a group commit's flush.
 #[derive(Default)]
 struct Group {
     replies: Vec<(AskReply, Result<AskStarted, String>)>,
     /// Other replies that wait for the flush.
-    values: Vec<(oneshot::Sender<Value>, Value)>,
+    values: Vec<(ValueReply, Result<Value, String>)>,
     unsent: Vec<(PeerId, Vec<SyncMessage>)>,
 }
 
@@ -513,7 +514,7 @@ impl Node {
                     let _ = reply.send(Err(format!("the change was not saved: {e}")));
                 }
                 for (reply, _) in group.values {
-                    let _ = reply.send(json!({ "error": format!("the keys were not saved: {e}") }));
+                    let _ = reply.send(Err(format!("the keys were not saved: {e}")));
                 }
             }
         }
@@ -996,18 +997,14 @@ impl Node {
 
     /// Reads `devices.json` again (a command recorded a sibling: `jarvis devices approve`,
     /// `pair`, `join`) and shares every document key with the siblings new to this node.
-    fn reload_devices(&mut self) -> Value {
-        match crate::siblings::load(&self.home) {
-            Ok(on_disk) => {
-                let revocations = &self.revocations;
-                crate::siblings::merge_into(&mut self.devices, on_disk, |k| {
-                    revocations.is_key_revoked(k)
-                });
-            }
-            Err(e) => return json!({ "error": format!("{e:#}") }),
-        }
+    fn reload_devices(&mut self) -> Result<Value, String> {
+        let on_disk = crate::siblings::load(&self.home).map_err(|e| format!("{e:#}"))?;
+        let revocations = &self.revocations;
+        crate::siblings::merge_into(&mut self.devices, on_disk, |k| {
+            revocations.is_key_revoked(k)
+        });
         let (shared_with, documents) = self.share_pending();
-        json!({ "shared_with": shared_with, "documents": documents })
+        Ok(json!({ "shared_with": shared_with, "documents": documents }))
     }
 
     /// Wraps every key of every document again, to every sibling, if any sibling has not been

@@ -301,15 +301,9 @@ pub fn join(home: &Home, out: Output, code: &str, device_name: Name) -> Result<(
         .context("the other device's bundle does not certify this device")?;
     // The device that paired us: the one the code named (the transport proved its key), a
     // device of the same user key. What this device writes is wrapped to it from the start.
-    let set = jarvis_identity::RevocationSet::new(bundle.org.root);
-    match bundle
-        .check_sponsor(now(), &set)
-        .context("the other device's bundle does not check out")?
-    {
-        Some(sponsor) if sponsor.key != code.peer => {
-            bail!("the other device's bundle names another device than the one the code named")
-        }
-        _ => {}
+    let sponsor = crate::device::checked_sponsor(home, &bundle)?;
+    if sponsor.as_ref().is_some_and(|s| s.key != code.peer) {
+        bail!("the other device's bundle names another device than the one the code named");
     }
     let passphrase = Passphrase::new_for("this device's keys")?;
     home.seal_key(
@@ -325,5 +319,5 @@ pub fn join(home: &Home, out: Output, code: &str, device_name: Name) -> Result<(
     state.chain = Some(encode_chain(&bundle.chain));
     home.save(&state)?;
     crate::device::report_joined(home, out, &bundle.org, &bundle.chain)?;
-    crate::device::record_sponsor(home, out, &bundle)
+    crate::device::record_sponsor(home, out, sponsor)
 }

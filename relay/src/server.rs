@@ -11,7 +11,7 @@
 //!
 //! Admission: a connection is served nothing of ours until its hello (certificate chain and
 //! revocations) verifies against the org root and names the connection's key; a refused peer is
-//! disconnected at once, and one that says nothing within [`AUTH_DEADLINE`] too. Devices are
+//! disconnected at once, and one that says nothing within [`AUTH_DEADLINE`](crate::wire::AUTH_DEADLINE) too. Devices are
 //! admitted to their user's store; the relay answers every hello with its own, which carries the
 //! revocations it holds, so each peer gets the org's revocations on admission.
 
@@ -44,8 +44,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 /// The store's page cache.
 const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// How long a new connection has to prove membership (the mesh's one value, in `wire`).
-pub use crate::wire::AUTH_DEADLINE;
+// How long a new connection has to prove membership: the mesh's one value, in `wire`.
+use crate::wire::AUTH_DEADLINE;
 const TICK: Duration = Duration::from_millis(500);
 /// How long a refused peer has to read why (and leave) before the relay disconnects it.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);

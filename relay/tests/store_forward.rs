@@ -97,16 +97,35 @@ fn relay_status(home: &Path) -> Value {
 /// Waits until the relay's stored bytes are non-zero and stop changing (everything sent has
 /// been stored); returns them.
 fn settled_bytes(relay_home: &Path) -> u64 {
+    settled_above(relay_home, 0)
+}
+
+/// Waits until the relay's stored bytes are above `above` and stop changing; returns them.
+fn settled_above(relay_home: &Path, above: u64) -> u64 {
     let mut last = (0, Instant::now());
-    wait_for("the relay to store the changes", || {
+    wait_for("the relay to store what was sent", || {
         let bytes = relay_status(relay_home)["stored_bytes"]
             .as_u64()
             .unwrap_or(0);
         if bytes != last.0 {
             last = (bytes, Instant::now());
         }
-        (bytes > 0 && last.1.elapsed() > Duration::from_secs(2)).then_some(bytes)
+        (bytes > above && last.1.elapsed() > Duration::from_secs(2)).then_some(bytes)
     })
+}
+
+/// `home` becomes another device of `first`'s user, the offline way: `devices request` there,
+/// `devices approve` on `first`, `join <bundle>` there.
+fn approve_offline(first: &Path, home: &Path, name: &str) {
+    let request = ok(home, &["devices", "request", "--device-name", name])["request"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bundle = ok(first, &["devices", "approve", &request])["bundle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(home, &["join", &bundle]);
 }
 
 /// Every file under `dir`, recursively.
@@ -137,15 +156,7 @@ fn org(d: &Path, others: &[&str]) -> (PathBuf, Vec<PathBuf>, PathBuf) {
     let mut devices = vec![laptop.clone()];
     for name in others {
         let home = d.join(name);
-        let request = ok(&home, &["devices", "request", "--device-name", name])["request"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let bundle = ok(&laptop, &["devices", "approve", &request])["bundle"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        ok(&home, &["join", &bundle]);
+        approve_offline(&laptop, &home, name);
         devices.push(home);
     }
     let relay_home = d.join("relay");
@@ -638,20 +649,6 @@ fn up_with_org_relays(home: &Path) -> Running {
     common::node_up(jarvis(home), &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
 }
 
-/// Waits until the relay's stored bytes are above `above` and stop changing; returns them.
-fn settled_above(relay_home: &Path, above: u64) -> u64 {
-    let mut last = (0, Instant::now());
-    wait_for("the relay to store what was sent", || {
-        let bytes = relay_status(relay_home)["stored_bytes"]
-            .as_u64()
-            .unwrap_or(0);
-        if bytes != last.0 {
-            last = (bytes, Instant::now());
-        }
-        (bytes > above && last.1.elapsed() > Duration::from_secs(2)).then_some(bytes)
-    })
-}
-
 /// An org whose admin enrolled a relay, started it and recorded it, and alice's laptop joined
 /// with an invite. Returns (relay, laptop home, relay home).
 fn org_with_recorded_relay(d: &Path) -> (Running, PathBuf, PathBuf) {
@@ -765,15 +762,7 @@ fn a_device_approved_offline_gets_the_history_and_writes_to_its_sponsor_through_
     drop(a);
 
     let desk = d.join("desk");
-    let request = ok(&desk, &["devices", "request", "--device-name", "desk"])["request"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let bundle = ok(&laptop, &["devices", "approve", &request])["bundle"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    ok(&desk, &["join", &bundle]);
+    approve_offline(&laptop, &desk, "desk");
     assert_eq!(device_names(&desk), ["desk", "laptop"]);
 
     // The desk's first run, with the laptop off: what it writes is wrapped to the laptop too.

@@ -11,7 +11,7 @@
 //!
 //! Admission: a connection is served nothing of ours until its hello (certificate chain and
 //! revocations) verifies against the org root and names the connection's key; a refused peer is
-//! disconnected at once, and one that says nothing within [`AUTH_DEADLINE`](crate::wire::AUTH_DEADLINE) too. Devices are
+//! disconnected at once, and one that says nothing within [`AUTH_DEADLINE`] too. Devices are
 //! admitted to their user's store; the relay answers every hello with its own, which carries the
 //! revocations it holds, so each peer gets the org's revocations on admission.
 

@@ -30,7 +30,7 @@ use jarvis_identity::hello::Hello;
 use jarvis_identity::{
     CertChain, CertKind, CertTemplate, Certificate, Name, RevocationSet, Roles, SecretKey, UnixTime,
 };
-use jarvis_relay::wire::{
+use jarvis_mesh::wire::{
     self, AUTH_PROTOCOL, Frames, MAX_AUTH_BYTES, MAX_SYNC_BYTES, SYNC_PROTOCOL,
 };
 use libp2p::request_response::{self, Message, OutboundRequestId};

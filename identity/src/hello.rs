@@ -5,7 +5,7 @@
 use libp2p_identity::PeerId;
 
 use crate::encoding::{DecodeError, Reader, Writer};
-use crate::{CertChain, PublicKey, RevocationSet, UnixTime, Verified};
+use crate::{CertChain, ChainError, PublicKey, RevocationSet, UnixTime, Verified};
 
 const HELLO_VERSION: u8 = 1;
 /// A hello carries a chain (< 4 KiB) and the org's revocations.
@@ -112,10 +112,34 @@ pub fn decode_refusal(bytes: &[u8]) -> Option<String> {
 #[derive(Debug)]
 pub struct Checked {
     pub verified: Verified,
+    /// The chain that proved it (the relay reads which invite a device came through).
+    pub chain: CertChain,
     /// The peer's age recipient, when it is a device.
     pub age_recipient: Option<String>,
     /// Revocations learned from the peer (already merged into the caller's set).
     pub new_revocations: usize,
+}
+
+/// Why a hello does not prove membership.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    #[error("malformed hello: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The chain does not verify (other org, forged, expired, revoked…).
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("bad key: {0}")]
+    BadKey(String),
+    /// A chain copied from someone else: it certifies another key than the connection's.
+    #[error("the chain is for {chain}, but the connection is from {peer}")]
+    WrongPeer { chain: PublicKey, peer: PeerId },
+}
+
+impl HelloError {
+    /// The chain verified except that a certificate in it is revoked.
+    pub fn is_revoked(&self) -> bool {
+        matches!(self, Self::Chain(ChainError::Revoked { .. }))
+    }
 }
 
 /// The authentication gate, sans-IO: merges the revocations the peer sent (verified against our
@@ -128,25 +152,22 @@ pub fn check_hello(
     peer: PeerId,
     bytes: &[u8],
     now: UnixTime,
-) -> Result<Checked, String> {
-    let hello = Hello::decode(bytes).map_err(|e| format!("malformed hello: {e}"))?;
+) -> Result<Checked, HelloError> {
+    let hello = Hello::decode(bytes)?;
     let new_revocations = RevocationSet::decode(root, &hello.revocations)
         .ok()
         .and_then(|theirs| revocations.merge(&theirs).ok())
         .unwrap_or(0);
-    let verified = hello
-        .chain
-        .verify(root, now, revocations)
-        .map_err(|e| e.to_string())?;
+    let verified = hello.chain.verify(root, now, revocations)?;
     let expected = verified
         .subject
         .to_libp2p_peer_id()
-        .map_err(|e| format!("bad key: {e}"))?;
+        .map_err(|e| HelloError::BadKey(e.to_string()))?;
     if expected != peer {
-        return Err(format!(
-            "the chain is for {}, but the connection is from {peer}",
-            verified.subject
-        ));
+        return Err(HelloError::WrongPeer {
+            chain: verified.subject,
+            peer,
+        });
     }
     Ok(Checked {
         age_recipient: hello
@@ -155,6 +176,7 @@ pub fn check_hello(
             .and_then(|c| c.age_recipient())
             .map(str::to_owned),
         verified,
+        chain: hello.chain,
         new_revocations,
     })
 }
@@ -280,7 +302,8 @@ mod tests {
             NOW,
         )
         .unwrap_err();
-        assert!(err.contains("connection is from"), "{err}");
+        assert!(matches!(err, HelloError::WrongPeer { .. }), "{err}");
+        assert!(err.to_string().contains("connection is from"), "{err}");
 
         // Another org.
         let globex = org();
@@ -293,7 +316,7 @@ mod tests {
             NOW,
         )
         .unwrap_err();
-        assert!(err.contains("another org"), "{err}");
+        assert!(err.to_string().contains("another org"), "{err}");
 
         // A forged chain: a self-made device certificate claiming alice's user key signed it.
         let forger = SecretKey::generate();
@@ -375,6 +398,7 @@ mod tests {
             NOW,
         )
         .unwrap_err();
-        assert!(err.contains("revoked"), "{err}");
+        assert!(err.is_revoked(), "{err}");
+        assert!(err.to_string().contains("revoked"), "{err}");
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::{AdminCommand, InfraRole, InviteRole, RelaysCommand, RevokeArgs};
-use jarvis_relay::client::Published;
+use jarvis_mesh::client::Published;
 
 use crate::home::{Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now};
 use crate::output::Output;
@@ -563,7 +563,7 @@ fn publish_to_relays(
         key,
         set,
         |keypair, hello, relays| async move {
-            jarvis_relay::client::publish_hello(keypair, hello, &relays, RELAY_TIMEOUT).await
+            jarvis_mesh::client::publish_hello(keypair, hello, &relays, RELAY_TIMEOUT).await
         },
         Published::Unreachable,
     )
@@ -589,7 +589,7 @@ struct Member {
 struct ClaimSeen {
     relay: String,
     #[serde(flatten)]
-    claim: jarvis_relay::directory::Claim,
+    claim: jarvis_mesh::directory::Claim,
 }
 
 /// Asks the org's relays for the members they have admitted and the invite claims they saw.
@@ -599,14 +599,14 @@ fn ask_relays_for_members(
     set: &jarvis_identity::RevocationSet,
 ) -> Vec<(
     String,
-    Result<jarvis_relay::directory::MembersReport, String>,
+    Result<jarvis_mesh::directory::MembersReport, String>,
 )> {
     with_relays(
         admin,
         key,
         set,
         |keypair, hello, relays| async move {
-            jarvis_relay::client::ask_members(keypair, hello, &relays, RELAY_TIMEOUT).await
+            jarvis_mesh::client::ask_members(keypair, hello, &relays, RELAY_TIMEOUT).await
         },
         Err,
     )

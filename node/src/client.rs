@@ -107,21 +107,20 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
             };
             let kind = d["kind"].as_str().unwrap_or("peer");
             let address = d["address"].as_str().unwrap_or("?");
-            text.push_str(&if let Some(reason) =
-                error.strip_prefix(jarvis_identity::hello::REFUSED_BY_PEER)
-            {
-                let advice = if reason.contains("admin") {
-                    ""
-                } else {
-                    "; ask your org's admin (`jarvis admin members` shows why)"
-                };
-                format!("{kind:<6} {address} refuses this device: {reason}{advice}\n")
-            } else if let Some(reason) = error.strip_prefix(crate::node::NOT_ACCEPTED) {
-                format!(
+            let reason = d["reason"].as_str().unwrap_or(error);
+            text.push_str(&match d["problem"].as_str() {
+                Some("refused-us") => {
+                    let advice = if reason.contains("admin") {
+                        ""
+                    } else {
+                        "; ask your org's admin (`jarvis admin members` shows why)"
+                    };
+                    format!("{kind:<6} {address} refuses this device: {reason}{advice}\n")
+                }
+                Some("not-accepted") => format!(
                     "{kind:<6} {address} reached, but this device does not accept it: {reason}\n"
-                )
-            } else {
-                format!("{kind:<6} {address} unreachable: {error}\n")
+                ),
+                _ => format!("{kind:<6} {address} unreachable: {error}\n"),
             });
         }
         let set_aside = status["quarantined"]["changes"].as_u64().unwrap_or(0);

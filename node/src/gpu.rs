@@ -14,12 +14,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
-use jarvis_identity::hello::{REFUSED_BY_PEER, decode_refusal, encode_refusal};
+use jarvis_identity::hello::Checked;
 use jarvis_identity::{CertKind, RevocationSet, Verified};
 use jarvis_inference::metrics::EngineMetrics;
 use jarvis_inference::offload::{self as core, Ask, Frames, Load, MAX_REQUEST, Reply};
 use jarvis_inference::protocol::ErrorKind;
 use jarvis_inference::supervisor::{EngineHandle, EngineState, Request, Update};
+use jarvis_mesh::admission::{self, Admission, Answer, Reason};
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
@@ -35,9 +36,8 @@ use crate::output::Output;
 /// authenticated devices: beyond it a new stream is refused with a message rather than left
 /// waiting.
 const MAX_STREAMS: usize = 256;
-/// Refused peers left to read why before they are disconnected, at most (more are disconnected
-/// at once).
-const MAX_REFUSED_WAITING: usize = 256;
+/// How often admission's deadlines (a silent peer, a refused one's grace) are looked at.
+const TICK: Duration = Duration::from_millis(500);
 /// Streams one device may have at once (so one device cannot take every slot).
 const MAX_STREAMS_PER_PEER: usize = 16;
 /// Streams waiting for their peer's hello to be checked (a device may open its first stream
@@ -190,22 +190,28 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
         org.relays.iter().filter_map(|a| a.parse().ok()).collect();
     let mut relays: HashSet<PeerId> = HashSet::new();
     let mut listening: Vec<String> = Vec::new();
-    // Peers refused with a reason, disconnected at the next heartbeat if they have not left
-    // (a refused node leaves when it reads why; closing at once could drop the reason unsent).
-    let mut refused: Vec<PeerId> = Vec::new();
-    let mut beat = tokio::time::interval(jarvis_relay::directory::HEARTBEAT);
+    // The mesh's admission core; the GPU peer's policy: devices may ask, the org's relays list
+    // us, nothing else (other GPU peers, admins) is served.
+    let mut admission = Admission::new();
+    let mut policy = |_: &PeerId, checked: &Checked| match checked.verified.kind {
+        CertKind::Device | CertKind::Relay => Ok(()),
+        kind => Err(Reason::NotServed(format!(
+            "a {kind} may not ask a GPU peer for answers"
+        ))),
+    };
+    let mut beat = tokio::time::interval(jarvis_mesh::directory::HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = shutdown.wait() => break,
             Some((peer, stream)) = incoming.next() => server.accept(peer, stream),
+            _ = tick.tick() => admission.handle_timeout(std::time::Instant::now()),
             _ = beat.tick() => {
-                for peer in refused.drain(..) {
-                    let _ = swarm.disconnect_peer_id(peer);
-                }
                 for address in &relay_addresses {
-                    let connected = jarvis_relay::wire::peer_of(address).is_some_and(|p| swarm.is_connected(&p));
+                    let connected = jarvis_mesh::wire::peer_of(address).is_some_and(|p| swarm.is_connected(&p));
                     if !connected && let Err(e) = swarm.dial(address.clone()) {
                         tracing::debug!(%address, error = %e, "cannot dial the relay");
                     }
@@ -218,7 +224,7 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
             event = swarm.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
                     let address = address.with_p2p(peer_id).unwrap_or_else(|a| a);
-                    if listening.len() < jarvis_relay::directory::MAX_ADDRESSES {
+                    if listening.len() < jarvis_mesh::directory::MAX_ADDRESSES {
                         listening.push(address.to_string());
                     }
                     out.emit(&json!({ "event": "listening", "address": address.to_string() }), || {
@@ -226,10 +232,10 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                     });
                 }
                 SwarmEvent::ConnectionEstablished { peer_id: peer, .. } => {
-                    let hello = own_hello(&revocations);
-                    swarm.behaviour_mut().auth.send_request(&peer, hello);
+                    admission.connected(peer, std::time::Instant::now());
                 }
                 SwarmEvent::ConnectionClosed { peer_id: peer, num_established: 0, .. } => {
+                    admission.closed(&peer);
                     gate_lock(&gate).remove(&peer);
                     relays.remove(&peer);
                 }
@@ -238,8 +244,8 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                     message: Message::Response { response, .. },
                     ..
                 })) => {
-                    if let Ok(jarvis_relay::directory::Response::Refused { reason }) =
-                        jarvis_relay::directory::decode(&response)
+                    if let Ok(jarvis_mesh::directory::Response::Refused { reason }) =
+                        jarvis_mesh::directory::decode(&response)
                     {
                         tracing::warn!(%peer, %reason, "the relay refused our heartbeat");
                     }
@@ -249,81 +255,76 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                     tracing::trace!(found = found.len(), "mDNS");
                 }
                 SwarmEvent::Behaviour(GpuBehaviourEvent::Auth(request_response::Event::Message { peer, message, .. })) => {
-                    let answered = matches!(message, Message::Response { .. });
-                    let (bytes, channel) = match message {
-                        Message::Request { request, channel, .. } => (request, Some(channel)),
-                        Message::Response { response, .. } => (response, None),
+                    let context = admission::Context {
+                        root: &org.root,
+                        revocations: &mut revocations,
+                        unix: now(),
+                        policy: &mut policy,
                     };
-                    let checked = match channel.is_none().then(|| decode_refusal(&bytes)).flatten() {
-                        Some(reason) => Err(format!("{REFUSED_BY_PEER}{reason}")),
-                        None => crate::mesh::check_hello(&org.root, &mut revocations, peer, &bytes, now()),
-                    };
-                    if let Ok(c) = &checked && c.new_revocations > 0 {
-                        if let Err(e) = home.save_revocations(&revocations) {
-                            tracing::warn!(error = %e, "cannot save revocations");
-                        }
-                        // Devices revoked since they were let in are let go at once.
-                        let revoked: Vec<PeerId> = gate_lock(&gate)
-                            .iter()
-                            .filter(|(_, v)| {
-                                revocations.is_key_revoked(&v.subject)
-                                    || v.user.as_ref().is_some_and(|u| revocations.is_user_revoked(u))
-                            })
-                            .map(|(p, _)| *p)
-                            .collect();
-                        for p in revoked {
-                            tracing::info!(peer = %p, "revoked: disconnecting");
-                            gate_lock(&gate).remove(&p);
-                            let _ = swarm.disconnect_peer_id(p);
-                        }
-                    }
-                    // Devices of the org may ask; the org's relays list us; nothing else (other
-                    // GPU peers, admins) is served.
-                    let result = checked.and_then(|c| {
-                        if matches!(c.verified.kind, CertKind::Device | CertKind::Relay) {
-                            Ok(c.verified)
-                        } else {
-                            Err(format!("a {} may not ask a GPU peer for answers", c.verified.kind))
-                        }
-                    });
-                    let mut told = false;
-                    if let Some(channel) = channel {
-                        let response = match &result {
-                            Ok(_) => own_hello(&revocations),
-                            Err(reason) => encode_refusal(reason),
-                        };
-                        told = swarm.behaviour_mut().auth.send_response(channel, response).is_ok();
-                    }
-                    match result {
-                        Ok(verified) if verified.kind == CertKind::Relay => {
-                            // A relay that answered our hello has admitted us: report to it now.
-                            if answered && relays.insert(peer) {
-                                tracing::info!(%peer, name = %verified.name, "joined the relay's directory");
-                                let heartbeat = server.heartbeat(&listening);
-                                swarm.behaviour_mut().directory.send_request(&peer, heartbeat);
+                    match message {
+                        Message::Request { request, channel, .. } => {
+                            let answer = admission.on_request(peer, &request, context, std::time::Instant::now());
+                            let response = match answer {
+                                Answer::Hello => own_hello(&revocations),
+                                Answer::Refusal(refusal) => refusal,
+                            };
+                            if swarm.behaviour_mut().auth.send_response(channel, response).is_err() {
+                                admission.answer_failed(&peer);
                             }
                         }
-                        Ok(verified) => {
-                            tracing::info!(%peer, user = ?verified.user.as_ref().map(ToString::to_string), "device authenticated");
-                            gate_lock(&gate).insert(peer, verified);
-                        }
-                        Err(reason) => {
-                            tracing::warn!(%peer, %reason, "peer refused");
-                            gate_lock(&gate).remove(&peer);
-                            if told {
-                                if refused.len() < MAX_REFUSED_WAITING && !refused.contains(&peer) {
-                                    refused.push(peer);
-                                } else {
-                                    let _ = swarm.disconnect_peer_id(peer);
-                                }
-                            } else {
-                                let _ = swarm.disconnect_peer_id(peer);
-                            }
-                        }
+                        Message::Response { response, .. } => admission.on_response(peer, &response, context),
                     }
+                }
+                SwarmEvent::Behaviour(GpuBehaviourEvent::Auth(request_response::Event::InboundFailure { peer, .. })) => {
+                    admission.answer_failed(&peer);
                 }
                 _ => {}
             },
+        }
+        // What admission decided, carried out.
+        while let Some(event) = admission.poll() {
+            match event {
+                admission::Event::SendHello(peer) => {
+                    let hello = own_hello(&revocations);
+                    swarm.behaviour_mut().auth.send_request(&peer, hello);
+                }
+                admission::Event::Admitted { peer, verified, .. }
+                    if verified.kind == CertKind::Device =>
+                {
+                    tracing::info!(%peer, user = ?verified.user.as_ref().map(ToString::to_string), "device authenticated");
+                    gate_lock(&gate).insert(peer, verified);
+                }
+                admission::Event::Admitted { .. } => {}
+                // A relay that answered our hello has admitted us: report to it now.
+                admission::Event::AcceptedUs(peer) => {
+                    let relay = admission
+                        .verified(&peer)
+                        .filter(|v| v.kind == CertKind::Relay);
+                    if let Some(verified) = relay
+                        && relays.insert(peer)
+                    {
+                        tracing::info!(%peer, name = %verified.name, "joined the relay's directory");
+                        let heartbeat = server.heartbeat(&listening);
+                        swarm
+                            .behaviour_mut()
+                            .directory
+                            .send_request(&peer, heartbeat);
+                    }
+                }
+                admission::Event::Refused { peer, refusal } => {
+                    tracing::warn!(%peer, reason = %refusal, "peer refused");
+                    gate_lock(&gate).remove(&peer);
+                    relays.remove(&peer);
+                }
+                admission::Event::Disconnect(peer) => {
+                    let _ = swarm.disconnect_peer_id(peer);
+                }
+                admission::Event::RevocationsLearned { .. } => {
+                    if let Err(e) = home.save_revocations(&revocations) {
+                        tracing::warn!(error = %e, "cannot save revocations");
+                    }
+                }
+            }
         }
     }
     tracing::info!("GPU peer stopping");
@@ -456,13 +457,13 @@ impl Server {
     /// A heartbeat for the relays' directory: where we listen, the model, the load.
     fn heartbeat(&self, listening: &[String]) -> Vec<u8> {
         let load = self.load();
-        jarvis_relay::directory::encode(&jarvis_relay::directory::Request::Heartbeat {
+        jarvis_mesh::directory::encode(&jarvis_mesh::directory::Request::Heartbeat {
             addresses: listening.to_vec(),
-            gpu: Some(jarvis_relay::directory::GpuLoad {
+            gpu: Some(jarvis_mesh::directory::GpuLoad {
                 model: load
                     .model
                     .chars()
-                    .take(jarvis_relay::directory::MAX_MODEL_LEN)
+                    .take(jarvis_mesh::directory::MAX_MODEL_LEN)
                     .collect(),
                 model_bytes: load.model_bytes,
                 slots: load.slots,

@@ -1,17 +1,17 @@
 //! The node's libp2p behaviour: transports and protocols. The project's own protocols (auth,
-//! sync, pairing) and their framing are shared with the relay: `jarvis_relay::wire`.
+//! sync, pairing) and their framing are shared with the relay: `jarvis_mesh::wire`.
 
 use std::io;
 use std::time::Duration;
 
-pub use jarvis_identity::hello::{Hello, check_hello};
-use jarvis_relay::wire;
+pub use jarvis_identity::hello::Hello;
+use jarvis_mesh::wire;
 use libp2p::request_response;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{dcutr, identify, mdns, ping, relay};
 
-pub use jarvis_relay::wire::{
+pub use jarvis_mesh::wire::{
     AUTH_PROTOCOL, Frames, MAX_AUTH_BYTES, MAX_SYNC_BYTES, PAIR_PROTOCOL, SYNC_PROTOCOL,
 };
 
@@ -58,8 +58,8 @@ impl GpuBehaviour {
 
 fn directory() -> request_response::Behaviour<Frames> {
     wire::behaviour(
-        jarvis_relay::directory::DIRECTORY_PROTOCOL,
-        jarvis_relay::directory::MAX_DIRECTORY_BYTES,
+        jarvis_mesh::directory::DIRECTORY_PROTOCOL,
+        jarvis_mesh::directory::MAX_DIRECTORY_BYTES,
         Duration::from_secs(30),
     )
 }

@@ -18,10 +18,10 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use jarvis_crdt::store::sled::SledStore;
 use jarvis_crdt::{DocId, Replica, Session, SyncMessage};
-use jarvis_identity::hello::{REFUSED_BY_PEER, decode_refusal, encode_refusal};
 use jarvis_identity::{
     CertChain, CertKind, Name, OrgInfo, PublicKey, RevocationSet, SecretKey, Verified,
 };
+use jarvis_mesh::admission::{self, Admission, Answer, Refusal};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
@@ -36,11 +36,6 @@ use crate::mesh::{Behaviour, BehaviourEvent, Hello};
 
 /// How often sessions are polled for their resync timers.
 const TICK: Duration = Duration::from_millis(500);
-/// What `status` puts before our reason for refusing an address we dial (the peer there was
-/// reached, and is not a member we accept).
-pub(crate) const NOT_ACCEPTED: &str = "reached, but not accepted here: ";
-/// How long a peer we refused has to read why before it is disconnected.
-const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 /// Redial backoff for `--peer` addresses: doubling from 1 s to 30 s.
 const REDIAL_MIN: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(30);
@@ -146,24 +141,11 @@ enum Path {
 struct Peer {
     path: Path,
     address: Option<Multiaddr>,
-    verified: Option<Verified>,
-    /// Why authentication failed, for `status`.
-    refused: Option<String>,
-    /// When we sent the peer our refusal: it is disconnected [`REFUSAL_GRACE`] later if it has
-    /// not left (a refused node leaves when it reads why; closing at once could drop that).
-    refused_at: Option<Instant>,
     /// Why the peer (a relay) last refused what we sent on this connection: rate limit, full
     /// quota. Kept until the peer reconnects (an empty acknowledgement may be for a message that
     /// was never at risk, such as an announcement).
     last_refusal: Option<String>,
     session: Option<Session>,
-    /// When the connection came up: a peer that has not said who it is
-    /// [`jarvis_relay::wire::AUTH_DEADLINE`] later is disconnected.
-    since: Instant,
-    hello_sent: bool,
-    /// The peer answered our hello with its own: it has admitted us (a relay then serves us
-    /// circuit reservations).
-    accepted_us: bool,
 }
 
 struct Redial {
@@ -174,14 +156,59 @@ struct Redial {
     relay: bool,
     /// Why the last dial failed, or why the peer refused us, until it admits us (`status`:
     /// `dialing`).
-    error: Option<String>,
+    error: Option<DialProblem>,
+}
+
+/// Why an address this node keeps dialling is not in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DialProblem {
+    /// The dial failed.
+    Unreachable(String),
+    /// The peer there refused this device, and said why.
+    RefusedUs(String),
+    /// The peer there was reached, and is not a member this device accepts.
+    NotAccepted(String),
+}
+
+impl DialProblem {
+    fn of(refusal: &Refusal) -> Self {
+        match refusal {
+            Refusal::ByPeer(reason) => Self::RefusedUs(reason.clone()),
+            other => Self::NotAccepted(other.to_string()),
+        }
+    }
+
+    /// What `status` says (`dialing[].problem`), for the CLI and the UI to branch on.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Unreachable(_) => "unreachable",
+            Self::RefusedUs(_) => "refused-us",
+            Self::NotAccepted(_) => "not-accepted",
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Self::Unreachable(r) | Self::RefusedUs(r) | Self::NotAccepted(r) => r,
+        }
+    }
+}
+
+impl std::fmt::Display for DialProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(reason) => f.write_str(reason),
+            Self::RefusedUs(reason) => write!(f, "the peer refused us: {reason}"),
+            Self::NotAccepted(reason) => write!(f, "reached, but not accepted here: {reason}"),
+        }
+    }
 }
 
 impl Redial {
     /// The peer the address reaches: its last `/p2p/` (in a relayed address
     /// `…/p2p/RELAY/p2p-circuit/p2p/PEER` the first one is the relay).
     fn peer(&self) -> Option<PeerId> {
-        jarvis_relay::wire::peer_of(&self.address)
+        jarvis_mesh::wire::peer_of(&self.address)
     }
 }
 
@@ -230,6 +257,9 @@ pub struct Node {
     home: Home,
     replica: Replica<SledStore>,
     revocations: RevocationSet,
+    /// Who each connected peer is, and whether it is let in: the mesh's one admission core.
+    admission: Admission,
+    /// What this node keeps per connected peer beyond admission: the path, the sync session.
     peers: HashMap<PeerId, Peer>,
     /// The user's other devices, recorded or met: every document key is wrapped to them
     /// (`devices.json`, [`crate::siblings`]).
@@ -254,7 +284,7 @@ pub struct Node {
     /// When heartbeats last went to the relays.
     last_heartbeat: Option<Instant>,
     /// Each relay's latest directory: this user's other devices and the org's GPU peers online.
-    directory: HashMap<PeerId, jarvis_relay::directory::Directory>,
+    directory: HashMap<PeerId, jarvis_mesh::directory::Directory>,
     /// GPU peers from a directory dialled lately (not dialled again for [`GPU_REDIAL`]).
     gpu_dials: HashMap<PeerId, Instant>,
     /// Changes per conversation since this node last snapshotted it.
@@ -415,6 +445,7 @@ impl Node {
             home,
             replica,
             revocations,
+            admission: Admission::new(),
             peers: HashMap::new(),
             devices,
             redials,
@@ -522,34 +553,9 @@ impl Node {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        let refused: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.refused_at
-                    .is_some_and(|at| now.duration_since(at) > REFUSAL_GRACE)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for peer in refused {
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
-        // A peer that has said nothing (no hello, no refusal) since it connected holds a
-        // connection for free: it goes, as at the relay.
-        let silent: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.verified.is_none()
-                    && p.refused.is_none()
-                    && now.duration_since(p.since) > jarvis_relay::wire::AUTH_DEADLINE
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for peer in silent {
-            tracing::info!(%peer, "said nothing within the deadline: disconnecting");
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
+        // The silent (no hello within the deadline) and the refused whose grace is over go.
+        self.admission.handle_timeout(now);
+        self.drive_admission();
         if self.seen_dirty {
             self.seen_dirty = false;
             if let Ok(bytes) = serde_json::to_vec_pretty(&self.seen)
@@ -560,12 +566,11 @@ impl Node {
                 tracing::warn!(error = %e, "cannot save peers.json");
             }
         }
-        let peers = &self.peers;
+        let admission = &self.admission;
         // A peer reached through a relay is dialled once the relay has admitted us: it opens
         // circuits only for peers that passed its gate.
         let relay_ready = |address: &Multiaddr| {
-            circuit_relay(address)
-                .is_none_or(|(relay, _)| peers.get(&relay).is_some_and(|p| p.accepted_us))
+            circuit_relay(address).is_none_or(|(relay, _)| admission.accepted_us(&relay))
         };
         for redial in &mut self.redials {
             if redial.next > now || !relay_ready(&redial.address) {
@@ -575,7 +580,7 @@ impl Node {
             if !already {
                 if let Err(e) = self.swarm.dial(redial.address.clone()) {
                     tracing::debug!(address = %redial.address, error = %e, "dial failed");
-                    redial.error = Some(short_error(&e));
+                    redial.error = Some(DialProblem::Unreachable(short_error(&e)));
                 }
                 redial.next = now + redial.backoff;
                 redial.backoff = (redial.backoff * 2).min(REDIAL_MAX);
@@ -586,7 +591,7 @@ impl Node {
         self.reserve_circuits(now);
         if self
             .last_heartbeat
-            .is_none_or(|t| now.duration_since(t) >= jarvis_relay::directory::HEARTBEAT)
+            .is_none_or(|t| now.duration_since(t) >= jarvis_mesh::directory::HEARTBEAT)
         {
             self.heartbeat(now);
         }
@@ -605,27 +610,22 @@ impl Node {
     /// answers with its directory.
     fn heartbeat(&mut self, now: Instant) {
         let relays: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.accepted_us
-                    && p.verified
-                        .as_ref()
-                        .is_some_and(|v| v.kind == CertKind::Relay)
-            })
+            .admission
+            .admitted()
+            .filter(|(id, v)| v.kind == CertKind::Relay && self.admission.accepted_us(id))
             .map(|(id, _)| *id)
             .collect();
         if relays.is_empty() {
             return;
         }
         self.last_heartbeat = Some(now);
-        let beat = jarvis_relay::directory::encode(&jarvis_relay::directory::Request::Heartbeat {
+        let beat = jarvis_mesh::directory::encode(&jarvis_mesh::directory::Request::Heartbeat {
             addresses: self
                 .listening
                 .iter()
-                .take(jarvis_relay::directory::MAX_ADDRESSES)
+                .take(jarvis_mesh::directory::MAX_ADDRESSES)
                 .map(ToString::to_string)
-                .filter(|a| a.len() <= jarvis_relay::directory::MAX_ADDRESS_LEN)
+                .filter(|a| a.len() <= jarvis_mesh::directory::MAX_ADDRESS_LEN)
                 .collect(),
             gpu: None,
         });
@@ -640,7 +640,7 @@ impl Node {
     /// A relay's directory: kept for `status`; the GPU peers in it that we are not connected to
     /// are dialled (at the addresses they reported), so a device finds them across networks.
     fn on_directory(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        use jarvis_relay::directory::{Response, decode};
+        use jarvis_mesh::directory::{Response, decode};
         let (relay, bytes) = match event {
             request_response::Event::Message {
                 peer,
@@ -713,12 +713,11 @@ impl Node {
     /// Asks for the circuit reservations not held, on relays that have authenticated us.
     fn reserve_circuits(&mut self, now: Instant) {
         for circuit in &mut self.circuits {
-            let admitted = self.peers.get(&circuit.relay).is_some_and(|p| {
-                p.accepted_us
-                    && p.verified
-                        .as_ref()
-                        .is_some_and(|v| v.kind == CertKind::Relay)
-            });
+            let admitted = self.admission.accepted_us(&circuit.relay)
+                && self
+                    .admission
+                    .verified(&circuit.relay)
+                    .is_some_and(|v| v.kind == CertKind::Relay);
             if circuit.listener.is_some() || !admitted || circuit.next > now {
                 continue;
             }
@@ -798,18 +797,11 @@ impl Node {
             } => {
                 let address = endpoint.get_remote_address().clone();
                 let path = path_of(&endpoint);
-                let hello = self.hello();
                 let peer = self.peers.entry(peer_id).or_insert(Peer {
                     path,
                     address: Some(address.clone()),
-                    verified: None,
-                    refused: None,
-                    refused_at: None,
                     last_refusal: None,
                     session: None,
-                    since: Instant::now(),
-                    hello_sent: false,
-                    accepted_us: false,
                 });
                 // A direct connection next to a relayed one (a hole punch, or a dial that found
                 // a route): traffic now goes the direct way, and `status` shows where.
@@ -817,13 +809,8 @@ impl Node {
                     peer.path = Path::Direct;
                     peer.address = Some(address);
                 }
-                if !peer.hello_sent {
-                    peer.hello_sent = true;
-                    self.swarm
-                        .behaviour_mut()
-                        .auth
-                        .send_request(&peer_id, hello);
-                }
+                self.admission.connected(peer_id, Instant::now());
+                self.drive_admission();
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -831,6 +818,7 @@ impl Node {
                 ..
             } => {
                 self.peers.remove(&peer_id);
+                self.admission.closed(&peer_id);
                 self.offload.left(&peer_id);
                 self.directory.remove(&peer_id);
             }
@@ -841,7 +829,7 @@ impl Node {
             } => {
                 for redial in &mut self.redials {
                     if redial.peer() == Some(peer_id) && !self.swarm.is_connected(&peer_id) {
-                        redial.error = Some(short_error(&error));
+                        redial.error = Some(DialProblem::Unreachable(short_error(&error)));
                     }
                 }
             }
@@ -874,33 +862,163 @@ impl Node {
         }
     }
 
-    /// Checks a peer's hello: merges its revocations, verifies its chain against the org root
-    /// and the merged revocations, and that the chain is about the key this connection
-    /// authenticated.
-    fn check_hello(&mut self, peer: PeerId, bytes: &[u8]) -> Result<Verified, String> {
-        let checked = crate::mesh::check_hello(
-            &self.identity.org.root,
-            &mut self.revocations,
-            peer,
-            bytes,
-            now(),
-        )?;
-        if checked.new_revocations > 0 {
-            tracing::info!(%peer, added = checked.new_revocations, "learned revocations");
-            if let Err(e) = self.home.save_revocations(&self.revocations) {
-                tracing::warn!(error = %e, "cannot save revocations");
+    /// A peer's hello (a request, answered on `channel`) or its answer to ours, through the
+    /// mesh's admission core. Every member of the org may in; what each is served is decided
+    /// per protocol (sync only with this user's devices and the org's relays).
+    fn on_hello(
+        &mut self,
+        peer: PeerId,
+        bytes: &[u8],
+        channel: Option<request_response::ResponseChannel<Vec<u8>>>,
+    ) {
+        let context = admission::Context {
+            root: &self.identity.org.root,
+            revocations: &mut self.revocations,
+            unix: now(),
+            policy: &mut admission::any_member,
+        };
+        match channel {
+            Some(channel) => {
+                // Answered with our hello only when the peer proved membership.
+                let answer = self
+                    .admission
+                    .on_request(peer, bytes, context, Instant::now());
+                let response = match answer {
+                    Answer::Hello => self.hello(),
+                    Answer::Refusal(refusal) => refusal,
+                };
+                let sent = self
+                    .swarm
+                    .behaviour_mut()
+                    .auth
+                    .send_response(channel, response)
+                    .is_ok();
+                if !sent {
+                    self.admission.answer_failed(&peer);
+                }
             }
-            self.rotate_after_revocation();
-            self.drop_revoked_peers();
+            None => self.admission.on_response(peer, bytes, context),
         }
-        let verified = checked.verified;
-        if verified.kind == CertKind::Device
-            && verified.user_key == Some(self.identity.user_key)
-            && let Some(recipient) = checked.age_recipient
-        {
+        self.drive_admission();
+    }
+
+    /// Carries out what the admission core decided.
+    fn drive_admission(&mut self) {
+        while let Some(event) = self.admission.poll() {
+            match event {
+                admission::Event::SendHello(peer) => {
+                    let hello = self.hello();
+                    self.swarm.behaviour_mut().auth.send_request(&peer, hello);
+                }
+                admission::Event::Admitted {
+                    peer,
+                    verified,
+                    age_recipient,
+                } => self.admitted(peer, &verified, age_recipient),
+                admission::Event::AcceptedUs(peer) => {
+                    let relay = self
+                        .admission
+                        .verified(&peer)
+                        .is_some_and(|v| v.kind == CertKind::Relay);
+                    if relay {
+                        // Admitted by a relay: reserve circuits and join its directory now.
+                        self.reserve_circuits(Instant::now());
+                        self.heartbeat(Instant::now());
+                    }
+                }
+                admission::Event::Refused { peer, refusal } => self.refused(peer, &refusal),
+                admission::Event::Disconnect(peer) => {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                admission::Event::RevocationsLearned { from, added } => {
+                    tracing::info!(peer = %from, added, "learned revocations");
+                    if let Err(e) = self.home.save_revocations(&self.revocations) {
+                        tracing::warn!(error = %e, "cannot save revocations");
+                    }
+                    self.rotate_after_revocation();
+                }
+            }
+        }
+    }
+
+    /// A peer let in: this user's devices (and the org's relays, which hold this user's sealed
+    /// changes for the devices that are away) start syncing; a GPU peer may take questions.
+    fn admitted(&mut self, peer: PeerId, verified: &Verified, age_recipient: Option<String>) {
+        let same_user_device =
+            verified.kind == CertKind::Device && verified.user_key == Some(self.identity.user_key);
+        if same_user_device && let Some(recipient) = age_recipient {
             self.meet_device(verified.subject, recipient, verified.name.as_str());
         }
-        Ok(verified)
+        let syncs = same_user_device || verified.kind == CertKind::Relay;
+        tracing::info!(%peer, kind = %verified.kind, name = %verified.name, same_user_device, "peer authenticated");
+        for redial in &mut self.redials {
+            if redial.peer() == Some(peer) {
+                redial.error = None;
+            }
+        }
+        self.metrics.peers_authenticated.inc();
+        let _ = self.events.send(json!({
+            "type": "peer",
+            "peer_id": peer.to_string(),
+            "state": "authenticated",
+            "name": verified.name.as_str(),
+            "own_device": same_user_device,
+        }));
+        if verified.kind == CertKind::Gpu {
+            self.offload.joined(peer, verified.name.to_string());
+        }
+        if syncs && let Some(state) = self.peers.get_mut(&peer) {
+            let mut session = Session::new();
+            let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
+            let out = session.start(now_ms, &self.replica);
+            state.session = Some(session);
+            self.send_sync(peer, out);
+        }
+    }
+
+    /// A peer refused, by us or by it (revoked while connected, too): nothing more is served to
+    /// it or asked of it, and its user hears why.
+    fn refused(&mut self, peer: PeerId, refusal: &Refusal) {
+        tracing::warn!(%peer, reason = %refusal, "peer refused");
+        self.metrics.peers_refused.inc();
+        let _ = self.events.send(json!({
+            "type": "peer",
+            "peer_id": peer.to_string(),
+            "state": "refused",
+            "reason": refusal.to_string(),
+        }));
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.session = None;
+        }
+        self.offload.left(&peer);
+        // Kept past the disconnect for the addresses we keep dialling (a relay that refuses
+        // this device is a problem its user must hear of).
+        for redial in &mut self.redials {
+            if redial.peer() == Some(peer) {
+                redial.error = Some(DialProblem::of(refusal));
+            }
+        }
+    }
+
+    fn on_auth(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                Message::Request {
+                    request, channel, ..
+                } => self.on_hello(peer, &request, Some(channel)),
+                Message::Response { response, .. } => self.on_hello(peer, &response, None),
+            },
+            // Our refusal could not be sent: the refused peer has nothing to wait for.
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "auth answer failed");
+                self.admission.answer_failed(&peer);
+                self.drive_admission();
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "auth request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
     }
 
     /// A device of this user was revoked: forget it, and start a new key epoch for every document,
@@ -935,30 +1053,6 @@ impl Node {
             devices = revoked.len(),
             "rotated document keys after a revocation"
         );
-    }
-
-    /// Peers let in before a revocation that now covers them are let go: a revoked GPU peer
-    /// gets no more conversations, a revoked relay no more changes.
-    fn drop_revoked_peers(&mut self) {
-        let revocations = &self.revocations;
-        let revoked: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.verified.as_ref().is_some_and(|v| {
-                    revocations.is_key_revoked(&v.subject)
-                        || v.user
-                            .as_ref()
-                            .is_some_and(|u| revocations.is_user_revoked(u))
-                })
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for peer in revoked {
-            tracing::info!(%peer, "revoked: disconnecting");
-            self.offload.left(&peer);
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
     }
 
     /// Writes `devices.json`: this node's view merged over the file's, so a sibling that a
@@ -1099,13 +1193,9 @@ impl Node {
             };
             tracing::info!(%doc, bytes = snapshot.len(), "conversation compacted into a snapshot");
             let relays: Vec<PeerId> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| {
-                    p.verified
-                        .as_ref()
-                        .is_some_and(|v| v.kind == CertKind::Relay)
-                })
+                .admission
+                .admitted()
+                .filter(|(_, v)| v.kind == CertKind::Relay)
                 .map(|(id, _)| *id)
                 .collect();
             for relay in relays {
@@ -1139,145 +1229,6 @@ impl Node {
         }
     }
 
-    /// Marks a peer authenticated (or refused) and, for the user's own devices, starts syncing.
-    fn settle_peer(&mut self, peer: PeerId, result: Result<Verified, String>) {
-        match result {
-            Ok(verified) => {
-                let same_user_device = verified.kind == CertKind::Device
-                    && verified.user_key == Some(self.identity.user_key);
-                // The org's relays hold this user's sealed changes for the devices that are away.
-                let syncs = same_user_device || verified.kind == CertKind::Relay;
-                tracing::info!(%peer, kind = %verified.kind, name = %verified.name, same_user_device, "peer authenticated");
-                let Some(state) = self.peers.get_mut(&peer) else {
-                    return;
-                };
-                // A connection refused either way is on its way out: its hello checking out
-                // (the two hellos cross) changes nothing, and must not hide the refusal.
-                if state.refused.is_some() {
-                    return;
-                }
-                let first = state.verified.is_none();
-                for redial in &mut self.redials {
-                    if redial.peer() == Some(peer) {
-                        redial.error = None;
-                    }
-                }
-                if first {
-                    self.metrics.peers_authenticated.inc();
-                    let _ = self.events.send(json!({
-                        "type": "peer",
-                        "peer_id": peer.to_string(),
-                        "state": "authenticated",
-                        "name": verified.name.as_str(),
-                        "own_device": same_user_device,
-                    }));
-                }
-                if verified.kind == CertKind::Gpu && first {
-                    self.offload.joined(peer, verified.name.to_string());
-                }
-                state.verified = Some(verified);
-                if syncs && first {
-                    let mut session = Session::new();
-                    let now_ms = u64::try_from(ms(now_unix())).unwrap_or(0);
-                    let out = session.start(now_ms, &self.replica);
-                    state.session = Some(session);
-                    self.send_sync(peer, out);
-                }
-            }
-            Err(reason) => {
-                tracing::warn!(%peer, %reason, "peer refused");
-                self.metrics.peers_refused.inc();
-                let _ = self.events.send(json!({
-                    "type": "peer",
-                    "peer_id": peer.to_string(),
-                    "state": "refused",
-                    "reason": reason,
-                }));
-                // Kept past the disconnect for the addresses we keep dialling (a relay that
-                // refuses this device is a problem its user must hear of).
-                let error = if reason.starts_with(REFUSED_BY_PEER) {
-                    reason.clone()
-                } else {
-                    format!("{NOT_ACCEPTED}{reason}")
-                };
-                for redial in &mut self.redials {
-                    if redial.peer() == Some(peer) {
-                        redial.error = Some(error.clone());
-                    }
-                }
-                let mut told = false;
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.refused = Some(reason);
-                    told = state.refused_at.is_some();
-                }
-                if !told {
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                }
-            }
-        }
-    }
-
-    fn on_auth(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                Message::Request {
-                    request, channel, ..
-                } => {
-                    let result = self.check_hello(peer, &request);
-                    // Answer with our hello only to peers that proved membership.
-                    let response = match &result {
-                        Ok(_) => self.hello(),
-                        Err(reason) => encode_refusal(reason),
-                    };
-                    let told = self
-                        .swarm
-                        .behaviour_mut()
-                        .auth
-                        .send_response(channel, response)
-                        .is_ok();
-                    if told
-                        && result.is_err()
-                        && let Some(state) = self.peers.get_mut(&peer)
-                    {
-                        state.refused_at.get_or_insert_with(Instant::now);
-                    }
-                    self.settle_peer(peer, result);
-                }
-                // Refused already: its answer to our hello changes nothing.
-                Message::Response { .. }
-                    if self
-                        .peers
-                        .get(&peer)
-                        .is_some_and(|p| p.refused_at.is_some()) => {}
-                Message::Response { response, .. } => {
-                    if let Some(reason) = decode_refusal(&response) {
-                        self.settle_peer(peer, Err(format!("{REFUSED_BY_PEER}{reason}")));
-                    } else {
-                        let result = self.check_hello(peer, &response);
-                        let accepted = result.is_ok();
-                        self.settle_peer(peer, result);
-                        if accepted && let Some(state) = self.peers.get_mut(&peer) {
-                            state.accepted_us = true;
-                            let relay = state
-                                .verified
-                                .as_ref()
-                                .is_some_and(|v| v.kind == CertKind::Relay);
-                            if relay {
-                                // Admitted by a relay: reserve circuits and join its directory now.
-                                self.reserve_circuits(Instant::now());
-                                self.heartbeat(Instant::now());
-                            }
-                        }
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "auth request failed");
-            }
-            _ => {}
-        }
-    }
-
     fn on_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
         let request_response::Event::Message { peer, message, .. } = event else {
             return;
@@ -1302,17 +1253,16 @@ impl Node {
         // The gate: only an authenticated device of this user (or an org relay) is served. A peer whose hello we
         // have not finished checking is not answered yet (its resync timer will ask again); one
         // that is known and not allowed is disconnected.
+        let verified = self.admission.verified(&peer);
+        let name = verified.map(|v| v.name.to_string());
+        // `peers.json` is for `jarvis devices`: the user's devices, not the org's relays.
+        let own_device = verified.is_some_and(|v| v.kind == CertKind::Device);
+        let known = verified.is_some() || self.admission.refusal(&peer).is_some();
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
-        let name = state.verified.as_ref().map(|v| v.name.to_string());
-        // `peers.json` is for `jarvis devices`: the user's devices, not the org's relays.
-        let own_device = state
-            .verified
-            .as_ref()
-            .is_some_and(|v| v.kind == CertKind::Device);
         let Some(session) = state.session.as_mut() else {
-            if state.verified.is_some() || state.refused.is_some() {
+            if known {
                 tracing::warn!(%peer, "sync request from a peer that is not a device of this user");
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
@@ -1465,7 +1415,8 @@ impl Node {
             .peers
             .iter()
             .map(|(id, p)| {
-                let role = p.verified.as_ref().map(|v| match v.kind {
+                let verified = self.admission.verified(id);
+                let role = verified.map(|v| match v.kind {
                     CertKind::Device if v.user_key == Some(self.identity.user_key) => "own-device",
                     CertKind::Device => "device",
                     CertKind::Relay => "relay",
@@ -1476,12 +1427,12 @@ impl Node {
                 json!({
                     "peer_id": id.to_string(),
                     "role": role,
-                    "name": p.verified.as_ref().map(|v| v.name.to_string()),
-                    "user": p.verified.as_ref().and_then(|v| v.user.as_ref().map(ToString::to_string)),
+                    "name": verified.map(|v| v.name.to_string()),
+                    "user": verified.and_then(|v| v.user.as_ref().map(ToString::to_string)),
                     "path": p.path,
                     "address": p.address.as_ref().map(ToString::to_string),
-                    "authenticated": p.verified.is_some(),
-                    "refused": p.refused,
+                    "authenticated": verified.is_some(),
+                    "refused": self.admission.refusal(id).map(ToString::to_string),
                     "last_refusal": p.last_refusal,
                     "syncing": p.session.is_some(),
                 })
@@ -1498,7 +1449,11 @@ impl Node {
                     "address": r.address.to_string(),
                     "kind": if r.relay { "relay" } else { "peer" },
                     "connected": r.peer().is_some_and(|id| self.swarm.is_connected(&id)),
-                    "error": r.error,
+                    // The whole sentence, and its parts to branch on: `problem` is
+                    // `unreachable`, `refused-us` or `not-accepted`.
+                    "error": r.error.as_ref().map(ToString::to_string),
+                    "problem": r.error.as_ref().map(DialProblem::kind),
+                    "reason": r.error.as_ref().map(DialProblem::reason),
                 })
             })
             .collect();

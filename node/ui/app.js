@@ -403,9 +403,9 @@ async function loadStatus() {
   // Addresses the node keeps dialling and cannot reach: the org's relay above all (without it,
   // devices on other networks do not sync).
   const unreachable = (status.dialing || []).filter((d) => !d.connected && d.error);
-  const refused = (d) => d.error.startsWith('the peer refused us');
-  const notAccepted = (d) => d.error.startsWith('reached, but not accepted here');
-  const why = (d) => d.error.replace(/^(the peer refused us|reached, but not accepted here): /, '').replace(/\.?$/, '.');
+  const refused = (d) => d.problem === 'refused-us';
+  const notAccepted = (d) => d.problem === 'not-accepted';
+  const why = (d) => (d.reason || d.error).replace(/\.?$/, '.');
   $('dial-problems').replaceChildren(...unreachable.map((d) => el('div', { class: 'error dial-problem', 'data-address': d.address },
     el('b', { text: refused(d)
       ? (d.kind === 'relay' ? 'Your org\'s relay refuses this device' : 'A peer you asked for refuses this device')

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use jarvis_identity::{CertChain, Verified};
 use libp2p::PeerId;
 
-use crate::directory::{Claim, MemberSeen, invite_of};
+use jarvis_mesh::directory::{Claim, MemberSeen, invite_of};
 
 /// Refused claims kept per invite (the first ones: a token that leaked is revoked long before).
 const MAX_REFUSED_PER_INVITE: usize = 16;

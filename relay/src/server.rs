@@ -9,11 +9,12 @@
 //!   shutdown     ─┘                                               ─▶ hub (durable writes)
 //! ```
 //!
-//! Admission: a connection is served nothing of ours until its hello (certificate chain and
-//! revocations) verifies against the org root and names the connection's key; a refused peer is
-//! disconnected at once, and one that says nothing within [`AUTH_DEADLINE`] too. Devices are
-//! admitted to their user's store; the relay answers every hello with its own, which carries the
-//! revocations it holds, so each peer gets the org's revocations on admission.
+//! Admission is the mesh's one core ([`jarvis_mesh::admission`]); the relay's policy adds the
+//! invite check (a device whose invite another user claimed first is refused), and what it does
+//! on admission: devices get their user's store, every member the gated identify, ping and
+//! circuit relay. The relay answers every hello with its own, which carries the revocations it
+//! holds, so each peer gets the org's revocations on admission; revocations learned from a
+//! hello are pushed to every other member at once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,20 +24,22 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use jarvis_crdt::store::sled::{Db, SledStore};
 use jarvis_home::Home;
-use jarvis_identity::hello::{Hello, REFUSED_BY_PEER, check_hello, decode_refusal, encode_refusal};
+use jarvis_identity::hello::{Checked, Hello};
 use jarvis_identity::{CertChain, CertKind, OrgInfo, RevocationSet, SecretKey, Verified};
+use jarvis_mesh::admission::{self, Admission, Answer, Reason};
+use jarvis_mesh::boxed::Boxed;
+use jarvis_mesh::directory::{
+    self, DIRECTORY_PROTOCOL, MAX_DIRECTORY_BYTES, MembersReport, Request, Response,
+};
+use jarvis_mesh::gate::Gated;
+use jarvis_mesh::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES, MAX_SYNC_BYTES, SYNC_PROTOCOL};
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping, relay};
 
-use crate::boxed::Boxed;
-use crate::directory::{
-    self, DIRECTORY_PROTOCOL, Listing, MAX_DIRECTORY_BYTES, MembersReport, Request, Response,
-};
-use crate::gate::Gated;
 use crate::hub::{Hub, Limits};
+use crate::listing::Listing;
 use crate::roster::{ClaimCheck, Roster};
-use crate::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES, MAX_SYNC_BYTES, SYNC_PROTOCOL};
 
 /// Streams a peer may have open at once on one QUIC connection: above what a device's sync
 /// window, directory and hello use together.
@@ -44,11 +47,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 /// The store's page cache.
 const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-// How long a new connection has to prove membership: the mesh's one value, in `wire`.
-use crate::wire::AUTH_DEADLINE;
 const TICK: Duration = Duration::from_millis(500);
-/// How long a refused peer has to read why (and leave) before the relay disconnects it.
-const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 
 /// Who the relay is: its org, its certificate chain (relay role) and its key.
 pub struct RelayIdentity {
@@ -73,11 +72,6 @@ struct Behaviour {
     directory: request_response::Behaviour<wire::Frames>,
 }
 
-struct Pending {
-    since: Instant,
-    hello_sent: bool,
-}
-
 /// What the relay reports as it runs (one JSON line each on stdout).
 pub trait Report {
     fn event(&mut self, event: serde_json::Value);
@@ -95,13 +89,8 @@ pub struct Relay {
     revocations: RevocationSet,
     hub: Hub<PeerId, SledStore>,
     db: Db,
-    /// Connections not yet authenticated.
-    pending: HashMap<PeerId, Pending>,
-    /// Peers refused, disconnected [`REFUSAL_GRACE`] after their refusal was sent (the refused
-    /// peer normally leaves first, having read it).
-    closing: HashMap<PeerId, Instant>,
-    /// Authenticated peers (devices, GPU peers, admins), to push revocations to.
-    members: HashMap<PeerId, Verified>,
+    /// Who each connected peer is, and whether it is let in (devices, GPU peers, admins).
+    admission: Admission,
     /// The same peers, as the circuit relay's gate sees them.
     admitted: Admitted,
     /// Devices and GPU peers online, from their heartbeats.
@@ -244,7 +233,7 @@ impl Admitted {
     }
 
     /// The check [`Gated`] makes on a new connection.
-    fn into_check(self) -> crate::gate::IsAdmitted {
+    fn into_check(self) -> jarvis_mesh::gate::IsAdmitted {
         Box::new(move |peer| self.contains(peer))
     }
 }
@@ -372,9 +361,7 @@ impl Relay {
             revocations,
             hub,
             db,
-            pending: HashMap::new(),
-            closing: HashMap::new(),
-            members: HashMap::new(),
+            admission: Admission::new(),
             admitted,
             listing: Listing::default(),
             roster,
@@ -469,28 +456,8 @@ impl Relay {
     }
 
     fn on_tick(&mut self) {
-        let now = Instant::now();
-        let late: Vec<PeerId> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| now.duration_since(p.since) > AUTH_DEADLINE)
-            .map(|(peer, _)| *peer)
-            .collect();
-        let refused: Vec<PeerId> = self
-            .closing
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) > REFUSAL_GRACE)
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in refused {
-            self.close_refused(peer);
-        }
-        for peer in late {
-            tracing::info!(%peer, "no valid hello in time: disconnecting");
-            self.metrics.refused("auth-timeout");
-            self.pending.remove(&peer);
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
+        self.admission.handle_timeout(Instant::now());
+        self.drive_admission();
         let now_ms = self.now_ms();
         self.listing.expire(now_ms);
         let out = self.hub.poll(now_ms);
@@ -538,41 +505,27 @@ impl Relay {
             }
             // A member's further connections (a GPU peer's, an admin's, not only a device's)
             // are admitted already: no second hello is awaited from them.
-            SwarmEvent::ConnectionEstablished { peer_id, .. }
-                if !self.members.contains_key(&peer_id) =>
-            {
-                let pending = self.pending.entry(peer_id).or_insert(Pending {
-                    since: Instant::now(),
-                    hello_sent: false,
-                });
-                if !pending.hello_sent {
-                    pending.hello_sent = true;
-                    let hello = self.hello();
-                    self.swarm
-                        .behaviour_mut()
-                        .auth
-                        .send_request(&peer_id, hello);
-                }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.admission.connected(peer_id, Instant::now());
+                self.drive_admission();
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
             } => {
-                self.pending.remove(&peer_id);
-                self.closing.remove(&peer_id);
-                self.members.remove(&peer_id);
-                self.admitted.set(peer_id, false);
-                self.listing.left(&peer_id);
-                self.inbox.forget(&peer_id);
-                self.hub.leave(&peer_id);
+                self.admission.closed(&peer_id);
+                self.forget(peer_id);
             }
             // A refusal that could not be sent: nothing to wait for. One that was sent is left
             // to the refused peer to act on (it disconnects when it reads it); "sent" means
             // handed to QUIC, and closing the connection now could drop it unsent.
             SwarmEvent::Behaviour(BehaviourEvent::Auth(
                 request_response::Event::InboundFailure { peer, .. },
-            )) => self.close_refused(peer),
+            )) => {
+                self.admission.answer_failed(&peer);
+                self.drive_admission();
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
             SwarmEvent::Behaviour(BehaviourEvent::Directory(event)) => self.on_directory(event),
@@ -583,37 +536,93 @@ impl Relay {
         }
     }
 
-    /// The gate: verifies a peer's hello; admits devices to their user's store.
-    fn check(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), String> {
-        let checked = check_hello(
-            &self.identity.org.root,
-            &mut self.revocations,
-            peer,
-            bytes,
-            jarvis_home::now(),
-        )?;
-        self.pending.remove(&peer);
-        if checked.new_revocations > 0 {
-            self.on_new_revocations(checked.new_revocations, peer);
+    /// A peer's hello (a request, answered on `channel`) or its answer to ours, through the
+    /// admission core with the relay's policy: a device's invite must not have been claimed by
+    /// another user.
+    fn on_hello(
+        &mut self,
+        peer: PeerId,
+        bytes: &[u8],
+        channel: Option<request_response::ResponseChannel<Vec<u8>>>,
+    ) {
+        let now = jarvis_home::now();
+        let roster = &mut self.roster;
+        let mut policy = |peer: &PeerId, checked: &Checked| {
+            if checked.verified.kind != CertKind::Device {
+                return Ok(());
+            }
+            match roster.check_claim(*peer, &checked.verified, &checked.chain, now.0) {
+                Ok(ClaimCheck::Fine) => Ok(()),
+                Ok(ClaimCheck::Refused(reason)) => Err(Reason::InviteClaimed(reason)),
+                Err(e) => Err(Reason::CannotCheck(format!(
+                    "the relay cannot check the invite: {e}"
+                ))),
+            }
+        };
+        let context = admission::Context {
+            root: &self.identity.org.root,
+            revocations: &mut self.revocations,
+            unix: now,
+            policy: &mut policy,
+        };
+        match channel {
+            Some(channel) => {
+                // The refused peer is told why (its user sees it in `jarvis status`).
+                let answer = self
+                    .admission
+                    .on_request(peer, bytes, context, Instant::now());
+                let response = match answer {
+                    Answer::Hello => self.hello(),
+                    Answer::Refusal(refusal) => refusal,
+                };
+                let sent = self
+                    .swarm
+                    .behaviour_mut()
+                    .auth
+                    .send_response(channel, response)
+                    .is_ok();
+                if !sent {
+                    self.admission.answer_failed(&peer);
+                }
+            }
+            None => self.admission.on_response(peer, bytes, context),
         }
-        let verified = checked.verified;
-        let at = jarvis_home::now().0;
-        if verified.kind == CertKind::Device {
-            // The chain verified, so it decodes; its invite says which user claimed it.
-            let chain = Hello::decode(bytes)
-                .map_err(|e| format!("an unreadable hello: {e}"))?
-                .chain;
-            match self.roster.check_claim(peer, &verified, &chain, at) {
-                Ok(ClaimCheck::Fine) => {}
-                Ok(ClaimCheck::Refused(reason)) => return Err(reason),
-                Err(e) => return Err(format!("the relay cannot check the invite: {e}")),
+        self.drive_admission();
+    }
+
+    /// Carries out what the admission core decided.
+    fn drive_admission(&mut self) {
+        while let Some(event) = self.admission.poll() {
+            match event {
+                admission::Event::SendHello(peer) => {
+                    let hello = self.hello();
+                    self.swarm.behaviour_mut().auth.send_request(&peer, hello);
+                }
+                admission::Event::Admitted { peer, verified, .. } => self.admitted(peer, verified),
+                admission::Event::AcceptedUs(_) => {}
+                admission::Event::Refused { peer, refusal } => {
+                    tracing::warn!(%peer, reason = %refusal, "peer refused");
+                    self.metrics.refused(refusal.label());
+                    self.forget(peer);
+                }
+                admission::Event::Disconnect(peer) => {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                admission::Event::RevocationsLearned { from, added } => {
+                    self.on_new_revocations(added, from);
+                }
             }
         }
+    }
+
+    /// A peer let in: recorded, served identify, ping and the circuit relay, and a device its
+    /// user's store.
+    fn admitted(&mut self, peer: PeerId, verified: Verified) {
+        let at = jarvis_home::now().0;
         if let Err(e) = self.roster.admitted(peer, &verified, at) {
             tracing::warn!(error = %e, "cannot record the member");
         }
         tracing::info!(%peer, kind = %verified.kind, name = %verified.name, "peer admitted");
-        self.members.insert(peer, verified.clone());
         self.admitted.set(peer, true);
         self.swarm.behaviour_mut().identify.set_open(peer, true);
         self.swarm.behaviour_mut().ping.set_open(peer, true);
@@ -621,43 +630,30 @@ impl Relay {
             && !self.hub.is_admitted(&peer)
             && let Some(user) = verified.user
         {
-            let out = self
-                .hub
-                .admit(peer, user, self.now_ms())
-                .map_err(|e| e.to_string())?;
-            self.send(out);
+            match self.hub.admit(peer, user, self.now_ms()) {
+                Ok(out) => self.send(out),
+                Err(e) => {
+                    self.admission
+                        .refuse_now(peer, Reason::CannotCheck(e.to_string()));
+                    self.drive_admission();
+                }
+            }
         }
-        Ok(())
     }
 
     /// Revocations learned (from an admin publishing them, or any peer that knew more): kept,
-    /// enforced at once (revoked peers are disconnected, and their next hello fails), and pushed
-    /// to every other connected member in a fresh hello, so devices have them without asking.
+    /// and pushed to every other member in a fresh hello, so devices have them without asking.
+    /// The admission core has refused and disconnected the peers they cover already.
     fn on_new_revocations(&mut self, added: usize, from: PeerId) {
         tracing::info!(%from, added, total = self.revocations.len(), "revocations learned");
         if let Err(e) = self.home.save_revocations(&self.revocations) {
             tracing::error!(error = %e, "cannot save the revocation set");
         }
-        let revoked: Vec<PeerId> = self
-            .members
-            .iter()
-            .filter(|(_, v)| {
-                self.revocations.is_key_revoked(&v.subject)
-                    || v.user
-                        .as_ref()
-                        .is_some_and(|u| self.revocations.is_user_revoked(u))
-            })
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in revoked {
-            self.refuse(peer, "revoked");
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
         let hello = self.hello();
         let others: Vec<PeerId> = self
-            .members
-            .keys()
-            .copied()
+            .admission
+            .admitted()
+            .map(|(peer, _)| *peer)
             .filter(|p| *p != from)
             .collect();
         for peer in others {
@@ -668,17 +664,8 @@ impl Relay {
         }
     }
 
-    fn refuse(&mut self, peer: PeerId, reason: &str) {
-        tracing::warn!(%peer, %reason, "peer refused");
-        self.metrics.refused(if reason == "revoked" {
-            "revoked"
-        } else if reason.contains("already claimed") {
-            "invite-claimed"
-        } else {
-            "not-a-member"
-        });
-        self.pending.remove(&peer);
-        self.members.remove(&peer);
+    /// A peer refused or gone: nothing of ours is served to it any more.
+    fn forget(&mut self, peer: PeerId) {
         self.admitted.set(peer, false);
         self.swarm.behaviour_mut().identify.set_open(peer, false);
         self.swarm.behaviour_mut().ping.set_open(peer, false);
@@ -694,52 +681,8 @@ impl Relay {
         match message {
             Message::Request {
                 request, channel, ..
-            } => {
-                let result = self.check(peer, &request);
-                let response = match &result {
-                    Ok(()) => self.hello(),
-                    // The refused peer is told why (its user sees it in `jarvis status`); it
-                    // leaves when it reads it, or is disconnected after REFUSAL_GRACE.
-                    Err(reason) => encode_refusal(reason),
-                };
-                let sent = self
-                    .swarm
-                    .behaviour_mut()
-                    .auth
-                    .send_response(channel, response)
-                    .is_ok();
-                if let Err(reason) = result {
-                    self.refuse(peer, &reason);
-                    if sent {
-                        self.closing.entry(peer).or_insert_with(Instant::now);
-                    } else {
-                        let _ = self.swarm.disconnect_peer_id(peer);
-                    }
-                }
-            }
-            Message::Response { response, .. } => {
-                // Admitted already, or refused already (its answer to our hello would refuse it
-                // a second time, and cut off the refusal we sent it).
-                if self.members.contains_key(&peer) || self.closing.contains_key(&peer) {
-                    return;
-                }
-                let result = match decode_refusal(&response) {
-                    Some(reason) => Err(format!("{REFUSED_BY_PEER}{reason}")),
-                    None => self.check(peer, &response),
-                };
-                if let Err(reason) = result {
-                    self.refuse(peer, &reason);
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                }
-            }
-        }
-    }
-
-    /// A refused peer's connection, once its refusal could not be sent or the refused peer had
-    /// [`REFUSAL_GRACE`] to read it.
-    fn close_refused(&mut self, peer: PeerId) {
-        if self.closing.remove(&peer).is_some() {
-            let _ = self.swarm.disconnect_peer_id(peer);
+            } => self.on_hello(peer, &request, Some(channel)),
+            Message::Response { response, .. } => self.on_hello(peer, &response, None),
         }
     }
 
@@ -757,7 +700,7 @@ impl Relay {
         };
         let now_ms = self.now_ms();
         let response = match (
-            self.members.get(&peer),
+            self.admission.verified(&peer),
             directory::decode::<Request>(&request),
         ) {
             (None, _) => Response::Refused {
@@ -772,8 +715,11 @@ impl Relay {
                 }
             }
             (Some(who), Ok(Request::Members)) if who.kind == CertKind::Admin => {
-                let connected: std::collections::HashSet<String> =
-                    self.members.keys().map(ToString::to_string).collect();
+                let connected: std::collections::HashSet<String> = self
+                    .admission
+                    .admitted()
+                    .map(|(p, _)| p.to_string())
+                    .collect();
                 let (members, claims) = self.roster.report(|id| connected.contains(id));
                 Response::Members(MembersReport { members, claims })
             }

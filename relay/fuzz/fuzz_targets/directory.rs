@@ -3,7 +3,8 @@
 //! (for a device and a GPU peer), with the views staying within bounds. Nothing panics.
 #![no_main]
 use jarvis_identity::{CertKind, Name, Roles, SecretKey, UnixTime, Verified};
-use jarvis_relay::directory::{self, Listing, MAX_ADDRESSES, Request, Response};
+use jarvis_mesh::directory::{self, MAX_ADDRESSES, Request, Response};
+use jarvis_relay::listing::Listing;
 use libfuzzer_sys::fuzz_target;
 
 fn member(kind: CertKind, name: &str, user: Option<&str>) -> Option<Verified> {
@@ -16,6 +17,7 @@ fn member(kind: CertKind, name: &str, user: Option<&str>) -> Option<Verified> {
             Some(u) => Some(Name::new(u).ok()?),
             None => None,
         },
+        user_key: None,
         expires_at: UnixTime(u64::MAX),
     })
 }

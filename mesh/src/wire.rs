@@ -1,4 +1,4 @@
-//! The wire the mesh and the relay share: the project's libp2p protocols and their framing.
+//! The wire every peer speaks: the project's libp2p protocols and their framing.
 //!
 //! - `/jarvis/auth/1`: each side sends a [`Hello`](jarvis_identity::hello::Hello) (its
 //!   certificate chain and the revocations it knows) as soon as a connection is up, and answers
@@ -27,10 +27,6 @@ pub const MAX_SYNC_BYTES: usize = jarvis_crdt::sync::MAX_MESSAGE_BYTES;
 /// What a request/response behaviour of ours allows in flight per peer: the sync window keeps
 /// far fewer.
 pub const MAX_STREAMS: usize = 64;
-/// A peer (relay, node, GPU peer alike) that has not said who it is this long after connecting
-/// is disconnected: until then it is held unanswered, and it must not hold a connection for
-/// free.
-pub const AUTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The peer an address names: its last `/p2p/` (in a relayed address
 /// `…/p2p/RELAY/p2p-circuit/p2p/PEER` the first one is the relay).

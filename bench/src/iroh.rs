@@ -16,7 +16,7 @@ use iroh_relay::client::ClientBuilder;
 use iroh_relay::protos::relay::{ClientToRelayMsg, RelayToClientMsg};
 use iroh_relay::server::{RelayConfig, Server, ServerConfig};
 
-use crate::relay::{Ramp, rss_bytes};
+use crate::ramp::{Ramp, rss_bytes};
 
 /// Set in the environment of the child that runs the iroh-relay server.
 pub const SERVER_ENV: &str = "JARVIS_BENCH_IROH_RELAY_SERVER";

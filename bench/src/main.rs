@@ -9,6 +9,7 @@ mod identity_verify;
 mod iroh;
 mod llm_local;
 mod mesh_sync;
+mod ramp;
 mod relay;
 mod voice;
 

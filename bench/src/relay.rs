@@ -7,7 +7,7 @@
 //!   in 200 MB (measured where the ramp reaches the limit; otherwise projected from the memory per
 //!   connection measured over the ramp, and said so). Reference: the same ramp of iroh-relay
 //!   clients (each with its own key, through iroh-relay's own handshake) against an iroh-relay
-//!   server from crates.io in its own process (see [`crate::iroh`]).
+//!   server from crates.io in its own process (see the `iroh` module).
 //! - `relay-ack`: active devices (two per user, so every change is also fanned out to the user's
 //!   other device) each send one sealed change every [`ACTIVE_PERIOD`]; the acknowledgement (the relay answers
 //!   once the change is durable) is timed from the send. P50 and P95, then the same again while
@@ -39,12 +39,10 @@ use libp2p::{Multiaddr, Swarm};
 use tokio::sync::watch;
 
 use crate::harness::{Figure, PASSPHRASE, cli_json, field, sibling};
+use crate::ramp::{RSS_BUDGET_BYTES, Ramp, rss_bytes};
 
 pub const CAPACITY: &str = "relay-capacity";
 pub const ACK: &str = "relay-ack";
-
-/// The memory budget of the capacity figure.
-const RSS_BUDGET_BYTES: u64 = 200 * 1000 * 1000;
 
 /// An org made with the real CLI, its admin key and chain, and its relay running.
 pub struct Org {
@@ -510,18 +508,6 @@ fn rand_u16() -> u16 {
     u16::from_le_bytes(b)
 }
 
-/// Resident memory of a process, in bytes.
-pub fn rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    Ok(kb * 1024)
-}
-
 /// Waits until `count` devices are admitted (or fail).
 pub async fn wait_admitted(tally: &Tally, count: usize, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -579,66 +565,6 @@ async fn connect(
         wait_admitted(tally, admitted, "devices").await?;
     }
     Ok(())
-}
-
-/// A capacity ramp: `(connections, rss_bytes)` after each step, stopping past the budget.
-pub struct Ramp {
-    pub points: Vec<(usize, u64)>,
-}
-
-impl Ramp {
-    /// Connections within the budget: where the ramp crossed it (between the last step under it
-    /// and the first over it, linearly), or else projected from the memory per connection over
-    /// the ramp. Returns (count, projected?).
-    pub fn within_budget(&self) -> (f64, bool) {
-        let budget = RSS_BUDGET_BYTES as f64;
-        if let Some(over) = self
-            .points
-            .iter()
-            .position(|(_, rss)| *rss > RSS_BUDGET_BYTES)
-        {
-            let (n2, r2) = self
-                .points
-                .get(over)
-                .map_or((0.0, 0.0), |(n, r)| (*n as f64, *r as f64));
-            let (n1, r1) = over
-                .checked_sub(1)
-                .and_then(|i| self.points.get(i))
-                .map_or((0.0, 0.0), |(n, r)| (*n as f64, *r as f64));
-            if r2 <= r1 || r1 > budget {
-                return (n1, false);
-            }
-            return (n1 + (budget - r1) * (n2 - n1) / (r2 - r1), false);
-        }
-        (
-            self.per_connection().map_or(f64::NAN, |(base, per)| {
-                (RSS_BUDGET_BYTES as f64 - base) / per
-            }),
-            true,
-        )
-    }
-
-    /// (baseline bytes, bytes per connection) by least squares over the ramp.
-    pub fn per_connection(&self) -> Option<(f64, f64)> {
-        let n = self.points.len() as f64;
-        if self.points.len() < 2 {
-            return None;
-        }
-        let (sx, sy) = self
-            .points
-            .iter()
-            .fold((0.0, 0.0), |(a, b), (x, y)| (a + *x as f64, b + *y as f64));
-        let (mx, my) = (sx / n, sy / n);
-        let (mut sxy, mut sxx) = (0.0, 0.0);
-        for (x, y) in &self.points {
-            sxy += (*x as f64 - mx) * (*y as f64 - my);
-            sxx += (*x as f64 - mx).powi(2);
-        }
-        (sxx > 0.0).then(|| {
-            let slope = sxy / sxx;
-            (my - slope * mx, slope)
-        })
-    }
 }
 
 /// The ramp steps: quick stays small (under a minute in all).

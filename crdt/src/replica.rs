@@ -25,8 +25,8 @@ pub enum ReplicaError {
     Envelope(#[from] EnvelopeError),
     #[error(transparent)]
     Doc(#[from] DocError),
-    #[error("{0} is not one of this user's devices: its changes are refused")]
-    Unauthorized(PublicKey),
+    #[error("document {0} has used every key epoch: it cannot be rotated again")]
+    EpochsExhausted(DocId),
     #[error("this replica holds no keys (a relay): it cannot {0}")]
     Keyless(&'static str),
     #[error("document {0} is not open on this device")]
@@ -56,6 +56,13 @@ pub struct Quarantine {
     pub changes: BTreeSet<(DocId, PublicKey, u64)>,
     /// Documents that did not load when the store was reopened, and why.
     pub docs: BTreeMap<DocId, String>,
+    /// Changes, key records and snapshots signed by a key that is not one of the user's
+    /// devices ([`Replica::set_writers`]): dropped, not stored, and counted here. A device met
+    /// later is offered them again by the peer that holds them.
+    pub unknown_writers: u64,
+    /// Key records for an epoch more than one past the newest this device holds: not adopted
+    /// until the epochs between arrive.
+    pub epoch_gaps: u64,
 }
 
 struct DeviceKeys {
@@ -191,11 +198,13 @@ impl<S: Store> Replica<S> {
         self.device.as_mut().ok_or(ReplicaError::Keyless(what))
     }
 
-    fn check_writer(&self, key: &PublicKey) -> Result<(), ReplicaError> {
-        match &self.writers {
-            Some(writers) if !writers.contains(key) => Err(ReplicaError::Unauthorized(*key)),
-            _ => Ok(()),
+    /// Whether `key` may write here; a device counts what it drops.
+    fn may_write(&mut self, key: &PublicKey) -> bool {
+        let allowed = self.writers.as_ref().is_none_or(|w| w.contains(key));
+        if !allowed && let Some(device) = self.device.as_mut() {
+            device.quarantine.unknown_writers = device.quarantine.unknown_writers.saturating_add(1);
         }
+        allowed
     }
 
     /// Creates a document on this device: epoch 0's key wrapped to `recipients` (every device of
@@ -279,11 +288,10 @@ impl<S: Store> Replica<S> {
         recipients: &[age::x25519::Recipient],
     ) -> Result<KeyRecord, ReplicaError> {
         let device = self.device_mut("rotate keys")?;
-        let next = device
-            .keyrings
-            .get(&id)
-            .and_then(Keyring::current)
-            .map_or(0, |(e, _)| e + 1);
+        let next = match device.keyrings.get(&id).and_then(Keyring::current) {
+            None => 0,
+            Some((e, _)) => e.checked_add(1).ok_or(ReplicaError::EpochsExhausted(id))?,
+        };
         let key = DocKey::generate();
         let record = KeyRecord::wrap(id, next, &key, recipients, &device.key)?;
         device.keyrings.entry(id).or_default().insert(next, key);
@@ -342,7 +350,11 @@ impl<S: Store> Replica<S> {
         let mut received = Received::default();
         for change in sorted {
             change.verify()?;
-            self.check_writer(&change.header().actor)?;
+            // Only the user's devices write: a change from any other key (a relay's own, a
+            // stranger's) is dropped before it is stored.
+            if !self.may_write(&change.header().actor) {
+                continue;
+            }
             // A device that holds the epoch's key refuses a change it cannot open before storing
             // it: a stored change that never opens would block its actor's sequence for good.
             if let Some(key) = self.device.as_ref().and_then(|d| {
@@ -366,37 +378,68 @@ impl<S: Store> Replica<S> {
     }
 
     /// Receives key records: stored on every replica, unwrapped on a device that is a recipient.
+    /// Only records signed by the user's devices are taken ([`Replica::set_writers`]), and a
+    /// device adopts an epoch's key only when it holds the epoch before it (or none yet): a
+    /// record cannot jump the epoch that new changes are sealed with.
     pub fn receive_keys(&mut self, records: &[KeyRecord]) -> Result<Received, ReplicaError> {
         let mut received = Received::default();
+        let mut docs = BTreeSet::new();
         for record in records {
             record.verify()?;
-            self.check_writer(&record.author)?;
+            if !self.may_write(&record.author) {
+                continue;
+            }
             if self.store.put_key(record)? {
                 received.keys.push(record.clone());
             }
-            if let Some(device) = self.device.as_mut() {
-                let known = device
-                    .keyrings
-                    .get(&record.doc)
-                    .is_some_and(|k| k.get(record.epoch).is_some());
-                if !known {
-                    match record.unwrap_key(&device.age) {
-                        Ok(key) => device
-                            .keyrings
-                            .entry(record.doc)
-                            .or_default()
-                            .insert(record.epoch, key),
-                        // Not a recipient: a later epoch this device was left out of.
-                        Err(EnvelopeError::NotARecipient { .. }) => continue,
-                        Err(e) => return Err(e.into()),
-                    }
-                    if self.catch_up(record.doc)? {
-                        received.changed.insert(record.doc);
-                    }
-                }
+            docs.insert(record.doc);
+        }
+        for doc in docs {
+            if self.adopt_keys(doc)? && self.catch_up(doc)? {
+                received.changed.insert(doc);
             }
         }
         Ok(received)
+    }
+
+    /// Unwraps the stored key records of `doc` this device is a recipient of, in epoch order,
+    /// each only if it is at most one past the newest epoch held. Whether a key was adopted.
+    fn adopt_keys(&mut self, doc: DocId) -> Result<bool, ReplicaError> {
+        if self.device.is_none() {
+            return Ok(false);
+        }
+        let mut stored = self.store.keys(doc)?;
+        stored.sort_by_key(|r| r.epoch);
+        let Some(device) = self.device.as_mut() else {
+            return Ok(false);
+        };
+        let mut adopted = false;
+        for record in stored {
+            if let Some(writers) = &self.writers
+                && !writers.contains(&record.author)
+            {
+                continue;
+            }
+            let keyring = device.keyrings.entry(doc).or_default();
+            if keyring.get(record.epoch).is_some() {
+                continue;
+            }
+            let newest = keyring.current().map(|(e, _)| e);
+            if newest.is_some_and(|e| record.epoch > e.saturating_add(1)) {
+                device.quarantine.epoch_gaps = device.quarantine.epoch_gaps.saturating_add(1);
+                continue;
+            }
+            match record.unwrap_key(&device.age) {
+                Ok(key) => {
+                    keyring.insert(record.epoch, key);
+                    adopted = true;
+                }
+                // Not a recipient: a later epoch this device was left out of.
+                Err(EnvelopeError::NotARecipient { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(adopted)
     }
 
     /// Receives a snapshot: stored; on a device, loaded if it covers more than the device has.
@@ -405,8 +448,10 @@ impl<S: Store> Replica<S> {
         snapshot: &SealedSnapshot,
     ) -> Result<Received, ReplicaError> {
         snapshot.verify()?;
-        self.check_writer(&snapshot.author)?;
         let mut received = Received::default();
+        if !self.may_write(&snapshot.author) {
+            return Ok(received);
+        }
         if self.device.is_none() {
             // A keyless replica (a relay) keeps one snapshot per document and drops the history
             // it covers, so storage stays bounded. It cannot read snapshots, so it only takes one

@@ -12,7 +12,7 @@
 mod common;
 
 use common::{Net, devices};
-use jarvis_crdt::envelope::{ChangeHeader, DocKey, EnvelopeError};
+use jarvis_crdt::envelope::{ChangeHeader, DocKey, EnvelopeError, KeyRecord, SealedSnapshot};
 use jarvis_crdt::store::sled::SledStore;
 use jarvis_crdt::{
     Doc, MemStore, NewMessage, Replica, ReplicaError, Role, SealedChange, Status, Store,
@@ -275,10 +275,11 @@ fn altered_replayed_and_wrongly_keyed_changes_are_refused() {
     )
     .unwrap();
     rb.set_writers([a_pub]);
-    assert!(matches!(
-        rb.receive_changes(&[forged]),
-        Err(ReplicaError::Unauthorized(_))
-    ));
+    // Not one of the user's devices: dropped before it is stored (the rest of the message goes
+    // on), and counted.
+    let got = rb.receive_changes(&[forged]).unwrap();
+    assert!(got.stored.is_empty());
+    assert_eq!(rb.quarantine().unwrap().unknown_writers, 1);
 
     // The real change applies; delivering it again is a no-op.
     let got = rb.receive_changes(std::slice::from_ref(&first)).unwrap();
@@ -500,4 +501,104 @@ fn what_does_not_open_is_set_aside_and_the_device_still_starts() {
     .expect("the device starts");
     assert_eq!(read(&rb), "hello");
     assert_eq!(rb.quarantine().unwrap().changes.len(), 1);
+}
+
+/// #20, finding 1: a relay (it holds every device's age recipient, from their hellos) offers
+/// a key of its own as the document's next epoch, then changes and a snapshot sealed with it.
+/// Devices take key records, changes and snapshots only from the user's devices, so the next
+/// edit is still sealed with the devices' own key, which the relay cannot open.
+#[test]
+fn a_relay_cannot_give_devices_a_key_of_its_own() {
+    let [a, b]: [_; 2] = devices(2).try_into().ok().unwrap();
+    let all = [a.age.to_public(), b.age.to_public()];
+    let (a_pub, b_pub) = (a.key.public(), b.key.public());
+    let mut ra = Replica::device(MemStore::new(), a.key, a.age);
+    let mut rb = Replica::device(MemStore::new(), b.key, b.age);
+    ra.set_writers([a_pub, b_pub]);
+    rb.set_writers([a_pub, b_pub]);
+    let (doc, key, first) = ra
+        .create(|me| Doc::create_conversation(me, "t", 0), &all)
+        .unwrap();
+    rb.receive_keys(&[key]).unwrap();
+    rb.receive_changes(&[first]).unwrap();
+
+    let relay = SecretKey::generate();
+    let relays_key = DocKey::generate();
+    let injected = KeyRecord::wrap(doc, 1, &relays_key, &all, &relay).unwrap();
+    let got = rb.receive_keys(std::slice::from_ref(&injected)).unwrap();
+    assert!(got.keys.is_empty(), "the relay's key record was stored");
+    let forged_change = SealedChange::seal(
+        ChangeHeader {
+            doc,
+            actor: relay.public(),
+            seq: 1,
+            epoch: 1,
+        },
+        b"not automerge",
+        &relays_key,
+        &relay,
+    )
+    .unwrap();
+    assert!(
+        rb.receive_changes(&[forged_change])
+            .unwrap()
+            .stored
+            .is_empty()
+    );
+    let snapshot = SealedSnapshot::seal(
+        doc,
+        1,
+        rb.vector(doc).unwrap(),
+        b"not a document",
+        &relays_key,
+        &relay,
+    )
+    .unwrap();
+    assert!(rb.receive_snapshot(&snapshot).unwrap().changed.is_empty());
+    assert_eq!(rb.quarantine().unwrap().unknown_writers, 3);
+
+    // The next edit is sealed with epoch 0, the devices' key: the relay's key opens nothing.
+    let next = say(&mut rb, doc, "m1", "my secret");
+    assert_eq!(next.header().epoch, 0);
+    assert!(next.open(&relays_key).is_err());
+    ra.receive_changes(&[next]).unwrap();
+    assert_eq!(ra.doc(doc).unwrap().messages().unwrap().len(), 1);
+}
+
+/// #20, finding 1: even one of the user's devices cannot make another jump epochs (a bug, or a
+/// stolen device before its revocation): an epoch's key is adopted only after the one before
+/// it, and rotation past the last epoch is an error, never a wrap to 0.
+#[test]
+fn an_epoch_is_adopted_only_after_the_one_before_it_and_never_wraps() {
+    let [a, b, c]: [_; 3] = devices(3).try_into().ok().unwrap();
+    let all = [a.age.to_public(), b.age.to_public(), c.age.to_public()];
+    let (a_pub, b_pub) = (a.key.public(), b.key.public());
+    let a_key = SecretKey::from_seed(&a.key.seed());
+    let mut ra = Replica::device(MemStore::new(), a.key, a.age);
+    let mut rb = Replica::device(MemStore::new(), b.key, b.age);
+    rb.set_writers([a_pub, b_pub]);
+    let (doc, key, first) = ra
+        .create(|me| Doc::create_conversation(me, "t", 0), &all)
+        .unwrap();
+    rb.receive_keys(&[key]).unwrap();
+    rb.receive_changes(&[first]).unwrap();
+
+    let far = KeyRecord::wrap(doc, u32::MAX, &DocKey::generate(), &all, &a_key).unwrap();
+    rb.receive_keys(std::slice::from_ref(&far)).unwrap();
+    assert_eq!(rb.quarantine().unwrap().epoch_gaps, 1);
+    assert_eq!(say(&mut rb, doc, "m1", "still epoch 0").header().epoch, 0);
+    // The next epoch in order is taken (and the far one still is not).
+    let next = ra.rotate(doc, &all).unwrap();
+    assert_eq!(next.epoch, 1);
+    rb.receive_keys(&[next]).unwrap();
+    assert_eq!(say(&mut rb, doc, "m2", "epoch 1").header().epoch, 1);
+
+    // A device holding the last epoch (a fresh device takes any first epoch it is given)
+    // cannot rotate into a wrap.
+    let mut rc = Replica::device(MemStore::new(), c.key, c.age);
+    rc.receive_keys(&[far]).unwrap();
+    assert!(matches!(
+        rc.rotate(doc, &all),
+        Err(ReplicaError::EpochsExhausted(d)) if d == doc
+    ));
 }

@@ -23,7 +23,6 @@ use crate::encoding::{DecodeError, Reader, Writer};
 use crate::keys::{
     Name, PublicKey, SecretKey, Serial, Signature, SignatureError, UnixTime, domain,
 };
-use crate::revocation::RevocationSet;
 
 const CERT_VERSION: u8 = 1;
 const CHAIN_VERSION: u8 = 1;
@@ -540,26 +539,6 @@ impl CertChain {
             return Err(DecodeError::invalid("certificate chain", "empty"));
         }
         Ok(chain)
-    }
-
-    /// Verifies the whole chain against the org `root` at time `now`, refusing any certificate
-    /// the revocation set covers.
-    pub fn verify(
-        &self,
-        root: &PublicKey,
-        now: UnixTime,
-        revocations: &RevocationSet,
-    ) -> Result<Verified, ChainError> {
-        let verified = self.verify_structure(root, Some(now))?;
-        for cert in &self.0 {
-            if let Some(record) = revocations.revocation_for(cert) {
-                return Err(ChainError::Revoked {
-                    cert: cert.describe(),
-                    reason: record.describe(),
-                });
-            }
-        }
-        Ok(verified)
     }
 
     /// Signatures, links, nesting and (when `now` is given) validity windows, but not

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::cert::{CertChain, CertKind, Certificate, ChainError, Roles};
+use crate::cert::{CertChain, CertKind, Certificate, ChainError, Roles, Verified};
 use crate::encoding::{DecodeError, Reader, Writer};
 use crate::keys::{Name, PublicKey, SecretKey, Signature, UnixTime, domain};
 
@@ -382,4 +382,28 @@ pub enum RevocationSetError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Record(#[from] RevocationError),
+}
+
+/// Verifying a chain with the revocations: here rather than in `cert`, so that certificates do
+/// not depend on the revocations that refer to them.
+impl CertChain {
+    /// Verifies the whole chain against the org `root` at time `now`, refusing any certificate
+    /// the revocation set covers.
+    pub fn verify(
+        &self,
+        root: &PublicKey,
+        now: UnixTime,
+        revocations: &RevocationSet,
+    ) -> Result<Verified, ChainError> {
+        let verified = self.verify_structure(root, Some(now))?;
+        for cert in self.certs() {
+            if let Some(record) = revocations.revocation_for(cert) {
+                return Err(ChainError::Revoked {
+                    cert: cert.describe(),
+                    reason: record.describe(),
+                });
+            }
+        }
+        Ok(verified)
+    }
 }

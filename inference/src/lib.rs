@@ -1,7 +1,7 @@
 //! Inference for the Jarvis node, with no engine linked in.
 //!
-//! - [`protocol`]: what the node and an engine worker process say to each other.
-//! - [`text`]: whole characters and stop strings, for streaming.
+//! - [`protocol`], [`stt_protocol`], [`text`]: the workers' line protocols and the text both
+//!   sides share, from `jarvis-inference-protocol` (all a worker links of ours).
 //! - [`sched`]: the sans-IO fair queue that orders requests between clients.
 //! - [`supervisor`]: the async shell that runs a worker process, feeds it through bounded queues,
 //!   and restarts it when it dies.
@@ -15,9 +15,8 @@ pub mod metrics;
 pub mod models;
 pub mod offload;
 pub mod openai;
-pub mod protocol;
 pub mod sched;
-pub mod stt_protocol;
 pub mod supervisor;
-pub mod text;
 pub mod whisper_ggml;
+
+pub use jarvis_inference_protocol::{protocol, stt_protocol, text};

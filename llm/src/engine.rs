@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
-use jarvis_inference::protocol::{ChatMessage, ErrorKind, Event, FinishReason, Sampling};
-use jarvis_inference::text::{StopFilter, Utf8Assembler};
+use jarvis_inference_protocol::protocol::{ChatMessage, ErrorKind, Event, FinishReason, Sampling};
+use jarvis_inference_protocol::text::{StopFilter, Utf8Assembler};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;

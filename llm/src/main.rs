@@ -3,7 +3,7 @@
 //! in one binary (testing.md).
 //!
 //! The node starts it as `jarvis-llm-worker --model FILE [--slots N] [--ctx N] [--threads N]` and
-//! speaks the worker protocol of `jarvis_inference::protocol` over stdin and stdout. A thread reads
+//! speaks the worker protocol of `jarvis_inference_protocol::protocol` over stdin and stdout. A thread reads
 //! stdin into a bounded queue; the main thread loads the model, then alternates between taking
 //! commands and running one engine step. End of stdin is a shutdown.
 //!
@@ -16,7 +16,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jarvis_inference::protocol::{self, Command, ErrorKind, Event};
+use jarvis_inference_protocol::protocol::{self, Command, ErrorKind, Event};
 use jarvis_llm::engine::{Engine, EngineConfig, Loaded};
 
 fn main() {

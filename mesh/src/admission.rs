@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use jarvis_identity::hello::{Checked, HelloError, check_hello, decode_refusal, encode_refusal};
-use jarvis_identity::{PublicKey, RevocationSet, UnixTime, Verified};
+use jarvis_identity::{CertChain, PublicKey, RevocationSet, UnixTime, Verified};
 use libp2p::PeerId;
 
 /// A peer (relay, node, GPU peer alike) that has not said who it is this long after connecting
@@ -145,6 +145,8 @@ pub enum Event {
     Admitted {
         peer: PeerId,
         verified: Verified,
+        /// The chain that proved it.
+        chain: CertChain,
         /// The peer's age recipient, when it is a device.
         age_recipient: Option<String>,
     },
@@ -414,6 +416,7 @@ impl Admission {
                 self.events.push_back(Event::Admitted {
                     peer,
                     verified: checked.verified,
+                    chain: checked.chain,
                     age_recipient: checked.age_recipient,
                 });
             }

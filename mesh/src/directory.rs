@@ -82,6 +82,11 @@ pub struct Entry {
     pub seen_ms_ago: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuLoad>,
+    /// A device's certificate chain (hex of its encoding), from its hello, so the user's other
+    /// devices can check for themselves that it is theirs (the relay cannot make one up) and
+    /// share their conversations with it, even if they never met it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,73 +28,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use jarvis_crdt::DocId;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::home::Home;
-use jarvis_inference::supervisor::{EngineHandle, EngineState, Request};
 
+use crate::api_state::{AppState, authorized};
+use crate::ask::{Answer, AnswerEvent, AskError, Asking, MAX_ASK_BYTES, Question};
+use crate::local_api::{API_FILE, ApiInfo, token};
 use crate::node::Command;
-
-const TOKEN_FILE: &str = "api-token";
-const API_FILE: &str = "api.json";
-
-/// Where a running node's API is, as written to `api.json`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ApiInfo {
-    pub addr: SocketAddr,
-    pub pid: u32,
-}
-
-/// The per-install token: made on first use, kept in the home with mode 0600.
-pub fn token(home: &Home) -> Result<String> {
-    if let Some(bytes) = home.read_optional(TOKEN_FILE)? {
-        let token = String::from_utf8(bytes).context("the API token file is damaged")?;
-        return Ok(token.trim().to_owned());
-    }
-    let token = hex::encode(jarvis_identity::keys::random_bytes::<32>());
-    home.write_atomic(TOKEN_FILE, token.as_bytes(), true)?;
-    Ok(token)
-}
-
-#[derive(Clone)]
-pub(crate) struct AppState {
-    token: String,
-    commands: mpsc::Sender<Command>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    events: tokio::sync::broadcast::Sender<Value>,
-    pub(crate) engine: EngineHandle,
-    /// Where answers are made: here or on a GPU peer.
-    pub(crate) offload: crate::offload::Offload,
-    /// Set when the node stops: event streams end then, or graceful shutdown would wait for
-    /// them forever (the state holding the sender lives as long as the server).
-    stop: tokio::sync::watch::Receiver<bool>,
-    /// The UI's share: voice state, pairing, the admin home.
-    pub(crate) ui: std::sync::Arc<crate::ui::UiState>,
-    /// The port the API listens on, for the same-origin check.
-    pub(crate) port: u16,
-    /// Speculative answers waiting to be confirmed.
-    held: std::sync::Arc<HeldAnswers>,
-}
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
-}
-
-pub(crate) fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let expected = format!("Bearer {}", state.token);
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        // Constant-time enough for a local token: compare every byte.
-        .is_some_and(|v| {
-            v.len() == expected.len()
-                && v.bytes()
-                    .zip(expected.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        })
 }
 
 async fn ask_node<T>(
@@ -274,62 +220,34 @@ struct ConfirmRequest {
     timings_ms: BTreeMap<String, u64>,
 }
 
-/// Held answers at once: a voice turn holds one at a time, so this is plenty for a machine.
-const MAX_HELD: usize = 8;
-/// How long a held answer waits to be confirmed.
-const HOLD_FOR: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Speculative answers waiting for their confirmation, by ticket.
-#[derive(Default)]
-struct HeldAnswers(std::sync::Mutex<std::collections::HashMap<String, HeldConfirm>>);
-
-type HeldConfirm = oneshot::Sender<BTreeMap<String, u64>>;
-
-impl HeldAnswers {
-    /// A new ticket, or `None` when [`MAX_HELD`] are waiting.
-    fn add(&self, confirm: HeldConfirm) -> Option<String> {
-        let mut held = self.0.lock().ok()?;
-        if held.len() >= MAX_HELD {
-            return None;
+/// How an [`AskError`] is said over HTTP: the status, and for a question saved without an
+/// answer, its reply fields along with the error.
+fn ask_error(e: AskError) -> Response {
+    let status = match &e {
+        AskError::BadText => StatusCode::BAD_REQUEST,
+        AskError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        AskError::TooManyHeld => StatusCode::TOO_MANY_REQUESTS,
+        AskError::NoSuchTicket => StatusCode::NOT_FOUND,
+        AskError::Saved { .. } | AskError::Unavailable(_) | AskError::Stopping => {
+            StatusCode::SERVICE_UNAVAILABLE
         }
-        let ticket = hex::encode(jarvis_identity::keys::random_bytes::<16>());
-        held.insert(ticket.clone(), confirm);
-        Some(ticket)
-    }
-
-    fn take(&self, ticket: &str) -> Option<HeldConfirm> {
-        self.0.lock().ok()?.remove(ticket)
-    }
-}
-
-/// Forgets a held answer's ticket when its task ends, however it ends.
-struct Ticket(std::sync::Arc<HeldAnswers>, String);
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        drop(self.0.take(&self.1));
+    };
+    let message = e.to_string();
+    match e {
+        AskError::Saved { mut reply, .. } => {
+            if let Some(fields) = reply.as_object_mut() {
+                fields.insert("error".into(), json!(message));
+            }
+            (status, Json(reply)).into_response()
+        }
+        _ => error(status, &message),
     }
 }
 
-/// The longest message accepted from the API: a pasted document, not a disk image.
-const MAX_ASK_BYTES: usize = 256 * 1024;
-
-/// How long a question waits for a model that is still loading.
-const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Why the engine cannot answer now, if it cannot.
-pub(crate) async fn engine_problem(engine: &EngineHandle) -> Option<String> {
-    match engine.wait_ready(LOAD_WAIT).await {
-        EngineState::Ready { .. } => None,
-        EngineState::Failed(problem) => Some(problem),
-        EngineState::Starting => Some("the model is still loading; try again in a moment".into()),
-        EngineState::Stopped => Some("the engine has stopped".into()),
-    }
-}
-
-/// POST /v1/ask: saves the question, answers it with the local model (streamed with
-/// `"stream": true`), and saves the answer with its model and timings. With no model the question
-/// is still saved and synced, and the answer is a 503 saying why.
+/// POST /v1/ask: saves the question, answers it with the local model or a GPU peer (streamed
+/// with `"stream": true`), and saves the answer with its model and timings ([`Asking::ask`]).
+/// With no model the question is still saved and synced, and the answer is a 503 saying why.
+/// With `"hold": true`, a held answer ([`Asking::ask_held`]).
 async fn ask(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -347,12 +265,6 @@ async fn ask(
             "expected JSON {\"text\": \"…\", \"conversation\": optional id, \"stream\": optional bool}",
         );
     };
-    if body.text.trim().is_empty() || body.text.len() > MAX_ASK_BYTES {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the text must be 1 byte to 256 KiB",
-        );
-    }
     let conversation = match body
         .conversation
         .as_deref()
@@ -367,102 +279,46 @@ async fn ask(
             );
         }
     };
-    // A GPU peer can answer when this machine has no model.
-    let problem = match state.offload.available() {
-        true => None,
-        false => engine_problem(&state.engine).await,
-    };
-    if body.hold {
-        return ask_held(state, body, conversation, problem).await;
-    }
-    let started = match ask_node(&state, |reply| Command::Ask {
+    let question = Question {
         text: body.text,
         conversation,
-        answer: problem.is_none(),
-        reply,
-    })
-    .await
-    {
-        Ok(Ok(started)) => started,
-        Ok(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
-        Err(r) => return r,
-    };
-    let no_answer = |reply: Value, why: String| {
-        let mut body = reply;
-        if let Some(fields) = body.as_object_mut() {
-            fields.insert(
-                "error".into(),
-                json!(format!(
-                    "your message is saved, but there is no answer: {why}"
-                )),
-            );
-        }
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    };
-    let Some(answer_id) = started.answer_id else {
-        return no_answer(started.reply, problem.unwrap_or_default());
-    };
-    let request = Request {
-        client: "ask".into(),
-        messages: started.history,
-        sampling: crate::answer::ask_sampling(),
-        prefix: String::new(),
-    };
-    let routed = match state.offload.submit(&state.engine, request).await {
-        Ok(routed) => routed,
-        Err(e) => {
-            let _ = state
-                .commands
-                .send(Command::AnswerDone {
-                    doc: started.doc,
-                    id: answer_id,
-                    status: jarvis_crdt::Status::Failed,
-                    model: None,
-                    served_by: None,
-                    timings_ms: Default::default(),
-                })
-                .await;
-            return no_answer(started.reply, e.to_string());
-        }
-    };
-    let (done_tx, done_rx) = oneshot::channel();
-    let task = AnswerTask {
-        target: Target {
-            commands: state.commands.clone(),
-            started: tokio::sync::OnceCell::new_with(Some(Some((
-                started.doc,
-                answer_id.clone(),
-                started.reply.clone(),
-            )))),
-            question: None,
-        },
-        model: state.engine.model_name().to_owned(),
         timings_ms: body.timings_ms,
     };
-    if body.stream {
-        let (events_tx, events_rx) = mpsc::channel(256);
-        tokio::spawn(task.run(routed, Some(events_tx), done_tx, None));
-        // The answer's message id too, so a client can tell its own answer among the changes
-        // `/v1/events` reports.
-        let mut start = started.reply.clone();
-        if let Some(fields) = start.as_object_mut() {
-            fields.insert("answer_id".into(), json!(answer_id));
+    if body.hold {
+        if !body.stream {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "\"hold\" needs \"stream\": true (a held answer streams while it waits to be confirmed)",
+            );
         }
-        return event_stream(start, events_rx);
+        return match state.asking.ask_held(question).await {
+            Ok((ticket, events)) => event_stream(json!({ "held": true, "ticket": ticket }), events),
+            Err(e) => ask_error(e),
+        };
     }
-    tokio::spawn(task.run(routed, None, done_tx, None));
-    match done_rx.await {
-        Ok(body) => Json(body).into_response(),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
+    match state.asking.ask(question, body.stream).await {
+        Ok(Answer::Streaming { start, events }) => event_stream(start, events),
+        Ok(Answer::Whole(done)) => match done.await {
+            Ok(body) => Json(body).into_response(),
+            Err(_) => ask_error(AskError::Stopping),
+        },
+        Err(e) => ask_error(e),
     }
 }
 
-/// An answer's server-sent events: `start` (with `start`'s fields), then what the task sends.
-fn event_stream(start: Value, events: mpsc::Receiver<axum::response::sse::Event>) -> Response {
+/// An answer's server-sent events: `start` (with `start`'s fields), then a `token` event for
+/// each piece and `done` with the answer.
+fn event_stream(start: Value, events: mpsc::Receiver<AnswerEvent>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let start = Event::default().event("start").data(start.to_string());
     let rest = futures::stream::unfold(events, |mut rx| async move {
-        rx.recv().await.map(|event| (event, rx))
+        let event = match rx.recv().await? {
+            AnswerEvent::Token(text) => Event::default()
+                .event("token")
+                .data(json!({ "text": text }).to_string()),
+            AnswerEvent::Done(body) => Event::default().event("done").data(body.to_string()),
+        };
+        Some((event, rx))
     });
     let stream = futures::StreamExt::map(
         futures::StreamExt::chain(futures::stream::once(async move { start }), rest),
@@ -473,85 +329,7 @@ fn event_stream(start: Value, events: mpsc::Receiver<axum::response::sse::Event>
         .into_response()
 }
 
-/// `POST /v1/ask` with `"hold": true`: the answer is generated and streamed from the
-/// conversation as it would be with the question added, and nothing is saved until it is
-/// confirmed. A voice turn starts one on the words heard at a pause, before it is sure the user
-/// has finished, and confirms it once the silence is long enough.
-async fn ask_held(
-    state: AppState,
-    body: AskRequest,
-    conversation: Option<DocId>,
-    problem: Option<String>,
-) -> Response {
-    if !body.stream {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "\"hold\" needs \"stream\": true (a held answer streams while it waits to be confirmed)",
-        );
-    }
-    if let Some(problem) = problem {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("no answer (nothing was saved): {problem}"),
-        );
-    }
-    let history = match ask_node(&state, |reply| Command::Preview {
-        text: body.text.clone(),
-        conversation,
-        reply,
-    })
-    .await
-    {
-        Ok(Ok(history)) => history,
-        Ok(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
-        Err(r) => return r,
-    };
-    let (confirm, confirmed) = oneshot::channel();
-    let Some(ticket) = state.held.add(confirm) else {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!("{MAX_HELD} held answers are already waiting; confirm or close one first"),
-        );
-    };
-    let guard = Ticket(std::sync::Arc::clone(&state.held), ticket.clone());
-    let request = Request {
-        client: "ask".into(),
-        messages: history,
-        sampling: crate::answer::ask_sampling(),
-        prefix: String::new(),
-    };
-    let routed = match state.offload.submit(&state.engine, request).await {
-        Ok(routed) => routed,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no answer (nothing was saved): {e}"),
-            );
-        }
-    };
-    let task = AnswerTask {
-        target: Target {
-            commands: state.commands.clone(),
-            started: tokio::sync::OnceCell::new(),
-            question: Some((body.text, conversation)),
-        },
-        model: state.engine.model_name().to_owned(),
-        timings_ms: body.timings_ms,
-    };
-    let hold = crate::answer::Hold {
-        confirm: confirmed,
-        until: std::time::Instant::now() + HOLD_FOR,
-    };
-    let (events_tx, events_rx) = mpsc::channel(256);
-    let (done_tx, _) = oneshot::channel();
-    tokio::spawn(async move {
-        task.run(routed, Some(events_tx), done_tx, Some(hold)).await;
-        drop(guard);
-    });
-    event_stream(json!({ "held": true, "ticket": ticket }), events_rx)
-}
-
-/// POST /v1/ask/confirm: keeps a held answer (see [`ask_held`]): its question and answer are
+/// POST /v1/ask/confirm: keeps a held answer ([`Asking::confirm`]): its question and answer are
 /// saved, the answer streaming on to the stream that holds it.
 async fn confirm(
     State(state): State<AppState>,
@@ -570,155 +348,9 @@ async fn confirm(
             "expected JSON {\"ticket\": \"…\", \"timings_ms\": optional {name: ms}}",
         );
     };
-    let gone = || {
-        error(
-            StatusCode::NOT_FOUND,
-            "no held answer has that ticket: its stream closed, it waited too long, or it was already confirmed",
-        )
-    };
-    let Some(confirm) = state.held.take(&body.ticket) else {
-        return gone();
-    };
-    match confirm.send(body.timings_ms) {
+    match state.asking.confirm(&body.ticket, body.timings_ms) {
         Ok(()) => Json(json!({ "confirmed": true })).into_response(),
-        Err(_) => gone(),
-    }
-}
-
-/// Where an answer is written: known from the start, or (held) made once it is confirmed.
-struct Target {
-    commands: mpsc::Sender<Command>,
-    /// The conversation, the answer's message id, and the question's reply fields; `None` when
-    /// a confirmed answer could not be saved.
-    started: tokio::sync::OnceCell<Option<(DocId, String, Value)>>,
-    /// A held answer's question and conversation, added when it is confirmed.
-    question: Option<(String, Option<DocId>)>,
-}
-
-impl Target {
-    /// Where the answer goes, adding the question and the answer's message first if held.
-    async fn get(&self) -> Option<&(DocId, String, Value)> {
-        self.started
-            .get_or_init(|| async {
-                let (text, conversation) = self.question.clone()?;
-                let (reply, started) = oneshot::channel();
-                self.commands
-                    .send(Command::Ask {
-                        text,
-                        conversation,
-                        answer: true,
-                        reply,
-                    })
-                    .await
-                    .ok()?;
-                match started.await.ok()? {
-                    Ok(s) => Some((s.doc, s.answer_id?, s.reply)),
-                    Err(e) => {
-                        tracing::warn!("a confirmed answer could not be saved: {e}");
-                        None
-                    }
-                }
-            })
-            .await
-            .as_ref()
-    }
-}
-
-/// Streams one answer to its client and into the conversation, then records how it ended.
-struct AnswerTask {
-    target: Target,
-    model: String,
-    /// Timings from before the question, stored with the answer's own.
-    timings_ms: BTreeMap<String, u64>,
-}
-
-impl AnswerTask {
-    async fn run(
-        self,
-        routed: crate::offload::Routed,
-        client: Option<mpsc::Sender<axum::response::sse::Event>>,
-        done: oneshot::Sender<Value>,
-        hold: Option<crate::answer::Hold>,
-    ) {
-        use axum::response::sse::Event;
-        let Self {
-            target,
-            model,
-            timings_ms: before,
-        } = self;
-        let crate::offload::Routed { generation, route } = routed;
-        let finished = crate::answer::run(
-            generation,
-            client.as_ref(),
-            |text| {
-                Event::default()
-                    .event("token")
-                    .data(json!({ "text": text }).to_string())
-            },
-            |text| {
-                let target = &target;
-                async move {
-                    if let Some((doc, id, _)) = target.get().await {
-                        let _ = target
-                            .commands
-                            .send(Command::AnswerChunk {
-                                doc: *doc,
-                                id: id.clone(),
-                                text,
-                            })
-                            .await;
-                    }
-                }
-            },
-            hold,
-        )
-        .await;
-        let send_done = |body: Value| async {
-            if let Some(client) = &client {
-                let _ = client
-                    .send(Event::default().event("done").data(body.to_string()))
-                    .await;
-            }
-            let _ = done.send(body);
-        };
-        if finished.discarded {
-            send_done(json!({ "status": "discarded", "answer": finished.text })).await;
-            return;
-        }
-        let Some((doc, id, reply)) = target.get().await.cloned() else {
-            send_done(json!({
-                "status": "failed",
-                "answer": finished.text,
-                "error": "the answer could not be saved (is the node stopping?)",
-            }))
-            .await;
-            return;
-        };
-        // An offloaded answer names the GPU peer's model.
-        let model = finished.summary.as_ref().map_or(model, |s| s.model.clone());
-        let route = route.borrow().clone();
-        let _ = target
-            .commands
-            .send(Command::AnswerDone {
-                doc,
-                id,
-                status: finished.status,
-                model: Some(model.clone()),
-                served_by: route.served_by(),
-                timings_ms: before
-                    .into_iter()
-                    .chain(finished.confirmed.clone().unwrap_or_default())
-                    .chain(finished.timings())
-                    .collect(),
-            })
-            .await;
-        let mut body = reply;
-        if let (Some(fields), Value::Object(answer)) =
-            (body.as_object_mut(), finished.json(&model, &route))
-        {
-            fields.extend(answer);
-        }
-        send_done(body).await;
+        Err(e) => ask_error(e),
     }
 }
 
@@ -727,11 +359,11 @@ pub struct Parts {
     pub commands: mpsc::Sender<Command>,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub events: tokio::sync::broadcast::Sender<Value>,
-    pub engine: EngineHandle,
-    pub offload: crate::offload::Offload,
+    /// Where questions are answered (the voice loop in this process shares it).
+    pub asking: Asking,
     /// Fires when the node stops.
     pub stop: tokio::sync::watch::Receiver<bool>,
-    pub ui: std::sync::Arc<crate::ui::UiState>,
+    pub ui: std::sync::Arc<crate::ui_state::UiState>,
 }
 
 /// Binds the API and records where in `api.json`. Returns the bound address and the server
@@ -745,8 +377,7 @@ pub async fn serve(
         commands,
         metrics,
         events,
-        engine,
-        offload,
+        asking,
         stop,
         ui,
     } = parts;
@@ -762,12 +393,10 @@ pub async fn serve(
         commands,
         metrics,
         events,
-        engine,
-        offload,
+        asking,
         stop: stop.clone(),
         ui,
         port: bound.port(),
-        held: std::sync::Arc::default(),
     };
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -809,157 +438,4 @@ pub async fn serve(
         }
     };
     Ok((bound, server))
-}
-
-/// Where the running node of `home` listens, or a clear error.
-fn api_info(home: &Home) -> Result<ApiInfo> {
-    match home.read_optional(API_FILE)? {
-        Some(bytes) => serde_json::from_slice(&bytes).context("api.json is damaged"),
-        None => bail!(
-            "no node is running for {}: start one with `jarvis up`",
-            home.dir().display()
-        ),
-    }
-}
-
-/// The UI's address, with the token in the fragment (which browsers never send anywhere).
-pub fn ui_url(home: &Home) -> Result<String> {
-    let info = api_info(home)?;
-    Ok(format!("http://{}/#token={}", info.addr, token(home)?))
-}
-
-/// Removes `api.json` when the node stops, so clients do not try a dead address.
-pub fn forget(home: &Home) {
-    let _ = std::fs::remove_file(home.dir().join(API_FILE));
-}
-
-/// A client of a running node's API, for the CLI.
-#[derive(Clone)]
-pub struct Client {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Client {
-    /// The running node of `home`, or a clear error.
-    pub fn for_home(home: &Home) -> Result<Self> {
-        let info = api_info(home)?;
-        Ok(Self {
-            base: format!("http://{}", info.addr),
-            token: token(home)?,
-            http: reqwest::Client::new(),
-        })
-    }
-
-    async fn check(response: reqwest::Response) -> Result<Value> {
-        let status = response.status();
-        let body: Value = response
-            .json()
-            .await
-            .context("the node's answer is not JSON")?;
-        if !status.is_success() {
-            bail!(
-                "{}",
-                body.get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the node refused the request")
-            );
-        }
-        Ok(body)
-    }
-
-    fn unreachable(e: reqwest::Error) -> anyhow::Error {
-        anyhow::anyhow!("cannot reach the running node ({e}); is `jarvis up` still running?")
-    }
-
-    pub async fn get(&self, path: &str) -> Result<Value> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(Self::unreachable)?;
-        Self::check(response).await
-    }
-
-    /// POSTs `body`; the JSON answer, or the node's error.
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .map_err(Self::unreachable)?;
-        Self::check(response).await
-    }
-
-    /// POSTs `body` and reads server-sent events, calling `on_event(event, data)` for each. A
-    /// JSON answer instead (the node refused, or had no model) is passed on as a `done` event if
-    /// it names a conversation, and is an error otherwise.
-    pub async fn post_events(
-        &self,
-        path: &str,
-        body: &Value,
-        mut on_event: impl FnMut(&str, &str),
-    ) -> Result<()> {
-        let mut response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .map_err(Self::unreachable)?;
-        let is_stream = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if !is_stream {
-            let status = response.status();
-            let body: Value = response
-                .json()
-                .await
-                .context("the node's answer is not JSON")?;
-            if body.get("conversation_id").is_some() {
-                on_event("done", &body.to_string());
-                return Ok(());
-            }
-            bail!(
-                "{}",
-                body.get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&format!("the node refused the request ({status})"))
-            );
-        }
-        let mut buffer = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(Self::unreachable)? {
-            buffer.extend_from_slice(&chunk);
-            // Events end with a blank line.
-            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-                let raw: Vec<u8> = buffer.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&raw);
-                let mut event = "message";
-                let mut data = String::new();
-                for line in text.lines() {
-                    if let Some(name) = line.strip_prefix("event:") {
-                        event = name.trim();
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        if !data.is_empty() {
-                            data.push('\n');
-                        }
-                        data.push_str(value.strip_prefix(' ').unwrap_or(value));
-                    }
-                }
-                if !data.is_empty() {
-                    on_event(event, &data);
-                }
-            }
-        }
-        Ok(())
-    }
 }

@@ -75,7 +75,7 @@ pub enum Command {
 
     /// Run the voice pipeline on a recording instead of the microphone: wake word, transcript,
     /// answer, spoken answer (to --out), with the time each stage took.
-    Listen(crate::listen::ListenArgs),
+    Listen(ListenArgs),
 
     /// The synced conversations.
     Conversations,
@@ -318,4 +318,40 @@ pub struct GpuUpArgs {
     /// Do not announce this peer on the local network with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+}
+
+/// `jarvis listen`.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// The recording: a WAV file (any rate, mono or stereo), or `-` for raw 16 kHz mono 16-bit
+    /// little-endian PCM on stdin. Without it, the microphone.
+    #[arg(long, value_name = "WAV", conflicts_with = "mic")]
+    pub file: Option<PathBuf>,
+    /// The microphone to listen to (a name from --list-devices; default: the system's).
+    #[arg(long, value_name = "DEVICE")]
+    pub mic: Option<String>,
+    /// The speaker to answer through (default: the system's, when listening to the microphone;
+    /// none for a recording unless named).
+    #[arg(long, value_name = "DEVICE")]
+    pub speaker: Option<String>,
+    /// List the microphones and speakers, and exit.
+    #[arg(long)]
+    pub list_devices: bool,
+    /// Write the spoken answer to this WAV file.
+    #[arg(long, value_name = "WAV")]
+    pub out: Option<PathBuf>,
+    /// No wake word: the first thing said is the request (as with a push-to-talk button).
+    #[arg(long)]
+    pub push_to_talk: bool,
+    /// Continue this conversation (an id from `jarvis conversations`).
+    #[arg(long, value_name = "ID")]
+    pub conversation: Option<String>,
+    /// Feed the recording as fast as the pipeline takes it instead of in real time (the
+    /// timings then say little about what a user would feel).
+    #[arg(long)]
+    pub fast: bool,
+    /// Simulate a speaker feeding the answer back into the microphone at this level (0 to 1),
+    /// to try the echo cancellation with a recording.
+    #[arg(long, value_name = "LEVEL", default_value_t = 0.0)]
+    pub echo: f32,
 }

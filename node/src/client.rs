@@ -11,17 +11,9 @@ use jarvis_inference::metrics::EngineMetrics;
 use jarvis_inference::supervisor::EngineHandle;
 use serde_json::{Value, json};
 
-use crate::api::Client;
 use crate::home::Home;
+use crate::local_api::{Client, block_on, running};
 use crate::output::Output;
-
-pub(crate) fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(f)
-}
 
 pub fn status(home: &Home, out: Output) -> Result<()> {
     let client = Client::for_home(home)?;
@@ -155,17 +147,6 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
     Ok(())
 }
 
-/// The running node's client, or `None` when no node runs on this home (then commands work on
-/// the store directly).
-pub(crate) fn running(home: &Home) -> Result<Option<Client>> {
-    home.load()?;
-    if home.dir().join("api.json").exists() {
-        Ok(Some(Client::for_home(home)?))
-    } else {
-        Ok(None)
-    }
-}
-
 /// `jarvis ask`: through the running node (streaming its answer), or, with no node running, with
 /// the model run here and the exchange written to the store for the node to sync later.
 pub fn ask(home: &Home, out: Output, text: &str, conversation: Option<String>) -> Result<()> {
@@ -291,12 +272,7 @@ async fn stream_answer(
             _ => {}
         })
         .await?;
-    let answer: Value = final_answer.context("the node ended the answer early")?;
-    match answer["status"].as_str() {
-        Some("cancelled") => anyhow::bail!("the answer was cancelled"),
-        Some("discarded") => anyhow::bail!("the held answer was not confirmed in time"),
-        _ => Ok(answer),
-    }
+    crate::ask::kept(final_answer.context("the node ended the answer early")?)
 }
 
 /// Keeps a held answer ([`ask_node_held`]), storing `timings` with it.
@@ -333,7 +309,7 @@ pub(crate) async fn ask_offline(
     let (mut replica, recipients) = conv::open_offline(home)?;
     // Started here unless the caller started it earlier (a voice turn loads it while listening).
     let engine = engine.unwrap_or_else(|| crate::llm::start_engine(EngineMetrics::default()));
-    let problem = crate::api::engine_problem(&engine).await;
+    let problem = crate::llm::engine_problem(&engine).await;
     let added = conv::add_user_message(&mut replica, &recipients, text, conversation)?;
     let mut reply = added.reply;
     let set = |reply: &mut Value, key: &str, value: Value| {

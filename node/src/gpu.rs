@@ -182,7 +182,7 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
             )
         },
     );
-    let mut shutdown = crate::up::Shutdown::install()?;
+    let mut shutdown = crate::shutdown::Shutdown::install()?;
     let own_hello = |revocations: &RevocationSet| Hello::new(chain.clone(), revocations).encode();
     // The org's relays (from the bundle): the GPU peer reports its model and load to their
     // directory, where devices on other networks find it.

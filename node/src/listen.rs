@@ -14,217 +14,23 @@
 #![allow(clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
 use jarvis_inference::metrics::EngineMetrics;
-use jarvis_inference::models::{
-    DEFAULT_STT, DEFAULT_VAD, DEFAULT_VOICE, DEFAULT_WAKE_WORD, ModelStore, ONNXRUNTIME,
-    WAKE_EMBEDDING, WAKE_MELSPECTROGRAM,
-};
-use jarvis_inference::supervisor::find_worker;
 use jarvis_voice::audio;
 use jarvis_voice::device::{self, Microphone};
-use jarvis_voice::listener::Listener;
 use jarvis_voice::pipeline::{self, BargeIn, Pace, Source, Watch};
 use jarvis_voice::playback::Playback;
-use jarvis_voice::stt::{STT_WORKER, SttWorker};
-use jarvis_voice::tts::{Piper, Sentences, Voice};
-use jarvis_voice::turn::TurnConfig;
-use jarvis_voice::wake::WakeModels;
 use serde_json::{Value, json};
 
+use crate::cli::ListenArgs;
+use crate::front_end::{VOICE_RATE, VoiceModels, heard_timings, load, millis, samples_ms};
 use crate::home::Home;
 use crate::output::Output;
 use crate::speculate::{Answerer, Gate};
 
-#[derive(Debug, Args)]
-pub struct ListenArgs {
-    /// The recording: a WAV file (any rate, mono or stereo), or `-` for raw 16 kHz mono 16-bit
-    /// little-endian PCM on stdin. Without it, the microphone.
-    #[arg(long, value_name = "WAV", conflicts_with = "mic")]
-    pub file: Option<PathBuf>,
-    /// The microphone to listen to (a name from --list-devices; default: the system's).
-    #[arg(long, value_name = "DEVICE")]
-    pub mic: Option<String>,
-    /// The speaker to answer through (default: the system's, when listening to the microphone;
-    /// none for a recording unless named).
-    #[arg(long, value_name = "DEVICE")]
-    pub speaker: Option<String>,
-    /// List the microphones and speakers, and exit.
-    #[arg(long)]
-    pub list_devices: bool,
-    /// Write the spoken answer to this WAV file.
-    #[arg(long, value_name = "WAV")]
-    pub out: Option<PathBuf>,
-    /// No wake word: the first thing said is the request (as with a push-to-talk button).
-    #[arg(long)]
-    pub push_to_talk: bool,
-    /// Continue this conversation (an id from `jarvis conversations`).
-    #[arg(long, value_name = "ID")]
-    pub conversation: Option<String>,
-    /// Feed the recording as fast as the pipeline takes it instead of in real time (the
-    /// timings then say little about what a user would feel).
-    #[arg(long)]
-    pub fast: bool,
-    /// Simulate a speaker feeding the answer back into the microphone at this level (0 to 1),
-    /// to try the echo cancellation with a recording.
-    #[arg(long, value_name = "LEVEL", default_value_t = 0.0)]
-    pub echo: f32,
-}
-
-/// The rate the speaker is opened at: Piper's and espeak-ng's voices speak at 22,050 Hz.
-pub(crate) const VOICE_RATE: u32 = 22_050;
-
-/// The voice models' files.
-pub(crate) struct VoiceModels {
-    onnxruntime: PathBuf,
-    vad: PathBuf,
-    melspectrogram: PathBuf,
-    embedding: PathBuf,
-    wake_word: PathBuf,
-    stt: PathBuf,
-    stt_worker: PathBuf,
-    piper: Option<(PathBuf, PathBuf)>,
-}
-
-fn present(path: PathBuf, name: &str) -> Result<PathBuf> {
-    if path.is_file() {
-        Ok(path)
-    } else {
-        bail!(
-            "the {name} model is not installed ({} is missing): run `jarvis models pull`",
-            path.display()
-        )
-    }
-}
-
-impl VoiceModels {
-    pub(crate) fn find() -> Result<Self> {
-        let store = ModelStore::from_env()?;
-        let get = |name: &str| -> Result<PathBuf> { present(store.path(name)?, name) };
-        let onnxruntime = match jarvis_voice::onnx::library_from_env() {
-            Some(path) => path,
-            None => get(ONNXRUNTIME)?,
-        };
-        let wake_word = match std::env::var_os("JARVIS_WAKE_MODEL").filter(|v| !v.is_empty()) {
-            Some(path) => present(PathBuf::from(path), "wake word (JARVIS_WAKE_MODEL)")?,
-            None => get(DEFAULT_WAKE_WORD)?,
-        };
-        let piper = piper_voice(&store, None)?;
-        Ok(Self {
-            onnxruntime,
-            vad: get(DEFAULT_VAD)?,
-            melspectrogram: get(WAKE_MELSPECTROGRAM)?,
-            embedding: get(WAKE_EMBEDDING)?,
-            wake_word,
-            stt: get(DEFAULT_STT)?,
-            stt_worker: find_worker(STT_WORKER, "JARVIS_STT_WORKER")
-                .map_err(|problem| anyhow::anyhow!(problem.replace("jarvis-llm", "jarvis-stt")))?,
-            piper,
-        })
-    }
-}
-
-/// The Piper voice to speak with: `choice` (a voice's name, `espeak` for none, or none for the
-/// default), unless `JARVIS_VOICE=espeak` says otherwise; none when it is not installed.
-pub(crate) fn piper_voice(
-    store: &ModelStore,
-    choice: Option<&str>,
-) -> Result<Option<(PathBuf, PathBuf)>> {
-    let env_espeak = std::env::var("JARVIS_VOICE").is_ok_and(|v| v == "espeak");
-    if env_espeak || choice == Some(ESPEAK) {
-        return Ok(None);
-    }
-    let model = match choice {
-        // A name, not a path: nothing outside the model cache is loaded.
-        Some(name) if !crate::settings::plain_name(name) => {
-            bail!("{name:?} is not a voice's name")
-        }
-        Some(name) => store.dir().join(format!("{name}.onnx")),
-        None => store.path(DEFAULT_VOICE)?,
-    };
-    let config = PathBuf::from(format!("{}.json", model.display()));
-    Ok((model.is_file() && config.is_file()).then_some((model, config)))
-}
-
-/// The name of the espeak-ng choice in settings.
-pub(crate) const ESPEAK: &str = "espeak";
-
-/// The voices a user can choose: every Piper voice in the model cache (a `NAME.onnx` with its
-/// `NAME.onnx.json`), and espeak-ng when it is installed. `(value, label)` pairs.
-pub(crate) fn voice_choices() -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    if let Ok(store) = ModelStore::from_env()
-        && let Ok(entries) = std::fs::read_dir(store.dir())
-    {
-        let mut names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .filter_map(|f| f.strip_suffix(".onnx").map(str::to_owned))
-            .filter(|name| store.dir().join(format!("{name}.onnx.json")).is_file())
-            .collect();
-        names.sort();
-        out.extend(
-            names
-                .into_iter()
-                .map(|n| (n.clone(), format!("{n} (Piper, natural)"))),
-        );
-    }
-    let espeak = std::process::Command::new("espeak-ng")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if espeak {
-        out.push((
-            ESPEAK.to_owned(),
-            "espeak-ng (robotic, very fast)".to_owned(),
-        ));
-    }
-    out
-}
-
-/// A Piper voice after its first run (see [`Piper::warm_up`]); a failure there is the first
-/// sentence's to report.
-fn warm(mut piper: Piper) -> Piper {
-    if let Err(e) = piper.warm_up() {
-        tracing::debug!("warming the voice up: {e}");
-    }
-    piper
-}
-
-/// Loads the voice `choice` (see [`piper_voice`]).
-pub(crate) async fn load_voice(models: &VoiceModels, choice: Option<String>) -> Result<Voice> {
-    let store = ModelStore::from_env()?;
-    let piper = piper_voice(&store, choice.as_deref())?;
-    if piper.is_none()
-        && let Some(name) = choice.as_deref().filter(|c| *c != ESPEAK)
-    {
-        bail!(
-            "the voice {name:?} is not installed in {}",
-            store.dir().display()
-        );
-    }
-    let ort = models.onnxruntime.clone();
-    tokio::task::spawn_blocking(move || -> Result<Voice> {
-        Ok(match piper {
-            Some((model, config)) => {
-                let env = jarvis_voice::onnx::environment(&ort)?;
-                Voice::Piper(Box::new(warm(Piper::load(env, &model, &config)?)))
-            }
-            None => Voice::Espeak("en-us".into()),
-        })
-    })
-    .await
-    .context("loading the voice")?
-}
-
-/// Where the audio comes from; with a microphone, the device (kept open while it is used).
 fn source(args: &ListenArgs) -> Result<(Source, Option<Microphone>)> {
     match &args.file {
         Some(path) if path.as_os_str() == "-" => {
@@ -263,125 +69,14 @@ fn list_devices(out: Output) {
     });
 }
 
-/// Speaks pieces of the answer as they arrive, a sentence at a time, into `playback` (which
-/// starts playing with the first) once `gate` opens; stops speaking when the user barges in, or
-/// when the gate drops the answer (a held answer the user did not finish at). Returns the
-/// sentences spoken.
-pub(crate) fn speak_thread(
-    voice: &Mutex<Voice>,
-    pieces: std::sync::mpsc::Receiver<String>,
-    playback: &Playback,
-    gate: &Gate,
-) -> Result<usize, String> {
-    let mut sentences = Sentences::new();
-    let mut count = 0;
-    let mut speak = |sentence: String| -> Result<(), String> {
-        if playback.stopped().is_some() || gate.dropped() {
-            return Ok(());
-        }
-        let spoken = voice
-            .lock()
-            .map_err(|_| "the voice failed".to_owned())?
-            .speak(&sentence)
-            .map_err(|e| e.to_string())?;
-        if gate.wait() {
-            playback.queue(&spoken, Instant::now());
-            count += 1;
-        }
-        Ok(())
-    };
-    for piece in pieces {
-        for sentence in sentences.push(&piece) {
-            speak(sentence)?;
-        }
-    }
-    if let Some(rest) = sentences.finish() {
-        speak(rest)?;
-    }
-    // A dropped answer leaves the playback to the one that replaces it.
-    if !gate.dropped() {
-        playback.complete();
-    }
-    Ok(count)
-}
-
-/// The timings of a heard utterance, up to its transcript (milliseconds; positions in the
-/// input for `end_of_speech_at`).
-pub(crate) fn heard_timings(u: &pipeline::Utterance) -> BTreeMap<String, u64> {
-    BTreeMap::from([
-        (
-            "end_of_speech_to_transcript".to_owned(),
-            millis(u.transcribed.saturating_duration_since(u.spoken)),
-        ),
-        (
-            "end_of_utterance_wait".to_owned(),
-            samples_ms(u.decided_at.saturating_sub(u.end_of_speech)),
-        ),
-        ("end_of_speech_at".to_owned(), samples_ms(u.end_of_speech)),
-        ("transcribe".to_owned(), u.transcript.decode_ms),
-        ("utterance".to_owned(), u.transcript.audio_ms),
-    ])
-}
-
-pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-pub(crate) fn samples_ms(samples: u64) -> u64 {
-    samples / 16
-}
-
-/// Loads the voice front end and starts the speech worker, all at once.
-pub(crate) async fn load(
-    models: &VoiceModels,
-    push_to_talk: bool,
-) -> Result<(Listener, Voice, SttWorker)> {
-    let stt = SttWorker::start(&models.stt_worker, &models.stt, None);
-    let front = {
-        let (ort, vad, mel, emb, word, piper) = (
-            models.onnxruntime.clone(),
-            models.vad.clone(),
-            models.melspectrogram.clone(),
-            models.embedding.clone(),
-            models.wake_word.clone(),
-            models.piper.clone(),
-        );
-        tokio::task::spawn_blocking(move || -> Result<(Listener, Voice)> {
-            let env = jarvis_voice::onnx::environment(&ort)?;
-            let wake = WakeModels {
-                melspectrogram: &mel,
-                embedding: &emb,
-                wake_word: &word,
-            };
-            let listener = Listener::load(
-                env,
-                &vad,
-                (!push_to_talk).then_some(&wake),
-                TurnConfig::default(),
-            )?;
-            let voice = match piper {
-                Some((model, config)) => {
-                    Voice::Piper(Box::new(warm(Piper::load(env, &model, &config)?)))
-                }
-                None => Voice::Espeak("en-us".into()),
-            };
-            Ok((listener, voice))
-        })
-    };
-    let (stt, front) = tokio::join!(stt, front);
-    let stt = stt.context("starting speech to text")?;
-    let (listener, voice) = front.context("loading the voice models")??;
-    Ok((listener, voice, stt))
-}
-
 /// `jarvis listen`.
 pub fn run(home: &Home, out: Output, args: ListenArgs) -> Result<()> {
     if args.list_devices {
         list_devices(out);
         return Ok(());
     }
-    let running = crate::client::running(home)?;
-    let turn = crate::client::block_on(turn(home, running, &args))?;
+    let running = crate::local_api::running(home)?;
+    let turn = crate::local_api::block_on(turn(home, running, &args))?;
     out.emit(&turn, || {
         let mut text = String::new();
         if turn["woke"] == false {
@@ -413,7 +108,11 @@ pub fn run(home: &Home, out: Output, args: ListenArgs) -> Result<()> {
     Ok(())
 }
 
-async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) -> Result<Value> {
+async fn turn(
+    home: &Home,
+    node: Option<crate::local_api::Client>,
+    args: &ListenArgs,
+) -> Result<Value> {
     if !(0.0..=1.0).contains(&args.echo) {
         bail!("--echo is a level from 0 to 1, not {}", args.echo);
     }
@@ -463,7 +162,7 @@ async fn turn(home: &Home, node: Option<crate::api::Client>, args: &ListenArgs) 
     // end of the turn says whether they were the request (`speculate`).
     let mut answerer = node.clone().map(|client| {
         Answerer::new(
-            client,
+            crate::handle::NodeHandle::Http(client),
             Arc::clone(&voice),
             Arc::clone(&playback),
             Arc::new(|| {}),

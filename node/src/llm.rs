@@ -286,3 +286,16 @@ pub fn import(out: Output, path: &std::path::Path) -> Result<()> {
     });
     Ok(())
 }
+
+/// How long a question waits for a model that is still loading.
+const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why the engine cannot answer now, if it cannot.
+pub(crate) async fn engine_problem(engine: &EngineHandle) -> Option<String> {
+    match engine.wait_ready(LOAD_WAIT).await {
+        EngineState::Ready { .. } => None,
+        EngineState::Failed(problem) => Some(problem),
+        EngineState::Starting => Some("the model is still loading; try again in a moment".into()),
+        EngineState::Stopped => Some("the engine has stopped".into()),
+    }
+}

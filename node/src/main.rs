@@ -4,14 +4,20 @@
 mod admin;
 mod answer;
 mod api;
+mod api_state;
+mod ask;
 mod cli;
 mod client;
 mod conversations;
 mod device;
+mod front_end;
 mod gpu;
+mod handle;
 use jarvis_home as home;
+mod joined;
 mod listen;
 mod llm;
+mod local_api;
 mod mesh;
 mod metrics;
 mod node;
@@ -20,11 +26,14 @@ mod openai;
 mod output;
 mod pairing;
 mod settings;
+mod shutdown;
 mod siblings;
 mod speculate;
 mod ui;
+mod ui_state;
 mod up;
 mod voice_loop;
+mod voice_state;
 
 use std::process::ExitCode;
 
@@ -65,12 +74,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => client::status(&home, out),
         Command::Token => {
             home.load()?;
-            println!("{}", api::token(&home)?);
+            println!("{}", local_api::token(&home)?);
             Ok(())
         }
         Command::Ui { print } => {
             home.load()?;
-            let url = api::ui_url(&home)?;
+            let url = local_api::ui_url(&home)?;
             let opened = !print && !out.json && open_browser(&url);
             out.emit(&serde_json::json!({ "url": url, "opened": opened }), || {
                 if opened {

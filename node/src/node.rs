@@ -242,6 +242,11 @@ fn circuit_relay(address: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
     None
 }
 
+/// This device and its siblings: the keys whose changes, key records and snapshots it takes.
+fn writers(me: PublicKey, devices: &crate::siblings::Siblings) -> Vec<PublicKey> {
+    std::iter::once(me).chain(devices.keys().copied()).collect()
+}
+
 /// A dial error short enough for `status` and the UI (libp2p's lists every address tried).
 fn short_error(error: &impl std::fmt::Display) -> String {
     let text = error.to_string();
@@ -395,12 +400,15 @@ impl Node {
                 store_dir.display()
             )
         })?;
-        let replica =
+        let mut replica =
             Replica::open_device(store, identity.device_key_clone(), identity.age.clone())
                 .context("loading conversations from the store")?;
         let revocations = home.revocations(&identity.org.root)?;
         let mut devices = crate::siblings::load(&home)?;
         devices.retain(|k, _| !revocations.is_key_revoked(k));
+        // Only this user's devices write: what anyone else signs (a relay's own key record, a
+        // stranger's change) is dropped before it is stored.
+        replica.set_writers(writers(identity.device_key.public(), &devices));
         let seen = match home.read_optional(crate::device::SEEN_FILE)? {
             Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             None => BTreeMap::new(),
@@ -475,7 +483,7 @@ impl Node {
     pub async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        shutdown: &mut crate::up::Shutdown,
+        shutdown: &mut crate::shutdown::Shutdown,
     ) -> Result<()> {
         self.refresh_documents_gauge();
         // Siblings recorded while this node was stopped get the keys of what was written before.
@@ -674,6 +682,7 @@ impl Node {
                 return;
             }
         };
+        self.learn_siblings(&directory.devices);
         let now = Instant::now();
         for gpu in &directory.gpus {
             let Ok(peer) = gpu.peer_id.parse::<PeerId>() else {
@@ -708,6 +717,50 @@ impl Node {
         self.gpu_dials
             .retain(|_, t| now.duration_since(*t) < GPU_REDIAL);
         self.directory.insert(relay, directory);
+    }
+
+    /// This user's other devices, as a relay lists them with their certificate chains: each
+    /// chain is checked here (the org root, the revocations, the same user *key*, a device with
+    /// an encryption key), so a relay can leave a device out but cannot make one up. A device
+    /// new to this one is met: it may write here, and every conversation key is shared with it,
+    /// though the two never connected.
+    fn learn_siblings(&mut self, entries: &[jarvis_mesh::directory::Entry]) {
+        let me = self.identity.device_key.public();
+        for entry in entries {
+            let Some(hex_chain) = &entry.chain else {
+                continue;
+            };
+            let Some(chain) = hex::decode(hex_chain)
+                .ok()
+                .and_then(|bytes| jarvis_identity::CertChain::decode(&bytes).ok())
+            else {
+                tracing::debug!(name = %entry.name, "an unreadable chain in the directory");
+                continue;
+            };
+            let Some(leaf) = chain.leaf() else {
+                continue;
+            };
+            let key = leaf.subject();
+            if key == me || self.devices.get(&key).is_some_and(|d| d.keys_shared) {
+                continue;
+            }
+            let verified = match chain.verify(&self.identity.org.root, now(), &self.revocations) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(name = %entry.name, error = %e, "a device the relay lists does not check out");
+                    continue;
+                }
+            };
+            let Some(recipient) = leaf.age_recipient().filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            if verified.kind == CertKind::Device
+                && verified.user_key == Some(self.identity.user_key)
+            {
+                tracing::info!(name = %verified.name, "met a device of this user through the relay's directory");
+                self.meet_device(key, recipient.to_owned(), verified.name.as_str());
+            }
+        }
     }
 
     /// Asks for the circuit reservations not held, on relays that have authenticated us.
@@ -914,6 +967,7 @@ impl Node {
                     peer,
                     verified,
                     age_recipient,
+                    ..
                 } => self.admitted(peer, &verified, age_recipient),
                 admission::Event::AcceptedUs(peer) => {
                     let relay = self
@@ -1036,6 +1090,7 @@ impl Node {
         }
         for key in &revoked {
             self.devices.remove(key);
+            self.update_writers();
             // A revoked peer that is still connected loses its session at once.
             if let Ok(peer) = key.to_libp2p_peer_id() {
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -1063,6 +1118,7 @@ impl Node {
         crate::siblings::merge_into(&mut self.devices, on_disk, |k| {
             revocations.is_key_revoked(k)
         });
+        self.update_writers();
         if let Err(e) = crate::siblings::save(&self.home, &self.devices) {
             tracing::warn!(error = %e, "cannot save devices.json");
         }
@@ -1108,6 +1164,7 @@ impl Node {
     fn share_pending(&mut self) -> (Vec<String>, usize) {
         let me = self.identity.device_key.public();
         self.devices.remove(&me);
+        self.update_writers();
         let pending: Vec<String> = self
             .devices
             .iter()
@@ -1146,6 +1203,12 @@ impl Node {
         );
         self.save_devices();
         (pending, documents)
+    }
+
+    /// Who may write to this device's conversations: itself and its siblings, as they are now.
+    fn update_writers(&mut self) {
+        let writers = writers(self.identity.device_key.public(), &self.devices);
+        self.replica.set_writers(writers);
     }
 
     fn recipients(&self) -> Vec<jarvis_identity::age::x25519::Recipient> {
@@ -1469,11 +1532,15 @@ impl Node {
             "revocations": self.revocations.len(),
             // What this device could not read and set aside instead of failing (changes that
             // do not open with their epoch's key, documents whose store did not load).
+            // And what it dropped: signed by a key that is not one of this user's devices, or a
+            // key record for an epoch it cannot take yet.
             "quarantined": self.replica.quarantine().map_or_else(
-                || json!({ "changes": 0, "documents": [] }),
+                || json!({ "changes": 0, "documents": [], "unknown_writers": 0, "epoch_gaps": 0 }),
                 |q| json!({
                     "changes": q.changes.len(),
                     "documents": q.docs.iter().map(|(doc, why)| json!({ "id": doc.to_string(), "error": why })).collect::<Vec<_>>(),
+                    "unknown_writers": q.unknown_writers,
+                    "epoch_gaps": q.epoch_gaps,
                 }),
             ),
             "models": [crate::llm::model_status(&self.engine)],

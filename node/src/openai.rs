@@ -26,7 +26,8 @@ use jarvis_inference::supervisor::{SubmitError, Update};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::api::{AppState, authorized, engine_problem};
+use crate::api_state::{AppState, authorized};
+use crate::llm::engine_problem;
 
 /// The largest request body: a long conversation, well within the worker protocol's line limit.
 const MAX_BODY: usize = 2 * 1024 * 1024;
@@ -66,7 +67,7 @@ async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     Json(json!({
         "object": "list",
         "data": [{
-            "id": state.engine.model_name(),
+            "id": state.asking.engine.model_name(),
             "object": "model",
             "created": 0,
             "owned_by": "jarvis",
@@ -140,14 +141,14 @@ async fn chat_completions(
         request,
         stream,
         include_usage,
-    } = match parse_chat(&body, state.engine.model_name()) {
+    } = match parse_chat(&body, state.asking.engine.model_name()) {
         Ok(chat) => chat,
         Err(e) => return api_error(&e),
     };
-    if let Some(problem) = engine_problem(&state.engine).await {
+    if let Some(problem) = engine_problem(&state.asking.engine).await {
         return api_error(&ApiError::new(503, "server_error", None, None, &problem));
     }
-    let mut generation = match state.engine.submit(request).await {
+    let mut generation = match state.asking.engine.submit(request).await {
         Ok(generation) => generation,
         Err(e) => return submit_error(&e),
     };
@@ -155,7 +156,7 @@ async fn chat_completions(
         "chatcmpl-{}",
         hex::encode(jarvis_identity::keys::random_bytes::<12>())
     );
-    let model = state.engine.model_name().to_owned();
+    let model = state.asking.engine.model_name().to_owned();
     let created = unix_now();
     // Wait for the prompt to be read, so that a prompt that does not fit is a 400, not a stream
     // that fails after its headers went out.

@@ -210,7 +210,7 @@ pub fn pair(home: &Home, out: Output, listen: Vec<Multiaddr>, expires: Duration)
     // Every conversation key, of what was written before too, goes to it now (or when this
     // device's node next starts), readable through the relays. Outside the pairing runtime: it
     // may talk to the running node.
-    crate::device::record_sibling(home, out, &bundle.chain)?;
+    crate::joined::record_sibling(home, out, &bundle.chain)?;
     out.emit(
         &json!({ "joined": request.key().to_string(), "name": request.name().as_str() }),
         || format!("Paired `{}` ({}).", request.name(), request.key()),
@@ -301,7 +301,7 @@ pub fn join(home: &Home, out: Output, code: &str, device_name: Name) -> Result<(
         .context("the other device's bundle does not certify this device")?;
     // The device that paired us: the one the code named (the transport proved its key), a
     // device of the same user key. What this device writes is wrapped to it from the start.
-    let sponsor = crate::device::checked_sponsor(home, &bundle)?;
+    let sponsor = crate::joined::checked_sponsor(home, &bundle)?;
     if sponsor.as_ref().is_some_and(|s| s.key != code.peer) {
         bail!("the other device's bundle names another device than the one the code named");
     }
@@ -318,6 +318,6 @@ pub fn join(home: &Home, out: Output, code: &str, device_name: Name) -> Result<(
     state.set_org(&bundle.org);
     state.chain = Some(encode_chain(&bundle.chain));
     home.save(&state)?;
-    crate::device::report_joined(home, out, &bundle.org, &bundle.chain)?;
-    crate::device::record_sponsor(home, out, sponsor)
+    crate::joined::report_joined(home, out, &bundle.org, &bundle.chain)?;
+    crate::joined::record_sponsor(home, out, sponsor)
 }

@@ -160,10 +160,10 @@ pub fn merge_into(
 /// its answer (`{shared_with, documents}`). Without a running node there is nothing to do (it
 /// shares them when it starts): `None`.
 pub fn tell_running_node(home: &Home) -> Result<Option<serde_json::Value>> {
-    let Some(client) = crate::client::running(home)? else {
+    let Some(client) = crate::local_api::running(home)? else {
         return Ok(None);
     };
-    crate::client::block_on(client.post(RELOAD_PATH, &serde_json::json!({})))
+    crate::local_api::block_on(client.post(RELOAD_PATH, &serde_json::json!({})))
         .context("telling the running node about the new device (it will share keys with it when it restarts)")
         .map(Some)
 }

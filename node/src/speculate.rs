@@ -1,9 +1,10 @@
 //! Answering while the user may still be speaking. At each pause the voice pipeline transcribes
-//! what was said so far ([`Stage::Heard`]); the [`Answerer`] asks the running node for a *held*
-//! answer to those words at once (`POST /v1/ask` with `"hold": true`: generated and streamed,
-//! saved by nobody) and synthesises its first sentence, but plays nothing. When the end of the
-//! turn is certain it keeps that answer if the final transcript is the one it answered (same end
-//! of speech): the node is told to save it (`POST /v1/ask/confirm`) and the gate opens, so the
+//! what was said so far ([`Stage::Heard`]); the [`Answerer`] asks the node for a *held* answer to
+//! those words at once ([`crate::ask::Asking::ask_held`], in-process or as `POST /v1/ask` with
+//! `"hold": true`: generated and streamed, saved by nobody) and synthesises its first sentence,
+//! but plays nothing. When the end of the turn is certain it keeps that answer if the final
+//! transcript is the one it answered (same end of speech): the node is told to save it
+//! ([`crate::ask::Asking::confirm`], `POST /v1/ask/confirm`) and the gate opens, so the
 //! sentence already synthesised plays at once. Otherwise (the user went on after the pause) the
 //! held answer is dropped (its stream closed, which cancels the generation) and the final words
 //! are asked for as usual.
@@ -20,12 +21,11 @@ use std::time::Instant;
 use anyhow::{Result, anyhow};
 use jarvis_voice::pipeline::Stage;
 use jarvis_voice::playback::Playback;
-use jarvis_voice::tts::Voice;
+use jarvis_voice::tts::{Sentences, Voice};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::api::Client;
-use crate::listen::speak_thread;
+use crate::handle::NodeHandle;
 
 /// The request in a transcript: all of it with push-to-talk, else what follows the wake phrase.
 pub(crate) fn request(transcript: &str, push_to_talk: bool) -> String {
@@ -148,7 +148,7 @@ impl Drop for Attempt {
 
 /// Asks the node and speaks the answer, speculatively where it can.
 pub(crate) struct Answerer {
-    client: Client,
+    node: NodeHandle,
     voice: Arc<Mutex<Voice>>,
     playback: Arc<Playback>,
     /// Called once the answer's first words are known to be the answer (the UI says "speaking").
@@ -160,13 +160,13 @@ pub(crate) struct Answerer {
 
 impl Answerer {
     pub(crate) fn new(
-        client: Client,
+        node: NodeHandle,
         voice: Arc<Mutex<Voice>>,
         playback: Arc<Playback>,
         on_first_token: Arc<dyn Fn() + Send + Sync>,
     ) -> Self {
         Self {
-            client,
+            node,
             voice,
             playback,
             on_first_token,
@@ -260,7 +260,7 @@ impl Answerer {
             .ok_or_else(|| anyhow!("no ticket"))?
             .await
             .map_err(|_| anyhow!("the held request ended before it started"))?;
-        crate::client::confirm(&self.client, &ticket, timings).await?;
+        self.node.confirm(&ticket, timings).await?;
         held.gate.decide(true);
         if held.first_token().is_some() {
             (held.on_first_token)();
@@ -284,24 +284,15 @@ impl Answerer {
             &gate,
             Arc::clone(&self.on_first_token),
         );
-        let client = self.client.clone();
+        let node = self.node.clone();
         let request = request.to_owned();
         let (ticket_tx, ticket) = oneshot::channel();
         let asking = tokio::spawn(async move {
             match kind {
-                Ask::Final { timings } => {
-                    crate::client::ask_node(&client, &request, conversation, timings, on_piece)
-                        .await
-                }
+                Ask::Final { timings } => node.ask(&request, conversation, timings, on_piece).await,
                 Ask::Held { .. } => {
-                    crate::client::ask_node_held(
-                        &client,
-                        &request,
-                        conversation,
-                        ticket_tx,
-                        on_piece,
-                    )
-                    .await
+                    node.ask_held(&request, conversation, ticket_tx, on_piece)
+                        .await
                 }
             }
         });
@@ -364,6 +355,48 @@ pub(crate) fn speak(
         }
     };
     (on_piece, speaking, first_token)
+}
+
+/// Speaks pieces of the answer as they arrive, a sentence at a time, into `playback` (which
+/// starts playing with the first) once `gate` opens; stops speaking when the user barges in, or
+/// when the gate drops the answer (a held answer the user did not finish at). Returns the
+/// sentences spoken.
+pub(crate) fn speak_thread(
+    voice: &Mutex<Voice>,
+    pieces: std::sync::mpsc::Receiver<String>,
+    playback: &Playback,
+    gate: &Gate,
+) -> Result<usize, String> {
+    let mut sentences = Sentences::new();
+    let mut count = 0;
+    let mut speak = |sentence: String| -> Result<(), String> {
+        if playback.stopped().is_some() || gate.dropped() {
+            return Ok(());
+        }
+        let spoken = voice
+            .lock()
+            .map_err(|_| "the voice failed".to_owned())?
+            .speak(&sentence)
+            .map_err(|e| e.to_string())?;
+        if gate.wait() {
+            playback.queue(&spoken, Instant::now());
+            count += 1;
+        }
+        Ok(())
+    };
+    for piece in pieces {
+        for sentence in sentences.push(&piece) {
+            speak(sentence)?;
+        }
+    }
+    if let Some(rest) = sentences.finish() {
+        speak(rest)?;
+    }
+    // A dropped answer leaves the playback to the one that replaces it.
+    if !gate.dropped() {
+        playback.complete();
+    }
+    Ok(count)
 }
 
 #[cfg(test)]

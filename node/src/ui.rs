@@ -25,7 +25,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -36,10 +35,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
-use crate::api::{AppState, authorized};
+use crate::api_state::{AppState, authorized};
 
 const INDEX: &str = include_str!("../ui/index.html");
 const APP_JS: &str = include_str!("../ui/app.js");
@@ -51,211 +49,6 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 /// How long one CLI command may take before the UI is told it failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What the UI's routes share with the node.
-pub struct UiState {
-    /// This device's home, for the commands run on its behalf.
-    home: PathBuf,
-    /// The admin home (`--admin-home`), when this machine is also an admin's workstation.
-    admin_home: Option<PathBuf>,
-    /// This device's passphrase, for commands that unseal its keys (pairing).
-    passphrase: Zeroizing<String>,
-    pub voice: Arc<Voice>,
-    /// The pairing under way, if any: a new one replaces it.
-    pairing: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Models being downloaded (one download per model at a time).
-    pulling: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
-    /// Held from reading `settings.json` to applying a change, so two changes at once do not
-    /// lose one.
-    settings: tokio::sync::Mutex<()>,
-    events: broadcast::Sender<Value>,
-}
-
-impl UiState {
-    pub fn new(
-        home: PathBuf,
-        admin_home: Option<PathBuf>,
-        passphrase: Zeroizing<String>,
-        voice: Arc<Voice>,
-        events: broadcast::Sender<Value>,
-    ) -> Self {
-        Self {
-            home,
-            admin_home,
-            passphrase,
-            voice,
-            pairing: tokio::sync::Mutex::new(None),
-            pulling: Arc::default(),
-            settings: tokio::sync::Mutex::new(()),
-            events,
-        }
-    }
-}
-
-/// The voice loop's state as the UI shows it: what it is doing, and whether the microphone is
-/// muted. Changes are published as `{"type": "voice", …}` events; levels as `{"type": "level"}`.
-pub struct Voice {
-    state: std::sync::Mutex<VoiceInfo>,
-    muted: AtomicBool,
-    /// Push-to-talk: the listener wakes at its next frame when set.
-    talk: Arc<AtomicBool>,
-    /// Stop the answer being spoken.
-    stop: AtomicBool,
-    /// The wake word on or off, and its threshold (the listener follows it live).
-    wake: Arc<jarvis_voice::listener::WakeControl>,
-    /// A voice chosen in settings, for the loop to load before its next turn (`Some(None)`:
-    /// back to the default).
-    voice_change: std::sync::Mutex<Option<Option<String>>>,
-    /// The voice answers are spoken with now (`piper`, `espeak-ng`).
-    tts: std::sync::Mutex<&'static str>,
-    /// What the current (or last) turn heard: partial at each pause, then final.
-    heard: std::sync::Mutex<String>,
-    events: broadcast::Sender<Value>,
-}
-
-#[derive(Clone, Default)]
-struct VoiceInfo {
-    state: &'static str,
-    problem: Option<String>,
-}
-
-impl Voice {
-    pub fn new(
-        events: broadcast::Sender<Value>,
-        enabled: bool,
-        settings: &crate::settings::Settings,
-    ) -> Self {
-        Self {
-            state: std::sync::Mutex::new(VoiceInfo {
-                state: if enabled { "starting" } else { "off" },
-                problem: (!enabled).then(|| "voice is off (`jarvis up --no-voice`)".to_owned()),
-            }),
-            muted: AtomicBool::new(false),
-            talk: Arc::new(AtomicBool::new(false)),
-            stop: AtomicBool::new(false),
-            wake: Arc::new(jarvis_voice::listener::WakeControl::new(
-                settings.wake_word,
-                settings.wake_threshold,
-            )),
-            voice_change: std::sync::Mutex::new(settings.voice.clone().map(Some)),
-            tts: std::sync::Mutex::new(""),
-            heard: std::sync::Mutex::new(String::new()),
-            events,
-        }
-    }
-
-    /// What the listener follows for the wake word.
-    pub fn wake_control(&self) -> Arc<jarvis_voice::listener::WakeControl> {
-        Arc::clone(&self.wake)
-    }
-
-    /// The wake word's settings changed.
-    fn set_wake(&self, enabled: bool, threshold: f32) {
-        self.wake.set(enabled, threshold);
-        let _ = self.events.send(self.json());
-    }
-
-    /// Another voice was chosen: the loop loads it before its next turn.
-    fn change_voice(&self, choice: Option<String>) {
-        if let Ok(mut change) = self.voice_change.lock() {
-            *change = Some(choice);
-        }
-    }
-
-    /// The voice chosen since the last call, if any.
-    pub fn take_voice_change(&self) -> Option<Option<String>> {
-        self.voice_change.lock().ok().and_then(|mut c| c.take())
-    }
-
-    /// What the turn has heard so far (a partial transcript, then the final one; empty at a
-    /// new wake).
-    pub fn heard(&self, text: String) {
-        let changed = match self.heard.lock() {
-            Ok(mut heard) if *heard != text => {
-                *heard = text;
-                true
-            }
-            _ => false,
-        };
-        if changed {
-            let _ = self.events.send(self.json());
-        }
-    }
-
-    /// The voice answers are now spoken with.
-    pub fn set_tts(&self, name: &'static str) {
-        if let Ok(mut tts) = self.tts.lock() {
-            *tts = name;
-        }
-        let _ = self.events.send(self.json());
-    }
-
-    /// The flag the listener watches for push-to-talk.
-    pub fn talk_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.talk)
-    }
-
-    /// Whether the user asked to stop the spoken answer (clears the request).
-    pub fn take_stop(&self) -> bool {
-        self.stop.swap(false, Ordering::Relaxed)
-    }
-
-    /// Idle, listening, transcribing, thinking, speaking, off.
-    pub fn set(&self, state: &'static str) {
-        self.update(state, None);
-    }
-
-    /// Voice cannot run, and why.
-    pub fn off(&self, problem: String) {
-        self.update("off", Some(problem));
-    }
-
-    fn update(&self, state: &'static str, problem: Option<String>) {
-        let changed = match self.state.lock() {
-            Ok(mut info) => {
-                let changed = info.state != state || info.problem != problem;
-                *info = VoiceInfo { state, problem };
-                changed
-            }
-            Err(_) => false,
-        };
-        if changed {
-            let _ = self.events.send(self.json());
-        }
-    }
-
-    pub fn muted(&self) -> bool {
-        self.muted.load(Ordering::Relaxed)
-    }
-
-    fn set_muted(&self, muted: bool) {
-        if self.muted.swap(muted, Ordering::Relaxed) != muted {
-            let _ = self.events.send(self.json());
-        }
-    }
-
-    /// A microphone level (rms and peak of the last ~100 ms, 0 to 1).
-    pub fn level(&self, rms: f32, peak: f32) {
-        let _ = self.events.send(json!({
-            "type": "level",
-            "rms": (rms * 1000.0).round() / 1000.0,
-            "peak": (peak * 1000.0).round() / 1000.0,
-        }));
-    }
-
-    pub fn json(&self) -> Value {
-        let info = self.state.lock().map(|i| i.clone()).unwrap_or_default();
-        json!({
-            "type": "voice",
-            "state": info.state,
-            "muted": self.muted(),
-            "problem": info.problem,
-            "wake_word": self.wake.enabled(),
-            "tts": self.tts.lock().map(|t| *t).unwrap_or(""),
-            "heard": self.heard.lock().map(|h| h.clone()).unwrap_or_default(),
-        })
-    }
-}
 
 /// The page (public: it holds no data) and the UI's API routes (token required, checked once
 /// for all of them by `require_token`).
@@ -541,7 +334,7 @@ async fn voice(State(state): State<AppState>) -> Response {
 
 /// The settings with what each choice means, for the settings screen.
 fn settings_json(settings: &crate::settings::Settings) -> Value {
-    let voices: Vec<Value> = crate::listen::voice_choices()
+    let voices: Vec<Value> = crate::front_end::voice_choices()
         .into_iter()
         .map(|(value, label)| json!({ "value": value, "label": label }))
         .collect();
@@ -627,7 +420,7 @@ async fn change_settings(
     if let Some(voice) = change.voice {
         if voice == "default" {
             settings.voice = None;
-        } else if crate::listen::voice_choices()
+        } else if crate::front_end::voice_choices()
             .iter()
             .any(|(v, _)| *v == voice)
         {
@@ -645,7 +438,7 @@ async fn change_settings(
         return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"));
     }
     // Live: the next answer follows the new policy.
-    state.offload.set_policy(settings.offload);
+    state.asking.offload.set_policy(settings.offload);
     state
         .ui
         .voice
@@ -682,7 +475,7 @@ async fn mute(
 /// Push-to-talk: the next request is listened to without the wake word.
 async fn talk(State(state): State<AppState>) -> Response {
     let voice = &state.ui.voice;
-    let now = voice.state.lock().map(|i| i.state).unwrap_or("off");
+    let now = voice.current();
     if now == "off" || now == "starting" {
         return error(
             StatusCode::CONFLICT,
@@ -701,20 +494,20 @@ async fn talk(State(state): State<AppState>) -> Response {
             &format!("Jarvis is {now}: talk once it is done (or speak over an answer to stop it)"),
         );
     }
-    voice.talk.store(true, Ordering::Relaxed);
+    voice.request_talk();
     Json(voice.json()).into_response()
 }
 
 async fn stop_speaking(State(state): State<AppState>) -> Response {
     let voice = &state.ui.voice;
-    let now = voice.state.lock().map(|i| i.state).unwrap_or("off");
+    let now = voice.current();
     if now != "thinking" && now != "speaking" {
         return error(
             StatusCode::CONFLICT,
             &format!("there is no answer to stop (voice is {now})"),
         );
     }
-    voice.stop.store(true, Ordering::Relaxed);
+    voice.request_stop();
     Json(voice.json()).into_response()
 }
 

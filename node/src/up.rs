@@ -19,6 +19,7 @@ use crate::device::host_name;
 use crate::home::{Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now};
 use crate::node::{COMMAND_QUEUE, Node, NodeConfig, NodeIdentity};
 use crate::output::Output;
+use crate::shutdown::Shutdown;
 use tokio::sync::{mpsc, watch};
 
 /// How long a personal org's user certificate lasts; the device renews it itself.
@@ -118,18 +119,19 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
         settings.offload,
         crate::llm::model_bytes(),
     );
-    let voice_state = std::sync::Arc::new(crate::ui::Voice::new(
+    let voice_state = std::sync::Arc::new(crate::voice_state::Voice::new(
         events.clone(),
         !args.no_voice,
         &settings,
     ));
-    let ui = std::sync::Arc::new(crate::ui::UiState::new(
+    let ui = std::sync::Arc::new(crate::ui_state::UiState::new(
         home.dir().to_path_buf(),
         args.admin_home.clone(),
         passphrase.clone(),
         voice_state.clone(),
         events.clone(),
     ));
+    let asking = crate::ask::Asking::new(commands_tx.clone(), engine.clone(), offload.clone());
     let (api_addr, server) = api::serve(
         &home,
         args.api,
@@ -137,8 +139,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
             commands: commands_tx,
             metrics: metrics.clone(),
             events: events.clone(),
-            engine: engine.clone(),
-            offload: offload.clone(),
+            asking: asking.clone(),
             stop: stop_rx.clone(),
             ui,
         },
@@ -162,10 +163,10 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let server = tokio::spawn(server);
     let voice = (!args.no_voice).then(|| {
         tokio::spawn(crate::voice_loop::run(
-            home.clone(),
             args.mic.clone(),
             voice_metrics.clone(),
             voice_state.clone(),
+            asking.clone(),
             stop_rx_voice.clone(),
         ))
     });
@@ -211,7 +212,7 @@ async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
     let _ = server.await;
     let _ = loads.await;
     engine.shutdown().await;
-    api::forget(&home);
+    crate::local_api::forget(&home);
     result?;
     out.emit(&json!({ "event": "stopped" }), || {
         "Stopped cleanly.".to_owned()
@@ -301,55 +302,4 @@ fn create_personal(
     state.personal = true;
     home.save(&state)?;
     Ok((state, passphrase))
-}
-
-/// The signals that mean "stop": Ctrl-C (SIGINT), and SIGTERM from service managers.
-///
-/// Installed before the node reports that it is up, so a signal sent the moment a script sees
-/// "up" is caught and handled as a clean shutdown rather than killing the process.
-pub use shutdown::Shutdown;
-
-mod shutdown {
-    use anyhow::{Context, Result};
-
-    #[cfg(unix)]
-    pub struct Shutdown {
-        interrupt: tokio::signal::unix::Signal,
-        terminate: tokio::signal::unix::Signal,
-    }
-
-    #[cfg(unix)]
-    impl Shutdown {
-        pub fn install() -> Result<Self> {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Self {
-                interrupt: signal(SignalKind::interrupt()).context("listening for Ctrl-C")?,
-                terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-            })
-        }
-
-        /// Cancel-safe: waiting again after a cancelled wait still sees the next signal.
-        pub async fn wait(&mut self) {
-            tokio::select! {
-                _ = self.interrupt.recv() => {},
-                _ = self.terminate.recv() => {},
-            }
-        }
-    }
-
-    #[cfg(not(unix))]
-    pub struct Shutdown;
-
-    #[cfg(not(unix))]
-    impl Shutdown {
-        pub fn install() -> Result<Self> {
-            Ok(Self)
-        }
-
-        pub async fn wait(&mut self) {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
 }

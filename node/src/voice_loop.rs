@@ -1,6 +1,7 @@
 //! The voice loop of `jarvis up`: listens to the microphone turn after turn ("hey jarvis, …"),
-//! asks the node it runs in through its local API (so the turn is saved and synced like any
-//! question, in one voice conversation per run), and speaks the answer through the speaker,
+//! asks the node it runs in directly, in-process ([`crate::handle::NodeHandle::InProcess`]: the
+//! turn is saved and synced like any question, in one voice conversation per run), and speaks
+//! the answer through the speaker,
 //! stopping when the user talks over it.
 //!
 //! Voice is optional: without the voice models, a microphone or the speech worker, the node runs
@@ -17,22 +18,21 @@ use jarvis_voice::playback::Playback;
 use jarvis_voice::turn::TurnConfig;
 use tokio::sync::watch;
 
-use crate::home::Home;
-use crate::listen::{VOICE_RATE, VoiceModels, heard_timings, millis};
+use crate::front_end::{VOICE_RATE, VoiceModels, heard_timings, millis};
 use crate::metrics::Metrics;
 use crate::speculate::Answerer;
-use crate::ui::Voice;
+use crate::voice_state::Voice;
 
 /// Runs the voice loop until `stop`; logs why voice is off when it cannot run.
 pub async fn run(
-    home: Home,
     mic: Option<String>,
     metrics: Arc<Metrics>,
     ui: Arc<Voice>,
+    asking: crate::ask::Asking,
     mut stop: watch::Receiver<bool>,
 ) {
     let result = tokio::select! {
-        r = turns(&home, mic, &metrics, &ui) => r,
+        r = turns(mic, &metrics, &ui, asking) => r,
         _ = stop.wait_for(|s| *s) => Ok(()),
     };
     if let Err(e) = result {
@@ -77,15 +77,15 @@ fn metered(chunks: std::sync::mpsc::Receiver<Vec<f32>>, ui: Arc<Voice>) -> Sourc
 }
 
 async fn turns(
-    home: &Home,
     mic_name: Option<String>,
     metrics: &Metrics,
     ui: &Arc<Voice>,
+    asking: crate::ask::Asking,
 ) -> Result<()> {
     // The cheap checks first: no models or no microphone turns voice off before anything loads.
     let models = VoiceModels::find()?;
     device::find_microphone(mic_name.as_deref())?;
-    let (mut listener, voice, mut stt) = crate::listen::load(&models, false).await?;
+    let (mut listener, voice, mut stt) = crate::front_end::load(&models, false).await?;
     listener.push_to_talk(ui.talk_flag());
     listener.wake_control(ui.wake_control());
     ui.set_tts(voice.name());
@@ -96,14 +96,15 @@ async fn turns(
     let speaker = device::open_speaker(None, Arc::clone(&playback), VOICE_RATE)
         .map_err(|e| tracing::warn!("{e}; answers are saved but not spoken"))
         .ok();
-    let client = crate::api::Client::for_home(home)?;
+    // The node is in this process: questions go to it directly, not through its HTTP API.
+    let node = crate::handle::NodeHandle::InProcess(asking);
     tracing::info!(microphone = %mic.name, speaker = ?speaker.as_ref().map(|s| &s.name), "voice is on: say \"hey jarvis\"");
     let mut source = metered(chunks, Arc::clone(ui));
     let mut conversation: Option<String> = None;
     loop {
         // A voice chosen in settings since the last turn (a failure keeps the one in use).
         if let Some(choice) = ui.take_voice_change() {
-            match crate::listen::load_voice(&models, choice.clone()).await {
+            match crate::front_end::load_voice(&models, choice.clone()).await {
                 Ok(v) => {
                     tracing::info!(voice = ?choice, engine = v.name(), "voice changed");
                     ui.set_tts(v.name());
@@ -122,7 +123,7 @@ async fn turns(
         // The words heard at each pause are answered at once, held until the end of the turn
         // says whether they were the request (`speculate`).
         let mut answerer = Answerer::new(
-            client.clone(),
+            node.clone(),
             Arc::clone(&voice),
             Arc::clone(&playback),
             Arc::new({

@@ -118,6 +118,8 @@ impl<P: Eq + Hash + Clone + ToString> Listing<P> {
             addresses: o.addresses.clone(),
             seen_ms_ago: now_ms.saturating_sub(o.last_ms),
             gpu: o.gpu.clone(),
+            // The server adds a device's chain: the listing only knows who beats.
+            chain: None,
         };
         let mut directory = Directory::default();
         for (p, o) in &self.online {

@@ -91,6 +91,9 @@ pub struct Relay {
     db: Db,
     /// Who each connected peer is, and whether it is let in (devices, GPU peers, admins).
     admission: Admission,
+    /// The certificate chains of the admitted devices (hex), handed to their user's other
+    /// devices in the directory.
+    chains: HashMap<PeerId, String>,
     /// The same peers, as the circuit relay's gate sees them.
     admitted: Admitted,
     /// Devices and GPU peers online, from their heartbeats.
@@ -362,6 +365,7 @@ impl Relay {
             hub,
             db,
             admission: Admission::new(),
+            chains: HashMap::new(),
             admitted,
             listing: Listing::default(),
             roster,
@@ -598,7 +602,17 @@ impl Relay {
                     let hello = self.hello();
                     self.swarm.behaviour_mut().auth.send_request(&peer, hello);
                 }
-                admission::Event::Admitted { peer, verified, .. } => self.admitted(peer, verified),
+                admission::Event::Admitted {
+                    peer,
+                    verified,
+                    chain,
+                    ..
+                } => {
+                    if verified.kind == CertKind::Device {
+                        self.chains.insert(peer, hex::encode(chain.encode()));
+                    }
+                    self.admitted(peer, verified);
+                }
                 admission::Event::AcceptedUs(_) => {}
                 admission::Event::Refused { peer, refusal } => {
                     tracing::warn!(%peer, reason = %refusal, "peer refused");
@@ -666,6 +680,7 @@ impl Relay {
 
     /// A peer refused or gone: nothing of ours is served to it any more.
     fn forget(&mut self, peer: PeerId) {
+        self.chains.remove(&peer);
         self.admitted.set(peer, false);
         self.swarm.behaviour_mut().identify.set_open(peer, false);
         self.swarm.behaviour_mut().ping.set_open(peer, false);
@@ -710,7 +725,17 @@ impl Relay {
             (Some(who), Ok(Request::Heartbeat { addresses, gpu })) => {
                 let who = who.clone();
                 match self.listing.heartbeat(peer, &who, addresses, gpu, now_ms) {
-                    Ok(()) => Response::Directory(self.listing.view(&peer, &who, now_ms)),
+                    Ok(()) => {
+                        let mut view = self.listing.view(&peer, &who, now_ms);
+                        for entry in &mut view.devices {
+                            entry.chain = entry
+                                .peer_id
+                                .parse::<PeerId>()
+                                .ok()
+                                .and_then(|p| self.chains.get(&p).cloned());
+                        }
+                        Response::Directory(view)
+                    }
                     Err(reason) => Response::Refused { reason },
                 }
             }

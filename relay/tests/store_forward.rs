@@ -778,6 +778,36 @@ fn a_device_approved_offline_gets_the_history_and_writes_to_its_sponsor_through_
     });
 }
 
+/// Two devices the laptop approved (each knows the laptop, neither the other) and that never
+/// connect to each other: each learns the other from the relay's directory, where the relay
+/// lists its user's devices with their certificate chains, checks the chain itself, and shares
+/// its conversations. Before, the tablet could never read what the phone wrote; and with
+/// writers restricted to a device's known siblings (#20, finding 1) it would not even take the
+/// phone's changes.
+#[test]
+fn devices_that_never_met_learn_each_other_from_the_relays_directory_and_read_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, relay_home) = org(dir.path(), &["phone", "tablet"]);
+    let (phone, tablet) = (devices[1].clone(), devices[2].clone());
+    assert_eq!(device_names(&tablet), ["laptop", "tablet"]);
+    let (_relay, address, _) = start_relay(&relay_home);
+    let _p = start_node(&phone, &address);
+    let conversation = say(&phone, &["written on the phone"]);
+    let _t = start_node(&tablet, &address);
+    wait_for("the tablet to read the phone's conversation", || {
+        (texts(&tablet, &conversation) == ["written on the phone"]).then_some(())
+    });
+    // And back: the tablet's reply reaches the phone.
+    say(
+        &tablet,
+        &["and the tablet answers", "--conversation", &conversation],
+    );
+    wait_for("the phone to read the tablet's reply", || {
+        (texts(&phone, &conversation).len() == 2).then_some(())
+    });
+    assert!(device_names(&phone).contains(&"tablet".to_owned()));
+}
+
 /// #20, finding 5 (in part): a stranger that connects to a device's node and says nothing is
 /// disconnected once the mesh's hello deadline has passed (as at the relay); before, the node
 /// kept it for as long as the stranger liked.

@@ -2,7 +2,7 @@
 //! with llama.cpp's, and a crash in C++ then costs one transcript, not the node).
 //!
 //! The node starts it as `jarvis-stt-worker --model FILE [--threads N]` and speaks
-//! `jarvis_inference::stt_protocol` over stdin and stdout: one request at a time, in order.
+//! `jarvis_inference_protocol::stt_protocol` over stdin and stdout: one request at a time, in order.
 //! End of stdin is a shutdown.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use jarvis_inference::stt_protocol::{self, Command, Event};
+use jarvis_inference_protocol::stt_protocol::{self, Command, Event};
 use jarvis_stt::Transcriber;
 
 const USAGE: &str = "usage: jarvis-stt-worker --model FILE [--threads N]\n\

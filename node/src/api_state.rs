@@ -1,0 +1,42 @@
+//! The local API's state, shared by its three sets of routes ([`crate::api`], [`crate::ui`],
+//! [`crate::openai`]): the node's command queue and events, the engine, where answers are made,
+//! the UI's share, and the token every route but the page checks.
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::node::Command;
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) token: String,
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub(crate) events: tokio::sync::broadcast::Sender<Value>,
+    /// Questions answered: the engine, where answers are made (here or on a GPU peer), held
+    /// answers.
+    pub(crate) asking: crate::ask::Asking,
+    /// Set when the node stops: event streams end then, or graceful shutdown would wait for
+    /// them forever (the state holding the sender lives as long as the server).
+    pub(crate) stop: tokio::sync::watch::Receiver<bool>,
+    /// The UI's share: voice state, pairing, the admin home.
+    pub(crate) ui: std::sync::Arc<crate::ui_state::UiState>,
+    /// The port the API listens on, for the same-origin check.
+    pub(crate) port: u16,
+}
+
+pub(crate) fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let expected = format!("Bearer {}", state.token);
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        // Constant-time enough for a local token: compare every byte.
+        .is_some_and(|v| {
+            v.len() == expected.len()
+                && v.bytes()
+                    .zip(expected.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+}

@@ -206,7 +206,7 @@ struct AskRequest {
     timings_ms: BTreeMap<String, u64>,
     /// Speculative (with `stream`): the answer streams at once, but neither the question nor
     /// the answer is saved until `POST /v1/ask/confirm` names the `ticket` of the `start` event;
-    /// closing the stream first (or not confirming within [`HOLD_FOR`]) drops both.
+    /// closing the stream first (or not confirming within [`crate::ask::HOLD_FOR`]) drops both.
     #[serde(default)]
     hold: bool,
 }

@@ -142,9 +142,10 @@ impl HelloError {
     }
 }
 
-/// The authentication gate, sans-IO: merges the revocations the peer sent (verified against our
-/// org root; a set from another org is ignored), then verifies the peer's chain against the root
-/// and the merged set at `now`, and checks that the chain certifies exactly the key the transport
+/// The authentication gate, sans-IO: verifies the peer's chain against the root and the
+/// revocations we know at `now`; only then merges the revocations the peer sent (verified
+/// against our org root; a set from another org is ignored) and verifies the chain again
+/// against the merged set; and checks that the chain certifies exactly the key the transport
 /// authenticated for this connection (`peer`), so a stolen chain is useless without its key.
 pub fn check_hello(
     root: &PublicKey,
@@ -154,10 +155,15 @@ pub fn check_hello(
     now: UnixTime,
 ) -> Result<Checked, HelloError> {
     let hello = Hello::decode(bytes)?;
+    // Who the peer is, against what we know, before anything it says counts: a peer that is
+    // not a member (a fired admin carrying revocations it signed, a stranger replaying an
+    // org's records) adds nothing to our revocations.
+    hello.chain.verify(root, now, revocations)?;
     let new_revocations = RevocationSet::decode(root, &hello.revocations)
         .ok()
         .and_then(|theirs| revocations.merge(&theirs).ok())
         .unwrap_or(0);
+    // And against what it told us: a peer revoked in its own set is revoked.
     let verified = hello.chain.verify(root, now, revocations)?;
     let expected = verified
         .subject
@@ -400,5 +406,78 @@ mod tests {
         .unwrap_err();
         assert!(err.is_revoked(), "{err}");
         assert!(err.to_string().contains("revoked"), "{err}");
+    }
+
+    /// #20, finding 4 (in part): a fired admin's hello carries a revocation it signed (of bob's
+    /// device). Its own chain is revoked, so it is refused, and before the fix its revocations
+    /// were merged anyway (the merge came first): bob's device was cut off by someone no
+    /// longer an admin. Now nothing a non-member sends counts.
+    #[test]
+    fn a_peer_that_is_not_a_member_adds_no_revocations() {
+        let acme = org();
+        let fired = SecretKey::generate();
+        let fired_chain = CertChain::new(vec![
+            Certificate::issue(
+                CertTemplate {
+                    kind: CertKind::Admin,
+                    subject: fired.public(),
+                    name: Name::new("fired").unwrap(),
+                    roles: Roles::ADMIN,
+                    not_before: NOW,
+                    not_after: NOW.saturating_add_secs(3600),
+                    age_recipient: None,
+                },
+                &acme.root,
+            )
+            .unwrap(),
+        ])
+        .unwrap();
+        let (bob_key, bob_chain) = device(&acme, "bob");
+        let mut ours = RevocationSet::new(acme.info.root);
+        ours.insert(
+            Revocation::issue(
+                RevocationTarget::Key(fired.public()),
+                "left the company",
+                NOW,
+                None,
+                &acme.root,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut carried = ours.clone();
+        carried
+            .insert(
+                Revocation::issue(
+                    RevocationTarget::Key(bob_key.public()),
+                    "spite",
+                    NOW,
+                    Some(&fired_chain),
+                    &fired,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let err = check_hello(
+            &acme.info.root,
+            &mut ours,
+            peer_of(&fired),
+            &hello(&fired_chain, &carried),
+            NOW,
+        )
+        .unwrap_err();
+        assert!(err.is_revoked(), "{err}");
+        assert_eq!(ours.len(), 1, "the fired admin's record was merged");
+        assert!(!ours.is_key_revoked(&bob_key.public()));
+        assert!(
+            check_hello(
+                &acme.info.root,
+                &mut ours,
+                peer_of(&bob_key),
+                &hello(&bob_chain, &RevocationSet::new(acme.info.root)),
+                NOW,
+            )
+            .is_ok()
+        );
     }
 }

@@ -1,0 +1,169 @@
+//! A malicious relay (#20): the org's relay certificate and key, in the hands of an adversary
+//! that speaks the mesh's protocols its own way. The devices' conversations must stay readable
+//! to them, unreadable to the relay, and unaltered, and every device must keep starting.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::adversary::Adversary;
+use common::{jarvis_bin, json_ok, wait_for};
+use jarvis_crdt::envelope::{DocKey, KeyRecord};
+use jarvis_crdt::{DocId, SyncMessage};
+use jarvis_home::{Home, KeyFile};
+use serde_json::Value;
+
+fn jarvis(home: &Path) -> Command {
+    let mut cmd = Command::new(jarvis_bin());
+    cmd.env("JARVIS_PASSPHRASE", "pw")
+        .env("JARVIS_KDF_WORK_FACTOR", "10")
+        // About sync, not answers: without a model `ask` saves the message and answers nothing.
+        .env("JARVIS_MODELS", "/nonexistent/jarvis-models")
+        .arg("--home")
+        .arg(home);
+    cmd
+}
+
+fn ok(home: &Path, args: &[&str]) -> Value {
+    json_ok(jarvis(home), args)
+}
+
+/// `jarvis ask` without a model: the message is saved (and synced); returns its conversation.
+fn say(home: &Path, args: &[&str]) -> String {
+    let out = jarvis(home)
+        .arg("ask")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        reply["error"].as_str().unwrap().contains("no answer"),
+        "{reply}"
+    );
+    reply["conversation_id"].as_str().unwrap().to_owned()
+}
+
+/// A relay's identity, taken from its enrolled home as a thief would: its key and chain.
+fn stolen_relay(home: &Path) -> (jarvis_identity::SecretKey, jarvis_identity::CertChain) {
+    let home = Home::locate(Some(home.to_path_buf())).unwrap();
+    let key = home.unseal_key(KeyFile::Identity, "pw").unwrap().signing;
+    let chain = home.load().unwrap().chain().unwrap().unwrap();
+    (key, chain)
+}
+
+/// #20, finding 1. Before: devices took any validly signed key record, so the relay (which has
+/// every device's age recipient from its hello) offered a key of its own as the next epoch, the
+/// device sealed what followed with it, and the relay read it. Now only the user's devices may
+/// write key records, changes and snapshots, so the relay's key is dropped (and counted) and the
+/// next message is sealed with the devices' own key.
+#[test]
+fn a_relay_that_injects_a_key_of_its_own_reads_nothing_written_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let admin = d.join("admin");
+    ok(&admin, &["admin", "init", "--org", "acme"]);
+    let token = ok(&admin, &["admin", "invite", "alice"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let laptop = d.join("laptop");
+    ok(&laptop, &["join", &token, "--device-name", "laptop"]);
+    let root: jarvis_identity::PublicKey = ok(&laptop, &["whoami"])["org_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let relay_home = d.join("relay");
+    common::enrol_relay(&admin, &relay_home);
+    let (relay_key, relay_chain) = stolen_relay(&relay_home);
+    let adversary = Adversary::listen(&relay_key, relay_chain, root);
+
+    let _node = common::node_up(
+        jarvis(&laptop),
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--peer",
+            &adversary.address,
+        ],
+    );
+    // The laptop admits the "relay" and syncs with it: it sends its hello (with its age
+    // recipient) and, once it writes, the conversation's key record and changes (sealed).
+    let conversation = say(&laptop, &["the first secret"]);
+    let doc: DocId = conversation.parse().unwrap();
+    let (device, recipient) = wait_for("the laptop's hello and its first changes", || {
+        let seen = adversary.received();
+        let (peer, hello) = seen.hellos.first()?;
+        let recipient = hello.chain.leaf()?.age_recipient()?.to_owned();
+        seen.sync
+            .iter()
+            .any(|(_, m)| matches!(m, SyncMessage::Changes { doc: d, .. } if *d == doc))
+            .then_some((*peer, recipient))
+    });
+
+    // The attack: epoch 1 of the conversation, the relay's own key wrapped to the laptop.
+    let relays_key = DocKey::generate();
+    let recipient: jarvis_identity::age::x25519::Recipient = recipient.parse().unwrap();
+    let injected = KeyRecord::wrap(doc, 1, &relays_key, &[recipient], &relay_key).unwrap();
+    let (before, answered) = {
+        let seen = adversary.received();
+        (seen.sync.len(), seen.answered)
+    };
+    adversary.send_sync(
+        device,
+        SyncMessage::Keys {
+            doc,
+            keys: vec![injected],
+        },
+    );
+    wait_for("the laptop to handle the relay's key record", || {
+        (adversary.received().answered > answered).then_some(())
+    });
+
+    say(
+        &laptop,
+        &["the second secret", "--conversation", &conversation],
+    );
+    let after: Vec<jarvis_crdt::SealedChange> = wait_for("the laptop's next change", || {
+        let seen = adversary.received();
+        let changes: Vec<_> = seen.sync[before..]
+            .iter()
+            .filter_map(|(_, m)| match m {
+                SyncMessage::Changes { doc: d, changes } if *d == doc => Some(changes.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        (!changes.is_empty()).then_some(changes)
+    });
+    for change in &after {
+        assert_eq!(change.header().epoch, 0, "sealed with the relay's epoch");
+        assert!(
+            change.open(&relays_key).is_err(),
+            "the relay opened what the laptop wrote after the attack"
+        );
+    }
+    // The laptop reads its own conversation as it wrote it.
+    let shown = ok(&laptop, &["show", &conversation]);
+    let texts: Vec<&str> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["the first secret", "the second secret"]);
+    // What was dropped is counted where the user (and a support person) can see it.
+    let status = ok(&laptop, &["status"]);
+    assert!(
+        status["quarantined"]["unknown_writers"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+}

@@ -379,9 +379,35 @@ async fn log_stderr(stderr: tokio::process::ChildStderr) {
     }
 }
 
+/// What a worker process may see of our environment: what finding libraries, locales, temp
+/// files and the engines' own tuning need, nothing else. Not the passphrase
+/// (`JARVIS_PASSPHRASE`), not tokens, not the user's other settings: a worker runs third-party
+/// engine code on untrusted input (a model file, audio) and needs none of it.
+pub fn worker_environment(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    const NAMES: &[&str] = &[
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TMPDIR",
+        "LD_LIBRARY_PATH",
+        "RUST_BACKTRACE",
+    ];
+    const PREFIXES: &[&str] = &["GGML_", "LLAMA_", "CUDA_", "OMP_"];
+    vars.into_iter()
+        .filter(|(name, _)| {
+            NAMES.contains(&name.as_str()) || PREFIXES.iter().any(|p| name.starts_with(p))
+        })
+        .collect()
+}
+
 fn spawn_worker(config: &EngineConfig) -> std::io::Result<Worker> {
     let mut process = Process::new(&config.worker);
     process
+        .env_clear()
+        .envs(worker_environment(std::env::vars()))
         .arg("--model")
         .arg(&config.model)
         .arg("--slots")
@@ -741,4 +767,68 @@ async fn send(worker: &mut Worker, command: &Command) -> std::io::Result<()> {
 
 fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn a_worker_sees_none_of_our_secrets() {
+        let vars = [
+            ("JARVIS_PASSPHRASE", "hunter2"),
+            ("JARVIS_HOME", "/home/a"),
+            ("HOME", "/home/a"),
+            ("PATH", "/usr/bin"),
+            ("GGML_NTHREADS", "2"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let kept: Vec<String> = worker_environment(vars)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(kept, ["PATH", "GGML_NTHREADS"]);
+    }
+
+    /// The spawned worker's environment really is the filtered one: a stand-in worker writes
+    /// its environment out; nothing of the test's (cargo's variables, any `JARVIS_`) is there.
+    #[cfg(unix)]
+    #[test]
+    fn the_spawned_worker_gets_only_that() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env.txt");
+        let script = dir.path().join("worker.sh");
+        std::fs::write(&script, format!("#!/bin/sh\nenv > '{}'\n", out.display())).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let env = runtime.block_on(async {
+            let config = EngineConfig::new(script, dir.path().join("m.gguf"), "m".into());
+            // Held (a dropped worker is killed) until it has written its environment.
+            let _worker = spawn_worker(&config).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(text) = std::fs::read_to_string(&out)
+                    && text.ends_with('\n')
+                {
+                    break text;
+                }
+                assert!(Instant::now() < deadline, "the stand-in worker did not run");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+        for line in env.lines() {
+            let name = line.split('=').next().unwrap_or_default();
+            assert!(
+                !name.starts_with("CARGO") && !name.starts_with("JARVIS_") && name != "HOME",
+                "the worker saw {name}"
+            );
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! libp2p protocols served only to admitted peers.
 //!
-//! The relay's own protocols check admission themselves. libp2p's identify and ping do not: they
-//! would answer any stranger that completes a QUIC handshake with the relay's listen addresses,
-//! its protocol list and its agent. (Protocol names can still be tried one by one at
+//! Until a peer is admitted, the only thing it may send that is read is its hello (#20, finding
+//! 5): the sync and directory protocols are gated, so a stranger's request, announced at up to
+//! 64 MiB, is not read at all, only held (a few) until the peer is admitted or goes. And libp2p's
+//! identify and ping, which do not check admission themselves, would answer any stranger that
+//! completes a QUIC handshake with the relay's listen addresses, its protocol list and its agent. (Protocol names can still be tried one by one at
 //! negotiation, as with any libp2p peer.) [`Gated`] wraps such a behaviour. On a connection whose peer is not
 //! admitted, its handler is not polled (so it sends nothing), and the inbound streams it accepts
 //! are held, unanswered (a few; more are dropped). Once [`Gated::set_open`] opens the gate for
@@ -24,6 +26,33 @@ use libp2p::swarm::{
 
 /// Whether a peer is admitted now.
 pub type IsAdmitted = Box<dyn Fn(&PeerId) -> bool + Send>;
+
+/// The peers admitted now, shared between a shell (which sets it as its admission core
+/// decides) and the gates and other behaviours that consult it for new connections.
+#[derive(Clone, Default)]
+pub struct AdmittedPeers(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PeerId>>>);
+
+impl AdmittedPeers {
+    pub fn set(&self, peer: PeerId, admitted: bool) {
+        if let Ok(mut set) = self.0.lock() {
+            if admitted {
+                set.insert(peer);
+            } else {
+                set.remove(&peer);
+            }
+        }
+    }
+
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.0.lock().is_ok_and(|set| set.contains(peer))
+    }
+
+    /// The check a [`Gated`] makes on a new connection.
+    pub fn check(&self) -> IsAdmitted {
+        let peers = self.clone();
+        Box::new(move |peer| peers.contains(peer))
+    }
+}
 
 /// `B`, served only to peers the relay admitted.
 pub struct Gated<B> {
@@ -51,6 +80,22 @@ impl<B> Gated<B> {
         for connection in self.connections.get(&peer).into_iter().flatten() {
             self.changes.push_back((peer, *connection, open));
         }
+    }
+}
+
+/// The wrapped behaviour, to send requests with (a gate that is closed holds them back until
+/// it opens).
+impl<B> std::ops::Deref for Gated<B> {
+    type Target = B;
+
+    fn deref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B> std::ops::DerefMut for Gated<B> {
+    fn deref_mut(&mut self) -> &mut B {
+        &mut self.inner
     }
 }
 

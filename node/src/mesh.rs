@@ -5,6 +5,7 @@ use std::io;
 use std::time::Duration;
 
 pub use jarvis_identity::hello::Hello;
+use jarvis_mesh::gate::{AdmittedPeers, Gated};
 use jarvis_mesh::wire;
 use libp2p::request_response;
 use libp2p::swarm::NetworkBehaviour;
@@ -24,9 +25,10 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub auth: request_response::Behaviour<Frames>,
-    pub sync: request_response::Behaviour<Frames>,
-    /// Heartbeats to the org's relays, answered with their directory.
-    pub directory: request_response::Behaviour<Frames>,
+    /// Served (read) only to admitted peers: a stranger's sync request is not read at all.
+    pub sync: Gated<request_response::Behaviour<Frames>>,
+    /// Heartbeats to the org's relays, answered with their directory (gated as `sync`).
+    pub directory: Gated<request_response::Behaviour<Frames>>,
     /// Offloaded answers (`/jarvis/infer/1`), streamed.
     pub stream: libp2p_stream::Behaviour,
 }
@@ -89,6 +91,7 @@ impl Behaviour {
         relay_client: relay::client::Behaviour,
         mdns_enabled: bool,
         stream: libp2p_stream::Behaviour,
+        admitted: &AdmittedPeers,
     ) -> io::Result<Self> {
         let peer_id = key.public().to_peer_id();
         Ok(Self {
@@ -98,8 +101,11 @@ impl Behaviour {
             ping: ping::Behaviour::new(ping::Config::new()),
             mdns: Toggle::from(mdns(key, mdns_enabled)),
             auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
-            sync: wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
-            directory: directory(),
+            sync: Gated::new(
+                wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
+                admitted.check(),
+            ),
+            directory: Gated::new(directory(), admitted.check()),
             stream,
         })
     }

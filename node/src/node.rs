@@ -264,6 +264,8 @@ pub struct Node {
     revocations: RevocationSet,
     /// Who each connected peer is, and whether it is let in: the mesh's one admission core.
     admission: Admission,
+    /// The admitted peers, as the gates in front of `sync` and `directory` see them.
+    admitted_peers: jarvis_mesh::gate::AdmittedPeers,
     /// What this node keeps per connected peer beyond admission: the path, the sync session.
     peers: HashMap<PeerId, Peer>,
     /// The user's other devices, recorded or met: every document key is wrapped to them
@@ -357,6 +359,8 @@ impl Node {
             .to_libp2p_keypair()
             .context("deriving the libp2p identity")?;
         let mdns = config.mdns;
+        let admitted_peers = jarvis_mesh::gate::AdmittedPeers::default();
+        let gates = admitted_peers.clone();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -369,7 +373,7 @@ impl Node {
             .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
             .context("setting up the relay client")?
             .with_behaviour(|key, relay| {
-                Behaviour::new(key, relay, mdns, stream)
+                Behaviour::new(key, relay, mdns, stream, &gates)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .context("setting up the behaviour")?
@@ -454,6 +458,7 @@ impl Node {
             replica,
             revocations,
             admission: Admission::new(),
+            admitted_peers,
             peers: HashMap::new(),
             devices,
             redials,
@@ -872,6 +877,7 @@ impl Node {
             } => {
                 self.peers.remove(&peer_id);
                 self.admission.closed(&peer_id);
+                self.admitted_peers.set(peer_id, false);
                 self.offload.left(&peer_id);
                 self.directory.remove(&peer_id);
             }
@@ -968,7 +974,10 @@ impl Node {
                     verified,
                     age_recipient,
                     ..
-                } => self.admitted(peer, &verified, age_recipient),
+                } => {
+                    self.open_gates(peer, true);
+                    self.admitted(peer, &verified, age_recipient);
+                }
                 admission::Event::AcceptedUs(peer) => {
                     let relay = self
                         .admission
@@ -980,7 +989,10 @@ impl Node {
                         self.heartbeat(Instant::now());
                     }
                 }
-                admission::Event::Refused { peer, refusal } => self.refused(peer, &refusal),
+                admission::Event::Refused { peer, refusal } => {
+                    self.open_gates(peer, false);
+                    self.refused(peer, &refusal);
+                }
                 admission::Event::Disconnect(peer) => {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
@@ -993,6 +1005,15 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Opens (admitted) or closes (refused) the gates in front of the protocols only members
+    /// are served: until then a peer's sync and directory requests are not even read.
+    fn open_gates(&mut self, peer: PeerId, open: bool) {
+        self.admitted_peers.set(peer, open);
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.sync.set_open(peer, open);
+        behaviour.directory.set_open(peer, open);
     }
 
     /// A peer let in: this user's devices (and the org's relays, which hold this user's sealed

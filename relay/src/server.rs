@@ -68,8 +68,9 @@ struct Behaviour {
     identify: Gated<identify::Behaviour>,
     ping: Gated<ping::Behaviour>,
     auth: request_response::Behaviour<wire::Frames>,
-    sync: request_response::Behaviour<wire::Frames>,
-    directory: request_response::Behaviour<wire::Frames>,
+    /// Read only for admitted peers: a stranger's sync or directory request is not read at all.
+    sync: Gated<request_response::Behaviour<wire::Frames>>,
+    directory: Gated<request_response::Behaviour<wire::Frames>>,
 }
 
 /// What the relay reports as it runs (one JSON line each on stdout).
@@ -215,31 +216,10 @@ const PER_PEER_PER_ROUND: usize = 4;
 const MIN_THROTTLE: Duration = Duration::from_millis(25);
 
 /// The peers that passed the gate, shared with the circuit relay behaviour, which consults it
-/// before serving a reservation or opening a circuit: libp2p's relay serves both on its own
-/// protocol, which would otherwise answer a stranger before its hello is checked.
-#[derive(Clone, Default)]
-struct Admitted(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PeerId>>>);
-
-impl Admitted {
-    fn set(&self, peer: PeerId, admitted: bool) {
-        if let Ok(mut set) = self.0.lock() {
-            if admitted {
-                set.insert(peer);
-            } else {
-                set.remove(&peer);
-            }
-        }
-    }
-
-    fn contains(&self, peer: &PeerId) -> bool {
-        self.0.lock().is_ok_and(|set| set.contains(peer))
-    }
-
-    /// The check [`Gated`] makes on a new connection.
-    fn into_check(self) -> jarvis_mesh::gate::IsAdmitted {
-        Box::new(move |peer| self.contains(peer))
-    }
-}
+/// before serving a reservation or opening a circuit (libp2p's relay serves both on its own
+/// protocol, which would otherwise answer a stranger before its hello is checked), and with the
+/// gates in front of identify, ping, sync and the directory.
+type Admitted = jarvis_mesh::gate::AdmittedPeers;
 
 /// How long a relayed circuit may last and how much it may carry: enough for two devices to
 /// sync and to hole-punch (after which they talk directly), not a free tunnel.
@@ -335,18 +315,21 @@ impl Relay {
                             "/jarvis-relay/1.0.0".into(),
                             key.public(),
                         )),
-                        admitted.clone().into_check(),
+                        admitted.check(),
                     ),
-                    ping: Gated::new(
-                        ping::Behaviour::new(ping::Config::new()),
-                        admitted.clone().into_check(),
-                    ),
+                    ping: Gated::new(ping::Behaviour::new(ping::Config::new()), admitted.check()),
                     auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
-                    sync: wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
-                    directory: wire::behaviour(
-                        DIRECTORY_PROTOCOL,
-                        MAX_DIRECTORY_BYTES,
-                        Duration::from_secs(30),
+                    sync: Gated::new(
+                        wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
+                        admitted.check(),
+                    ),
+                    directory: Gated::new(
+                        wire::behaviour(
+                            DIRECTORY_PROTOCOL,
+                            MAX_DIRECTORY_BYTES,
+                            Duration::from_secs(30),
+                        ),
+                        admitted.check(),
                     ),
                 })
             })
@@ -638,8 +621,11 @@ impl Relay {
         }
         tracing::info!(%peer, kind = %verified.kind, name = %verified.name, "peer admitted");
         self.admitted.set(peer, true);
-        self.swarm.behaviour_mut().identify.set_open(peer, true);
-        self.swarm.behaviour_mut().ping.set_open(peer, true);
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.identify.set_open(peer, true);
+        behaviour.ping.set_open(peer, true);
+        behaviour.sync.set_open(peer, true);
+        behaviour.directory.set_open(peer, true);
         if verified.kind == CertKind::Device
             && !self.hub.is_admitted(&peer)
             && let Some(user) = verified.user
@@ -682,8 +668,11 @@ impl Relay {
     fn forget(&mut self, peer: PeerId) {
         self.chains.remove(&peer);
         self.admitted.set(peer, false);
-        self.swarm.behaviour_mut().identify.set_open(peer, false);
-        self.swarm.behaviour_mut().ping.set_open(peer, false);
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.identify.set_open(peer, false);
+        behaviour.ping.set_open(peer, false);
+        behaviour.sync.set_open(peer, false);
+        behaviour.directory.set_open(peer, false);
         self.listing.left(&peer);
         self.inbox.forget(&peer);
         self.hub.leave(&peer);

@@ -840,3 +840,83 @@ fn a_node_disconnects_a_peer_that_says_nothing() {
         "closed after {closed:?}, before the deadline"
     );
 }
+
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct SyncProber {
+    sync: libp2p::request_response::Behaviour<jarvis_mesh::wire::Frames>,
+}
+
+/// A stranger (a fresh key, no hello) that sends a sync request of `bytes` bytes as soon as it
+/// connects: whether anything answered it within `time`.
+fn stranger_sync_answered(address: &str, bytes: usize, time: Duration) -> bool {
+    use futures::StreamExt;
+    use libp2p::request_response::{Event, Message};
+    use libp2p::swarm::SwarmEvent;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(
+            libp2p::identity::Keypair::generate_ed25519(),
+        )
+        .with_tokio()
+        .with_quic()
+        .with_behaviour(|_| SyncProber {
+            sync: jarvis_mesh::wire::behaviour(
+                jarvis_mesh::wire::SYNC_PROTOCOL,
+                jarvis_mesh::wire::MAX_SYNC_BYTES,
+                Duration::from_secs(60),
+            ),
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+        swarm
+            .dial(address.parse::<libp2p::Multiaddr>().unwrap())
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + time;
+        while let Ok(event) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&peer_id, vec![7u8; bytes]);
+                }
+                SwarmEvent::Behaviour(SyncProberEvent::Sync(Event::Message {
+                    message: Message::Response { .. },
+                    ..
+                })) => return true,
+                SwarmEvent::ConnectionClosed { .. } => return false,
+                _ => {}
+            }
+        }
+        false
+    })
+}
+
+/// #20, finding 5: before a peer is admitted, only its hello is read. A stranger's sync request
+/// (here 1 MiB, at once, with no hello) was read whole and answered by the node and refused with
+/// a reason by the relay; now neither reads it at all (the stream is held, unread, until the
+/// peer is admitted or goes), and the stranger is disconnected at the hello deadline.
+#[test]
+fn a_strangers_sync_request_is_not_even_read_by_a_node_or_a_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, relay_home) = org(dir.path(), &[]);
+    let (_relay, relay_address, _) = start_relay(&relay_home);
+    let _node = common::node_up(
+        jarvis(&devices[0]),
+        &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"],
+    );
+    let node_address = wait_for("the node's listen address", || {
+        ok(&devices[0], &["status"])["listen"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    for (who, address) in [("the node", &node_address), ("the relay", &relay_address)] {
+        assert!(
+            !stranger_sync_answered(address, 1 << 20, Duration::from_secs(4)),
+            "{who} read and answered a stranger's sync request"
+        );
+    }
+}

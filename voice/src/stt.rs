@@ -49,7 +49,14 @@ impl SttWorker {
     /// The worker's own message when it cannot start or load the model.
     pub async fn start(worker: &Path, model: &Path, threads: Option<u32>) -> Result<Self> {
         let mut command = Process::new(worker);
-        command.arg("--model").arg(model);
+        // The worker sees none of our secrets (the passphrase, tokens): only what it needs.
+        command
+            .env_clear()
+            .envs(jarvis_inference::supervisor::worker_environment(
+                std::env::vars(),
+            ))
+            .arg("--model")
+            .arg(model);
         if let Some(threads) = threads {
             command.arg("--threads").arg(threads.to_string());
         }

@@ -101,14 +101,10 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
             let address = d["address"].as_str().unwrap_or("?");
             let reason = d["reason"].as_str().unwrap_or(error);
             text.push_str(&match d["problem"].as_str() {
-                Some("refused-us") => {
-                    let advice = if reason.contains("admin") {
-                        ""
-                    } else {
-                        "; ask your org's admin (`jarvis admin members` shows why)"
-                    };
-                    format!("{kind:<6} {address} refuses this device: {reason}{advice}\n")
-                }
+                // The reason is the peer's own words: shown as they are, never parsed.
+                Some("refused-us") => format!(
+                    "{kind:<6} {address} refuses this device: {reason}\n       your org's admin can see why (`jarvis admin members`)\n"
+                ),
                 Some("not-accepted") => format!(
                     "{kind:<6} {address} reached, but this device does not accept it: {reason}\n"
                 ),

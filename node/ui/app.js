@@ -414,7 +414,7 @@ async function loadStatus() {
         : (d.kind === 'relay' ? 'Your org\'s relay is unreachable' : 'A peer you asked for is unreachable') }),
     ` (${d.address}): ${why(d)} `,
     refused(d)
-      ? (why(d).includes('admin') ? '' : 'Ask your org\'s admin: `jarvis admin members` shows why (a revoked device, or an invite already used on another machine).')
+      ? 'Your org\'s admin can see why with `jarvis admin members` (a revoked device, or an invite already used on another machine).'
       : notAccepted(d)
         ? 'It is not (or no longer) a member of your org: check the address, or ask your admin.'
       : d.kind === 'relay'

@@ -215,15 +215,17 @@ impl Rejoin {
     }
 }
 
-/// Local or offloaded: the user's setting.
+/// Local or offloaded: the user's setting. A GPU peer's operator can read what is sent to it
+/// (the conversation so far, for that answer), so nothing leaves this machine until the user
+/// chooses: the default is `Local`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     /// Never: every answer is made on this machine.
+    #[default]
     Local,
     /// A GPU peer when it is the better choice: it serves a larger model than this machine,
     /// or this machine cannot answer now (no model, or every slot busy), or the prompt is long.
-    #[default]
     Auto,
     /// A GPU peer whenever one is reachable; this machine only when none is.
     Gpu,

@@ -122,10 +122,18 @@ impl Asking {
     /// Why nothing can answer now, if nothing can (a GPU peer can when this machine has no
     /// model).
     async fn problem(&self) -> Option<String> {
-        match self.offload.available() {
-            true => None,
-            false => crate::llm::engine_problem(&self.engine).await,
+        if self.offload.available() {
+            return None;
         }
+        let problem = crate::llm::engine_problem(&self.engine).await?;
+        // A GPU peer is there, but this user has not let answers leave this computer.
+        Some(if self.offload.could_answer() {
+            format!(
+                "{problem}. Your org's GPU peer could answer: let it in Settings → \"Where answers are made\" (its operator can read what is sent to it)"
+            )
+        } else {
+            problem
+        })
     }
 
     /// Saves the question and answers it with the local model or a GPU peer, streamed or whole,

@@ -207,10 +207,14 @@ impl Offload {
 
     /// Whether a GPU peer could answer now (so a node without a model of its own still can).
     pub fn available(&self) -> bool {
-        self.policy() != Policy::Local
-            && lock(&self.inner.peers)
-                .values()
-                .any(|p| p.candidate.expected_ms().is_some())
+        self.policy() != Policy::Local && self.could_answer()
+    }
+
+    /// Whether a GPU peer could answer now if the policy let it.
+    pub fn could_answer(&self) -> bool {
+        lock(&self.inner.peers)
+            .values()
+            .any(|p| p.candidate.expected_ms().is_some())
     }
 
     /// The policy and the GPU peers, for `status` and the UI.

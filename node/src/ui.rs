@@ -345,9 +345,9 @@ fn settings_json(settings: &crate::settings::Settings) -> Value {
         "voice_choices": voices,
         "offload": settings.offload.as_str(),
         "offload_choices": [
-            { "value": "local", "label": "Only this computer", "detail": "Conversations never leave your devices; answers use the model here." },
-            { "value": "auto", "label": "Automatic", "detail": "Your org's GPU peers answer when they run a larger model, when this computer has no model or is busy, or for long prompts. The question and the conversation so far go to that peer, encrypted in transit." },
-            { "value": "gpu", "label": "Prefer GPU peers", "detail": "Every answer goes to your org's fastest GPU peer when one is reachable (the conversation so far goes with it, encrypted in transit); this computer answers when none is." },
+            { "value": "local", "label": "Only this computer (the default)", "detail": "Conversations never leave your devices; answers use the model here." },
+            { "value": "auto", "label": "Automatic", "detail": "Your org's GPU peers answer when they run a larger model, when this computer has no model or is busy, or for long prompts. The question and the conversation so far go to that peer, encrypted in transit, and whoever runs that GPU peer can read them." },
+            { "value": "gpu", "label": "Prefer GPU peers", "detail": "Every answer goes to your org's fastest GPU peer when one is reachable (the conversation so far goes with it, encrypted in transit; whoever runs that GPU peer can read it); this computer answers when none is." },
         ],
     })
 }

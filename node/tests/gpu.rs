@@ -192,9 +192,31 @@ fn a_device_without_a_model_is_answered_by_its_orgs_gpu_peer_and_a_stranger_is_n
     let laptop = acme.device(dir.path(), "ann", "laptop");
     let (_gpu, gpu_id, gpu_addr) = gpu_up(&gpu_home);
 
-    // No model on the laptop: under the default policy (auto) the GPU peer answers.
+    // No model on the laptop, and the GPU peer is there: still nothing leaves the laptop until
+    // its user chooses (#20, finding 7: the default is `local`; before, it was `auto`).
     let _laptop = device_up(&laptop, &gpu_addr, Some(NO_MODELS));
     wait_ready(&laptop, &gpu_id);
+    let out = jarvis(&laptop)
+        .env("JARVIS_MODELS", NO_MODELS)
+        .args(["ask", "Something private", "--json"])
+        .output()
+        .unwrap();
+    let kept: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success(), "{kept}");
+    assert!(
+        kept["error"].as_str().unwrap().contains("no answer"),
+        "{kept}"
+    );
+    assert!(
+        kept["error"]
+            .as_str()
+            .unwrap()
+            .contains("GPU peer could answer"),
+        "the user is told how to let it: {kept}"
+    );
+    assert_eq!(gpu_peer(&laptop, &gpu_id).unwrap()["answers"], 0);
+    // The user lets the org's GPU peers answer (Settings → "Where answers are made").
+    set_policy(&laptop, "auto");
     let peer = gpu_peer(&laptop, &gpu_id).unwrap();
     assert_eq!(peer["name"], "big-gpu", "{peer}");
     assert_eq!(peer["model"], "smollm2-135m-instruct", "{peer}");

@@ -433,8 +433,8 @@ async function loadStatus() {
 
 const policyText = {
   local: 'Answers are made only on this computer (Settings → Where answers are made). GPU peers below are connected but not used.',
-  auto: 'Automatic: a GPU peer answers when it runs a larger model, when this computer has no model or is busy, or for long prompts.',
-  gpu: 'GPU peers first: every answer goes to the one expected to finish first; this computer answers when none is reachable.',
+  auto: 'Automatic: a GPU peer answers when it runs a larger model, when this computer has no model or is busy, or for long prompts. Whoever runs a GPU peer can read what is sent to it.',
+  gpu: 'GPU peers first: every answer goes to the one expected to finish first; this computer answers when none is reachable. Whoever runs a GPU peer can read what is sent to it.',
 };
 function renderGpus(offload) {
   $('gpu-policy').textContent = policyText[offload.policy] || '';

@@ -273,6 +273,8 @@ fn the_directory_shows_a_users_devices_to_that_user_only_and_leads_to_the_orgs_g
     let _gpu = Running(child);
     let gpu_id = gpu_up["peer_id"].as_str().unwrap().to_owned();
 
+    // Its user lets the org's GPU peers answer (the default, `local`, sends nothing out).
+    std::fs::write(laptop.join("settings.json"), r#"{"offload": "auto"}"#).unwrap();
     let _laptop = up(&laptop);
     let phone_node = up(&phone);
     let _bobs = up(&bobs);

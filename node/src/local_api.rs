@@ -34,12 +34,44 @@ pub fn token(home: &Home) -> Result<String> {
 
 /// Where the running node of `home` listens, or a clear error.
 fn api_info(home: &Home) -> Result<ApiInfo> {
-    match home.read_optional(API_FILE)? {
-        Some(bytes) => serde_json::from_slice(&bytes).context("api.json is damaged"),
+    let info: ApiInfo = match home.read_optional(API_FILE)? {
+        Some(bytes) => serde_json::from_slice(&bytes).context("api.json is damaged")?,
         None => bail!(
             "no node is running for {}: start one with `jarvis up`",
             home.dir().display()
         ),
+    };
+    // A node that died leaves `api.json` behind, and its port may now be any local program's:
+    // the token is not sent there (#20, finding 8).
+    if !alive(info.pid) {
+        bail!(
+            "no node is running for {} (the one that wrote api.json, process {}, has stopped): start one with `jarvis up`",
+            home.dir().display(),
+            info.pid
+        );
+    }
+    Ok(info)
+}
+
+/// Whether process `pid` exists (one we may not signal exists too).
+fn alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Some(pid) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return false;
+        };
+        match rustix::process::test_kill_process(pid) {
+            Ok(()) => true,
+            Err(e) => e == rustix::io::Errno::PERM,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
     }
 }
 
@@ -189,10 +221,16 @@ impl Client {
 /// the store directly).
 pub(crate) fn running(home: &Home) -> Result<Option<Client>> {
     home.load()?;
-    if home.dir().join("api.json").exists() {
-        Ok(Some(Client::for_home(home)?))
-    } else {
-        Ok(None)
+    match home.read_optional(API_FILE)? {
+        Some(bytes) => {
+            let info: ApiInfo = serde_json::from_slice(&bytes).context("api.json is damaged")?;
+            // Left behind by a node that stopped: as if none ran.
+            if !alive(info.pid) {
+                return Ok(None);
+            }
+            Ok(Some(Client::for_home(home)?))
+        }
+        None => Ok(None),
     }
 }
 

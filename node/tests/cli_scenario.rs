@@ -378,3 +378,36 @@ fn secret_keys_are_sealed_and_private() {
     let out = env.ok("admin", &["whoami"]);
     assert!(!out.contains("AGE-SECRET-KEY"));
 }
+
+/// #20, finding 8 (in part): a node that died leaves `api.json` behind, and its port may then be
+/// any local program's. A command must not send the token there: it works as if no node ran.
+#[test]
+fn a_stale_api_file_gets_no_token() {
+    let env = Env::new();
+    env.json("acme", &["admin", "init", "--org", "acme"]);
+    let token = env.json("acme", &["admin", "invite", "dana"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    env.json("laptop", &["join", &token, "--device-name", "laptop"]);
+    // A squatter on a port, and an api.json naming it with the pid of a process that has ended.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    squatter.set_nonblocking(true).unwrap();
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    let pid = ended.id();
+    ended.wait().unwrap();
+    std::fs::write(
+        env.home("laptop").join("api.json"),
+        serde_json::json!({ "addr": squatter.local_addr().unwrap(), "pid": pid }).to_string(),
+    )
+    .unwrap();
+    let out = env.cmd("laptop", &["status", "--json"]).output().unwrap();
+    let reached = squatter.accept().is_ok();
+    assert!(
+        !reached,
+        "the token went to whatever holds the dead node's port"
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("panicked"), "{text}");
+}

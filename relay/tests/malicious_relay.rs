@@ -11,45 +11,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::adversary::Adversary;
-use common::{jarvis_bin, json_ok, wait_for};
+use common::{jarvis, ok, say, wait_for};
 use jarvis_crdt::envelope::{DocKey, KeyRecord};
 use jarvis_crdt::{DocId, SyncMessage};
 use jarvis_home::{Home, KeyFile};
-use serde_json::Value;
-
-fn jarvis(home: &Path) -> Command {
-    let mut cmd = Command::new(jarvis_bin());
-    cmd.env("JARVIS_PASSPHRASE", "pw")
-        .env("JARVIS_KDF_WORK_FACTOR", "10")
-        // About sync, not answers: without a model `ask` saves the message and answers nothing.
-        .env("JARVIS_MODELS", "/nonexistent/jarvis-models")
-        .arg("--home")
-        .arg(home);
-    cmd
-}
-
-fn ok(home: &Path, args: &[&str]) -> Value {
-    json_ok(jarvis(home), args)
-}
-
-/// `jarvis ask` without a model: the message is saved (and synced); returns its conversation.
-fn say(home: &Path, args: &[&str]) -> String {
-    let out = jarvis(home)
-        .arg("ask")
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        reply["error"].as_str().unwrap().contains("no answer"),
-        "{reply}"
-    );
-    reply["conversation_id"].as_str().unwrap().to_owned()
-}
 
 /// A relay's identity, taken from its enrolled home as a thief would: its key and chain.
 fn stolen_relay(home: &Path) -> (jarvis_identity::SecretKey, jarvis_identity::CertChain) {

@@ -11,44 +11,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
-use common::{Running, jarvis_bin, json_ok, relay_cmd, start_relay, start_relay_with, wait_for};
-
-fn jarvis(home: &Path) -> Command {
-    let mut cmd = Command::new(jarvis_bin());
-    cmd.env("JARVIS_PASSPHRASE", "pw")
-        .env("JARVIS_KDF_WORK_FACTOR", "10")
-        // About sync, not answers: without a model `ask` saves the message and answers nothing.
-        .env("JARVIS_MODELS", "/nonexistent/jarvis-models")
-        .arg("--home")
-        .arg(home);
-    cmd
-}
-
-fn ok(home: &Path, args: &[&str]) -> Value {
-    json_ok(jarvis(home), args)
-}
-
-/// `jarvis ask` without a model: the message is saved (and synced); returns its conversation.
-fn say(home: &Path, args: &[&str]) -> String {
-    let out = jarvis(home)
-        .arg("ask")
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        reply["error"].as_str().unwrap().contains("no answer"),
-        "{reply}"
-    );
-    reply["conversation_id"].as_str().unwrap().to_owned()
-}
+use common::{
+    Running, jarvis, json_ok, ok, relay_cmd, say, start_relay, start_relay_with, wait_for,
+};
 
 fn texts(home: &Path, conversation: &str) -> Vec<String> {
     let shown = jarvis(home)

@@ -150,3 +150,36 @@ pub fn node_up(mut cmd: Command, args: &[&str]) -> Running {
     std::thread::spawn(move || lines.for_each(drop));
     Running(child)
 }
+
+/// `jarvis --home HOME …` with the test passphrase, and no model: these tests are about sync,
+/// not answers.
+pub fn jarvis(home: &Path) -> Command {
+    let mut cmd = Command::new(jarvis_bin());
+    cmd.env("JARVIS_PASSPHRASE", "pw")
+        .env("JARVIS_KDF_WORK_FACTOR", "10")
+        // About sync, not answers: without a model `ask` saves the message and answers nothing.
+        .env("JARVIS_MODELS", "/nonexistent/jarvis-models")
+        .arg("--home")
+        .arg(home);
+    cmd
+}
+
+pub fn ok(home: &Path, args: &[&str]) -> Value {
+    json_ok(jarvis(home), args)
+}
+
+/// `jarvis ask` without a model: the message is saved (and synced); returns its conversation.
+pub fn say(home: &Path, args: &[&str]) -> String {
+    let out = jarvis(home)
+        .arg("ask")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        reply["error"].as_str().unwrap().contains("no answer"),
+        "{reply}"
+    );
+    reply["conversation_id"].as_str().unwrap().to_owned()
+}

@@ -127,8 +127,9 @@ impl<S: Store> Replica<S> {
     }
 
     fn load_doc(&mut self, doc: DocId) -> Result<(), ReplicaError> {
-        let keys = self.store.keys(doc)?;
-        self.receive_keys(&keys)?;
+        // The stored records were verified when they were received: unwrapped, not re-checked
+        // or written again.
+        self.adopt_keys(doc)?;
         if let Some(snapshot) = self.store.snapshot(doc)? {
             match self.receive_snapshot(&snapshot) {
                 // A snapshot of an epoch whose key this device does not hold (yet): what it

@@ -83,6 +83,10 @@ impl fmt::Display for AuditAction {
             Self::Enrolled {
                 kind, name, peer, ..
             } => write!(f, "enrolled {kind} `{name}` ({peer})"),
+            Self::Revoked {
+                target: RevocationTarget::Record(id),
+                reason,
+            } => write!(f, "cancelled revocation {}: {reason}", hex::encode(id)),
             Self::Revoked { target, reason } if reason.is_empty() => write!(f, "revoked {target}"),
             Self::Revoked { target, reason } => write!(f, "revoked {target}: {reason}"),
             Self::RelayAdded { address } => write!(f, "added relay {address}"),

@@ -161,7 +161,7 @@ pub fn check_hello(
     let mut verified = hello.chain.verify(root, now, revocations)?;
     let new_revocations = RevocationSet::decode(root, &hello.revocations)
         .ok()
-        .and_then(|theirs| revocations.merge(&theirs).ok())
+        .and_then(|theirs| revocations.merge_received(&theirs, now).ok())
         .unwrap_or(0);
     // And against what it told us, if that was news: a peer revoked in its own set is revoked.
     if new_revocations > 0 {

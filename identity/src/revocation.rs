@@ -6,17 +6,31 @@
 //! agree on who is revoked, whatever order the records arrived in and however the network was
 //! partitioned in between. Two peers compare sets cheaply with [`RevocationSet::digest`].
 //!
-//! A record is valid when it is signed by the org root or by an admin whose chain verifies to the
-//! root *at the time the record names*. Whether that admin was revoked later is deliberately not
-//! consulted: doing so would make validity depend on other records and break the simple union
-//! semantics (and an admin revoking an admin revoking them back would have no stable answer).
+//! A record is well formed when it is signed by the org root or by an admin whose chain verifies
+//! to the root *at the time the record names*. Which stored records are *in force* is a function
+//! of the whole set (so every peer holding the same records agrees):
+//!
+//! - a record the org root cancelled ([`RevocationTarget::Record`], root-signed only) is not;
+//! - records are taken in order of their time (then id); one whose signer, or any certificate
+//!   above the signer, is already revoked by a record in force is not. A fired admin's records
+//!   dated after the firing count for nothing, and two admins revoking each other have a stable
+//!   answer: the earlier record wins.
+//!
+//! A record first heard from a peer ([`RevocationSet::merge_received`]) must also be good *now*:
+//! not dated in the future, its signer's chain valid now and not revoked by what we (or the same
+//! message) know. A fired or expired admin who back-dates a record gets it nowhere that already
+//! knows of the firing; where it got in first, the root cancels it. The cost, written down: a
+//! record signed by an admin who is since revoked or expired is not taken from peers that first
+//! hear of it afterwards. Today every record is signed by the org root or by the one admin key
+//! of the workstation that ran `jarvis admin init` (valid ten years), so nothing is lost; an org
+//! with several admin workstations must have their records signed again before firing one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::cert::{CertChain, CertKind, Certificate, ChainError, Roles, Verified};
+use crate::cert::{CLOCK_SKEW_SECS, CertChain, CertKind, Certificate, ChainError, Roles, Verified};
 use crate::encoding::{DecodeError, Reader, Writer};
 use crate::keys::{Name, PublicKey, SecretKey, Signature, UnixTime, domain};
 
@@ -34,6 +48,9 @@ pub enum RevocationTarget {
     Key(PublicKey),
     /// Every user certificate with this name, and so every device of that user.
     User(Name),
+    /// Cancels the record with this id (a wrongful or forged revocation). Only the org root
+    /// signs these, and they cannot themselves be cancelled.
+    Record([u8; 32]),
 }
 
 impl std::fmt::Display for RevocationTarget {
@@ -41,6 +58,7 @@ impl std::fmt::Display for RevocationTarget {
         match self {
             Self::Key(key) => write!(f, "key {key}"),
             Self::User(name) => write!(f, "user `{name}`"),
+            Self::Record(id) => write!(f, "revocation {}", hex::encode(id)),
         }
     }
 }
@@ -56,6 +74,10 @@ impl RevocationTarget {
                 w.u8(2);
                 name.write(w);
             }
+            Self::Record(id) => {
+                w.u8(3);
+                w.fixed(id);
+            }
         }
     }
 
@@ -63,6 +85,7 @@ impl RevocationTarget {
         match r.u8("revocation target")? {
             1 => Ok(Self::Key(PublicKey::read(r, "revoked key")?)),
             2 => Ok(Self::User(Name::read(r)?)),
+            3 => Ok(Self::Record(r.array("cancelled revocation id")?)),
             other => Err(DecodeError::invalid(
                 "revocation target",
                 format!("tag {other}"),
@@ -99,6 +122,8 @@ pub enum RevocationError {
     },
     #[error("the revocation set holds more than {MAX_RECORDS} records")]
     TooMany,
+    #[error("only the org root can cancel a revocation")]
+    CancelNotByRoot,
 }
 
 impl Revocation {
@@ -133,6 +158,10 @@ impl Revocation {
     }
     pub fn revoked_at(&self) -> UnixTime {
         self.revoked_at
+    }
+    /// Who signed it: `None` for the org root, else the leaf key of the signer's chain.
+    pub fn signer(&self) -> Option<PublicKey> {
+        self.chain.leaf().map(Certificate::subject)
     }
 
     /// "revoked at 2026-…: lost laptop".
@@ -199,6 +228,9 @@ impl Revocation {
 
     /// Checks that an admin of the org with root `root` signed this record.
     pub fn verify(&self, root: &PublicKey) -> Result<(), RevocationError> {
+        if matches!(self.target, RevocationTarget::Record(_)) && !self.chain.certs().is_empty() {
+            return Err(RevocationError::CancelNotByRoot);
+        }
         let signer = if self.chain.certs().is_empty() {
             *root
         } else {
@@ -221,15 +253,18 @@ impl Revocation {
     }
 }
 
-/// The org's verified revocations. See the module documentation for the merge semantics.
+/// The org's verified revocations. See the module documentation for the merge semantics and
+/// which records are in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationSet {
     root: PublicKey,
     records: BTreeMap<[u8; 32], Revocation>,
-    /// Indexes into `records`, so checking a certificate is two map look-ups. Derived state: the
-    /// earliest record (by id order) is kept, so both indexes are functions of the record set.
+    /// Indexes of the records *in force* into `records`, so checking a certificate is two map
+    /// look-ups. Derived state ([`Self::reindex`]): a function of the record set alone.
     by_key: BTreeMap<PublicKey, [u8; 32]>,
     by_user: BTreeMap<Name, [u8; 32]>,
+    /// Stored records not in force: cancelled by the root, or signed by a revoked signer.
+    ignored: usize,
 }
 
 impl RevocationSet {
@@ -239,6 +274,7 @@ impl RevocationSet {
             records: BTreeMap::new(),
             by_key: BTreeMap::new(),
             by_user: BTreeMap::new(),
+            ignored: 0,
         }
     }
 
@@ -246,6 +282,7 @@ impl RevocationSet {
         self.root
     }
 
+    /// Records held, in force or not (what the digest and the encoding cover).
     pub fn len(&self) -> usize {
         self.records.len()
     }
@@ -254,63 +291,172 @@ impl RevocationSet {
         self.records.is_empty()
     }
 
+    /// Records held but not in force: cancelled by the org root, or signed by a key that was
+    /// revoked before the record's time.
+    pub fn ignored(&self) -> usize {
+        self.ignored
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Revocation> {
         self.records.values()
     }
 
-    /// Verifies and adds a record; returns whether it was new.
-    pub fn insert(&mut self, record: Revocation) -> Result<bool, RevocationError> {
-        record.verify(&self.root)?;
-        Ok(self.insert_verified(record))
+    /// Is this record in force (held, not cancelled, and its signer not revoked before it)?
+    pub fn in_force(&self, record: &Revocation) -> bool {
+        let id = record.id();
+        match &record.target {
+            RevocationTarget::Key(key) => self.by_key.get(key) == Some(&id),
+            RevocationTarget::User(name) => self.by_user.get(name) == Some(&id),
+            RevocationTarget::Record(_) => self.records.contains_key(&id),
+        }
     }
 
+    /// Verifies and adds a record that this device made or was handed by its own admin; returns
+    /// whether it was new. Records from peers go through [`Self::merge_received`].
+    pub fn insert(&mut self, record: Revocation) -> Result<bool, RevocationError> {
+        record.verify(&self.root)?;
+        let new = self.insert_verified(record);
+        if new {
+            self.reindex();
+        }
+        Ok(new)
+    }
+
+    /// Adds a verified record without re-deriving the indexes ([`Self::reindex`] must follow).
     fn insert_verified(&mut self, record: Revocation) -> bool {
         let id = record.id();
         if self.records.contains_key(&id) {
             return false;
         }
-        match &record.target {
-            RevocationTarget::Key(key) => {
-                let slot = self.by_key.entry(*key).or_insert(id);
-                *slot = (*slot).min(id);
-            }
-            RevocationTarget::User(name) => {
-                let slot = self.by_user.entry(name.clone()).or_insert(id);
-                *slot = (*slot).min(id);
-            }
-        }
         self.records.insert(id, record);
         true
     }
 
-    /// Adds every record of `other`. Both sets hold only verified records of their root, so
-    /// nothing is re-verified; sets of different orgs do not merge.
+    /// Re-derives which records are in force: leave out what the root cancelled, then take the
+    /// records in order of (time, id) and skip any whose signer chain holds a certificate that a
+    /// record already taken revokes.
+    fn reindex(&mut self) {
+        let cancelled: BTreeSet<[u8; 32]> = self
+            .records
+            .values()
+            .filter_map(|record| match record.target {
+                RevocationTarget::Record(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let mut order: Vec<(&[u8; 32], &Revocation)> = self
+            .records
+            .iter()
+            .filter(|(id, record)| {
+                !matches!(record.target, RevocationTarget::Record(_)) && !cancelled.contains(*id)
+            })
+            .collect();
+        order.sort_by_key(|(id, record)| (record.revoked_at, **id));
+        let mut by_key = BTreeMap::new();
+        let mut by_user = BTreeMap::new();
+        let mut ignored = self.records.len() - order.len() - cancelled_records(&self.records);
+        for (id, record) in order {
+            let signer_revoked = record
+                .chain
+                .certs()
+                .iter()
+                .any(|cert| covers(&by_key, &by_user, cert));
+            if signer_revoked {
+                ignored += 1;
+                continue;
+            }
+            match &record.target {
+                RevocationTarget::Key(key) => {
+                    by_key.entry(*key).or_insert(*id);
+                }
+                RevocationTarget::User(name) => {
+                    by_user.entry(name.clone()).or_insert(*id);
+                }
+                RevocationTarget::Record(_) => {}
+            }
+        }
+        self.by_key = by_key;
+        self.by_user = by_user;
+        self.ignored = ignored;
+    }
+
+    /// Adds every record of `other`, a set this device already trusts (its own, or one whose
+    /// records were all checked by [`Self::merge_received`]); sets of different orgs do not merge.
     pub fn merge(&mut self, other: &Self) -> Result<usize, RevocationError> {
+        let fresh = self.fresh_from(other)?;
+        let added = fresh
+            .into_iter()
+            .filter(|record| self.insert_verified((*record).clone()))
+            .count();
+        if added > 0 {
+            self.reindex();
+        }
+        Ok(added)
+    }
+
+    /// Adds the records of `other` that a peer sent, keeping only those good at `now`: not dated
+    /// in the future, signed by the root or by an admin whose chain is valid now and not revoked
+    /// by anything we know or the peer sent. Returns how many were added; what was left out is
+    /// not stored, so it is not passed on either.
+    pub fn merge_received(&mut self, other: &Self, now: UnixTime) -> Result<usize, RevocationError> {
+        let fresh = self.fresh_from(other)?;
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        // Judge each signer against everything known, the peer's records included: a set that
+        // carries both an admin's firing and that admin's back-dated records yields the firing.
+        let mut union = self.clone();
+        for record in &fresh {
+            union.insert_verified((*record).clone());
+        }
+        union.reindex();
+        let latest = now.saturating_add_secs(CLOCK_SKEW_SECS);
+        let root = self.root;
+        let good: Vec<&Revocation> = fresh
+            .into_iter()
+            .filter(|record| record.revoked_at <= latest)
+            .filter(|record| {
+                let chain = &record.chain;
+                chain.certs().is_empty()
+                    || (chain.verify_structure(&root, Some(now)).is_ok()
+                        && !chain
+                            .certs()
+                            .iter()
+                            .any(|cert| covers(&union.by_key, &union.by_user, cert)))
+            })
+            .collect();
+        let added = good
+            .into_iter()
+            .filter(|record| self.insert_verified((*record).clone()))
+            .count();
+        if added > 0 {
+            self.reindex();
+        }
+        Ok(added)
+    }
+
+    /// The records of `other` this set does not hold, after the org and size checks.
+    fn fresh_from<'a>(&self, other: &'a Self) -> Result<Vec<&'a Revocation>, RevocationError> {
         if other.root != self.root {
             return Err(RevocationError::OtherOrg {
                 expected: self.root,
                 found: other.root,
             });
         }
-        if self.records.len() + other.records.len() > MAX_RECORDS {
-            let union = other
-                .records
-                .keys()
-                .filter(|id| !self.records.contains_key(*id))
-                .count();
-            if self.records.len() + union > MAX_RECORDS {
-                return Err(RevocationError::TooMany);
-            }
-        }
-        Ok(other
+        let fresh: Vec<&Revocation> = other
             .records
-            .values()
-            .filter(|record| self.insert_verified((*record).clone()))
-            .count())
+            .iter()
+            .filter(|(id, _)| !self.records.contains_key(*id))
+            .map(|(_, record)| record)
+            .collect();
+        if self.records.len() + fresh.len() > MAX_RECORDS {
+            return Err(RevocationError::TooMany);
+        }
+        Ok(fresh)
     }
 
-    /// The record that revokes `cert`, if any: one naming its key, or for a user certificate one
-    /// naming its user.
+    /// The record in force that revokes `cert`, if any: one naming its key, or for a user
+    /// certificate one naming its user.
     pub fn revocation_for(&self, cert: &Certificate) -> Option<&Revocation> {
         let by_key = self.by_key.get(&cert.subject());
         let by_user = match cert.kind() {
@@ -368,11 +514,32 @@ impl RevocationSet {
         }
         let mut set = Self::new(*root);
         for _ in 0..count {
-            set.insert(Revocation::read(&mut r)?)?;
+            let record = Revocation::read(&mut r)?;
+            record.verify(root)?;
+            set.insert_verified(record);
         }
         r.finish("revocation set")?;
+        set.reindex();
         Ok(set)
     }
+}
+
+/// Does a record in force (by these indexes) revoke `cert`?
+fn covers(
+    by_key: &BTreeMap<PublicKey, [u8; 32]>,
+    by_user: &BTreeMap<Name, [u8; 32]>,
+    cert: &Certificate,
+) -> bool {
+    by_key.contains_key(&cert.subject())
+        || (cert.kind() == CertKind::User && by_user.contains_key(cert.name()))
+}
+
+/// How many records are cancellations (never "ignored": they are in force by being held).
+fn cancelled_records(records: &BTreeMap<[u8; 32], Revocation>) -> usize {
+    records
+        .values()
+        .filter(|record| matches!(record.target, RevocationTarget::Record(_)))
+        .count()
 }
 
 /// Why stored or received revocation-set bytes were refused.

@@ -112,10 +112,11 @@ impl Admin {
 
     fn unlock(&self) -> Result<SecretKey> {
         let passphrase = Passphrase::get("the admin key")?;
-        Ok(self
-            .home
-            .unseal_key(KeyFile::Identity, &passphrase)?
-            .signing)
+        self.unlock_with(&passphrase)
+    }
+
+    fn unlock_with(&self, passphrase: &str) -> Result<SecretKey> {
+        Ok(self.home.unseal_key(KeyFile::Identity, passphrase)?.signing)
     }
 
     fn audit_log(&self) -> Result<AuditLog> {
@@ -158,6 +159,8 @@ pub fn run(home: Home, out: Output, command: AdminCommand) -> Result<()> {
             valid,
         } => enroll(Admin::load(home)?, out, &request, role, name, valid),
         AdminCommand::Revoke(args) => revoke(Admin::load(home)?, out, args),
+        AdminCommand::Unrevoke { id, reason } => unrevoke(Admin::load(home)?, out, &id, &reason),
+        AdminCommand::Revocations => revocations(&Admin::load(home)?, out),
         AdminCommand::Members => members(Admin::load(home)?, out),
         AdminCommand::Audit => audit(&Admin::load(home)?, out),
         AdminCommand::Relays(RelaysCommand::Add { multiaddr }) => {
@@ -455,7 +458,119 @@ fn revoke(mut admin: Admin, out: Output, args: RevokeArgs) -> Result<()> {
         at: at.0,
     });
     admin.save()?;
-    let published = publish_to_relays(&admin, &key, &set);
+    let summary = format!(
+        "Revoked {kind} {id}{}.",
+        if already { " (it was already revoked)" } else { "" }
+    );
+    publish_and_report(
+        &admin,
+        &key,
+        &set,
+        out,
+        json!({ "revoked": id, "kind": kind }),
+        &summary,
+    );
+    Ok(())
+}
+
+/// `jarvis admin unrevoke ID`: the org root cancels one revocation record (a wrongful one, or one
+/// a fired admin slipped in before the firing reached everyone). Signed with the root key, which
+/// only the workstation that ran `jarvis admin init` holds.
+fn unrevoke(mut admin: Admin, out: Output, id: &str, reason: &str) -> Result<()> {
+    let wanted = hex::decode(id.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .with_context(|| {
+            format!("`{id}` is not a revocation id (64 hex digits, as `jarvis admin revocations` shows them)")
+        })?;
+    let mut set = admin.home.revocations(&admin.org.root)?;
+    let Some(record) = set.iter().find(|r| r.id() == wanted).cloned() else {
+        bail!("no revocation {id} is known here; `jarvis admin revocations` lists those that are");
+    };
+    if let RevocationTarget::Record(_) = record.target() {
+        bail!("{id} is itself a cancellation; cancellations cannot be undone");
+    }
+    if !admin.home.has_key(KeyFile::Root) {
+        bail!(
+            "this workstation does not hold the org root key; run the command where `jarvis admin init` created the org"
+        );
+    }
+    let passphrase = Passphrase::get("the org's root key")?;
+    let root = admin.home.unseal_key(KeyFile::Root, &passphrase)?.signing;
+    let at = now();
+    let target = RevocationTarget::Record(wanted);
+    set.insert(Revocation::issue(target.clone(), reason, at, None, &root)?)?;
+    admin.home.save_revocations(&set)?;
+    admin.record(
+        &root,
+        AuditAction::Revoked {
+            target,
+            reason: reason.to_owned(),
+        },
+    )?;
+    let key = admin.unlock_with(&passphrase)?;
+    let summary = format!(
+        "Cancelled the revocation of {} ({}).",
+        record.target(),
+        record.describe()
+    );
+    publish_and_report(
+        &admin,
+        &key,
+        &set,
+        out,
+        json!({ "cancelled": id.trim(), "target": record.target().to_string() }),
+        &summary,
+    );
+    Ok(())
+}
+
+/// `jarvis admin revocations`: every record held, and whether it is in force.
+fn revocations(admin: &Admin, out: Output) -> Result<()> {
+    let set = admin.home.revocations(&admin.org.root)?;
+    let rows: Vec<serde_json::Value> = set
+        .iter()
+        .map(|r| {
+            json!({
+                "id": hex::encode(r.id()),
+                "target": r.target().to_string(),
+                "reason": r.reason(),
+                "at": r.revoked_at().0,
+                "signer": r.signer().map_or_else(|| "org root".to_owned(), |k| k.to_string()),
+                "in_force": set.in_force(r),
+            })
+        })
+        .collect();
+    out.emit(&json!({ "revocations": rows }), || {
+        if rows.is_empty() {
+            return "No revocations.".to_owned();
+        }
+        set.iter()
+            .map(|r| {
+                format!(
+                    "{}  {}  {}{}",
+                    hex::encode(r.id()),
+                    r.target(),
+                    r.describe(),
+                    if set.in_force(r) { "" } else { "  (not in force)" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+/// Pushes `set` to every recorded relay and prints `summary`, where it reached, and what failed.
+fn publish_and_report(
+    admin: &Admin,
+    key: &SecretKey,
+    set: &jarvis_identity::RevocationSet,
+    out: Output,
+    mut json: serde_json::Value,
+    summary: &str,
+) {
+    let published = publish_to_relays(admin, key, set);
     let accepted: Vec<&str> = published
         .iter()
         .filter(|(_, p)| *p == Published::Accepted)
@@ -470,38 +585,30 @@ fn revoke(mut admin: Admin, out: Output, args: RevokeArgs) -> Result<()> {
             Published::Accepted => a.clone(),
         })
         .collect();
-    out.emit(
-        &json!({
-            "revoked": id,
-            "kind": kind,
-            "revocations": set.len(),
-            "published_to_relays": !accepted.is_empty(),
-            "relays": accepted,
-            "relays_failed": failed,
-        }),
-        || {
-            let reach = if !accepted.is_empty() {
-                format!(
-                    "Published to {} relay(s): connected devices get it now, and the revoked are disconnected.",
-                    accepted.len()
-                )
-            } else if admin.state.relays.is_empty() {
-                "No relays recorded (`jarvis admin relays add MULTIADDR`): it reaches devices when they next meet one that knows it.".to_owned()
-            } else {
-                "No relay could be reached; run the revoke again when one is up (it is idempotent).".to_owned()
-            };
-            let failed = if failed.is_empty() {
-                String::new()
-            } else {
-                format!("\nNot reached: {}", failed.join("; "))
-            };
+    if let Some(fields) = json.as_object_mut() {
+        fields.insert("revocations".into(), json!(set.len()));
+        fields.insert("published_to_relays".into(), json!(!accepted.is_empty()));
+        fields.insert("relays".into(), json!(accepted));
+        fields.insert("relays_failed".into(), json!(failed));
+    }
+    out.emit(&json, || {
+        let reach = if !accepted.is_empty() {
             format!(
-                "Revoked {kind} {id}{}.\nRecorded in this admin home and the audit log. {reach}{failed}",
-                if already { " (it was already revoked)" } else { "" }
+                "Published to {} relay(s): connected devices get it now, and the revoked are disconnected.",
+                accepted.len()
             )
-        },
-    );
-    Ok(())
+        } else if admin.state.relays.is_empty() {
+            "No relays recorded (`jarvis admin relays add MULTIADDR`): it reaches devices when they next meet one that knows it.".to_owned()
+        } else {
+            "No relay could be reached; run the command again when one is up (it is idempotent).".to_owned()
+        };
+        let failed = if failed.is_empty() {
+            String::new()
+        } else {
+            format!("\nNot reached: {}", failed.join("; "))
+        };
+        format!("{summary}\nRecorded in this admin home and the audit log. {reach}{failed}")
+    });
 }
 
 /// Talks to every recorded relay as this admin (its key, and its hello with `set`): `call`

@@ -155,6 +155,16 @@ pub enum AdminCommand {
     },
     /// Sign a revocation of a device, a user (all their devices) or a relay/GPU peer.
     Revoke(RevokeArgs),
+    /// Cancel one revocation (a wrongful one) with the org root key; ID as `revocations` shows it.
+    Unrevoke {
+        /// The revocation's id (64 hex digits).
+        id: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Every revocation record this workstation holds, with its id and whether it is in force.
+    Revocations,
     /// Users, devices, relays and GPU peers, with their status.
     Members,
     /// The signed audit log, verified entry by entry.

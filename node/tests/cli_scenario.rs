@@ -411,3 +411,49 @@ fn a_stale_api_file_gets_no_token() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!text.contains("panicked"), "{text}");
 }
+
+/// #20 finding 4: the org root cancels a wrongful revocation; the record stays held (peers agree
+/// on the set) but is no longer in force, and the audit log says who cancelled what.
+#[test]
+fn a_wrongful_revocation_is_cancelled_with_the_root_key() {
+    let env = Env::new();
+    env.json("admin", &["admin", "init", "--org", "acme"]);
+    env.ok(
+        "admin",
+        &["admin", "revoke", "--user", "bob", "--reason", "wrong bob"],
+    );
+    let listed = env.json("admin", &["admin", "revocations"]);
+    let records = listed["revocations"].as_array().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["in_force"], true);
+    assert_eq!(records[0]["target"], "user `bob`");
+    let id = records[0]["id"].as_str().unwrap().to_owned();
+
+    let cancelled = env.json(
+        "admin",
+        &["admin", "unrevoke", &id, "--reason", "the other bob"],
+    );
+    assert_eq!(cancelled["cancelled"], id.as_str());
+    let listed = env.json("admin", &["admin", "revocations"]);
+    let records = listed["revocations"].as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    let wrongful = records.iter().find(|r| r["id"] == id.as_str()).unwrap();
+    assert_eq!(wrongful["in_force"], false);
+    let cancel = records.iter().find(|r| r["id"] != id.as_str()).unwrap();
+    assert_eq!(cancel["signer"], "org root");
+    let cancel_id = cancel["id"].as_str().unwrap().to_owned();
+
+    let audit = env.json("admin", &["admin", "audit"]);
+    let last = audit["entries"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last.to_string().contains("cancelled revocation"),
+        "{last}"
+    );
+
+    let stderr = env.fails("admin", &["admin", "unrevoke", &cancel_id]);
+    assert!(stderr.contains("cannot be undone"), "{stderr}");
+    let stderr = env.fails("admin", &["admin", "unrevoke", &"0".repeat(64)]);
+    assert!(stderr.contains("jarvis admin revocations"), "{stderr}");
+    let stderr = env.fails("admin", &["admin", "unrevoke", "xyz"]);
+    assert!(stderr.contains("64 hex digits"), "{stderr}");
+}

@@ -35,6 +35,10 @@ pub const MAX_CERT_BYTES: usize = 512;
 const MAX_AGE_RECIPIENT_BYTES: usize = 96;
 /// Clock skew tolerated between the machine that made a certificate and the one checking it.
 pub const CLOCK_SKEW_SECS: u64 = 300;
+/// How long a member's (user or device) certificate lasts, and the most a user certificate made
+/// with an invite may last: an old invite token can mint nothing that outlives its window by
+/// more than this.
+pub const MEMBER_CERT_SECS: u64 = 2 * 365 * 24 * 3600;
 
 /// What a certificate certifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -441,6 +445,8 @@ pub enum ChainError {
         from: UnixTime,
         until: UnixTime,
     },
+    #[error("{cert} lasts longer than a user made with an invite may ({MEMBER_CERT_SECS} s)")]
+    InviteLifetimeExceeded { cert: String },
     #[error("{cert} has been revoked: {reason}")]
     Revoked { cert: String, reason: String },
 }
@@ -656,6 +662,11 @@ fn check_nesting(parent: Option<&Certificate>, child: &Certificate) -> Result<()
                         cert: child.describe(),
                         from: invite.not_before,
                         until: invite.not_after,
+                    });
+                }
+                if child.not_after > child.not_before.saturating_add_secs(MEMBER_CERT_SECS) {
+                    return Err(ChainError::InviteLifetimeExceeded {
+                        cert: child.describe(),
                     });
                 }
                 true

@@ -32,9 +32,7 @@ const BUNDLE_WITH_SPONSOR_VERSION: u8 = 2;
 /// Relay addresses an org advertises in invites and bundles.
 pub const MAX_RELAYS: usize = 16;
 pub const MAX_RELAY_ADDR_BYTES: usize = 256;
-/// How long user and device certificates last. Renewal arrives with the relay; two years keeps a
-/// user from being locked out before then.
-pub const MEMBER_CERT_SECS: u64 = 2 * 365 * 24 * 3600;
+pub use crate::cert::MEMBER_CERT_SECS;
 
 /// The public facts about an org that every member carries.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,7 +32,7 @@ use thiserror::Error;
 
 use crate::cert::{CLOCK_SKEW_SECS, CertChain, CertKind, Certificate, ChainError, Roles, Verified};
 use crate::encoding::{DecodeError, Reader, Writer};
-use crate::keys::{Name, PublicKey, SecretKey, Signature, UnixTime, domain};
+use crate::keys::{Name, PublicKey, SecretKey, Serial, Signature, UnixTime, domain};
 
 const RECORD_VERSION: u8 = 1;
 const SET_VERSION: u8 = 1;
@@ -51,6 +51,10 @@ pub enum RevocationTarget {
     /// Cancels the record with this id (a wrongful or forged revocation). Only the org root
     /// signs these, and they cannot themselves be cancelled.
     Record([u8; 32]),
+    /// The invite with this serial was claimed by this user key: every *other* user made with
+    /// that invite is revoked. An admin signs it once a relay reports the first claim, so a
+    /// second claimant is refused by every device, not only by relays that saw both.
+    Claim { invite: Serial, user_key: PublicKey },
 }
 
 impl std::fmt::Display for RevocationTarget {
@@ -59,6 +63,9 @@ impl std::fmt::Display for RevocationTarget {
             Self::Key(key) => write!(f, "key {key}"),
             Self::User(name) => write!(f, "user `{name}`"),
             Self::Record(id) => write!(f, "revocation {}", hex::encode(id)),
+            Self::Claim { invite, user_key } => {
+                write!(f, "users of invite {invite} other than {user_key}")
+            }
         }
     }
 }
@@ -78,6 +85,11 @@ impl RevocationTarget {
                 w.u8(3);
                 w.fixed(id);
             }
+            Self::Claim { invite, user_key } => {
+                w.u8(4);
+                w.fixed(&invite.0);
+                user_key.write(w);
+            }
         }
     }
 
@@ -86,6 +98,10 @@ impl RevocationTarget {
             1 => Ok(Self::Key(PublicKey::read(r, "revoked key")?)),
             2 => Ok(Self::User(Name::read(r)?)),
             3 => Ok(Self::Record(r.array("cancelled revocation id")?)),
+            4 => Ok(Self::Claim {
+                invite: Serial(r.array("claimed invite serial")?),
+                user_key: PublicKey::read(r, "claiming user key")?,
+            }),
             other => Err(DecodeError::invalid(
                 "revocation target",
                 format!("tag {other}"),
@@ -263,6 +279,8 @@ pub struct RevocationSet {
     /// look-ups. Derived state ([`Self::reindex`]): a function of the record set alone.
     by_key: BTreeMap<PublicKey, [u8; 32]>,
     by_user: BTreeMap<Name, [u8; 32]>,
+    /// Claimed invites: the one user key each may certify, and the record saying so.
+    by_invite: BTreeMap<Serial, (PublicKey, [u8; 32])>,
     /// Stored records not in force: cancelled by the root, or signed by a revoked signer.
     ignored: usize,
 }
@@ -274,6 +292,7 @@ impl RevocationSet {
             records: BTreeMap::new(),
             by_key: BTreeMap::new(),
             by_user: BTreeMap::new(),
+            by_invite: BTreeMap::new(),
             ignored: 0,
         }
     }
@@ -308,7 +327,15 @@ impl RevocationSet {
             RevocationTarget::Key(key) => self.by_key.get(key) == Some(&id),
             RevocationTarget::User(name) => self.by_user.get(name) == Some(&id),
             RevocationTarget::Record(_) => self.records.contains_key(&id),
+            RevocationTarget::Claim { invite, .. } => {
+                self.by_invite.get(invite).map(|(_, held)| held) == Some(&id)
+            }
         }
+    }
+
+    /// The user key that claimed `invite`, if an admin has said so.
+    pub fn claim_of(&self, invite: Serial) -> Option<PublicKey> {
+        self.by_invite.get(&invite).map(|(key, _)| *key)
     }
 
     /// Verifies and adds a record that this device made or was handed by its own admin; returns
@@ -354,6 +381,7 @@ impl RevocationSet {
         order.sort_by_key(|(id, record)| (record.revoked_at, **id));
         let mut by_key = BTreeMap::new();
         let mut by_user = BTreeMap::new();
+        let mut by_invite = BTreeMap::new();
         let mut ignored = self.records.len() - order.len() - cancelled_records(&self.records);
         for (id, record) in order {
             let signer_revoked = record
@@ -372,11 +400,15 @@ impl RevocationSet {
                 RevocationTarget::User(name) => {
                     by_user.entry(name.clone()).or_insert(*id);
                 }
+                RevocationTarget::Claim { invite, user_key } => {
+                    by_invite.entry(*invite).or_insert((*user_key, *id));
+                }
                 RevocationTarget::Record(_) => {}
             }
         }
         self.by_key = by_key;
         self.by_user = by_user;
+        self.by_invite = by_invite;
         self.ignored = ignored;
     }
 
@@ -563,6 +595,7 @@ impl CertChain {
         revocations: &RevocationSet,
     ) -> Result<Verified, ChainError> {
         let verified = self.verify_structure(root, Some(now))?;
+        let mut parent: Option<&Certificate> = None;
         for cert in self.certs() {
             if let Some(record) = revocations.revocation_for(cert) {
                 return Err(ChainError::Revoked {
@@ -570,6 +603,19 @@ impl CertChain {
                     reason: record.describe(),
                 });
             }
+            if let Some(invite) = parent.filter(|p| p.kind() == CertKind::Invite)
+                && let Some(owner) = revocations.claim_of(invite.serial())
+                && owner != cert.subject()
+            {
+                return Err(ChainError::Revoked {
+                    cert: cert.describe(),
+                    reason: format!(
+                        "invite {} was claimed by another user key ({owner}); ask an admin for a new invite",
+                        invite.serial()
+                    ),
+                });
+            }
+            parent = Some(cert);
         }
         Ok(verified)
     }

@@ -128,6 +128,11 @@ pub struct Claim {
     /// Unix seconds.
     pub at: u64,
     pub accepted: bool,
+    /// For the accepted claim: the chain that made it, root to user (hex of its encoding), so
+    /// the admin checks that the invite really certified this user key before signing the claim
+    /// for every device. Empty for refused claims (they only inform).
+    #[serde(default)]
+    pub chain: String,
 }
 
 /// One frame's JSON.
@@ -149,11 +154,22 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
 /// The invite a device's chain came through: (invite serial, user, user key). `None` for a
 /// chain without an invite (a GPU peer, a relay, an admin).
 pub fn invite_of(chain: &CertChain) -> Option<(Serial, Name, PublicKey)> {
+    invite_and_user(chain).map(|(serial, user)| (serial, user.name().clone(), user.subject()))
+}
+
+/// The chain from the root down to the user certificate made with an invite, if `chain` has one.
+pub fn through_user(chain: &CertChain) -> Option<CertChain> {
+    let certs = chain.certs();
+    let at = certs.iter().position(|c| c.kind() == CertKind::Invite)?;
+    CertChain::new(certs.get(..at + 2)?.to_vec()).ok()
+}
+
+fn invite_and_user(chain: &CertChain) -> Option<(Serial, &jarvis_identity::Certificate)> {
     let certs = chain.certs();
     let at = certs.iter().position(|c| c.kind() == CertKind::Invite)?;
     let user = certs.get(at + 1).filter(|c| c.kind() == CertKind::User)?;
     let invite = certs.get(at)?;
-    Some((invite.serial(), user.name().clone(), user.subject()))
+    Some((invite.serial(), user))
 }
 
 #[cfg(test)]

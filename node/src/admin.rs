@@ -781,6 +781,80 @@ fn audit_claims(admin: &mut Admin, key: &SecretKey, claims: &[ClaimSeen]) -> Res
     Ok(recorded)
 }
 
+/// Turns each invite's first claim (the earliest any relay saw) into a record signed by this
+/// admin that every device checks: any other user made with that invite is then refused by the
+/// org's devices too, not only by relays that saw both claims. A relay's report is not trusted:
+/// the claim is signed only if the chain it carries shows the invite certifying that user key.
+/// Returns how many claims were signed (and published).
+fn sign_claims(admin: &mut Admin, key: &SecretKey, claims: &[ClaimSeen]) -> Result<usize> {
+    let mut set = admin.home.revocations(&admin.org.root)?;
+    let mut first: std::collections::BTreeMap<&str, &jarvis_mesh::directory::Claim> =
+        std::collections::BTreeMap::new();
+    for seen in claims.iter().filter(|seen| seen.claim.accepted) {
+        let claim = &seen.claim;
+        first
+            .entry(claim.invite.as_str())
+            .and_modify(|held| {
+                if (claim.at, &claim.user_key) < (held.at, &held.user_key) {
+                    *held = claim;
+                }
+            })
+            .or_insert(claim);
+    }
+    let at = now();
+    let mut signed = Vec::new();
+    for claim in first.into_values() {
+        let Some((invite, user_key)) = checked_claim(&admin.org.root, claim) else {
+            tracing::warn!(invite = %claim.invite, "a relay reported a claim its chain does not show; not signed");
+            continue;
+        };
+        if set.claim_of(invite).is_some() {
+            continue;
+        }
+        let target = RevocationTarget::Claim { invite, user_key };
+        set.insert(Revocation::issue(
+            target.clone(),
+            "",
+            at,
+            Some(&admin.chain),
+            key,
+        )?)?;
+        signed.push(target);
+    }
+    if signed.is_empty() {
+        return Ok(0);
+    }
+    admin.home.save_revocations(&set)?;
+    for target in &signed {
+        admin.record(
+            key,
+            AuditAction::Revoked {
+                target: target.clone(),
+                reason: String::new(),
+            },
+        )?;
+    }
+    for (relay, published) in publish_to_relays(admin, key, &set) {
+        if published != Published::Accepted {
+            tracing::warn!(%relay, ?published, "signed claims not published there yet");
+        }
+    }
+    Ok(signed.len())
+}
+
+/// The invite and user key a reported claim's chain proves (signatures and nesting from our
+/// root, the invite certifying exactly the user key reported), or `None`.
+fn checked_claim(
+    root: &PublicKey,
+    claim: &jarvis_mesh::directory::Claim,
+) -> Option<(jarvis_identity::Serial, PublicKey)> {
+    let chain = CertChain::decode(&hex::decode(&claim.chain).ok()?).ok()?;
+    chain.verify_structure(root, None).ok()?;
+    let (invite, _, user_key) = jarvis_mesh::directory::invite_of(&chain)?;
+    (invite.to_string() == claim.invite && user_key.to_string() == claim.user_key)
+        .then_some((invite, user_key))
+}
+
 fn members(mut admin: Admin, out: Output) -> Result<()> {
     let set = admin.home.revocations(&admin.org.root)?;
     let at = now();
@@ -825,6 +899,7 @@ fn members(mut admin: Admin, out: Output) -> Result<()> {
     // which invites were claimed (a second claim of one invite is refused there).
     let mut claims: Vec<ClaimSeen> = Vec::new();
     let mut unreached: Vec<String> = Vec::new();
+    let mut claims_signed = 0;
     if !admin.state.relays.is_empty() {
         let key = admin.unlock()?;
         for (relay, report) in ask_relays_for_members(&admin, &key, &set) {
@@ -869,6 +944,7 @@ fn members(mut admin: Admin, out: Output) -> Result<()> {
             }));
         }
         audit_claims(&mut admin, &key, &claims)?;
+        claims_signed = sign_claims(&mut admin, &key, &claims)?;
     }
     // Until a relay has seen them, the admin knows the devices it has revoked.
     for revoked in admin.state.revoked.iter().filter(|r| r.kind == "device") {
@@ -889,7 +965,12 @@ fn members(mut admin: Admin, out: Output) -> Result<()> {
         tracing::warn!("relay not reached: {problem}");
     }
     out.emit(
-        &json!({ "members": members, "claims": claims, "relays_unreached": unreached }),
+        &json!({
+            "members": members,
+            "claims": claims,
+            "claims_signed": claims_signed,
+            "relays_unreached": unreached,
+        }),
         || {
             if members.is_empty() {
                 return "No members yet; invite one with `jarvis admin invite NAME`.".into();

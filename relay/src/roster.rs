@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use jarvis_identity::{CertChain, Verified};
 use libp2p::PeerId;
 
-use jarvis_mesh::directory::{Claim, MemberSeen, invite_of};
+use jarvis_mesh::directory::{Claim, MemberSeen, invite_of, through_user};
 
 /// Refused claims kept per invite (the first ones: a token that leaked is revoked long before).
 const MAX_REFUSED_PER_INVITE: usize = 16;
@@ -65,6 +65,9 @@ impl Roster {
             device_name: verified.name.to_string(),
             at,
             accepted: true,
+            chain: through_user(chain)
+                .map(|c| hex::encode(c.encode()))
+                .unwrap_or_default(),
         };
         let mut record = match self.claims.get(key)? {
             None => {
@@ -99,6 +102,7 @@ impl Roster {
         {
             record.refused.push(Claim {
                 accepted: false,
+                chain: String::new(),
                 ..claim
             });
             self.claims

@@ -219,6 +219,40 @@ fn an_invite_claimed_twice_is_refused_by_the_relay_and_the_admin_sees_both_claim
         .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("REFUSED"), "{text}");
+
+    // #20 finding 3: the admin signed alice's claim (checked against the chain the relay
+    // reported), the relay passed it to alice's laptop, and now the laptop itself refuses the
+    // second claimant when it dials the laptop directly, with no relay in between (before, it
+    // admitted mallory-pc as a member of the org).
+    assert_eq!(members["claims_signed"], 1, "{members}");
+    assert!(
+        audit.to_string().contains("users of invite"),
+        "the signed claim is in the audit log: {audit}"
+    );
+    wait_for("alice's laptop to hold the signed claim", || {
+        (ok(&laptop, &["status"])["revocations"] == 1).then_some(())
+    });
+    let laptop_status = ok(&laptop, &["status"]);
+    let direct = format!(
+        "{}/p2p/{}",
+        laptop_status["listen"][0].as_str().unwrap(),
+        laptop_status["device_id"].as_str().unwrap()
+    );
+    drop(_other);
+    let _other = common::node_up(
+        jarvis(&other),
+        &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--peer", &direct],
+    );
+    let refusal = wait_for("alice's laptop to refuse the second claimant", || {
+        ok(&other, &["status"])["dialing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["kind"] == "peer")
+            .filter(|d| d["problem"] == "refused-us")
+            .and_then(|d| d["reason"].as_str().map(str::to_owned))
+    });
+    assert!(refusal.contains("claimed by another user key"), "{refusal}");
 }
 
 #[test]

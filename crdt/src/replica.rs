@@ -44,6 +44,9 @@ pub struct Received {
     pub keys: Vec<KeyRecord>,
     /// Documents whose readable content changed (device replicas only).
     pub changed: BTreeSet<DocId>,
+    /// How many bytes the store grew by (negative when a snapshot replaced more history than it
+    /// weighs), so a relay keeps its quota count without rescanning the store.
+    pub grew_by: i64,
 }
 
 /// What a device could not read and set aside instead of failing. A stored change that does
@@ -366,6 +369,7 @@ impl<S: Store> Replica<S> {
                 change.open(key)?;
             }
             if self.store.put_change(change)? == Put::Stored {
+                received.grew_by = received.grew_by.saturating_add(byte_count(change.len()));
                 received.stored.push(change.clone());
             }
         }
@@ -391,6 +395,9 @@ impl<S: Store> Replica<S> {
                 continue;
             }
             if self.store.put_key(record)? {
+                received.grew_by = received
+                    .grew_by
+                    .saturating_add(byte_count(record.encode().len()));
                 received.keys.push(record.clone());
             }
             docs.insert(record.doc);
@@ -456,13 +463,23 @@ impl<S: Store> Replica<S> {
         if self.device.is_none() {
             // A keyless replica (a relay) keeps one snapshot per document and drops the history
             // it covers, so storage stays bounded. It cannot read snapshots, so it only takes one
-            // that covers everything the one it holds does: replacing a snapshot with one that
-            // covers less would lose the history already dropped.
-            let covers_more = self.store.snapshot(snapshot.doc)?.is_none_or(|held| {
+            // that covers everything the one it holds does (replacing a snapshot with one that
+            // covers less would lose the history already dropped) and claims nothing it does
+            // not hold: a vector raised past what was sent would drop that actor's next changes
+            // as duplicates and compact away history the snapshot may not contain. A snapshot
+            // ahead of the relay is taken once the relay has caught up.
+            let held = self.store.snapshot(snapshot.doc)?;
+            let covers_more = held.as_ref().is_none_or(|held| {
                 snapshot.vector.dominates(&held.vector) && snapshot.vector != held.vector
             });
-            if covers_more && self.store.put_snapshot(snapshot)? {
-                self.store.compact(snapshot.doc)?;
+            let claims_only_what_is_held =
+                self.store.vector(snapshot.doc)?.dominates(&snapshot.vector);
+            if covers_more && claims_only_what_is_held && self.store.put_snapshot(snapshot)? {
+                let freed = self.store.compact(snapshot.doc)?;
+                let replaced = held.map_or(0, |h| h.len());
+                received.grew_by = byte_count(snapshot.len())
+                    .saturating_sub(byte_count(replaced))
+                    .saturating_sub(i64::try_from(freed).unwrap_or(i64::MAX));
             }
             return Ok(received);
         }
@@ -546,4 +563,9 @@ impl<S: Store> Replica<S> {
         }
         Ok(any)
     }
+}
+
+/// A length as a signed byte count (lengths here are far below `i64::MAX`).
+fn byte_count(len: usize) -> i64 {
+    i64::try_from(len).unwrap_or(i64::MAX)
 }

@@ -273,9 +273,11 @@ fn a_new_device_catches_up_from_a_relayed_snapshot_plus_later_changes() {
         });
     }
     let snapshot = net.nodes[1].replica.snapshot(doc).unwrap();
-    net.drain();
-    // The relay is handed the snapshot (as a device would upload it) and keeps it, sealed.
+    net.settle();
+    // The relay, holding what it covers, is handed the snapshot (as a device would upload it)
+    // and keeps it, sealed. (It takes no snapshot that claims more than it holds.)
     let relay = &mut net.nodes[0];
+    assert_eq!(relay.replica.vector(doc).unwrap(), snapshot.vector);
     relay.replica.receive_snapshot(&snapshot).unwrap();
     for i in 1500..1510 {
         let id = i.to_string();

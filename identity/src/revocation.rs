@@ -430,7 +430,11 @@ impl RevocationSet {
     /// in the future, signed by the root or by an admin whose chain is valid now and not revoked
     /// by anything we know or the peer sent. Returns how many were added; what was left out is
     /// not stored, so it is not passed on either.
-    pub fn merge_received(&mut self, other: &Self, now: UnixTime) -> Result<usize, RevocationError> {
+    pub fn merge_received(
+        &mut self,
+        other: &Self,
+        now: UnixTime,
+    ) -> Result<usize, RevocationError> {
         let fresh = self.fresh_from(other)?;
         if fresh.is_empty() {
             return Ok(0);

@@ -189,7 +189,10 @@ fn once_a_claim_is_recorded_every_other_user_of_the_invite_is_refused() {
     assert!(check(&alices_laptop, &set).is_ok());
     let err = check(&mallorys_pc, &set).unwrap_err();
     assert!(matches!(err, ChainError::Revoked { .. }), "{err}");
-    assert!(err.to_string().contains("claimed by another user key"), "{err}");
+    assert!(
+        err.to_string().contains("claimed by another user key"),
+        "{err}"
+    );
 
     // The record travels in sets like any revocation.
     let mut device = org.none();

@@ -460,7 +460,11 @@ fn revoke(mut admin: Admin, out: Output, args: RevokeArgs) -> Result<()> {
     admin.save()?;
     let summary = format!(
         "Revoked {kind} {id}{}.",
-        if already { " (it was already revoked)" } else { "" }
+        if already {
+            " (it was already revoked)"
+        } else {
+            ""
+        }
     );
     publish_and_report(
         &admin,
@@ -552,7 +556,11 @@ fn revocations(admin: &Admin, out: Output) -> Result<()> {
                     hex::encode(r.id()),
                     r.target(),
                     r.describe(),
-                    if set.in_force(r) { "" } else { "  (not in force)" }
+                    if set.in_force(r) {
+                        ""
+                    } else {
+                        "  (not in force)"
+                    }
                 )
             })
             .collect::<Vec<_>>()

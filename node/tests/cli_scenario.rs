@@ -445,10 +445,7 @@ fn a_wrongful_revocation_is_cancelled_with_the_root_key() {
 
     let audit = env.json("admin", &["admin", "audit"]);
     let last = audit["entries"].as_array().unwrap().last().unwrap().clone();
-    assert!(
-        last.to_string().contains("cancelled revocation"),
-        "{last}"
-    );
+    assert!(last.to_string().contains("cancelled revocation"), "{last}");
 
     let stderr = env.fails("admin", &["admin", "unrevoke", &cancel_id]);
     assert!(stderr.contains("cannot be undone"), "{stderr}");

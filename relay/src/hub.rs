@@ -285,12 +285,11 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
         let Some(store) = self.users.get_mut(&user) else {
             return refused(Refusal::Store("the user's store is not open".into()));
         };
-        let changes = matches!(message, SyncMessage::Changes { .. });
-        let rescan = matches!(
+        let stores_data = matches!(
             message,
-            SyncMessage::Snapshot { .. } | SyncMessage::Keys { .. }
+            SyncMessage::Changes { .. } | SyncMessage::Snapshot { .. } | SyncMessage::Keys { .. }
         );
-        if (changes || rescan) && store.used >= limits.quota_bytes {
+        if stores_data && store.used >= limits.quota_bytes {
             return refused(Refusal::QuotaExceeded {
                 user,
                 used: store.used,
@@ -313,11 +312,9 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
         let mut send: Vec<(P, SyncMessage)> = out.send.into_iter().map(|m| (peer, m)).collect();
         let stored = out.received.stored;
         let keys = out.received.keys;
-        if rescan {
-            store.used = replica.store().stored_bytes().unwrap_or(store.used);
-        } else {
-            store.used += stored.iter().map(|c| c.len() as u64).sum::<u64>();
-        }
+        // Kept from what this message did, never by rescanning the store: a device sending key
+        // records or snapshots must not make the relay read a whole user's store each time.
+        store.used = store.used.saturating_add_signed(out.received.grew_by);
         if !stored.is_empty() || !keys.is_empty() {
             for (other, state) in &mut self.peers {
                 if *other == peer || state.user != user {
@@ -386,8 +383,8 @@ mod tests {
     }
 
     /// Runs device ↔ hub traffic until it settles.
-    fn settle(
-        hub: &mut Hub<u32, MemStore>,
+    fn settle<S: Store>(
+        hub: &mut Hub<u32, S>,
         devices: &mut [(u32, &mut Device)],
         mut to_hub: Vec<(u32, SyncMessage)>,
         mut to_devices: Vec<(u32, SyncMessage)>,
@@ -412,7 +409,7 @@ mod tests {
     }
 
     /// Admits `device` as peer `id` of `user` and syncs it with the hub until nothing is left.
-    fn connect(hub: &mut Hub<u32, MemStore>, id: u32, user: Name, device: &mut Device) {
+    fn connect<S: Store>(hub: &mut Hub<u32, S>, id: u32, user: Name, device: &mut Device) {
         let to_device = hub.admit(id, user, 0).unwrap();
         let hello = device.session.start(0, &device.replica).unwrap();
         settle(
@@ -501,6 +498,11 @@ mod tests {
         );
         let after = hub.stored_bytes()[&alice()];
         assert!(after < before / 2, "{after} of {before} bytes still stored");
+        assert_eq!(
+            after,
+            hub.users[&alice()].replica.store().stored_bytes().unwrap(),
+            "the count follows a snapshot's compaction without a rescan"
+        );
         // A later edit is stored past the snapshot as usual.
         let change = a
             .replica
@@ -528,6 +530,160 @@ mod tests {
         let handled = hub.handle(2, &stale.encode(), 0);
         assert!(handled.result.is_ok());
         assert_eq!(hub.stored_bytes()[&alice()], stored);
+    }
+
+    /// #20 finding 9: an admitted device cannot raise the relay's vector past what it holds
+    /// with a snapshot (which would drop that actor's next changes as duplicates and compact
+    /// away history the snapshot need not contain). Before the fix the relay took it.
+    #[test]
+    fn a_snapshot_claiming_more_than_the_relay_holds_is_not_taken() {
+        let (mut a, mut b, recipients) = two_devices();
+        let mut hub = hub(Limits::default());
+        let id = conversation(&mut a, "kept", &recipients);
+        connect(&mut hub, 1, alice(), &mut a);
+        let held = hub.users[&alice()].replica.store().vector(id).unwrap();
+        let stored = hub.stored_bytes()[&alice()];
+        let mut inflated = held.clone();
+        for (actor, _) in held.iter() {
+            inflated.set(*actor, 1_000_000);
+        }
+        let bogus = jarvis_crdt::envelope::SealedSnapshot::seal(
+            id,
+            1,
+            inflated,
+            b"nothing of the history",
+            &jarvis_crdt::envelope::DocKey::generate(),
+            &SecretKey::generate(),
+        )
+        .unwrap();
+        let handled = hub.handle(1, &SyncMessage::Snapshot { snapshot: bogus }.encode(), 0);
+        assert!(handled.result.is_ok());
+        assert_eq!(
+            hub.users[&alice()].replica.store().vector(id).unwrap(),
+            held
+        );
+        assert_eq!(hub.stored_bytes()[&alice()], stored);
+
+        // A's next edit is stored, not dropped as a duplicate, and reaches B.
+        let change = a
+            .replica
+            .edit(id, |doc, _| doc.set_title("still kept", 1))
+            .unwrap();
+        let push = a.session.on_new_change(&change, &a.replica).unwrap();
+        settle(
+            &mut hub,
+            &mut [(1, &mut a)],
+            push.into_iter().map(|m| (1, m)).collect(),
+            Vec::new(),
+        );
+        hub.leave(&1);
+        connect(&mut hub, 2, alice(), &mut b);
+        assert_eq!(b.replica.doc(id).unwrap().title().unwrap(), "still kept");
+        // Key records and snapshots are counted as they are stored, with no rescan, and the
+        // count is the store's own.
+        assert_eq!(
+            hub.stored_bytes()[&alice()],
+            hub.users[&alice()].replica.store().stored_bytes().unwrap()
+        );
+    }
+
+    /// A store that counts full scans (`stored_bytes`).
+    struct Counting {
+        inner: MemStore,
+        scans: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Store for Counting {
+        fn put_change(
+            &mut self,
+            change: &jarvis_crdt::SealedChange,
+        ) -> Result<jarvis_crdt::Put, StoreError> {
+            self.inner.put_change(change)
+        }
+        fn change(
+            &self,
+            doc: DocId,
+            actor: &jarvis_identity::PublicKey,
+            seq: u64,
+        ) -> Result<Option<jarvis_crdt::SealedChange>, StoreError> {
+            self.inner.change(doc, actor, seq)
+        }
+        fn vector(&self, doc: DocId) -> Result<jarvis_crdt::VersionVector, StoreError> {
+            self.inner.vector(doc)
+        }
+        fn put_key(&mut self, record: &jarvis_crdt::KeyRecord) -> Result<bool, StoreError> {
+            self.inner.put_key(record)
+        }
+        fn keys(&self, doc: DocId) -> Result<Vec<jarvis_crdt::KeyRecord>, StoreError> {
+            self.inner.keys(doc)
+        }
+        fn put_snapshot(
+            &mut self,
+            snapshot: &jarvis_crdt::SealedSnapshot,
+        ) -> Result<bool, StoreError> {
+            self.inner.put_snapshot(snapshot)
+        }
+        fn snapshot(&self, doc: DocId) -> Result<Option<jarvis_crdt::SealedSnapshot>, StoreError> {
+            self.inner.snapshot(doc)
+        }
+        fn compact(&mut self, doc: DocId) -> Result<u64, StoreError> {
+            self.inner.compact(doc)
+        }
+        fn docs(&self) -> Result<Vec<DocId>, StoreError> {
+            self.inner.docs()
+        }
+        fn stored_bytes(&self) -> Result<u64, StoreError> {
+            self.scans
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.stored_bytes()
+        }
+    }
+
+    /// #20 finding 9: key records and snapshots from a device do not make the relay scan the
+    /// user's whole store (before, every Keys or Snapshot message did: a cheap message costing
+    /// the relay a read of up to the user's quota).
+    #[test]
+    fn key_records_and_snapshots_cost_no_scan_of_the_store() {
+        let scans = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = scans.clone();
+        let mut hub: Hub<u32, Counting> = Hub::new(
+            Limits::default(),
+            Box::new(move |_| {
+                Ok(Counting {
+                    inner: MemStore::new(),
+                    scans: counter.clone(),
+                })
+            }),
+        );
+        let (mut a, _, recipients) = two_devices();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(conversation(&mut a, &format!("talk {i}"), &recipients));
+        }
+        connect(&mut hub, 1, alice(), &mut a);
+        let opened = scans.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(opened, 1, "counted once, when the user's store opened");
+        for id in ids {
+            let snapshot = a.replica.snapshot(id).unwrap();
+            let push = a.session.on_new_snapshot(&snapshot);
+            settle(
+                &mut hub,
+                &mut [(1, &mut a)],
+                push.into_iter().map(|m| (1, m)).collect(),
+                Vec::new(),
+            );
+        }
+        assert_eq!(scans.load(std::sync::atomic::Ordering::Relaxed), opened);
+        let counted = hub.stored_bytes()[&alice()];
+        assert_eq!(
+            counted,
+            hub.users[&alice()]
+                .replica
+                .store()
+                .inner
+                .stored_bytes()
+                .unwrap()
+        );
     }
 
     #[test]

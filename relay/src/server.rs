@@ -109,46 +109,89 @@ pub struct Relay {
     last_status: Option<serde_json::Value>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Sync messages received and not handled yet, per peer, served in turn.
-    inbox: Inbox,
+    inbox: Inbox<request_response::ResponseChannel<Vec<u8>>>,
 }
 
-/// A sync message waiting, with where its acknowledgement goes.
-type Waiting = (Vec<u8>, request_response::ResponseChannel<Vec<u8>>);
+/// A sync message waiting, with where its acknowledgement goes (`C`: a response channel).
+type Waiting<C> = (Vec<u8>, C);
+/// A sync message received from a peer, waiting.
+type Received = Waiting<request_response::ResponseChannel<Vec<u8>>>;
 
 /// Received sync messages, queued per peer and taken round-robin: one message from each peer
 /// with something waiting per round, all of a round made durable with one flush. A device with
 /// many messages in flight (a flood) then delays the others by one message each round, not by
-/// its whole queue. Each queue is bounded by the transport (at most [`wire::MAX_STREAMS`]
-/// requests in flight per peer).
+/// its whole queue. Each queue is bounded here, whatever the transport allows (a peer can open
+/// several connections): at most [`MAX_QUEUED`] messages and [`MAX_QUEUED_BYTES`] per peer; past
+/// that a message is answered at once with "slow down" and not kept.
 ///
 /// A peer over its rate is throttled, not answered with a refusal: its message goes back to the
 /// head of its queue and the peer is parked until its bucket holds enough again. Its streams
 /// stay open meanwhile, so a flooder ends up sending at its rate and no faster, and the relay
 /// does no work for what waits.
-#[derive(Default)]
-struct Inbox {
-    queues: HashMap<PeerId, std::collections::VecDeque<Waiting>>,
+struct Inbox<C> {
+    queues: HashMap<PeerId, std::collections::VecDeque<Waiting<C>>>,
     turn: std::collections::VecDeque<PeerId>,
     parked: HashMap<PeerId, Instant>,
+    /// Bytes waiting per peer (the sum of its queue's messages).
+    bytes: HashMap<PeerId, usize>,
 }
 
-impl Inbox {
-    fn push(&mut self, peer: PeerId, waiting: Waiting) {
+/// The most sync messages, and bytes, waiting for one peer.
+const MAX_QUEUED: usize = 64;
+const MAX_QUEUED_BYTES: usize = 16 << 20;
+
+impl<C> Default for Inbox<C> {
+    fn default() -> Self {
+        Self {
+            queues: HashMap::new(),
+            turn: std::collections::VecDeque::new(),
+            parked: HashMap::new(),
+            bytes: HashMap::new(),
+        }
+    }
+}
+
+impl<C> Inbox<C> {
+    /// Queues a message, or hands it back if the peer already has as much waiting as it may.
+    fn push(&mut self, peer: PeerId, waiting: Waiting<C>) -> Result<(), Waiting<C>> {
         let queue = self.queues.entry(peer).or_default();
+        let bytes = self.bytes.entry(peer).or_default();
+        if queue.len() >= MAX_QUEUED || bytes.saturating_add(waiting.0.len()) > MAX_QUEUED_BYTES {
+            if queue.is_empty() {
+                self.queues.remove(&peer);
+                self.bytes.remove(&peer);
+            }
+            return Err(waiting);
+        }
         if queue.is_empty() {
             self.turn.push_back(peer);
         }
+        *bytes += waiting.0.len();
         queue.push_back(waiting);
+        Ok(())
+    }
+
+    /// The messages and bytes waiting for `peer`.
+    #[cfg(test)]
+    fn waiting(&self, peer: &PeerId) -> (usize, usize) {
+        (
+            self.queues
+                .get(peer)
+                .map_or(0, std::collections::VecDeque::len),
+            self.bytes.get(peer).copied().unwrap_or(0),
+        )
     }
 
     /// Puts messages back at the head of their peer's queue, in their order, and parks the
     /// peer until `until`.
-    fn park(&mut self, peer: PeerId, waiting: Vec<Waiting>, until: Instant) {
+    fn park(&mut self, peer: PeerId, waiting: Vec<Waiting<C>>, until: Instant) {
         let queue = self.queues.entry(peer).or_default();
         if queue.is_empty() {
             self.turn.push_back(peer);
         }
+        let bytes = self.bytes.entry(peer).or_default();
         for w in waiting.into_iter().rev() {
+            *bytes += w.0.len();
             queue.push_front(w);
         }
         self.parked.insert(peer, until);
@@ -169,7 +212,7 @@ impl Inbox {
     }
 
     /// One message from each waiting peer that is not parked, in turn (at most `max`).
-    fn round(&mut self, max: usize, now: Instant) -> Vec<(PeerId, Waiting)> {
+    fn round(&mut self, max: usize, now: Instant) -> Vec<(PeerId, Waiting<C>)> {
         let mut out = Vec::new();
         for _ in 0..self.turn.len() {
             if out.len() >= max {
@@ -188,12 +231,18 @@ impl Inbox {
             };
             for _ in 0..PER_PEER_PER_ROUND {
                 match queue.pop_front() {
-                    Some(waiting) => out.push((peer, waiting)),
+                    Some(waiting) => {
+                        if let Some(bytes) = self.bytes.get_mut(&peer) {
+                            *bytes = bytes.saturating_sub(waiting.0.len());
+                        }
+                        out.push((peer, waiting));
+                    }
                     None => break,
                 }
             }
             if queue.is_empty() {
                 self.queues.remove(&peer);
+                self.bytes.remove(&peer);
             } else {
                 self.turn.push_back(peer);
             }
@@ -204,6 +253,7 @@ impl Inbox {
     /// A peer gone: what it sent and was not handled is dropped (never acknowledged).
     fn forget(&mut self, peer: &PeerId) {
         self.queues.remove(peer);
+        self.bytes.remove(peer);
         self.parked.remove(peer);
         self.turn.retain(|p| p != peer);
     }
@@ -767,7 +817,18 @@ impl Relay {
             // that is not a device of this org is disconnected by the gate.
             return;
         }
-        self.inbox.push(peer, (request, channel));
+        if let Err((_, channel)) = self.inbox.push(peer, (request, channel)) {
+            // Not kept: the device's session sends it again once what waits is taken.
+            let refusal = crate::hub::Refusal::RateLimited {
+                retry_after_ms: u64::try_from(MIN_THROTTLE.as_millis()).unwrap_or(u64::MAX),
+            };
+            self.metrics.refused(refusal.reason());
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, refusal.to_string().into_bytes());
+        }
     }
 
     /// Takes one waiting message from each peer in turn, makes them all durable with one
@@ -779,7 +840,7 @@ impl Relay {
         // Peers found over their rate in this round: what they sent waits, in order, until
         // their bucket allows it (and at least a moment, so a throttled peer does not cost a
         // flush of its own many times a second).
-        let mut throttled: HashMap<PeerId, (Instant, Vec<Waiting>)> = HashMap::new();
+        let mut throttled: HashMap<PeerId, (Instant, Vec<Received>)> = HashMap::new();
         for (peer, (request, channel)) in self.inbox.round(ROUND_MAX, now) {
             if let Some((_, held)) = throttled.get_mut(&peer) {
                 held.push((request, channel));
@@ -824,5 +885,46 @@ impl Relay {
                 self.send(handled.send);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// #20 finding 9: what one peer can have waiting at the relay is bounded, by count and by
+    /// bytes, however many streams and connections it opens (before, the queue grew with every
+    /// message the transport let through).
+    #[test]
+    fn one_peer_cannot_fill_the_inbox() {
+        let mut inbox: Inbox<()> = Inbox::default();
+        let flooder = PeerId::random();
+        let other = PeerId::random();
+        for _ in 0..MAX_QUEUED {
+            assert!(inbox.push(flooder, (vec![0; 10], ())).is_ok());
+        }
+        assert!(inbox.push(flooder, (vec![0; 10], ())).is_err());
+        assert_eq!(inbox.waiting(&flooder), (MAX_QUEUED, MAX_QUEUED * 10));
+        // Others are not affected, and a big message counts by its bytes.
+        assert!(inbox.push(other, (vec![0; MAX_QUEUED_BYTES], ())).is_ok());
+        assert!(inbox.push(other, (vec![0; 1], ())).is_err());
+
+        // Taking messages makes room again, and the byte count follows.
+        let now = Instant::now();
+        let taken = inbox.round(ROUND_MAX, now);
+        assert_eq!(taken.len(), PER_PEER_PER_ROUND + 1);
+        assert_eq!(
+            inbox.waiting(&flooder),
+            (
+                MAX_QUEUED - PER_PEER_PER_ROUND,
+                (MAX_QUEUED - PER_PEER_PER_ROUND) * 10
+            )
+        );
+        assert_eq!(inbox.waiting(&other), (0, 0));
+        assert!(inbox.push(flooder, (vec![0; 10], ())).is_ok());
+        inbox.forget(&flooder);
+        assert_eq!(inbox.waiting(&flooder), (0, 0));
     }
 }

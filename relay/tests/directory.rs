@@ -241,7 +241,12 @@ fn an_invite_claimed_twice_is_refused_by_the_relay_and_the_admin_sees_both_claim
     drop(_other);
     let _other = common::node_up(
         jarvis(&other),
-        &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--peer", &direct],
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--peer",
+            &direct,
+        ],
     );
     let refusal = wait_for("alice's laptop to refuse the second claimant", || {
         ok(&other, &["status"])["dialing"]

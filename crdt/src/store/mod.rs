@@ -202,6 +202,10 @@ impl Store for MemStore {
             .values()
             .map(|d| {
                 d.changes.values().map(|c| c.len() as u64).sum::<u64>()
+                    + d.keys
+                        .values()
+                        .map(|k| k.encode().len() as u64)
+                        .sum::<u64>()
                     + d.snapshot.as_ref().map_or(0, |s| s.len() as u64)
             })
             .sum())

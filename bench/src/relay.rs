@@ -28,7 +28,7 @@ use jarvis_crdt::doc::{Doc, NewMessage, Role, Status};
 use jarvis_crdt::{DocId, MemStore, Replica, Session, SyncMessage};
 use jarvis_identity::hello::Hello;
 use jarvis_identity::{
-    CertChain, CertKind, CertTemplate, Certificate, Name, RevocationSet, Roles, SecretKey, UnixTime,
+    CertChain, CertKind, CertTemplate, Certificate, Name, Roles, SecretKey, UnixTime,
 };
 use jarvis_mesh::wire::{
     self, AUTH_PROTOCOL, Frames, MAX_AUTH_BYTES, MAX_SYNC_BYTES, SYNC_PROTOCOL,
@@ -165,7 +165,7 @@ impl Org {
                     &user_key,
                 )?;
                 let chain = user_chain.extend(cert)?;
-                let hello = Hello::new(chain, &RevocationSet::new(self.root)).encode();
+                let hello = Hello::new(chain, None).encode(&self.root);
                 out.push(Device { key, age, hello });
             }
         }

@@ -44,8 +44,9 @@ pub struct Received {
     pub keys: Vec<KeyRecord>,
     /// Documents whose readable content changed (device replicas only).
     pub changed: BTreeSet<DocId>,
-    /// How many bytes the store grew by (negative when a snapshot replaced more history than it
-    /// weighs), so a relay keeps its quota count without rescanning the store.
+    /// How many bytes the store grew by, counted as stores count them (encoded records; negative
+    /// when a snapshot replaced more history than it weighs), so a relay keeps its quota count
+    /// without rescanning the store.
     pub grew_by: i64,
 }
 
@@ -84,7 +85,16 @@ pub struct Replica<S: Store> {
     /// The keys allowed to write (the user's current devices); `None` accepts any signer, for
     /// callers that check membership before handing changes over.
     writers: Option<BTreeSet<PublicKey>>,
+    /// A keyless replica's snapshots that claim more than it holds yet (a device offers its
+    /// snapshot as soon as it makes it, while the changes it covers may still be on their way):
+    /// taken once the changes have arrived. At most one per document and
+    /// [`MAX_HELD_BACK`] in all; they are only an optimisation, so one dropped costs nothing
+    /// but storage until the next snapshot.
+    held_back: BTreeMap<DocId, SealedSnapshot>,
 }
+
+/// Snapshots a keyless replica holds back at most (in memory).
+pub const MAX_HELD_BACK: usize = 256;
 
 impl<S: Store> Replica<S> {
     /// A device's replica.
@@ -100,6 +110,7 @@ impl<S: Store> Replica<S> {
                 quarantine: Quarantine::default(),
             }),
             writers: None,
+            held_back: BTreeMap::new(),
         }
     }
 
@@ -158,6 +169,7 @@ impl<S: Store> Replica<S> {
             store,
             device: None,
             writers: None,
+            held_back: BTreeMap::new(),
         }
     }
 
@@ -369,8 +381,19 @@ impl<S: Store> Replica<S> {
                 change.open(key)?;
             }
             if self.store.put_change(change)? == Put::Stored {
-                received.grew_by = received.grew_by.saturating_add(byte_count(change.len()));
+                received.grew_by = received
+                    .grew_by
+                    .saturating_add(byte_count(change.encode().len()));
                 received.stored.push(change.clone());
+            }
+        }
+        if self.device.is_none() {
+            let docs: BTreeSet<DocId> = received.stored.iter().map(|c| c.header().doc).collect();
+            for doc in docs {
+                if let Some(snapshot) = self.held_back.remove(&doc) {
+                    let taken = self.take_snapshot_keyless(&snapshot)?;
+                    received.grew_by = received.grew_by.saturating_add(taken);
+                }
             }
         }
         let docs: BTreeSet<DocId> = received.stored.iter().map(|c| c.header().doc).collect();
@@ -461,26 +484,7 @@ impl<S: Store> Replica<S> {
             return Ok(received);
         }
         if self.device.is_none() {
-            // A keyless replica (a relay) keeps one snapshot per document and drops the history
-            // it covers, so storage stays bounded. It cannot read snapshots, so it only takes one
-            // that covers everything the one it holds does (replacing a snapshot with one that
-            // covers less would lose the history already dropped) and claims nothing it does
-            // not hold: a vector raised past what was sent would drop that actor's next changes
-            // as duplicates and compact away history the snapshot may not contain. A snapshot
-            // ahead of the relay is taken once the relay has caught up.
-            let held = self.store.snapshot(snapshot.doc)?;
-            let covers_more = held.as_ref().is_none_or(|held| {
-                snapshot.vector.dominates(&held.vector) && snapshot.vector != held.vector
-            });
-            let claims_only_what_is_held =
-                self.store.vector(snapshot.doc)?.dominates(&snapshot.vector);
-            if covers_more && claims_only_what_is_held && self.store.put_snapshot(snapshot)? {
-                let freed = self.store.compact(snapshot.doc)?;
-                let replaced = held.map_or(0, |h| h.len());
-                received.grew_by = byte_count(snapshot.len())
-                    .saturating_sub(byte_count(replaced))
-                    .saturating_sub(i64::try_from(freed).unwrap_or(i64::MAX));
-            }
+            received.grew_by = self.take_snapshot_keyless(snapshot)?;
             return Ok(received);
         }
         self.store.put_snapshot(snapshot)?;
@@ -514,6 +518,38 @@ impl<S: Store> Replica<S> {
             received.changed.insert(snapshot.doc);
         }
         Ok(received)
+    }
+
+    /// A keyless replica (a relay) keeps one snapshot per document and drops the history it
+    /// covers, so storage stays bounded. It cannot read snapshots, so it only takes one that
+    /// covers everything the one it holds does (replacing a snapshot with one that covers less
+    /// would lose the history already dropped), and only once it holds everything the snapshot
+    /// claims: a vector raised past what was sent would drop that actor's next changes as
+    /// duplicates and compact away history the snapshot need not contain. One that is ahead is
+    /// held back until the changes arrive. Returns how much the store grew (negative: shrank).
+    fn take_snapshot_keyless(&mut self, snapshot: &SealedSnapshot) -> Result<i64, ReplicaError> {
+        let held = self.store.snapshot(snapshot.doc)?;
+        let covers_more = held.as_ref().is_none_or(|held| {
+            snapshot.vector.dominates(&held.vector) && snapshot.vector != held.vector
+        });
+        if !covers_more {
+            return Ok(0);
+        }
+        if !self.store.vector(snapshot.doc)?.dominates(&snapshot.vector) {
+            // The latest offer replaces what waited (so a bogus one cannot block later ones).
+            if self.held_back.len() < MAX_HELD_BACK || self.held_back.contains_key(&snapshot.doc) {
+                self.held_back.insert(snapshot.doc, snapshot.clone());
+            }
+            return Ok(0);
+        }
+        if !self.store.put_snapshot(snapshot)? {
+            return Ok(0);
+        }
+        let freed = self.store.compact(snapshot.doc)?;
+        let replaced = held.map_or(0, |h| h.encode().len());
+        Ok(byte_count(snapshot.encode().len())
+            .saturating_sub(byte_count(replaced))
+            .saturating_sub(i64::try_from(freed).unwrap_or(i64::MAX)))
     }
 
     /// Applies to the device's document every stored change past what it has applied, actor by

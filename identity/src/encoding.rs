@@ -128,6 +128,11 @@ impl<'a> Reader<'a> {
         Self { rest: bytes }
     }
 
+    /// Everything left (the caller has bounded the whole input).
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.rest)
+    }
+
     /// Exactly `n` raw bytes (the caller has bounded `n`).
     pub fn take_bytes(&mut self, what: &'static str, n: usize) -> Result<&'a [u8], DecodeError> {
         self.take(what, n)

@@ -1,46 +1,75 @@
 //! The authentication handshake of the mesh: each side of a new connection sends a [`Hello`]
-//! (its certificate chain and the revocations it knows), and [`check_hello`] decides whether the
-//! peer is a member of the org, and who. Sans-IO: the node drives it over libp2p.
+//! (its certificate chain, and to a peer already admitted the revocations it knows), and
+//! [`check_hello`] decides whether the peer is a member of the org, and who. Sans-IO: the node
+//! drives it over libp2p.
+//!
+//! A hello is sealed (ChaCha20-Poly1305) under a key derived from the org root, so a peer that
+//! does not know the org (a stranger on the LAN advertising itself on mDNS, a scanner) reads
+//! nothing of it: not the org, not the names, not the device's age recipient. The revocations
+//! go only to a peer whose chain verified: in the answer to its hello, and in hellos re-sent to
+//! admitted peers; the first hello to a peer not yet proven carries none. Records carry no
+//! reasons (an admin keeps those in the audit log).
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use libp2p_identity::PeerId;
+use sha2::{Digest, Sha256};
 
 use crate::encoding::{DecodeError, Reader, Writer};
+use crate::keys::random_bytes;
 use crate::{CertChain, ChainError, PublicKey, RevocationSet, UnixTime, Verified};
 
-const HELLO_VERSION: u8 = 1;
-/// A hello carries a chain (< 4 KiB) and the org's revocations.
+const HELLO_VERSION: u8 = 2;
+const NONCE_BYTES: usize = 12;
+/// A hello carries a chain (< 4 KiB) and the org's revocations; a longer one is refused before
+/// it is opened.
 pub const MAX_HELLO_BYTES: usize = 4 << 20;
 
-/// The authentication handshake's message: who I am, and the revocations I know.
+/// The authentication handshake's message: who I am, and (to an admitted peer) the
+/// revocations I know.
 #[derive(Debug, Clone)]
 pub struct Hello {
     pub chain: CertChain,
-    /// An encoded [`RevocationSet`], verified by the receiver against its own org root.
+    /// An encoded [`RevocationSet`], verified by the receiver against its own org root; empty
+    /// when the hello goes to a peer not proven yet.
     pub revocations: Vec<u8>,
 }
 
 impl Hello {
-    pub fn new(chain: CertChain, revocations: &RevocationSet) -> Self {
+    /// `revocations`: `Some` only for a peer already admitted (or one pinned by its id that we
+    /// chose to tell, as an admin publishing to its relays).
+    pub fn new(chain: CertChain, revocations: Option<&RevocationSet>) -> Self {
         Self {
             chain,
-            revocations: revocations.encode(),
+            revocations: revocations.map(RevocationSet::encode).unwrap_or_default(),
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    /// Sealed for the org with this root: only a peer that knows the org opens it.
+    pub fn encode(&self, root: &PublicKey) -> Vec<u8> {
         let chain = self.chain.encode();
-        let mut w = Writer::with_capacity(9 + chain.len() + self.revocations.len());
-        w.u8(HELLO_VERSION)
-            .u32(u32::try_from(chain.len()).unwrap_or(u32::MAX))
+        let mut w = Writer::with_capacity(8 + chain.len() + self.revocations.len());
+        w.u32(u32::try_from(chain.len()).unwrap_or(u32::MAX))
             .fixed(&chain)
             .u32(u32::try_from(self.revocations.len()).unwrap_or(u32::MAX))
             .fixed(&self.revocations);
-        w.finish()
+        seal(&w.finish(), root)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(bytes);
-        r.version("hello", HELLO_VERSION)?;
+    /// Opens a hello sealed for the org `root`; one sealed for another org (or for none) does
+    /// not open.
+    pub fn decode(bytes: &[u8], root: &PublicKey) -> Result<Self, DecodeError> {
+        match unseal(bytes, root)? {
+            Some(body) => Self::parse(&body),
+            None => Err(DecodeError::invalid(
+                "hello",
+                "not sealed for this org".to_owned(),
+            )),
+        }
+    }
+
+    fn parse(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
         let chain_len = usize::try_from(r.u32("chain length")?).unwrap_or(usize::MAX);
         if chain_len > crate::cert::MAX_CHAIN_LEN * crate::cert::MAX_CERT_BYTES {
             return Err(DecodeError::TooLong {
@@ -62,6 +91,61 @@ impl Hello {
         r.finish("hello")?;
         Ok(Self { chain, revocations })
     }
+}
+
+/// The body of a hello, or `None` when it is well framed but not sealed for this org.
+fn unseal(bytes: &[u8], root: &PublicKey) -> Result<Option<Vec<u8>>, DecodeError> {
+    if bytes.len() > MAX_HELLO_BYTES {
+        return Err(DecodeError::TooLong {
+            what: "hello",
+            len: bytes.len(),
+            max: MAX_HELLO_BYTES,
+        });
+    }
+    let mut r = Reader::new(bytes);
+    r.version("hello", HELLO_VERSION)?;
+    let nonce: [u8; NONCE_BYTES] = r.array("hello nonce")?;
+    let sealed = r.rest();
+    Ok(cipher(root)
+        .decrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: sealed,
+                aad: &[HELLO_VERSION],
+            },
+        )
+        .ok())
+}
+
+/// Seals `inner` (a hello's body, or anything: the fuzz target feeds the parser under the seal
+/// this way) for the org with this root.
+#[doc(hidden)]
+pub fn seal(inner: &[u8], root: &PublicKey) -> Vec<u8> {
+    let nonce: [u8; NONCE_BYTES] = random_bytes();
+    let sealed = cipher(root)
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: inner,
+                aad: &[HELLO_VERSION],
+            },
+        )
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(1 + NONCE_BYTES + sealed.len());
+    out.push(HELLO_VERSION);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// The key hellos of the org with this root are sealed with.
+fn cipher(root: &PublicKey) -> ChaCha20Poly1305 {
+    let key: [u8; 32] = Sha256::new()
+        .chain_update(b"jarvis/hello/v2 sealing key\0")
+        .chain_update(root.to_bytes())
+        .finalize()
+        .into();
+    ChaCha20Poly1305::new(Key::from_slice(&key))
 }
 
 /// A refusal's first byte, where a hello has its version: never a hello's.
@@ -125,6 +209,9 @@ pub struct Checked {
 pub enum HelloError {
     #[error("malformed hello: {0}")]
     Malformed(#[from] DecodeError),
+    /// Sealed for another org (or none): a stranger, or a peer of another org.
+    #[error("not of this org (its hello is sealed for another org)")]
+    OtherOrg,
     /// The chain does not verify (other org, forged, expired, revoked…).
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -154,13 +241,17 @@ pub fn check_hello(
     bytes: &[u8],
     now: UnixTime,
 ) -> Result<Checked, HelloError> {
-    let hello = Hello::decode(bytes)?;
+    let hello = match unseal(bytes, root)? {
+        Some(body) => Hello::parse(&body)?,
+        None => return Err(HelloError::OtherOrg),
+    };
     // Who the peer is, against what we know, before anything it says counts: a peer that is
     // not a member (a fired admin carrying revocations it signed, a stranger replaying an
     // org's records) adds nothing to our revocations.
     let mut verified = hello.chain.verify(root, now, revocations)?;
-    let new_revocations = RevocationSet::decode(root, &hello.revocations)
-        .ok()
+    let new_revocations = (!hello.revocations.is_empty())
+        .then(|| RevocationSet::decode(root, &hello.revocations).ok())
+        .flatten()
         .and_then(|theirs| revocations.merge_received(&theirs, now).ok())
         .unwrap_or(0);
     // And against what it told us, if that was news: a peer revoked in its own set is revoked.
@@ -253,7 +344,7 @@ mod tests {
             decode_refusal(&refusal).as_deref(),
             Some("invite already claimed by another user")
         );
-        assert!(Hello::decode(&refusal).is_err());
+        assert!(Hello::decode(&refusal, &SecretKey::generate().public()).is_err());
         assert_eq!(decode_refusal(&[]).as_deref(), Some("no reason given"));
         assert_eq!(
             decode_refusal(&[REFUSAL_TAG]).as_deref(),
@@ -280,7 +371,69 @@ mod tests {
     }
 
     fn hello(chain: &CertChain, set: &RevocationSet) -> Vec<u8> {
-        Hello::new(chain.clone(), set).encode()
+        Hello::new(chain.clone(), Some(set)).encode(&set.root())
+    }
+
+    /// #20 finding 6: a hello shows a peer that does not know the org nothing: not the org,
+    /// the names, or the device's age recipient (before, all of it went in clear to anyone who
+    /// connected), and the first hello to a peer not yet proven carries no revocations.
+    #[test]
+    fn a_hello_tells_a_stranger_nothing() {
+        let acme = org();
+        let (key, chain) = device(&acme, "alice");
+        let mut set = RevocationSet::new(acme.info.root);
+        set.insert(
+            Revocation::issue(
+                RevocationTarget::User(Name::new("mallory").unwrap()),
+                "",
+                NOW,
+                None,
+                &acme.root,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let bytes = Hello::new(chain.clone(), Some(&set)).encode(&acme.info.root);
+        let leaf = chain.leaf().unwrap();
+        let secrets: [&[u8]; 4] = [
+            b"alice",
+            b"mallory",
+            leaf.age_recipient().unwrap().as_bytes(),
+            &acme.info.root.to_bytes(),
+        ];
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "{} is readable in the hello",
+                String::from_utf8_lossy(secret)
+            );
+        }
+        let stranger = SecretKey::generate().public();
+        let err = Hello::decode(&bytes, &stranger).unwrap_err();
+        assert!(err.to_string().contains("not sealed for this org"), "{err}");
+        // Two hellos of the same chain do not even look alike.
+        assert_ne!(
+            bytes,
+            Hello::new(chain.clone(), Some(&set)).encode(&acme.info.root)
+        );
+
+        // The first hello, to a peer not proven yet: no revocations, and it still admits.
+        let first = Hello::new(chain.clone(), None);
+        assert!(first.revocations.is_empty());
+        let mut ours = RevocationSet::new(acme.info.root);
+        let checked = check_hello(
+            &acme.info.root,
+            &mut ours,
+            peer_of(&key),
+            &first.encode(&acme.info.root),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(checked.new_revocations, 0);
+        assert_eq!(
+            Hello::decode(&bytes, &acme.info.root).unwrap().revocations,
+            set.encode()
+        );
     }
 
     #[test]

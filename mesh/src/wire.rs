@@ -1,10 +1,11 @@
 //! The wire every peer speaks: the project's libp2p protocols and their framing.
 //!
 //! - `/jarvis/auth/1`: each side sends a [`Hello`](jarvis_identity::hello::Hello) (its
-//!   certificate chain and the revocations it knows) as soon as a connection is up, and answers
-//!   the other's with its own (or with nothing, refusing). Until a peer's chain verifies against
-//!   the org root, names the key of the connection's `PeerId`, and is not revoked, nothing else is
-//!   served to it.
+//!   certificate chain, sealed under a key derived from the org root, so that only a peer that
+//!   knows the org reads it) as soon as a connection is up, and answers the other's with its own,
+//!   now with the revocations it knows (or with a refusal that says why). Until a peer's chain
+//!   verifies against the org root, names the key of the connection's `PeerId`, and is not
+//!   revoked, nothing else is served to it, revocations included.
 //! - `/jarvis/sync/1`: one [`jarvis_crdt::SyncMessage`] per request, an empty response as the
 //!   transport acknowledgement, sent only once what the message carried is durable. Order
 //!   between requests is not guaranteed, which the sync protocol tolerates.

@@ -65,7 +65,7 @@ impl Side {
     }
 
     fn hello(&self) -> Vec<u8> {
-        Hello::new(self.chain.clone(), &self.revocations).encode()
+        Hello::new(self.chain.clone(), Some(&self.revocations)).encode(&self.root)
     }
 
     fn request(&mut self, from: PeerId, bytes: &[u8], now: Instant) -> Vec<u8> {
@@ -290,7 +290,7 @@ fn a_refusal_from_the_peer_ends_an_admission_even_when_the_hellos_crossed() {
     let mut peer = side(&acme, "bob");
     revoke(&acme, &mut peer.revocations, &revoked.key);
     // `peer` does not send its revocations in this test's hello: build it from an empty set.
-    let hello_peer = Hello::new(peer.chain.clone(), &RevocationSet::new(acme.info.root)).encode();
+    let hello_peer = Hello::new(peer.chain.clone(), None).encode(&acme.info.root);
     let t0 = Instant::now();
     let (pr, pp) = (revoked.peer(), peer.peer());
     revoked.admission.connected(pp, t0);

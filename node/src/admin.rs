@@ -439,7 +439,9 @@ fn revoke(mut admin: Admin, out: Output, args: RevokeArgs) -> Result<()> {
     }
     let key = admin.unlock()?;
     let at = now();
-    let record = Revocation::issue(target.clone(), &args.reason, at, Some(&admin.chain), &key)?;
+    // The reason stays with the admins (the audit log, admin.json): the record that travels to
+    // every device and relay says only what is revoked, by whom and when.
+    let record = Revocation::issue(target.clone(), "", at, Some(&admin.chain), &key)?;
     let mut set = admin.home.revocations(&admin.org.root)?;
     let already = set.iter().any(|r| *r.target() == target);
     set.insert(record)?;
@@ -503,7 +505,7 @@ fn unrevoke(mut admin: Admin, out: Output, id: &str, reason: &str) -> Result<()>
     let root = admin.home.unseal_key(KeyFile::Root, &passphrase)?.signing;
     let at = now();
     let target = RevocationTarget::Record(wanted);
-    set.insert(Revocation::issue(target.clone(), reason, at, None, &root)?)?;
+    set.insert(Revocation::issue(target.clone(), "", at, None, &root)?)?;
     admin.home.save_revocations(&set)?;
     admin.record(
         &root,
@@ -538,7 +540,7 @@ fn revocations(admin: &Admin, out: Output) -> Result<()> {
             json!({
                 "id": hex::encode(r.id()),
                 "target": r.target().to_string(),
-                "reason": r.reason(),
+                "reason": reason_of(admin, r),
                 "at": r.revoked_at().0,
                 "signer": r.signer().map_or_else(|| "org root".to_owned(), |k| k.to_string()),
                 "in_force": set.in_force(r),
@@ -551,11 +553,17 @@ fn revocations(admin: &Admin, out: Output) -> Result<()> {
         }
         set.iter()
             .map(|r| {
+                let reason = reason_of(admin, r);
                 format!(
-                    "{}  {}  {}{}",
+                    "{}  {}  revoked at {}{}{}",
                     hex::encode(r.id()),
                     r.target(),
-                    r.describe(),
+                    r.revoked_at(),
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {reason}")
+                    },
                     if set.in_force(r) {
                         ""
                     } else {
@@ -567,6 +575,26 @@ fn revocations(admin: &Admin, out: Output) -> Result<()> {
             .join("\n")
     });
     Ok(())
+}
+
+/// Why a record was made: the record itself carries no reason (older ones may), so it is looked
+/// up in what this workstation did.
+fn reason_of(admin: &Admin, record: &Revocation) -> String {
+    if !record.reason().is_empty() {
+        return record.reason().to_owned();
+    }
+    let id = match record.target() {
+        RevocationTarget::Key(key) => key.to_string(),
+        RevocationTarget::User(name) => name.to_string(),
+        _ => return String::new(),
+    };
+    admin
+        .state
+        .revoked
+        .iter()
+        .find(|r| r.id == id && r.at == record.revoked_at().0)
+        .map(|r| r.reason.clone())
+        .unwrap_or_default()
 }
 
 /// Pushes `set` to every recorded relay and prints `summary`, where it reached, and what failed.
@@ -640,7 +668,10 @@ where
     if relays.is_empty() {
         return Vec::new();
     }
-    let hello = jarvis_identity::hello::Hello::new(admin.chain.clone(), set).encode();
+    // To the org's own relays, pinned by their ids: with the revocations, which is what
+    // publishing is for.
+    let hello =
+        jarvis_identity::hello::Hello::new(admin.chain.clone(), Some(set)).encode(&admin.org.root);
     let outcome = key
         .to_libp2p_keypair()
         .map_err(|e| e.to_string())

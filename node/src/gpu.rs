@@ -183,7 +183,10 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
         },
     );
     let mut shutdown = crate::shutdown::Shutdown::install()?;
-    let own_hello = |revocations: &RevocationSet| Hello::new(chain.clone(), revocations).encode();
+    // Sealed for the org; the revocations only to a peer that has proven it is a member.
+    let own_hello = |revocations: &RevocationSet, member: bool| {
+        Hello::new(chain.clone(), member.then_some(revocations)).encode(&org.root)
+    };
     // The org's relays (from the bundle): the GPU peer reports its model and load to their
     // directory, where devices on other networks find it.
     let relay_addresses: Vec<Multiaddr> =
@@ -265,7 +268,7 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                         Message::Request { request, channel, .. } => {
                             let answer = admission.on_request(peer, &request, context, std::time::Instant::now());
                             let response = match answer {
-                                Answer::Hello => own_hello(&revocations),
+                                Answer::Hello => own_hello(&revocations, true),
                                 Answer::Refusal(refusal) => refusal,
                             };
                             if swarm.behaviour_mut().auth.send_response(channel, response).is_err() {
@@ -285,7 +288,7 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
         while let Some(event) = admission.poll() {
             match event {
                 admission::Event::SendHello(peer) => {
-                    let hello = own_hello(&revocations);
+                    let hello = own_hello(&revocations, admission.verified(&peer).is_some());
                     swarm.behaviour_mut().auth.send_request(&peer, hello);
                 }
                 admission::Event::Admitted { peer, verified, .. }

@@ -818,8 +818,15 @@ impl Node {
         }
     }
 
-    fn hello(&self) -> Vec<u8> {
-        Hello::new(self.identity.chain.clone(), &self.revocations).encode()
+    /// Our hello for `peer`, sealed for the org: the revocations go only to a peer that has
+    /// proven it is a member.
+    fn hello(&self, peer: &PeerId) -> Vec<u8> {
+        let member = self.admission.verified(peer).is_some();
+        Hello::new(
+            self.identity.chain.clone(),
+            member.then_some(&self.revocations),
+        )
+        .encode(&self.identity.org.root)
     }
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -943,7 +950,7 @@ impl Node {
                     .admission
                     .on_request(peer, bytes, context, Instant::now());
                 let response = match answer {
-                    Answer::Hello => self.hello(),
+                    Answer::Hello => self.hello(&peer),
                     Answer::Refusal(refusal) => refusal,
                 };
                 let sent = self
@@ -966,7 +973,7 @@ impl Node {
         while let Some(event) = self.admission.poll() {
             match event {
                 admission::Event::SendHello(peer) => {
-                    let hello = self.hello();
+                    let hello = self.hello(&peer);
                     self.swarm.behaviour_mut().auth.send_request(&peer, hello);
                 }
                 admission::Event::Admitted {

@@ -427,6 +427,10 @@ fn a_wrongful_revocation_is_cancelled_with_the_root_key() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["in_force"], true);
     assert_eq!(records[0]["target"], "user `bob`");
+    // #20 finding 6: the reason stays with the admin; the record that travels carries none.
+    assert_eq!(records[0]["reason"], "wrong bob");
+    let published = std::fs::read(env.home("admin").join("revocations")).unwrap();
+    assert!(!published.windows(9).any(|w| w == b"wrong bob"));
     let id = records[0]["id"].as_str().unwrap().to_owned();
 
     let cancelled = env.json(

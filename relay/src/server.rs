@@ -419,8 +419,15 @@ impl Relay {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn hello(&self) -> Vec<u8> {
-        Hello::new(self.identity.chain.clone(), &self.revocations).encode()
+    /// Our hello for `peer`, sealed for the org: the revocations go only to a peer that has
+    /// proven it is a member.
+    fn hello(&self, peer: &PeerId) -> Vec<u8> {
+        let member = self.admission.verified(peer).is_some();
+        Hello::new(
+            self.identity.chain.clone(),
+            member.then_some(&self.revocations),
+        )
+        .encode(&self.identity.org.root)
     }
 
     /// Runs until `shutdown` completes. Every acknowledged change was durable before it was
@@ -609,7 +616,7 @@ impl Relay {
                     .admission
                     .on_request(peer, bytes, context, Instant::now());
                 let response = match answer {
-                    Answer::Hello => self.hello(),
+                    Answer::Hello => self.hello(&peer),
                     Answer::Refusal(refusal) => refusal,
                 };
                 let sent = self
@@ -632,7 +639,7 @@ impl Relay {
         while let Some(event) = self.admission.poll() {
             match event {
                 admission::Event::SendHello(peer) => {
-                    let hello = self.hello();
+                    let hello = self.hello(&peer);
                     self.swarm.behaviour_mut().auth.send_request(&peer, hello);
                 }
                 admission::Event::Admitted {
@@ -699,7 +706,6 @@ impl Relay {
         if let Err(e) = self.home.save_revocations(&self.revocations) {
             tracing::error!(error = %e, "cannot save the revocation set");
         }
-        let hello = self.hello();
         let others: Vec<PeerId> = self
             .admission
             .admitted()
@@ -707,10 +713,8 @@ impl Relay {
             .filter(|p| *p != from)
             .collect();
         for peer in others {
-            self.swarm
-                .behaviour_mut()
-                .auth
-                .send_request(&peer, hello.clone());
+            let hello = self.hello(&peer);
+            self.swarm.behaviour_mut().auth.send_request(&peer, hello);
         }
     }
 

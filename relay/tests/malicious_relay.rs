@@ -134,3 +134,91 @@ fn a_relay_that_injects_a_key_of_its_own_reads_nothing_written_after() {
         "{status}"
     );
 }
+
+/// #20 finding 6. Before: a node's hello went in clear to whatever it connected to (a stranger
+/// found on mDNS, or dialled), with the org root, the user's and device's names, the device's
+/// age recipient, and the whole revocation set. Now a hello is sealed for the org and the first
+/// one carries no revocations: a stranger reads nothing, and even one that knows the org id
+/// (the root) learns no revocations until it has proven it is a member.
+#[test]
+fn a_stranger_a_node_dials_learns_nothing_from_its_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let admin = d.join("admin");
+    ok(&admin, &["admin", "init", "--org", "acme"]);
+    ok(&admin, &["admin", "revoke", "--user", "mallory"]);
+    let token = ok(&admin, &["admin", "invite", "alice"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let laptop = d.join("laptop");
+    ok(&laptop, &["join", &token, "--device-name", "laptop"]);
+    // The laptop knows the org's revocation (as it would from any relay).
+    std::fs::copy(admin.join("revocations"), laptop.join("revocations")).unwrap();
+    let whoami = ok(&laptop, &["whoami"]);
+    let root: jarvis_identity::PublicKey = whoami["org_id"].as_str().unwrap().parse().unwrap();
+
+    // A stranger: another org's admin, listening; the laptop is pointed at it.
+    let other = d.join("globex");
+    ok(&other, &["admin", "init", "--org", "globex"]);
+    let (key, chain) = stolen_relay(&other);
+    // Given acme's root, so it can try to open what it gets (as one that learned the org id).
+    let stranger = Adversary::listen(&key, chain, root);
+    let _node = common::node_up(
+        jarvis(&laptop),
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--peer",
+            &stranger.address,
+        ],
+    );
+    let seen = wait_for("the laptop's hello to reach the stranger", || {
+        let seen = stranger.received();
+        (!seen.hellos.is_empty()).then_some(seen)
+    });
+
+    let status = ok(&laptop, &["status"]);
+    assert_eq!(status["revocations"], 1, "{status}");
+    let recipient = seen.hellos[0]
+        .1
+        .chain
+        .leaf()
+        .unwrap()
+        .age_recipient()
+        .unwrap()
+        .to_owned();
+    let clear: [&[u8]; 5] = [
+        b"alice",
+        b"laptop",
+        b"acme",
+        recipient.as_bytes(),
+        &root.to_bytes(),
+    ];
+    let unknown_root = jarvis_identity::SecretKey::generate().public();
+    for (_, bytes) in &seen.auth_bytes {
+        for secret in clear {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "`{}` went to a stranger in clear",
+                String::from_utf8_lossy(secret)
+            );
+        }
+        assert!(jarvis_identity::hello::Hello::decode(bytes, &unknown_root).is_err());
+    }
+    for (_, hello) in &seen.hellos {
+        assert!(
+            hello.revocations.is_empty(),
+            "a peer that proved nothing was sent the revocations"
+        );
+    }
+    // And the stranger is refused all the same.
+    wait_for("the laptop to refuse the stranger", || {
+        let status = ok(&laptop, &["status"]);
+        status["peers"]
+            .as_array()?
+            .iter()
+            .any(|p| p["peer_id"] == stranger.peer_id.to_string() && !p["refused"].is_null())
+            .then_some(())
+    });
+}

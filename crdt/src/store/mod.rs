@@ -183,7 +183,7 @@ impl Store for MemStore {
         d.changes.retain(|(actor, seq), change| {
             let keep = *seq > covered.get(actor);
             if !keep {
-                freed += change.len() as u64;
+                freed += change.encode().len() as u64;
             }
             keep
         });
@@ -201,12 +201,15 @@ impl Store for MemStore {
             .docs
             .values()
             .map(|d| {
-                d.changes.values().map(|c| c.len() as u64).sum::<u64>()
+                d.changes
+                    .values()
+                    .map(|c| c.encode().len() as u64)
+                    .sum::<u64>()
                     + d.keys
                         .values()
                         .map(|k| k.encode().len() as u64)
                         .sum::<u64>()
-                    + d.snapshot.as_ref().map_or(0, |s| s.len() as u64)
+                    + d.snapshot.as_ref().map_or(0, |s| s.encode().len() as u64)
             })
             .sum())
     }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use jarvis_crdt::sync::HaveKind;
 use jarvis_crdt::{SyncMessage, VersionVector};
 use jarvis_identity::hello::Hello;
-use jarvis_identity::{CertChain, RevocationSet, SecretKey};
+use jarvis_identity::{CertChain, SecretKey};
 use jarvis_mesh::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES, MAX_SYNC_BYTES, SYNC_PROTOCOL};
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
@@ -28,8 +28,10 @@ struct Behaviour {
 /// What the adversary saw.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
-    /// Hellos peers sent it (decoded).
+    /// Hellos peers sent it (opened with the org root it was given).
     pub hellos: Vec<(PeerId, Hello)>,
+    /// Every auth message peers sent it, as received (what a stranger without the root sees).
+    pub auth_bytes: Vec<(PeerId, Vec<u8>)>,
     /// Sync messages peers sent it, in order.
     pub sync: Vec<(PeerId, SyncMessage)>,
     /// Answers to the sync messages it sent (a peer answers once it has handled one).
@@ -56,14 +58,14 @@ impl Adversary {
     pub fn listen(key: &SecretKey, chain: CertChain, root: jarvis_identity::PublicKey) -> Self {
         let keypair = key.to_libp2p_keypair().unwrap();
         let peer_id = keypair.public().to_peer_id();
-        let hello = Hello::new(chain, &RevocationSet::new(root)).encode();
+        let hello = Hello::new(chain, None).encode(&root);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (orders, incoming) = mpsc::channel();
         let (address_tx, address_rx) = mpsc::channel();
         let thread_seen = Arc::clone(&seen);
         let runtime = std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();
-            runtime.block_on(run(keypair, hello, thread_seen, incoming, address_tx));
+            runtime.block_on(run(keypair, hello, root, thread_seen, incoming, address_tx));
         });
         let address = address_rx
             .recv_timeout(Duration::from_secs(10))
@@ -91,6 +93,7 @@ impl Adversary {
 async fn run(
     keypair: libp2p::identity::Keypair,
     hello: Vec<u8>,
+    root: jarvis_identity::PublicKey,
     seen: Arc<Mutex<Seen>>,
     orders: mpsc::Receiver<Order>,
     address: mpsc::Sender<Multiaddr>,
@@ -135,8 +138,10 @@ async fn run(
                         }
                         Message::Response { response, .. } => response,
                     };
-                    if let Ok(h) = Hello::decode(&bytes) {
-                        seen.lock().unwrap().hellos.push((peer, h));
+                    let mut seen = seen.lock().unwrap();
+                    seen.auth_bytes.push((peer, bytes.clone()));
+                    if let Ok(h) = Hello::decode(&bytes, &root) {
+                        seen.hellos.push((peer, h));
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {

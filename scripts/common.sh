@@ -7,6 +7,9 @@ export JARVIS_CACHE="${JARVIS_CACHE:-$HOME/.cache/jarvis}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$JARVIS_CACHE/target}"
 export JARVIS_MODELS="${JARVIS_MODELS:-$JARVIS_CACHE/models}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-auto}"
+# CI builds a fresh clone each time: incremental caches only pile up in the shared target
+# directory (23 GB of them filled this machine's disk once).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 mkdir -p "$JARVIS_CACHE"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

@@ -1,14 +1,14 @@
 //! The authentication handshake of the mesh: each side of a new connection sends a [`Hello`]
-//! (its certificate chain, and to a peer already admitted the revocations it knows), and
-//! [`check_hello`] decides whether the peer is a member of the org, and who. Sans-IO: the node
-//! drives it over libp2p.
+//! (its certificate chain, and the digest of the revocations it knows), and [`check_hello`]
+//! decides whether the peer is a member of the org, and who. Sans-IO: the node drives it over
+//! libp2p.
 //!
 //! A hello is sealed (ChaCha20-Poly1305) under a key derived from the org root, so a peer that
 //! does not know the org (a stranger on the LAN advertising itself on mDNS, a scanner) reads
-//! nothing of it: not the org, not the names, not the device's age recipient. The revocations
-//! go only to a peer whose chain verified: in the answer to its hello, and in hellos re-sent to
-//! admitted peers; the first hello to a peer not yet proven carries none. Records carry no
-//! reasons (an admin keeps those in the audit log).
+//! nothing of it: not the org, not the names, not the device's age recipient. It is small
+//! ([`MAX_HELLO_BYTES`]): the revocations themselves are exchanged on a protocol of their own,
+//! only with admitted peers, when the digests differ (`jarvis_mesh::admission`). Records carry
+//! no reasons (an admin keeps those in the audit log).
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -19,40 +19,36 @@ use crate::encoding::{DecodeError, Reader, Writer};
 use crate::keys::random_bytes;
 use crate::{CertChain, ChainError, PublicKey, RevocationSet, UnixTime, Verified};
 
-const HELLO_VERSION: u8 = 2;
+const HELLO_VERSION: u8 = 3;
 const NONCE_BYTES: usize = 12;
-/// A hello carries a chain (< 4 KiB) and the org's revocations; a longer one is refused before
-/// it is opened.
-pub const MAX_HELLO_BYTES: usize = 4 << 20;
+/// A hello is a chain (at most `MAX_CHAIN_LEN` certificates) and a digest, sealed; anything
+/// longer is refused before it is read.
+pub const MAX_HELLO_BYTES: usize = 64 << 10;
 
-/// The authentication handshake's message: who I am, and (to an admitted peer) the
-/// revocations I know.
+/// The authentication handshake's message: who I am, and which revocations I know.
 #[derive(Debug, Clone)]
 pub struct Hello {
     pub chain: CertChain,
-    /// An encoded [`RevocationSet`], verified by the receiver against its own org root; empty
-    /// when the hello goes to a peer not proven yet.
-    pub revocations: Vec<u8>,
+    /// [`RevocationSet::digest`] of the sender's set: a peer whose digest differs from ours
+    /// exchanges sets with us once it is admitted.
+    pub digest: [u8; 32],
 }
 
 impl Hello {
-    /// `revocations`: `Some` only for a peer already admitted (or one pinned by its id that we
-    /// chose to tell, as an admin publishing to its relays).
-    pub fn new(chain: CertChain, revocations: Option<&RevocationSet>) -> Self {
+    pub fn new(chain: CertChain, revocations: &RevocationSet) -> Self {
         Self {
             chain,
-            revocations: revocations.map(RevocationSet::encode).unwrap_or_default(),
+            digest: revocations.digest(),
         }
     }
 
     /// Sealed for the org with this root: only a peer that knows the org opens it.
     pub fn encode(&self, root: &PublicKey) -> Vec<u8> {
         let chain = self.chain.encode();
-        let mut w = Writer::with_capacity(8 + chain.len() + self.revocations.len());
+        let mut w = Writer::with_capacity(36 + chain.len());
         w.u32(u32::try_from(chain.len()).unwrap_or(u32::MAX))
             .fixed(&chain)
-            .u32(u32::try_from(self.revocations.len()).unwrap_or(u32::MAX))
-            .fixed(&self.revocations);
+            .fixed(&self.digest);
         seal(&w.finish(), root)
     }
 
@@ -79,17 +75,9 @@ impl Hello {
             });
         }
         let chain = CertChain::decode(r.take_bytes("chain", chain_len)?)?;
-        let rev_len = usize::try_from(r.u32("revocations length")?).unwrap_or(usize::MAX);
-        if rev_len > MAX_HELLO_BYTES {
-            return Err(DecodeError::TooLong {
-                what: "revocations",
-                len: rev_len,
-                max: MAX_HELLO_BYTES,
-            });
-        }
-        let revocations = r.take_bytes("revocations", rev_len)?.to_vec();
+        let digest = r.array("revocation digest")?;
         r.finish("hello")?;
-        Ok(Self { chain, revocations })
+        Ok(Self { chain, digest })
     }
 }
 
@@ -200,8 +188,8 @@ pub struct Checked {
     pub chain: CertChain,
     /// The peer's age recipient, when it is a device.
     pub age_recipient: Option<String>,
-    /// Revocations learned from the peer (already merged into the caller's set).
-    pub new_revocations: usize,
+    /// The digest of the peer's revocations: if it differs from ours, the sets are exchanged.
+    pub digest: [u8; 32],
 }
 
 /// Why a hello does not prove membership.
@@ -229,14 +217,15 @@ impl HelloError {
     }
 }
 
-/// The authentication gate, sans-IO: verifies the peer's chain against the root and the
-/// revocations we know at `now`; only then merges the revocations the peer sent (verified
-/// against our org root; a set from another org is ignored) and verifies the chain again
-/// against the merged set; and checks that the chain certifies exactly the key the transport
-/// authenticated for this connection (`peer`), so a stolen chain is useless without its key.
+/// The authentication gate, sans-IO: opens the hello (sealed for our org), verifies the
+/// peer's chain against the root and the revocations we know at `now`, and checks that the
+/// chain certifies exactly the key the transport authenticated for this connection (`peer`), so
+/// a stolen chain is useless without its key. Nothing the peer says changes our revocations
+/// here: sets are exchanged only with admitted peers (and merged with
+/// [`RevocationSet::merge_received`]).
 pub fn check_hello(
     root: &PublicKey,
-    revocations: &mut RevocationSet,
+    revocations: &RevocationSet,
     peer: PeerId,
     bytes: &[u8],
     now: UnixTime,
@@ -245,19 +234,7 @@ pub fn check_hello(
         Some(body) => Hello::parse(&body)?,
         None => return Err(HelloError::OtherOrg),
     };
-    // Who the peer is, against what we know, before anything it says counts: a peer that is
-    // not a member (a fired admin carrying revocations it signed, a stranger replaying an
-    // org's records) adds nothing to our revocations.
-    let mut verified = hello.chain.verify(root, now, revocations)?;
-    let new_revocations = (!hello.revocations.is_empty())
-        .then(|| RevocationSet::decode(root, &hello.revocations).ok())
-        .flatten()
-        .and_then(|theirs| revocations.merge_received(&theirs, now).ok())
-        .unwrap_or(0);
-    // And against what it told us, if that was news: a peer revoked in its own set is revoked.
-    if new_revocations > 0 {
-        verified = hello.chain.verify(root, now, revocations)?;
-    }
+    let verified = hello.chain.verify(root, now, revocations)?;
     let expected = verified
         .subject
         .to_libp2p_peer_id()
@@ -276,7 +253,7 @@ pub fn check_hello(
             .map(str::to_owned),
         verified,
         chain: hello.chain,
-        new_revocations,
+        digest: hello.digest,
     })
 }
 
@@ -371,29 +348,33 @@ mod tests {
     }
 
     fn hello(chain: &CertChain, set: &RevocationSet) -> Vec<u8> {
-        Hello::new(chain.clone(), Some(set)).encode(&set.root())
+        Hello::new(chain.clone(), set).encode(&set.root())
     }
 
     /// #20 finding 6: a hello shows a peer that does not know the org nothing: not the org,
     /// the names, or the device's age recipient (before, all of it went in clear to anyone who
-    /// connected), and the first hello to a peer not yet proven carries no revocations.
+    /// connected, with the whole revocation set), and it carries no revocations at all: only
+    /// their digest, so it stays small.
     #[test]
     fn a_hello_tells_a_stranger_nothing() {
         let acme = org();
         let (key, chain) = device(&acme, "alice");
         let mut set = RevocationSet::new(acme.info.root);
-        set.insert(
-            Revocation::issue(
-                RevocationTarget::User(Name::new("mallory").unwrap()),
-                "",
-                NOW,
-                None,
-                &acme.root,
+        for i in 0..200 {
+            set.insert(
+                Revocation::issue(
+                    RevocationTarget::User(Name::new(&format!("mallory{i}")).unwrap()),
+                    "",
+                    NOW,
+                    None,
+                    &acme.root,
+                )
+                .unwrap(),
             )
-            .unwrap(),
-        )
-        .unwrap();
-        let bytes = Hello::new(chain.clone(), Some(&set)).encode(&acme.info.root);
+            .unwrap();
+        }
+        let bytes = Hello::new(chain.clone(), &set).encode(&acme.info.root);
+        assert!(bytes.len() < 4096, "{} bytes", bytes.len());
         let leaf = chain.leaf().unwrap();
         let secrets: [&[u8]; 4] = [
             b"alice",
@@ -414,37 +395,22 @@ mod tests {
         // Two hellos of the same chain do not even look alike.
         assert_ne!(
             bytes,
-            Hello::new(chain.clone(), Some(&set)).encode(&acme.info.root)
+            Hello::new(chain.clone(), &set).encode(&acme.info.root)
         );
 
-        // The first hello, to a peer not proven yet: no revocations, and it still admits.
-        let first = Hello::new(chain.clone(), None);
-        assert!(first.revocations.is_empty());
-        let mut ours = RevocationSet::new(acme.info.root);
-        let checked = check_hello(
-            &acme.info.root,
-            &mut ours,
-            peer_of(&key),
-            &first.encode(&acme.info.root),
-            NOW,
-        )
-        .unwrap();
-        assert_eq!(checked.new_revocations, 0);
-        assert_eq!(
-            Hello::decode(&bytes, &acme.info.root).unwrap().revocations,
-            set.encode()
-        );
+        let checked = check_hello(&acme.info.root, &set, peer_of(&key), &bytes, NOW).unwrap();
+        assert_eq!(checked.digest, set.digest());
     }
 
     #[test]
     fn the_gate_admits_members_and_refuses_everyone_else() {
         let acme = org();
-        let mut set = RevocationSet::new(acme.info.root);
+        let set = RevocationSet::new(acme.info.root);
         let empty = RevocationSet::new(acme.info.root);
         let (key, chain) = device(&acme, "alice");
         let ok = check_hello(
             &acme.info.root,
-            &mut set,
+            &set,
             peer_of(&key),
             &hello(&chain, &empty),
             NOW,
@@ -457,7 +423,7 @@ mod tests {
         let thief = SecretKey::generate();
         let err = check_hello(
             &acme.info.root,
-            &mut set,
+            &set,
             peer_of(&thief),
             &hello(&chain, &empty),
             NOW,
@@ -471,7 +437,7 @@ mod tests {
         let (gkey, gchain) = device(&globex, "mallory");
         let err = check_hello(
             &acme.info.root,
-            &mut set,
+            &set,
             peer_of(&gkey),
             &hello(&gchain, &RevocationSet::new(globex.info.root)),
             NOW,
@@ -501,7 +467,7 @@ mod tests {
         assert!(
             check_hello(
                 &acme.info.root,
-                &mut set,
+                &set,
                 peer_of(&forger),
                 &hello(&forged, &empty),
                 NOW
@@ -510,129 +476,6 @@ mod tests {
         );
 
         // Garbage.
-        assert!(
-            check_hello(
-                &acme.info.root,
-                &mut set,
-                peer_of(&key),
-                b"\x01garbage",
-                NOW
-            )
-            .is_err()
-        );
-    }
-
-    #[test]
-    fn revocations_learned_from_a_peer_apply_at_once() {
-        let acme = org();
-        let (key, chain) = device(&acme, "alice");
-        let (bob_key, bob_chain) = device(&acme, "bob");
-        // Bob's hello carries the revocation of alice's device, which we had not seen.
-        let mut theirs = RevocationSet::new(acme.info.root);
-        theirs
-            .insert(
-                Revocation::issue(
-                    RevocationTarget::Key(key.public()),
-                    "lost",
-                    NOW,
-                    None,
-                    &acme.root,
-                )
-                .unwrap(),
-            )
-            .unwrap();
-        let mut ours = RevocationSet::new(acme.info.root);
-        let checked = check_hello(
-            &acme.info.root,
-            &mut ours,
-            peer_of(&bob_key),
-            &hello(&bob_chain, &theirs),
-            NOW,
-        )
-        .unwrap();
-        assert_eq!(checked.new_revocations, 1);
-        let err = check_hello(
-            &acme.info.root,
-            &mut ours,
-            peer_of(&key),
-            &hello(&chain, &RevocationSet::new(acme.info.root)),
-            NOW,
-        )
-        .unwrap_err();
-        assert!(err.is_revoked(), "{err}");
-        assert!(err.to_string().contains("revoked"), "{err}");
-    }
-
-    /// #20, finding 4 (in part): a fired admin's hello carries a revocation it signed (of bob's
-    /// device). Its own chain is revoked, so it is refused, and before the fix its revocations
-    /// were merged anyway (the merge came first): bob's device was cut off by someone no
-    /// longer an admin. Now nothing a non-member sends counts.
-    #[test]
-    fn a_peer_that_is_not_a_member_adds_no_revocations() {
-        let acme = org();
-        let fired = SecretKey::generate();
-        let fired_chain = CertChain::new(vec![
-            Certificate::issue(
-                CertTemplate {
-                    kind: CertKind::Admin,
-                    subject: fired.public(),
-                    name: Name::new("fired").unwrap(),
-                    roles: Roles::ADMIN,
-                    not_before: NOW,
-                    not_after: NOW.saturating_add_secs(3600),
-                    age_recipient: None,
-                },
-                &acme.root,
-            )
-            .unwrap(),
-        ])
-        .unwrap();
-        let (bob_key, bob_chain) = device(&acme, "bob");
-        let mut ours = RevocationSet::new(acme.info.root);
-        ours.insert(
-            Revocation::issue(
-                RevocationTarget::Key(fired.public()),
-                "left the company",
-                NOW,
-                None,
-                &acme.root,
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        let mut carried = ours.clone();
-        carried
-            .insert(
-                Revocation::issue(
-                    RevocationTarget::Key(bob_key.public()),
-                    "spite",
-                    NOW,
-                    Some(&fired_chain),
-                    &fired,
-                )
-                .unwrap(),
-            )
-            .unwrap();
-        let err = check_hello(
-            &acme.info.root,
-            &mut ours,
-            peer_of(&fired),
-            &hello(&fired_chain, &carried),
-            NOW,
-        )
-        .unwrap_err();
-        assert!(err.is_revoked(), "{err}");
-        assert_eq!(ours.len(), 1, "the fired admin's record was merged");
-        assert!(!ours.is_key_revoked(&bob_key.public()));
-        assert!(
-            check_hello(
-                &acme.info.root,
-                &mut ours,
-                peer_of(&bob_key),
-                &hello(&bob_chain, &RevocationSet::new(acme.info.root)),
-                NOW,
-            )
-            .is_ok()
-        );
+        assert!(check_hello(&acme.info.root, &set, peer_of(&key), b"\x01garbage", NOW).is_err());
     }
 }

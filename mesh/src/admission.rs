@@ -15,7 +15,9 @@
 //! - A peer we refused has [`REFUSAL_GRACE`] to read why and leave before it is disconnected
 //!   (closing at once could drop the refusal unsent); at most [`MAX_CLOSING`] wait so at once.
 //! - A peer that says nothing for [`AUTH_DEADLINE`] after connecting is disconnected.
-//! - Revocations learned from any hello are enforced at once on every admitted peer.
+//! - Revocations are exchanged only with admitted peers ([`Event::ExchangeRevocations`] when a
+//!   hello's digest differs from ours; [`Admission::on_revocations`] merges what one sends), and
+//!   what is learned is enforced at once on every admitted peer and pushed to the others.
 //!
 //! The shell feeds it what happens ([`Admission::connected`], [`Admission::on_request`],
 //! [`Admission::on_response`], [`Admission::handle_timeout`], [`Admission::closed`]) and carries
@@ -27,6 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use jarvis_identity::hello::{Checked, HelloError, check_hello, decode_refusal, encode_refusal};
+use jarvis_identity::revocation::RevocationSetError;
 use jarvis_identity::{CertChain, PublicKey, RevocationSet, UnixTime, Verified};
 use libp2p::PeerId;
 
@@ -156,9 +159,24 @@ pub enum Event {
     Refused { peer: PeerId, refusal: Refusal },
     /// Close every connection to the peer.
     Disconnect(PeerId),
-    /// A hello carried revocations we did not know, already merged into the caller's set (and
-    /// enforced on the admitted peers): keep the set.
+    /// Send the peer our revocation set (a request on the revocations protocol; its answer is
+    /// its own set, for [`Admission::on_revocations`]): its hello's digest differs from ours, or
+    /// we learned something it may not know.
+    ExchangeRevocations(PeerId),
+    /// A peer's set held revocations we did not know, already merged into the caller's set (and
+    /// enforced on the admitted peers, and pushed to the others): keep the set.
     RevocationsLearned { from: PeerId, added: usize },
+}
+
+/// Why a revocation set from a peer was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevocationsRefused {
+    #[error("not admitted: only members exchange revocations")]
+    NotAdmitted,
+    #[error(transparent)]
+    Set(#[from] RevocationSetError),
+    #[error(transparent)]
+    Merge(#[from] jarvis_identity::RevocationError),
 }
 
 #[derive(Debug)]
@@ -179,6 +197,9 @@ struct Connection {
     since: Instant,
     hello_sent: bool,
     accepted_us: bool,
+    /// The peer's digest we last started an exchange for (one exchange per digest: a set that
+    /// keeps differing, because we refuse some of its records, is not asked for again and again).
+    exchanged_for: Option<[u8; 32]>,
 }
 
 /// The admission state of every connected peer.
@@ -201,6 +222,7 @@ impl Admission {
             since: now,
             hello_sent: false,
             accepted_us: false,
+            exchanged_for: None,
         });
         if !connection.hello_sent {
             connection.hello_sent = true;
@@ -227,8 +249,8 @@ impl Admission {
             return Answer::Refusal(encode_refusal(&refusal.to_string()));
         }
         match self.check(peer, bytes, context) {
-            Ok(checked) => {
-                self.admit(peer, checked);
+            Ok((checked, ours)) => {
+                self.admit(peer, checked, ours);
                 Answer::Hello
             }
             Err(reason) => {
@@ -249,8 +271,8 @@ impl Admission {
             return;
         }
         match self.check(peer, bytes, context) {
-            Ok(checked) => {
-                self.admit(peer, checked);
+            Ok((checked, ours)) => {
+                self.admit(peer, checked, ours);
                 if let Some(connection) = self.peers.get_mut(&peer)
                     && matches!(connection.state, State::Admitted(_))
                     && !connection.accepted_us
@@ -261,6 +283,37 @@ impl Admission {
             }
             Err(reason) => self.refuse(peer, Refusal::ByUs(reason), None),
         }
+    }
+
+    /// A revocation set from the peer (its request on the revocations protocol, or its answer
+    /// to ours). Taken only from an admitted peer, each record only if it is good now
+    /// ([`RevocationSet::merge_received`]); what is new is enforced on every admitted peer at
+    /// once (the sender too, if its own set revokes it) and pushed to the other admitted peers.
+    /// Returns how many records were new.
+    pub fn on_revocations(
+        &mut self,
+        peer: PeerId,
+        bytes: &[u8],
+        context: Context<'_>,
+    ) -> Result<usize, RevocationsRefused> {
+        if self.verified(&peer).is_none() {
+            return Err(RevocationsRefused::NotAdmitted);
+        }
+        let theirs = RevocationSet::decode(context.root, bytes)?;
+        let added = context.revocations.merge_received(&theirs, context.unix)?;
+        if added > 0 {
+            self.events
+                .push_back(Event::RevocationsLearned { from: peer, added });
+            self.enforce(context.revocations);
+            let others: Vec<PeerId> = self
+                .admitted()
+                .map(|(other, _)| *other)
+                .filter(|other| *other != peer)
+                .collect();
+            self.events
+                .extend(others.into_iter().map(Event::ExchangeRevocations));
+        }
+        Ok(added)
     }
 
     /// Our answer to the peer's hello could not be sent: a refused peer has nothing to wait
@@ -387,7 +440,7 @@ impl Admission {
         peer: PeerId,
         bytes: &[u8],
         context: Context<'_>,
-    ) -> Result<Checked, Reason> {
+    ) -> Result<(Checked, [u8; 32]), Reason> {
         let Context {
             root,
             revocations,
@@ -395,21 +448,23 @@ impl Admission {
             policy,
         } = context;
         let checked = check_hello(root, revocations, peer, bytes, unix)?;
-        if checked.new_revocations > 0 {
-            self.events.push_back(Event::RevocationsLearned {
-                from: peer,
-                added: checked.new_revocations,
-            });
-            self.enforce(revocations);
-        }
         policy.admit(&peer, &checked)?;
-        Ok(checked)
+        Ok((checked, revocations.digest()))
     }
 
-    fn admit(&mut self, peer: PeerId, checked: Checked) {
+    /// Admits the peer (if it is not refused) and, when its set differs from ours (`ours`: our
+    /// digest), asks for an exchange once per digest it announces: a set that keeps differing
+    /// because we refuse some of its records is not asked for again and again.
+    fn admit(&mut self, peer: PeerId, checked: Checked, ours: [u8; 32]) {
         let Some(connection) = self.peers.get_mut(&peer) else {
             return;
         };
+        let exchange = checked.digest != ours
+            && connection.exchanged_for != Some(checked.digest)
+            && !matches!(connection.state, State::Refused { .. });
+        if exchange {
+            connection.exchanged_for = Some(checked.digest);
+        }
         match &mut connection.state {
             State::Pending => {
                 connection.state = State::Admitted(checked.verified.clone());
@@ -422,6 +477,11 @@ impl Admission {
             }
             State::Admitted(verified) => *verified = checked.verified,
             State::Refused { .. } => {}
+        }
+        // After `Admitted`: the shell opens the gates (the revocations protocol among them)
+        // before it sends.
+        if exchange {
+            self.events.push_back(Event::ExchangeRevocations(peer));
         }
     }
 

@@ -1,7 +1,7 @@
-//! Talking to relays from an admin workstation: publishing a hello (and with it the org's
-//! revocation set) to each of the org's relays, and asking them who they have admitted. A relay
-//! merges the revocations it did not know, disconnects the revoked at once, and pushes the set to
-//! every peer connected to it.
+//! Talking to relays from an admin workstation: publishing the org's revocation set to each of
+//! the org's relays (a hello, then the set on the revocations protocol once the relay admitted
+//! us), and asking them who they have admitted. A relay merges the revocations it did not know,
+//! disconnects the revoked at once, and pushes the set to every peer connected to it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,12 +14,13 @@ use libp2p::{Multiaddr, PeerId};
 use crate::directory::{
     self, DIRECTORY_PROTOCOL, MAX_DIRECTORY_BYTES, MembersReport, Request, Response,
 };
-use crate::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES, peer_of};
+use crate::wire::{self, peer_of};
 
 #[derive(libp2p::swarm::NetworkBehaviour)]
 struct Admin {
     auth: request_response::Behaviour<wire::Frames>,
     directory: request_response::Behaviour<wire::Frames>,
+    revocations: request_response::Behaviour<wire::Frames>,
 }
 
 /// What became of one relay.
@@ -33,19 +34,29 @@ pub enum Published {
     Unreachable(String),
 }
 
-/// Sends `hello` to the relay at each address (each must end in `/p2p/PEER`) and waits up to
-/// `timeout` for their answers.
-pub async fn publish_hello(
+/// Sends `hello` to the relay at each address (each must end in `/p2p/PEER`) and, once the
+/// relay has admitted us, the encoded revocation set `revocations`; waits up to `timeout` for
+/// the relay to have taken it.
+pub async fn publish_revocations(
     key: libp2p::identity::Keypair,
     hello: Vec<u8>,
+    revocations: Vec<u8>,
     addresses: &[Multiaddr],
     timeout: Duration,
 ) -> Result<Vec<(Multiaddr, Published)>, String> {
-    Ok(exchange(key, hello, addresses, None, timeout)
-        .await?
-        .into_iter()
-        .map(|(address, published, _)| (address, published))
-        .collect())
+    Ok(
+        exchange(key, hello, addresses, Ask::Push(revocations), timeout)
+            .await?
+            .into_iter()
+            .map(|(address, published, answer)| match (published, answer) {
+                (Published::Accepted, None) => (
+                    address,
+                    Published::Unreachable("admitted us, but did not take the set in time".into()),
+                ),
+                (published, _) => (address, published),
+            })
+            .collect(),
+    )
 }
 
 /// Asks each relay (as an admin: `hello` carries the admin's chain) for the members it has
@@ -57,27 +68,41 @@ pub async fn ask_members(
     timeout: Duration,
 ) -> Result<Vec<(Multiaddr, Result<MembersReport, String>)>, String> {
     let ask = directory::encode(&Request::Members);
-    Ok(exchange(key, hello, addresses, Some(ask), timeout)
-        .await?
-        .into_iter()
-        .map(|(address, published, answer)| {
-            let report = match (published, answer) {
-                (Published::Accepted, Some(bytes)) => match directory::decode::<Response>(&bytes) {
-                    Ok(Response::Members(report)) => Ok(report),
-                    Ok(Response::Refused { reason }) => Err(reason),
-                    Ok(other) => Err(format!("an unexpected answer: {other:?}")),
-                    Err(e) => Err(e),
-                },
-                (Published::Accepted, None) => Err("no answer in time".to_owned()),
-                (Published::Refused(reason), _) => Err(format!("the relay refused us: {reason}")),
-                (Published::Unreachable(e), _) => Err(e),
-            };
-            (address, report)
-        })
-        .collect())
+    Ok(
+        exchange(key, hello, addresses, Ask::Directory(ask), timeout)
+            .await?
+            .into_iter()
+            .map(|(address, published, answer)| {
+                let report = match (published, answer) {
+                    (Published::Accepted, Some(bytes)) => {
+                        match directory::decode::<Response>(&bytes) {
+                            Ok(Response::Members(report)) => Ok(report),
+                            Ok(Response::Refused { reason }) => Err(reason),
+                            Ok(other) => Err(format!("an unexpected answer: {other:?}")),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    (Published::Accepted, None) => Err("no answer in time".to_owned()),
+                    (Published::Refused(reason), _) => {
+                        Err(format!("the relay refused us: {reason}"))
+                    }
+                    (Published::Unreachable(e), _) => Err(e),
+                };
+                (address, report)
+            })
+            .collect(),
+    )
 }
 
-/// What became of one relay: the hello, then (if asked) the directory answer.
+/// What to send once a relay has admitted us.
+enum Ask {
+    /// A request on the directory protocol.
+    Directory(Vec<u8>),
+    /// Our revocation set, on the revocations protocol.
+    Push(Vec<u8>),
+}
+
+/// What became of one relay: the hello, then the answer to what we sent after it.
 struct Exchange {
     address: Multiaddr,
     published: Option<Published>,
@@ -85,22 +110,21 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn done(&self, asking: bool) -> bool {
+    fn done(&self) -> bool {
         match &self.published {
-            Some(Published::Accepted) => !asking || self.answer.is_some(),
+            Some(Published::Accepted) => self.answer.is_some(),
             Some(_) => true,
             None => false,
         }
     }
 }
 
-/// Dials each relay, exchanges hellos and, once the relay has accepted ours, sends `ask` on
-/// the directory protocol.
+/// Dials each relay, exchanges hellos and, once the relay has accepted ours, sends `ask`.
 async fn exchange(
     key: libp2p::identity::Keypair,
     hello: Vec<u8>,
     addresses: &[Multiaddr],
-    ask: Option<Vec<u8>>,
+    ask: Ask,
     timeout: Duration,
 ) -> Result<Vec<(Multiaddr, Published, Option<Vec<u8>>)>, String> {
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -113,13 +137,13 @@ async fn exchange(
         .map_err(|e| format!("setting up TCP: {e}"))?
         .with_quic()
         .with_behaviour(|_| Admin {
-            auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, timeout),
+            auth: wire::auth_behaviour(timeout),
             directory: wire::behaviour(DIRECTORY_PROTOCOL, MAX_DIRECTORY_BYTES, timeout),
+            revocations: wire::revocations_behaviour(),
         })
         .map_err(|e| format!("setting up: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(timeout))
         .build();
-    let asking = ask.is_some();
     let mut results: HashMap<PeerId, Exchange> = HashMap::new();
     let mut out = Vec::new();
     for address in addresses {
@@ -146,7 +170,7 @@ async fn exchange(
         }
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    while results.values().any(|r| !r.done(asking)) {
+    while results.values().any(|r| !r.done()) {
         let event = match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
             Ok(event) => event,
             Err(_) => break,
@@ -191,23 +215,43 @@ async fn exchange(
                         r.published = Some(Published::Refused(reason));
                     } else {
                         r.published = Some(Published::Accepted);
-                        if let Some(ask) = &ask {
-                            swarm
-                                .behaviour_mut()
-                                .directory
-                                .send_request(&peer, ask.clone());
+                        let behaviour = swarm.behaviour_mut();
+                        match &ask {
+                            Ask::Directory(ask) => {
+                                behaviour.directory.send_request(&peer, ask.clone());
+                            }
+                            Ask::Push(set) => {
+                                behaviour.revocations.send_request(&peer, set.clone());
+                            }
                         }
                     }
                 }
             },
-            SwarmEvent::Behaviour(AdminEvent::Directory(request_response::Event::Message {
-                peer,
-                message: Message::Response { response, .. },
-                ..
-            })) => {
+            SwarmEvent::Behaviour(
+                AdminEvent::Directory(request_response::Event::Message {
+                    peer,
+                    message: Message::Response { response, .. },
+                    ..
+                })
+                | AdminEvent::Revocations(request_response::Event::Message {
+                    peer,
+                    message: Message::Response { response, .. },
+                    ..
+                }),
+            ) => {
                 if let Some(r) = results.get_mut(&peer) {
                     r.answer = Some(response);
                 }
+            }
+            // The relay pushing its set to us (it learned ours): answered, nothing kept.
+            SwarmEvent::Behaviour(AdminEvent::Revocations(request_response::Event::Message {
+                message: Message::Request { channel, .. },
+                ..
+            })) => {
+                let _ = swarm
+                    .behaviour_mut()
+                    .revocations
+                    .send_response(channel, Vec::new());
             }
             _ => {}
         }

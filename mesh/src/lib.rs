@@ -1,11 +1,13 @@
 //! The protocols every Jarvis peer speaks, shared by the node, the relay and the GPU peer:
 //!
-//! - [`wire`]: the libp2p protocols (auth, sync, pairing) and their length-prefixed framing.
+//! - [`wire`]: the libp2p protocols (auth, revocations, sync, pairing) and their
+//!   length-prefixed framing.
 //! - [`admission`]: who a connection's peer is and whether it is let in, sans-IO: one state
 //!   machine for every kind of peer, its constants defined once.
 //! - [`directory`]: the directory and member-report protocol's frames and types.
 //! - [`gate`] and [`boxed`]: behaviour wrappers: third-party protocols served only to admitted
 //!   peers, and connection handlers on the heap.
+//! - [`limits`]: how many connections a peer, an address and strangers together may hold.
 //! - [`client`]: an admin workstation talking to the org's relays (publishing revocations,
 //!   asking who they have admitted).
 //!
@@ -17,4 +19,5 @@ pub mod boxed;
 pub mod client;
 pub mod directory;
 pub mod gate;
+pub mod limits;
 pub mod wire;

@@ -5,7 +5,11 @@
 //!   knows the org reads it) as soon as a connection is up, and answers the other's with its own,
 //!   now with the revocations it knows (or with a refusal that says why). Until a peer's chain
 //!   verifies against the org root, names the key of the connection's `PeerId`, and is not
-//!   revoked, nothing else is served to it, revocations included.
+//!   revoked, nothing else is served to it. A hello is small ([`MAX_AUTH_BYTES`], at most
+//!   [`AUTH_STREAMS`] at once per connection), so a stranger costs little before it is refused.
+//! - `/jarvis/revocations/1` (admitted peers only): one side sends its whole revocation set, the
+//!   other answers with its own, each merging what it did not know. Started when a hello's
+//!   digest differs from ours, and pushed to every admitted peer when something new is learned.
 //! - `/jarvis/sync/1`: one [`jarvis_crdt::SyncMessage`] per request, an empty response as the
 //!   transport acknowledgement, sent only once what the message carried is durable. Order
 //!   between requests is not guaranteed, which the sync protocol tolerates.
@@ -22,7 +26,12 @@ use libp2p::request_response;
 pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/auth/1");
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/sync/1");
 pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/pair/1");
+pub const REVOCATIONS_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/revocations/1");
 pub const MAX_AUTH_BYTES: usize = jarvis_identity::hello::MAX_HELLO_BYTES;
+/// Hellos in flight per connection: one each way, and one more each when a hello crosses.
+pub const AUTH_STREAMS: usize = 4;
+/// An org's whole revocation set (about 20,000 records).
+pub const MAX_REVOCATIONS_BYTES: usize = 4 << 20;
 /// A sync message may carry a snapshot.
 pub const MAX_SYNC_BYTES: usize = jarvis_crdt::sync::MAX_MESSAGE_BYTES;
 /// What a request/response behaviour of ours allows in flight per peer: the sync window keeps
@@ -138,12 +147,36 @@ pub fn behaviour(
     max: usize,
     timeout: std::time::Duration,
 ) -> request_response::Behaviour<Frames> {
+    behaviour_with_streams(protocol, max, timeout, MAX_STREAMS)
+}
+
+/// The hello protocol's behaviour: small frames, few streams (anyone may speak it).
+pub fn auth_behaviour(timeout: std::time::Duration) -> request_response::Behaviour<Frames> {
+    behaviour_with_streams(AUTH_PROTOCOL, MAX_AUTH_BYTES, timeout, AUTH_STREAMS)
+}
+
+/// The revocation-set exchange's behaviour (serve it behind a gate: admitted peers only).
+pub fn revocations_behaviour() -> request_response::Behaviour<Frames> {
+    behaviour_with_streams(
+        REVOCATIONS_PROTOCOL,
+        MAX_REVOCATIONS_BYTES,
+        std::time::Duration::from_secs(30),
+        AUTH_STREAMS,
+    )
+}
+
+fn behaviour_with_streams(
+    protocol: StreamProtocol,
+    max: usize,
+    timeout: std::time::Duration,
+    streams: usize,
+) -> request_response::Behaviour<Frames> {
     request_response::Behaviour::with_codec(
         Frames::new(max),
         [(protocol, request_response::ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(timeout)
-            .with_max_concurrent_streams(MAX_STREAMS),
+            .with_max_concurrent_streams(streams),
     )
 }
 

@@ -13,7 +13,7 @@ use jarvis_identity::{
 };
 use jarvis_mesh::admission::{
     AUTH_DEADLINE, Admission, Answer, Context, Event, MAX_CLOSING, REFUSAL_GRACE, Reason, Refusal,
-    any_member,
+    RevocationsRefused, any_member,
 };
 use libp2p::PeerId;
 
@@ -65,7 +65,7 @@ impl Side {
     }
 
     fn hello(&self) -> Vec<u8> {
-        Hello::new(self.chain.clone(), Some(&self.revocations)).encode(&self.root)
+        Hello::new(self.chain.clone(), &self.revocations).encode(&self.root)
     }
 
     fn request(&mut self, from: PeerId, bytes: &[u8], now: Instant) -> Vec<u8> {
@@ -290,7 +290,8 @@ fn a_refusal_from_the_peer_ends_an_admission_even_when_the_hellos_crossed() {
     let mut peer = side(&acme, "bob");
     revoke(&acme, &mut peer.revocations, &revoked.key);
     // `peer` does not send its revocations in this test's hello: build it from an empty set.
-    let hello_peer = Hello::new(peer.chain.clone(), None).encode(&acme.info.root);
+    let hello_peer =
+        Hello::new(peer.chain.clone(), &RevocationSet::new(acme.info.root)).encode(&acme.info.root);
     let t0 = Instant::now();
     let (pr, pp) = (revoked.peer(), peer.peer());
     revoked.admission.connected(pp, t0);
@@ -369,10 +370,34 @@ fn revocation_learned_while_connected_refuses_the_revoked_peer_at_once() {
     let t0 = Instant::now();
     crossing(&mut relay, &mut lost, t0);
     assert!(relay.admitted(lost.peer()));
-    // The admin's hello carries a revocation of the lost laptop.
+    // The admin knows a revocation of the lost laptop: its hello says so by its digest, and
+    // once admitted the two exchange sets.
     revoke(&acme, &mut admin.revocations, &lost.key);
     relay.admission.connected(admin.peer(), t0);
     relay.request(admin.peer(), &admin.hello(), t0 + Duration::from_secs(1));
+    assert!(relay.admitted(admin.peer()));
+    assert!(
+        relay
+            .events
+            .contains(&Event::ExchangeRevocations(admin.peer())),
+        "sets differ: an exchange is asked for"
+    );
+    assert!(!relay.revocations.is_key_revoked(&lost.key.public()));
+    let added = relay
+        .admission
+        .on_revocations(
+            admin.peer(),
+            &admin.revocations.encode(),
+            Context {
+                root: &acme.info.root,
+                revocations: &mut relay.revocations,
+                unix: NOW,
+                policy: &mut any_member,
+            },
+        )
+        .unwrap();
+    assert_eq!(added, 1);
+    relay.drain();
     assert!(relay.events.contains(&Event::RevocationsLearned {
         from: admin.peer(),
         added: 1
@@ -468,4 +493,99 @@ fn refused_peers_waiting_out_their_grace_are_bounded() {
     ours.tick(t0 + REFUSAL_GRACE);
     assert_eq!(ours.disconnects(late.peer()), 1);
     assert_eq!(ours.disconnects(strangers[1].peer()), 1);
+}
+
+/// #20 findings 5 and 6: a revocation set is taken only from an admitted peer (so a stranger's
+/// set is not even decoded, whatever it announces), the same digest is not asked for twice, and
+/// what is learned is pushed to the other admitted peers.
+#[test]
+fn revocations_are_exchanged_only_with_members_and_pushed_to_the_others() {
+    let acme = org();
+    let globex = org();
+    let mut relay = {
+        let (key, chain) = member(&acme, CertKind::Relay, Roles::RELAY);
+        Side::new(&acme, key, chain)
+    };
+    let mut laptop = side(&acme, "alice");
+    let mut phone = side(&acme, "bob");
+    let stranger = side(&globex, "mallory");
+    let t0 = Instant::now();
+    crossing(&mut relay, &mut laptop, t0);
+    crossing(&mut relay, &mut phone, t0);
+    assert!(relay.admitted(laptop.peer()) && relay.admitted(phone.peer()));
+    // Same (empty) sets: no exchange.
+    assert!(
+        !relay
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::ExchangeRevocations(_)))
+    );
+
+    // A stranger's set: not taken (not even decoded), however it is sent.
+    let mut forged = RevocationSet::new(acme.info.root);
+    revoke(&acme, &mut forged, &laptop.key);
+    relay.admission.connected(stranger.peer(), t0);
+    let refused = relay.admission.on_revocations(
+        stranger.peer(),
+        &forged.encode(),
+        Context {
+            root: &acme.info.root,
+            revocations: &mut relay.revocations,
+            unix: NOW,
+            policy: &mut any_member,
+        },
+    );
+    assert_eq!(refused, Err(RevocationsRefused::NotAdmitted));
+    assert!(relay.revocations.is_empty());
+
+    // The laptop learns a revocation (of someone else) and says so in a new hello: one exchange
+    // for that digest, however often the hello comes.
+    let other = SecretKey::generate();
+    revoke(&acme, &mut laptop.revocations, &other);
+    relay.events.clear();
+    relay.request(laptop.peer(), &laptop.hello(), t0);
+    relay.request(laptop.peer(), &laptop.hello(), t0);
+    let asked = |side: &Side, peer: PeerId| {
+        side.events
+            .iter()
+            .filter(|e| **e == Event::ExchangeRevocations(peer))
+            .count()
+    };
+    assert_eq!(asked(&relay, laptop.peer()), 1);
+    relay.events.clear();
+    let added = relay
+        .admission
+        .on_revocations(
+            laptop.peer(),
+            &laptop.revocations.encode(),
+            Context {
+                root: &acme.info.root,
+                revocations: &mut relay.revocations,
+                unix: NOW,
+                policy: &mut any_member,
+            },
+        )
+        .unwrap();
+    assert_eq!(added, 1);
+    relay.drain();
+    // Pushed to the phone, not back to the laptop.
+    assert_eq!(asked(&relay, phone.peer()), 1);
+    assert_eq!(asked(&relay, laptop.peer()), 0);
+    // Garbage from a member is an error, not a panic, and changes nothing.
+    assert!(
+        relay
+            .admission
+            .on_revocations(
+                laptop.peer(),
+                b"not a set",
+                Context {
+                    root: &acme.info.root,
+                    revocations: &mut relay.revocations,
+                    unix: NOW,
+                    policy: &mut any_member,
+                },
+            )
+            .is_err()
+    );
+    assert_eq!(relay.revocations.len(), 1);
 }

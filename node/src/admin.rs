@@ -671,7 +671,7 @@ where
     // To the org's own relays, pinned by their ids: with the revocations, which is what
     // publishing is for.
     let hello =
-        jarvis_identity::hello::Hello::new(admin.chain.clone(), Some(set)).encode(&admin.org.root);
+        jarvis_identity::hello::Hello::new(admin.chain.clone(), set).encode(&admin.org.root);
     let outcome = key
         .to_libp2p_keypair()
         .map_err(|e| e.to_string())
@@ -697,7 +697,7 @@ where
 /// How long an admin command waits for the relays.
 const RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Gives the org's relays this admin's hello, which carries the revocation set: each relay
+/// Gives the org's relays this admin's revocation set (after its hello): each relay
 /// merges it, disconnects the revoked, and pushes it to every connected peer.
 fn publish_to_relays(
     admin: &Admin,
@@ -709,7 +709,14 @@ fn publish_to_relays(
         key,
         set,
         |keypair, hello, relays| async move {
-            jarvis_mesh::client::publish_hello(keypair, hello, &relays, RELAY_TIMEOUT).await
+            jarvis_mesh::client::publish_revocations(
+                keypair,
+                hello,
+                set.encode(),
+                &relays,
+                RELAY_TIMEOUT,
+            )
+            .await
         },
         Published::Unreachable,
     )

@@ -106,6 +106,9 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
         .to_libp2p_keypair()
         .context("deriving the libp2p identity")?;
     let mdns = !args.no_mdns;
+    // Every admitted peer (devices and relays): the revocations protocol is served only to
+    // them.
+    let members = jarvis_mesh::gate::AdmittedPeers::default();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -116,7 +119,7 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
         .context("setting up TCP")?
         .with_quic()
         .with_behaviour(|key| {
-            GpuBehaviour::new(key, mdns)
+            GpuBehaviour::new(key, mdns, &members)
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .context("setting up the behaviour")?
@@ -183,10 +186,9 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
         },
     );
     let mut shutdown = crate::shutdown::Shutdown::install()?;
-    // Sealed for the org; the revocations only to a peer that has proven it is a member.
-    let own_hello = |revocations: &RevocationSet, member: bool| {
-        Hello::new(chain.clone(), member.then_some(revocations)).encode(&org.root)
-    };
+    // Sealed for the org (the revocations themselves go to admitted peers only).
+    let own_hello =
+        |revocations: &RevocationSet| Hello::new(chain.clone(), revocations).encode(&org.root);
     // The org's relays (from the bundle): the GPU peer reports its model and load to their
     // directory, where devices on other networks find it.
     let relay_addresses: Vec<Multiaddr> =
@@ -239,6 +241,7 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                 }
                 SwarmEvent::ConnectionClosed { peer_id: peer, num_established: 0, .. } => {
                     admission.closed(&peer);
+                    members.set(peer, false);
                     gate_lock(&gate).remove(&peer);
                     relays.remove(&peer);
                 }
@@ -268,7 +271,7 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                         Message::Request { request, channel, .. } => {
                             let answer = admission.on_request(peer, &request, context, std::time::Instant::now());
                             let response = match answer {
-                                Answer::Hello => own_hello(&revocations, true),
+                                Answer::Hello => own_hello(&revocations),
                                 Answer::Refusal(refusal) => refusal,
                             };
                             if swarm.behaviour_mut().auth.send_response(channel, response).is_err() {
@@ -281,6 +284,24 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                 SwarmEvent::Behaviour(GpuBehaviourEvent::Auth(request_response::Event::InboundFailure { peer, .. })) => {
                     admission.answer_failed(&peer);
                 }
+                SwarmEvent::Behaviour(GpuBehaviourEvent::Revocations(request_response::Event::Message { peer, message, .. })) => {
+                    let (bytes, channel) = match message {
+                        Message::Request { request, channel, .. } => (request, Some(channel)),
+                        Message::Response { response, .. } => (response, None),
+                    };
+                    let context = admission::Context {
+                        root: &org.root,
+                        revocations: &mut revocations,
+                        unix: now(),
+                        policy: &mut policy,
+                    };
+                    if let Err(e) = admission.on_revocations(peer, &bytes, context) {
+                        tracing::debug!(%peer, error = %e, "revocations not taken");
+                    }
+                    if let Some(channel) = channel {
+                        let _ = swarm.behaviour_mut().revocations.send_response(channel, revocations.encode());
+                    }
+                }
                 _ => {}
             },
         }
@@ -288,16 +309,23 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
         while let Some(event) = admission.poll() {
             match event {
                 admission::Event::SendHello(peer) => {
-                    let hello = own_hello(&revocations, admission.verified(&peer).is_some());
+                    let hello = own_hello(&revocations);
                     swarm.behaviour_mut().auth.send_request(&peer, hello);
                 }
-                admission::Event::Admitted { peer, verified, .. }
-                    if verified.kind == CertKind::Device =>
-                {
-                    tracing::info!(%peer, user = ?verified.user.as_ref().map(ToString::to_string), "device authenticated");
-                    gate_lock(&gate).insert(peer, verified);
+                admission::Event::Admitted { peer, verified, .. } => {
+                    members.set(peer, true);
+                    swarm.behaviour_mut().revocations.set_open(peer, true);
+                    if verified.kind == CertKind::Device {
+                        tracing::info!(%peer, user = ?verified.user.as_ref().map(ToString::to_string), "device authenticated");
+                        gate_lock(&gate).insert(peer, verified);
+                    }
                 }
-                admission::Event::Admitted { .. } => {}
+                admission::Event::ExchangeRevocations(peer) => {
+                    swarm
+                        .behaviour_mut()
+                        .revocations
+                        .send_request(&peer, revocations.encode());
+                }
                 // A relay that answered our hello has admitted us: report to it now.
                 admission::Event::AcceptedUs(peer) => {
                     let relay = admission
@@ -316,6 +344,8 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
                 }
                 admission::Event::Refused { peer, refusal } => {
                     tracing::warn!(%peer, reason = %refusal, "peer refused");
+                    members.set(peer, false);
+                    swarm.behaviour_mut().revocations.set_open(peer, false);
                     gate_lock(&gate).remove(&peer);
                     relays.remove(&peer);
                 }

@@ -818,15 +818,10 @@ impl Node {
         }
     }
 
-    /// Our hello for `peer`, sealed for the org: the revocations go only to a peer that has
-    /// proven it is a member.
-    fn hello(&self, peer: &PeerId) -> Vec<u8> {
-        let member = self.admission.verified(peer).is_some();
-        Hello::new(
-            self.identity.chain.clone(),
-            member.then_some(&self.revocations),
-        )
-        .encode(&self.identity.org.root)
+    /// Our hello, sealed for the org (the revocations themselves go only to admitted peers, on
+    /// their own protocol).
+    fn hello(&self) -> Vec<u8> {
+        Hello::new(self.identity.chain.clone(), &self.revocations).encode(&self.identity.org.root)
     }
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -900,6 +895,9 @@ impl Node {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Revocations(event)) => {
+                self.on_revocations(event);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
             SwarmEvent::Behaviour(BehaviourEvent::Directory(event)) => self.on_directory(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
@@ -950,7 +948,7 @@ impl Node {
                     .admission
                     .on_request(peer, bytes, context, Instant::now());
                 let response = match answer {
-                    Answer::Hello => self.hello(&peer),
+                    Answer::Hello => self.hello(),
                     Answer::Refusal(refusal) => refusal,
                 };
                 let sent = self
@@ -973,7 +971,7 @@ impl Node {
         while let Some(event) = self.admission.poll() {
             match event {
                 admission::Event::SendHello(peer) => {
-                    let hello = self.hello(&peer);
+                    let hello = self.hello();
                     self.swarm.behaviour_mut().auth.send_request(&peer, hello);
                 }
                 admission::Event::Admitted {
@@ -1003,6 +1001,13 @@ impl Node {
                 admission::Event::Disconnect(peer) => {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
+                admission::Event::ExchangeRevocations(peer) => {
+                    let set = self.revocations.encode();
+                    self.swarm
+                        .behaviour_mut()
+                        .revocations
+                        .send_request(&peer, set);
+                }
                 admission::Event::RevocationsLearned { from, added } => {
                     tracing::info!(peer = %from, added, "learned revocations");
                     if let Err(e) = self.home.save_revocations(&self.revocations) {
@@ -1021,6 +1026,7 @@ impl Node {
         let behaviour = self.swarm.behaviour_mut();
         behaviour.sync.set_open(peer, open);
         behaviour.directory.set_open(peer, open);
+        behaviour.revocations.set_open(peer, open);
     }
 
     /// A peer let in: this user's devices (and the org's relays, which hold this user's sealed
@@ -1101,6 +1107,38 @@ impl Node {
             }
             request_response::Event::ResponseSent { .. } => {}
         }
+    }
+
+    /// A revocation set from an admitted peer (its request, answered with ours, or its answer to
+    /// ours), merged through the admission core.
+    fn on_revocations(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        let request_response::Event::Message { peer, message, .. } = event else {
+            return;
+        };
+        let (bytes, channel) = match message {
+            Message::Request {
+                request, channel, ..
+            } => (request, Some(channel)),
+            Message::Response { response, .. } => (response, None),
+        };
+        let context = admission::Context {
+            root: &self.identity.org.root,
+            revocations: &mut self.revocations,
+            unix: now(),
+            policy: &mut admission::any_member,
+        };
+        if let Err(e) = self.admission.on_revocations(peer, &bytes, context) {
+            tracing::debug!(%peer, error = %e, "revocations not taken");
+        }
+        if let Some(channel) = channel {
+            let ours = self.revocations.encode();
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .revocations
+                .send_response(channel, ours);
+        }
+        self.drive_admission();
     }
 
     /// A device of this user was revoked: forget it, and start a new key epoch for every document,

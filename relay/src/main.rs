@@ -61,6 +61,10 @@ enum Command {
         /// 127.0.0.1:9101.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Connections from one IP address that may wait to prove who they are at once (fresh
+        /// keys are free; members already admitted never count).
+        #[arg(long, value_name = "N", default_value_t = 32)]
+        max_unproven_per_ip: usize,
         /// Where the store lives: `sled` (embedded, in the relay's home; the default).
         #[arg(long, value_name = "STORE", default_value = "sled")]
         store: String,
@@ -182,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
             quota,
             rate,
             metrics,
+            max_unproven_per_ip,
             store,
         } => {
             if store != "sled" {
@@ -222,6 +227,7 @@ fn run(cli: Cli) -> Result<()> {
                     // history goes at once.
                     burst_bytes: rate.saturating_mul(8).max(2 << 20),
                 },
+                max_unproven_per_ip,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

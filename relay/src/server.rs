@@ -32,7 +32,7 @@ use jarvis_mesh::directory::{
     self, DIRECTORY_PROTOCOL, MAX_DIRECTORY_BYTES, MembersReport, Request, Response,
 };
 use jarvis_mesh::gate::Gated;
-use jarvis_mesh::wire::{self, AUTH_PROTOCOL, MAX_AUTH_BYTES, MAX_SYNC_BYTES, SYNC_PROTOCOL};
+use jarvis_mesh::wire::{self, MAX_SYNC_BYTES, SYNC_PROTOCOL};
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping, relay};
@@ -44,6 +44,8 @@ use crate::roster::{ClaimCheck, Roster};
 /// Streams a peer may have open at once on one QUIC connection: above what a device's sync
 /// window, directory and hello use together.
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// Connections that may wait to prove who they are at once, from all addresses together.
+const MAX_UNPROVEN: usize = 512;
 /// The store's page cache.
 const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -59,11 +61,16 @@ pub struct RelayIdentity {
 pub struct Config {
     pub listen: Vec<Multiaddr>,
     pub limits: Limits,
+    /// Connections from one IP that may wait to prove who they are at once.
+    pub max_unproven_per_ip: usize,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Connections per peer and in all, and those of peers not admitted yet per address.
+    limits: libp2p::connection_limits::Behaviour,
+    strangers: jarvis_mesh::limits::Strangers,
     relay: relay::Behaviour,
     identify: Gated<identify::Behaviour>,
     ping: Gated<ping::Behaviour>,
@@ -71,6 +78,8 @@ struct Behaviour {
     /// Read only for admitted peers: a stranger's sync or directory request is not read at all.
     sync: Gated<request_response::Behaviour<wire::Frames>>,
     directory: Gated<request_response::Behaviour<wire::Frames>>,
+    /// Revocation sets, exchanged with admitted peers only.
+    revocations: Gated<request_response::Behaviour<wire::Frames>>,
 }
 
 /// What the relay reports as it runs (one JSON line each on stdout).
@@ -339,6 +348,8 @@ impl Relay {
             .context("deriving the libp2p identity")?;
         let admitted = Admitted::default();
         let admitted_for_relay = admitted.clone();
+        let admitted_for_limits = admitted.clone();
+        let max_unproven_per_ip = config.max_unproven_per_ip;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -355,6 +366,14 @@ impl Relay {
             })
             .with_behaviour(|key| {
                 Boxed(Behaviour {
+                    // An org's devices, a few connections each; an office behind one address
+                    // is not limited (only peers not admitted yet are counted per address).
+                    limits: jarvis_mesh::limits::connection_limits(50_000, 1024),
+                    strangers: jarvis_mesh::limits::Strangers::new(
+                        admitted_for_limits.clone(),
+                        max_unproven_per_ip,
+                        MAX_UNPROVEN.max(max_unproven_per_ip),
+                    ),
                     relay: relay::Behaviour::new(
                         key.public().to_peer_id(),
                         circuit_config(&admitted_for_relay),
@@ -368,7 +387,8 @@ impl Relay {
                         admitted.check(),
                     ),
                     ping: Gated::new(ping::Behaviour::new(ping::Config::new()), admitted.check()),
-                    auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(10)),
+                    auth: wire::auth_behaviour(Duration::from_secs(10)),
+                    revocations: Gated::new(wire::revocations_behaviour(), admitted.check()),
                     sync: Gated::new(
                         wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
                         admitted.check(),
@@ -419,15 +439,10 @@ impl Relay {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Our hello for `peer`, sealed for the org: the revocations go only to a peer that has
-    /// proven it is a member.
-    fn hello(&self, peer: &PeerId) -> Vec<u8> {
-        let member = self.admission.verified(peer).is_some();
-        Hello::new(
-            self.identity.chain.clone(),
-            member.then_some(&self.revocations),
-        )
-        .encode(&self.identity.org.root)
+    /// Our hello, sealed for the org (the revocations themselves go only to admitted peers, on
+    /// their own protocol).
+    fn hello(&self) -> Vec<u8> {
+        Hello::new(self.identity.chain.clone(), &self.revocations).encode(&self.identity.org.root)
     }
 
     /// Runs until `shutdown` completes. Every acknowledged change was durable before it was
@@ -571,6 +586,7 @@ impl Relay {
                 self.drive_admission();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Auth(event)) => self.on_auth(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Revocations(event)) => self.on_revocations(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
             SwarmEvent::Behaviour(BehaviourEvent::Directory(event)) => self.on_directory(event),
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
@@ -616,7 +632,7 @@ impl Relay {
                     .admission
                     .on_request(peer, bytes, context, Instant::now());
                 let response = match answer {
-                    Answer::Hello => self.hello(&peer),
+                    Answer::Hello => self.hello(),
                     Answer::Refusal(refusal) => refusal,
                 };
                 let sent = self
@@ -639,7 +655,7 @@ impl Relay {
         while let Some(event) = self.admission.poll() {
             match event {
                 admission::Event::SendHello(peer) => {
-                    let hello = self.hello(&peer);
+                    let hello = self.hello();
                     self.swarm.behaviour_mut().auth.send_request(&peer, hello);
                 }
                 admission::Event::Admitted {
@@ -662,6 +678,13 @@ impl Relay {
                 admission::Event::Disconnect(peer) => {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
+                admission::Event::ExchangeRevocations(peer) => {
+                    let set = self.revocations.encode();
+                    self.swarm
+                        .behaviour_mut()
+                        .revocations
+                        .send_request(&peer, set);
+                }
                 admission::Event::RevocationsLearned { from, added } => {
                     self.on_new_revocations(added, from);
                 }
@@ -683,6 +706,7 @@ impl Relay {
         behaviour.ping.set_open(peer, true);
         behaviour.sync.set_open(peer, true);
         behaviour.directory.set_open(peer, true);
+        behaviour.revocations.set_open(peer, true);
         if verified.kind == CertKind::Device
             && !self.hub.is_admitted(&peer)
             && let Some(user) = verified.user
@@ -698,24 +722,47 @@ impl Relay {
         }
     }
 
-    /// Revocations learned (from an admin publishing them, or any peer that knew more): kept,
-    /// and pushed to every other member in a fresh hello, so devices have them without asking.
-    /// The admission core has refused and disconnected the peers they cover already.
+    /// Revocations learned (from an admin publishing them, or any peer that knew more): kept.
+    /// The admission core has refused and disconnected the peers they cover already, and pushes
+    /// the set to every other member ([`admission::Event::ExchangeRevocations`]).
     fn on_new_revocations(&mut self, added: usize, from: PeerId) {
         tracing::info!(%from, added, total = self.revocations.len(), "revocations learned");
         if let Err(e) = self.home.save_revocations(&self.revocations) {
             tracing::error!(error = %e, "cannot save the revocation set");
         }
-        let others: Vec<PeerId> = self
-            .admission
-            .admitted()
-            .map(|(peer, _)| *peer)
-            .filter(|p| *p != from)
-            .collect();
-        for peer in others {
-            let hello = self.hello(&peer);
-            self.swarm.behaviour_mut().auth.send_request(&peer, hello);
+    }
+
+    /// A revocation set from an admitted peer (its request, answered with ours, or its answer to
+    /// ours), merged through the admission core.
+    fn on_revocations(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        let request_response::Event::Message { peer, message, .. } = event else {
+            return;
+        };
+        let (bytes, channel) = match message {
+            Message::Request {
+                request, channel, ..
+            } => (request, Some(channel)),
+            Message::Response { response, .. } => (response, None),
+        };
+        // No one is admitted here: the policy is not consulted.
+        let context = admission::Context {
+            root: &self.identity.org.root,
+            revocations: &mut self.revocations,
+            unix: jarvis_home::now(),
+            policy: &mut admission::any_member,
+        };
+        if let Err(e) = self.admission.on_revocations(peer, &bytes, context) {
+            tracing::debug!(%peer, error = %e, "revocations not taken");
         }
+        if let Some(channel) = channel {
+            let ours = self.revocations.encode();
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .revocations
+                .send_response(channel, ours);
+        }
+        self.drive_admission();
     }
 
     /// A peer refused or gone: nothing of ours is served to it any more.
@@ -727,6 +774,7 @@ impl Relay {
         behaviour.ping.set_open(peer, false);
         behaviour.sync.set_open(peer, false);
         behaviour.directory.set_open(peer, false);
+        behaviour.revocations.set_open(peer, false);
         self.listing.left(&peer);
         self.inbox.forget(&peer);
         self.hub.leave(&peer);

@@ -587,7 +587,9 @@ fn identify_and_ping_answer_only_admitted_peers() {
         .unseal_key(jarvis_home::KeyFile::Identity, "pw")
         .unwrap()
         .signing;
-    let hello = jarvis_identity::hello::Hello::new(chain, None).encode(&org.root);
+    let hello =
+        jarvis_identity::hello::Hello::new(chain, &jarvis_identity::RevocationSet::new(org.root))
+            .encode(&org.root);
     let (protocols, pinged, welcomed) = probe(
         key.to_libp2p_keypair().unwrap(),
         Some(hello),

@@ -58,7 +58,7 @@ impl Adversary {
     pub fn listen(key: &SecretKey, chain: CertChain, root: jarvis_identity::PublicKey) -> Self {
         let keypair = key.to_libp2p_keypair().unwrap();
         let peer_id = keypair.public().to_peer_id();
-        let hello = Hello::new(chain, None).encode(&root);
+        let hello = Hello::new(chain, &jarvis_identity::RevocationSet::new(root)).encode(&root);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (orders, incoming) = mpsc::channel();
         let (address_tx, address_rx) = mpsc::channel();

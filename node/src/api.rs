@@ -70,6 +70,41 @@ async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
+/// `jarvis token --rotate`: a new token, written to the home and used from now on; the old one
+/// stops working at once (clients configured with it need the new one).
+async fn rotate_token(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "missing or wrong bearer token (see `jarvis token`)" })),
+        )
+            .into_response();
+    }
+    let home = match jarvis_home::Home::locate(Some(state.ui.home.clone())) {
+        Ok(home) => home,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({ "error": e.to_string() })),
+            )
+                .into_response();
+        }
+    };
+    match crate::local_api::new_token(&home) {
+        Ok(token) => {
+            if let Ok(mut current) = state.token.write() {
+                current.clone_from(&token);
+            }
+            Json(json!({ "token": token })).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": format!("cannot write the new token: {e:#}") })),
+        )
+            .into_response(),
+    }
+}
+
 /// `POST /v1/devices/reload`: a command recorded a device of this user in `devices.json`; the
 /// node shares every conversation key with it now (`crate::siblings`).
 async fn reload_devices(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -389,7 +424,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {addr} for the local API (is another node running? try --api 127.0.0.1:0)"))?;
     let bound = listener.local_addr()?;
     let state = AppState {
-        token: token(home)?,
+        token: std::sync::Arc::new(std::sync::RwLock::new(token(home)?)),
         commands,
         metrics,
         events,
@@ -406,6 +441,7 @@ pub async fn serve(
         .route("/v1/ask/confirm", post(confirm))
         .route("/v1/events", get(events_handler))
         .route(crate::siblings::RELOAD_PATH, post(reload_devices))
+        .route("/v1/token/rotate", post(rotate_token))
         .route("/metrics", get(metrics_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ASK_BYTES + 4096))
         .merge(crate::openai::routes())

@@ -10,7 +10,8 @@ use crate::node::Command;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub(crate) token: String,
+    /// The bearer token; replaced when it is rotated (`jarvis token --rotate`).
+    pub(crate) token: std::sync::Arc<std::sync::RwLock<String>>,
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub(crate) events: tokio::sync::broadcast::Sender<Value>,
@@ -27,7 +28,10 @@ pub(crate) struct AppState {
 }
 
 pub(crate) fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let expected = format!("Bearer {}", state.token);
+    let Ok(token) = state.token.read() else {
+        return false;
+    };
+    let expected = format!("Bearer {}", *token);
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

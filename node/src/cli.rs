@@ -52,7 +52,11 @@ pub enum Command {
     Status,
 
     /// Print the local API's bearer token (for scripts and OpenAI clients).
-    Token,
+    Token {
+        /// Make a new one (the running node switches at once; the old one stops working).
+        #[arg(long)]
+        rotate: bool,
+    },
 
     /// Open the running node's UI in the browser (conversations, voice, devices, peers, models,
     /// admin). The address carries the API token, so keep it to yourself.

@@ -27,6 +27,11 @@ pub fn token(home: &Home) -> Result<String> {
         let token = String::from_utf8(bytes).context("the API token file is damaged")?;
         return Ok(token.trim().to_owned());
     }
+    new_token(home)
+}
+
+/// A new token, written to the home (mode 0600) in place of the old one.
+pub fn new_token(home: &Home) -> Result<String> {
     let token = hex::encode(jarvis_identity::keys::random_bytes::<32>());
     home.write_atomic(TOKEN_FILE, token.as_bytes(), true)?;
     Ok(token)

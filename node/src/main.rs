@@ -72,15 +72,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(home, out, args),
         Command::Gpu(command) => device::gpu(home, out, command),
         Command::Status => client::status(&home, out),
-        Command::Token => {
+        Command::Token { rotate: false } => {
             home.load()?;
             println!("{}", local_api::token(&home)?);
+            Ok(())
+        }
+        Command::Token { rotate: true } => {
+            home.load()?;
+            let token = match local_api::running(&home)? {
+                Some(client) => {
+                    let answer = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                        .block_on(client.post("/v1/token/rotate", &serde_json::json!({})))?;
+                    answer
+                        .get("token")
+                        .and_then(serde_json::Value::as_str)
+                        .ok_or_else(|| anyhow::anyhow!("the node did not say the new token"))?
+                        .to_owned()
+                }
+                None => local_api::new_token(&home)?,
+            };
+            println!("{token}");
             Ok(())
         }
         Command::Ui { print } => {
             home.load()?;
             let url = local_api::ui_url(&home)?;
-            let opened = !print && !out.json && open_browser(&url);
+            let opened = !print && !out.json && open_browser(&home, &url)?;
             out.emit(&serde_json::json!({ "url": url, "opened": opened }), || {
                 if opened {
                     format!("Opened the Jarvis UI: {url}")
@@ -103,18 +122,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Opens `url` with the desktop's browser; false when there is none to ask (a server, CI).
-fn open_browser(url: &str) -> bool {
-    let opener = if cfg!(target_os = "macos") {
-        "open"
-    } else {
-        "xdg-open"
-    };
-    std::process::Command::new(opener)
-        .arg(url)
+/// Opens `url` with the desktop's browser (`$BROWSER`, else the platform's opener); false when
+/// there is none to ask (a server, CI). The URL carries the API token, and any local user can
+/// read a process's arguments, so the browser is given a page in the home instead (mode 0600,
+/// as Jupyter does) that sends it on to the URL.
+fn open_browser(home: &Home, url: &str) -> anyhow::Result<bool> {
+    let quoted = serde_json::to_string(url)?;
+    let escaped = url.replace('&', "&amp;").replace('"', "&quot;");
+    let page = format!(
+        "<!doctype html>\n<meta charset=\"utf-8\">\n<title>Jarvis</title>\n<meta http-equiv=\"refresh\" content=\"0;url={escaped}\">\n<script>location.replace({quoted})</script>\n<a href=\"{escaped}\">Open Jarvis</a>\n"
+    );
+    home.write_atomic(UI_OPEN_FILE, page.as_bytes(), true)?;
+    let target = format!("file://{}", home.dir().join(UI_OPEN_FILE).display());
+    let opener = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| {
+            if cfg!(target_os = "macos") {
+                "open".to_owned()
+            } else {
+                "xdg-open".to_owned()
+            }
+        });
+    Ok(std::process::Command::new(opener)
+        .arg(target)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success()))
 }
+
+/// The page `jarvis ui` hands the browser (it holds the token; readable only by this user).
+const UI_OPEN_FILE: &str = "ui-open.html";

@@ -38,6 +38,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Peers tried for one answer before it is finished here.
 const MAX_PEERS_PER_ANSWER: usize = 2;
+/// The longest piece of text one token may be (the longest tokens of common vocabularies are
+/// runs of spaces or punctuation well under this), and the most an answer may average per token.
+const MAX_TOKEN_BYTES: usize = 256;
+const AVERAGE_TOKEN_BYTES: usize = 32;
 /// Updates buffered between the stream and the answer's reader.
 const UPDATES: usize = 64;
 
@@ -549,9 +553,20 @@ impl Offload {
                         if *tokens > request.sampling.max_tokens.saturating_add(8) {
                             return Err("it sent more than the answer's length".into());
                         }
+                        // Nor in bytes: a token is a few characters, not the frame's limit.
+                        if piece.len() > MAX_TOKEN_BYTES {
+                            return Err(format!("it sent a token of {} bytes", piece.len()));
+                        }
                         let piece = rejoin.piece(piece);
                         if piece.is_empty() {
                             continue;
+                        }
+                        let allowed = usize::try_from(request.sampling.max_tokens)
+                            .unwrap_or(usize::MAX)
+                            .saturating_mul(AVERAGE_TOKEN_BYTES)
+                            .saturating_add(4096);
+                        if text.len().saturating_add(piece.len()) > allowed {
+                            return Err("it sent more text than the answer's length allows".into());
                         }
                         text.push_str(&piece);
                         Update::Token(piece)

@@ -15,8 +15,8 @@
 //! POST /v1/voice/talk                      push-to-talk: listen to a request now, no wake word
 //! POST /v1/voice/stop                      stop the answer being spoken
 //! GET  /v1/admin/members                   with `jarvis up --admin-home DIR` only
-//! POST /v1/admin/invite {user, role?, passphrase?}
-//! POST /v1/admin/revoke {device|user|peer, reason?, passphrase?}
+//! POST /v1/admin/invite {user, role?, passphrase}   (the admin passphrase, asked again)
+//! POST /v1/admin/revoke {device|user|peer, reason?, passphrase}
 //! ```
 //!
 //! Devices, models and admin actions run this binary's own commands (`jarvis --home … --json`)
@@ -123,6 +123,15 @@ async fn page(body: &'static str, kind: &'static str) -> Response {
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Admin actions (minting invites, revoking) are not done with the node's cached passphrase: the
+/// token alone, which any process of this user can read, must not be enough (#20, finding 8).
+fn passphrase_again() -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        "admin actions need the admin passphrase again: send it as \"passphrase\"",
+    )
 }
 
 fn unauthorized() -> Response {
@@ -609,9 +618,9 @@ async fn invite(
         return no_admin_home();
     };
     let role = body.role.unwrap_or_else(|| "member".to_owned());
-    let passphrase = body
-        .passphrase
-        .map_or_else(|| state.ui.passphrase.clone(), Zeroizing::new);
+    let Some(passphrase) = body.passphrase.map(Zeroizing::new) else {
+        return passphrase_again();
+    };
     run_json(
         admin,
         &["admin", "invite", "--role", &role, "--", &body.user],
@@ -666,7 +675,9 @@ async fn revoke(
         Ok(Json(b)) => (b.reason, b.passphrase),
         Err(_) => (None, None),
     };
-    let passphrase = passphrase.map_or_else(|| state.ui.passphrase.clone(), Zeroizing::new);
+    let Some(passphrase) = passphrase.map(Zeroizing::new) else {
+        return passphrase_again();
+    };
     let mut args = vec!["admin", "revoke", target.0, &target.1];
     if let Some(reason) = reason.as_deref() {
         args.extend(["--reason", reason]);

@@ -374,6 +374,15 @@ fn secret_keys_are_sealed_and_private() {
         let bytes = std::fs::read(&path).unwrap();
         assert!(bytes.starts_with(b"age-encryption.org/v1"));
     }
+    // #20 (low): the home itself is this user's alone, whatever the umask.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(env.home("admin"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the home is {mode:o}");
+    }
     // No command prints a secret: nothing on stdout looks like an age secret key.
     let out = env.ok("admin", &["whoami"]);
     assert!(!out.contains("AGE-SECRET-KEY"));

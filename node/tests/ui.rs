@@ -534,3 +534,99 @@ fn a_model_downloads_through_the_api_with_progress_events() {
         "the installed file is the served one"
     );
 }
+
+/// #20 finding 8. Before: `jarvis ui` put the API token in the browser's command line (any
+/// local user can read it), the token never changed, and the token alone could mint admin
+/// invites with the node's cached passphrase. Now the browser is given a page in the home
+/// (mode 0600) that sends it on, `jarvis token --rotate` replaces the token in the running
+/// node at once, and admin actions ask for the passphrase again.
+#[test]
+fn the_token_stays_off_command_lines_rotates_and_admin_actions_ask_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, laptop, _) = org(dir.path());
+    let admin_home = admin.to_str().unwrap().to_owned();
+    let (_node, addr, token) = plain_node(&laptop, &[("JARVIS_ADMIN_HOME", &admin_home)]);
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let invite = |body: &str, auth: &str| {
+        request_with_body(
+            &addr,
+            &format!(
+                "POST /v1/admin/invite HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n"
+            ),
+            body,
+        )
+    };
+
+    // The token alone mints nothing; with the admin passphrase, an invite.
+    let (status, body) = invite("{\"user\": \"bob\"}", &auth);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("passphrase again"), "{body}");
+    let (status, body) = invite("{\"user\": \"bob\", \"passphrase\": \"wrong\"}", &auth);
+    assert_ne!(status, 200, "{body}");
+    let (status, body) = invite(
+        &format!(
+            "{{\"user\": \"bob\", \"passphrase\": \"{}\"}}",
+            common::PASSPHRASE
+        ),
+        &auth,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("jvinvite_"), "{body}");
+
+    // The browser's command line names a private page, not the token.
+    let argv = dir.path().join("argv.txt");
+    let browser = dir.path().join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\necho \"$@\" > '{}'\n", argv.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let opened = jarvis(&laptop)
+        .arg("ui")
+        .env("BROWSER", &browser)
+        .output()
+        .unwrap();
+    assert!(opened.status.success(), "{opened:?}");
+    let args = std::fs::read_to_string(&argv).unwrap();
+    assert!(
+        !args.contains(&token),
+        "the token is on the browser's command line: {args}"
+    );
+    let page = args.trim().strip_prefix("file://").unwrap().to_owned();
+    let meta = std::fs::metadata(&page).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o077, 0, "the page is private");
+    assert!(
+        std::fs::read_to_string(&page)
+            .unwrap()
+            .contains(&format!("#token={token}"))
+    );
+
+    // Rotating: the running node takes the new token at once and refuses the old one.
+    let rotated = String::from_utf8(
+        jarvis(&laptop)
+            .args(["token", "--rotate"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert_eq!(rotated.len(), 64);
+    assert_ne!(rotated, token);
+    let status_with = |token: &str| {
+        request(
+            &addr,
+            &format!(
+                "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n"
+            ),
+        )
+        .0
+    };
+    assert_eq!(status_with(&token), 401);
+    assert_eq!(status_with(&rotated), 200);
+    let printed = String::from_utf8(jarvis(&laptop).arg("token").output().unwrap().stdout).unwrap();
+    assert_eq!(printed.trim(), rotated);
+}

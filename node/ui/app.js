@@ -576,12 +576,13 @@ function revoke(member) {
   const dialog = $('confirm');
   $('confirm-text').textContent = `Revoke ${member.kind} “${member.name}”? It is refused by every node and relay from now on, and conversation keys are rotated away from it.`;
   $('confirm-reason').value = '';
+  $('confirm-passphrase').value = '';
   dialog.onclose = async () => {
     if (dialog.returnValue !== 'ok') return;
     const flag = member.kind === 'device' ? 'device' : member.kind === 'user' ? 'user' : 'peer';
     const target = member.kind === 'user' ? member.name : member.id;
     try {
-      await api('/v1/admin/revoke', { body: { [flag]: target, reason: $('confirm-reason').value || undefined } });
+      await api('/v1/admin/revoke', { body: { [flag]: target, reason: $('confirm-reason').value || undefined, passphrase: $('confirm-passphrase').value } });
     } catch (e) { showError('admin-error', e); }
     loadMembers();
   };
@@ -592,7 +593,8 @@ $('invite-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   showError('invite-error', null);
   try {
-    const invite = await api('/v1/admin/invite', { body: { user: $('invite-user').value.trim(), role: $('invite-role').value } });
+    const invite = await api('/v1/admin/invite', { body: { user: $('invite-user').value.trim(), role: $('invite-role').value, passphrase: $('invite-passphrase').value } });
+    $('invite-passphrase').value = '';
     $('invite-token').textContent = `Give this to ${$('invite-user').value.trim()} (single use, expires ${invite.expires_at}):\n\njarvis join ${invite.token}`;
     $('invite-token').hidden = false;
     loadMembers();

@@ -293,7 +293,7 @@ impl Piper {
 /// # Errors
 /// When espeak-ng is missing or fails.
 pub fn phonemize(voice: &str, text: &str) -> Result<String> {
-    let output = espeak(&["-q", "-v", voice, "--ipa", "--", text])?;
+    let output = espeak(&["-q", "-v", voice, "--ipa"], text)?;
     let lines: Vec<&str> = std::str::from_utf8(&output)
         .map_err(|_| VoiceError::Speech("espeak-ng printed something that is not text".into()))?
         .lines()
@@ -312,17 +312,36 @@ pub fn phonemize(voice: &str, text: &str) -> Result<String> {
     Ok(phonemes)
 }
 
-fn espeak(args: &[&str]) -> Result<Vec<u8>> {
-    let output = Command::new("espeak-ng")
+/// Runs espeak-ng on `text`, given on its standard input: on its command line, any local user
+/// could read what is being said (`ps`).
+fn espeak(args: &[&str], text: &str) -> Result<Vec<u8>> {
+    let mut child = Command::new("espeak-ng")
         .args(args)
-        .stdin(Stdio::null())
+        .arg("--stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .map_err(|e| {
             VoiceError::Speech(format!(
                 "cannot run espeak-ng ({e}); install it (`apt-get install espeak-ng`, or `brew install espeak-ng`)"
             ))
         })?;
+    // Written from a thread of its own: espeak-ng writes as it reads, and a long text would
+    // otherwise fill its output pipe while we were still writing its input.
+    let writer = child.stdin.take().map(|mut stdin| {
+        let text = text.to_owned();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(text.as_bytes());
+        })
+    });
+    let output = child
+        .wait_with_output()
+        .map_err(|e| VoiceError::Speech(format!("espeak-ng failed: {e}")))?;
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
     if !output.status.success() {
         return Err(VoiceError::Speech(format!(
             "espeak-ng failed: {}",
@@ -337,7 +356,7 @@ fn espeak(args: &[&str]) -> Result<Vec<u8>> {
 /// # Errors
 /// When espeak-ng is missing or fails.
 pub fn espeak_speak(voice: &str, text: &str) -> Result<Audio> {
-    let wav = espeak(&["-q", "-v", voice, "--stdout", "--", text])?;
+    let wav = espeak(&["-q", "-v", voice, "--stdout"], text)?;
     parse_espeak_wav(&wav)
 }
 

@@ -133,6 +133,84 @@ fn a_relay_that_injects_a_key_of_its_own_reads_nothing_written_after() {
         status["quarantined"]["unknown_writers"].as_u64().unwrap() >= 1,
         "{status}"
     );
+
+    // The rest of the attack list: a change and a snapshot in the relay's own name (the
+    // snapshot claiming every actor far past what exists), and the laptop's own changes
+    // replayed. Nothing of it changes the conversation, and the laptop still starts.
+    let own: Vec<jarvis_crdt::SealedChange> = adversary
+        .received()
+        .sync
+        .iter()
+        .filter_map(|(_, m)| match m {
+            SyncMessage::Changes { doc: d, changes } if *d == doc => Some(changes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut inflated = jarvis_crdt::VersionVector::new();
+    inflated.set(relay_key.public(), 1_000_000);
+    for change in &own {
+        inflated.set(change.header().actor, 1_000_000);
+    }
+    let forged_change = jarvis_crdt::SealedChange::seal(
+        jarvis_crdt::ChangeHeader {
+            doc,
+            actor: relay_key.public(),
+            seq: 1,
+            epoch: 0,
+        },
+        b"not even automerge",
+        &relays_key,
+        &relay_key,
+    )
+    .unwrap();
+    let bogus = jarvis_crdt::SealedSnapshot::seal(
+        doc,
+        0,
+        inflated,
+        b"none of the history",
+        &relays_key,
+        &relay_key,
+    )
+    .unwrap();
+    let answered = adversary.received().answered;
+    adversary.send_sync(
+        device,
+        SyncMessage::Changes {
+            doc,
+            changes: vec![forged_change],
+        },
+    );
+    adversary.send_sync(device, SyncMessage::Snapshot { snapshot: bogus });
+    adversary.send_sync(device, SyncMessage::Changes { doc, changes: own });
+    wait_for(
+        "the laptop to handle the forged change, snapshot and replay",
+        || (adversary.received().answered >= answered + 3).then_some(()),
+    );
+    let dropped = ok(&laptop, &["status"])["quarantined"]["unknown_writers"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        dropped >= 3,
+        "the forged key, change and snapshot are dropped: {dropped}"
+    );
+    drop(_node);
+    let _node = common::node_up(
+        jarvis(&laptop),
+        &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"],
+    );
+    let shown = ok(&laptop, &["show", &conversation]);
+    let texts: Vec<&str> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        ["the first secret", "the second secret"],
+        "after the attack and a restart"
+    );
 }
 
 /// #20 finding 6. Before: a node's hello went in clear to whatever it connected to (a stranger

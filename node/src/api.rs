@@ -443,8 +443,12 @@ pub async fn serve(
         .route(crate::siblings::RELOAD_PATH, post(reload_devices))
         .route("/v1/token/rotate", post(rotate_token))
         .route("/metrics", get(metrics_handler))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ui::require_token,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ASK_BYTES + 4096))
-        .merge(crate::openai::routes())
+        .merge(crate::openai::routes(&state))
         .merge(crate::ui::routes(&state))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -32,11 +32,28 @@ use crate::llm::engine_problem;
 /// The largest request body: a long conversation, well within the worker protocol's line limit.
 const MAX_BODY: usize = 2 * 1024 * 1024;
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
+        // The key is checked before the body is read (#20, low).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_key,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}
+
+async fn require_key(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorized(&state, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
 }
 
 fn unauthorized() -> Response {

@@ -85,8 +85,9 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .merge(api)
 }
 
-/// The bearer token, for every UI route (the page itself is public).
-async fn require_token(
+/// The bearer token, for every UI route (the page itself is public) and every API route: checked
+/// before anything reads the request's body (#20, low), which without the token is never read.
+pub(crate) async fn require_token(
     State(state): State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,

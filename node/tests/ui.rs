@@ -373,6 +373,28 @@ fn the_api_refuses_other_origins_hosts_and_requests_without_the_token() {
         );
         assert_eq!(status, 401, "{method} {path} without the token: {body}");
     }
+    // #20 (low): without the token, a request's body is not even read: a request announcing a
+    // body it never sends is answered at once.
+    for path in ["/v1/ask", "/v1/chat/completions", "/v1/admin/invite"] {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        let mut response = [0u8; 12];
+        stream
+            .read_exact(&mut response)
+            .unwrap_or_else(|e| panic!("{path}: no answer while the body is pending: {e}"));
+        assert_eq!(&response, b"HTTP/1.1 401", "{path}");
+    }
     // With the token: voice is off here and says so; there is no admin home.
     let (status, body) = request(
         addr,

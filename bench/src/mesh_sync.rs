@@ -154,14 +154,39 @@ impl Drop for Node {
 }
 
 /// Two devices of one user, syncing, and the phone's message count as its events report it.
-struct Pair {
+pub(crate) struct Pair {
     _dir: tempfile::TempDir,
     laptop: Node,
     phone: Node,
+    /// Where the laptop listens (`…/p2p/ID`), which the phone dials.
+    pub(crate) laptop_address: String,
 }
 
 impl Pair {
-    async fn start(jarvis: &Path, client: &reqwest::Client) -> Result<Self> {
+    /// The laptop node's process id.
+    pub(crate) fn laptop_pid(&self) -> u32 {
+        self.laptop.child.id()
+    }
+
+    /// Sends `count` messages from the laptop one at a time, each once the last has reached the
+    /// phone; the send → arrival latencies in ms.
+    pub(crate) async fn pings(&self, client: &reqwest::Client, count: usize) -> Result<Vec<f64>> {
+        let mut rx = self.watch_phone(client).await?;
+        let conversation = self.laptop.say(client, &payload(0, 0), None).await?;
+        arrived(&mut rx, &conversation, 1).await?;
+        let mut latencies = Vec::with_capacity(count);
+        for i in 0..count {
+            let sent = Instant::now();
+            self.laptop
+                .say(client, &payload(0, i + 1), Some(&conversation))
+                .await?;
+            let at = arrived(&mut rx, &conversation, 2 + i as u64).await?;
+            latencies.push(at.duration_since(sent).as_secs_f64() * 1000.0);
+        }
+        Ok(latencies)
+    }
+
+    pub(crate) async fn start(jarvis: &Path, client: &reqwest::Client) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let (admin, laptop, phone) = (
             dir.path().join("admin"),
@@ -198,6 +223,7 @@ impl Pair {
             .and_then(Value::as_str)
             .context("the laptop listens nowhere")?
             .to_owned();
+        let laptop_address = address.clone();
         let phone_node = Node::start(jarvis, &phone, &["--peer".into(), address])?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -223,6 +249,7 @@ impl Pair {
             _dir: dir,
             laptop: laptop_node,
             phone: phone_node,
+            laptop_address,
         })
     }
 

@@ -8,8 +8,12 @@
 //! with the members only, before the attack), and the members' acknowledgement p95 during the
 //! attack against the same members' p95 before it (goal: at most 2×).
 //!
+//! Then the same strangers against a device: two `jarvis up` of one user (mesh-sync's pair), the
+//! strangers at the laptop's address: the laptop's peak RSS (goal: under 300 MB) and the time a
+//! message takes from the laptop to the phone, during the attack against before it.
+//!
 //! Every stranger comes from 127.0.0.1, so this is also the per-address limit at work
-//! (`--max-unproven-per-ip`, default 32): the connections it turns away are counted.
+//! (`--max-unproven-per-ip`, default 32; 8 at a node): the connections it turns away are counted.
 
 use std::io;
 use std::sync::Arc;
@@ -25,7 +29,8 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol};
 use tokio::sync::watch;
 
-use crate::harness::Figure;
+use crate::harness::{Figure, sibling};
+use crate::mesh_sync::Pair;
 use crate::ramp::rss_bytes;
 use crate::relay::{Org, Tally, connect_members, measure_acks, percentile};
 
@@ -240,24 +245,7 @@ pub fn run(quick: bool) -> Result<Vec<Figure>> {
         // Let the strangers arrive, then measure for as long again while they keep coming.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let pid = org.pid();
-        let peak = Arc::new(AtomicU64::new(0));
-        let sampler = {
-            let peak = Arc::clone(&peak);
-            let mut stop = stop.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(200));
-                loop {
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        _ = tick.tick() => {
-                            if let Ok(rss) = rss_bytes(pid) {
-                                peak.fetch_max(rss, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-            })
-        };
+        let (peak, sampler) = sample_peak(pid, stop.clone());
         let started = Instant::now();
         let (relay_cpu0, own_cpu0) = (cpu_secs(pid), cpu_secs(std::process::id()));
         let attacked = measure_acks(&tally, time).await;
@@ -284,7 +272,9 @@ pub fn run(quick: bool) -> Result<Vec<Figure>> {
         if failed > 0 {
             anyhow::bail!("{failed} member devices failed during the attack");
         }
-        Ok(vec![
+        drop(org);
+        let node = node_under_attack(quick).await?;
+        let mut figures = vec![
             Figure::compared(
                 NAME,
                 "relay_rss_peak_mb",
@@ -310,6 +300,82 @@ pub fn run(quick: bool) -> Result<Vec<Figure>> {
                 goal: None,
                 unit: "connections",
             },
-        ])
+        ];
+        figures.extend(node);
+        Ok(figures)
     })
+}
+
+/// Peak RSS of `pid`, sampled every 200 ms until `stop`.
+fn sample_peak(
+    pid: u32,
+    mut stop: watch::Receiver<bool>,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let peak = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&peak);
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {
+                    if let Ok(rss) = rss_bytes(pid) {
+                        seen.fetch_max(rss, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    });
+    (peak, task)
+}
+
+/// The strangers against a device (the laptop of a syncing pair): its peak RSS, and a message's
+/// time from the laptop to the phone, during the attack and before it.
+async fn node_under_attack(quick: bool) -> Result<Vec<Figure>> {
+    let pings = if quick { 20 } else { 60 };
+    let jarvis = sibling("jarvis")?;
+    let client = reqwest::Client::new();
+    let pair = Pair::start(&jarvis, &client).await?;
+    let calm = pair.pings(&client, pings).await?;
+    let calm_p95 = percentile(calm.clone(), 0.95);
+    let pid = pair.laptop_pid();
+    let rss_calm = rss_bytes(pid)? as f64;
+    let (stop_tx, stop) = watch::channel(false);
+    let attack = Arc::new(Attack::default());
+    let address: Multiaddr = pair.laptop_address.parse()?;
+    for _ in 0..STRANGERS {
+        tokio::spawn(stranger(address.clone(), Arc::clone(&attack), stop.clone()));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (peak, sampler) = sample_peak(pid, stop.clone());
+    let attacked = pair.pings(&client, pings).await?;
+    let attacked_p95 = percentile(attacked.clone(), 0.95);
+    let rss_peak = peak.load(Ordering::Relaxed) as f64;
+    let _ = stop_tx.send(true);
+    sampler.abort();
+    eprintln!(
+        "a device: message laptop → phone p95 {calm_p95:.1} ms before, {attacked_p95:.1} ms with {STRANGERS} strangers at the laptop ({} connections let in, {} turned away); the laptop's RSS {:.1} MB before, peak {:.1} MB",
+        attack.connected.load(Ordering::Relaxed),
+        attack.turned_away.load(Ordering::Relaxed),
+        rss_calm / 1e6,
+        rss_peak / 1e6
+    );
+    Ok(vec![
+        Figure::compared(
+            NAME,
+            "node_rss_peak_mb",
+            rss_peak / 1e6,
+            rss_calm / 1e6,
+            "< 300 MB (absolute)",
+            "MB",
+        ),
+        Figure::compared(
+            NAME,
+            "node_sync_p95_ms",
+            attacked_p95,
+            calm_p95,
+            "<= 2",
+            "ms",
+        ),
+    ])
 }

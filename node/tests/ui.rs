@@ -377,7 +377,7 @@ fn the_api_refuses_other_origins_hosts_and_requests_without_the_token() {
     // body it never sends is answered at once.
     for path in ["/v1/ask", "/v1/chat/completions", "/v1/admin/invite"] {
         use std::io::Read;
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();

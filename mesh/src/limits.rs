@@ -1,6 +1,6 @@
 //! How many connections a peer, an address and everyone together may hold (#20, finding 5).
 //!
-//! libp2p's `connection_limits` bounds connections per peer and in all ([`connection_limits`]).
+//! libp2p's `connection_limits` bounds connections per peer and in all ([`connection_limits()`]).
 //! A stranger costs us until it is refused (its hello is read, its connection held up to
 //! `AUTH_DEADLINE`), and fresh keys are free, so per-peer limits do not stop one machine from
 //! opening thousands. [`Strangers`] bounds the connections whose peer is *not admitted yet*,

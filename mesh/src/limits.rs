@@ -23,6 +23,21 @@ use libp2p::{Multiaddr, PeerId, connection_limits};
 
 use crate::gate::AdmittedPeers;
 
+/// What a peer may have in flight to us per QUIC connection and per stream before we read it.
+/// libp2p's defaults (15 MB and 10 MB) let every stranger park that much data and make us
+/// decrypt it before it is refused: with fifty of them, the members' messages waited behind it
+/// (`jarvis-bench relay-strangers`: ack p95 ×3–7 at 2 MB; ×0.8 at this). A device is held to
+/// 256 KiB/s at a relay anyway, and this still allows 5 MB/s at 100 ms.
+pub const QUIC_CONNECTION_WINDOW: u32 = 512_000;
+pub const QUIC_STREAM_WINDOW: u32 = 256_000;
+
+/// libp2p-quic's configuration with [`QUIC_CONNECTION_WINDOW`] and [`QUIC_STREAM_WINDOW`].
+pub fn quic_config(mut config: libp2p::quic::Config) -> libp2p::quic::Config {
+    config.max_connection_data = QUIC_CONNECTION_WINDOW;
+    config.max_stream_data = QUIC_STREAM_WINDOW;
+    config
+}
+
 /// Per-peer and total limits for libp2p's `connection_limits`: a peer needs at most a few
 /// connections (QUIC and TCP, direct and relayed).
 pub fn connection_limits(

@@ -117,7 +117,7 @@ async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
             libp2p::yamux::Config::default,
         )
         .context("setting up TCP")?
-        .with_quic()
+        .with_quic_config(jarvis_mesh::limits::quic_config)
         .with_behaviour(|key| {
             GpuBehaviour::new(key, mdns, &members)
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)

@@ -369,7 +369,7 @@ impl Node {
                 libp2p::yamux::Config::default,
             )
             .context("setting up TCP")?
-            .with_quic()
+            .with_quic_config(jarvis_mesh::limits::quic_config)
             .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
             .context("setting up the relay client")?
             .with_behaviour(|key, relay| {

@@ -44,9 +44,8 @@ use crate::roster::{ClaimCheck, Roster};
 /// Streams a peer may have open at once on one QUIC connection: above what a device's sync
 /// window, directory and hello use together.
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;
-/// Bytes a peer may have in flight to us per connection and per stream.
-const QUIC_CONNECTION_WINDOW: u32 = 2_000_000;
-const QUIC_STREAM_WINDOW: u32 = 1_000_000;
+/// Swarm events handled in a row, at most, while sync messages wait.
+const MAX_EVENTS_BEFORE_ROUND: usize = 32;
 /// Connections that may wait to prove who they are at once, from all addresses together.
 const MAX_UNPROVEN: usize = 512;
 /// The store's page cache.
@@ -365,13 +364,8 @@ impl Relay {
                 // quinn keeps state for every stream a peer may open, per connection: 256 (the
                 // default) costs about 20 KiB per idle device.
                 c.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
-                // What a peer may have in flight before we read it: a device is held to its
-                // rate (256 KiB/s by default) anyway, and a stranger's unread streams cost at
-                // most this (libp2p's defaults, 15 MB a connection, let 50 strangers park
-                // 750 MB of data in the relay, and make it decrypt all of it).
-                c.max_connection_data = QUIC_CONNECTION_WINDOW;
-                c.max_stream_data = QUIC_STREAM_WINDOW;
-                c
+                // What a peer may have in flight before we read it (`mesh::limits`).
+                jarvis_mesh::limits::quic_config(c)
             })
             .with_behaviour(|key| {
                 Boxed(Behaviour {
@@ -465,18 +459,36 @@ impl Relay {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         self.metrics.set_running(true);
+        // Swarm events handled since the last round of sync messages.
+        let mut streak = 0usize;
         loop {
             // Arrivals first, then timers, then a round of the waiting sync messages: a sustained
-            // flood of messages cannot starve the gate or the timers.
+            // flood of messages cannot starve the gate or the timers. Nor can a flood of events
+            // (strangers connecting, opening streams, being refused) starve the members' messages:
+            // after `MAX_EVENTS_BEFORE_ROUND` events in a row, waiting messages go first.
             let ready = self.inbox.has_ready(Instant::now());
+            if ready && streak >= MAX_EVENTS_BEFORE_ROUND {
+                streak = 0;
+                self.round();
+                continue;
+            }
             let wake = self.inbox.next_wake();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                event = self.swarm.select_next_some() => self.on_swarm(event, report),
+                event = self.swarm.select_next_some() => {
+                    streak += 1;
+                    self.on_swarm(event, report);
+                }
                 _ = tick.tick() => self.on_tick(),
-                () = std::future::ready(()), if ready => self.round(),
-                () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => self.round(),
+                () = std::future::ready(()), if ready => {
+                    streak = 0;
+                    self.round();
+                }
+                () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {
+                    streak = 0;
+                    self.round();
+                }
             }
         }
         self.metrics.set_running(false);

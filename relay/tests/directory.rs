@@ -126,12 +126,10 @@ fn an_invite_claimed_twice_is_refused_by_the_relay_and_the_admin_sees_both_claim
         (org.relay_status()["devices"] == 1).then_some(())
     });
     let _other = up(&other);
-    let members = wait_for("the relay to refuse the second claim", || {
-        let members = ok(&org.admin, &["admin", "members"]);
-        (members["claims"].as_array().unwrap().len() == 2).then_some(members)
-    });
 
-    // The second claimant is told why, and its user sees it in `jarvis status`.
+    // The second claimant is told why, and its user sees it in `jarvis status`. (Waited for
+    // before the admin's first `admin members`, which signs the first claim: from then on the
+    // relay refuses a second claimant by that record, before its roster sees the claim.)
     let refusal = wait_for("the second claimant to hear why it was refused", || {
         let status = ok(&other, &["status"]);
         status["dialing"]
@@ -149,6 +147,10 @@ fn an_invite_claimed_twice_is_refused_by_the_relay_and_the_admin_sees_both_claim
         text.contains("refuses this device") && text.contains("already claimed"),
         "{text}"
     );
+    let members = wait_for("the admin to see both claims", || {
+        let members = ok(&org.admin, &["admin", "members"]);
+        (members["claims"].as_array().unwrap().len() == 2).then_some(members)
+    });
 
     // What alice writes never reaches the second claimant.
     let said = jarvis(&laptop)

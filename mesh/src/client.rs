@@ -256,6 +256,22 @@ async fn exchange(
             _ => {}
         }
     }
+    // Close what we opened, and wait (briefly) until it is closed: a connection dropped with the
+    // swarm lingers at the relay until its idle timeout, and one admin running a few commands
+    // would soon meet the relay's per-peer connection limit.
+    let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
+    for peer in peers {
+        let _ = swarm.disconnect_peer_id(peer);
+    }
+    let closing = tokio::time::Instant::now() + Duration::from_secs(1);
+    while swarm.connected_peers().next().is_some() {
+        if tokio::time::timeout_at(closing, swarm.select_next_some())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
     out.extend(results.into_values().map(|r| {
         (
             r.address,

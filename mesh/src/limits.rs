@@ -38,15 +38,15 @@ pub fn quic_config(mut config: libp2p::quic::Config) -> libp2p::quic::Config {
     config
 }
 
-/// Per-peer and total limits for libp2p's `connection_limits`: a peer needs at most a few
-/// connections (QUIC and TCP, direct and relayed).
+/// Per-peer and total limits for libp2p's `connection_limits`: a peer needs a few connections
+/// (QUIC and TCP, direct and relayed, and one more while an old one times out).
 pub fn connection_limits(
     max_established: u32,
     max_pending_incoming: u32,
 ) -> connection_limits::Behaviour {
     connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
-            .with_max_established_per_peer(Some(4))
+            .with_max_established_per_peer(Some(8))
             .with_max_established(Some(max_established))
             .with_max_pending_incoming(Some(max_pending_incoming)),
     )

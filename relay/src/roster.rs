@@ -111,6 +111,48 @@ impl Roster {
         Ok(ClaimCheck::Refused(reason))
     }
 
+    /// Records a device refused because a signed claim record gives its invite to another user
+    /// key (its chain check fails before [`Roster::check_claim`] would run), so the admin still
+    /// sees who tried. Only added to an invite already on record here: a refused claimant never
+    /// becomes an invite's first claim.
+    pub fn note_refused_claim(
+        &self,
+        peer: PeerId,
+        verified: &Verified,
+        chain: &CertChain,
+        at: u64,
+    ) -> sled::Result<()> {
+        let Some((serial, user, user_key)) = invite_of(chain) else {
+            return Ok(());
+        };
+        let Some(bytes) = self.claims.get(serial.0)? else {
+            return Ok(());
+        };
+        let Ok(mut record) = serde_json::from_slice::<Claims>(&bytes) else {
+            return Ok(());
+        };
+        let device = peer.to_string();
+        if record.first.user_key == user_key.to_string()
+            || record.refused.iter().any(|r| r.device == device)
+            || record.refused.len() >= MAX_REFUSED_PER_INVITE
+        {
+            return Ok(());
+        }
+        record.refused.push(Claim {
+            invite: serial.to_string(),
+            user: user.to_string(),
+            user_key: user_key.to_string(),
+            device,
+            device_name: verified.name.to_string(),
+            at,
+            accepted: false,
+            chain: String::new(),
+        });
+        self.claims
+            .insert(serial.0, serde_json::to_vec(&record).unwrap_or_default())?;
+        Ok(())
+    }
+
     /// Records an admitted member (first and last seen).
     pub fn admitted(&self, peer: PeerId, verified: &Verified, at: u64) -> sled::Result<()> {
         let key = peer.to_bytes();

@@ -668,7 +668,46 @@ impl Relay {
             }
             None => self.admission.on_response(peer, bytes, context),
         }
+        // Refused as revoked (a signed claim is one way): see whether it was a claimant.
+        if let Some(admission::Refusal::ByUs(Reason::Hello(e))) = self.admission.refusal(&peer)
+            && e.is_revoked()
+        {
+            self.note_refused_claim(peer, bytes, now);
+        }
         self.drive_admission();
+    }
+
+    /// A device refused by a signed claim record (another user key claimed its invite) was
+    /// refused by its chain check, before the policy that records claims: recorded here, so the
+    /// admin still sees who tried. Only refused hellos pay for this second look.
+    fn note_refused_claim(&mut self, peer: PeerId, bytes: &[u8], now: jarvis_identity::UnixTime) {
+        let root = self.identity.org.root;
+        let Ok(hello) = Hello::decode(bytes, &root) else {
+            return;
+        };
+        let Some((serial, _, user_key)) = jarvis_mesh::directory::invite_of(&hello.chain) else {
+            return;
+        };
+        if self
+            .revocations
+            .claim_of(serial)
+            .is_none_or(|owner| owner == user_key)
+        {
+            return;
+        }
+        // Its own chain, over its own connection: a copied chain says nothing of who tried.
+        let Ok(verified) = hello.chain.verify_structure(&root, Some(now)) else {
+            return;
+        };
+        if verified.subject.to_libp2p_peer_id().ok() != Some(peer) {
+            return;
+        }
+        if let Err(e) = self
+            .roster
+            .note_refused_claim(peer, &verified, &hello.chain, now.0)
+        {
+            tracing::warn!(error = %e, "cannot record the refused claim");
+        }
     }
 
     /// Carries out what the admission core decided.

@@ -260,6 +260,18 @@ fn an_invite_claimed_twice_is_refused_by_the_relay_and_the_admin_sees_both_claim
             .and_then(|d| d["reason"].as_str().map(str::to_owned))
     });
     assert!(refusal.contains("claimed by another user key"), "{refusal}");
+
+    // A third claimant, after the claim was signed: the relay refuses it by the signed record
+    // (before its roster's own check), and still records who tried, for the admin.
+    let third = org.join(&token, "eve-pc");
+    let _third = up(&third);
+    let members = wait_for("the admin to see the third claimant too", || {
+        let members = ok(&org.admin, &["admin", "members"]);
+        (members["claims"].as_array().unwrap().len() == 3).then_some(members)
+    });
+    let late = &members["claims"][2];
+    assert_eq!(late["accepted"], false, "{members}");
+    assert_eq!(late["device_name"], "eve-pc", "{members}");
 }
 
 #[test]

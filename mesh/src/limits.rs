@@ -103,6 +103,10 @@ impl Strangers {
         if self.admitted.contains(&peer) {
             return Ok(());
         }
+        // Forget connections whose peer has been admitted since (here, once per new connection,
+        // not on every poll of the swarm): they no longer count.
+        let admitted = &self.admitted;
+        self.inbound.retain(|_, (peer, _)| !admitted.contains(peer));
         let ip = ip_of(remote);
         let (from_ip, total) = self.waiting(ip);
         if total >= self.max_total {
@@ -172,9 +176,6 @@ impl NetworkBehaviour for Strangers {
     }
 
     fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        // Forget connections whose peer has been admitted since: they no longer count.
-        let admitted = self.admitted.clone();
-        self.inbound.retain(|_, (peer, _)| !admitted.contains(peer));
         Poll::Pending
     }
 }

@@ -534,6 +534,31 @@ impl RevocationSet {
     /// Decodes and verifies a set. A set of another org, or any record that does not verify,
     /// fails the whole decode: a store that holds a forged record has been tampered with.
     pub fn decode(root: &PublicKey, bytes: &[u8]) -> Result<Self, RevocationSetError> {
+        let mut set = Self::decode_skipping(root, bytes, |_| false)?;
+        set.reindex();
+        Ok(set)
+    }
+
+    /// A set a peer sent (encoded), merged as [`Self::merge_received`] does. Only the records this
+    /// set does not hold are verified (and kept for the merge): a peer's set is mostly ours, and
+    /// its signatures are not checked again at every exchange. Any record that does not verify
+    /// refuses the whole set, as [`Self::decode`] does.
+    pub fn merge_received_bytes(
+        &mut self,
+        bytes: &[u8],
+        now: UnixTime,
+    ) -> Result<usize, RevocationSetError> {
+        let theirs = Self::decode_skipping(&self.root, bytes, |id| self.records.contains_key(id))?;
+        Ok(self.merge_received(&theirs, now)?)
+    }
+
+    /// Decodes a set, verifying and keeping each record except those `skip` names (by id). The
+    /// indexes are not derived: the caller reindexes, or only reads `records`.
+    fn decode_skipping(
+        root: &PublicKey,
+        bytes: &[u8],
+        skip: impl Fn(&[u8; 32]) -> bool,
+    ) -> Result<Self, RevocationSetError> {
         let mut r = Reader::new(bytes);
         r.version("revocation set", SET_VERSION)?;
         let found = PublicKey::read(&mut r, "revocation set root")?;
@@ -551,11 +576,14 @@ impl RevocationSet {
         let mut set = Self::new(*root);
         for _ in 0..count {
             let record = Revocation::read(&mut r)?;
+            let id = record.id();
+            if skip(&id) {
+                continue;
+            }
             record.verify(root)?;
-            set.insert_verified(record);
+            set.records.entry(id).or_insert(record);
         }
         r.finish("revocation set")?;
-        set.reindex();
         Ok(set)
     }
 }

@@ -175,8 +175,6 @@ pub enum RevocationsRefused {
     NotAdmitted,
     #[error(transparent)]
     Set(#[from] RevocationSetError),
-    #[error(transparent)]
-    Merge(#[from] jarvis_identity::RevocationError),
 }
 
 #[derive(Debug)]
@@ -299,8 +297,9 @@ impl Admission {
         if self.verified(&peer).is_none() {
             return Err(RevocationsRefused::NotAdmitted);
         }
-        let theirs = RevocationSet::decode(context.root, bytes)?;
-        let added = context.revocations.merge_received(&theirs, context.unix)?;
+        let added = context
+            .revocations
+            .merge_received_bytes(bytes, context.unix)?;
         if added > 0 {
             self.events
                 .push_back(Event::RevocationsLearned { from: peer, added });

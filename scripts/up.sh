@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 install_system_packages
 ensure_rust
 say "building jarvis and its llama.cpp and whisper.cpp engines (release)"
-cargo build --release --locked -p jarvis-node --bin jarvis -p jarvis-llm --bin jarvis-llm-worker \
+cargo build --release --locked -p jarvis-cli --bin jarvis -p jarvis-llm --bin jarvis-llm-worker \
   -p jarvis-stt --bin jarvis-stt-worker
 ensure_models "$CARGO_TARGET_DIR/release/jarvis"
 exec "$CARGO_TARGET_DIR/release/jarvis" up "$@"

@@ -150,7 +150,7 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     let path = exe.parent().map(|d| d.join(name)).context("no directory")?;
     if !path.is_file() {
         bail!(
-            "{} is not built: run `cargo build --release -p jarvis-node -p jarvis-relay -p jarvis-llm -p jarvis-stt -p jarvis-bench`",
+            "{} is not built: run `cargo build --release -p jarvis-cli -p jarvis-relay -p jarvis-llm -p jarvis-stt -p jarvis-bench`",
             path.display()
         );
     }

@@ -1,5 +1,5 @@
 // The Jarvis UI end to end: Playwright driving the system's headless Chromium against real,
-// running nodes. Run by node/tests/ui.rs, which makes the org, the devices and the microphone,
+// running nodes. Run by cli/tests/ui.rs, which makes the org, the devices and the microphone,
 // starts the nodes, and passes what it made in the environment:
 //
 //   JARVIS_BIN     the `jarvis` binary        UI_ORIGIN   the laptop node's UI, http://127.0.0.1:PORT
@@ -15,7 +15,7 @@ import { chromium } from 'playwright-core';
 
 const env = (name) => {
   const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set (run this through node/tests/ui.rs)`);
+  if (!v) throw new Error(`${name} is not set (run this through cli/tests/ui.rs)`);
   return v;
 };
 const ORIGIN = env('UI_ORIGIN');
@@ -70,7 +70,7 @@ try {
     report.without_token = status;
 
     // A page on another origin (a site the user visits) that somehow knows the token. (The
-    // browser's own CORS rules would block reading the answer anyway; node/tests/ui.rs checks on a
+    // browser's own CORS rules would block reading the answer anyway; cli/tests/ui.rs checks on a
     // raw socket that the node itself refuses such requests, preflights included.)
     const foreign = createServer((_, res) => { res.setHeader('Content-Type', 'text/html'); res.end('<title>elsewhere</title>'); });
     await new Promise((r) => foreign.listen(0, '127.0.0.1', r));

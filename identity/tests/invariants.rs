@@ -76,6 +76,7 @@ fn the_two_ml_engines_never_share_a_binary() {
         ("jarvis-llm", Some("llama-cpp-sys-2")),
         ("jarvis-stt", Some("whisper-rs-sys")),
         ("jarvis-node", None),
+        ("jarvis-cli", None),
         ("jarvis-bench", None),
         ("jarvis-relay", None),
         ("jarvis-inference", None),

@@ -9,25 +9,25 @@ use tokio::sync::mpsc;
 use crate::node::Command;
 
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub struct AppState {
     /// The bearer token; replaced when it is rotated (`jarvis token --rotate`).
-    pub(crate) token: std::sync::Arc<std::sync::RwLock<String>>,
-    pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
-    pub(crate) events: tokio::sync::broadcast::Sender<Value>,
+    pub token: std::sync::Arc<std::sync::RwLock<String>>,
+    pub commands: mpsc::Sender<Command>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub events: tokio::sync::broadcast::Sender<Value>,
     /// Questions answered: the engine, where answers are made (here or on a GPU peer), held
     /// answers.
-    pub(crate) asking: crate::ask::Asking,
+    pub asking: crate::ask::Asking,
     /// Set when the node stops: event streams end then, or graceful shutdown would wait for
     /// them forever (the state holding the sender lives as long as the server).
-    pub(crate) stop: tokio::sync::watch::Receiver<bool>,
+    pub stop: tokio::sync::watch::Receiver<bool>,
     /// The UI's share: voice state, pairing, the admin home.
-    pub(crate) ui: std::sync::Arc<crate::ui_state::UiState>,
+    pub ui: std::sync::Arc<crate::ui_state::UiState>,
     /// The port the API listens on, for the same-origin check.
-    pub(crate) port: u16,
+    pub port: u16,
 }
 
-pub(crate) fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+pub fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     let Ok(token) = state.token.read() else {
         return false;
     };

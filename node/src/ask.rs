@@ -17,38 +17,38 @@ use tokio::sync::{mpsc, oneshot};
 use crate::node::Command;
 
 /// The longest question accepted: a pasted document, not a disk image.
-pub(crate) const MAX_ASK_BYTES: usize = 256 * 1024;
+pub const MAX_ASK_BYTES: usize = 256 * 1024;
 /// Held answers at once: a voice turn holds one at a time, so this is plenty for a machine.
-pub(crate) const MAX_HELD: usize = 8;
+pub const MAX_HELD: usize = 8;
 /// How long a held answer waits to be confirmed.
-pub(crate) const HOLD_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+pub const HOLD_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 /// Events of one answer waiting for their reader.
 const EVENTS: usize = 256;
 
 /// Everything answering needs: the node's command queue (which owns the conversations), the
 /// local engine, where answers are made (here or on a GPU peer), and the held answers.
 #[derive(Clone)]
-pub(crate) struct Asking {
-    pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) engine: EngineHandle,
-    pub(crate) offload: crate::offload::Offload,
+pub struct Asking {
+    pub commands: mpsc::Sender<Command>,
+    pub engine: EngineHandle,
+    pub offload: crate::offload::Offload,
     held: Arc<HeldAnswers>,
 }
 
 /// A question.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Question {
-    pub(crate) text: String,
+pub struct Question {
+    pub text: String,
     /// The conversation to continue; a new one when `None`.
-    pub(crate) conversation: Option<DocId>,
+    pub conversation: Option<DocId>,
     /// Timings of what came before the question (a voice turn's wake, end of speech and
     /// transcript), stored with the answer's own.
-    pub(crate) timings_ms: BTreeMap<String, u64>,
+    pub timings_ms: BTreeMap<String, u64>,
 }
 
 /// What an answer says as it goes.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum AnswerEvent {
+pub enum AnswerEvent {
     /// A piece of its text.
     Token(String),
     /// The end: the question's reply fields and the answer's (`status`, `answer`, `model`,
@@ -57,7 +57,7 @@ pub(crate) enum AnswerEvent {
 }
 
 /// An answer under way.
-pub(crate) enum Answer {
+pub enum Answer {
     /// Streamed: `start` (the conversation and message ids, the answer's id), then the events.
     Streaming {
         start: Value,
@@ -69,7 +69,7 @@ pub(crate) enum Answer {
 
 /// Why a question got no answer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub(crate) enum AskError {
+pub enum AskError {
     #[error("the text must be 1 byte to 256 KiB")]
     BadText,
     /// The node would not take the question (an unknown conversation…).
@@ -93,7 +93,7 @@ pub(crate) enum AskError {
 }
 
 impl Asking {
-    pub(crate) fn new(
+    pub fn new(
         commands: mpsc::Sender<Command>,
         engine: EngineHandle,
         offload: crate::offload::Offload,
@@ -139,7 +139,7 @@ impl Asking {
     /// Saves the question and answers it with the local model or a GPU peer, streamed or whole,
     /// saving the answer with its model and timings as it goes. With no model the question is
     /// still saved and synced ([`AskError::Saved`]).
-    pub(crate) async fn ask(&self, question: Question, stream: bool) -> Result<Answer, AskError> {
+    pub async fn ask(&self, question: Question, stream: bool) -> Result<Answer, AskError> {
         check(&question.text)?;
         let problem = self.problem().await;
         let started = self
@@ -217,7 +217,7 @@ impl Asking {
     /// [`HOLD_FOR`]; dropping the events first drops it). A voice turn starts one on the words
     /// heard at a pause, before it is sure the user has finished, and confirms it once the
     /// silence is long enough. Returns the ticket and the events.
-    pub(crate) async fn ask_held(
+    pub async fn ask_held(
         &self,
         question: Question,
     ) -> Result<(String, mpsc::Receiver<AnswerEvent>), AskError> {
@@ -271,7 +271,7 @@ impl Asking {
 
     /// Keeps a held answer: its question and answer are saved, the answer streaming on to
     /// whoever holds its events. `timings` are stored with it.
-    pub(crate) fn confirm(
+    pub fn confirm(
         &self,
         ticket: &str,
         timings: BTreeMap<String, u64>,
@@ -451,7 +451,7 @@ impl AnswerTask {
 }
 
 /// An answer that ended without being kept is an error for the one who asked.
-pub(crate) fn kept(answer: Value) -> anyhow::Result<Value> {
+pub fn kept(answer: Value) -> anyhow::Result<Value> {
     match answer.get("status").and_then(Value::as_str) {
         Some("cancelled") => anyhow::bail!("the answer was cancelled"),
         Some("discarded") => anyhow::bail!("the held answer was not confirmed in time"),

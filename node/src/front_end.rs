@@ -20,10 +20,10 @@ use jarvis_voice::turn::TurnConfig;
 use jarvis_voice::wake::WakeModels;
 
 /// The rate the speaker is opened at: Piper's and espeak-ng's voices speak at 22,050 Hz.
-pub(crate) const VOICE_RATE: u32 = 22_050;
+pub const VOICE_RATE: u32 = 22_050;
 
 /// The voice models' files.
-pub(crate) struct VoiceModels {
+pub struct VoiceModels {
     onnxruntime: PathBuf,
     vad: PathBuf,
     melspectrogram: PathBuf,
@@ -46,7 +46,7 @@ fn present(path: PathBuf, name: &str) -> Result<PathBuf> {
 }
 
 impl VoiceModels {
-    pub(crate) fn find() -> Result<Self> {
+    pub fn find() -> Result<Self> {
         let store = ModelStore::from_env()?;
         let get = |name: &str| -> Result<PathBuf> { present(store.path(name)?, name) };
         let onnxruntime = match jarvis_voice::onnx::library_from_env() {
@@ -74,7 +74,7 @@ impl VoiceModels {
 
 /// The Piper voice to speak with: `choice` (a voice's name, `espeak` for none, or none for the
 /// default), unless `JARVIS_VOICE=espeak` says otherwise; none when it is not installed.
-pub(crate) fn piper_voice(
+pub fn piper_voice(
     store: &ModelStore,
     choice: Option<&str>,
 ) -> Result<Option<(PathBuf, PathBuf)>> {
@@ -95,11 +95,11 @@ pub(crate) fn piper_voice(
 }
 
 /// The name of the espeak-ng choice in settings.
-pub(crate) const ESPEAK: &str = "espeak";
+pub const ESPEAK: &str = "espeak";
 
 /// The voices a user can choose: every Piper voice in the model cache (a `NAME.onnx` with its
 /// `NAME.onnx.json`), and espeak-ng when it is installed. `(value, label)` pairs.
-pub(crate) fn voice_choices() -> Vec<(String, String)> {
+pub fn voice_choices() -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Ok(store) = ModelStore::from_env()
         && let Ok(entries) = std::fs::read_dir(store.dir())
@@ -142,7 +142,7 @@ fn warm(mut piper: Piper) -> Piper {
 }
 
 /// Loads the voice `choice` (see [`piper_voice`]).
-pub(crate) async fn load_voice(models: &VoiceModels, choice: Option<String>) -> Result<Voice> {
+pub async fn load_voice(models: &VoiceModels, choice: Option<String>) -> Result<Voice> {
     let store = ModelStore::from_env()?;
     let piper = piper_voice(&store, choice.as_deref())?;
     if piper.is_none()
@@ -170,7 +170,7 @@ pub(crate) async fn load_voice(models: &VoiceModels, choice: Option<String>) -> 
 /// Where the audio comes from; with a microphone, the device (kept open while it is used).
 /// The timings of a heard utterance, up to its transcript (milliseconds; positions in the
 /// input for `end_of_speech_at`).
-pub(crate) fn heard_timings(u: &pipeline::Utterance) -> BTreeMap<String, u64> {
+pub fn heard_timings(u: &pipeline::Utterance) -> BTreeMap<String, u64> {
     BTreeMap::from([
         (
             "end_of_speech_to_transcript".to_owned(),
@@ -186,16 +186,16 @@ pub(crate) fn heard_timings(u: &pipeline::Utterance) -> BTreeMap<String, u64> {
     ])
 }
 
-pub(crate) fn millis(d: Duration) -> u64 {
+pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-pub(crate) fn samples_ms(samples: u64) -> u64 {
+pub fn samples_ms(samples: u64) -> u64 {
     samples / 16
 }
 
 /// Loads the voice front end and starts the speech worker, all at once.
-pub(crate) async fn load(
+pub async fn load(
     models: &VoiceModels,
     push_to_talk: bool,
 ) -> Result<(Listener, Voice, SttWorker)> {

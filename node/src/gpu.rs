@@ -27,7 +27,6 @@ use libp2p::{Multiaddr, PeerId};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::cli::GpuUpArgs;
 use crate::home::{Home, HomeKind, KeyFile, Passphrase, now};
 use crate::mesh::{GpuBehaviour, GpuBehaviourEvent, Hello};
 use crate::output::Output;
@@ -56,7 +55,20 @@ fn gate_lock(gate: &Gate) -> std::sync::MutexGuard<'_, HashMap<PeerId, Verified>
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-pub fn run(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
+/// What `jarvis gpu up` runs with (the CLI's `GpuUpArgs`, without the parsing).
+#[derive(Debug, Clone)]
+pub struct GpuConfig {
+    /// The GGUF model to serve (default: `JARVIS_MODEL` or the catalog's default).
+    pub model: Option<std::path::PathBuf>,
+    /// Requests generated at once (continuous batching).
+    pub slots: u32,
+    /// Addresses to listen on (empty: QUIC and TCP on every interface, port 4011).
+    pub listen: Vec<Multiaddr>,
+    /// Do not announce this peer with mDNS.
+    pub no_mdns: bool,
+}
+
+pub fn run(home: Home, out: Output, args: GpuConfig) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,7 +76,7 @@ pub fn run(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
     runtime.block_on(up(home, out, args))
 }
 
-async fn up(home: Home, out: Output, args: GpuUpArgs) -> Result<()> {
+async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
     let state = home.load().with_context(|| {
         format!(
             "{} is not a GPU peer's home: run `jarvis gpu request`, have an admin run `jarvis admin enroll --role gpu`, then `jarvis gpu install BUNDLE`",

@@ -13,7 +13,7 @@ use crate::local_api::Client;
 
 /// The node, as a voice loop asks it.
 #[derive(Clone)]
-pub(crate) enum NodeHandle {
+pub enum NodeHandle {
     /// The node in this process.
     InProcess(Asking),
     /// A node in another process, through its local API.
@@ -22,7 +22,7 @@ pub(crate) enum NodeHandle {
 
 impl NodeHandle {
     /// Asks for good: each piece of the answer to `on_piece`; the answer when it is done.
-    pub(crate) async fn ask(
+    pub async fn ask(
         &self,
         text: &str,
         conversation: Option<String>,
@@ -31,7 +31,7 @@ impl NodeHandle {
     ) -> Result<Value> {
         match self {
             Self::Http(client) => {
-                crate::client::ask_node(client, text, conversation, timings, on_piece).await
+                crate::remote::ask_node(client, text, conversation, timings, on_piece).await
             }
             Self::InProcess(asking) => {
                 let question = Question {
@@ -51,7 +51,7 @@ impl NodeHandle {
 
     /// Asks for a held answer: streamed to `on_piece` at once, kept only once
     /// [`NodeHandle::confirm`]ed with the ticket sent to `ticket` (before the first piece).
-    pub(crate) async fn ask_held(
+    pub async fn ask_held(
         &self,
         text: &str,
         conversation: Option<String>,
@@ -60,7 +60,7 @@ impl NodeHandle {
     ) -> Result<Value> {
         match self {
             Self::Http(client) => {
-                crate::client::ask_node_held(client, text, conversation, ticket, on_piece).await
+                crate::remote::ask_node_held(client, text, conversation, ticket, on_piece).await
             }
             Self::InProcess(asking) => {
                 let question = Question {
@@ -76,13 +76,13 @@ impl NodeHandle {
     }
 
     /// Keeps a held answer, with the timings of the turn.
-    pub(crate) async fn confirm(
+    pub async fn confirm(
         &self,
         ticket: &str,
         timings: &BTreeMap<String, u64>,
     ) -> Result<()> {
         match self {
-            Self::Http(client) => crate::client::confirm(client, ticket, timings).await,
+            Self::Http(client) => crate::remote::confirm(client, ticket, timings).await,
             Self::InProcess(asking) => Ok(asking.confirm(ticket, timings.clone())?),
         }
     }

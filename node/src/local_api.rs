@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::home::Home;
 
-pub(crate) const TOKEN_FILE: &str = "api-token";
-pub(crate) const API_FILE: &str = "api.json";
+pub const TOKEN_FILE: &str = "api-token";
+pub const API_FILE: &str = "api.json";
 
 /// Where a running node's API is, as written to `api.json`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -224,7 +224,7 @@ impl Client {
 
 /// The running node's client, or `None` when no node runs on this home (then commands work on
 /// the store directly).
-pub(crate) fn running(home: &Home) -> Result<Option<Client>> {
+pub fn running(home: &Home) -> Result<Option<Client>> {
     home.load()?;
     match home.read_optional(API_FILE)? {
         Some(bytes) => {
@@ -240,7 +240,7 @@ pub(crate) fn running(home: &Home) -> Result<Option<Client>> {
 }
 
 /// Runs `f` to completion on a runtime of its own (for commands outside the node's).
-pub(crate) fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

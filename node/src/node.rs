@@ -280,7 +280,7 @@ pub struct Node {
     events: tokio::sync::broadcast::Sender<Value>,
     /// The user's devices synced with (for `jarvis devices`), written out on the tick when it
     /// changed rather than on every message.
-    seen: BTreeMap<String, crate::device::SeenDevice>,
+    seen: BTreeMap<String, crate::siblings::SeenDevice>,
     seen_dirty: bool,
     /// The local inference engine (for `status`).
     engine: jarvis_inference::supervisor::EngineHandle,
@@ -413,7 +413,7 @@ impl Node {
         // Only this user's devices write: what anyone else signs (a relay's own key record, a
         // stranger's change) is dropped before it is stored.
         replica.set_writers(writers(identity.device_key.public(), &devices));
-        let seen = match home.read_optional(crate::device::SEEN_FILE)? {
+        let seen = match home.read_optional(crate::siblings::SEEN_FILE)? {
             Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             None => BTreeMap::new(),
         };
@@ -574,7 +574,7 @@ impl Node {
             if let Ok(bytes) = serde_json::to_vec_pretty(&self.seen)
                 && let Err(e) = self
                     .home
-                    .write_atomic(crate::device::SEEN_FILE, &bytes, false)
+                    .write_atomic(crate::siblings::SEEN_FILE, &bytes, false)
             {
                 tracing::warn!(error = %e, "cannot save peers.json");
             }

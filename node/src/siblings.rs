@@ -233,3 +233,13 @@ mod tests {
         assert!(!merge_one(&mut memory, a, &r, "laptop"));
     }
 }
+
+/// `peers.json`: the user's other devices this node has synced with.
+pub const SEEN_FILE: &str = "peers.json";
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SeenDevice {
+    pub name: String,
+    /// Unix seconds of the last sync message exchanged.
+    pub last_sync: Option<u64>,
+}

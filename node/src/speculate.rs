@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use crate::handle::NodeHandle;
 
 /// The request in a transcript: all of it with push-to-talk, else what follows the wake phrase.
-pub(crate) fn request(transcript: &str, push_to_talk: bool) -> String {
+pub fn request(transcript: &str, push_to_talk: bool) -> String {
     if push_to_talk {
         transcript.trim().to_owned()
     } else {
@@ -39,21 +39,21 @@ pub(crate) fn request(transcript: &str, push_to_talk: bool) -> String {
 /// Whether an answer may play: open from the start for an answer to a final transcript; closed
 /// for a held one until the turn's end decides.
 #[derive(Debug, Default)]
-pub(crate) struct Gate {
+pub struct Gate {
     state: Mutex<Option<bool>>,
     decided: Condvar,
 }
 
 impl Gate {
     /// A gate that is already open.
-    pub(crate) fn open() -> Arc<Self> {
+    pub fn open() -> Arc<Self> {
         let gate = Self::default();
         gate.decide(true);
         Arc::new(gate)
     }
 
     /// Opens (`true`) or drops (`false`) what waits; the first decision stands.
-    pub(crate) fn decide(&self, play: bool) {
+    pub fn decide(&self, play: bool) {
         if let Ok(mut state) = self.state.lock()
             && state.is_none()
         {
@@ -63,17 +63,17 @@ impl Gate {
     }
 
     /// Whether it was dropped (without waiting).
-    pub(crate) fn dropped(&self) -> bool {
+    pub fn dropped(&self) -> bool {
         self.state.lock().map_or(true, |s| *s == Some(false))
     }
 
     /// Whether it is open (without waiting).
-    pub(crate) fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         self.state.lock().is_ok_and(|s| *s == Some(true))
     }
 
     /// Blocks until decided; whether to play.
-    pub(crate) fn wait(&self) -> bool {
+    pub fn wait(&self) -> bool {
         let Ok(state) = self.state.lock() else {
             return false;
         };
@@ -86,7 +86,7 @@ impl Gate {
 /// One answer being asked for and spoken: the request streaming from the node on a task, the
 /// speaking thread turning its pieces into audio. Dropping it drops the answer (its request is
 /// aborted, which closes the stream; the gate is dropped, which ends the speaking).
-pub(crate) struct Attempt {
+pub struct Attempt {
     /// The pause whose words it answers (a held answer), or `None` for a final transcript.
     end_of_speech: Option<u64>,
     gate: Arc<Gate>,
@@ -99,17 +99,17 @@ pub(crate) struct Attempt {
 
 impl Attempt {
     /// When its first piece of text came.
-    pub(crate) fn first_token(&self) -> Option<Instant> {
+    pub fn first_token(&self) -> Option<Instant> {
         self.first_token.lock().ok().and_then(|f| *f)
     }
 
     /// Whether it was started at a pause, before the end was certain.
-    pub(crate) fn speculative(&self) -> bool {
+    pub fn speculative(&self) -> bool {
         self.end_of_speech.is_some()
     }
 
     /// The answer, once the node has written it all (or failed).
-    pub(crate) async fn answer(&mut self) -> Result<Value> {
+    pub async fn answer(&mut self) -> Result<Value> {
         let asking = self
             .asking
             .as_mut()
@@ -121,7 +121,7 @@ impl Attempt {
 
     /// Waits for the speaking thread (after [`Self::answer`], or after stopping the playback):
     /// how many pieces it spoke.
-    pub(crate) async fn spoken(mut self) -> Result<usize> {
+    pub async fn spoken(mut self) -> Result<usize> {
         // The request holds the sender of the pieces: it must be over first.
         if let Some(asking) = self.asking.take() {
             asking.abort();
@@ -147,7 +147,7 @@ impl Drop for Attempt {
 }
 
 /// Asks the node and speaks the answer, speculatively where it can.
-pub(crate) struct Answerer {
+pub struct Answerer {
     node: NodeHandle,
     voice: Arc<Mutex<Voice>>,
     playback: Arc<Playback>,
@@ -155,11 +155,11 @@ pub(crate) struct Answerer {
     on_first_token: Arc<dyn Fn() + Send + Sync>,
     held: Option<Attempt>,
     /// Held answers dropped because the user went on after the pause.
-    pub(crate) dropped: usize,
+    pub dropped: usize,
 }
 
 impl Answerer {
-    pub(crate) fn new(
+    pub fn new(
         node: NodeHandle,
         voice: Arc<Mutex<Voice>>,
         playback: Arc<Playback>,
@@ -178,7 +178,7 @@ impl Answerer {
     /// Drives `hearing` (the pipeline's turn) to its end, answering the words it reports at each
     /// pause as they come ([`Stage::Heard`]), and dropping that answer when the user goes on
     /// ([`Stage::Resumed`]).
-    pub(crate) async fn hear<R>(
+    pub async fn hear<R>(
         &mut self,
         hearing: impl std::future::Future<Output = R>,
         stages: &mut tokio::sync::mpsc::Receiver<Stage>,
@@ -209,7 +209,7 @@ impl Answerer {
     }
 
     /// The words heard at a pause: answers them, held (an earlier held answer is dropped).
-    pub(crate) fn speculate(
+    pub fn speculate(
         &mut self,
         end_of_speech: u64,
         request: &str,
@@ -226,7 +226,7 @@ impl Answerer {
 
     /// The turn's end: the answer to `request` (whose speech ended at `end_of_speech`), the held
     /// one if it answered these words (confirmed with `timings`), else a new one.
-    pub(crate) async fn answer(
+    pub async fn answer(
         &mut self,
         end_of_speech: u64,
         request: &str,
@@ -317,12 +317,12 @@ enum Ask {
 }
 
 /// When an answer's first piece of text came.
-pub(crate) type FirstToken = Arc<Mutex<Option<Instant>>>;
+pub type FirstToken = Arc<Mutex<Option<Instant>>>;
 
 /// The speaking half of an answer: a thread speaking (into `playback`, once `gate` opens) what
 /// is given to the returned `on_piece`, which also records when the first piece came and calls
 /// `notify` then if the gate is open. The thread ends when `on_piece` is dropped.
-pub(crate) fn speak(
+pub fn speak(
     voice: &Arc<Mutex<Voice>>,
     playback: &Arc<Playback>,
     gate: &Arc<Gate>,
@@ -361,7 +361,7 @@ pub(crate) fn speak(
 /// starts playing with the first) once `gate` opens; stops speaking when the user barges in, or
 /// when the gate drops the answer (a held answer the user did not finish at). Returns the
 /// sentences spoken.
-pub(crate) fn speak_thread(
+pub fn speak_thread(
     voice: &Mutex<Voice>,
     pieces: std::sync::mpsc::Receiver<String>,
     playback: &Playback,

@@ -14,18 +14,38 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::api;
-use crate::cli::UpArgs;
-use crate::device::host_name;
+use crate::host_name;
 use crate::home::{Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now};
 use crate::node::{COMMAND_QUEUE, Node, NodeConfig, NodeIdentity};
 use crate::output::Output;
 use crate::shutdown::Shutdown;
 use tokio::sync::{mpsc, watch};
 
+/// What `jarvis up` runs with (the CLI's `UpArgs`, without the parsing).
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    /// Start no voice pipeline (typed and API input only).
+    pub no_voice: bool,
+    /// The microphone to listen to (default: the system's).
+    pub mic: Option<String>,
+    /// Where the local API listens (loopback only).
+    pub api: std::net::SocketAddr,
+    /// Addresses to listen on for peers (empty: QUIC and TCP on every interface, any port).
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// Peers to dial directly, redialled with backoff.
+    pub peer: Vec<libp2p::Multiaddr>,
+    /// Do not look for the user's devices with mDNS.
+    pub no_mdns: bool,
+    /// In personal mode, the user name for the new one-person org (default: $USER).
+    pub user: Option<String>,
+    /// An admin home on this machine, for the UI's admin screen.
+    pub admin_home: Option<std::path::PathBuf>,
+}
+
 /// How long a personal org's user certificate lasts; the device renews it itself.
 const PERSONAL_CERT_SECS: u64 = 10 * 365 * 24 * 3600;
 
-pub fn run(home: Home, out: Output, args: UpArgs) -> Result<()> {
+pub fn run(home: Home, out: Output, args: UpConfig) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,7 +53,7 @@ pub fn run(home: Home, out: Output, args: UpArgs) -> Result<()> {
     runtime.block_on(up(home, out, args))
 }
 
-async fn up(home: Home, out: Output, args: UpArgs) -> Result<()> {
+async fn up(home: Home, out: Output, args: UpConfig) -> Result<()> {
     // A new personal org was just sealed with a passphrase: do not ask for it twice.
     let (state, new_passphrase) = if home.exists() {
         (home.load()?, None)

@@ -369,3 +369,29 @@ pub struct ListenArgs {
     #[arg(long, value_name = "LEVEL", default_value_t = 0.0)]
     pub echo: f32,
 }
+
+impl From<UpArgs> for jarvis_node::up::UpConfig {
+    fn from(args: UpArgs) -> Self {
+        Self {
+            no_voice: args.no_voice,
+            mic: args.mic,
+            api: args.api,
+            listen: args.listen,
+            peer: args.peer,
+            no_mdns: args.no_mdns,
+            user: args.user,
+            admin_home: args.admin_home,
+        }
+    }
+}
+
+impl From<GpuUpArgs> for jarvis_node::gpu::GpuConfig {
+    fn from(args: GpuUpArgs) -> Self {
+        Self {
+            model: args.model,
+            slots: args.slots,
+            listen: args.listen,
+            no_mdns: args.no_mdns,
+        }
+    }
+}

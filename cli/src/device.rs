@@ -8,17 +8,14 @@ use jarvis_identity::{
 };
 use serde_json::json;
 
-use crate::cli::{DevicesCommand, GpuCommand, JoinArgs};
-use crate::home::{
+use crate::args::{DevicesCommand, GpuCommand, JoinArgs};
+use jarvis_home::{
     ApprovedDevice, Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now,
 };
-use crate::joined::{checked_sponsor, record_sibling, record_sponsor, report_joined};
-use crate::output::Output;
-
-/// The host name, as a default device name.
-pub fn host_name() -> String {
-    jarvis_home::host_name().unwrap_or_else(|| "my-device".to_owned())
-}
+use jarvis_node::joined::{checked_sponsor, record_sibling, record_sponsor, report_joined};
+use jarvis_node::host_name;
+use jarvis_node::output::Output;
+use jarvis_node::siblings::{SEEN_FILE, SeenDevice};
 
 fn device_name(given: Option<String>) -> Result<Name> {
     let name = given.unwrap_or_else(host_name);
@@ -42,7 +39,7 @@ pub fn join(home: Home, out: Output, args: JoinArgs) -> Result<()> {
         }
         Some(TokenKind::Pairing) => {
             let name = device_name(args.device_name.clone())?;
-            crate::pairing::join(&home, out, &args.token, name)
+            jarvis_node::pairing::join(&home, out, &args.token, name)
         }
         Some(TokenKind::Request) => bail!(
             "this is a join request, not an invite: approve it on a device you already have with `jarvis devices approve`"
@@ -156,7 +153,7 @@ pub fn devices(home: Home, out: Output, command: Option<DevicesCommand>) -> Resu
     match command {
         None => list_devices(&home, out),
         Some(DevicesCommand::Pair { listen, expires }) => {
-            crate::pairing::pair(&home, out, listen, expires)
+            jarvis_node::pairing::pair(&home, out, listen, expires)
         }
         Some(DevicesCommand::Request { device_name: name }) => {
             make_request(&home, out, RequestKind::Device, device_name(name)?)
@@ -264,7 +261,7 @@ fn list_devices(home: &Home, out: Output) -> Result<()> {
     }
     // The devices this one shares conversation keys with (`devices.json`): the one that
     // approved or paired it, and those met since.
-    let siblings = crate::siblings::load(home)?;
+    let siblings = jarvis_node::siblings::load(home)?;
     let listed = |id: &str| id == this_id || state.approved_devices.iter().any(|a| a.id == id);
     for (key, d) in &siblings {
         let id = key.to_string();
@@ -325,16 +322,6 @@ fn list_devices(home: &Home, out: Output) -> Result<()> {
         text.trim_end().to_owned()
     });
     Ok(())
-}
-
-/// `peers.json`: the user's other devices this node has synced with.
-pub const SEEN_FILE: &str = "peers.json";
-
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct SeenDevice {
-    pub name: String,
-    /// Unix seconds of the last sync message exchanged.
-    pub last_sync: Option<u64>,
 }
 
 pub fn whoami(home: Home, out: Output) -> Result<()> {
@@ -411,6 +398,6 @@ pub fn gpu(home: Home, out: Output, command: GpuCommand) -> Result<()> {
         GpuCommand::Install { bundle } => {
             install_bundle(home, out, &bundle, None, RequestKind::Gpu)
         }
-        GpuCommand::Up(args) => crate::gpu::run(home, out, args),
+        GpuCommand::Up(args) => jarvis_node::gpu::run(home, out, args.into()),
     }
 }

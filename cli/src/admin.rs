@@ -9,11 +9,11 @@ use jarvis_identity::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cli::{AdminCommand, InfraRole, InviteRole, RelaysCommand, RevokeArgs};
+use crate::args::{AdminCommand, InfraRole, InviteRole, RelaysCommand, RevokeArgs};
 use jarvis_mesh::client::Published;
 
-use crate::home::{Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now};
-use crate::output::Output;
+use jarvis_home::{Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now};
+use jarvis_node::output::Output;
 
 /// How long the first admin's certificate lasts; renewal is an admin action in a later release.
 const ADMIN_CERT_SECS: u64 = 10 * 365 * 24 * 3600;

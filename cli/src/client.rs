@@ -4,16 +4,13 @@
 // `serde_json::Value[...]` with a string key returns `Null` for a missing key; it never panics.
 #![allow(clippy::indexing_slicing)]
 
-use std::collections::BTreeMap;
-
-use anyhow::{Context, Result};
-use jarvis_inference::metrics::EngineMetrics;
-use jarvis_inference::supervisor::EngineHandle;
-use serde_json::{Value, json};
-
-use crate::home::Home;
-use crate::local_api::{Client, block_on, running};
-use crate::output::Output;
+use anyhow::Result;
+use jarvis_home::Home;
+use jarvis_node::local_api::{Client, block_on, running};
+use jarvis_node::offline::ask_offline;
+use jarvis_node::output::Output;
+use jarvis_node::remote::ask_node;
+use serde_json::Value;
 
 pub fn status(home: &Home, out: Output) -> Result<()> {
     let client = Client::for_home(home)?;
@@ -208,168 +205,10 @@ fn print_end(out: Output, answer: &Value) {
     }
 }
 
-/// The note printed after answering with no node running.
-pub(crate) fn offline_note(answer: &Value) -> String {
-    format!(
-        "(no node is running: the conversation {} syncs when `jarvis up` runs)",
-        answer["conversation_id"].as_str().unwrap_or("?")
-    )
-}
-
-/// Asks the running node, streaming: each piece of the answer goes to `on_piece` as it comes.
-/// `timings` (a voice turn's, from before the question) are stored with the answer.
-pub(crate) async fn ask_node(
-    client: &Client,
-    text: &str,
-    conversation: Option<String>,
-    timings: BTreeMap<String, u64>,
-    on_piece: impl FnMut(&str),
-) -> Result<Value> {
-    let body = json!({ "text": text, "conversation": conversation, "stream": true, "timings_ms": timings });
-    stream_answer(client, &body, None, on_piece).await
-}
-
-/// Asks the running node for a held answer (`"hold": true`): generated and streamed to
-/// `on_piece` at once, but saved only once [`confirm`]ed with the ticket sent to `ticket` (which
-/// comes before the first piece). Dropping the future before that drops the answer.
-pub(crate) async fn ask_node_held(
-    client: &Client,
-    text: &str,
-    conversation: Option<String>,
-    ticket: tokio::sync::oneshot::Sender<String>,
-    on_piece: impl FnMut(&str),
-) -> Result<Value> {
-    let body = json!({ "text": text, "conversation": conversation, "stream": true, "hold": true });
-    stream_answer(client, &body, Some(ticket), on_piece).await
-}
-
-/// POSTs `body` to `/v1/ask` and reads the answer's events: the ticket of a held answer to
-/// `ticket`, each piece to `on_piece`; returns the `done` event's answer.
-async fn stream_answer(
-    client: &Client,
-    body: &Value,
-    mut ticket: Option<tokio::sync::oneshot::Sender<String>>,
-    mut on_piece: impl FnMut(&str),
-) -> Result<Value> {
-    let mut final_answer = None;
-    client
-        .post_events("/v1/ask", body, |event, data| match event {
-            "start" => {
-                let start: Value = serde_json::from_str(data).unwrap_or_default();
-                if let (Some(t), Some(tx)) = (start["ticket"].as_str(), ticket.take()) {
-                    let _ = tx.send(t.to_owned());
-                }
-            }
-            "token" => {
-                let piece: Value = serde_json::from_str(data).unwrap_or_default();
-                on_piece(piece["text"].as_str().unwrap_or_default());
-            }
-            "done" => final_answer = serde_json::from_str(data).ok(),
-            _ => {}
-        })
-        .await?;
-    crate::ask::kept(final_answer.context("the node ended the answer early")?)
-}
-
-/// Keeps a held answer ([`ask_node_held`]), storing `timings` with it.
-pub(crate) async fn confirm(
-    client: &Client,
-    ticket: &str,
-    timings: &BTreeMap<String, u64>,
-) -> Result<()> {
-    client
-        .post(
-            "/v1/ask/confirm",
-            &json!({ "ticket": ticket, "timings_ms": timings }),
-        )
-        .await?;
-    Ok(())
-}
-
-/// Answers in this process (no node runs): the model is loaded here, the exchange saved to the
-/// store; `engine` is the one to use, or none to start one. Pieces go to `on_piece`; `timings` is asked for just before the answer is saved (a
-/// voice turn adds its own then).
-pub(crate) async fn ask_offline(
-    home: &Home,
-    engine: Option<EngineHandle>,
-    text: &str,
-    conversation: Option<String>,
-    timings: impl FnOnce() -> BTreeMap<String, u64>,
-    mut on_piece: impl FnMut(&str),
-) -> Result<Value> {
-    use crate::conversations as conv;
-    let conversation = conversation
-        .map(|c| c.parse::<jarvis_crdt::DocId>())
-        .transpose()
-        .map_err(|_| anyhow::anyhow!("a conversation id is 32 hex characters"))?;
-    let (mut replica, recipients) = conv::open_offline(home)?;
-    // Started here unless the caller started it earlier (a voice turn loads it while listening).
-    let engine = engine.unwrap_or_else(|| crate::llm::start_engine(EngineMetrics::default()));
-    let problem = crate::llm::engine_problem(&engine).await;
-    let added = conv::add_user_message(&mut replica, &recipients, text, conversation)?;
-    let mut reply = added.reply;
-    let set = |reply: &mut Value, key: &str, value: Value| {
-        if let Some(fields) = reply.as_object_mut() {
-            fields.insert(key.into(), value);
-        }
-    };
-    if let Some(problem) = problem {
-        set(
-            &mut reply,
-            "error",
-            json!(format!(
-                "your message is saved, but there is no answer: {problem}"
-            )),
-        );
-        return Ok(reply);
-    }
-    let history = replica
-        .doc(added.doc)
-        .map(conv::history)
-        .unwrap_or_default();
-    let (answer_id, _) = conv::start_answer(&mut replica, added.doc)?;
-    let request = jarvis_inference::supervisor::Request {
-        client: "ask".into(),
-        messages: history,
-        sampling: crate::answer::ask_sampling(),
-        prefix: String::new(),
-    };
-    let generation = engine.submit(request).await?;
-    let (pieces, mut printer) = tokio::sync::mpsc::channel::<String>(256);
-    let print = async move {
-        while let Some(piece) = printer.recv().await {
-            on_piece(&piece);
-        }
-    };
-    // Nobody else reads this store while no node runs: the text is written once, at the end.
-    let answer = async move {
-        crate::answer::run(generation, Some(&pieces), |p| p, |_| async {}, None).await
-    };
-    let (finished, ()) = tokio::join!(answer, print);
-    conv::stream_answer(&mut replica, added.doc, &answer_id, &finished.text)?;
-    let model = engine.model_name().to_owned();
-    conv::finish_answer(
-        &mut replica,
-        added.doc,
-        &answer_id,
-        finished.status,
-        Some(&model),
-        None,
-        &timings().into_iter().chain(finished.timings()).collect(),
-    )?;
-    engine.shutdown().await;
-    if let Value::Object(answer) = finished.json(&model, &crate::offload::Where::Local)
-        && let Some(fields) = reply.as_object_mut()
-    {
-        fields.extend(answer);
-    }
-    Ok(reply)
-}
-
 pub fn conversations(home: &Home, out: Output) -> Result<()> {
     let list = match running(home)? {
         Some(client) => block_on(client.get("/v1/conversations"))?,
-        None => crate::conversations::list(&crate::conversations::open_offline(home)?.0),
+        None => jarvis_node::conversations::list(&jarvis_node::conversations::open_offline(home)?.0),
     };
     out.emit(&list, || {
         let items = list["conversations"]
@@ -402,7 +241,7 @@ pub fn show(home: &Home, out: Output, id: &str) -> Result<()> {
             let doc = id
                 .parse::<jarvis_crdt::DocId>()
                 .map_err(|_| anyhow::anyhow!("a conversation id is 32 hex characters"))?;
-            crate::conversations::show(&crate::conversations::open_offline(home)?.0, doc)
+            jarvis_node::conversations::show(&jarvis_node::conversations::open_offline(home)?.0, doc)
                 .map_err(|e| anyhow::anyhow!(e))?
         }
     };
@@ -418,4 +257,12 @@ pub fn show(home: &Home, out: Output, id: &str) -> Result<()> {
         text.trim_end().to_owned()
     });
     Ok(())
+}
+
+/// The note printed after answering with no node running.
+fn offline_note(answer: &Value) -> String {
+    format!(
+        "(no node is running: the conversation {} syncs when `jarvis up` runs)",
+        answer["conversation_id"].as_str().unwrap_or("?")
+    )
 }

@@ -25,11 +25,11 @@ use jarvis_voice::pipeline::{self, BargeIn, Pace, Source, Watch};
 use jarvis_voice::playback::Playback;
 use serde_json::{Value, json};
 
-use crate::cli::ListenArgs;
-use crate::front_end::{VOICE_RATE, VoiceModels, heard_timings, load, millis, samples_ms};
-use crate::home::Home;
-use crate::output::Output;
-use crate::speculate::{Answerer, Gate};
+use crate::args::ListenArgs;
+use jarvis_node::front_end::{VOICE_RATE, VoiceModels, heard_timings, load, millis, samples_ms};
+use jarvis_home::Home;
+use jarvis_node::output::Output;
+use jarvis_node::speculate::{Answerer, Gate};
 
 fn source(args: &ListenArgs) -> Result<(Source, Option<Microphone>)> {
     match &args.file {
@@ -75,8 +75,8 @@ pub fn run(home: &Home, out: Output, args: ListenArgs) -> Result<()> {
         list_devices(out);
         return Ok(());
     }
-    let running = crate::local_api::running(home)?;
-    let turn = crate::local_api::block_on(turn(home, running, &args))?;
+    let running = jarvis_node::local_api::running(home)?;
+    let turn = jarvis_node::local_api::block_on(turn(home, running, &args))?;
     out.emit(&turn, || {
         let mut text = String::new();
         if turn["woke"] == false {
@@ -110,7 +110,7 @@ pub fn run(home: &Home, out: Output, args: ListenArgs) -> Result<()> {
 
 async fn turn(
     home: &Home,
-    node: Option<crate::local_api::Client>,
+    node: Option<jarvis_node::local_api::Client>,
     args: &ListenArgs,
 ) -> Result<Value> {
     if !(0.0..=1.0).contains(&args.echo) {
@@ -128,7 +128,7 @@ async fn turn(
         std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)) as u32;
     let engine = node
         .is_none()
-        .then(|| crate::llm::start_engine_with(EngineMetrics::default(), Some(spare)));
+        .then(|| jarvis_node::llm::start_engine_with(EngineMetrics::default(), Some(spare)));
     let (listener, voice, stt) = load(&models, args.push_to_talk).await?;
     let (source, mic) = match recording {
         Some(recording) => recording,
@@ -162,7 +162,7 @@ async fn turn(
     // end of the turn says whether they were the request (`speculate`).
     let mut answerer = node.clone().map(|client| {
         Answerer::new(
-            crate::handle::NodeHandle::Http(client),
+            jarvis_node::handle::NodeHandle::Http(client),
             Arc::clone(&voice),
             Arc::clone(&playback),
             Arc::new(|| {}),
@@ -205,7 +205,7 @@ async fn turn(
     };
     let transcript = &utterance.transcript;
     let spoken = utterance.spoken;
-    let request = crate::speculate::request(&transcript.text, push_to_talk);
+    let request = jarvis_node::speculate::request(&transcript.text, push_to_talk);
     let mut timings = heard_timings(&utterance);
     if let Some(at) = heard.wake_at {
         timings.insert("wake_at".to_owned(), samples_ms(at));
@@ -281,7 +281,7 @@ async fn turn(
             // The answer streams into the speaking thread, which plays it; the listening
             // thread goes on listening for the user talking over it.
             let (on_piece, speaking, first_token_at) =
-                crate::speculate::speak(&voice, &playback, &Gate::open(), Arc::new(|| {}));
+                jarvis_node::speculate::speak(&voice, &playback, &Gate::open(), Arc::new(|| {}));
             let before = timings.clone();
             let after = after.clone();
             let outcome = Arc::clone(&outcome);
@@ -304,7 +304,7 @@ async fn turn(
                 let first = first.lock().ok().and_then(|f| *f);
                 before.into_iter().chain(after(first, barge)).collect()
             };
-            let answer = crate::client::ask_offline(
+            let answer = jarvis_node::offline::ask_offline(
                 home,
                 engine,
                 &request,

@@ -1,47 +1,23 @@
-//! `jarvis`: the node daemon and command-line interface. See `shared/design/cli.md` for the
-//! contract and ARCHITECTURE.md for how the pieces fit.
+//! `jarvis`: the command-line interface over the node library ([`jarvis_node`]): every clap
+//! type ([`args`]), the printing, one module per group of commands. It parses, runs the
+//! library's program or asks the running node over its local API, and prints; the node's
+//! behaviour lives in the library. See `shared/design/cli.md` for the contract.
 
 mod admin;
-mod answer;
-mod api;
-mod api_state;
-mod ask;
-mod cli;
+mod args;
 mod client;
-mod conversations;
 mod device;
-mod front_end;
-mod gpu;
-mod handle;
-use jarvis_home as home;
-mod joined;
 mod listen;
-mod llm;
-mod local_api;
-mod mesh;
-mod metrics;
-mod node;
-mod offload;
-mod openai;
-mod output;
-mod pairing;
-mod settings;
-mod shutdown;
-mod siblings;
-mod speculate;
-mod ui;
-mod ui_state;
-mod up;
-mod voice_loop;
-mod voice_state;
+mod models;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ModelsCommand};
-use crate::home::Home;
-use crate::output::Output;
+use jarvis_home::Home;
+use jarvis_node::{local_api, output::Output, up};
+
+use crate::args::{Cli, Command, ModelsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -69,7 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Join(args) => device::join(home, out, args),
         Command::Devices(args) => device::devices(home, out, args.command),
         Command::Whoami => device::whoami(home, out),
-        Command::Up(args) => up::run(home, out, args),
+        Command::Up(args) => up::run(home, out, args.into()),
         Command::Gpu(command) => device::gpu(home, out, command),
         Command::Status => client::status(&home, out),
         Command::Token { rotate: false } => {
@@ -113,12 +89,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Listen(args) => listen::run(&home, out, args),
         Command::Conversations => client::conversations(&home, out),
         Command::Show { id } => client::show(&home, out, &id),
-        Command::Models(ModelsCommand::List) => llm::list(out),
+        Command::Models(ModelsCommand::List) => models::list(out),
         Command::Models(ModelsCommand::Pull {
             name,
             json_progress,
-        }) => llm::pull(out, name, json_progress),
-        Command::Models(ModelsCommand::Import { path }) => llm::import(out, &path),
+        }) => models::pull(out, name, json_progress),
+        Command::Models(ModelsCommand::Import { path }) => models::import(out, &path),
     }
 }
 

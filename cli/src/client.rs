@@ -208,7 +208,9 @@ fn print_end(out: Output, answer: &Value) {
 pub fn conversations(home: &Home, out: Output) -> Result<()> {
     let list = match running(home)? {
         Some(client) => block_on(client.get("/v1/conversations"))?,
-        None => jarvis_node::conversations::list(&jarvis_node::conversations::open_offline(home)?.0),
+        None => {
+            jarvis_node::conversations::list(&jarvis_node::conversations::open_offline(home)?.0)
+        }
     };
     out.emit(&list, || {
         let items = list["conversations"]
@@ -241,8 +243,11 @@ pub fn show(home: &Home, out: Output, id: &str) -> Result<()> {
             let doc = id
                 .parse::<jarvis_crdt::DocId>()
                 .map_err(|_| anyhow::anyhow!("a conversation id is 32 hex characters"))?;
-            jarvis_node::conversations::show(&jarvis_node::conversations::open_offline(home)?.0, doc)
-                .map_err(|e| anyhow::anyhow!(e))?
+            jarvis_node::conversations::show(
+                &jarvis_node::conversations::open_offline(home)?.0,
+                doc,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?
         }
     };
     out.emit(&conversation, || {

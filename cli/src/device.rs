@@ -12,8 +12,8 @@ use crate::args::{DevicesCommand, GpuCommand, JoinArgs};
 use jarvis_home::{
     ApprovedDevice, Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now,
 };
-use jarvis_node::joined::{checked_sponsor, record_sibling, record_sponsor, report_joined};
 use jarvis_node::host_name;
+use jarvis_node::joined::{checked_sponsor, record_sibling, record_sponsor, report_joined};
 use jarvis_node::output::Output;
 use jarvis_node::siblings::{SEEN_FILE, SeenDevice};
 

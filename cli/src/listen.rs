@@ -26,8 +26,8 @@ use jarvis_voice::playback::Playback;
 use serde_json::{Value, json};
 
 use crate::args::ListenArgs;
-use jarvis_node::front_end::{VOICE_RATE, VoiceModels, heard_timings, load, millis, samples_ms};
 use jarvis_home::Home;
+use jarvis_node::front_end::{VOICE_RATE, VoiceModels, heard_timings, load, millis, samples_ms};
 use jarvis_node::output::Output;
 use jarvis_node::speculate::{Answerer, Gate};
 

@@ -271,11 +271,7 @@ impl Asking {
 
     /// Keeps a held answer: its question and answer are saved, the answer streaming on to
     /// whoever holds its events. `timings` are stored with it.
-    pub fn confirm(
-        &self,
-        ticket: &str,
-        timings: BTreeMap<String, u64>,
-    ) -> Result<(), AskError> {
+    pub fn confirm(&self, ticket: &str, timings: BTreeMap<String, u64>) -> Result<(), AskError> {
         let confirm = self.held.take(ticket).ok_or(AskError::NoSuchTicket)?;
         confirm.send(timings).map_err(|_| AskError::NoSuchTicket)
     }

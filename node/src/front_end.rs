@@ -74,10 +74,7 @@ impl VoiceModels {
 
 /// The Piper voice to speak with: `choice` (a voice's name, `espeak` for none, or none for the
 /// default), unless `JARVIS_VOICE=espeak` says otherwise; none when it is not installed.
-pub fn piper_voice(
-    store: &ModelStore,
-    choice: Option<&str>,
-) -> Result<Option<(PathBuf, PathBuf)>> {
+pub fn piper_voice(store: &ModelStore, choice: Option<&str>) -> Result<Option<(PathBuf, PathBuf)>> {
     let env_espeak = std::env::var("JARVIS_VOICE").is_ok_and(|v| v == "espeak");
     if env_espeak || choice == Some(ESPEAK) {
         return Ok(None);

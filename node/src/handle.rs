@@ -76,11 +76,7 @@ impl NodeHandle {
     }
 
     /// Keeps a held answer, with the timings of the turn.
-    pub async fn confirm(
-        &self,
-        ticket: &str,
-        timings: &BTreeMap<String, u64>,
-    ) -> Result<()> {
+    pub async fn confirm(&self, ticket: &str, timings: &BTreeMap<String, u64>) -> Result<()> {
         match self {
             Self::Http(client) => crate::remote::confirm(client, ticket, timings).await,
             Self::InProcess(asking) => Ok(asking.confirm(ticket, timings.clone())?),

@@ -67,11 +67,7 @@ async fn stream_answer(
 }
 
 /// Keeps a held answer ([`ask_node_held`]), storing `timings` with it.
-pub async fn confirm(
-    client: &Client,
-    ticket: &str,
-    timings: &BTreeMap<String, u64>,
-) -> Result<()> {
+pub async fn confirm(client: &Client, ticket: &str, timings: &BTreeMap<String, u64>) -> Result<()> {
     client
         .post(
             "/v1/ask/confirm",

@@ -209,12 +209,7 @@ impl Answerer {
     }
 
     /// The words heard at a pause: answers them, held (an earlier held answer is dropped).
-    pub fn speculate(
-        &mut self,
-        end_of_speech: u64,
-        request: &str,
-        conversation: Option<String>,
-    ) {
+    pub fn speculate(&mut self, end_of_speech: u64, request: &str, conversation: Option<String>) {
         if self.held.take().is_some() {
             self.dropped += 1;
         }

@@ -14,8 +14,8 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::api;
-use crate::host_name;
 use crate::home::{Home, HomeKind, HomeState, KeyFile, Passphrase, encode_chain, now};
+use crate::host_name;
 use crate::node::{COMMAND_QUEUE, Node, NodeConfig, NodeIdentity};
 use crate::output::Output;
 use crate::shutdown::Shutdown;

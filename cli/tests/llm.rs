@@ -278,7 +278,13 @@ fn ten_concurrent_requests_complete_and_bad_ones_get_openai_errors() {
                     "seed": i,
                     "messages": [{"role": "user", "content": format!("Say something about the number {i}.")}],
                 });
-                let response = reqwest::blocking::Client::new().post(url).bearer_auth(token).json(&body).send().unwrap();
+                // No deadline of its own beyond a generous one: on a loaded 2-core machine ten
+                // answers on four slots can take longer than reqwest's default 30 s.
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(std::time::Duration::from_secs(180))
+                    .build()
+                    .unwrap();
+                let response = client.post(url).bearer_auth(token).json(&body).send().unwrap();
                 assert_eq!(response.status(), 200);
                 response.json::<Value>().unwrap()
             })

@@ -7,6 +7,7 @@
 //! - [`directory`]: the directory and member-report protocol's frames and types.
 //! - [`gate`] and [`boxed`]: behaviour wrappers: third-party protocols served only to admitted
 //!   peers, and connection handlers on the heap.
+//! - [`exchange`]: the shells' half of the revocation exchange, written once.
 //! - [`limits`]: how many connections a peer, an address and strangers together may hold.
 //! - [`client`]: an admin workstation talking to the org's relays (publishing revocations,
 //!   asking who they have admitted).
@@ -18,6 +19,7 @@ pub mod admission;
 pub mod boxed;
 pub mod client;
 pub mod directory;
+pub mod exchange;
 pub mod gate;
 pub mod limits;
 pub mod wire;

@@ -1112,32 +1112,18 @@ impl Node {
     /// A revocation set from an admitted peer (its request, answered with ours, or its answer to
     /// ours), merged through the admission core.
     fn on_revocations(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        let request_response::Event::Message { peer, message, .. } = event else {
-            return;
-        };
-        let (bytes, channel) = match message {
-            Message::Request {
-                request, channel, ..
-            } => (request, Some(channel)),
-            Message::Response { response, .. } => (response, None),
-        };
         let context = admission::Context {
             root: &self.identity.org.root,
             revocations: &mut self.revocations,
             unix: now(),
             policy: &mut admission::any_member,
         };
-        if let Err(e) = self.admission.on_revocations(peer, &bytes, context) {
-            tracing::debug!(%peer, error = %e, "revocations not taken");
-        }
-        if let Some(channel) = channel {
-            let ours = self.revocations.encode();
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .revocations
-                .send_response(channel, ours);
-        }
+        jarvis_mesh::exchange::on_revocations_event(
+            event,
+            &mut self.swarm.behaviour_mut().revocations,
+            &mut self.admission,
+            context,
+        );
         self.drive_admission();
     }
 

@@ -9,17 +9,20 @@
 //!   sync peer of its own user's replica, live fan-out, rate limits and quotas.
 //! - [`listing`]: who is online, from the directory heartbeats, sans-IO.
 //! - `server` (feature): the libp2p shell: the mesh's admission core with the relay's policy
-//!   (invite claims, in `roster`), circuit relay v2, the hub over a sled database, revocations
+//!   (invite claims, in `roster`), circuit relay v2, the hub over the relay's store, revocations
 //!   given on admission.
-//!
-//! Not built yet (the relay issue): the PostgreSQL store (the hub is generic over crdt's
-//! `Store`, which is where it plugs in).
+//! - `store` and `pg` (feature `server`): where the hub keeps each user's data: the embedded
+//!   sled database (the default) or PostgreSQL, shared by several relay instances.
 
 pub mod hub;
 pub mod listing;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod pg;
+#[cfg(feature = "server")]
 pub mod roster;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod store;

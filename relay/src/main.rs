@@ -11,6 +11,7 @@ use jarvis_home::{Home, KeyFile, Passphrase};
 use jarvis_identity::{Name, RequestKind};
 use jarvis_relay::hub::Limits;
 use jarvis_relay::server::{Config, Relay, RelayIdentity};
+use jarvis_relay::store::StoreChoice;
 use libp2p::Multiaddr;
 
 /// The Jarvis org relay: keeps the org's devices in sync when they are never online together,
@@ -46,6 +47,16 @@ enum Command {
     },
     /// The running relay: connections, stored bytes (per user), quota, revocations held.
     Status,
+    /// Apply the PostgreSQL store's schema migrations and exit (`up` also applies them when it
+    /// starts; this is for deploying the schema ahead of a fleet's rolling upgrade).
+    Migrate {
+        /// The PostgreSQL URL (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`).
+        #[arg(long, value_name = "URL", env = "JARVIS_RELAY_STORE", hide_env_values = true)]
+        store: Option<String>,
+        /// Read --store from this file.
+        #[arg(long, value_name = "FILE", conflicts_with = "store")]
+        store_file: Option<PathBuf>,
+    },
     /// Run the relay. Prints its peer id and addresses (JSON lines); Ctrl-C stops it cleanly.
     Up {
         /// Addresses to listen on (default: QUIC and TCP on port 4001, every interface).
@@ -65,9 +76,15 @@ enum Command {
         /// keys are free; members already admitted never count).
         #[arg(long, value_name = "N", default_value_t = 32)]
         max_unproven_per_ip: usize,
-        /// Where the store lives: `sled` (embedded, in the relay's home; the default).
-        #[arg(long, value_name = "STORE", default_value = "sled")]
-        store: String,
+        /// Where users' data lives: `sled` (embedded, in the relay's home; the default) or a
+        /// PostgreSQL URL, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, which several relay
+        /// instances share. A URL with a password is better given by file (--store-file) or
+        /// environment than on the command line, which other local users can read.
+        #[arg(long, value_name = "STORE", env = "JARVIS_RELAY_STORE", hide_env_values = true)]
+        store: Option<String>,
+        /// Read --store from this file (a systemd credential, a container secret).
+        #[arg(long, value_name = "FILE", conflicts_with = "store")]
+        store_file: Option<PathBuf>,
     },
 }
 
@@ -98,6 +115,17 @@ fn home(dir: Option<PathBuf>) -> Result<Home> {
             .join("relay"),
     };
     Home::locate(Some(dir))
+}
+
+/// `--store` / `--store-file` / `JARVIS_RELAY_STORE`, `sled` when none is given.
+fn store_choice(store: Option<String>, file: Option<PathBuf>) -> Result<StoreChoice> {
+    let store = match (store, file) {
+        (_, Some(file)) => std::fs::read_to_string(&file)
+            .with_context(|| format!("reading the store from {}", file.display()))?,
+        (Some(store), None) => store,
+        (None, None) => "sled".to_owned(),
+    };
+    StoreChoice::parse(&store).map_err(|e| anyhow!("--store: {e}"))
 }
 
 fn print(json: bool, value: &serde_json::Value, text: &str) {
@@ -154,6 +182,20 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Migrate { store, store_file } => {
+            let StoreChoice::Postgres(url) = store_choice(store, store_file)? else {
+                bail!("migrate is for a PostgreSQL store: pass --store postgres://… (sled needs no migration)");
+            };
+            let pg = jarvis_relay::pg::Pg::connect(&url, 1)
+                .context("connecting to the PostgreSQL store")?;
+            let version = pg.schema_version()?;
+            print(
+                cli.json,
+                &serde_json::json!({ "schema_version": version }),
+                &format!("the store's schema is at version {version}"),
+            );
+            Ok(())
+        }
         Command::Status => {
             let path = home.dir().join(jarvis_relay::server::STATUS_FILE);
             let bytes = std::fs::read(&path).with_context(|| {
@@ -188,12 +230,9 @@ fn run(cli: Cli) -> Result<()> {
             metrics,
             max_unproven_per_ip,
             store,
+            store_file,
         } => {
-            if store != "sled" {
-                bail!(
-                    "--store {store}: only the embedded `sled` store is built so far (PostgreSQL is planned)"
-                );
-            }
+            let store = store_choice(store, store_file)?;
             let listen = if listen.is_empty() {
                 vec![
                     "/ip4/0.0.0.0/udp/4001/quic-v1".parse()?,
@@ -228,6 +267,7 @@ fn run(cli: Cli) -> Result<()> {
                     burst_bytes: rate.saturating_mul(8).max(2 << 20),
                 },
                 max_unproven_per_ip,
+                store,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Revocations held.
     pub revocations: Gauge,
     running: AtomicBool,
+    /// The PostgreSQL store, when the relay runs on one: `/health` asks it.
+    database: std::sync::OnceLock<crate::pg::Pg>,
 }
 
 impl Metrics {
@@ -54,6 +56,7 @@ impl Metrics {
             messages_forwarded: Counter::default(),
             refusals: Family::default(),
             revocations: Gauge::default(),
+            database: std::sync::OnceLock::new(),
             running: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -106,6 +109,22 @@ impl Metrics {
             .inc();
     }
 
+    /// The database `/health` checks (set once, when the relay opens a PostgreSQL store).
+    pub fn set_database(&self, pg: crate::pg::Pg) {
+        let _ = self.database.set(pg);
+    }
+
+    /// Whether the store answers: always for sled (it is in this process), a round trip for
+    /// PostgreSQL (on a blocking thread, within the store's timeout).
+    async fn database_reachable(self: &Arc<Self>) -> Option<bool> {
+        let pg = self.database.get()?.clone();
+        Some(
+            tokio::task::spawn_blocking(move || pg.healthy())
+                .await
+                .unwrap_or(false),
+        )
+    }
+
     pub fn set_running(&self, running: bool) {
         self.running.store(running, Ordering::Relaxed);
     }
@@ -150,19 +169,31 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
             get(move || {
                 let health = Arc::clone(&health);
                 async move {
-                    if health.running.load(Ordering::Relaxed) {
+                    let database = health.database_reachable().await;
+                    if !health.running.load(Ordering::Relaxed) {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(serde_json::json!({ "status": "stopping" })),
+                        )
+                    } else if database == Some(false) {
+                        // Up, but every write would be refused: a load balancer should send
+                        // devices to another instance.
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(serde_json::json!({
+                                "status": "database unreachable",
+                                "database": false,
+                            })),
+                        )
+                    } else {
                         (
                             axum::http::StatusCode::OK,
                             axum::Json(serde_json::json!({
                                 "status": "ok",
                                 "connections": health.connections.get(),
                                 "devices": health.devices.get(),
+                                "database": database.unwrap_or(true),
                             })),
-                        )
-                    } else {
-                        (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            axum::Json(serde_json::json!({ "status": "stopping" })),
                         )
                     }
                 }

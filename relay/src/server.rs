@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use jarvis_crdt::store::sled::{Db, SledStore};
+
+use crate::store::{RelayStore, StoreChoice};
 use jarvis_home::Home;
 use jarvis_identity::hello::{Checked, Hello};
 use jarvis_identity::{CertChain, CertKind, OrgInfo, RevocationSet, SecretKey, Verified};
@@ -48,6 +50,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 const MAX_EVENTS_BEFORE_ROUND: usize = 32;
 /// Connections that may wait to prove who they are at once, from all addresses together.
 const MAX_UNPROVEN: usize = 512;
+/// Connections to PostgreSQL one instance keeps open at most (the loop writes through one at
+/// a time; the rest serve `/health` and reads during a batch).
+const PG_CONNECTIONS: usize = 4;
 /// The store's page cache.
 const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -66,6 +71,8 @@ pub struct Config {
     /// Connections from one IP that may wait to prove who they are at once.
     pub max_unproven_per_ip: usize,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Where users' data lives: the home's sled database, or PostgreSQL.
+    pub store: StoreChoice,
 }
 
 #[derive(NetworkBehaviour)]
@@ -99,7 +106,7 @@ pub struct Relay {
     swarm: Swarm<Boxed<Behaviour>>,
     identity: RelayIdentity,
     revocations: RevocationSet,
-    hub: Hub<PeerId, SledStore>,
+    hub: Hub<PeerId, RelayStore>,
     db: Db,
     /// Who each connected peer is, and whether it is let in (devices, GPU peers, admins).
     admission: Admission,
@@ -339,11 +346,21 @@ impl Relay {
                     )
                 })?;
         let roster = Roster::open(&db).context("opening the relay's member roster")?;
-        let opener = db.clone();
-        let hub = Hub::new(
-            config.limits,
-            Box::new(move |user| SledStore::open_in(&opener, &namespace(user))),
-        );
+        let open: crate::hub::OpenStore<RelayStore> = match &config.store {
+            StoreChoice::Sled => {
+                let opener = db.clone();
+                Box::new(move |user| {
+                    SledStore::open_in(&opener, &namespace(user)).map(RelayStore::Sled)
+                })
+            }
+            StoreChoice::Postgres(url) => {
+                let pg = crate::pg::Pg::connect(url, PG_CONNECTIONS)
+                    .context("connecting to the PostgreSQL store")?;
+                config.metrics.set_database(pg.clone());
+                Box::new(move |user| Ok(RelayStore::Postgres(pg.store(&namespace(user)))))
+            }
+        };
+        let hub = Hub::new(config.limits, open);
         let keypair = identity
             .key
             .to_libp2p_keypair()
@@ -795,15 +812,6 @@ impl Relay {
     /// A revocation set from an admitted peer (its request, answered with ours, or its answer to
     /// ours), merged through the admission core.
     fn on_revocations(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        let request_response::Event::Message { peer, message, .. } = event else {
-            return;
-        };
-        let (bytes, channel) = match message {
-            Message::Request {
-                request, channel, ..
-            } => (request, Some(channel)),
-            Message::Response { response, .. } => (response, None),
-        };
         // No one is admitted here: the policy is not consulted.
         let context = admission::Context {
             root: &self.identity.org.root,
@@ -811,17 +819,12 @@ impl Relay {
             unix: jarvis_home::now(),
             policy: &mut admission::any_member,
         };
-        if let Err(e) = self.admission.on_revocations(peer, &bytes, context) {
-            tracing::debug!(%peer, error = %e, "revocations not taken");
-        }
-        if let Some(channel) = channel {
-            let ours = self.revocations.encode();
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .revocations
-                .send_response(channel, ours);
-        }
+        jarvis_mesh::exchange::on_revocations_event(
+            event,
+            &mut self.swarm.behaviour_mut().revocations,
+            &mut self.admission,
+            context,
+        );
         self.drive_admission();
     }
 

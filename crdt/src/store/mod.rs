@@ -9,6 +9,8 @@
 //! everything since `begin_batch` durable at once (a group commit): the caller then holds its
 //! acknowledgements until `end_batch` has returned.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod sled;
 
 use std::collections::{BTreeMap, HashMap};

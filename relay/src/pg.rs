@@ -1,0 +1,678 @@
+//! The relay's store on PostgreSQL: what lets several relay instances share one org's data
+//! (`jarvis-relay up --store postgres://…`; sled stays the embedded default).
+//!
+//! It holds exactly what the sled store holds, and as blindly: ciphertext, the (document,
+//! actor, sequence) headers and sizes, one namespace per user (`ns`, the same string the sled
+//! store prefixes its trees with). Layout (migration 1, below):
+//!
+//! ```text
+//! relay_changes    (ns, doc, actor, seq) → body        a sealed change
+//! relay_vectors    (ns, doc, actor)      → seq         the gap-free high-water mark
+//! relay_keys       (ns, doc, epoch, id)  → body        a key record
+//! relay_snapshots  (ns, doc)             → body        the document's snapshot
+//! ```
+//!
+//! **Concurrency.** Several instances may write one user's data at once, so the database, not a
+//! cache, decides: a change is stored by one statement that raises its actor's high-water mark
+//! from `seq - 1` to `seq` and inserts the change only if that row was raised (the row lock
+//! orders two instances offering the same change: the second finds the mark already moved and
+//! reports a duplicate). Nothing is cached between calls.
+//!
+//! **Durability.** Outside a batch each write is its own transaction, committed before the call
+//! returns (PostgreSQL's default `synchronous_commit`); a batch ([`Store::begin_batch`]) is one
+//! transaction on one connection, committed by [`Store::end_batch`]: the group commit the relay
+//! acknowledges after. A failed commit drops the connection rather than return it to the pool
+//! mid-transaction.
+//!
+//! **Sync over async.** [`Store`] is synchronous (the replica above it is sans-IO), the driver
+//! (tokio-postgres, pooled by deadpool-postgres) is not: each call runs on the store's own small
+//! runtime and blocks the calling thread until it is done (`block_in_place` when called from a
+//! multi-threaded runtime's worker, as the relay's loop is). A database that does not answer
+//! within [`TIMEOUT`] is an error, which the relay turns into a refusal: nothing is
+//! acknowledged that is not stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Timeouts};
+use jarvis_crdt::envelope::{KeyRecord, SealedChange, SealedSnapshot};
+use jarvis_crdt::ids::{DocId, VersionVector};
+use jarvis_crdt::store::{Put, Store, StoreError};
+use jarvis_identity::PublicKey;
+use tokio_postgres::NoTls;
+
+/// How long a call waits for a connection, or for the database to answer, before failing.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema, one migration per entry, applied in order and recorded in `jarvis_schema`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the store.
+    "CREATE TABLE relay_changes (
+         ns TEXT NOT NULL, doc BYTEA NOT NULL, actor BYTEA NOT NULL, seq BIGINT NOT NULL,
+         body BYTEA NOT NULL,
+         PRIMARY KEY (ns, doc, actor, seq));
+     CREATE TABLE relay_vectors (
+         ns TEXT NOT NULL, doc BYTEA NOT NULL, actor BYTEA NOT NULL, seq BIGINT NOT NULL,
+         PRIMARY KEY (ns, doc, actor));
+     CREATE TABLE relay_keys (
+         ns TEXT NOT NULL, doc BYTEA NOT NULL, epoch BIGINT NOT NULL, id BYTEA NOT NULL,
+         body BYTEA NOT NULL,
+         PRIMARY KEY (ns, doc, epoch, id));
+     CREATE TABLE relay_snapshots (
+         ns TEXT NOT NULL, doc BYTEA NOT NULL, body BYTEA NOT NULL,
+         PRIMARY KEY (ns, doc));",
+];
+
+/// Any number taken by `pg_advisory_xact_lock` while migrating, so two instances starting
+/// together do not both migrate.
+const MIGRATION_LOCK: i64 = 0x6a61_7276_6973; // "jarvis"
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// A runtime that may be dropped anywhere (dropping a tokio runtime inside another panics).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A pool of connections to one database, and the runtime they run on. Cheap to clone.
+#[derive(Clone)]
+pub struct Pg {
+    pool: Pool,
+    runtime: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL: it may carry a password.
+        f.debug_struct("Pg").finish_non_exhaustive()
+    }
+}
+
+impl Pg {
+    /// Connects to `url` (`postgres://user@host:port/db`, or key=value pairs), with at most
+    /// `connections` open at once, and applies the migrations this build knows.
+    pub fn connect(url: &str, connections: usize) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| io(format!("the database URL does not parse: {e}")))?;
+        config.connect_timeout(TIMEOUT);
+        config.application_name("jarvis-relay");
+        let mut manager_config = ManagerConfig::default();
+        // A connection whose server went away is noticed (`is_closed`) and replaced.
+        manager_config.recycling_method = RecyclingMethod::Fast;
+        let manager = Manager::from_config(config, NoTls, manager_config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("jarvis-pg")
+            .enable_all()
+            .build()
+            .map_err(io)?;
+        let pool = Pool::builder(manager)
+            .max_size(connections.max(1))
+            .timeouts(Timeouts {
+                wait: Some(TIMEOUT),
+                create: Some(TIMEOUT),
+                recycle: Some(TIMEOUT),
+            })
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(io)?;
+        let pg = Self {
+            pool,
+            runtime: Arc::new(Runtime(Some(runtime))),
+        };
+        pg.migrate()?;
+        Ok(pg)
+    }
+
+    /// Runs `work` on the store's runtime and waits for it, within [`TIMEOUT`].
+    fn block<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(runtime) = self.runtime.0.as_ref() else {
+            return Err(io("the database connection is shut down"));
+        };
+        let timed = async {
+            tokio::time::timeout(TIMEOUT, work)
+                .await
+                .map_err(|_| io("the database did not answer in time"))?
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| runtime.block_on(timed))
+        } else {
+            runtime.block_on(timed)
+        }
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| io(format!("cannot reach the database: {e}")))
+    }
+
+    /// Applies the migrations not yet applied; returns how many it applied.
+    pub fn migrate(&self) -> Result<usize, StoreError> {
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(io)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await
+                .map_err(io)?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS jarvis_schema (
+                     version INTEGER PRIMARY KEY,
+                     applied TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(io)?;
+            let have: i32 = tx
+                .query_one("SELECT COALESCE(MAX(version), 0) FROM jarvis_schema", &[])
+                .await
+                .map_err(io)?
+                .get(0);
+            let known = i32::try_from(MIGRATIONS.len()).map_err(io)?;
+            if have > known {
+                return Err(io(format!(
+                    "the database's schema is version {have}, newer than this relay knows ({known}): run a newer jarvis-relay"
+                )));
+            }
+            let mut applied = 0;
+            for (version, sql) in (1..).zip(MIGRATIONS) {
+                if version <= have {
+                    continue;
+                }
+                tx.batch_execute(sql).await.map_err(io)?;
+                tx.execute("INSERT INTO jarvis_schema (version) VALUES ($1)", &[&version])
+                    .await
+                    .map_err(io)?;
+                applied += 1;
+            }
+            tx.commit().await.map_err(io)?;
+            Ok(applied)
+        })
+    }
+
+    /// The schema version the database is at.
+    pub fn schema_version(&self) -> Result<i32, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let row = client
+                .query_one("SELECT COALESCE(MAX(version), 0) FROM jarvis_schema", &[])
+                .await
+                .map_err(io)?;
+            Ok(row.get(0))
+        })
+    }
+
+    /// Whether the database answers now.
+    pub fn healthy(&self) -> bool {
+        self.block(async {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await.map_err(io)?;
+            Ok(())
+        })
+        .is_ok()
+    }
+
+    /// The store of one namespace (one user's data).
+    pub fn store(&self, ns: &str) -> PgStore {
+        PgStore {
+            pg: self.clone(),
+            ns: ns.to_owned(),
+            batch: None,
+            batch_failed: None,
+        }
+    }
+}
+
+/// One namespace's data in the database: a [`Store`].
+pub struct PgStore {
+    pg: Pg,
+    ns: String,
+    /// In a batch: the connection holding the open transaction.
+    batch: Option<Object>,
+    /// Why the batch's transaction cannot commit (a statement in it failed).
+    batch_failed: Option<String>,
+}
+
+fn seq_param(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| io(format!("sequence number {seq} is out of range")))
+}
+
+fn seq_value(seq: i64) -> Result<u64, StoreError> {
+    u64::try_from(seq).map_err(|_| io(format!("a stored sequence number is negative: {seq}")))
+}
+
+fn actor_of(bytes: &[u8]) -> Result<PublicKey, StoreError> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| io("a stored actor is not 32 bytes"))?;
+    Ok(PublicKey::from_bytes(bytes)?)
+}
+
+const PUT_NEXT: &str = "WITH raised AS (
+        UPDATE relay_vectors SET seq = $4
+        WHERE ns = $1 AND doc = $2 AND actor = $3 AND seq = $4 - 1
+        RETURNING 1)
+    INSERT INTO relay_changes (ns, doc, actor, seq, body)
+    SELECT $1, $2, $3, $4, $5::BYTEA FROM raised";
+
+const PUT_FIRST: &str = "WITH raised AS (
+        INSERT INTO relay_vectors (ns, doc, actor, seq) VALUES ($1, $2, $3, 1)
+        ON CONFLICT DO NOTHING
+        RETURNING 1)
+    INSERT INTO relay_changes (ns, doc, actor, seq, body)
+    SELECT $1, $2, $3, 1, $4::BYTEA FROM raised";
+
+const HAVE: &str = "SELECT seq FROM relay_vectors WHERE ns = $1 AND doc = $2 AND actor = $3";
+
+impl PgStore {
+    /// Runs `work` with this store's connection: the batch's, or one from the pool. A failure
+    /// inside a batch poisons it (its transaction is aborted): `end_batch` then reports it.
+    fn with<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Some(why) = &self.batch_failed {
+            return Err(io(format!("an earlier write of this batch failed: {why}")));
+        }
+        let pg = self.pg.clone();
+        let ns = self.ns.clone();
+        let result = match &self.batch {
+            Some(client) => pg.block(work(client, &ns)),
+            None => pg.block(async {
+                let client = pg.client().await?;
+                work(&client, &ns).await
+            }),
+        };
+        if let (Err(e), Some(_)) = (&result, &self.batch) {
+            self.batch_failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn read<T>(
+        &self,
+        work: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.batch {
+            Some(client) => self.pg.block(work(client, &self.ns)),
+            None => self.pg.block(async {
+                let client = self.pg.client().await?;
+                work(&client, &self.ns).await
+            }),
+        }
+    }
+
+    /// Runs `work` in a transaction of its own, or inside the batch's.
+    fn transaction<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.batch.is_some() {
+            return self.with(work);
+        }
+        let pg = self.pg.clone();
+        let ns = self.ns.clone();
+        pg.block(async {
+            let client = pg.client().await?;
+            client.batch_execute("BEGIN").await.map_err(io)?;
+            match work(&client, &ns).await {
+                Ok(value) => {
+                    if let Err(e) = client.batch_execute("COMMIT").await {
+                        let _ = Object::take(client);
+                        return Err(io(e));
+                    }
+                    Ok(value)
+                }
+                Err(e) => {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        let _ = Object::take(client);
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+impl Store for PgStore {
+    fn put_change(&mut self, change: &SealedChange) -> Result<Put, StoreError> {
+        let h = *change.header();
+        let doc = h.doc.0.to_vec();
+        let actor = h.actor.to_bytes().to_vec();
+        let seq = seq_param(h.seq)?;
+        let body = change.encode();
+        self.with(async |client, ns| {
+            // Two tries: the mark may move between the write that did not apply and the read
+            // that says why (another instance stored the change just before).
+            for _ in 0..2 {
+                let stored = if seq == 1 {
+                    let statement = client.prepare_cached(PUT_FIRST).await.map_err(io)?;
+                    client
+                        .execute(&statement, &[&ns, &doc, &actor, &body])
+                        .await
+                        .map_err(io)?
+                } else {
+                    let statement = client.prepare_cached(PUT_NEXT).await.map_err(io)?;
+                    client
+                        .execute(&statement, &[&ns, &doc, &actor, &seq, &body])
+                        .await
+                        .map_err(io)?
+                };
+                if stored == 1 {
+                    return Ok(Put::Stored);
+                }
+                let statement = client.prepare_cached(HAVE).await.map_err(io)?;
+                let have = match client
+                    .query_opt(&statement, &[&ns, &doc, &actor])
+                    .await
+                    .map_err(io)?
+                {
+                    Some(row) => seq_value(row.get(0))?,
+                    None => 0,
+                };
+                if h.seq <= have {
+                    return Ok(Put::Duplicate);
+                }
+                if h.seq > have + 1 {
+                    return Ok(Put::Gap { have });
+                }
+            }
+            Err(io("the change's actor kept moving; try again"))
+        })
+    }
+
+    fn change(
+        &self,
+        doc: DocId,
+        actor: &PublicKey,
+        seq: u64,
+    ) -> Result<Option<SealedChange>, StoreError> {
+        let doc = doc.0.to_vec();
+        let actor = actor.to_bytes().to_vec();
+        let seq = seq_param(seq)?;
+        self.read(async |client, ns| {
+            let statement = client
+                .prepare_cached(
+                    "SELECT body FROM relay_changes
+                     WHERE ns = $1 AND doc = $2 AND actor = $3 AND seq = $4",
+                )
+                .await
+                .map_err(io)?;
+            let row = client
+                .query_opt(&statement, &[&ns, &doc, &actor, &seq])
+                .await
+                .map_err(io)?;
+            row.map(|row| SealedChange::decode(row.get(0)).map_err(StoreError::from))
+                .transpose()
+        })
+    }
+
+    fn vector(&self, doc: DocId) -> Result<VersionVector, StoreError> {
+        let doc_bytes = doc.0.to_vec();
+        let mut vector = self.read(async |client, ns| {
+            let statement = client
+                .prepare_cached(
+                    "SELECT actor, seq FROM relay_vectors WHERE ns = $1 AND doc = $2 AND seq > 0",
+                )
+                .await
+                .map_err(io)?;
+            let mut vector = VersionVector::new();
+            for row in client
+                .query(&statement, &[&ns, &doc_bytes])
+                .await
+                .map_err(io)?
+            {
+                vector.set(actor_of(row.get(0))?, seq_value(row.get(1))?);
+            }
+            Ok(vector)
+        })?;
+        if let Some(snapshot) = self.snapshot(doc)? {
+            vector.merge(&snapshot.vector);
+        }
+        Ok(vector)
+    }
+
+    fn put_key(&mut self, record: &KeyRecord) -> Result<bool, StoreError> {
+        let doc = record.doc.0.to_vec();
+        let epoch = i64::from(record.epoch);
+        let id = record.id().to_vec();
+        let body = record.encode();
+        self.with(async |client, ns| {
+            let statement = client
+                .prepare_cached(
+                    "INSERT INTO relay_keys (ns, doc, epoch, id, body) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(io)?;
+            let added = client
+                .execute(&statement, &[&ns, &doc, &epoch, &id, &body])
+                .await
+                .map_err(io)?;
+            Ok(added == 1)
+        })
+    }
+
+    fn keys(&self, doc: DocId) -> Result<Vec<KeyRecord>, StoreError> {
+        let doc = doc.0.to_vec();
+        self.read(async |client, ns| {
+            let statement = client
+                .prepare_cached(
+                    "SELECT body FROM relay_keys WHERE ns = $1 AND doc = $2 ORDER BY epoch, id",
+                )
+                .await
+                .map_err(io)?;
+            client
+                .query(&statement, &[&ns, &doc])
+                .await
+                .map_err(io)?
+                .iter()
+                .map(|row| KeyRecord::decode(row.get(0)).map_err(StoreError::from))
+                .collect()
+        })
+    }
+
+    fn put_snapshot(&mut self, snapshot: &SealedSnapshot) -> Result<bool, StoreError> {
+        let doc = snapshot.doc.0.to_vec();
+        let body = snapshot.encode();
+        let covered: Vec<(Vec<u8>, i64)> = snapshot
+            .vector
+            .iter()
+            .map(|(actor, seq)| Ok((actor.to_bytes().to_vec(), seq_param(*seq)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let vector = snapshot.vector.clone();
+        self.transaction(async |client, ns| {
+            // Locks the document's snapshot row (when there is one) until the commit.
+            let old = client
+                .query_opt(
+                    "SELECT body FROM relay_snapshots WHERE ns = $1 AND doc = $2 FOR UPDATE",
+                    &[&ns, &doc],
+                )
+                .await
+                .map_err(io)?;
+            if let Some(old) = old {
+                let old = SealedSnapshot::decode(old.get(0))?;
+                if old.vector.dominates(&vector) {
+                    return Ok(false);
+                }
+            }
+            client
+                .execute(
+                    "INSERT INTO relay_snapshots (ns, doc, body) VALUES ($1, $2, $3)
+                     ON CONFLICT (ns, doc) DO UPDATE SET body = EXCLUDED.body",
+                    &[&ns, &doc, &body],
+                )
+                .await
+                .map_err(io)?;
+            // What the snapshot covers counts as held: later changes follow on from it.
+            let raise = client
+                .prepare_cached(
+                    "INSERT INTO relay_vectors (ns, doc, actor, seq) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (ns, doc, actor)
+                     DO UPDATE SET seq = GREATEST(relay_vectors.seq, EXCLUDED.seq)",
+                )
+                .await
+                .map_err(io)?;
+            for (actor, seq) in &covered {
+                client
+                    .execute(&raise, &[&ns, &doc, actor, seq])
+                    .await
+                    .map_err(io)?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn snapshot(&self, doc: DocId) -> Result<Option<SealedSnapshot>, StoreError> {
+        let doc = doc.0.to_vec();
+        self.read(async |client, ns| {
+            let statement = client
+                .prepare_cached("SELECT body FROM relay_snapshots WHERE ns = $1 AND doc = $2")
+                .await
+                .map_err(io)?;
+            let row = client
+                .query_opt(&statement, &[&ns, &doc])
+                .await
+                .map_err(io)?;
+            row.map(|row| SealedSnapshot::decode(row.get(0)).map_err(StoreError::from))
+                .transpose()
+        })
+    }
+
+    fn compact(&mut self, doc: DocId) -> Result<u64, StoreError> {
+        let Some(snapshot) = self.snapshot(doc)? else {
+            return Ok(0);
+        };
+        let doc = doc.0.to_vec();
+        let covered: Vec<(Vec<u8>, i64)> = snapshot
+            .vector
+            .iter()
+            .map(|(actor, seq)| Ok((actor.to_bytes().to_vec(), seq_param(*seq)?)))
+            .collect::<Result<_, StoreError>>()?;
+        self.transaction(async |client, ns| {
+            let statement = client
+                .prepare_cached(
+                    "WITH gone AS (
+                         DELETE FROM relay_changes
+                         WHERE ns = $1 AND doc = $2 AND actor = $3 AND seq <= $4
+                         RETURNING octet_length(body) AS bytes)
+                     SELECT COALESCE(SUM(bytes), 0)::BIGINT FROM gone",
+                )
+                .await
+                .map_err(io)?;
+            let mut freed = 0u64;
+            for (actor, top) in &covered {
+                let bytes: i64 = client
+                    .query_one(&statement, &[&ns, &doc, actor, top])
+                    .await
+                    .map_err(io)?
+                    .get(0);
+                freed += seq_value(bytes)?;
+            }
+            Ok(freed)
+        })
+    }
+
+    fn docs(&self) -> Result<Vec<DocId>, StoreError> {
+        self.read(async |client, ns| {
+            let statement = client
+                .prepare_cached(
+                    "SELECT doc FROM relay_vectors WHERE ns = $1 AND seq > 0
+                     UNION SELECT doc FROM relay_keys WHERE ns = $1
+                     UNION SELECT doc FROM relay_snapshots WHERE ns = $1
+                     ORDER BY 1",
+                )
+                .await
+                .map_err(io)?;
+            client
+                .query(&statement, &[&ns])
+                .await
+                .map_err(io)?
+                .iter()
+                .map(|row| {
+                    let bytes: &[u8] = row.get(0);
+                    <[u8; 16]>::try_from(bytes)
+                        .map(DocId)
+                        .map_err(|_| io("a stored document id is not 16 bytes"))
+                })
+                .collect()
+        })
+    }
+
+    fn stored_bytes(&self) -> Result<u64, StoreError> {
+        self.read(async |client, ns| {
+            let statement = client
+                .prepare_cached(
+                    "SELECT ((SELECT COALESCE(SUM(octet_length(body)), 0) FROM relay_changes WHERE ns = $1)
+                          + (SELECT COALESCE(SUM(octet_length(body)), 0) FROM relay_keys WHERE ns = $1)
+                          + (SELECT COALESCE(SUM(octet_length(body)), 0) FROM relay_snapshots WHERE ns = $1))::BIGINT",
+                )
+                .await
+                .map_err(io)?;
+            let total: i64 = client
+                .query_one(&statement, &[&ns])
+                .await
+                .map_err(io)?
+                .get(0);
+            seq_value(total)
+        })
+    }
+
+    fn begin_batch(&mut self) {
+        if self.batch.is_some() {
+            return;
+        }
+        let pg = self.pg.clone();
+        let began = pg.block(async {
+            let client = pg.client().await?;
+            client.batch_execute("BEGIN").await.map_err(io)?;
+            Ok(client)
+        });
+        match began {
+            Ok(client) => {
+                self.batch = Some(client);
+                self.batch_failed = None;
+            }
+            // Every write of the batch fails, and so does its end: nothing is acknowledged.
+            Err(e) => self.batch_failed = Some(e.to_string()),
+        }
+    }
+
+    fn end_batch(&mut self) -> Result<(), StoreError> {
+        let failed = self.batch_failed.take();
+        let Some(client) = self.batch.take() else {
+            return match failed {
+                Some(why) => Err(io(why)),
+                None => Ok(()),
+            };
+        };
+        let pg = self.pg.clone();
+        pg.block(async move {
+            if let Some(why) = failed {
+                if client.batch_execute("ROLLBACK").await.is_err() {
+                    let _ = Object::take(client);
+                }
+                return Err(io(format!("the batch was not stored: {why}")));
+            }
+            match client.batch_execute("COMMIT").await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = Object::take(client);
+                    Err(io(format!("the batch was not stored: {e}")))
+                }
+            }
+        })
+    }
+}

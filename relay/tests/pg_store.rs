@@ -1,0 +1,119 @@
+//! The relay's PostgreSQL store on a real, throwaway PostgreSQL cluster: the same conformance
+//! suite as the sled and memory stores, and what only a shared database must hold: two relay
+//! instances offering the same changes at once store each exactly once, with no gap.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use common::postgres::Cluster;
+use jarvis_crdt::store::conformance::{self, Writer};
+use jarvis_crdt::store::{Put, Store};
+use jarvis_crdt::DocId;
+use jarvis_relay::pg::Pg;
+
+#[test]
+fn the_postgres_store_conforms() {
+    let cluster = Cluster::start();
+    let pg = Pg::connect(&cluster.url("postgres"), 4).unwrap();
+    assert_eq!(pg.schema_version().unwrap(), 1);
+    conformance::run(&mut |n| pg.store(&format!("suite/{n}/")), 0, true);
+    // Users are kept apart: one namespace sees nothing of another's.
+    let mut alice = pg.store("user/alice/");
+    let w = Writer::new(DocId::random());
+    alice.put_change(&w.change(1, 10)).unwrap();
+    let bob = pg.store("user/bob/");
+    assert!(bob.docs().unwrap().is_empty());
+    assert!(bob.change(w.doc, &w.actor(), 1).unwrap().is_none());
+    assert_eq!(bob.stored_bytes().unwrap(), 0);
+}
+
+#[test]
+fn migrations_run_once_and_a_second_instance_finds_them_applied() {
+    let cluster = Cluster::start();
+    let url = cluster.create_database("fleet");
+    let first = Pg::connect(&url, 2).unwrap();
+    let second = Pg::connect(&url, 2).unwrap();
+    assert_eq!(first.migrate().unwrap(), 0, "already applied on connect");
+    assert_eq!(second.schema_version().unwrap(), 1);
+    assert!(second.healthy());
+}
+
+#[test]
+fn two_instances_offering_the_same_changes_store_each_once() {
+    let cluster = Cluster::start();
+    let url = cluster.url("postgres");
+    let w = Arc::new(Writer::new(DocId::random()));
+    let changes: Arc<Vec<_>> = Arc::new((1..=200).map(|seq| w.change(seq, 64)).collect());
+    let barrier = Arc::new(Barrier::new(2));
+    let instances: Vec<_> = (0..2)
+        .map(|_| {
+            let pg = Pg::connect(&url, 2).unwrap();
+            let changes = Arc::clone(&changes);
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut store = pg.store("user/alice/");
+                barrier.wait();
+                changes
+                    .iter()
+                    .map(|c| store.put_change(c).unwrap())
+                    .collect::<Vec<Put>>()
+            })
+        })
+        .map(|t| t.join().unwrap())
+        .collect();
+    for (i, (a, b)) in instances[0].iter().zip(&instances[1]).enumerate() {
+        let stored = [a, b].iter().filter(|p| ***p == Put::Stored).count();
+        assert_eq!(
+            stored,
+            1,
+            "change {} was stored by {stored} instances ({a:?}, {b:?})",
+            i + 1
+        );
+        for p in [a, b] {
+            assert!(
+                matches!(p, Put::Stored | Put::Duplicate),
+                "a change offered in order is never a gap: {p:?}"
+            );
+        }
+    }
+    let pg = Pg::connect(&url, 1).unwrap();
+    let store = pg.store("user/alice/");
+    assert_eq!(store.vector(w.doc).unwrap().get(&w.actor()), 200);
+    let bytes: u64 = changes.iter().map(|c| c.encode().len() as u64).sum();
+    assert_eq!(store.stored_bytes().unwrap(), bytes);
+}
+
+#[test]
+fn a_database_that_goes_away_fails_writes_and_comes_back_without_a_restart() {
+    let cluster = Cluster::start();
+    let pg = Pg::connect(&cluster.url("postgres"), 2).unwrap();
+    let mut store = pg.store("user/alice/");
+    let w = Writer::new(DocId::random());
+    assert_eq!(store.put_change(&w.change(1, 10)).unwrap(), Put::Stored);
+    cluster.stop();
+    let refused = store.put_change(&w.change(2, 10));
+    assert!(refused.is_err(), "no database, no acknowledgement: {refused:?}");
+    assert!(!pg.healthy());
+    // A batch that cannot begin fails at its end too: nothing in it is acknowledged.
+    store.begin_batch();
+    assert!(store.put_change(&w.change(2, 10)).is_err());
+    assert!(store.end_batch().is_err());
+    cluster.resume();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let put = loop {
+        match store.put_change(&w.change(2, 10)) {
+            Ok(put) => break put,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => panic!("the store did not come back: {e}"),
+        }
+    };
+    assert_eq!(put, Put::Stored);
+    assert!(pg.healthy());
+    assert_eq!(store.vector(w.doc).unwrap().get(&w.actor()), 2);
+}

@@ -51,7 +51,12 @@ enum Command {
     /// starts; this is for deploying the schema ahead of a fleet's rolling upgrade).
     Migrate {
         /// The PostgreSQL URL (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`).
-        #[arg(long, value_name = "URL", env = "JARVIS_RELAY_STORE", hide_env_values = true)]
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "JARVIS_RELAY_STORE",
+            hide_env_values = true
+        )]
         store: Option<String>,
         /// Read --store from this file.
         #[arg(long, value_name = "FILE", conflicts_with = "store")]
@@ -80,7 +85,12 @@ enum Command {
         /// PostgreSQL URL, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, which several relay
         /// instances share. A URL with a password is better given by file (--store-file) or
         /// environment than on the command line, which other local users can read.
-        #[arg(long, value_name = "STORE", env = "JARVIS_RELAY_STORE", hide_env_values = true)]
+        #[arg(
+            long,
+            value_name = "STORE",
+            env = "JARVIS_RELAY_STORE",
+            hide_env_values = true
+        )]
         store: Option<String>,
         /// Read --store from this file (a systemd credential, a container secret).
         #[arg(long, value_name = "FILE", conflicts_with = "store")]
@@ -184,7 +194,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Migrate { store, store_file } => {
             let StoreChoice::Postgres(url) = store_choice(store, store_file)? else {
-                bail!("migrate is for a PostgreSQL store: pass --store postgres://… (sled needs no migration)");
+                bail!(
+                    "migrate is for a PostgreSQL store: pass --store postgres://… (sled needs no migration)"
+                );
             };
             let pg = jarvis_relay::pg::Pg::connect(&url, 1)
                 .context("connecting to the PostgreSQL store")?;

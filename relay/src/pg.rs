@@ -105,9 +105,10 @@ impl Pg {
             .map_err(|e| io(format!("the database URL does not parse: {e}")))?;
         config.connect_timeout(TIMEOUT);
         config.application_name("jarvis-relay");
-        let mut manager_config = ManagerConfig::default();
-        // A connection whose server went away is noticed (`is_closed`) and replaced.
-        manager_config.recycling_method = RecyclingMethod::Fast;
+        let manager_config = ManagerConfig {
+            // A connection whose server went away is noticed (`is_closed`) and replaced.
+            recycling_method: RecyclingMethod::Fast,
+        };
         let manager = Manager::from_config(config, NoTls, manager_config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -261,11 +262,11 @@ fn actor_of(bytes: &[u8]) -> Result<PublicKey, StoreError> {
 }
 
 const PUT_NEXT: &str = "WITH raised AS (
-        UPDATE relay_vectors SET seq = $4
-        WHERE ns = $1 AND doc = $2 AND actor = $3 AND seq = $4 - 1
+        UPDATE relay_vectors SET seq = $4::BIGINT
+        WHERE ns = $1 AND doc = $2 AND actor = $3 AND seq = $4::BIGINT - 1
         RETURNING 1)
     INSERT INTO relay_changes (ns, doc, actor, seq, body)
-    SELECT $1, $2, $3, $4, $5::BYTEA FROM raised";
+    SELECT $1, $2, $3, $4::BIGINT, $5::BYTEA FROM raised";
 
 const PUT_FIRST: &str = "WITH raised AS (
         INSERT INTO relay_vectors (ns, doc, actor, seq) VALUES ($1, $2, $3, 1)

@@ -357,7 +357,7 @@ impl Relay {
                 let pg = crate::pg::Pg::connect(url, PG_CONNECTIONS)
                     .context("connecting to the PostgreSQL store")?;
                 config.metrics.set_database(pg.clone());
-                Box::new(move |user| Ok(RelayStore::Postgres(pg.store(&namespace(user)))))
+                Box::new(move |user| Ok(RelayStore::Postgres(Box::new(pg.store(&namespace(user))))))
             }
         };
         let hub = Hub::new(config.limits, open);

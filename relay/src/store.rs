@@ -54,7 +54,8 @@ impl StoreChoice {
 /// One user's data, in whichever database the relay runs on.
 pub enum RelayStore {
     Sled(SledStore),
-    Postgres(PgStore),
+    /// Boxed: a PostgreSQL store holds its batch's pooled connection, a few hundred bytes.
+    Postgres(Box<PgStore>),
 }
 
 macro_rules! each {

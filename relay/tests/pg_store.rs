@@ -2,16 +2,21 @@
 //! suite as the sled and memory stores, and what only a shared database must hold: two relay
 //! instances offering the same changes at once store each exactly once, with no gap.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
 use std::sync::{Arc, Barrier};
 
 use common::postgres::Cluster;
+use jarvis_crdt::DocId;
 use jarvis_crdt::store::conformance::{self, Writer};
 use jarvis_crdt::store::{Put, Store};
-use jarvis_crdt::DocId;
 use jarvis_relay::pg::Pg;
 
 #[test]
@@ -48,7 +53,7 @@ fn two_instances_offering_the_same_changes_store_each_once() {
     let w = Arc::new(Writer::new(DocId::random()));
     let changes: Arc<Vec<_>> = Arc::new((1..=200).map(|seq| w.change(seq, 64)).collect());
     let barrier = Arc::new(Barrier::new(2));
-    let instances: Vec<_> = (0..2)
+    let threads: Vec<_> = (0..2)
         .map(|_| {
             let pg = Pg::connect(&url, 2).unwrap();
             let changes = Arc::clone(&changes);
@@ -62,8 +67,8 @@ fn two_instances_offering_the_same_changes_store_each_once() {
                     .collect::<Vec<Put>>()
             })
         })
-        .map(|t| t.join().unwrap())
         .collect();
+    let instances: Vec<Vec<Put>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     for (i, (a, b)) in instances[0].iter().zip(&instances[1]).enumerate() {
         let stored = [a, b].iter().filter(|p| ***p == Put::Stored).count();
         assert_eq!(
@@ -95,7 +100,10 @@ fn a_database_that_goes_away_fails_writes_and_comes_back_without_a_restart() {
     assert_eq!(store.put_change(&w.change(1, 10)).unwrap(), Put::Stored);
     cluster.stop();
     let refused = store.put_change(&w.change(2, 10));
-    assert!(refused.is_err(), "no database, no acknowledgement: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "no database, no acknowledgement: {refused:?}"
+    );
     assert!(!pg.healthy());
     // A batch that cannot begin fails at its end too: nothing in it is acknowledged.
     store.begin_batch();

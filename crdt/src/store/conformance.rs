@@ -5,7 +5,12 @@
 //! The suite seals its own records with throwaway keys (a store never opens what it holds), and
 //! each check panics with what differed, as a test does.
 
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use jarvis_identity::{PublicKey, SecretKey};
 
@@ -84,8 +89,15 @@ impl Writer {
     }
 
     pub fn snapshot(&self, vector: VersionVector, size: usize) -> SealedSnapshot {
-        SealedSnapshot::seal(self.doc, 0, vector, &vec![7; size], &self.doc_key, &self.key)
-            .unwrap()
+        SealedSnapshot::seal(
+            self.doc,
+            0,
+            vector,
+            &vec![7; size],
+            &self.doc_key,
+            &self.key,
+        )
+        .unwrap()
     }
 }
 
@@ -197,7 +209,11 @@ fn compacting_frees_what_the_snapshot_covers(opener: &mut impl Opener, n: u32) {
     for change in &changes {
         store.put_change(change).unwrap();
     }
-    assert_eq!(store.compact(w.doc).unwrap(), 0, "no snapshot, nothing freed");
+    assert_eq!(
+        store.compact(w.doc).unwrap(),
+        0,
+        "no snapshot, nothing freed"
+    );
     store
         .put_snapshot(&w.snapshot(vector_of(&[(w.actor(), 2)]), 10))
         .unwrap();

@@ -44,9 +44,8 @@ fn uid_of(user: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
-        (fields.first() == Some(&user)).then(|| {
-            Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
-        })?
+        (fields.first() == Some(&user))
+            .then(|| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))?
     })
 }
 
@@ -241,7 +240,13 @@ impl Drop for Cluster {
             None => Command::new(self.tool("pg_ctl")),
         };
         let _ = command
-            .args(["-D", &self.data().to_string_lossy(), "-m", "immediate", "stop"])
+            .args([
+                "-D",
+                &self.data().to_string_lossy(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
             .output();
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use jarvis_crdt::store::Store;
 use serde_json::Value;
 
 mod common;
@@ -890,4 +891,76 @@ fn a_strangers_sync_request_is_not_even_read_by_a_node_or_a_relay() {
             "{who} read and answered a stranger's sync request"
         );
     }
+}
+
+/// The same store-and-forward with the relay's data in PostgreSQL (`--store-file`, as a secret
+/// is given to a service): the phone gets everything from the relay alone, the database holds no
+/// plaintext, and `/health` tells a load balancer when the database is gone.
+#[test]
+fn a_relay_on_postgres_forwards_everything_and_its_database_reads_nothing() {
+    let cluster = common::postgres::Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, relay_home) = org(dir.path(), &["phone"]);
+    let (laptop, phone) = (devices[0].clone(), devices[1].clone());
+    let secret_file = dir.path().join("store-url");
+    std::fs::write(&secret_file, cluster.url("postgres")).unwrap();
+    let (relay, address, metrics) = start_relay_with(
+        &relay_home,
+        &["--store-file", secret_file.to_str().unwrap()],
+    );
+    let health: Value = reqwest::blocking::get(format!("http://{metrics}/health"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["database"], true, "{health}");
+
+    let a = start_node(&laptop, &address);
+    let secret = "the launch code is swordfish";
+    let conversation = say(&laptop, &[secret]);
+    let mut sent = vec![secret.to_owned()];
+    for i in 0..10 {
+        let text = format!("confidential note number {i}");
+        say(&laptop, &[&text, "--conversation", &conversation]);
+        sent.push(text);
+    }
+    let stored = settled_bytes(&relay_home);
+    drop(a);
+    let _b = start_node(&phone, &address);
+    wait_for(
+        "the phone to receive the laptop's messages from postgres",
+        || (texts(&phone, &conversation) == sent).then_some(()),
+    );
+
+    // What the relay stored is in the database, as ciphertext only, and none of it in its home
+    // (which keeps only the roster).
+    let pg = jarvis_relay::pg::Pg::connect(&cluster.url("postgres"), 1).unwrap();
+    let alice: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
+    let store = pg.store(&format!("user/{alice}/"));
+    assert_eq!(store.stored_bytes().unwrap(), stored);
+    let mut changes = 0;
+    for doc in store.docs().unwrap() {
+        for (actor, top) in store.vector(doc).unwrap().iter() {
+            for seq in 1..=*top {
+                let Some(change) = store.change(doc, actor, seq).unwrap() else {
+                    continue;
+                };
+                changes += 1;
+                let bytes = change.encode();
+                for needle in ["swordfish", "confidential note"] {
+                    assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()));
+                }
+            }
+        }
+    }
+    assert!(changes >= 11, "{changes} changes in the database");
+
+    cluster.stop();
+    let health = reqwest::blocking::get(format!("http://{metrics}/health")).unwrap();
+    assert_eq!(health.status(), 503, "the database is down");
+    cluster.resume();
+    wait_for("the relay's health to come back", || {
+        let health = reqwest::blocking::get(format!("http://{metrics}/health")).ok()?;
+        (health.status() == 200).then_some(())
+    });
+    drop(relay);
 }

@@ -44,6 +44,9 @@ use tokio_postgres::NoTls;
 /// How long a call waits for a connection, or for the database to answer, before failing.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The schema version this build migrates to (the number of [`MIGRATIONS`]).
+pub const SCHEMA_VERSION: i32 = 2;
+
 /// The schema, one migration per entry, applied in order and recorded in `jarvis_schema`.
 const MIGRATIONS: &[&str] = &[
     // 1: the store.
@@ -61,6 +64,10 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE relay_snapshots (
          ns TEXT NOT NULL, doc BYTEA NOT NULL, body BYTEA NOT NULL,
          PRIMARY KEY (ns, doc));",
+    // 2 (SCHEMA_VERSION): the roster (`crate::roster`): invite claims (one row per invite, so two instances
+    // cannot both accept one) and the members seen, as the JSON records the sled roster keeps.
+    "CREATE TABLE relay_claims (key TEXT PRIMARY KEY, record BYTEA NOT NULL);
+     CREATE TABLE relay_members (key TEXT PRIMARY KEY, record BYTEA NOT NULL);",
 ];
 
 /// Any number taken by `pg_advisory_xact_lock` while migrating, so two instances starting
@@ -181,7 +188,7 @@ impl Pg {
                 .await
                 .map_err(io)?
                 .get(0);
-            let known = i32::try_from(MIGRATIONS.len()).map_err(io)?;
+            let known = SCHEMA_VERSION;
             if have > known {
                 return Err(io(format!(
                     "the database's schema is version {have}, newer than this relay knows ({known}): run a newer jarvis-relay"
@@ -225,6 +232,87 @@ impl Pg {
         .is_ok()
     }
 
+    /// One record of a roster table (`relay_claims`, `relay_members`).
+    pub(crate) fn roster_get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sql = match roster_table(table)? {
+            RosterTable::Claims => "SELECT record FROM relay_claims WHERE key = $1",
+            RosterTable::Members => "SELECT record FROM relay_members WHERE key = $1",
+        };
+        self.block(async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await.map_err(io)?;
+            let row = client.query_opt(&statement, &[&key]).await.map_err(io)?;
+            Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
+        })
+    }
+
+    /// Adds a record only if the key has none; whether it did (the first claim of an invite).
+    pub(crate) fn roster_insert(
+        &self,
+        table: &str,
+        key: &str,
+        record: &[u8],
+    ) -> Result<bool, StoreError> {
+        let sql = match roster_table(table)? {
+            RosterTable::Claims => {
+                "INSERT INTO relay_claims (key, record) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            }
+            RosterTable::Members => {
+                "INSERT INTO relay_members (key, record) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            }
+        };
+        self.block(async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await.map_err(io)?;
+            Ok(client
+                .execute(&statement, &[&key, &record])
+                .await
+                .map_err(io)?
+                == 1)
+        })
+    }
+
+    /// Writes a record, replacing the key's.
+    pub(crate) fn roster_put(
+        &self,
+        table: &str,
+        key: &str,
+        record: &[u8],
+    ) -> Result<(), StoreError> {
+        let sql = match roster_table(table)? {
+            RosterTable::Claims => {
+                "INSERT INTO relay_claims (key, record) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record"
+            }
+            RosterTable::Members => {
+                "INSERT INTO relay_members (key, record) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record"
+            }
+        };
+        self.block(async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await.map_err(io)?;
+            client
+                .execute(&statement, &[&key, &record])
+                .await
+                .map_err(io)?;
+            Ok(())
+        })
+    }
+
+    /// Every record of a roster table.
+    pub(crate) fn roster_all(&self, table: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let sql = match roster_table(table)? {
+            RosterTable::Claims => "SELECT record FROM relay_claims ORDER BY key",
+            RosterTable::Members => "SELECT record FROM relay_members ORDER BY key",
+        };
+        self.block(async {
+            let client = self.client().await?;
+            let rows = client.query(sql, &[]).await.map_err(io)?;
+            Ok(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect())
+        })
+    }
+
     /// The store of one namespace (one user's data).
     pub fn store(&self, ns: &str) -> PgStore {
         PgStore {
@@ -233,6 +321,20 @@ impl Pg {
             batch: None,
             batch_failed: None,
         }
+    }
+}
+
+/// The roster's tables (named by the caller, checked here: no other name reaches SQL).
+enum RosterTable {
+    Claims,
+    Members,
+}
+
+fn roster_table(name: &str) -> Result<RosterTable, StoreError> {
+    match name {
+        "relay_claims" => Ok(RosterTable::Claims),
+        "relay_members" => Ok(RosterTable::Members),
+        other => Err(io(format!("no roster table {other}"))),
     }
 }
 

@@ -345,7 +345,7 @@ impl Relay {
                         data.display()
                     )
                 })?;
-        let roster = Roster::open(&db).context("opening the relay's member roster")?;
+        let mut roster = Roster::open(&db).context("opening the relay's member roster")?;
         let open: crate::hub::OpenStore<RelayStore> = match &config.store {
             StoreChoice::Sled => {
                 let opener = db.clone();
@@ -357,6 +357,8 @@ impl Relay {
                 let pg = crate::pg::Pg::connect(url, PG_CONNECTIONS)
                     .context("connecting to the PostgreSQL store")?;
                 config.metrics.set_database(pg.clone());
+                // Claims and members are the fleet's, not this instance's.
+                roster = Roster::postgres(pg.clone());
                 Box::new(move |user| Ok(RelayStore::Postgres(Box::new(pg.store(&namespace(user))))))
             }
         };
@@ -899,8 +901,12 @@ impl Relay {
                     .admitted()
                     .map(|(p, _)| p.to_string())
                     .collect();
-                let (members, claims) = self.roster.report(|id| connected.contains(id));
-                Response::Members(MembersReport { members, claims })
+                match self.roster.report(|id| connected.contains(id)) {
+                    Ok((members, claims)) => Response::Members(MembersReport { members, claims }),
+                    Err(e) => Response::Refused {
+                        reason: format!("the relay cannot read its roster now: {e}"),
+                    },
+                }
             }
             (Some(who), Ok(Request::Members)) => Response::Refused {
                 reason: format!("only an admin may list the members, not a {}", who.kind),

@@ -17,13 +17,13 @@ use common::postgres::Cluster;
 use jarvis_crdt::DocId;
 use jarvis_crdt::store::conformance::{self, Writer};
 use jarvis_crdt::store::{Put, Store};
-use jarvis_relay::pg::Pg;
+use jarvis_relay::pg::{Pg, SCHEMA_VERSION};
 
 #[test]
 fn the_postgres_store_conforms() {
     let cluster = Cluster::start();
     let pg = Pg::connect(&cluster.url("postgres"), 4).unwrap();
-    assert_eq!(pg.schema_version().unwrap(), 1);
+    assert_eq!(pg.schema_version().unwrap(), SCHEMA_VERSION);
     conformance::run(&mut |n| pg.store(&format!("suite/{n}/")), 0, true);
     // Users are kept apart: one namespace sees nothing of another's.
     let mut alice = pg.store("user/alice/");
@@ -42,7 +42,7 @@ fn migrations_run_once_and_a_second_instance_finds_them_applied() {
     let first = Pg::connect(&url, 2).unwrap();
     let second = Pg::connect(&url, 2).unwrap();
     assert_eq!(first.migrate().unwrap(), 0, "already applied on connect");
-    assert_eq!(second.schema_version().unwrap(), 1);
+    assert_eq!(second.schema_version().unwrap(), SCHEMA_VERSION);
     assert!(second.healthy());
 }
 

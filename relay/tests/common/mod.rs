@@ -46,7 +46,12 @@ pub fn json_ok(mut cmd: Command, args: &[&str]) -> Value {
 /// Enrols a relay at `home` in the org administered at `admin`: `jarvis-relay request`, the
 /// admin's `jarvis admin enroll`, `jarvis-relay install`. Returns the relay's peer id.
 pub fn enrol_relay(admin: &Path, home: &Path) -> String {
-    let request = json_ok(relay_cmd(home), &["request", "--name", "relay-1"]);
+    enrol_relay_named(admin, home, "relay-1")
+}
+
+/// [`enrol_relay`] under another name (several instances of one fleet).
+pub fn enrol_relay_named(admin: &Path, home: &Path, name: &str) -> String {
+    let request = json_ok(relay_cmd(home), &["request", "--name", name]);
     let mut enroll = Command::new(jarvis_bin());
     enroll
         .env("JARVIS_PASSPHRASE", "pw")

@@ -154,7 +154,7 @@ pub const SYSTEM_PROMPT: &str =
     "You are a helpful assistant named Jarvis. Give short, direct answers.";
 
 /// The most conversation text sent to the model with a question; older messages are left out.
-const HISTORY_CHARS: usize = 6000;
+pub const HISTORY_CHARS: usize = 6000;
 
 /// The model's view of a conversation: the system prompt, then the finished messages, newest
 /// last, as many as fit in [`HISTORY_CHARS`].

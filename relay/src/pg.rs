@@ -44,7 +44,7 @@ use tokio_postgres::NoTls;
 /// How long a call waits for a connection, or for the database to answer, before failing.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The schema version this build migrates to (the number of [`MIGRATIONS`]).
+/// The schema version this build migrates to (the number of migrations it knows).
 pub const SCHEMA_VERSION: i32 = 2;
 
 /// The schema, one migration per entry, applied in order and recorded in `jarvis_schema`.

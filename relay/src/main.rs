@@ -50,17 +50,8 @@ enum Command {
     /// Apply the PostgreSQL store's schema migrations and exit (`up` also applies them when it
     /// starts; this is for deploying the schema ahead of a fleet's rolling upgrade).
     Migrate {
-        /// The PostgreSQL URL (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`).
-        #[arg(
-            long,
-            value_name = "URL",
-            env = "JARVIS_RELAY_STORE",
-            hide_env_values = true
-        )]
-        store: Option<String>,
-        /// Read --store from this file.
-        #[arg(long, value_name = "FILE", conflicts_with = "store")]
-        store_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Run the relay. Prints its peer id and addresses (JSON lines); Ctrl-C stops it cleanly.
     Up {
@@ -81,21 +72,28 @@ enum Command {
         /// keys are free; members already admitted never count).
         #[arg(long, value_name = "N", default_value_t = 32)]
         max_unproven_per_ip: usize,
-        /// Where users' data lives: `sled` (embedded, in the relay's home; the default) or a
-        /// PostgreSQL URL, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, which several relay
-        /// instances share. A URL with a password is better given by file (--store-file) or
-        /// environment than on the command line, which other local users can read.
-        #[arg(
-            long,
-            value_name = "STORE",
-            env = "JARVIS_RELAY_STORE",
-            hide_env_values = true
-        )]
-        store: Option<String>,
-        /// Read --store from this file (a systemd credential, a container secret).
-        #[arg(long, value_name = "FILE", conflicts_with = "store")]
-        store_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
+}
+
+/// Where users' data lives (`up`, `migrate`).
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// `sled` (embedded, in the relay's home; the default) or a PostgreSQL URL,
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, which several relay instances share. A
+    /// URL with a password is better given by file (--store-file) or environment than on the
+    /// command line, which other local users can read.
+    #[arg(
+        long,
+        value_name = "STORE",
+        env = "JARVIS_RELAY_STORE",
+        hide_env_values = true
+    )]
+    store: Option<String>,
+    /// Read --store from this file (a systemd credential, a container secret).
+    #[arg(long, value_name = "FILE", conflicts_with = "store")]
+    store_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -128,8 +126,8 @@ fn home(dir: Option<PathBuf>) -> Result<Home> {
 }
 
 /// `--store` / `--store-file` / `JARVIS_RELAY_STORE`, `sled` when none is given.
-fn store_choice(store: Option<String>, file: Option<PathBuf>) -> Result<StoreChoice> {
-    let store = match (store, file) {
+fn store_choice(args: StoreArgs) -> Result<StoreChoice> {
+    let store = match (args.store, args.store_file) {
         (_, Some(file)) => std::fs::read_to_string(&file)
             .with_context(|| format!("reading the store from {}", file.display()))?,
         (Some(store), None) => store,
@@ -192,8 +190,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Migrate { store, store_file } => {
-            let StoreChoice::Postgres(url) = store_choice(store, store_file)? else {
+        Command::Migrate { store } => {
+            let StoreChoice::Postgres(url) = store_choice(store)? else {
                 bail!(
                     "migrate is for a PostgreSQL store: pass --store postgres://… (sled needs no migration)"
                 );
@@ -242,9 +240,8 @@ fn run(cli: Cli) -> Result<()> {
             metrics,
             max_unproven_per_ip,
             store,
-            store_file,
         } => {
-            let store = store_choice(store, store_file)?;
+            let store = store_choice(store)?;
             let listen = if listen.is_empty() {
                 vec![
                     "/ip4/0.0.0.0/udp/4001/quic-v1".parse()?,

@@ -78,6 +78,29 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// `host:port/database` of a config (hosts and ports as given), for messages.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    format!(
+        "{}:{}/{}",
+        hosts.join(","),
+        if ports.is_empty() {
+            "5432".to_owned()
+        } else {
+            ports.join(",")
+        },
+        config.get_dbname().unwrap_or("(default)")
+    )
+}
+
 /// A runtime that may be dropped anywhere (dropping a tokio runtime inside another panics).
 struct Runtime(Option<tokio::runtime::Runtime>);
 
@@ -94,6 +117,8 @@ impl Drop for Runtime {
 pub struct Pg {
     pool: Pool,
     runtime: Arc<Runtime>,
+    /// Where the database is, for errors: hosts, ports and database, never the password.
+    target: Arc<str>,
 }
 
 impl std::fmt::Debug for Pg {
@@ -112,6 +137,7 @@ impl Pg {
             .map_err(|e| io(format!("the database URL does not parse: {e}")))?;
         config.connect_timeout(TIMEOUT);
         config.application_name("jarvis-relay");
+        let target = describe(&config);
         let manager_config = ManagerConfig {
             // A connection whose server went away is noticed (`is_closed`) and replaced.
             recycling_method: RecyclingMethod::Fast,
@@ -136,6 +162,7 @@ impl Pg {
         let pg = Self {
             pool,
             runtime: Arc::new(Runtime(Some(runtime))),
+            target: target.into(),
         };
         pg.migrate()?;
         Ok(pg)
@@ -165,7 +192,12 @@ impl Pg {
         self.pool
             .get()
             .await
-            .map_err(|e| io(format!("cannot reach the database: {e}")))
+            .map_err(|e| {
+                io(format!(
+                    "cannot reach the database {} ({e}): is PostgreSQL running there and accepting connections from this host?",
+                    self.target
+                ))
+            })
     }
 
     /// Applies the migrations not yet applied; returns how many it applied.

@@ -70,6 +70,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE relay_members (key TEXT PRIMARY KEY, record BYTEA NOT NULL);",
 ];
 
+// One version per migration: the constant cannot drift from the list.
+const _: () = assert!(SCHEMA_VERSION as usize == MIGRATIONS.len());
+
 /// Any number taken by `pg_advisory_xact_lock` while migrating, so two instances starting
 /// together do not both migrate.
 const MIGRATION_LOCK: i64 = 0x6a61_7276_6973; // "jarvis"
@@ -370,12 +373,48 @@ fn roster_table(name: &str) -> Result<RosterTable, StoreError> {
     }
 }
 
+/// A pooled connection inside a transaction. It goes back to the pool only through
+/// [`InTransaction::finish`] (after COMMIT or ROLLBACK); dropped any other way (a store dropped
+/// mid-batch, a timeout dropping the work) it is detached and closed, so the server rolls the
+/// transaction back and no later user of the pool writes inside it.
+struct InTransaction(Option<Object>);
+
+impl InTransaction {
+    async fn begin(client: Object) -> Result<Self, StoreError> {
+        let guard = Self(Some(client));
+        guard.client()?.batch_execute("BEGIN").await.map_err(io)?;
+        Ok(guard)
+    }
+
+    fn client(&self) -> Result<&Object, StoreError> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| io("the transaction's connection is gone"))
+    }
+
+    /// Ends the transaction (`COMMIT` or `ROLLBACK`) and, if that worked, returns the
+    /// connection to the pool.
+    async fn finish(mut self, end: &str) -> Result<(), StoreError> {
+        self.client()?.batch_execute(end).await.map_err(io)?;
+        drop(self.0.take());
+        Ok(())
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
+        }
+    }
+}
+
 /// One namespace's data in the database: a [`Store`].
 pub struct PgStore {
     pg: Pg,
     ns: String,
     /// In a batch: the connection holding the open transaction.
-    batch: Option<Object>,
+    batch: Option<InTransaction>,
     /// Why the batch's transaction cannot commit (a statement in it failed).
     batch_failed: Option<String>,
 }
@@ -412,8 +451,24 @@ const PUT_FIRST: &str = "WITH raised AS (
 const HAVE: &str = "SELECT seq FROM relay_vectors WHERE ns = $1 AND doc = $2 AND actor = $3";
 
 impl PgStore {
-    /// Runs `work` with this store's connection: the batch's, or one from the pool. A failure
-    /// inside a batch poisons it (its transaction is aborted): `end_batch` then reports it.
+    /// Runs `work` with this store's connection: the batch's, or one from the pool.
+    fn read<T>(
+        &self,
+        work: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.batch {
+            Some(batch) => self
+                .pg
+                .block(async { work(batch.client()?, &self.ns).await }),
+            None => self.pg.block(async {
+                let client = self.pg.client().await?;
+                work(&client, &self.ns).await
+            }),
+        }
+    }
+
+    /// [`PgStore::read`] for a write: a failure inside a batch poisons it (its transaction is
+    /// aborted), and `end_batch` then reports it.
     fn with<T>(
         &mut self,
         work: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> Result<T, StoreError>,
@@ -421,32 +476,11 @@ impl PgStore {
         if let Some(why) = &self.batch_failed {
             return Err(io(format!("an earlier write of this batch failed: {why}")));
         }
-        let pg = self.pg.clone();
-        let ns = self.ns.clone();
-        let result = match &self.batch {
-            Some(client) => pg.block(work(client, &ns)),
-            None => pg.block(async {
-                let client = pg.client().await?;
-                work(&client, &ns).await
-            }),
-        };
+        let result = self.read(work);
         if let (Err(e), Some(_)) = (&result, &self.batch) {
             self.batch_failed = Some(e.to_string());
         }
         result
-    }
-
-    fn read<T>(
-        &self,
-        work: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        match &self.batch {
-            Some(client) => self.pg.block(work(client, &self.ns)),
-            None => self.pg.block(async {
-                let client = self.pg.client().await?;
-                work(&client, &self.ns).await
-            }),
-        }
     }
 
     /// Runs `work` in a transaction of its own, or inside the batch's.
@@ -457,23 +491,12 @@ impl PgStore {
         if self.batch.is_some() {
             return self.with(work);
         }
-        let pg = self.pg.clone();
-        let ns = self.ns.clone();
-        pg.block(async {
-            let client = pg.client().await?;
-            client.batch_execute("BEGIN").await.map_err(io)?;
-            match work(&client, &ns).await {
-                Ok(value) => {
-                    if let Err(e) = client.batch_execute("COMMIT").await {
-                        let _ = Object::take(client);
-                        return Err(io(e));
-                    }
-                    Ok(value)
-                }
+        self.pg.block(async {
+            let tx = InTransaction::begin(self.pg.client().await?).await?;
+            match work(tx.client()?, &self.ns).await {
+                Ok(value) => tx.finish("COMMIT").await.map(|()| value),
                 Err(e) => {
-                    if client.batch_execute("ROLLBACK").await.is_err() {
-                        let _ = Object::take(client);
-                    }
+                    let _ = tx.finish("ROLLBACK").await;
                     Err(e)
                 }
             }
@@ -769,15 +792,12 @@ impl Store for PgStore {
         if self.batch.is_some() {
             return;
         }
-        let pg = self.pg.clone();
-        let began = pg.block(async {
-            let client = pg.client().await?;
-            client.batch_execute("BEGIN").await.map_err(io)?;
-            Ok(client)
-        });
+        let began = self
+            .pg
+            .block(async { InTransaction::begin(self.pg.client().await?).await });
         match began {
-            Ok(client) => {
-                self.batch = Some(client);
+            Ok(batch) => {
+                self.batch = Some(batch);
                 self.batch_failed = None;
             }
             // Every write of the batch fails, and so does its end: nothing is acknowledged.
@@ -787,27 +807,21 @@ impl Store for PgStore {
 
     fn end_batch(&mut self) -> Result<(), StoreError> {
         let failed = self.batch_failed.take();
-        let Some(client) = self.batch.take() else {
+        let Some(batch) = self.batch.take() else {
             return match failed {
                 Some(why) => Err(io(why)),
                 None => Ok(()),
             };
         };
-        let pg = self.pg.clone();
-        pg.block(async move {
+        self.pg.block(async move {
             if let Some(why) = failed {
-                if client.batch_execute("ROLLBACK").await.is_err() {
-                    let _ = Object::take(client);
-                }
+                let _ = batch.finish("ROLLBACK").await;
                 return Err(io(format!("the batch was not stored: {why}")));
             }
-            match client.batch_execute("COMMIT").await {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    let _ = Object::take(client);
-                    Err(io(format!("the batch was not stored: {e}")))
-                }
-            }
+            batch
+                .finish("COMMIT")
+                .await
+                .map_err(|e| io(format!("the batch was not stored: {e}")))
         })
     }
 }

@@ -125,3 +125,37 @@ fn a_database_that_goes_away_fails_writes_and_comes_back_without_a_restart() {
     assert!(pg.healthy());
     assert_eq!(store.vector(w.doc).unwrap().get(&w.actor()), 2);
 }
+
+/// A store dropped in the middle of a batch (the hub forgetting a user, a timeout dropping the
+/// work) must not hand its open transaction back to the pool: the next user of that connection
+/// would write inside it, and what it "stored" would never commit.
+#[test]
+fn a_transaction_left_open_never_goes_back_to_the_pool() {
+    let cluster = Cluster::start();
+    let url = cluster.url("postgres");
+    // One connection: whatever the dropped batch held is what the next write gets.
+    let pg = Pg::connect(&url, 1).unwrap();
+    let w = Writer::new(DocId::random());
+    {
+        let mut store = pg.store("user/alice/");
+        store.begin_batch();
+        assert_eq!(store.put_change(&w.change(1, 10)).unwrap(), Put::Stored);
+        // Dropped without end_batch: the batch's change is not stored.
+    }
+    let mut store = pg.store("user/alice/");
+    assert_eq!(
+        store.put_change(&w.change(1, 10)).unwrap(),
+        Put::Stored,
+        "the abandoned batch's change was rolled back"
+    );
+    // And this write, outside any batch, is durable: another instance sees it.
+    let other = Pg::connect(&url, 1).unwrap();
+    assert_eq!(
+        other
+            .store("user/alice/")
+            .vector(w.doc)
+            .unwrap()
+            .get(&w.actor()),
+        1
+    );
+}

@@ -21,8 +21,9 @@
 //! **Durability.** Outside a batch each write is its own transaction, committed before the call
 //! returns (PostgreSQL's default `synchronous_commit`); a batch ([`Store::begin_batch`]) is one
 //! transaction on one connection, committed by [`Store::end_batch`]: the group commit the relay
-//! acknowledges after. A failed commit drops the connection rather than return it to the pool
-//! mid-transaction.
+//! acknowledges after. A connection inside a transaction goes back to the pool only after its
+//! COMMIT or ROLLBACK (`InTransaction`): one dropped any other way (a failed commit, a store
+//! dropped mid-batch, a timeout) is closed, and the server rolls it back.
 //!
 //! **Sync over async.** [`Store`] is synchronous (the replica above it is sans-IO), the driver
 //! (tokio-postgres, pooled by deadpool-postgres) is not: each call runs on the store's own small

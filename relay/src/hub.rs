@@ -339,6 +339,97 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
         }
     }
 
+    /// Changes and key records another relay instance stored for `user` (it said so on the
+    /// shared database, by ids; they are read back from the store here): pushed to the user's
+    /// devices connected to this instance, as if a device here had sent them. A change or key
+    /// not found (compacted since, or a bogus id) is skipped: the sessions' resync heals
+    /// whatever this misses. `grew` keeps the quota's count in step with the other writers.
+    pub fn stored_elsewhere(
+        &mut self,
+        user: &Name,
+        changes: &[(jarvis_crdt::DocId, jarvis_identity::PublicKey, u64, u64)],
+        keys: &[(jarvis_crdt::DocId, jarvis_crdt::envelope::KeyId)],
+        grew: i64,
+    ) -> Vec<(P, SyncMessage)> {
+        let mut send = Vec::new();
+        let Some(store) = self.users.get_mut(user) else {
+            // No device of the user is here (its store opens, and is counted, on admission).
+            return send;
+        };
+        store.used = store.used.saturating_add_signed(grew);
+        let here: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(_, state)| &state.user == user)
+            .map(|(peer, _)| *peer)
+            .collect();
+        if here.is_empty() {
+            return send;
+        }
+        let replica = &store.replica;
+        let mut docs_keys: BTreeMap<jarvis_crdt::DocId, Vec<jarvis_crdt::KeyRecord>> =
+            BTreeMap::new();
+        for (doc, id) in keys {
+            if !docs_keys.contains_key(doc) {
+                match replica.store().keys(*doc) {
+                    Ok(records) => {
+                        docs_keys.insert(*doc, records);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "fan-out skipped a key record"),
+                }
+            }
+            let Some(record) = docs_keys
+                .get(doc)
+                .and_then(|records| records.iter().find(|r| r.id() == *id))
+            else {
+                continue;
+            };
+            for peer in &here {
+                if let Some(state) = self.peers.get_mut(peer) {
+                    let messages = state.session.on_new_key(record);
+                    send.extend(messages.into_iter().map(|m| (*peer, m)));
+                }
+            }
+        }
+        for (doc, actor, first, last) in changes {
+            for seq in *first..=*last {
+                let change = match replica.store().change(*doc, actor, seq) {
+                    Ok(Some(change)) => change,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "fan-out skipped a change");
+                        continue;
+                    }
+                };
+                for peer in &here {
+                    if let Some(state) = self.peers.get_mut(peer) {
+                        match state.session.on_new_change(&change, replica) {
+                            Ok(messages) => send.extend(messages.into_iter().map(|m| (*peer, m))),
+                            Err(e) => tracing::debug!(error = %e, "fan-out skipped a change"),
+                        }
+                    }
+                }
+            }
+        }
+        send
+    }
+
+    /// Every session re-announces what the relay holds now, rather than at its next timer
+    /// (announcements from the other instances were missed).
+    pub fn resync_all(&mut self, now_ms: u64) -> Vec<(P, SyncMessage)> {
+        let mut send = Vec::new();
+        for (peer, state) in &mut self.peers {
+            let Some(store) = self.users.get(&state.user) else {
+                continue;
+            };
+            match state.session.start(now_ms, &store.replica) {
+                Ok(messages) => send.extend(messages.into_iter().map(|m| (*peer, m))),
+                Err(e) => tracing::warn!(error = %e, "resync failed"),
+            }
+        }
+        send
+    }
+
     /// Timers: sessions re-announce what the relay holds, so anything lost is sent again.
     pub fn poll(&mut self, now_ms: u64) -> Vec<(P, SyncMessage)> {
         let mut send = Vec::new();

@@ -8,12 +8,14 @@
 //! - [`hub`]: store-and-forward, sans-IO: each user's keyless replica, every admitted device a
 //!   sync peer of its own user's replica, live fan-out, rate limits and quotas.
 //! - [`listing`]: who is online, from the directory heartbeats, sans-IO.
+//! - [`announce`]: what an instance of a fleet tells the others it stored (ids only).
 //! - `server` (feature): the libp2p shell: the mesh's admission core with the relay's policy
 //!   (invite claims, in `roster`), circuit relay v2, the hub over the relay's store, revocations
 //!   given on admission.
 //! - `store` and `pg` (feature `server`): where the hub keeps each user's data: the embedded
 //!   sled database (the default) or PostgreSQL, shared by several relay instances.
 
+pub mod announce;
 pub mod hub;
 pub mod listing;
 #[cfg(feature = "server")]

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub refusals: Family<Reason, Counter>,
     /// Revocations held.
     pub revocations: Gauge,
+    /// Announcements of what the other instances stored, heard (PostgreSQL fleets only).
+    pub announcements_heard: Counter,
     running: AtomicBool,
     /// The PostgreSQL store, when the relay runs on one: `/health` asks it.
     database: std::sync::OnceLock<crate::pg::Pg>,
@@ -56,6 +58,7 @@ impl Metrics {
             messages_forwarded: Counter::default(),
             refusals: Family::default(),
             revocations: Gauge::default(),
+            announcements_heard: Counter::default(),
             database: std::sync::OnceLock::new(),
             running: AtomicBool::new(false),
             registry: Registry::default(),
@@ -94,6 +97,11 @@ impl Metrics {
             "revocations",
             "Revocations held",
             metrics.revocations.clone(),
+        );
+        registry.register(
+            "announcements_heard",
+            "What the fleet's other instances stored, as they announced it",
+            metrics.announcements_heard.clone(),
         );
         Self {
             registry,

@@ -32,11 +32,14 @@
 //! within [`TIMEOUT`] is an error, which the relay turns into a refusal: nothing is
 //! acknowledged that is not stored.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Timeouts};
 use jarvis_crdt::envelope::{KeyRecord, SealedChange, SealedSnapshot};
+
+pub use crate::announce::Stored;
+use crate::announce::Notice;
 use jarvis_crdt::ids::{DocId, VersionVector};
 use jarvis_crdt::store::{Put, Store, StoreError};
 use jarvis_identity::PublicKey;
@@ -44,6 +47,15 @@ use tokio_postgres::NoTls;
 
 /// How long a call waits for a connection, or for the database to answer, before failing.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The channel on which instances announce what they stored (`LISTEN`/`NOTIFY`).
+pub const CHANNEL: &str = "jarvis_relay";
+const LISTEN: &str = "LISTEN jarvis_relay";
+/// Announcements waiting for the relay's loop, at most; past that they are dropped and the
+/// loop is told it missed some ([`Heard::Missed`]).
+const HEARD_QUEUE: usize = 1_024;
+/// How long the listener waits before connecting again after losing its connection.
+const RELISTEN: Duration = Duration::from_secs(1);
 
 /// The schema version this build migrates to (the number of migrations it knows).
 pub const SCHEMA_VERSION: i32 = 2;
@@ -120,6 +132,8 @@ impl Drop for Runtime {
 #[derive(Clone)]
 pub struct Pg {
     pool: Pool,
+    /// For the listener's own connection (never printed: it may hold a password).
+    config: Arc<tokio_postgres::Config>,
     runtime: Arc<Runtime>,
     /// Where the database is, for errors: hosts, ports and database, never the password.
     target: Arc<str>,
@@ -146,7 +160,7 @@ impl Pg {
             // A connection whose server went away is noticed (`is_closed`) and replaced.
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = Manager::from_config(config, NoTls, manager_config);
+        let manager = Manager::from_config(config.clone(), NoTls, manager_config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("jarvis-pg")
@@ -165,6 +179,7 @@ impl Pg {
             .map_err(io)?;
         let pg = Self {
             pool,
+            config: Arc::new(config),
             runtime: Arc::new(Runtime(Some(runtime))),
             target: target.into(),
         };
@@ -244,6 +259,18 @@ impl Pg {
             tx.commit().await.map_err(io)?;
             Ok(applied)
         })
+    }
+
+    /// Listens for what the fleet's instances store ([`CHANNEL`]), on a connection of its own
+    /// kept open: lost, it connects again after [`RELISTEN`] and says [`Heard::Missed`]. The
+    /// queue is bounded ([`HEARD_QUEUE`]); past it announcements are dropped and `Missed` said.
+    /// Stops when the receiver is dropped.
+    pub fn listen(&self) -> tokio::sync::mpsc::Receiver<Heard> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(HEARD_QUEUE);
+        if let Some(runtime) = self.runtime.0.as_ref() {
+            runtime.spawn(listen(Arc::clone(&self.config), sender, self.target.clone()));
+        }
+        receiver
     }
 
     /// The schema version the database is at.
@@ -349,14 +376,131 @@ impl Pg {
         })
     }
 
-    /// The store of one namespace (one user's data).
+    /// The store of one namespace (one user's data), whose batches are its own transactions.
     pub fn store(&self, ns: &str) -> PgStore {
         PgStore {
             pg: self.clone(),
             ns: ns.to_owned(),
-            batch: None,
-            batch_failed: None,
+            group: Arc::default(),
+            joined: false,
         }
+    }
+
+    /// A group of stores whose batches commit together (one transaction, one COMMIT), as a
+    /// hub's group commit wants, and whose commits announce what they stored to the other
+    /// instances ([`Pg::listen`]) as `instance`.
+    pub fn group(&self, instance: u64) -> Grouped {
+        Grouped {
+            pg: self.clone(),
+            group: Arc::new(Mutex::new(Group {
+                instance: Some(instance),
+                ..Group::default()
+            })),
+        }
+    }
+}
+
+/// Stores that share one group commit ([`Pg::group`]). Every member that began a batch must
+/// end it before any of them is durable: the last `end_batch` commits, and says whether it did.
+#[derive(Clone)]
+pub struct Grouped {
+    pg: Pg,
+    group: Arc<Mutex<Group>>,
+}
+
+impl Grouped {
+    /// The store of one namespace, in this group.
+    pub fn store(&self, ns: &str) -> PgStore {
+        PgStore {
+            pg: self.pg.clone(),
+            ns: ns.to_owned(),
+            group: Arc::clone(&self.group),
+            joined: false,
+        }
+    }
+}
+
+/// What the listener hears.
+#[derive(Debug)]
+pub enum Heard {
+    /// Another instance (or this one: compare `from`) stored this.
+    Stored(Stored),
+    /// Announcements may have been missed (said when the listener starts listening, again
+    /// after its connection was lost, and when the loop fell behind): resync everyone now
+    /// rather than on the next timer.
+    Missed,
+}
+
+/// The listener's loop: one connection, `LISTEN`, notifications forwarded until it is lost.
+async fn listen(
+    config: Arc<tokio_postgres::Config>,
+    heard: tokio::sync::mpsc::Sender<Heard>,
+    target: Arc<str>,
+) {
+    use futures::StreamExt;
+    // Whether announcements may have been missed and the loop not told yet.
+    let mut missed = false;
+    let mut first = true;
+    // Says `Missed` first when owed (nothing after it until it is taken), then `item`.
+    let forward = |item: Option<Heard>, missed: &mut bool| {
+        if *missed {
+            if heard.try_send(Heard::Missed).is_err() {
+                return;
+            }
+            *missed = false;
+        }
+        if let Some(item) = item
+            && heard.try_send(item).is_err()
+        {
+            *missed = true;
+        }
+    };
+    while !heard.is_closed() {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut messages =
+                    futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let subscribe = client.batch_execute(LISTEN);
+                tokio::pin!(subscribe);
+                let mut subscribed = false;
+                loop {
+                    tokio::select! {
+                        done = &mut subscribe, if !subscribed => {
+                            if let Err(e) = done {
+                                tracing::warn!(error = %e, "cannot listen for the other instances' writes");
+                                break;
+                            }
+                            subscribed = true;
+                            if !first {
+                                tracing::info!(database = %target, "listening again for the other instances' writes");
+                            }
+                            first = false;
+                            // Whatever was stored before this moment was not heard.
+                            missed = true;
+                            forward(None, &mut missed);
+                        }
+                        message = messages.next() => match message {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                                match Stored::decode(n.payload()) {
+                                    Ok(stored) => forward(Some(Heard::Stored(stored)), &mut missed),
+                                    Err(e) => tracing::warn!(error = %e, "an unreadable notification"),
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                tracing::warn!(database = %target, error = %e, "lost the listening connection");
+                                break;
+                            }
+                            None => break,
+                        },
+                        () = heard.closed() => return,
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(database = %target, error = %e, "cannot connect to listen"),
+        }
+        missed = true;
+        tokio::time::sleep(RELISTEN).await;
     }
 }
 
@@ -414,10 +558,48 @@ impl Drop for InTransaction {
 pub struct PgStore {
     pg: Pg,
     ns: String,
-    /// In a batch: the connection holding the open transaction.
-    batch: Option<InTransaction>,
-    /// Why the batch's transaction cannot commit (a statement in it failed).
-    batch_failed: Option<String>,
+    /// The group commit this store's batches join: its own, or its hub's ([`Pg::group`]).
+    group: Arc<Mutex<Group>>,
+    /// Whether this store is inside the group's batch (between `begin_batch` and `end_batch`).
+    joined: bool,
+}
+
+/// A group commit: the batches of every store of one group are one transaction on one
+/// connection, committed when the last of them ends. A relay round that touches a thousand
+/// users then costs one connection and one COMMIT, not a connection per user (which a small
+/// pool could not give and a large one would turn into a thousand fsyncs).
+#[derive(Default)]
+struct Group {
+    /// The open transaction, while any member is in a batch.
+    tx: Option<InTransaction>,
+    /// Why the transaction cannot commit (a statement in it failed, or it never began).
+    failed: Option<String>,
+    /// Stores inside the batch now.
+    members: usize,
+    /// Who announces the group's commits ([`Notice`]), when anyone does.
+    instance: Option<u64>,
+    /// What this transaction stored, per namespace, announced with its commit.
+    stored: std::collections::BTreeMap<String, Notice>,
+}
+
+fn lock(group: &Mutex<Group>) -> std::sync::MutexGuard<'_, Group> {
+    // A panic while holding it leaves plain data behind: carry on with it.
+    group.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for PgStore {
+    /// A store dropped inside a batch leaves the group; the last one out ends the transaction
+    /// (rolled back: its `InTransaction` is dropped, not finished).
+    fn drop(&mut self) {
+        if self.joined {
+            let mut group = lock(&self.group);
+            group.members = group.members.saturating_sub(1);
+            if group.members == 0 {
+                group.tx = None;
+                group.stored.clear();
+            }
+        }
+    }
 }
 
 fn seq_param(seq: u64) -> Result<i64, StoreError> {
@@ -457,14 +639,18 @@ impl PgStore {
         &self,
         work: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        match &self.batch {
-            Some(batch) => self
+        let group = lock(&self.group);
+        match (&group.tx, self.joined) {
+            (Some(batch), true) => self
                 .pg
                 .block(async { work(batch.client()?, &self.ns).await }),
-            None => self.pg.block(async {
-                let client = self.pg.client().await?;
-                work(&client, &self.ns).await
-            }),
+            _ => {
+                drop(group);
+                self.pg.block(async {
+                    let client = self.pg.client().await?;
+                    work(&client, &self.ns).await
+                })
+            }
         }
     }
 
@@ -474,14 +660,28 @@ impl PgStore {
         &mut self,
         work: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        if let Some(why) = &self.batch_failed {
+        if self.joined
+            && let Some(why) = &lock(&self.group).failed
+        {
             return Err(io(format!("an earlier write of this batch failed: {why}")));
         }
         let result = self.read(work);
-        if let (Err(e), Some(_)) = (&result, &self.batch) {
-            self.batch_failed = Some(e.to_string());
+        if let (Err(e), true) = (&result, self.joined) {
+            lock(&self.group).failed.get_or_insert_with(|| e.to_string());
         }
         result
+    }
+
+    /// Notes what a batch stored, for the notice its commit sends.
+    fn announce(&self, note: impl FnOnce(&mut Notice)) {
+        if !self.joined {
+            return;
+        }
+        let mut group = lock(&self.group);
+        if group.instance.is_some() {
+            let notice = group.stored.entry(self.ns.clone()).or_default();
+            note(notice);
+        }
     }
 
     /// Runs `work` in a transaction of its own, or inside the batch's.
@@ -489,7 +689,7 @@ impl PgStore {
         &mut self,
         work: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        if self.batch.is_some() {
+        if self.joined {
             return self.with(work);
         }
         self.pg.block(async {
@@ -512,7 +712,8 @@ impl Store for PgStore {
         let actor = h.actor.to_bytes().to_vec();
         let seq = seq_param(h.seq)?;
         let body = change.encode();
-        self.with(async |client, ns| {
+        let grew = i64::try_from(body.len()).unwrap_or(i64::MAX);
+        let put = self.with(async |client, ns| {
             // Two tries: the mark may move between the write that did not apply and the read
             // that says why (another instance stored the change just before).
             for _ in 0..2 {
@@ -549,7 +750,14 @@ impl Store for PgStore {
                 }
             }
             Err(io("the change's actor kept moving; try again"))
-        })
+        })?;
+        if put == Put::Stored {
+            self.announce(|n| {
+                n.change(h.doc, h.actor, h.seq);
+                n.grew = n.grew.saturating_add(grew);
+            });
+        }
+        Ok(put)
     }
 
     fn change(
@@ -608,7 +816,9 @@ impl Store for PgStore {
         let epoch = i64::from(record.epoch);
         let id = record.id().to_vec();
         let body = record.encode();
-        self.with(async |client, ns| {
+        let grew = i64::try_from(body.len()).unwrap_or(i64::MAX);
+        let key = (record.doc, record.id());
+        let added = self.with(async |client, ns| {
             let statement = client
                 .prepare_cached(
                     "INSERT INTO relay_keys (ns, doc, epoch, id, body) VALUES ($1, $2, $3, $4, $5)
@@ -621,7 +831,14 @@ impl Store for PgStore {
                 .await
                 .map_err(io)?;
             Ok(added == 1)
-        })
+        })?;
+        if added {
+            self.announce(|n| {
+                n.keys.push(key);
+                n.grew = n.grew.saturating_add(grew);
+            });
+        }
+        Ok(added)
     }
 
     fn keys(&self, doc: DocId) -> Result<Vec<KeyRecord>, StoreError> {
@@ -652,7 +869,8 @@ impl Store for PgStore {
             .map(|(actor, seq)| Ok((actor.to_bytes().to_vec(), seq_param(*seq)?)))
             .collect::<Result<_, StoreError>>()?;
         let vector = snapshot.vector.clone();
-        self.transaction(async |client, ns| {
+        let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
+        let replaced = self.transaction(async |client, ns| {
             // Locks the document's snapshot row (when there is one) until the commit.
             let old = client
                 .query_opt(
@@ -661,10 +879,13 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(io)?;
+            let mut grew = size;
             if let Some(old) = old {
-                let old = SealedSnapshot::decode(old.get(0))?;
+                let old_body: &[u8] = old.get(0);
+                grew -= i64::try_from(old_body.len()).unwrap_or(0);
+                let old = SealedSnapshot::decode(old_body)?;
                 if old.vector.dominates(&vector) {
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
             client
@@ -690,8 +911,13 @@ impl Store for PgStore {
                     .await
                     .map_err(io)?;
             }
-            Ok(true)
-        })
+            Ok(Some(grew))
+        })?;
+        let Some(grew) = replaced else {
+            return Ok(false);
+        };
+        self.announce(|n| n.grew = n.grew.saturating_add(grew));
+        Ok(true)
     }
 
     fn snapshot(&self, doc: DocId) -> Result<Option<SealedSnapshot>, StoreError> {
@@ -720,7 +946,7 @@ impl Store for PgStore {
             .iter()
             .map(|(actor, seq)| Ok((actor.to_bytes().to_vec(), seq_param(*seq)?)))
             .collect::<Result<_, StoreError>>()?;
-        self.transaction(async |client, ns| {
+        let freed = self.transaction(async |client, ns| {
             let statement = client
                 .prepare_cached(
                     "WITH gone AS (
@@ -741,7 +967,11 @@ impl Store for PgStore {
                 freed += seq_value(bytes)?;
             }
             Ok(freed)
-        })
+        });
+        let freed = freed?;
+        let shrunk = i64::try_from(freed).unwrap_or(i64::MAX);
+        self.announce(|n| n.grew = n.grew.saturating_sub(shrunk));
+        Ok(freed)
     }
 
     fn docs(&self) -> Result<Vec<DocId>, StoreError> {
@@ -790,37 +1020,72 @@ impl Store for PgStore {
     }
 
     fn begin_batch(&mut self) {
-        if self.batch.is_some() {
+        if self.joined {
             return;
         }
+        self.joined = true;
+        let mut group = lock(&self.group);
+        group.members += 1;
+        if group.members > 1 {
+            return;
+        }
+        group.failed = None;
+        group.stored.clear();
         let began = self
             .pg
             .block(async { InTransaction::begin(self.pg.client().await?).await });
         match began {
-            Ok(batch) => {
-                self.batch = Some(batch);
-                self.batch_failed = None;
-            }
+            Ok(tx) => group.tx = Some(tx),
             // Every write of the batch fails, and so does its end: nothing is acknowledged.
-            Err(e) => self.batch_failed = Some(e.to_string()),
+            Err(e) => group.failed = Some(e.to_string()),
         }
     }
 
     fn end_batch(&mut self) -> Result<(), StoreError> {
-        let failed = self.batch_failed.take();
-        let Some(batch) = self.batch.take() else {
-            return match failed {
-                Some(why) => Err(io(why)),
+        if !std::mem::replace(&mut self.joined, false) {
+            return Ok(());
+        }
+        let mut group = lock(&self.group);
+        group.members = group.members.saturating_sub(1);
+        if group.members > 0 {
+            // The last member commits; until then nothing of the group is durable.
+            return match &group.failed {
+                Some(why) => Err(io(format!("the batch was not stored: {why}"))),
                 None => Ok(()),
             };
+        }
+        let failed = group.failed.take();
+        let notices = match group.instance {
+            Some(from) => std::mem::take(&mut group.stored)
+                .into_iter()
+                .flat_map(|(ns, notice)| notice.payloads(from, &ns))
+                .collect(),
+            None => Vec::new(),
         };
+        let Some(tx) = group.tx.take() else {
+            return Err(io(format!(
+                "the batch was not stored: {}",
+                failed.unwrap_or_else(|| "it never began".to_owned())
+            )));
+        };
+        drop(group);
         self.pg.block(async move {
             if let Some(why) = failed {
-                let _ = batch.finish("ROLLBACK").await;
+                let _ = tx.finish("ROLLBACK").await;
                 return Err(io(format!("the batch was not stored: {why}")));
             }
-            batch
-                .finish("COMMIT")
+            // Delivered to the listeners only if, and when, the transaction commits.
+            for payload in &notices {
+                let sent = tx
+                    .client()?
+                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, payload])
+                    .await;
+                if let Err(e) = sent {
+                    let _ = tx.finish("ROLLBACK").await;
+                    return Err(io(format!("the batch was not stored: {e}")));
+                }
+            }
+            tx.finish("COMMIT")
                 .await
                 .map_err(|e| io(format!("the batch was not stored: {e}")))
         })

@@ -128,6 +128,10 @@ pub struct Relay {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Sync messages received and not handled yet, per peer, served in turn.
     inbox: Inbox<request_response::ResponseChannel<Vec<u8>>>,
+    /// In a fleet (PostgreSQL): what the other instances store, as they announce it.
+    heard: Option<tokio::sync::mpsc::Receiver<crate::pg::Heard>>,
+    /// This instance's number in those announcements (from its key: one key per instance).
+    instance: u64,
 }
 
 /// A sync message waiting, with where its acknowledgement goes (`C`: a response channel).
@@ -324,8 +328,24 @@ pub const STATUS_FILE: &str = "status.json";
 
 /// A sled tree namespace for a user: hex of the name, so no name can reach another's trees.
 fn namespace(user: &jarvis_identity::Name) -> String {
-    let hex: String = user.as_str().bytes().map(|b| format!("{b:02x}")).collect();
-    format!("user/{hex}/")
+    format!("user/{}/", hex::encode(user.as_str()))
+}
+
+/// The user a namespace belongs to ([`namespace`] read back).
+fn user_of_namespace(ns: &str) -> Option<jarvis_identity::Name> {
+    let hex = ns.strip_prefix("user/")?.strip_suffix('/')?;
+    let name = String::from_utf8(hex::decode(hex).ok()?).ok()?;
+    jarvis_identity::Name::new(&name).ok()
+}
+
+/// Waits for the next announcement, or for ever when there is no listener.
+async fn next_heard(
+    heard: &mut Option<tokio::sync::mpsc::Receiver<crate::pg::Heard>>,
+) -> Option<crate::pg::Heard> {
+    match heard {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Relay {
@@ -346,6 +366,11 @@ impl Relay {
                     )
                 })?;
         let mut roster = Roster::open(&db).context("opening the relay's member roster")?;
+        let key = identity.key.public().to_bytes();
+        let instance = u64::from_le_bytes([
+            key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
+        ]);
+        let mut heard = None;
         let open: crate::hub::OpenStore<RelayStore> = match &config.store {
             StoreChoice::Sled => {
                 let opener = db.clone();
@@ -359,7 +384,13 @@ impl Relay {
                 config.metrics.set_database(pg.clone());
                 // Claims and members are the fleet's, not this instance's.
                 roster = Roster::postgres(pg.clone());
-                Box::new(move |user| Ok(RelayStore::Postgres(Box::new(pg.store(&namespace(user))))))
+                // The other instances' writes reach this one's devices at once.
+                heard = Some(pg.listen());
+                // One transaction, and one COMMIT, per round, whatever the users in it.
+                let group = pg.group(instance);
+                Box::new(move |user| {
+                    Ok(RelayStore::Postgres(Box::new(group.store(&namespace(user)))))
+                })
             }
         };
         let hub = Hub::new(config.limits, open);
@@ -450,6 +481,8 @@ impl Relay {
             last_status: None,
             metrics: std::sync::Arc::clone(&config.metrics),
             inbox: Inbox::default(),
+            heard,
+            instance,
         })
     }
 
@@ -500,6 +533,7 @@ impl Relay {
                     self.on_swarm(event, report);
                 }
                 _ = tick.tick() => self.on_tick(),
+                heard = next_heard(&mut self.heard) => self.on_heard(heard),
                 () = std::future::ready(()), if ready => {
                     streak = 0;
                     self.round();
@@ -575,6 +609,36 @@ impl Relay {
                     user: user.to_string(),
                 })
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// What another instance of the fleet stored: pushed to this instance's devices of that
+    /// user. Missed announcements make every session resync at once.
+    fn on_heard(&mut self, heard: Option<crate::pg::Heard>) {
+        match heard {
+            None => {
+                tracing::warn!("the fleet listener stopped: other instances' writes arrive on resync only");
+                self.heard = None;
+            }
+            Some(crate::pg::Heard::Missed) => {
+                tracing::info!("announcements from the fleet may have been missed: resyncing every device");
+                let out = self.hub.resync_all(self.now_ms());
+                self.send(out);
+            }
+            Some(crate::pg::Heard::Stored(stored)) => {
+                if stored.from == self.instance {
+                    return;
+                }
+                self.metrics.announcements_heard.inc();
+                let Some(user) = user_of_namespace(&stored.ns) else {
+                    tracing::debug!(ns = %stored.ns, "an announcement for no user");
+                    return;
+                };
+                let out =
+                    self.hub
+                        .stored_elsewhere(&user, &stored.changes, &stored.keys, stored.grew);
+                self.send(out);
+            }
         }
     }
 

@@ -10,7 +10,13 @@
 
 mod common;
 
-use common::{enrol_relay_named, jarvis, node_up, ok, start_relay_with, wait_for};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use common::{
+    Running, approve_offline, enrol_relay_named, jarvis, node_up, ok, sample, say, scrape,
+    start_relay_with, texts, wait_for,
+};
 use jarvis_relay::pg::Pg;
 use jarvis_relay::roster::Roster;
 
@@ -107,4 +113,87 @@ fn an_invite_claimed_through_two_instances_at_once_is_accepted_once() {
     assert!(claims[0].accepted && !claims[1].accepted, "{claims:?}");
     assert_ne!(claims[0].user_key, claims[1].user_key);
     drop(nodes);
+}
+
+/// A running instance: its process, the address devices dial, its metrics address, its home.
+struct Instance {
+    running: Running,
+    address: String,
+    metrics: String,
+    home: PathBuf,
+}
+
+/// Org acme with alice's laptop and phone, and `n` relay instances over the cluster's database.
+fn fleet(d: &Path, url: &str, n: usize) -> (PathBuf, [PathBuf; 2], Vec<Instance>) {
+    let admin = d.join("admin");
+    ok(&admin, &["admin", "init", "--org", "acme"]);
+    let store = d.join("store-url");
+    std::fs::write(&store, url).unwrap();
+    let instances = (1..=n)
+        .map(|i| {
+            let home = d.join(format!("relay-{i}"));
+            enrol_relay_named(&admin, &home, &format!("relay-{i}"));
+            let (running, address, metrics) =
+                start_relay_with(&home, &["--store-file", store.to_str().unwrap()]);
+            Instance {
+                running,
+                address,
+                metrics,
+                home,
+            }
+        })
+        .collect();
+    let token = ok(&admin, &["admin", "invite", "alice"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let laptop = d.join("laptop");
+    ok(&laptop, &["join", &token, "--device-name", "laptop"]);
+    let phone = d.join("phone");
+    approve_offline(&laptop, &phone, "phone");
+    (admin, [laptop, phone], instances)
+}
+
+fn up_at(home: &Path, relay: &str) -> Running {
+    node_up(
+        jarvis(home),
+        &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--peer", relay],
+    )
+}
+
+/// The user's laptop on instance 1, the phone on instance 2 (each knows only its own): what the
+/// laptop writes reaches the phone through the database and instance 2's announcement
+/// listener, not only on the next resync, and instance 2 counts the announcements it heard.
+#[test]
+fn devices_on_two_instances_sync_live_through_the_database() {
+    let cluster = common::postgres::Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_admin, [laptop, phone], instances) = fleet(dir.path(), &cluster.url("postgres"), 2);
+    let _a = up_at(&laptop, &instances[0].address);
+    let _b = up_at(&phone, &instances[1].address);
+    let conversation = say(&laptop, &["the first note"]);
+    wait_for("the phone to get the first note", || {
+        (texts(&phone, &conversation) == ["the first note"]).then_some(())
+    });
+    let mut sent = vec!["the first note".to_owned()];
+    let mut took = Vec::new();
+    for i in 0..5 {
+        let text = format!("live note {i}");
+        let at = Instant::now();
+        say(&laptop, &[&text, "--conversation", &conversation]);
+        sent.push(text);
+        wait_for("the phone to get the note", || {
+            (texts(&phone, &conversation) == sent).then_some(())
+        });
+        took.push(at.elapsed());
+    }
+    took.sort();
+    eprintln!("laptop on instance 1 → phone on instance 2: {took:?}");
+    let heard = sample(
+        &scrape(&instances[1].metrics),
+        "jarvis_relay_announcements_heard_total",
+    )
+    .unwrap_or(0.0);
+    assert!(heard >= 5.0, "instance 2 heard {heard} announcements");
+    drop(instances);
 }

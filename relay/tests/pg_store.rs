@@ -17,7 +17,7 @@ use common::postgres::Cluster;
 use jarvis_crdt::DocId;
 use jarvis_crdt::store::conformance::{self, Writer};
 use jarvis_crdt::store::{Put, Store};
-use jarvis_relay::pg::{Pg, SCHEMA_VERSION};
+use jarvis_relay::pg::{Heard, Pg, SCHEMA_VERSION, Stored};
 
 #[test]
 fn the_postgres_store_conforms() {
@@ -158,4 +158,87 @@ fn a_transaction_left_open_never_goes_back_to_the_pool() {
             .get(&w.actor()),
         1
     );
+}
+
+/// What the listener hears next, within a few seconds.
+fn hear(heard: &mut tokio::sync::mpsc::Receiver<Heard>) -> Heard {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match heard.try_recv() {
+            Ok(h) => return h,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("nothing heard: {e}"),
+        }
+    }
+}
+
+/// A relay's round touches many users; their batches are one transaction on one connection
+/// (before, each user's batch held a pooled connection of its own, so a round of more users
+/// than the pool has connections waited out the timeout and was refused), committed by the
+/// last `end_batch`, and announced to the other instances on commit, by ids only.
+#[test]
+fn a_group_commit_of_many_users_is_one_transaction_announced_when_it_commits() {
+    let cluster = Cluster::start();
+    let url = cluster.url("postgres");
+    let pg = Pg::connect(&url, 2).unwrap();
+    let other = Pg::connect(&url, 1).unwrap();
+    let mut heard = other.listen();
+    assert!(matches!(hear(&mut heard), Heard::Missed), "listening");
+
+    let group = pg.group(7);
+    let users: Vec<(String, Writer)> = (0..10)
+        .map(|i| (format!("user/u{i}/"), Writer::new(DocId::random())))
+        .collect();
+    let mut stores: Vec<_> = users.iter().map(|(ns, _)| group.store(ns)).collect();
+    for (store, (_, w)) in stores.iter_mut().zip(&users) {
+        store.begin_batch();
+        assert_eq!(store.put_change(&w.change(1, 10)).unwrap(), Put::Stored);
+        assert_eq!(store.put_change(&w.change(2, 10)).unwrap(), Put::Stored);
+    }
+    // Not durable, and not announced, until the last member ends.
+    let reader = other.store(&users[0].0);
+    assert_eq!(reader.vector(users[0].1.doc).unwrap().get(&users[0].1.actor()), 0);
+    for store in &mut stores[..9] {
+        store.end_batch().unwrap();
+    }
+    assert!(heard.try_recv().is_err(), "announced before the commit");
+    assert_eq!(reader.vector(users[0].1.doc).unwrap().get(&users[0].1.actor()), 0);
+    stores[9].end_batch().unwrap();
+    for (ns, w) in &users {
+        assert_eq!(other.store(ns).vector(w.doc).unwrap().get(&w.actor()), 2);
+    }
+    let mut announced = std::collections::BTreeMap::new();
+    while announced.len() < users.len() {
+        match hear(&mut heard) {
+            Heard::Stored(stored) => {
+                assert_eq!(stored.from, 7);
+                announced.insert(stored.ns.clone(), stored);
+            }
+            Heard::Missed => panic!("nothing was missed"),
+        }
+    }
+    for (ns, w) in &users {
+        let stored = &announced[ns];
+        assert_eq!(stored.changes, vec![(w.doc, w.actor(), 1, 2)]);
+        let size = w.change(1, 10).encode().len() + w.change(2, 10).encode().len();
+        assert_eq!(stored.grew, size as i64);
+    }
+}
+
+/// Announcements are read as untrusted text: bounded, checked, refused with why.
+#[test]
+fn a_malformed_announcement_is_refused() {
+    for bad in [
+        "",
+        "{}",
+        "not json",
+        r#"{"from":1,"ns":"user/61/","changes":[["zz","00",1,1]]}"#,
+        r#"{"from":1,"ns":"user/61/","changes":[["00000000000000000000000000000000","00",1,1]]}"#,
+    ] {
+        assert!(Stored::decode(bad).is_err(), "{bad:?} was taken");
+    }
+    let long = "x".repeat(9_000);
+    assert!(Stored::decode(&long).is_err());
 }

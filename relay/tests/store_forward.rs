@@ -19,41 +19,9 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    Running, jarvis, json_ok, ok, relay_cmd, say, start_relay, start_relay_with, wait_for,
+    Running, approve_offline, jarvis, json_ok, ok, relay_cmd, sample, say, scrape, start_relay,
+    start_relay_with, texts, wait_for,
 };
-
-fn texts(home: &Path, conversation: &str) -> Vec<String> {
-    let shown = jarvis(home)
-        .args(["show", conversation, "--json"])
-        .output()
-        .unwrap();
-    if !shown.status.success() {
-        return Vec::new();
-    }
-    let v: Value = serde_json::from_slice(&shown.stdout).unwrap();
-    v["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// The relay's Prometheus text.
-fn scrape(metrics: &str) -> String {
-    reqwest::blocking::get(format!("http://{metrics}/metrics"))
-        .unwrap()
-        .text()
-        .unwrap()
-}
-
-/// The value of the sample whose line starts with `name` (with its labels), if present.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 fn start_node(home: &Path, relay: &str) -> Running {
     common::node_up(
@@ -84,20 +52,6 @@ fn settled_above(relay_home: &Path, above: u64) -> u64 {
         }
         (bytes > above && last.1.elapsed() > Duration::from_secs(2)).then_some(bytes)
     })
-}
-
-/// `home` becomes another device of `first`'s user, the offline way: `devices request` there,
-/// `devices approve` on `first`, `join <bundle>` there.
-fn approve_offline(first: &Path, home: &Path, name: &str) {
-    let request = ok(home, &["devices", "request", "--device-name", name])["request"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let bundle = ok(first, &["devices", "approve", &request])["bundle"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    ok(home, &["join", &bundle]);
 }
 
 /// Every file under `dir`, recursively.

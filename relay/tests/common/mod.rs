@@ -189,3 +189,51 @@ pub fn say(home: &Path, args: &[&str]) -> String {
     );
     reply["conversation_id"].as_str().unwrap().to_owned()
 }
+
+
+pub fn texts(home: &Path, conversation: &str) -> Vec<String> {
+    let shown = jarvis(home)
+        .args(["show", conversation, "--json"])
+        .output()
+        .unwrap();
+    if !shown.status.success() {
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `home` becomes another device of `first`'s user, the offline way: `devices request` there,
+/// `devices approve` on `first`, `join <bundle>` there.
+pub fn approve_offline(first: &Path, home: &Path, name: &str) {
+    let request = ok(home, &["devices", "request", "--device-name", name])["request"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bundle = ok(first, &["devices", "approve", &request])["bundle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(home, &["join", &bundle]);
+}
+
+/// The relay's Prometheus text.
+pub fn scrape(metrics: &str) -> String {
+    reqwest::blocking::get(format!("http://{metrics}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+/// The value of the sample whose line starts with `name` (with its labels), if present.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

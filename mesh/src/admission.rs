@@ -315,6 +315,16 @@ impl Admission {
         Ok(added)
     }
 
+    /// Revocations learned outside any connection (a relay fleet's shared database), already
+    /// merged into `revocations`: enforced on every admitted peer at once and pushed to every
+    /// other admitted peer, as [`Self::on_revocations`] does for a set a peer sent.
+    pub fn learned_revocations(&mut self, revocations: &RevocationSet) {
+        self.enforce(revocations);
+        let all: Vec<PeerId> = self.admitted().map(|(peer, _)| *peer).collect();
+        self.events
+            .extend(all.into_iter().map(Event::ExchangeRevocations));
+    }
+
     /// Our answer to the peer's hello could not be sent: a refused peer has nothing to wait
     /// for.
     pub fn answer_failed(&mut self, peer: &PeerId) {

@@ -51,6 +51,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// The channel on which instances announce what they stored (`LISTEN`/`NOTIFY`).
 pub const CHANNEL: &str = "jarvis_relay";
 const LISTEN: &str = "LISTEN jarvis_relay";
+/// A notification saying revocations were added, followed by the instance's number.
+const REVOCATIONS: &str = "revocations:";
 /// Announcements waiting for the relay's loop, at most; past that they are dropped and the
 /// loop is told it missed some ([`Heard::Missed`]).
 const HEARD_QUEUE: usize = 1_024;
@@ -58,7 +60,7 @@ const HEARD_QUEUE: usize = 1_024;
 const RELISTEN: Duration = Duration::from_secs(1);
 
 /// The schema version this build migrates to (the number of migrations it knows).
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The schema, one migration per entry, applied in order and recorded in `jarvis_schema`.
 const MIGRATIONS: &[&str] = &[
@@ -77,10 +79,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE relay_snapshots (
          ns TEXT NOT NULL, doc BYTEA NOT NULL, body BYTEA NOT NULL,
          PRIMARY KEY (ns, doc));",
-    // 2 (SCHEMA_VERSION): the roster (`crate::roster`): invite claims (one row per invite, so two instances
+    // 2: the roster (`crate::roster`): invite claims (one row per invite, so two instances
     // cannot both accept one) and the members seen, as the JSON records the sled roster keeps.
     "CREATE TABLE relay_claims (key TEXT PRIMARY KEY, record BYTEA NOT NULL);
      CREATE TABLE relay_members (key TEXT PRIMARY KEY, record BYTEA NOT NULL);",
+    // 3 (SCHEMA_VERSION): the org's revocations, one signed record per row (by its id), so a
+    // revocation published to one instance reaches every instance and outlives them all.
+    "CREATE TABLE relay_revocations (id BYTEA PRIMARY KEY, record BYTEA NOT NULL);",
 ];
 
 // One version per migration: the constant cannot drift from the list.
@@ -273,6 +278,57 @@ impl Pg {
         receiver
     }
 
+    /// Adds signed revocation records (id, encoded record) that the table lacks, in one
+    /// transaction that also tells the other instances, as `from`, when any was new. Returns
+    /// how many were new. The records are the caller's, already verified.
+    pub fn revocations_add(
+        &self,
+        records: &[([u8; 32], Vec<u8>)],
+        from: u64,
+    ) -> Result<usize, StoreError> {
+        self.block(async {
+            let tx = InTransaction::begin(self.client().await?).await?;
+            let client = tx.client()?;
+            let statement = client
+                .prepare_cached(
+                    "INSERT INTO relay_revocations (id, record) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(io)?;
+            let mut added = 0;
+            for (id, record) in records {
+                added += client
+                    .execute(&statement, &[&id.as_slice(), record])
+                    .await
+                    .map_err(io)?;
+            }
+            if added > 0 {
+                client
+                    .execute(
+                        "SELECT pg_notify($1, $2)",
+                        &[&CHANNEL, &format!("{REVOCATIONS}{from}")],
+                    )
+                    .await
+                    .map_err(io)?;
+            }
+            tx.finish("COMMIT").await?;
+            Ok(usize::try_from(added).unwrap_or(usize::MAX))
+        })
+    }
+
+    /// Every revocation record in the table (encoded; the caller verifies each).
+    pub fn revocations_all(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let rows = client
+                .query("SELECT record FROM relay_revocations ORDER BY id", &[])
+                .await
+                .map_err(io)?;
+            Ok(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect())
+        })
+    }
+
     /// The schema version the database is at.
     pub fn schema_version(&self) -> Result<i32, StoreError> {
         self.block(async {
@@ -425,6 +481,8 @@ impl Grouped {
 pub enum Heard {
     /// Another instance (or this one: compare `from`) stored this.
     Stored(Stored),
+    /// An instance (`from`) added revocations to the shared table: read them.
+    Revocations { from: u64 },
     /// Announcements may have been missed (said when the listener starts listening, again
     /// after its connection was lost, and when the loop fell behind): resync everyone now
     /// rather than on the next timer.
@@ -481,6 +539,13 @@ async fn listen(
                         }
                         message = messages.next() => match message {
                             Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                                if let Some(from) = n.payload().strip_prefix(REVOCATIONS) {
+                                    match from.parse() {
+                                        Ok(from) => forward(Some(Heard::Revocations { from }), &mut missed),
+                                        Err(e) => tracing::warn!(error = %e, "an unreadable notification"),
+                                    }
+                                    continue;
+                                }
                                 match Stored::decode(n.payload()) {
                                     Ok(stored) => forward(Some(Heard::Stored(stored)), &mut missed),
                                     Err(e) => tracing::warn!(error = %e, "an unreadable notification"),

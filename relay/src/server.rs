@@ -132,6 +132,8 @@ pub struct Relay {
     heard: Option<tokio::sync::mpsc::Receiver<crate::pg::Heard>>,
     /// This instance's number in those announcements (from its key: one key per instance).
     instance: u64,
+    /// The fleet's database, when the relay runs on one: revocations are shared through it.
+    pg: Option<crate::pg::Pg>,
 }
 
 /// A sync message waiting, with where its acknowledgement goes (`C`: a response channel).
@@ -371,6 +373,7 @@ impl Relay {
             key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
         ]);
         let mut heard = None;
+        let mut fleet = None;
         let open: crate::hub::OpenStore<RelayStore> = match &config.store {
             StoreChoice::Sled => {
                 let opener = db.clone();
@@ -384,6 +387,7 @@ impl Relay {
                 config.metrics.set_database(pg.clone());
                 // Claims and members are the fleet's, not this instance's.
                 roster = Roster::postgres(pg.clone());
+                fleet = Some(pg.clone());
                 // The other instances' writes reach this one's devices at once.
                 heard = Some(pg.listen());
                 // One transaction, and one COMMIT, per round, whatever the users in it.
@@ -483,6 +487,7 @@ impl Relay {
             inbox: Inbox::default(),
             heard,
             instance,
+            pg: fleet,
         })
     }
 
@@ -622,8 +627,14 @@ impl Relay {
             }
             Some(crate::pg::Heard::Missed) => {
                 tracing::info!("announcements from the fleet may have been missed: resyncing every device");
+                self.share_revocations();
                 let out = self.hub.resync_all(self.now_ms());
                 self.send(out);
+            }
+            Some(crate::pg::Heard::Revocations { from }) => {
+                if from != self.instance {
+                    self.share_revocations();
+                }
             }
             Some(crate::pg::Heard::Stored(stored)) => {
                 if stored.from == self.instance {
@@ -865,6 +876,50 @@ impl Relay {
         }
     }
 
+    /// In a fleet: takes the revocations the other instances hold (each record verified
+    /// against the org root and merged as a peer's would be), enforces them on this instance's
+    /// members at once, and adds to the shared table what only this instance holds.
+    fn share_revocations(&mut self) {
+        let Some(pg) = self.pg.clone() else {
+            return;
+        };
+        let now = jarvis_home::now();
+        match pg.revocations_all() {
+            Ok(records) => {
+                let mut theirs = RevocationSet::new(self.identity.org.root);
+                for bytes in records {
+                    let record = jarvis_identity::Revocation::decode(&bytes)
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| theirs.insert(r).map_err(|e| e.to_string()));
+                    if let Err(e) = record {
+                        tracing::warn!(error = %e, "a revocation in the fleet's database does not verify: skipped");
+                    }
+                }
+                match self.revocations.merge_received(&theirs, now) {
+                    Ok(0) => {}
+                    Ok(added) => {
+                        tracing::info!(added, total = self.revocations.len(), "revocations learned from the fleet");
+                        self.admission.learned_revocations(&self.revocations);
+                        self.drive_admission();
+                        if let Err(e) = self.home.save_revocations(&self.revocations) {
+                            tracing::error!(error = %e, "cannot save the revocation set");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot merge the fleet's revocations"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the fleet's revocations"),
+        }
+        let mine: Vec<([u8; 32], Vec<u8>)> = self
+            .revocations
+            .iter()
+            .map(|r| (r.id(), r.encode()))
+            .collect();
+        if let Err(e) = pg.revocations_add(&mine, self.instance) {
+            tracing::warn!(error = %e, "cannot share revocations with the fleet");
+        }
+    }
+
     /// Revocations learned (from an admin publishing them, or any peer that knew more): kept.
     /// The admission core has refused and disconnected the peers they cover already, and pushes
     /// the set to every other member ([`admission::Event::ExchangeRevocations`]).
@@ -873,6 +928,8 @@ impl Relay {
         if let Err(e) = self.home.save_revocations(&self.revocations) {
             tracing::error!(error = %e, "cannot save the revocation set");
         }
+        // The fleet's other instances disconnect the revoked at once too.
+        self.share_revocations();
     }
 
     /// A revocation set from an admitted peer (its request, answered with ours, or its answer to

@@ -117,7 +117,7 @@ fn an_invite_claimed_through_two_instances_at_once_is_accepted_once() {
 
 /// A running instance: its process, the address devices dial, its metrics address, its home.
 struct Instance {
-    running: Running,
+    _running: Running,
     address: String,
     metrics: String,
     home: PathBuf,
@@ -136,7 +136,7 @@ fn fleet(d: &Path, url: &str, n: usize) -> (PathBuf, [PathBuf; 2], Vec<Instance>
             let (running, address, metrics) =
                 start_relay_with(&home, &["--store-file", store.to_str().unwrap()]);
             Instance {
-                running,
+                _running: running,
                 address,
                 metrics,
                 home,
@@ -196,4 +196,45 @@ fn devices_on_two_instances_sync_live_through_the_database() {
     .unwrap_or(0.0);
     assert!(heard >= 5.0, "instance 2 heard {heard} announcements");
     drop(instances);
+}
+
+fn relay_status(home: &Path) -> serde_json::Value {
+    common::json_ok(common::relay_cmd(home), &["status"])
+}
+
+/// The admin publishes a revocation to instance 1 only; the revoked phone is connected to
+/// instance 2 only. The revocation goes through the shared table and its notification, and
+/// instance 2 disconnects the phone within 5 s.
+#[test]
+fn a_revocation_published_to_one_instance_disconnects_the_device_from_another() {
+    let cluster = common::postgres::Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, [laptop, phone], instances) = fleet(dir.path(), &cluster.url("postgres"), 2);
+    let _a = up_at(&laptop, &instances[0].address);
+    let _b = up_at(&phone, &instances[1].address);
+    for instance in &instances {
+        wait_for("each instance to admit its device", || {
+            (relay_status(&instance.home)["devices"] == 1).then_some(())
+        });
+    }
+    ok(&admin, &["admin", "relays", "add", &instances[0].address]);
+    let phone_id = ok(&phone, &["whoami"])["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked_at = Instant::now();
+    let revoked = ok(&admin, &["admin", "revoke", "--device", &phone_id]);
+    assert_eq!(revoked["published_to_relays"], true, "{revoked}");
+    wait_for("instance 2 to drop the phone", || {
+        (relay_status(&instances[1].home)["devices"] == 0).then_some(())
+    });
+    let took = revoked_at.elapsed();
+    eprintln!("revoked at instance 1 → phone dropped by instance 2: {took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    assert_eq!(relay_status(&instances[1].home)["revocations"], 1);
+    // The laptop, on instance 1, stays.
+    assert_eq!(relay_status(&instances[0].home)["devices"], 1);
+    // And the phone's redials to instance 2 are refused from then on.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(relay_status(&instances[1].home)["devices"], 0);
 }

@@ -9,6 +9,7 @@
 //!   peers, and connection handlers on the heap.
 //! - [`exchange`]: the shells' half of the revocation exchange, written once.
 //! - [`limits`]: how many connections a peer, an address and strangers together may hold.
+//! - [`relays`]: which of the org's relays a device uses, and the next when it fails.
 //! - [`client`]: an admin workstation talking to the org's relays (publishing revocations,
 //!   asking who they have admitted).
 //!
@@ -22,4 +23,5 @@ pub mod directory;
 pub mod exchange;
 pub mod gate;
 pub mod limits;
+pub mod relays;
 pub mod wire;

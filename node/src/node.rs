@@ -22,6 +22,7 @@ use jarvis_identity::{
     CertChain, CertKind, Name, OrgInfo, PublicKey, RevocationSet, SecretKey, Verified,
 };
 use jarvis_mesh::admission::{self, Admission, Answer, Refusal};
+use jarvis_mesh::relays::RelayPool;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
@@ -152,8 +153,11 @@ struct Redial {
     address: Multiaddr,
     next: Instant,
     backoff: Duration,
-    /// One of the org's relays (from the bundle), not a `--peer`.
+    /// A relay (one of the org's, or one a circuit address goes through), not a `--peer`.
     relay: bool,
+    /// Its index among the org's relays (from the bundle), which are used one at a time
+    /// ([`RelayPool`]).
+    org: Option<usize>,
     /// Why the last dial failed, or why the peer refused us, until it admits us (`status`:
     /// `dialing`).
     error: Option<DialProblem>,
@@ -200,6 +204,37 @@ impl std::fmt::Display for DialProblem {
             Self::Unreachable(reason) => f.write_str(reason),
             Self::RefusedUs(reason) => write!(f, "the peer refused us: {reason}"),
             Self::NotAccepted(reason) => write!(f, "reached, but not accepted here: {reason}"),
+        }
+    }
+}
+
+impl Node {
+    /// The peer id of the org relay in use.
+    fn current_relay(&self) -> Option<PeerId> {
+        let index = self.relay_pool.current()?;
+        self.redials
+            .iter()
+            .find(|r| r.org == Some(index))
+            .and_then(Redial::peer)
+    }
+
+    /// Moves on from the org relay in use when it has been down too long.
+    fn check_relay(&mut self, now: Instant) {
+        let up = self.current_relay().is_some_and(|peer| {
+            self.swarm.is_connected(&peer) && self.admission.accepted_us(&peer)
+        });
+        let next = self.relay_pool.tick(now, up);
+        self.use_relay(next, "it did not answer");
+    }
+
+    /// Dials the org relay `next` at once (when the pool moved to it).
+    fn use_relay(&mut self, next: Option<usize>, why: &str) {
+        let Some(index) = next else {
+            return;
+        };
+        if let Some(redial) = self.redials.iter_mut().find(|r| r.org == Some(index)) {
+            tracing::info!(relay = %redial.address, "moving to the next relay of the org: {why}");
+            redial.next = Instant::now();
         }
     }
 }
@@ -272,6 +307,8 @@ pub struct Node {
     /// (`devices.json`, [`crate::siblings`]).
     devices: crate::siblings::Siblings,
     redials: Vec<Redial>,
+    /// Which of the org's relays is in use: one at a time, the next when it fails.
+    relay_pool: RelayPool,
     circuits: Vec<CircuitListen>,
     api_addr: String,
     /// Addresses actually listened on, with this node's peer id: what others dial.
@@ -369,7 +406,15 @@ impl Node {
                 libp2p::yamux::Config::default,
             )
             .context("setting up TCP")?
-            .with_quic_config(jarvis_mesh::limits::quic_config)
+            .with_quic_config(|c| {
+                let mut c = jarvis_mesh::limits::quic_config(c);
+                // A relay (or peer) that died without a word is noticed within 4 s, so the
+                // device moves to the next relay of the fleet well within 10 s (the idle
+                // timeout of a connection is the smaller of both ends').
+                c.max_idle_timeout = 4_000;
+                c.keep_alive_interval = Duration::from_millis(1_500);
+                c
+            })
             .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
             .context("setting up the relay client")?
             .with_behaviour(|key, relay| {
@@ -440,17 +485,20 @@ impl Node {
         let redials = config
             .peers
             .iter()
-            .map(|a| (a, false))
-            .chain(relays.iter().map(|a| (a, true)))
-            .chain(circuit_relays.iter().map(|a| (a, true)))
-            .map(|(address, relay)| Redial {
+            .map(|a| (a, false, None))
+            .chain(relays.iter().enumerate().map(|(i, a)| (a, true, Some(i))))
+            .chain(circuit_relays.iter().map(|a| (a, true, None)))
+            .map(|(address, relay, org)| Redial {
                 address: address.clone(),
                 next: Instant::now(),
                 backoff: REDIAL_MIN,
                 relay,
+                org,
                 error: None,
             })
             .collect();
+        // Each device prefers its own relay of the fleet, so the org's devices spread over them.
+        let relay_pool = RelayPool::new(swarm.local_peer_id(), &relays, Instant::now());
         Ok(Self {
             swarm,
             identity,
@@ -462,6 +510,7 @@ impl Node {
             peers: HashMap::new(),
             devices,
             redials,
+            relay_pool,
             circuits,
             api_addr,
             listening: Vec::new(),
@@ -585,8 +634,11 @@ impl Node {
         let relay_ready = |address: &Multiaddr| {
             circuit_relay(address).is_none_or(|(relay, _)| admission.accepted_us(&relay))
         };
+        let pool = &self.relay_pool;
         for redial in &mut self.redials {
-            if redial.next > now || !relay_ready(&redial.address) {
+            // The org's relays in reserve are not dialled while the one in use serves.
+            let standby = redial.org.is_some_and(|i| pool.is_standby(i));
+            if standby || redial.next > now || !relay_ready(&redial.address) {
                 continue;
             }
             let already = redial.peer().is_some_and(|id| self.swarm.is_connected(&id));
@@ -601,6 +653,7 @@ impl Node {
                 redial.backoff = REDIAL_MIN;
             }
         }
+        self.check_relay(now);
         self.reserve_circuits(now);
         if self
             .last_heartbeat
@@ -877,6 +930,10 @@ impl Node {
                 num_established: 0,
                 ..
             } => {
+                if self.current_relay() == Some(peer_id) {
+                    let next = self.relay_pool.lost(Instant::now());
+                    self.use_relay(next, "its connection closed");
+                }
                 self.peers.remove(&peer_id);
                 self.admission.closed(&peer_id);
                 self.admitted_peers.set(peer_id, false);
@@ -1563,6 +1620,8 @@ impl Node {
                 json!({
                     "address": r.address.to_string(),
                     "kind": if r.relay { "relay" } else { "peer" },
+                    // One of the org's relays kept in reserve: dialled when the one in use fails.
+                    "standby": r.org.is_some_and(|i| self.relay_pool.is_standby(i)),
                     "connected": r.peer().is_some_and(|id| self.swarm.is_connected(&id)),
                     // The whole sentence, and its parts to branch on: `problem` is
                     // `unreachable`, `refused-us` or `not-accepted`.

@@ -81,9 +81,12 @@ impl Notice {
                 flush(&mut current, &mut out);
                 size = 0;
             }
-            current
-                .changes
-                .push((hex::encode(doc.0), hex::encode(actor.to_bytes()), first, last));
+            current.changes.push((
+                hex::encode(doc.0),
+                hex::encode(actor.to_bytes()),
+                first,
+                last,
+            ));
             size += 140;
         }
         for (doc, id) in self.keys {

@@ -306,6 +306,10 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
         let result = state.session.handle(message, now_ms, replica);
         let out = match result {
             Ok(out) => out,
+            // The store failed (a database down): the device is told, and sends it again.
+            Err(jarvis_crdt::sync::SyncError::Replica(jarvis_crdt::ReplicaError::Store(e))) => {
+                return refused(Refusal::Store(e.to_string()));
+            }
             // The message was understood but refused (a forged or out-of-place change).
             Err(e) => return refused(Refusal::Malformed(e.to_string())),
         };

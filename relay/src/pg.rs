@@ -38,8 +38,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Timeouts};
 use jarvis_crdt::envelope::{KeyRecord, SealedChange, SealedSnapshot};
 
-pub use crate::announce::Stored;
 use crate::announce::Notice;
+pub use crate::announce::Stored;
 use jarvis_crdt::ids::{DocId, VersionVector};
 use jarvis_crdt::store::{Put, Store, StoreError};
 use jarvis_identity::PublicKey;
@@ -273,7 +273,11 @@ impl Pg {
     pub fn listen(&self) -> tokio::sync::mpsc::Receiver<Heard> {
         let (sender, receiver) = tokio::sync::mpsc::channel(HEARD_QUEUE);
         if let Some(runtime) = self.runtime.0.as_ref() {
-            runtime.spawn(listen(Arc::clone(&self.config), sender, self.target.clone()));
+            runtime.spawn(listen(
+                Arc::clone(&self.config),
+                sender,
+                self.target.clone(),
+            ));
         }
         receiver
     }
@@ -516,8 +520,7 @@ async fn listen(
     while !heard.is_closed() {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
-                let mut messages =
-                    futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
                 let subscribe = client.batch_execute(LISTEN);
                 tokio::pin!(subscribe);
                 let mut subscribed = false;
@@ -649,7 +652,9 @@ struct Group {
 
 fn lock(group: &Mutex<Group>) -> std::sync::MutexGuard<'_, Group> {
     // A panic while holding it leaves plain data behind: carry on with it.
-    group.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    group
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for PgStore {
@@ -732,7 +737,9 @@ impl PgStore {
         }
         let result = self.read(work);
         if let (Err(e), true) = (&result, self.joined) {
-            lock(&self.group).failed.get_or_insert_with(|| e.to_string());
+            lock(&self.group)
+                .failed
+                .get_or_insert_with(|| e.to_string());
         }
         result
     }

@@ -393,7 +393,9 @@ impl Relay {
                 // One transaction, and one COMMIT, per round, whatever the users in it.
                 let group = pg.group(instance);
                 Box::new(move |user| {
-                    Ok(RelayStore::Postgres(Box::new(group.store(&namespace(user)))))
+                    Ok(RelayStore::Postgres(Box::new(
+                        group.store(&namespace(user)),
+                    )))
                 })
             }
         };
@@ -622,11 +624,15 @@ impl Relay {
     fn on_heard(&mut self, heard: Option<crate::pg::Heard>) {
         match heard {
             None => {
-                tracing::warn!("the fleet listener stopped: other instances' writes arrive on resync only");
+                tracing::warn!(
+                    "the fleet listener stopped: other instances' writes arrive on resync only"
+                );
                 self.heard = None;
             }
             Some(crate::pg::Heard::Missed) => {
-                tracing::info!("announcements from the fleet may have been missed: resyncing every device");
+                tracing::info!(
+                    "announcements from the fleet may have been missed: resyncing every device"
+                );
                 self.share_revocations();
                 let out = self.hub.resync_all(self.now_ms());
                 self.send(out);
@@ -898,7 +904,11 @@ impl Relay {
                 match self.revocations.merge_received(&theirs, now) {
                     Ok(0) => {}
                     Ok(added) => {
-                        tracing::info!(added, total = self.revocations.len(), "revocations learned from the fleet");
+                        tracing::info!(
+                            added,
+                            total = self.revocations.len(),
+                            "revocations learned from the fleet"
+                        );
                         self.admission.learned_revocations(&self.revocations);
                         self.drive_admission();
                         if let Err(e) = self.home.save_revocations(&self.revocations) {

@@ -117,7 +117,7 @@ fn an_invite_claimed_through_two_instances_at_once_is_accepted_once() {
 
 /// A running instance: its process, the address devices dial, its metrics address, its home.
 struct Instance {
-    _running: Running,
+    running: Running,
     address: String,
     metrics: String,
     home: PathBuf,
@@ -136,7 +136,7 @@ fn fleet(d: &Path, url: &str, n: usize) -> (PathBuf, [PathBuf; 2], Vec<Instance>
             let (running, address, metrics) =
                 start_relay_with(&home, &["--store-file", store.to_str().unwrap()]);
             Instance {
-                _running: running,
+                running,
                 address,
                 metrics,
                 home,
@@ -237,4 +237,137 @@ fn a_revocation_published_to_one_instance_disconnects_the_device_from_another() 
     // And the phone's redials to instance 2 are refused from then on.
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(relay_status(&instances[1].home)["devices"], 0);
+}
+
+/// The org relay a device uses now (its `status`: the relay entry not in reserve, connected).
+fn relay_in_use(home: &Path) -> Option<String> {
+    ok(home, &["status"])["dialing"]
+        .as_array()?
+        .iter()
+        .find(|d| d["kind"] == "relay" && d["standby"] == false && d["connected"] == true)
+        .and_then(|d| d["address"].as_str().map(str::to_owned))
+}
+
+/// The relay's `last_refusal` as the device shows it.
+fn last_refusal(home: &Path) -> Option<String> {
+    ok(home, &["status"])["peers"]
+        .as_array()?
+        .iter()
+        .filter_map(|p| p["last_refusal"].as_str().map(str::to_owned))
+        .next()
+}
+
+/// Both devices know both instances (the org's relays, from the invite) and each uses the one
+/// its id prefers. The instance the laptop uses is `kill -9`ed in the middle of a burst: the
+/// laptop moves to the other within 10 s, and the phone ends with every message. Then
+/// PostgreSQL itself goes down in the middle of a burst: the relays refuse what they cannot
+/// store (the device shows why) and carry on, with no restart of their own, once it is back.
+#[test]
+fn an_instance_killed_mid_burst_and_a_database_restart_lose_nothing() {
+    let cluster = common::postgres::Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let admin = d.join("admin");
+    ok(&admin, &["admin", "init", "--org", "acme"]);
+    let store = d.join("store-url");
+    std::fs::write(&store, cluster.url("postgres")).unwrap();
+    let mut instances: Vec<Instance> = (1..=2)
+        .map(|i| {
+            let home = d.join(format!("relay-{i}"));
+            enrol_relay_named(&admin, &home, &format!("relay-{i}"));
+            let (running, address, metrics) =
+                start_relay_with(&home, &["--store-file", store.to_str().unwrap()]);
+            ok(&admin, &["admin", "relays", "add", &address]);
+            Instance {
+                running,
+                address,
+                metrics,
+                home,
+            }
+        })
+        .collect();
+    let token = ok(&admin, &["admin", "invite", "alice"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let laptop = d.join("laptop");
+    ok(&laptop, &["join", &token, "--device-name", "laptop"]);
+    let phone = d.join("phone");
+    approve_offline(&laptop, &phone, "phone");
+    let listen = ["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"];
+    let _a = node_up(jarvis(&laptop), &listen);
+    let _b = node_up(jarvis(&phone), &listen);
+    let used = wait_for("the laptop to use one instance", || relay_in_use(&laptop));
+    let phone_used = wait_for("the phone to use one instance", || relay_in_use(&phone));
+    eprintln!("laptop on {used}, phone on {phone_used}");
+    let victim = instances.iter().position(|i| i.address == used).unwrap();
+    let survivor = instances[1 - victim].address.clone();
+
+    let conversation = say(&laptop, &["message 0"]);
+    let mut sent = vec!["message 0".to_owned()];
+    for i in 1..40 {
+        if i == 20 {
+            // Mid-burst, no clean shutdown.
+            instances[victim].running.0.kill().unwrap();
+            instances[victim].running.0.wait().unwrap();
+            let killed = Instant::now();
+            let watched = laptop.clone();
+            let survivor = survivor.clone();
+            let moved = std::thread::spawn(move || {
+                wait_for("the laptop to move to the other instance", || {
+                    (relay_in_use(&watched).as_deref() == Some(survivor.as_str()))
+                        .then(|| killed.elapsed())
+                })
+            });
+            for j in 20..40 {
+                let text = format!("message {j}");
+                say(&laptop, &[&text, "--conversation", &conversation]);
+                sent.push(text);
+            }
+            let took = moved.join().unwrap();
+            eprintln!("kill -9 of the laptop's instance → the laptop on the other: {took:?}");
+            assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+            break;
+        }
+        let text = format!("message {i}");
+        say(&laptop, &[&text, "--conversation", &conversation]);
+        sent.push(text);
+    }
+    wait_for("the phone to have every message", || {
+        (texts(&phone, &conversation) == sent).then_some(())
+    });
+
+    // PostgreSQL goes down mid-burst: the relay says why it cannot store, and acknowledges
+    // nothing it did not store.
+    cluster.stop();
+    for i in 40..50 {
+        let text = format!("message {i}");
+        say(&laptop, &[&text, "--conversation", &conversation]);
+        sent.push(text);
+    }
+    let refusal = wait_for("the laptop to be told the relay cannot store", || {
+        last_refusal(&laptop).filter(|r| r.contains("cannot store"))
+    });
+    eprintln!("while the database is down the laptop shows: {refusal}");
+    assert_ne!(
+        texts(&phone, &conversation),
+        sent,
+        "nothing new got through"
+    );
+    cluster.resume();
+    for i in 50..55 {
+        let text = format!("message {i}");
+        say(&laptop, &[&text, "--conversation", &conversation]);
+        sent.push(text);
+    }
+    // The same relay processes, no restart: everything arrives.
+    wait_for("the phone to have every message after the restart", || {
+        (texts(&phone, &conversation) == sent).then_some(())
+    });
+    let survivor = &instances[1 - victim];
+    assert!(
+        survivor.running.0.id() > 0 && relay_status(&survivor.home)["running"] == true,
+        "the surviving instance ran throughout"
+    );
+    let _ = &survivor.metrics;
 }

@@ -199,12 +199,24 @@ fn a_group_commit_of_many_users_is_one_transaction_announced_when_it_commits() {
     }
     // Not durable, and not announced, until the last member ends.
     let reader = other.store(&users[0].0);
-    assert_eq!(reader.vector(users[0].1.doc).unwrap().get(&users[0].1.actor()), 0);
+    assert_eq!(
+        reader
+            .vector(users[0].1.doc)
+            .unwrap()
+            .get(&users[0].1.actor()),
+        0
+    );
     for store in &mut stores[..9] {
         store.end_batch().unwrap();
     }
     assert!(heard.try_recv().is_err(), "announced before the commit");
-    assert_eq!(reader.vector(users[0].1.doc).unwrap().get(&users[0].1.actor()), 0);
+    assert_eq!(
+        reader
+            .vector(users[0].1.doc)
+            .unwrap()
+            .get(&users[0].1.actor()),
+        0
+    );
     stores[9].end_batch().unwrap();
     for (ns, w) in &users {
         assert_eq!(other.store(ns).vector(w.doc).unwrap().get(&w.actor()), 2);

@@ -190,7 +190,6 @@ pub fn say(home: &Path, args: &[&str]) -> String {
     reply["conversation_id"].as_str().unwrap().to_owned()
 }
 
-
 pub fn texts(home: &Path, conversation: &str) -> Vec<String> {
     let shown = jarvis(home)
         .args(["show", conversation, "--json"])

@@ -27,10 +27,11 @@ install_system_packages() {
   # chromium (the UI's browser tests), xvfb and imagemagick (the desktop window's screenshot),
   # libwebkit2gtk-4.1-dev and libayatana-appindicator3-dev (the Tauri desktop app and its tray),
   # dbus and libglib2.0-bin (a session bus and gdbus, to drive the tray as a desktop would),
-  # postgresql (the relay fleet's store: its tests start a throwaway cluster of their own).
+  # postgresql (the relay fleet's store: its tests start a throwaway cluster of their own),
+  # systemd (systemd-analyze checks the relay's unit in deploy/).
   local debian_packages=(build-essential pkg-config iproute2 iptables procps cmake libclang-dev libasound2-dev espeak-ng sox
     chromium xvfb xauth imagemagick libwebkit2gtk-4.1-dev libayatana-appindicator3-dev dbus libglib2.0-bin
-    postgresql)
+    postgresql systemd)
   case "$(uname -s)" in
     Linux)
       if command -v apt-get >/dev/null; then

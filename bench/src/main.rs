@@ -4,6 +4,7 @@
 //! JSON object per figure: `{bench, metric, ours, reference, ratio, goal, unit}`.
 
 mod crdt;
+mod fleet;
 mod harness;
 mod identity_verify;
 mod iroh;
@@ -58,6 +59,11 @@ const BENCHES: &[Bench] = &[
         name: relay::ACK,
         about: "store-and-forward acknowledgement latency (p50, p95) with 1,000 active devices, and the others' p95 while one device floods (absolute, and flood vs calm)",
         run: relay::ack,
+    },
+    Bench {
+        name: fleet::NAME,
+        about: "the relay on PostgreSQL (one instance, two) vs on sled: ack P95 with 1,000 active devices, acknowledged changes/s with 1,000 saturating devices, and the cores each process used",
+        run: fleet::run,
     },
     Bench {
         name: strangers::NAME,

@@ -44,19 +44,24 @@ use crate::ramp::{RSS_BUDGET_BYTES, Ramp, rss_bytes};
 pub const CAPACITY: &str = "relay-capacity";
 pub const ACK: &str = "relay-ack";
 
-/// An org made with the real CLI, its admin key and chain, and its relay running.
+/// An org made with the real CLI, its admin key and chain, and its relay (or relays) running.
 pub struct Org {
     _dir: tempfile::TempDir,
     admin_key: SecretKey,
     admin_chain: CertChain,
     root: jarvis_identity::PublicKey,
-    relay: Child,
+    relays: Vec<Child>,
+    /// The first relay's address.
     pub address: Multiaddr,
+    /// Every relay's address, in order.
+    pub addresses: Vec<Multiaddr>,
 }
 
 impl Drop for Org {
     fn drop(&mut self) {
-        crate::harness::interrupt(&mut self.relay);
+        for relay in &mut self.relays {
+            crate::harness::interrupt(relay);
+        }
     }
 }
 
@@ -64,57 +69,37 @@ impl Org {
     /// `jarvis admin init`, a relay enrolled with `jarvis-relay request` / `jarvis admin enroll`
     /// / `jarvis-relay install`, and `jarvis-relay up` with `extra` arguments.
     pub fn start(extra: &[&str]) -> Result<Self> {
+        Self::start_fleet(extra, 1)
+    }
+
+    /// [`Org::start`] with `instances` relays, each enrolled with its own key (a fleet, when
+    /// `extra` gives them one store).
+    pub fn start_fleet(extra: &[&str], instances: usize) -> Result<Self> {
         let (jarvis, relay_bin) = (sibling("jarvis")?, sibling("jarvis-relay")?);
         let dir = tempfile::tempdir()?;
-        let (admin, relay_home) = (dir.path().join("admin"), dir.path().join("relay"));
+        let admin = dir.path().join("admin");
         cli_json(&jarvis, &admin, &["admin", "init", "--org", "bench"])?;
-        let request = field(
-            &cli_json(&relay_bin, &relay_home, &["request", "--name", "relay-1"])?,
-            "request",
-        )?;
-        let bundle = field(
-            &cli_json(&jarvis, &admin, &["admin", "enroll", "--request", &request])?,
-            "bundle",
-        )?;
-        cli_json(&relay_bin, &relay_home, &["install", &bundle])?;
-        let mut relay = Command::new(&relay_bin)
-            .env("JARVIS_PASSPHRASE", PASSPHRASE)
-            .arg("--home")
-            .arg(&relay_home)
-            .args(["up", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
-            // Every device here comes from 127.0.0.1, in waves of a hundred: not the one
-            // machine flooding that the per-address limit is for (unless `extra` says).
-            .args(if extra.contains(&"--max-unproven-per-ip") {
-                &[][..]
-            } else {
-                &["--max-unproven-per-ip", "512"][..]
-            })
-            .args(extra)
-            .stdout(Stdio::piped())
-            // JARVIS_BENCH_RELAY_LOG=1 shows the relay's log (with JARVIS_LOG=debug, say).
-            .stderr(if std::env::var_os("JARVIS_BENCH_RELAY_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .context("starting jarvis-relay up")?;
-        let stdout = relay.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let address = loop {
-            let line = lines
-                .next()
-                .context("the relay stopped before listening")??;
-            // Lines that are not JSON (a wrapper such as heaptrack saying where it writes) are
-            // skipped.
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if v.get("event").and_then(serde_json::Value::as_str) == Some("listening") {
-                break field(&v, "address")?.parse::<Multiaddr>()?;
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let mut relays = Vec::new();
+        let mut addresses = Vec::new();
+        for i in 1..=instances.max(1) {
+            let relay_home = dir.path().join(format!("relay-{i}"));
+            let request = field(
+                &cli_json(
+                    &relay_bin,
+                    &relay_home,
+                    &["request", "--name", &format!("relay-{i}")],
+                )?,
+                "request",
+            )?;
+            let bundle = field(
+                &cli_json(&jarvis, &admin, &["admin", "enroll", "--request", &request])?,
+                "bundle",
+            )?;
+            cli_json(&relay_bin, &relay_home, &["install", &bundle])?;
+            let (relay, address) = spawn_relay(&relay_bin, &relay_home, extra)?;
+            relays.push(relay);
+            addresses.push(address);
+        }
         let home = jarvis_home::Home::locate(Some(admin))?;
         let state = home.load()?;
         let admin_chain = state.chain()?.context("the admin home has no chain")?;
@@ -127,13 +112,19 @@ impl Org {
             admin_key,
             admin_chain,
             root: org.root,
-            relay,
-            address,
+            relays,
+            address: addresses.first().cloned().context("no relay")?,
+            addresses,
         })
     }
 
+    /// Every relay's process id.
+    pub fn pids(&self) -> Vec<u32> {
+        self.relays.iter().map(Child::id).collect()
+    }
+
     pub fn pid(&self) -> u32 {
-        self.relay.id()
+        self.relays.first().map_or(0, Child::id)
     }
 
     /// `per_user` devices for each of `users` users, with chains root → admin → user → device.
@@ -180,6 +171,53 @@ impl Org {
     }
 }
 
+/// `jarvis-relay up` on `home` with `extra` arguments; the process and the address it listens on.
+fn spawn_relay(
+    relay_bin: &std::path::Path,
+    home: &std::path::Path,
+    extra: &[&str],
+) -> Result<(Child, Multiaddr)> {
+    let mut relay = Command::new(relay_bin)
+        .env("JARVIS_PASSPHRASE", PASSPHRASE)
+        .arg("--home")
+        .arg(home)
+        .args(["up", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        // Every device here comes from 127.0.0.1, in waves of a hundred: not the one
+        // machine flooding that the per-address limit is for (unless `extra` says).
+        .args(if extra.contains(&"--max-unproven-per-ip") {
+            &[][..]
+        } else {
+            &["--max-unproven-per-ip", "512"][..]
+        })
+        .args(extra)
+        .stdout(Stdio::piped())
+        // JARVIS_BENCH_RELAY_LOG=1 shows the relay's log (with JARVIS_LOG=debug, say).
+        .stderr(if std::env::var_os("JARVIS_BENCH_RELAY_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .context("starting jarvis-relay up")?;
+    let stdout = relay.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .context("the relay stopped before listening")??;
+        // Lines that are not JSON (a wrapper such as heaptrack saying where it writes) are
+        // skipped.
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v.get("event").and_then(serde_json::Value::as_str) == Some("listening") {
+            break field(&v, "address")?.parse::<Multiaddr>()?;
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((relay, address))
+}
+
 /// A device's identity: its key, its encryption key, and the hello it presents.
 pub struct Device {
     key: SecretKey,
@@ -203,6 +241,9 @@ pub enum Mode {
     /// The changes made ahead (see [`flood`]), `in_flight` at a time, as fast as acknowledged,
     /// over and over.
     Flood { in_flight: usize },
+    /// The changes made ahead, `in_flight` at a time, as fast as acknowledged, once each (every
+    /// one new to the relay), timed; then nothing.
+    Saturate { in_flight: usize },
 }
 
 /// A flooder's state made before it connects: its replica and session (which know its
@@ -245,6 +286,10 @@ pub struct Tally {
     /// Bytes of the messages acknowledged.
     pub acked_bytes: AtomicU64,
     pub refused: AtomicU64,
+    /// Devices that sent everything they had ([`Mode::Saturate`]).
+    pub done: AtomicUsize,
+    /// [`Mode::Saturate`] devices start sending once this is set (all connected first).
+    pub go: AtomicBool,
 }
 
 /// A flooder's changes: 4 KiB of text each, enough of them to go past its burst allowance
@@ -325,7 +370,7 @@ async fn device_loop(
     let mut next = 0usize;
     let period = match mode {
         Mode::Active { period } => period,
-        Mode::Flood { .. } => Duration::from_millis(1),
+        Mode::Flood { .. } | Mode::Saturate { .. } => Duration::from_millis(1),
         Mode::Idle => Duration::from_secs(3600),
     };
     // A random phase, so active devices do not all send at once.
@@ -337,40 +382,54 @@ async fn device_loop(
         tokio::select! {
             _ = stop.changed() => return Ok(()),
             _ = tick.tick(), if relay_peer.is_some() && !matches!(mode, Mode::Idle) => {
-                if let (Mode::Flood { in_flight }, Some(peer)) = (mode, relay_peer) {
+                let (Mode::Flood { in_flight } | Mode::Saturate { in_flight }) = mode else {
+                    // Active.
+                    count += 1;
+                    let messages = match doc {
+                        None => {
+                            let (id, record, change) = replica.create(
+                                |me| Doc::create_conversation(me, "bench", 0),
+                                &recipients,
+                            )?;
+                            doc = Some(id);
+                            let mut m = session.on_new_key(&record);
+                            m.extend(session.on_new_change(&change, &replica)?);
+                            m
+                        }
+                        Some(id) => {
+                            let change = append(&mut replica, id, count, 200)?;
+                            session.on_new_change(&change, &replica)?
+                        }
+                    };
+                    if let Some(peer) = relay_peer {
+                        for m in messages {
+                            let bytes = m.encode();
+                            let len = bytes.len() as u64;
+                            let id = swarm.behaviour_mut().sync.send_request(&peer, bytes);
+                            pending.insert(id, (Instant::now(), len));
+                        }
+                    }
+                    continue;
+                };
+                let once = matches!(mode, Mode::Saturate { .. });
+                if once && !tally.go.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if let Some(peer) = relay_peer {
                     while pending.len() < in_flight {
+                        if once && next >= pool.len() {
+                            if next == pool.len() {
+                                next += 1;
+                                tally.done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            break;
+                        }
                         let Some(m) = pool.get(next % pool.len().max(1)) else {
                             break;
                         };
                         next += 1;
                         let id = swarm.behaviour_mut().sync.send_request(&peer, m.clone());
                         pending.insert(id, (Instant::now(), m.len() as u64));
-                    }
-                    continue;
-                }
-                count += 1;
-                let messages = match doc {
-                    None => {
-                        let (id, record, change) = replica.create(
-                            |me| Doc::create_conversation(me, "bench", 0),
-                            &recipients,
-                        )?;
-                        doc = Some(id);
-                        let mut m = session.on_new_key(&record);
-                        m.extend(session.on_new_change(&change, &replica)?);
-                        m
-                    }
-                    Some(id) => {
-                        let change = append(&mut replica, id, count, 200)?;
-                        session.on_new_change(&change, &replica)?
-                    }
-                };
-                if let Some(peer) = relay_peer {
-                    for m in messages {
-                        let bytes = m.encode();
-                        let len = bytes.len() as u64;
-                        let id = swarm.behaviour_mut().sync.send_request(&peer, bytes);
-                        pending.insert(id, (Instant::now(), len));
                     }
                 }
             }
@@ -407,7 +466,7 @@ async fn device_loop(
                 SwarmEvent::Behaviour(ClientEvent::Sync(request_response::Event::Message { peer, message, .. })) => match message {
                     // A flooder answers the relay's sync messages without acting on them: it
                     // sends only its own messages, as fast as it can.
-                    Message::Request { channel, .. } if matches!(mode, Mode::Flood { .. }) => {
+                    Message::Request { channel, .. } if matches!(mode, Mode::Flood { .. } | Mode::Saturate { .. }) => {
                         let _ = swarm.behaviour_mut().sync.send_response(channel, Vec::new());
                     }
                     Message::Request { request, channel, .. } => {

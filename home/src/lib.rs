@@ -364,25 +364,48 @@ pub fn now() -> UnixTime {
     )
 }
 
-/// Where a passphrase comes from: `JARVIS_PASSPHRASE`, else a prompt on the terminal.
+/// Where a passphrase comes from: `JARVIS_PASSPHRASE_FILE` (a file holding it: a systemd
+/// credential, a container secret), else `JARVIS_PASSPHRASE`, else a prompt on the terminal.
 pub struct Passphrase;
 
+/// The variable naming a file that holds the passphrase.
+pub const PASSPHRASE_FILE_ENV: &str = "JARVIS_PASSPHRASE_FILE";
+
 impl Passphrase {
+    /// The passphrase from `JARVIS_PASSPHRASE_FILE` or `JARVIS_PASSPHRASE`, if either is set.
+    /// A file's one trailing newline is not part of it (`echo pw > file` works).
+    fn from_env() -> Result<Option<Zeroizing<String>>> {
+        if let Some(path) = std::env::var_os(PASSPHRASE_FILE_ENV) {
+            let text = Zeroizing::new(std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "reading the passphrase from {} ({PASSPHRASE_FILE_ENV})",
+                    Path::new(&path).display()
+                )
+            })?);
+            let line = text
+                .strip_suffix("\r\n")
+                .or_else(|| text.strip_suffix('\n'))
+                .unwrap_or(&text);
+            return Ok(Some(Zeroizing::new(line.to_owned())));
+        }
+        Ok(std::env::var("JARVIS_PASSPHRASE").ok().map(Zeroizing::new))
+    }
+
     /// For opening existing keys.
     pub fn get(purpose: &str) -> Result<Zeroizing<String>> {
-        if let Ok(p) = std::env::var("JARVIS_PASSPHRASE") {
-            return Ok(Zeroizing::new(p));
+        if let Some(p) = Self::from_env()? {
+            return Ok(p);
         }
         Self::prompt(&format!("Passphrase to unlock {purpose}: "))
     }
 
     /// For sealing new keys: asks twice on a terminal.
     pub fn new_for(purpose: &str) -> Result<Zeroizing<String>> {
-        if let Ok(p) = std::env::var("JARVIS_PASSPHRASE") {
+        if let Some(p) = Self::from_env()? {
             if p.is_empty() {
-                bail!("JARVIS_PASSPHRASE is empty; choose a passphrase");
+                bail!("the passphrase (JARVIS_PASSPHRASE or its file) is empty; choose one");
             }
-            return Ok(Zeroizing::new(p));
+            return Ok(p);
         }
         let first = Self::prompt(&format!("New passphrase for {purpose}: "))?;
         if first.is_empty() {
@@ -399,7 +422,7 @@ impl Passphrase {
         use std::io::IsTerminal;
         if !std::io::stdin().is_terminal() {
             bail!(
-                "a passphrase is needed but there is no terminal to ask on: set JARVIS_PASSPHRASE"
+                "a passphrase is needed but there is no terminal to ask on: set JARVIS_PASSPHRASE_FILE (a file holding it) or JARVIS_PASSPHRASE"
             );
         }
         rpassword::prompt_password(text)

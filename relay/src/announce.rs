@@ -18,6 +18,8 @@ pub struct Notice {
     pub changes: Vec<(DocId, PublicKey, u64, u64)>,
     /// Key records: (document, record id).
     pub keys: Vec<(DocId, KeyId)>,
+    /// Documents given a new snapshot.
+    pub snapshots: Vec<DocId>,
     /// Bytes the namespace grew by (negative when a snapshot's compaction freed more).
     pub grew: i64,
 }
@@ -31,6 +33,8 @@ struct Payload {
     changes: Vec<(String, String, u64, u64)>,
     #[serde(default)]
     keys: Vec<(String, String)>,
+    #[serde(default)]
+    snapshots: Vec<String>,
     #[serde(default)]
     grew: i64,
 }
@@ -58,6 +62,7 @@ impl Notice {
             ns: ns.to_owned(),
             changes: Vec::new(),
             keys: Vec::new(),
+            snapshots: Vec::new(),
             grew: self.grew,
         };
         let mut out = Vec::new();
@@ -69,6 +74,7 @@ impl Notice {
                 ns: ns.to_owned(),
                 changes: Vec::new(),
                 keys: Vec::new(),
+                snapshots: Vec::new(),
                 grew: 0,
             };
             let done = std::mem::replace(current, next);
@@ -97,6 +103,14 @@ impl Notice {
             current.keys.push((hex::encode(doc.0), hex::encode(id)));
             size += 80;
         }
+        for doc in self.snapshots {
+            if size > MAX_PAYLOAD - 200 - ns.len() {
+                flush(&mut current, &mut out);
+                size = 0;
+            }
+            current.snapshots.push(hex::encode(doc.0));
+            size += 40;
+        }
         flush(&mut current, &mut out);
         out
     }
@@ -113,8 +127,21 @@ pub struct Stored {
     pub changes: Vec<(DocId, PublicKey, u64, u64)>,
     /// Key records: (document, record id).
     pub keys: Vec<(DocId, KeyId)>,
+    /// Documents given a new snapshot.
+    pub snapshots: Vec<DocId>,
     /// Bytes the namespace grew by.
     pub grew: i64,
+}
+
+impl Stored {
+    /// Every document it names.
+    pub fn docs(&self) -> impl Iterator<Item = DocId> + '_ {
+        self.changes
+            .iter()
+            .map(|c| c.0)
+            .chain(self.keys.iter().map(|k| k.0))
+            .chain(self.snapshots.iter().copied())
+    }
 }
 
 impl Stored {
@@ -153,11 +180,17 @@ impl Stored {
                 Ok((doc(d)?, id))
             })
             .collect::<Result<_, String>>()?;
+        let snapshots = raw
+            .snapshots
+            .iter()
+            .map(|d| doc(d))
+            .collect::<Result<_, String>>()?;
         Ok(Self {
             from: raw.from,
             ns: raw.ns,
             changes,
             keys,
+            snapshots,
             grew: raw.grew,
         })
     }

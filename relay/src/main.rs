@@ -45,8 +45,13 @@ enum Command {
         /// The bundle.
         bundle: String,
     },
-    /// The running relay: connections, stored bytes (per user), quota, revocations held.
-    Status,
+    /// The running relay: connections, stored bytes (per user), quota, revocations held. With
+    /// a PostgreSQL store (--store, --store-file or JARVIS_RELAY_STORE), also the fleet's
+    /// database: users, changes, bytes, revocations, members, and the instances listening.
+    Status {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Apply the PostgreSQL store's schema migrations and exit (`up` also applies them when it
     /// starts; this is for deploying the schema ahead of a fleet's rolling upgrade).
     Migrate {
@@ -206,30 +211,65 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Status => {
+        Command::Status { store } => {
+            let fleet = match store_choice(store)? {
+                StoreChoice::Sled => None,
+                StoreChoice::Postgres(url) => Some(
+                    jarvis_relay::pg::Pg::connect(&url, 1)
+                        .and_then(|pg| pg.fleet_status())
+                        .context("reading the fleet's database")?,
+                ),
+            };
             let path = home.dir().join(jarvis_relay::server::STATUS_FILE);
-            let bytes = std::fs::read(&path).with_context(|| {
+            let local = std::fs::read(&path).with_context(|| {
                 format!(
                     "no status in {}: start the relay with `jarvis-relay up` first",
                     home.dir().display()
                 )
-            })?;
-            let status: serde_json::Value =
-                serde_json::from_slice(&bytes).context("the status file is damaged")?;
+            });
+            let mut status: serde_json::Value = match (local, &fleet) {
+                (Ok(bytes), _) => {
+                    serde_json::from_slice(&bytes).context("the status file is damaged")?
+                }
+                // The database alone: an operator's view from any machine that reaches it.
+                (Err(_), Some(_)) => serde_json::json!({}),
+                (Err(e), None) => return Err(e),
+            };
+            let fleet_text = fleet.as_ref().map(|f| {
+                format!(
+                    "fleet database {}: schema {}, {} users, {} changes, {} bytes, {} revocations, {} members, {} instances listening",
+                    f["database"].as_str().unwrap_or("?"),
+                    f["schema_version"],
+                    f["users"],
+                    f["changes"],
+                    f["stored_bytes"],
+                    f["revocations"],
+                    f["members"],
+                    f["instances_listening"],
+                )
+            });
+            if let (Some(fleet), Some(map)) = (fleet, status.as_object_mut()) {
+                map.insert("fleet".to_owned(), fleet);
+            }
             let field = |name: &str| status.get(name).cloned().unwrap_or_default();
-            let text = format!(
-                "relay {}: {}\n{} connections ({} devices), {} bytes stored, {} revocations held",
-                field("peer_id").as_str().unwrap_or("?"),
-                if field("running") == true {
-                    "running"
-                } else {
-                    "stopped"
-                },
-                field("connections"),
-                field("devices"),
-                field("stored_bytes"),
-                field("revocations"),
-            );
+            let mut lines = Vec::new();
+            if status.get("peer_id").is_some() {
+                lines.push(format!(
+                    "relay {}: {}\n{} connections ({} devices), {} bytes stored, {} revocations held",
+                    field("peer_id").as_str().unwrap_or("?"),
+                    if field("running") == true {
+                        "running"
+                    } else {
+                        "stopped"
+                    },
+                    field("connections"),
+                    field("devices"),
+                    field("stored_bytes"),
+                    field("revocations"),
+                ));
+            }
+            lines.extend(fleet_text);
+            let text = lines.join("\n");
             print(cli.json, &status, &text);
             Ok(())
         }

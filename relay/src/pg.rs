@@ -51,6 +51,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// The channel on which instances announce what they stored (`LISTEN`/`NOTIFY`).
 pub const CHANNEL: &str = "jarvis_relay";
 const LISTEN: &str = "LISTEN jarvis_relay";
+/// The listener connection's `application_name`.
+const LISTENER_NAME: &str = "jarvis-relay/listen";
 /// A notification saying revocations were added, followed by the instance's number.
 const REVOCATIONS: &str = "revocations:";
 /// Announcements waiting for the relay's loop, at most; past that they are dropped and the
@@ -273,11 +275,10 @@ impl Pg {
     pub fn listen(&self) -> tokio::sync::mpsc::Receiver<Heard> {
         let (sender, receiver) = tokio::sync::mpsc::channel(HEARD_QUEUE);
         if let Some(runtime) = self.runtime.0.as_ref() {
-            runtime.spawn(listen(
-                Arc::clone(&self.config),
-                sender,
-                self.target.clone(),
-            ));
+            let mut config = (*self.config).clone();
+            // How `fleet_status` counts the instances listening.
+            config.application_name(LISTENER_NAME);
+            runtime.spawn(listen(Arc::new(config), sender, self.target.clone()));
         }
         receiver
     }
@@ -318,6 +319,44 @@ impl Pg {
             }
             tx.finish("COMMIT").await?;
             Ok(usize::try_from(added).unwrap_or(usize::MAX))
+        })
+    }
+
+    /// What the fleet's database holds, for `jarvis-relay status --store …`: counts and sizes
+    /// only, and the instances listening now.
+    pub fn fleet_status(&self) -> Result<serde_json::Value, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT
+                       (SELECT COALESCE(MAX(version), 0) FROM jarvis_schema)::BIGINT,
+                       (SELECT count(DISTINCT ns) FROM relay_vectors)::BIGINT,
+                       (SELECT count(*) FROM relay_changes)::BIGINT,
+                       ((SELECT COALESCE(SUM(octet_length(body)), 0) FROM relay_changes)
+                        + (SELECT COALESCE(SUM(octet_length(body)), 0) FROM relay_keys)
+                        + (SELECT COALESCE(SUM(octet_length(body)), 0) FROM relay_snapshots))::BIGINT,
+                       (SELECT count(*) FROM relay_revocations)::BIGINT,
+                       (SELECT count(*) FROM relay_members)::BIGINT,
+                       (SELECT count(*) FROM relay_claims)::BIGINT,
+                       (SELECT count(*) FROM pg_stat_activity
+                         WHERE application_name = $1)::BIGINT",
+                    &[&LISTENER_NAME],
+                )
+                .await
+                .map_err(io)?;
+            let n = |i: usize| row.get::<_, i64>(i);
+            Ok(serde_json::json!({
+                "database": &*self.target,
+                "schema_version": n(0),
+                "users": n(1),
+                "changes": n(2),
+                "stored_bytes": n(3),
+                "revocations": n(4),
+                "members": n(5),
+                "invite_claims": n(6),
+                "instances_listening": n(7),
+            }))
         })
     }
 
@@ -469,6 +508,23 @@ pub struct Grouped {
 }
 
 impl Grouped {
+    /// Forgets what the group's stores read of `docs` in `ns` (another instance wrote there).
+    pub fn forget(&self, ns: &str, docs: impl IntoIterator<Item = DocId>) {
+        let mut group = lock(&self.group);
+        if let Some(cached) = group.cache.get_mut(ns) {
+            cached.docs = None;
+            for doc in docs {
+                cached.vectors.remove(&doc);
+                cached.keys.remove(&doc);
+            }
+        }
+    }
+
+    /// Forgets everything read (announcements may have been missed).
+    pub fn forget_all(&self) {
+        lock(&self.group).cache.clear();
+    }
+
     /// The store of one namespace, in this group.
     pub fn store(&self, ns: &str) -> PgStore {
         PgStore {
@@ -648,6 +704,20 @@ struct Group {
     instance: Option<u64>,
     /// What this transaction stored, per namespace, announced with its commit.
     stored: std::collections::BTreeMap<String, Notice>,
+    /// What the group's stores read, per namespace, kept until a write, an announcement of
+    /// another instance's write, or a missed announcement says it may have changed.
+    cache: std::collections::HashMap<String, Cached>,
+}
+
+/// One namespace's holdings as last read outside any batch: the relay's sessions announce
+/// them to every device every few seconds, which would otherwise cost a round trip per query.
+/// Only ever behind the database (a lag heals by resync), never ahead of it: nothing read
+/// inside an uncommitted transaction is kept, and every write forgets the document first.
+#[derive(Default)]
+struct Cached {
+    docs: Option<Vec<DocId>>,
+    vectors: std::collections::HashMap<DocId, VersionVector>,
+    keys: std::collections::HashMap<DocId, Vec<KeyRecord>>,
 }
 
 fn lock(group: &Mutex<Group>) -> std::sync::MutexGuard<'_, Group> {
@@ -744,6 +814,32 @@ impl PgStore {
         result
     }
 
+    /// What the cache holds for this namespace, outside a batch (inside one, the transaction
+    /// is read).
+    fn cached<T>(&self, get: impl FnOnce(&Cached) -> Option<T>) -> Option<T> {
+        if self.joined {
+            return None;
+        }
+        lock(&self.group).cache.get(&self.ns).and_then(get)
+    }
+
+    /// Keeps what was just read outside a batch.
+    fn keep(&self, put: impl FnOnce(&mut Cached)) {
+        if self.joined {
+            return;
+        }
+        put(lock(&self.group).cache.entry(self.ns.clone()).or_default());
+    }
+
+    /// Forgets what was read of `doc`, before it is written.
+    fn forget(&self, doc: DocId) {
+        if let Some(cached) = lock(&self.group).cache.get_mut(&self.ns) {
+            cached.docs = None;
+            cached.vectors.remove(&doc);
+            cached.keys.remove(&doc);
+        }
+    }
+
     /// Notes what a batch stored, for the notice its commit sends.
     fn announce(&self, note: impl FnOnce(&mut Notice)) {
         if !self.joined {
@@ -785,6 +881,7 @@ impl Store for PgStore {
         let seq = seq_param(h.seq)?;
         let body = change.encode();
         let grew = i64::try_from(body.len()).unwrap_or(i64::MAX);
+        self.forget(h.doc);
         let put = self.with(async |client, ns| {
             // Two tries: the mark may move between the write that did not apply and the read
             // that says why (another instance stored the change just before).
@@ -859,6 +956,9 @@ impl Store for PgStore {
     }
 
     fn vector(&self, doc: DocId) -> Result<VersionVector, StoreError> {
+        if let Some(vector) = self.cached(|c| c.vectors.get(&doc).cloned()) {
+            return Ok(vector);
+        }
         let doc_bytes = doc.0.to_vec();
         let mut vector = self.read(async |client, ns| {
             let statement = client
@@ -880,6 +980,9 @@ impl Store for PgStore {
         if let Some(snapshot) = self.snapshot(doc)? {
             vector.merge(&snapshot.vector);
         }
+        self.keep(|c| {
+            c.vectors.insert(doc, vector.clone());
+        });
         Ok(vector)
     }
 
@@ -890,6 +993,7 @@ impl Store for PgStore {
         let body = record.encode();
         let grew = i64::try_from(body.len()).unwrap_or(i64::MAX);
         let key = (record.doc, record.id());
+        self.forget(record.doc);
         let added = self.with(async |client, ns| {
             let statement = client
                 .prepare_cached(
@@ -914,8 +1018,12 @@ impl Store for PgStore {
     }
 
     fn keys(&self, doc: DocId) -> Result<Vec<KeyRecord>, StoreError> {
+        if let Some(keys) = self.cached(|c| c.keys.get(&doc).cloned()) {
+            return Ok(keys);
+        }
+        let id = doc;
         let doc = doc.0.to_vec();
-        self.read(async |client, ns| {
+        let keys: Vec<KeyRecord> = self.read(async |client, ns| {
             let statement = client
                 .prepare_cached(
                     "SELECT body FROM relay_keys WHERE ns = $1 AND doc = $2 ORDER BY epoch, id",
@@ -929,10 +1037,15 @@ impl Store for PgStore {
                 .iter()
                 .map(|row| KeyRecord::decode(row.get(0)).map_err(StoreError::from))
                 .collect()
-        })
+        })?;
+        self.keep(|c| {
+            c.keys.insert(id, keys.clone());
+        });
+        Ok(keys)
     }
 
     fn put_snapshot(&mut self, snapshot: &SealedSnapshot) -> Result<bool, StoreError> {
+        self.forget(snapshot.doc);
         let doc = snapshot.doc.0.to_vec();
         let body = snapshot.encode();
         let covered: Vec<(Vec<u8>, i64)> = snapshot
@@ -988,7 +1101,11 @@ impl Store for PgStore {
         let Some(grew) = replaced else {
             return Ok(false);
         };
-        self.announce(|n| n.grew = n.grew.saturating_add(grew));
+        let doc = snapshot.doc;
+        self.announce(|n| {
+            n.grew = n.grew.saturating_add(grew);
+            n.snapshots.push(doc);
+        });
         Ok(true)
     }
 
@@ -1009,6 +1126,7 @@ impl Store for PgStore {
     }
 
     fn compact(&mut self, doc: DocId) -> Result<u64, StoreError> {
+        self.forget(doc);
         let Some(snapshot) = self.snapshot(doc)? else {
             return Ok(0);
         };
@@ -1047,7 +1165,10 @@ impl Store for PgStore {
     }
 
     fn docs(&self) -> Result<Vec<DocId>, StoreError> {
-        self.read(async |client, ns| {
+        if let Some(docs) = self.cached(|c| c.docs.clone()) {
+            return Ok(docs);
+        }
+        let docs: Vec<DocId> = self.read(async |client, ns| {
             let statement = client
                 .prepare_cached(
                     "SELECT doc FROM relay_vectors WHERE ns = $1 AND seq > 0
@@ -1069,7 +1190,9 @@ impl Store for PgStore {
                         .map_err(|_| io("a stored document id is not 16 bytes"))
                 })
                 .collect()
-        })
+        })?;
+        self.keep(|c| c.docs = Some(docs.clone()));
+        Ok(docs)
     }
 
     fn stored_bytes(&self) -> Result<u64, StoreError> {

@@ -134,6 +134,8 @@ pub struct Relay {
     instance: u64,
     /// The fleet's database, when the relay runs on one: revocations are shared through it.
     pg: Option<crate::pg::Pg>,
+    /// The hub's stores on it, whose reads are kept until another instance says it wrote.
+    grouped: Option<crate::pg::Grouped>,
 }
 
 /// A sync message waiting, with where its acknowledgement goes (`C`: a response channel).
@@ -374,6 +376,7 @@ impl Relay {
         ]);
         let mut heard = None;
         let mut fleet = None;
+        let mut grouped = None;
         let open: crate::hub::OpenStore<RelayStore> = match &config.store {
             StoreChoice::Sled => {
                 let opener = db.clone();
@@ -392,6 +395,7 @@ impl Relay {
                 heard = Some(pg.listen());
                 // One transaction, and one COMMIT, per round, whatever the users in it.
                 let group = pg.group(instance);
+                grouped = Some(group.clone());
                 Box::new(move |user| {
                     Ok(RelayStore::Postgres(Box::new(
                         group.store(&namespace(user)),
@@ -490,6 +494,7 @@ impl Relay {
             heard,
             instance,
             pg: fleet,
+            grouped,
         })
     }
 
@@ -633,6 +638,9 @@ impl Relay {
                 tracing::info!(
                     "announcements from the fleet may have been missed: resyncing every device"
                 );
+                if let Some(grouped) = &self.grouped {
+                    grouped.forget_all();
+                }
                 self.share_revocations();
                 let out = self.hub.resync_all(self.now_ms());
                 self.send(out);
@@ -645,6 +653,9 @@ impl Relay {
             Some(crate::pg::Heard::Stored(stored)) => {
                 if stored.from == self.instance {
                     return;
+                }
+                if let Some(grouped) = &self.grouped {
+                    grouped.forget(&stored.ns, stored.docs());
                 }
                 self.metrics.announcements_heard.inc();
                 let Some(user) = user_of_namespace(&stored.ns) else {

@@ -371,3 +371,61 @@ fn an_instance_killed_mid_burst_and_a_database_restart_lose_nothing() {
     );
     let _ = &survivor.metrics;
 }
+
+/// `jarvis-relay status --store …`: the fleet's database as an operator sees it (from any
+/// machine, even one running no relay), never the URL's password. One instance here unlocks
+/// its key from a passphrase file (a systemd credential), not from the environment.
+#[test]
+fn the_fleet_status_shows_the_database_and_the_instances_listening() {
+    let cluster = common::postgres::Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = cluster
+        .url("postgres")
+        .replace("postgres://jarvis@", "postgres://jarvis:hunter2@");
+    let store = d.join("store-url");
+    std::fs::write(&store, &url).unwrap();
+    let store = store.to_str().unwrap().to_owned();
+    let admin = d.join("admin");
+    ok(&admin, &["admin", "init", "--org", "acme"]);
+    let passphrase = d.join("passphrase");
+    std::fs::write(&passphrase, "pw\n").unwrap();
+    let mut running = Vec::new();
+    for i in 1..=2 {
+        let home = d.join(format!("relay-{i}"));
+        enrol_relay_named(&admin, &home, &format!("relay-{i}"));
+        let mut cmd = common::relay_cmd(&home);
+        if i == 2 {
+            cmd.env_remove("JARVIS_PASSPHRASE")
+                .env("JARVIS_PASSPHRASE_FILE", &passphrase);
+        }
+        running.push(common::start_relay_from(cmd, &["--store-file", &store]));
+    }
+    let status = |home: &Path| {
+        common::relay_cmd(home)
+            .args(["status", "--store-file", &store, "--json"])
+            .output()
+            .unwrap()
+    };
+    let fleet = wait_for("both instances to be listening", || {
+        let out = status(&d.join("relay-1"));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["fleet"]["instances_listening"] == 2).then_some(v)
+    });
+    assert_eq!(fleet["running"], true, "{fleet}");
+    assert_eq!(
+        fleet["fleet"]["schema_version"],
+        jarvis_relay::pg::SCHEMA_VERSION,
+        "{fleet}"
+    );
+    // From a machine that runs no relay: the database alone, in words too.
+    let out = common::relay_cmd(&d.join("nowhere"))
+        .args(["status", "--store-file", &store])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("2 instances listening"), "{text}");
+    assert!(!text.contains("hunter2") && !fleet.to_string().contains("hunter2"));
+    drop(running);
+}

@@ -104,7 +104,12 @@ pub fn start_relay(home: &Path) -> (Running, String, String) {
 }
 
 pub fn start_relay_with(home: &Path, extra: &[&str]) -> (Running, String, String) {
-    let mut child = relay_cmd(home)
+    start_relay_from(relay_cmd(home), extra)
+}
+
+/// [`start_relay_with`] from a command of the caller's (another environment).
+pub fn start_relay_from(mut cmd: Command, extra: &[&str]) -> (Running, String, String) {
+    let mut child = cmd
         .args([
             "up",
             "--listen",

@@ -713,6 +713,15 @@ struct Group {
 /// them to every device every few seconds, which would otherwise cost a round trip per query.
 /// Only ever behind the database (a lag heals by resync), never ahead of it: nothing read
 /// inside an uncommitted transaction is kept, and every write forgets the document first.
+/// What a write changes of a document's cached holdings.
+#[derive(Clone, Copy)]
+enum Aspect {
+    /// Changes and snapshots.
+    Vector,
+    /// Key records.
+    Keys,
+}
+
 #[derive(Default)]
 struct Cached {
     docs: Option<Vec<DocId>>,
@@ -814,12 +823,10 @@ impl PgStore {
         result
     }
 
-    /// What the cache holds for this namespace, outside a batch (inside one, the transaction
-    /// is read).
+    /// What the cache holds for this namespace. Inside a batch too: every write forgets what
+    /// it changes before it writes and nothing read inside a batch is kept, so whatever is
+    /// cached is committed state this transaction has not touched.
     fn cached<T>(&self, get: impl FnOnce(&Cached) -> Option<T>) -> Option<T> {
-        if self.joined {
-            return None;
-        }
         lock(&self.group).cache.get(&self.ns).and_then(get)
     }
 
@@ -831,12 +838,15 @@ impl PgStore {
         put(lock(&self.group).cache.entry(self.ns.clone()).or_default());
     }
 
-    /// Forgets what was read of `doc`, before it is written.
-    fn forget(&self, doc: DocId) {
+    /// Forgets what was read of `doc` that a write changes (its vector, or its keys), and the
+    /// list of documents, before it is written.
+    fn forget(&self, doc: DocId, what: Aspect) {
         if let Some(cached) = lock(&self.group).cache.get_mut(&self.ns) {
             cached.docs = None;
-            cached.vectors.remove(&doc);
-            cached.keys.remove(&doc);
+            match what {
+                Aspect::Vector => cached.vectors.remove(&doc).map(drop),
+                Aspect::Keys => cached.keys.remove(&doc).map(drop),
+            };
         }
     }
 
@@ -881,7 +891,7 @@ impl Store for PgStore {
         let seq = seq_param(h.seq)?;
         let body = change.encode();
         let grew = i64::try_from(body.len()).unwrap_or(i64::MAX);
-        self.forget(h.doc);
+        self.forget(h.doc, Aspect::Vector);
         let put = self.with(async |client, ns| {
             // Two tries: the mark may move between the write that did not apply and the read
             // that says why (another instance stored the change just before).
@@ -960,7 +970,7 @@ impl Store for PgStore {
             return Ok(vector);
         }
         let doc_bytes = doc.0.to_vec();
-        let mut vector = self.read(async |client, ns| {
+        let vector = self.read(async |client, ns| {
             let statement = client
                 .prepare_cached(
                     "SELECT actor, seq FROM relay_vectors WHERE ns = $1 AND doc = $2 AND seq > 0",
@@ -977,9 +987,8 @@ impl Store for PgStore {
             }
             Ok(vector)
         })?;
-        if let Some(snapshot) = self.snapshot(doc)? {
-            vector.merge(&snapshot.vector);
-        }
+        // What a snapshot covers is in `relay_vectors` already (`put_snapshot` raises it), so
+        // the snapshot itself (its whole body) is not read here.
         self.keep(|c| {
             c.vectors.insert(doc, vector.clone());
         });
@@ -993,7 +1002,7 @@ impl Store for PgStore {
         let body = record.encode();
         let grew = i64::try_from(body.len()).unwrap_or(i64::MAX);
         let key = (record.doc, record.id());
-        self.forget(record.doc);
+        self.forget(record.doc, Aspect::Keys);
         let added = self.with(async |client, ns| {
             let statement = client
                 .prepare_cached(
@@ -1045,7 +1054,7 @@ impl Store for PgStore {
     }
 
     fn put_snapshot(&mut self, snapshot: &SealedSnapshot) -> Result<bool, StoreError> {
-        self.forget(snapshot.doc);
+        self.forget(snapshot.doc, Aspect::Vector);
         let doc = snapshot.doc.0.to_vec();
         let body = snapshot.encode();
         let covered: Vec<(Vec<u8>, i64)> = snapshot
@@ -1126,7 +1135,7 @@ impl Store for PgStore {
     }
 
     fn compact(&mut self, doc: DocId) -> Result<u64, StoreError> {
-        self.forget(doc);
+        self.forget(doc, Aspect::Vector);
         let Some(snapshot) = self.snapshot(doc)? else {
             return Ok(0);
         };

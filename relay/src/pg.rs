@@ -62,7 +62,7 @@ const HEARD_QUEUE: usize = 1_024;
 const RELISTEN: Duration = Duration::from_secs(1);
 
 /// The schema version this build migrates to (the number of migrations it knows).
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The schema, one migration per entry, applied in order and recorded in `jarvis_schema`.
 const MIGRATIONS: &[&str] = &[
@@ -85,9 +85,13 @@ const MIGRATIONS: &[&str] = &[
     // cannot both accept one) and the members seen, as the JSON records the sled roster keeps.
     "CREATE TABLE relay_claims (key TEXT PRIMARY KEY, record BYTEA NOT NULL);
      CREATE TABLE relay_members (key TEXT PRIMARY KEY, record BYTEA NOT NULL);",
-    // 3 (SCHEMA_VERSION): the org's revocations, one signed record per row (by its id), so a
+    // 3: the org's revocations, one signed record per row (by its id), so a
     // revocation published to one instance reaches every instance and outlives them all.
     "CREATE TABLE relay_revocations (id BYTEA PRIMARY KEY, record BYTEA NOT NULL);",
+    // 4 (SCHEMA_VERSION): several orgs on one database: each revocation is its org's (the other
+    // tables carry the org in their namespaces and keys).
+    "ALTER TABLE relay_revocations ADD COLUMN org TEXT NOT NULL DEFAULT '';
+     CREATE INDEX relay_revocations_org ON relay_revocations (org);",
 ];
 
 // One version per migration: the constant cannot drift from the list.
@@ -144,6 +148,10 @@ pub struct Pg {
     runtime: Arc<Runtime>,
     /// Where the database is, for errors: hosts, ports and database, never the password.
     target: Arc<str>,
+    /// The org whose data this handle reads and writes (a prefix of every namespace and
+    /// roster key, and a column of the revocations): one database may serve several orgs, each
+    /// seeing only its own. Empty for a handle of no org (tests, `migrate`, `status`).
+    org: Arc<str>,
 }
 
 impl std::fmt::Debug for Pg {
@@ -189,6 +197,7 @@ impl Pg {
             config: Arc::new(config),
             runtime: Arc::new(Runtime(Some(runtime))),
             target: target.into(),
+            org: Arc::from(""),
         };
         pg.migrate()?;
         Ok(pg)
@@ -268,6 +277,16 @@ impl Pg {
         })
     }
 
+    /// This handle scoped to one org (by its root key): its namespaces, roster keys and
+    /// revocations are that org's alone, and it hears only that org's announcements.
+    pub fn for_org(&self, root: &PublicKey) -> Self {
+        let hex = hex::encode(root.to_bytes());
+        Self {
+            org: Arc::from(format!("org/{}/", hex.get(..32).unwrap_or(&hex))),
+            ..self.clone()
+        }
+    }
+
     /// Listens for what the fleet's instances store ([`CHANNEL`]), on a connection of its own
     /// kept open: lost, it connects again after [`RELISTEN`] and says [`Heard::Missed`]. The
     /// queue is bounded ([`HEARD_QUEUE`]); past it announcements are dropped and `Missed` said.
@@ -278,7 +297,12 @@ impl Pg {
             let mut config = (*self.config).clone();
             // How `fleet_status` counts the instances listening.
             config.application_name(LISTENER_NAME);
-            runtime.spawn(listen(Arc::new(config), sender, self.target.clone()));
+            runtime.spawn(listen(
+                Arc::new(config),
+                sender,
+                self.target.clone(),
+                self.org.clone(),
+            ));
         }
         receiver
     }
@@ -296,7 +320,7 @@ impl Pg {
             let client = tx.client()?;
             let statement = client
                 .prepare_cached(
-                    "INSERT INTO relay_revocations (id, record) VALUES ($1, $2)
+                    "INSERT INTO relay_revocations (id, record, org) VALUES ($1, $2, $3)
                      ON CONFLICT DO NOTHING",
                 )
                 .await
@@ -304,7 +328,7 @@ impl Pg {
             let mut added = 0;
             for (id, record) in records {
                 added += client
-                    .execute(&statement, &[&id.as_slice(), record])
+                    .execute(&statement, &[&id.as_slice(), record, &&*self.org])
                     .await
                     .map_err(io)?;
             }
@@ -312,7 +336,7 @@ impl Pg {
                 client
                     .execute(
                         "SELECT pg_notify($1, $2)",
-                        &[&CHANNEL, &format!("{REVOCATIONS}{from}")],
+                        &[&CHANNEL, &format!("{REVOCATIONS}{}|{from}", self.org)],
                     )
                     .await
                     .map_err(io)?;
@@ -365,7 +389,10 @@ impl Pg {
         self.block(async {
             let client = self.client().await?;
             let rows = client
-                .query("SELECT record FROM relay_revocations ORDER BY id", &[])
+                .query(
+                    "SELECT record FROM relay_revocations WHERE org = $1 ORDER BY id",
+                    &[&&*self.org],
+                )
                 .await
                 .map_err(io)?;
             Ok(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect())
@@ -396,6 +423,7 @@ impl Pg {
 
     /// One record of a roster table (`relay_claims`, `relay_members`).
     pub(crate) fn roster_get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = format!("{}{key}", self.org);
         let sql = match roster_table(table)? {
             RosterTable::Claims => "SELECT record FROM relay_claims WHERE key = $1",
             RosterTable::Members => "SELECT record FROM relay_members WHERE key = $1",
@@ -415,6 +443,7 @@ impl Pg {
         key: &str,
         record: &[u8],
     ) -> Result<bool, StoreError> {
+        let key = format!("{}{key}", self.org);
         let sql = match roster_table(table)? {
             RosterTable::Claims => {
                 "INSERT INTO relay_claims (key, record) VALUES ($1, $2) ON CONFLICT DO NOTHING"
@@ -441,6 +470,7 @@ impl Pg {
         key: &str,
         record: &[u8],
     ) -> Result<(), StoreError> {
+        let key = format!("{}{key}", self.org);
         let sql = match roster_table(table)? {
             RosterTable::Claims => {
                 "INSERT INTO relay_claims (key, record) VALUES ($1, $2)
@@ -465,12 +495,16 @@ impl Pg {
     /// Every record of a roster table.
     pub(crate) fn roster_all(&self, table: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         let sql = match roster_table(table)? {
-            RosterTable::Claims => "SELECT record FROM relay_claims ORDER BY key",
-            RosterTable::Members => "SELECT record FROM relay_members ORDER BY key",
+            RosterTable::Claims => {
+                "SELECT record FROM relay_claims WHERE left(key, length($1)) = $1 ORDER BY key"
+            }
+            RosterTable::Members => {
+                "SELECT record FROM relay_members WHERE left(key, length($1)) = $1 ORDER BY key"
+            }
         };
         self.block(async {
             let client = self.client().await?;
-            let rows = client.query(sql, &[]).await.map_err(io)?;
+            let rows = client.query(sql, &[&&*self.org]).await.map_err(io)?;
             Ok(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect())
         })
     }
@@ -479,7 +513,7 @@ impl Pg {
     pub fn store(&self, ns: &str) -> PgStore {
         PgStore {
             pg: self.clone(),
-            ns: ns.to_owned(),
+            ns: format!("{}{ns}", self.org),
             group: Arc::default(),
             joined: false,
         }
@@ -510,8 +544,9 @@ pub struct Grouped {
 impl Grouped {
     /// Forgets what the group's stores read of `docs` in `ns` (another instance wrote there).
     pub fn forget(&self, ns: &str, docs: impl IntoIterator<Item = DocId>) {
+        let ns = format!("{}{ns}", self.pg.org);
         let mut group = lock(&self.group);
-        if let Some(cached) = group.cache.get_mut(ns) {
+        if let Some(cached) = group.cache.get_mut(&ns) {
             cached.docs = None;
             for doc in docs {
                 cached.vectors.remove(&doc);
@@ -529,7 +564,7 @@ impl Grouped {
     pub fn store(&self, ns: &str) -> PgStore {
         PgStore {
             pg: self.pg.clone(),
-            ns: ns.to_owned(),
+            ns: format!("{}{ns}", self.pg.org),
             group: Arc::clone(&self.group),
             joined: false,
         }
@@ -554,6 +589,7 @@ async fn listen(
     config: Arc<tokio_postgres::Config>,
     heard: tokio::sync::mpsc::Sender<Heard>,
     target: Arc<str>,
+    org: Arc<str>,
 ) {
     use futures::StreamExt;
     // Whether announcements may have been missed and the loop not told yet.
@@ -598,15 +634,10 @@ async fn listen(
                         }
                         message = messages.next() => match message {
                             Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                                if let Some(from) = n.payload().strip_prefix(REVOCATIONS) {
-                                    match from.parse() {
-                                        Ok(from) => forward(Some(Heard::Revocations { from }), &mut missed),
-                                        Err(e) => tracing::warn!(error = %e, "an unreadable notification"),
-                                    }
-                                    continue;
-                                }
-                                match Stored::decode(n.payload()) {
-                                    Ok(stored) => forward(Some(Heard::Stored(stored)), &mut missed),
+                                match of_org(n.payload(), &org) {
+                                    Ok(Some(item)) => forward(Some(item), &mut missed),
+                                    // Another org's, on the same database.
+                                    Ok(None) => {}
                                     Err(e) => tracing::warn!(error = %e, "an unreadable notification"),
                                 }
                             }
@@ -626,6 +657,27 @@ async fn listen(
         missed = true;
         tokio::time::sleep(RELISTEN).await;
     }
+}
+
+/// A notification's payload, if it is `org`'s: what was stored (its namespace without the org's
+/// prefix, as the shell names users) or that revocations were added.
+fn of_org(payload: &str, org: &str) -> Result<Option<Heard>, String> {
+    if let Some(rest) = payload.strip_prefix(REVOCATIONS) {
+        let (theirs, from) = rest
+            .rsplit_once('|')
+            .ok_or("a revocations notice without its instance")?;
+        if theirs != org {
+            return Ok(None);
+        }
+        let from = from.parse().map_err(|e| format!("{e}"))?;
+        return Ok(Some(Heard::Revocations { from }));
+    }
+    let mut stored = Stored::decode(payload)?;
+    let Some(ns) = stored.ns.strip_prefix(org) else {
+        return Ok(None);
+    };
+    stored.ns = ns.to_owned();
+    Ok(Some(Heard::Stored(stored)))
 }
 
 /// The roster's tables (named by the caller, checked here: no other name reaches SQL).

@@ -386,7 +386,9 @@ impl Relay {
             }
             StoreChoice::Postgres(url) => {
                 let pg = crate::pg::Pg::connect(url, PG_CONNECTIONS)
-                    .context("connecting to the PostgreSQL store")?;
+                    .context("connecting to the PostgreSQL store")?
+                    // Only this org's data, members and revocations: a database may hold several.
+                    .for_org(&identity.org.root);
                 config.metrics.set_database(pg.clone());
                 // Claims and members are the fleet's, not this instance's.
                 roster = Roster::postgres(pg.clone());

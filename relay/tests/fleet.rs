@@ -429,3 +429,71 @@ fn the_fleet_status_shows_the_database_and_the_instances_listening() {
     assert!(!text.contains("hunter2") && !fleet.to_string().contains("hunter2"));
     drop(running);
 }
+
+/// Two orgs on one database (a hosting provider's fleet: each org's relay instances, one
+/// PostgreSQL). Both have a user called alice. Neither org's devices, relays or revocations see
+/// anything of the other's: alice of acme never gets a conversation of alice of globex, and a
+/// revocation published in one org is not in the other's relays.
+#[test]
+fn two_orgs_on_one_database_see_nothing_of_each_other() {
+    let cluster = common::postgres::Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster.url("postgres");
+    let (acme_admin, [acme_laptop, acme_phone], acme) = fleet(&dir.path().join("acme"), &url, 1);
+    let (globex_admin, [globex_laptop, globex_phone], globex) =
+        fleet(&dir.path().join("globex"), &url, 1);
+    let _a = up_at(&acme_laptop, &acme[0].address);
+    let _g = up_at(&globex_laptop, &globex[0].address);
+    let secret = say(&acme_laptop, &["acme's merger plans"]);
+    let theirs = say(&globex_laptop, &["globex's quarterly numbers"]);
+    // Each org's phone, on its own org's relay, gets its own org's conversation only.
+    let _ap = up_at(&acme_phone, &acme[0].address);
+    let _gp = up_at(&globex_phone, &globex[0].address);
+    wait_for("acme's phone to get acme's note", || {
+        (texts(&acme_phone, &secret) == ["acme's merger plans"]).then_some(())
+    });
+    wait_for("globex's phone to get globex's note", || {
+        (texts(&globex_phone, &theirs) == ["globex's quarterly numbers"]).then_some(())
+    });
+    let conversations = |home: &Path| -> Vec<String> {
+        ok(home, &["conversations"])["conversations"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(conversations(&acme_phone), vec![secret.clone()]);
+    assert_eq!(conversations(&globex_phone), vec![theirs.clone()]);
+    // Not merely dropped by the devices (which take only their own user's writers): never
+    // sent. A relay serving the other org's alice's ciphertext would show here.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for phone in [&acme_phone, &globex_phone] {
+        let quarantined = ok(phone, &["status"])["quarantined"].clone();
+        assert_eq!(quarantined["unknown_writers"], 0, "{quarantined}");
+        assert_eq!(quarantined["changes"], 0, "{quarantined}");
+    }
+    // Each relay's view (its status file, written every half second): its own org's two
+    // devices, and its own org's bytes only.
+    for instance in [&acme[0], &globex[0]] {
+        wait_for("each relay to list its org's two devices", || {
+            (relay_status(&instance.home)["devices"] == 2).then_some(())
+        });
+    }
+    // A revocation in acme reaches acme's relay, not globex's.
+    ok(&acme_admin, &["admin", "relays", "add", &acme[0].address]);
+    let phone_id = ok(&acme_phone, &["whoami"])["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&acme_admin, &["admin", "revoke", "--device", &phone_id]);
+    wait_for("acme's relay to hold the revocation", || {
+        (relay_status(&acme[0].home)["revocations"] == 1).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(relay_status(&globex[0].home)["revocations"], 0);
+    assert_eq!(relay_status(&globex[0].home)["devices"], 2);
+    let _ = globex_admin;
+}

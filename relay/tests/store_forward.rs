@@ -887,7 +887,14 @@ fn a_relay_on_postgres_forwards_everything_and_its_database_reads_nothing() {
 
     // What the relay stored is in the database, as ciphertext only, and none of it in its home
     // (which keeps only the roster).
-    let pg = jarvis_relay::pg::Pg::connect(&cluster.url("postgres"), 1).unwrap();
+    let org: jarvis_identity::PublicKey = ok(&laptop, &["whoami"])["org_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pg = jarvis_relay::pg::Pg::connect(&cluster.url("postgres"), 1)
+        .unwrap()
+        .for_org(&org);
     let alice: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
     let store = pg.store(&format!("user/{alice}/"));
     assert_eq!(store.stored_bytes().unwrap(), stored);

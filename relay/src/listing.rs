@@ -9,10 +9,45 @@ use jarvis_mesh::directory::{
     Directory, EXPIRY, Entry, GpuLoad, MAX_ADDRESS_LEN, MAX_ADDRESSES, MAX_MODEL_LEN,
 };
 
-/// Who is online, from their heartbeats.
+/// Who is online, from their heartbeats: here, and (in a fleet) at the other instances.
 #[derive(Debug)]
 pub struct Listing<P> {
     online: HashMap<P, Online>,
+    /// Members online at the fleet's other instances, as last read from the shared database,
+    /// and when (this listing's clock).
+    remote: Vec<Shared>,
+    remote_at_ms: u64,
+}
+
+/// A member as the fleet's instances share it (JSON in the database): what a directory entry
+/// needs, and who may see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shared {
+    pub peer_id: String,
+    /// A GPU peer (listed to every member), or a device (listed to its user's other devices).
+    pub gpu_peer: bool,
+    pub name: String,
+    pub user: Option<String>,
+    pub addresses: Vec<String>,
+    pub gpu: Option<GpuLoad>,
+    /// A device's certificate chain (hex), for its user's other devices.
+    pub chain: Option<String>,
+    /// Milliseconds since its last heartbeat, when read.
+    pub seen_ms_ago: u64,
+}
+
+impl Shared {
+    /// Whether it keeps the bounds a heartbeat is held to (it comes from another process).
+    fn within_bounds(&self) -> bool {
+        self.addresses.len() <= MAX_ADDRESSES
+            && self.addresses.iter().all(|a| a.len() <= MAX_ADDRESS_LEN)
+            && self
+                .gpu
+                .as_ref()
+                .is_none_or(|g| self.gpu_peer && g.model.len() <= MAX_MODEL_LEN)
+            && self.name.len() <= 256
+            && self.chain.as_ref().is_none_or(|c| c.len() <= 64 * 1024)
+    }
 }
 
 #[derive(Debug)]
@@ -29,6 +64,8 @@ impl<P> Default for Listing<P> {
     fn default() -> Self {
         Self {
             online: HashMap::new(),
+            remote: Vec::new(),
+            remote_at_ms: 0,
         }
     }
 }
@@ -110,7 +147,36 @@ impl<P: Eq + Hash + Clone + ToString> Listing<P> {
         (self.online.len() - gpus, gpus)
     }
 
-    /// What `peer` (verified as `who`) may see: its user's other devices and the GPU peers.
+    /// The members online here, as the fleet shares them (chains are the shell's to add), with
+    /// the time of each one's last heartbeat on this listing's clock.
+    pub fn shared(&self, now_ms: u64) -> Vec<(P, Shared, u64)> {
+        self.online
+            .iter()
+            .map(|(p, o)| {
+                let shared = Shared {
+                    peer_id: p.to_string(),
+                    gpu_peer: o.kind == CertKind::Gpu,
+                    name: o.name.clone(),
+                    user: o.user.as_ref().map(ToString::to_string),
+                    addresses: o.addresses.clone(),
+                    gpu: o.gpu.clone(),
+                    chain: None,
+                    seen_ms_ago: now_ms.saturating_sub(o.last_ms),
+                };
+                (p.clone(), shared, o.last_ms)
+            })
+            .collect()
+    }
+
+    /// The members online at the other instances, as just read (those out of bounds are left
+    /// out).
+    pub fn set_remote(&mut self, remote: Vec<Shared>, now_ms: u64) {
+        self.remote = remote.into_iter().filter(Shared::within_bounds).collect();
+        self.remote_at_ms = now_ms;
+    }
+
+    /// What `peer` (verified as `who`) may see: its user's other devices and the GPU peers,
+    /// here and at the fleet's other instances.
     pub fn view(&self, peer: &P, who: &Verified, now_ms: u64) -> Directory {
         let entry = |p: &P, o: &Online| Entry {
             peer_id: p.to_string(),
@@ -134,6 +200,31 @@ impl<P: Eq + Hash + Clone + ToString> Listing<P> {
                     directory.devices.push(entry(p, o));
                 }
                 _ => {}
+            }
+        }
+        let here: std::collections::HashSet<String> =
+            self.online.keys().map(ToString::to_string).collect();
+        let me = peer.to_string();
+        let age = now_ms.saturating_sub(self.remote_at_ms);
+        for r in &self.remote {
+            if here.contains(&r.peer_id) || r.peer_id == me {
+                continue;
+            }
+            let entry = Entry {
+                peer_id: r.peer_id.clone(),
+                name: r.name.clone(),
+                addresses: r.addresses.clone(),
+                seen_ms_ago: r.seen_ms_ago.saturating_add(age),
+                gpu: r.gpu.clone(),
+                chain: r.chain.clone(),
+            };
+            if r.gpu_peer {
+                directory.gpus.push(entry);
+            } else if who.kind == CertKind::Device
+                && who.user.is_some()
+                && r.user.as_deref() == who.user.as_ref().map(Name::as_str)
+            {
+                directory.devices.push(entry);
             }
         }
         directory.devices.sort_by(|a, b| a.name.cmp(&b.name));
@@ -217,6 +308,48 @@ mod tests {
         assert!(listing.is_online(&2));
         listing.left(&2);
         assert_eq!(listing.counts(), (0, 0));
+    }
+
+    #[test]
+    fn members_at_other_instances_are_listed_to_whom_they_would_be_here() {
+        let mut listing = Listing::default();
+        let laptop = who(CertKind::Device, "laptop", Some("alice"));
+        let bobs = who(CertKind::Device, "bobs-laptop", Some("bob"));
+        listing.heartbeat(1, &laptop, vec![], None, 0).unwrap();
+        listing.heartbeat(3, &bobs, vec![], None, 0).unwrap();
+        let remote = |name: &str, user: Option<&str>, gpu: Option<GpuLoad>| Shared {
+            peer_id: format!("remote-{name}"),
+            gpu_peer: gpu.is_some(),
+            name: name.into(),
+            user: user.map(Into::into),
+            addresses: vec![],
+            gpu,
+            chain: Some("00".into()),
+            seen_ms_ago: 100,
+        };
+        let mut too_many = remote("odd", Some("alice"), None);
+        too_many.addresses = vec!["x".into(); MAX_ADDRESSES + 1];
+        listing.set_remote(
+            vec![
+                remote("phone", Some("alice"), None),
+                remote("gpu-2", None, Some(gpu_load())),
+                too_many,
+            ],
+            1_000,
+        );
+        let seen = listing.view(&1, &laptop, 1_500);
+        assert_eq!(seen.devices.len(), 1, "{seen:?}");
+        assert_eq!(seen.devices[0].name, "phone");
+        assert_eq!(seen.devices[0].seen_ms_ago, 600);
+        assert_eq!(seen.devices[0].chain.as_deref(), Some("00"));
+        assert_eq!(seen.gpus.len(), 1);
+        // Bob sees the GPU peer, not alice's phone.
+        let bob_sees = listing.view(&3, &bobs, 1_500);
+        assert!(bob_sees.devices.is_empty() && bob_sees.gpus.len() == 1);
+        // What this instance shares: its own members only.
+        let shared = listing.shared(2_000);
+        assert_eq!(shared.len(), 2);
+        assert!(shared.iter().all(|(_, s, _)| s.seen_ms_ago == 2_000));
     }
 
     #[test]

@@ -62,7 +62,7 @@ const HEARD_QUEUE: usize = 1_024;
 const RELISTEN: Duration = Duration::from_secs(1);
 
 /// The schema version this build migrates to (the number of migrations it knows).
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The schema, one migration per entry, applied in order and recorded in `jarvis_schema`.
 const MIGRATIONS: &[&str] = &[
@@ -88,10 +88,17 @@ const MIGRATIONS: &[&str] = &[
     // 3: the org's revocations, one signed record per row (by its id), so a
     // revocation published to one instance reaches every instance and outlives them all.
     "CREATE TABLE relay_revocations (id BYTEA PRIMARY KEY, record BYTEA NOT NULL);",
-    // 4 (SCHEMA_VERSION): several orgs on one database: each revocation is its org's (the other
+    // 4: several orgs on one database: each revocation is its org's (the other
     // tables carry the org in their namespaces and keys).
     "ALTER TABLE relay_revocations ADD COLUMN org TEXT NOT NULL DEFAULT '';
      CREATE INDEX relay_revocations_org ON relay_revocations (org);",
+    // 5 (SCHEMA_VERSION): the directory: who is online at which instance, with when it was
+    // last heard (Unix milliseconds), so every instance lists the members of all of them.
+    "CREATE TABLE relay_directory (
+         org TEXT NOT NULL, peer TEXT NOT NULL, instance BIGINT NOT NULL,
+         record BYTEA NOT NULL, seen_at BIGINT NOT NULL,
+         PRIMARY KEY (org, peer));
+     CREATE INDEX relay_directory_seen ON relay_directory (org, seen_at);",
 ];
 
 // One version per migration: the constant cannot drift from the list.
@@ -381,6 +388,96 @@ impl Pg {
                 "invite_claims": n(6),
                 "instances_listening": n(7),
             }))
+        })
+    }
+
+    /// Publishes this instance's part of the directory: `online` (peer id, record, last heard
+    /// in Unix ms) written over whatever was there, `gone` removed if this instance wrote
+    /// them, and rows silent for longer than `stale_ms` removed, whoever wrote them (an
+    /// instance that died). One transaction.
+    pub fn directory_publish(
+        &self,
+        instance: u64,
+        online: &[(String, Vec<u8>, i64)],
+        gone: &[String],
+        stale_ms: i64,
+    ) -> Result<(), StoreError> {
+        let instance = i64::from_ne_bytes(instance.to_ne_bytes());
+        let now = unix_ms();
+        self.block(async {
+            let tx = InTransaction::begin(self.client().await?).await?;
+            let client = tx.client()?;
+            let upsert = client
+                .prepare_cached(
+                    "INSERT INTO relay_directory (org, peer, instance, record, seen_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (org, peer) DO UPDATE
+                     SET instance = EXCLUDED.instance, record = EXCLUDED.record,
+                         seen_at = EXCLUDED.seen_at",
+                )
+                .await
+                .map_err(io)?;
+            for (peer, record, seen_at) in online {
+                client
+                    .execute(&upsert, &[&&*self.org, peer, &instance, record, seen_at])
+                    .await
+                    .map_err(io)?;
+            }
+            let remove = client
+                .prepare_cached(
+                    "DELETE FROM relay_directory WHERE org = $1 AND peer = $2 AND instance = $3",
+                )
+                .await
+                .map_err(io)?;
+            for peer in gone {
+                client
+                    .execute(&remove, &[&&*self.org, peer, &instance])
+                    .await
+                    .map_err(io)?;
+            }
+            client
+                .execute(
+                    "DELETE FROM relay_directory WHERE org = $1 AND seen_at < $2",
+                    &[&&*self.org, &(now - stale_ms)],
+                )
+                .await
+                .map_err(io)?;
+            tx.finish("COMMIT").await
+        })
+    }
+
+    /// The directory rows other instances wrote and heard from within `within_ms`: (record,
+    /// milliseconds since last heard).
+    pub fn directory_others(
+        &self,
+        instance: u64,
+        within_ms: i64,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let instance = i64::from_ne_bytes(instance.to_ne_bytes());
+        let now = unix_ms();
+        self.block(async {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT record, seen_at FROM relay_directory
+                     WHERE org = $1 AND instance <> $2 AND seen_at > $3",
+                )
+                .await
+                .map_err(io)?;
+            let rows = client
+                .query(&statement, &[&&*self.org, &instance, &(now - within_ms)])
+                .await
+                .map_err(io)?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let seen_at: i64 = row.get(1);
+                    (
+                        row.get::<_, Vec<u8>>(0),
+                        u64::try_from(now.saturating_sub(seen_at)).unwrap_or(0),
+                    )
+                })
+                .collect())
         })
     }
 
@@ -801,6 +898,14 @@ impl Drop for PgStore {
             }
         }
     }
+}
+
+/// Now, in Unix milliseconds (the directory's clock: the instances' clocks are assumed close,
+/// as NTP keeps servers; a skew shows as an entry seen that much earlier or later).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn seq_param(seq: u64) -> Result<i64, StoreError> {

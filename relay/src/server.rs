@@ -57,6 +57,8 @@ const PG_CONNECTIONS: usize = 4;
 const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 const TICK: Duration = Duration::from_millis(500);
+/// In a fleet, the directory is shared through the database every this many ticks (2 s).
+const DIRECTORY_SHARE_TICKS: u32 = 4;
 
 /// Who the relay is: its org, its certificate chain (relay role) and its key.
 pub struct RelayIdentity {
@@ -136,6 +138,10 @@ pub struct Relay {
     pg: Option<crate::pg::Pg>,
     /// The hub's stores on it, whose reads are kept until another instance says it wrote.
     grouped: Option<crate::pg::Grouped>,
+    /// Members of the directory written to the fleet's database, with the heartbeat written.
+    published: HashMap<PeerId, u64>,
+    /// Ticks so far.
+    ticks: u32,
 }
 
 /// A sync message waiting, with where its acknowledgement goes (`C`: a response channel).
@@ -497,6 +503,8 @@ impl Relay {
             instance,
             pg: fleet,
             grouped,
+            published: HashMap::new(),
+            ticks: 0,
         })
     }
 
@@ -607,6 +615,10 @@ impl Relay {
         self.drive_admission();
         let now_ms = self.now_ms();
         self.listing.expire(now_ms);
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % DIRECTORY_SHARE_TICKS == 0 {
+            self.share_directory(now_ms);
+        }
         let out = self.hub.poll(now_ms);
         self.send(out);
         self.write_status(true);
@@ -943,6 +955,62 @@ impl Relay {
         }
     }
 
+    /// In a fleet: writes this instance's part of the directory (what changed since the last
+    /// time; members gone are removed) and reads the other instances', so each instance lists
+    /// the org's members wherever they are connected. A failure is logged and tried again.
+    fn share_directory(&mut self, now_ms: u64) {
+        let Some(pg) = self.pg.clone() else {
+            return;
+        };
+        let unix = crate::pg::unix_ms();
+        let expiry = i64::try_from(jarvis_mesh::directory::EXPIRY.as_millis()).unwrap_or(i64::MAX);
+        let mut online = Vec::new();
+        let mut here = std::collections::HashSet::new();
+        for (peer, mut shared, last_ms) in self.listing.shared(now_ms) {
+            here.insert(peer);
+            if self.published.get(&peer) == Some(&last_ms) {
+                continue;
+            }
+            shared.chain = self.chains.get(&peer).cloned();
+            let Ok(record) = serde_json::to_vec(&shared) else {
+                continue;
+            };
+            let seen_at = unix.saturating_sub(i64::try_from(shared.seen_ms_ago).unwrap_or(0));
+            online.push((peer.to_string(), record, seen_at));
+            self.published.insert(peer, last_ms);
+        }
+        let gone: Vec<PeerId> = self
+            .published
+            .keys()
+            .filter(|p| !here.contains(*p))
+            .copied()
+            .collect();
+        for peer in &gone {
+            self.published.remove(peer);
+        }
+        let gone: Vec<String> = gone.iter().map(ToString::to_string).collect();
+        if let Err(e) = pg.directory_publish(self.instance, &online, &gone, 2 * expiry) {
+            tracing::warn!(error = %e, "cannot share the directory with the fleet");
+            // Everything is written again next time.
+            self.published.clear();
+        }
+        match pg.directory_others(self.instance, expiry) {
+            Ok(rows) => {
+                let remote = rows
+                    .into_iter()
+                    .filter_map(|(record, ago)| {
+                        let mut shared: crate::listing::Shared =
+                            serde_json::from_slice(&record).ok()?;
+                        shared.seen_ms_ago = ago;
+                        Some(shared)
+                    })
+                    .collect();
+                self.listing.set_remote(remote, now_ms);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the fleet's directory"),
+        }
+    }
+
     /// Revocations learned (from an admin publishing them, or any peer that knew more): kept.
     /// The admission core has refused and disconnected the peers they cover already, and pushes
     /// the set to every other member ([`admission::Event::ExchangeRevocations`]).
@@ -1028,11 +1096,15 @@ impl Relay {
                     Ok(()) => {
                         let mut view = self.listing.view(&peer, &who, now_ms);
                         for entry in &mut view.devices {
-                            entry.chain = entry
+                            // Those admitted here; those at other instances came with theirs.
+                            if let Some(chain) = entry
                                 .peer_id
                                 .parse::<PeerId>()
                                 .ok()
-                                .and_then(|p| self.chains.get(&p).cloned());
+                                .and_then(|p| self.chains.get(&p).cloned())
+                            {
+                                entry.chain = Some(chain);
+                            }
                         }
                         Response::Directory(view)
                     }

@@ -497,3 +497,30 @@ fn two_orgs_on_one_database_see_nothing_of_each_other() {
     assert_eq!(relay_status(&globex[0].home)["devices"], 2);
     let _ = globex_admin;
 }
+
+/// The directory is the fleet's: the laptop on instance 1 lists the phone connected to
+/// instance 2 (and the other way), with its chain, as one relay would.
+#[test]
+fn devices_on_two_instances_find_each_other_in_the_directory() {
+    let cluster = common::postgres::Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_admin, [laptop, phone], instances) = fleet(dir.path(), &cluster.url("postgres"), 2);
+    let _a = up_at(&laptop, &instances[0].address);
+    let _b = up_at(&phone, &instances[1].address);
+    let listed = |home: &Path| -> Vec<String> {
+        ok(home, &["status"])["directory"]["devices"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_for("the laptop to list the phone", || {
+        (listed(&laptop) == ["phone"]).then_some(())
+    });
+    wait_for("the phone to list the laptop", || {
+        (listed(&phone) == ["laptop"]).then_some(())
+    });
+}

@@ -616,7 +616,7 @@ impl Relay {
         let now_ms = self.now_ms();
         self.listing.expire(now_ms);
         self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks % DIRECTORY_SHARE_TICKS == 0 {
+        if self.ticks.is_multiple_of(DIRECTORY_SHARE_TICKS) {
             self.share_directory(now_ms);
         }
         let out = self.hub.poll(now_ms);

@@ -295,8 +295,8 @@ impl Pg {
     }
 
     /// Listens for what the fleet's instances store ([`CHANNEL`]), on a connection of its own
-    /// kept open: lost, it connects again after [`RELISTEN`] and says [`Heard::Missed`]. The
-    /// queue is bounded ([`HEARD_QUEUE`]); past it announcements are dropped and `Missed` said.
+    /// kept open: lost, it connects again after `RELISTEN` (1 s) and says [`Heard::Missed`]. The
+    /// queue is bounded (`HEARD_QUEUE`, 1,024); past it announcements are dropped and `Missed` said.
     /// Stops when the receiver is dropped.
     pub fn listen(&self) -> tokio::sync::mpsc::Receiver<Heard> {
         let (sender, receiver) = tokio::sync::mpsc::channel(HEARD_QUEUE);

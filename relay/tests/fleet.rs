@@ -125,6 +125,16 @@ struct Instance {
 
 /// Org acme with alice's laptop and phone, and `n` relay instances over the cluster's database.
 fn fleet(d: &Path, url: &str, n: usize) -> (PathBuf, [PathBuf; 2], Vec<Instance>) {
+    fleet_with(d, url, n, &[])
+}
+
+/// [`fleet`], the instances started with `extra` arguments.
+fn fleet_with(
+    d: &Path,
+    url: &str,
+    n: usize,
+    extra: &[&str],
+) -> (PathBuf, [PathBuf; 2], Vec<Instance>) {
     let admin = d.join("admin");
     ok(&admin, &["admin", "init", "--org", "acme"]);
     let store = d.join("store-url");
@@ -133,8 +143,9 @@ fn fleet(d: &Path, url: &str, n: usize) -> (PathBuf, [PathBuf; 2], Vec<Instance>
         .map(|i| {
             let home = d.join(format!("relay-{i}"));
             enrol_relay_named(&admin, &home, &format!("relay-{i}"));
-            let (running, address, metrics) =
-                start_relay_with(&home, &["--store-file", store.to_str().unwrap()]);
+            let mut args = vec!["--store-file", store.to_str().unwrap()];
+            args.extend(extra);
+            let (running, address, metrics) = start_relay_with(&home, &args);
             Instance {
                 running,
                 address,
@@ -523,4 +534,45 @@ fn devices_on_two_instances_find_each_other_in_the_directory() {
     wait_for("the phone to list the laptop", || {
         (listed(&phone) == ["laptop"]).then_some(())
     });
+}
+
+/// The relay's last refusal as a device shows it, if it is about the quota.
+fn quota_refusal(home: &Path) -> Option<String> {
+    last_refusal(home).filter(|r| r.contains("storage quota of user alice is full"))
+}
+
+/// A user's quota is the fleet's, not each instance's: the laptop fills alice's quota through
+/// instance 1, and the phone's next message is refused by instance 2, which counted what
+/// instance 1 stored from its announcements.
+#[test]
+fn a_users_quota_is_counted_across_instances() {
+    let cluster = common::postgres::Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_admin, [laptop, phone], instances) = fleet_with(
+        dir.path(),
+        &cluster.url("postgres"),
+        2,
+        &["--quota", "4000"],
+    );
+    let _b = up_at(&phone, &instances[1].address);
+    let _a = up_at(&laptop, &instances[0].address);
+    let conversation = say(&laptop, &["the first message"]);
+    wait_for("the phone to get the first message", || {
+        (texts(&phone, &conversation) == ["the first message"]).then_some(())
+    });
+    let mut i = 0;
+    wait_for("instance 1 to refuse the laptop for the quota", || {
+        i += 1;
+        let text = format!("message {i} {}", "x".repeat(400));
+        say(&laptop, &[&text, "--conversation", &conversation]);
+        quota_refusal(&laptop)
+    });
+    say(
+        &phone,
+        &["and one from the phone", "--conversation", &conversation],
+    );
+    let refused = wait_for("instance 2 to refuse the phone for the quota", || {
+        quota_refusal(&phone)
+    });
+    eprintln!("the phone, at instance 2: {refused}");
 }

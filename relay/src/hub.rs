@@ -360,7 +360,7 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
             // No device of the user is here (its store opens, and is counted, on admission).
             return send;
         };
-        let _ = grew;
+        store.used = store.used.saturating_add_signed(grew);
         let here: Vec<P> = self
             .peers
             .iter()

@@ -856,6 +856,10 @@ struct Group {
     /// What the group's stores read, per namespace, kept until a write, an announcement of
     /// another instance's write, or a missed announcement says it may have changed.
     cache: std::collections::HashMap<String, Cached>,
+    /// The same, as the open transaction sees it: what was read inside it, and the cached
+    /// values its writes moved on (a vector with the change just stored, the key records with
+    /// the one just added). Joins the cache when the transaction commits; dropped otherwise.
+    overlay: std::collections::HashMap<String, Cached>,
 }
 
 /// One namespace's holdings as last read outside any batch: the relay's sessions announce
@@ -895,6 +899,7 @@ impl Drop for PgStore {
             if group.members == 0 {
                 group.tx = None;
                 group.stored.clear();
+                group.overlay.clear();
             }
         }
     }
@@ -980,30 +985,85 @@ impl PgStore {
         result
     }
 
-    /// What the cache holds for this namespace. Inside a batch too: every write forgets what
-    /// it changes before it writes and nothing read inside a batch is kept, so whatever is
-    /// cached is committed state this transaction has not touched.
-    fn cached<T>(&self, get: impl FnOnce(&Cached) -> Option<T>) -> Option<T> {
-        lock(&self.group).cache.get(&self.ns).and_then(get)
+    /// What the cache holds for this namespace. Inside a batch, the transaction's overlay
+    /// first, then the cache: every write takes what it changes out of the cache before it
+    /// writes, so whatever is cached is committed state this transaction has not touched.
+    fn cached<T>(&self, get: impl Fn(&Cached) -> Option<T>) -> Option<T> {
+        let group = lock(&self.group);
+        if self.joined
+            && let Some(found) = group.overlay.get(&self.ns).and_then(&get)
+        {
+            return Some(found);
+        }
+        group.cache.get(&self.ns).and_then(get)
     }
 
-    /// Keeps what was just read outside a batch.
+    /// Keeps what was just read: in the cache outside a batch, in the transaction's overlay
+    /// inside one.
     fn keep(&self, put: impl FnOnce(&mut Cached)) {
-        if self.joined {
+        let mut group = lock(&self.group);
+        let place = if self.joined {
+            &mut group.overlay
+        } else {
+            &mut group.cache
+        };
+        put(place.entry(self.ns.clone()).or_default());
+    }
+
+    /// After a write inside a batch: the transaction's view of `doc` moved on as `update`
+    /// says, from the overlay's or (taken out of the cache before the write) `prior`.
+    fn moved_on<T>(
+        &self,
+        prior: Option<T>,
+        view: impl FnOnce(&mut Cached) -> &mut std::collections::HashMap<DocId, T>,
+        doc: DocId,
+        update: impl FnOnce(&mut T),
+    ) {
+        if !self.joined {
             return;
         }
-        put(lock(&self.group).cache.entry(self.ns.clone()).or_default());
+        let mut group = lock(&self.group);
+        let map = view(group.overlay.entry(self.ns.clone()).or_default());
+        if let Some(value) = map.get_mut(&doc) {
+            update(value);
+        } else if let Some(mut value) = prior {
+            update(&mut value);
+            map.insert(doc, value);
+        }
     }
 
-    /// Forgets what was read of `doc` that a write changes (its vector, or its keys), and the
-    /// list of documents, before it is written.
-    fn forget(&self, doc: DocId, what: Aspect) {
-        if let Some(cached) = lock(&self.group).cache.get_mut(&self.ns) {
+    /// Takes what was cached of `doc` that a write changes (its vector, or its keys), and the
+    /// list of documents, out of the cache before it is written; returns what was there.
+    fn forget(&self, doc: DocId, what: Aspect) -> Cached {
+        let mut taken = Cached::default();
+        let mut group = lock(&self.group);
+        if let Some(overlay) = group.overlay.get_mut(&self.ns) {
+            overlay.docs = None;
+        }
+        if let Some(cached) = group.cache.get_mut(&self.ns) {
             cached.docs = None;
             match what {
-                Aspect::Vector => cached.vectors.remove(&doc).map(drop),
-                Aspect::Keys => cached.keys.remove(&doc).map(drop),
-            };
+                Aspect::Vector => {
+                    if let Some(v) = cached.vectors.remove(&doc) {
+                        taken.vectors.insert(doc, v);
+                    }
+                }
+                Aspect::Keys => {
+                    if let Some(k) = cached.keys.remove(&doc) {
+                        taken.keys.insert(doc, k);
+                    }
+                }
+            }
+        }
+        taken
+    }
+
+    /// Forgets the transaction's view of `doc` (a snapshot or a compaction changes more than
+    /// a vector entry).
+    fn drop_overlay(&self, doc: DocId) {
+        if let Some(overlay) = lock(&self.group).overlay.get_mut(&self.ns) {
+            overlay.vectors.remove(&doc);
+            overlay.keys.remove(&doc);
         }
     }
 
@@ -1048,7 +1108,7 @@ impl Store for PgStore {
         let seq = seq_param(h.seq)?;
         let body = change.encode();
         let grew = i64::try_from(body.len()).unwrap_or(i64::MAX);
-        self.forget(h.doc, Aspect::Vector);
+        let mut prior = self.forget(h.doc, Aspect::Vector);
         let put = self.with(async |client, ns| {
             // Two tries: the mark may move between the write that did not apply and the read
             // that says why (another instance stored the change just before).
@@ -1087,7 +1147,18 @@ impl Store for PgStore {
             }
             Err(io("the change's actor kept moving; try again"))
         })?;
-        if put == Put::Stored {
+        let stored = put == Put::Stored;
+        self.moved_on(
+            prior.vectors.remove(&h.doc),
+            |c| &mut c.vectors,
+            h.doc,
+            |v| {
+                if stored {
+                    v.set(h.actor, h.seq);
+                }
+            },
+        );
+        if stored {
             self.announce(|n| {
                 n.change(h.doc, h.actor, h.seq);
                 n.grew = n.grew.saturating_add(grew);
@@ -1159,7 +1230,7 @@ impl Store for PgStore {
         let body = record.encode();
         let grew = i64::try_from(body.len()).unwrap_or(i64::MAX);
         let key = (record.doc, record.id());
-        self.forget(record.doc, Aspect::Keys);
+        let mut prior = self.forget(record.doc, Aspect::Keys);
         let added = self.with(async |client, ns| {
             let statement = client
                 .prepare_cached(
@@ -1174,6 +1245,17 @@ impl Store for PgStore {
                 .map_err(io)?;
             Ok(added == 1)
         })?;
+        self.moved_on(
+            prior.keys.remove(&record.doc),
+            |c| &mut c.keys,
+            record.doc,
+            |keys| {
+                if added {
+                    keys.push(record.clone());
+                    keys.sort_by_key(|k| (k.epoch, k.id()));
+                }
+            },
+        );
         if added {
             self.announce(|n| {
                 n.keys.push(key);
@@ -1211,6 +1293,7 @@ impl Store for PgStore {
     }
 
     fn put_snapshot(&mut self, snapshot: &SealedSnapshot) -> Result<bool, StoreError> {
+        self.drop_overlay(snapshot.doc);
         self.forget(snapshot.doc, Aspect::Vector);
         let doc = snapshot.doc.0.to_vec();
         let body = snapshot.encode();
@@ -1292,6 +1375,7 @@ impl Store for PgStore {
     }
 
     fn compact(&mut self, doc: DocId) -> Result<u64, StoreError> {
+        self.drop_overlay(doc);
         self.forget(doc, Aspect::Vector);
         let Some(snapshot) = self.snapshot(doc)? else {
             return Ok(0);
@@ -1392,6 +1476,7 @@ impl Store for PgStore {
         }
         group.failed = None;
         group.stored.clear();
+        group.overlay.clear();
         let began = self
             .pg
             .block(async { InTransaction::begin(self.pg.client().await?).await });
@@ -1423,6 +1508,7 @@ impl Store for PgStore {
                 .collect(),
             None => Vec::new(),
         };
+        let overlay = std::mem::take(&mut group.overlay);
         let Some(tx) = group.tx.take() else {
             return Err(io(format!(
                 "the batch was not stored: {}",
@@ -1430,7 +1516,7 @@ impl Store for PgStore {
             )));
         };
         drop(group);
-        self.pg.block(async move {
+        let committed = self.pg.block(async move {
             if let Some(why) = failed {
                 let _ = tx.finish("ROLLBACK").await;
                 return Err(io(format!("the batch was not stored: {why}")));
@@ -1449,6 +1535,16 @@ impl Store for PgStore {
             tx.finish("COMMIT")
                 .await
                 .map_err(|e| io(format!("the batch was not stored: {e}")))
-        })
+        });
+        if committed.is_ok() {
+            // What the transaction saw is now what the database holds.
+            let mut group = lock(&self.group);
+            for (ns, seen) in overlay {
+                let cached = group.cache.entry(ns).or_default();
+                cached.vectors.extend(seen.vectors);
+                cached.keys.extend(seen.keys);
+            }
+        }
+        committed
     }
 }

@@ -407,31 +407,35 @@ impl Pg {
         self.block(async {
             let tx = InTransaction::begin(self.client().await?).await?;
             let client = tx.client()?;
+            // One statement each, whatever the number of members: the relay's loop waits on
+            // these round trips.
+            let peers: Vec<&str> = online.iter().map(|(p, _, _)| p.as_str()).collect();
+            let records: Vec<&[u8]> = online.iter().map(|(_, r, _)| r.as_slice()).collect();
+            let seen: Vec<i64> = online.iter().map(|(_, _, s)| *s).collect();
             let upsert = client
                 .prepare_cached(
                     "INSERT INTO relay_directory (org, peer, instance, record, seen_at)
-                     VALUES ($1, $2, $3, $4, $5)
+                     SELECT $1, peer, $2, record, seen_at
+                     FROM UNNEST($3::TEXT[], $4::BYTEA[], $5::BIGINT[]) AS m(peer, record, seen_at)
                      ON CONFLICT (org, peer) DO UPDATE
                      SET instance = EXCLUDED.instance, record = EXCLUDED.record,
                          seen_at = EXCLUDED.seen_at",
                 )
                 .await
                 .map_err(io)?;
-            for (peer, record, seen_at) in online {
+            if !online.is_empty() {
                 client
-                    .execute(&upsert, &[&&*self.org, peer, &instance, record, seen_at])
+                    .execute(&upsert, &[&&*self.org, &instance, &peers, &records, &seen])
                     .await
                     .map_err(io)?;
             }
-            let remove = client
-                .prepare_cached(
-                    "DELETE FROM relay_directory WHERE org = $1 AND peer = $2 AND instance = $3",
-                )
-                .await
-                .map_err(io)?;
-            for peer in gone {
+            if !gone.is_empty() {
                 client
-                    .execute(&remove, &[&&*self.org, peer, &instance])
+                    .execute(
+                        "DELETE FROM relay_directory
+                         WHERE org = $1 AND instance = $2 AND peer = ANY($3)",
+                        &[&&*self.org, &instance, &gone],
+                    )
                     .await
                     .map_err(io)?;
             }

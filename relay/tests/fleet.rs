@@ -517,7 +517,7 @@ fn devices_on_two_instances_find_each_other_in_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let (_admin, [laptop, phone], instances) = fleet(dir.path(), &cluster.url("postgres"), 2);
     let _a = up_at(&laptop, &instances[0].address);
-    let _b = up_at(&phone, &instances[1].address);
+    let b = up_at(&phone, &instances[1].address);
     let listed = |home: &Path| -> Vec<String> {
         ok(home, &["status"])["directory"]["devices"]
             .as_array()
@@ -533,6 +533,31 @@ fn devices_on_two_instances_find_each_other_in_the_directory() {
     });
     wait_for("the phone to list the laptop", || {
         (listed(&phone) == ["laptop"]).then_some(())
+    });
+    // The phone leaves: instance 2 takes it off the shared directory, and the laptop's next
+    // heartbeat at instance 1 no longer lists it.
+    drop(b);
+    wait_for("the laptop to see the phone gone", || {
+        listed(&laptop).is_empty().then_some(())
+    });
+    // Removed from the database by instance 2 (not left to expire: rows are dropped as stale
+    // only 70 s after their last heartbeat, longer than this test waits).
+    let org: jarvis_identity::PublicKey = ok(&laptop, &["whoami"])["org_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pg = Pg::connect(&cluster.url("postgres"), 1)
+        .unwrap()
+        .for_org(&org);
+    wait_for("the phone's row to be removed", || {
+        let rows = pg.directory_others(0, 120_000).unwrap();
+        let names: Vec<String> = rows
+            .iter()
+            .filter_map(|(r, _)| serde_json::from_slice::<serde_json::Value>(r).ok())
+            .filter_map(|v| v["name"].as_str().map(str::to_owned))
+            .collect();
+        (names == ["laptop"]).then_some(())
     });
 }
 

@@ -106,7 +106,11 @@ fn microphone(dir: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> 
 
 #[test]
 fn the_ui_works_end_to_end_in_chromium() {
-    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("../desktop/e2e");
+    // The running package's directory, not the one compiled in (the shared target directory
+    // may hold a binary built from another checkout).
+    let manifest =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let e2e = Path::new(&manifest).join("../desktop/e2e");
     assert!(
         e2e.join("node_modules/playwright-core").is_dir(),
         "run `npm ci` in desktop/e2e first (scripts/test.sh does)"

@@ -9,7 +9,11 @@ use std::process::Command;
 
 #[test]
 fn the_systemd_unit_verifies_cleanly() {
-    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    // The running package's directory, not the one compiled in (the shared target directory
+    // may hold a binary built from another checkout).
+    let manifest =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let deploy = Path::new(&manifest).join("../deploy");
     let unit = std::fs::read_to_string(deploy.join("jarvis-relay.service")).unwrap();
     // `verify` checks that ExecStart's program exists: point it at the one just built.
     let bin = assert_cmd::cargo::cargo_bin("jarvis-relay");

@@ -96,10 +96,15 @@ const NOT_IN_WORKERS: &[&str] = &["tokio", "reqwest", "zip", "hyper", "axum"];
 const NOT_IN_NODE_LIBRARY: &[&str] = &["clap", "tracing-subscriber"];
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    // The running package's directory (cargo and nextest set it when running tests), not the
+    // one compiled in: the shared target directory may hold a binary built from another
+    // checkout (CI's clone, since deleted).
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .parent()
+    .unwrap()
+    .to_path_buf()
 }
 
 fn cargo() -> Command {

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 
 use jarvis_crdt::store::{Store, StoreError};
+use jarvis_crdt::sync::SyncError;
 use jarvis_crdt::{Replica, Session, SyncMessage};
 use jarvis_identity::Name;
 
@@ -319,23 +320,14 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
         // Kept from what this message did, never by rescanning the store: a device sending key
         // records or snapshots must not make the relay read a whole user's store each time.
         store.used = store.used.saturating_add_signed(out.received.grew_by);
-        if !stored.is_empty() || !keys.is_empty() {
-            for (other, state) in &mut self.peers {
-                if *other == peer || state.user != user {
-                    continue;
-                }
-                for record in &keys {
-                    let messages = state.session.on_new_key(record);
-                    send.extend(messages.into_iter().map(|m| (*other, m)));
-                }
-                for change in &stored {
-                    match state.session.on_new_change(change, replica) {
-                        Ok(messages) => send.extend(messages.into_iter().map(|m| (*other, m))),
-                        Err(e) => tracing::debug!(error = %e, "fan-out skipped a change"),
-                    }
-                }
-            }
-        }
+        send.extend(fan_out(
+            &mut self.peers,
+            &user,
+            Some(peer),
+            &keys,
+            &stored,
+            replica,
+        ));
         Handled {
             result: Ok(()),
             send,
@@ -355,99 +347,107 @@ impl<P: Copy + Eq + Hash, S: Store> Hub<P, S> {
         keys: &[(jarvis_crdt::DocId, jarvis_crdt::envelope::KeyId)],
         grew: i64,
     ) -> Vec<(P, SyncMessage)> {
-        let mut send = Vec::new();
         let Some(store) = self.users.get_mut(user) else {
             // No device of the user is here (its store opens, and is counted, on admission).
-            return send;
+            return Vec::new();
         };
         store.used = store.used.saturating_add_signed(grew);
-        let here: Vec<P> = self
-            .peers
-            .iter()
-            .filter(|(_, state)| &state.user == user)
-            .map(|(peer, _)| *peer)
-            .collect();
-        if here.is_empty() {
-            return send;
+        if !self.peers.values().any(|state| &state.user == user) {
+            return Vec::new();
         }
         let replica = &store.replica;
+        let mut records = Vec::new();
         let mut docs_keys: BTreeMap<jarvis_crdt::DocId, Vec<jarvis_crdt::KeyRecord>> =
             BTreeMap::new();
         for (doc, id) in keys {
             if !docs_keys.contains_key(doc) {
                 match replica.store().keys(*doc) {
-                    Ok(records) => {
-                        docs_keys.insert(*doc, records);
+                    Ok(found) => {
+                        docs_keys.insert(*doc, found);
                     }
                     Err(e) => tracing::debug!(error = %e, "fan-out skipped a key record"),
                 }
             }
-            let Some(record) = docs_keys
-                .get(doc)
-                .and_then(|records| records.iter().find(|r| r.id() == *id))
-            else {
-                continue;
-            };
-            for peer in &here {
-                if let Some(state) = self.peers.get_mut(peer) {
-                    let messages = state.session.on_new_key(record);
-                    send.extend(messages.into_iter().map(|m| (*peer, m)));
-                }
-            }
+            records.extend(
+                docs_keys
+                    .get(doc)
+                    .and_then(|found| found.iter().find(|r| r.id() == *id))
+                    .cloned(),
+            );
         }
+        let mut stored = Vec::new();
         for (doc, actor, first, last) in changes {
             for seq in *first..=*last {
-                let change = match replica.store().change(*doc, actor, seq) {
-                    Ok(Some(change)) => change,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "fan-out skipped a change");
-                        continue;
-                    }
-                };
-                for peer in &here {
-                    if let Some(state) = self.peers.get_mut(peer) {
-                        match state.session.on_new_change(&change, replica) {
-                            Ok(messages) => send.extend(messages.into_iter().map(|m| (*peer, m))),
-                            Err(e) => tracing::debug!(error = %e, "fan-out skipped a change"),
-                        }
-                    }
+                match replica.store().change(*doc, actor, seq) {
+                    Ok(Some(change)) => stored.push(change),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "fan-out skipped a change"),
                 }
             }
         }
-        send
+        fan_out(&mut self.peers, user, None, &records, &stored, replica)
     }
 
     /// Every session re-announces what the relay holds now, rather than at its next timer
     /// (announcements from the other instances were missed).
     pub fn resync_all(&mut self, now_ms: u64) -> Vec<(P, SyncMessage)> {
-        let mut send = Vec::new();
-        for (peer, state) in &mut self.peers {
-            let Some(store) = self.users.get(&state.user) else {
-                continue;
-            };
-            match state.session.start(now_ms, &store.replica) {
-                Ok(messages) => send.extend(messages.into_iter().map(|m| (*peer, m))),
-                Err(e) => tracing::warn!(error = %e, "resync failed"),
-            }
-        }
-        send
+        self.each_session(|session, replica| session.start(now_ms, replica))
     }
 
     /// Timers: sessions re-announce what the relay holds, so anything lost is sent again.
     pub fn poll(&mut self, now_ms: u64) -> Vec<(P, SyncMessage)> {
+        self.each_session(|session, replica| session.poll(now_ms, replica))
+    }
+
+    /// `step` for every session, with its user's replica; what they send.
+    fn each_session(
+        &mut self,
+        mut step: impl FnMut(&mut Session, &Replica<S>) -> Result<Vec<SyncMessage>, SyncError>,
+    ) -> Vec<(P, SyncMessage)> {
         let mut send = Vec::new();
         for (peer, state) in &mut self.peers {
             let Some(store) = self.users.get(&state.user) else {
                 continue;
             };
-            match state.session.poll(now_ms, &store.replica) {
+            match step(&mut state.session, &store.replica) {
                 Ok(messages) => send.extend(messages.into_iter().map(|m| (*peer, m))),
                 Err(e) => tracing::warn!(error = %e, "resync failed"),
             }
         }
         send
     }
+}
+
+/// Live fan-out: key records and changes just stored for `user` (by `from`, or by another
+/// instance), pushed to that user's other connected devices as far as their sessions allow.
+fn fan_out<P: Copy + Eq + Hash, S: Store>(
+    peers: &mut HashMap<P, PeerState>,
+    user: &Name,
+    from: Option<P>,
+    keys: &[jarvis_crdt::KeyRecord],
+    changes: &[jarvis_crdt::SealedChange],
+    replica: &Replica<S>,
+) -> Vec<(P, SyncMessage)> {
+    let mut send = Vec::new();
+    if keys.is_empty() && changes.is_empty() {
+        return send;
+    }
+    for (other, state) in peers {
+        if Some(*other) == from || &state.user != user {
+            continue;
+        }
+        for record in keys {
+            let messages = state.session.on_new_key(record);
+            send.extend(messages.into_iter().map(|m| (*other, m)));
+        }
+        for change in changes {
+            match state.session.on_new_change(change, replica) {
+                Ok(messages) => send.extend(messages.into_iter().map(|m| (*other, m))),
+                Err(e) => tracing::debug!(error = %e, "fan-out skipped a change"),
+            }
+        }
+    }
+    send
 }
 
 #[cfg(test)]

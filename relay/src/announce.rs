@@ -57,27 +57,20 @@ impl Notice {
 
     /// The notifications announcing this, each within PostgreSQL's payload limit.
     pub fn payloads(self, from: u64, ns: &str) -> Vec<String> {
-        let empty = Payload {
+        let fresh = |grew| Payload {
             from,
             ns: ns.to_owned(),
             changes: Vec::new(),
             keys: Vec::new(),
             snapshots: Vec::new(),
-            grew: self.grew,
+            grew,
         };
         let mut out = Vec::new();
-        let mut current = empty;
+        // The byte count (`grew`) goes with the first notification only.
+        let mut current = fresh(self.grew);
         let mut size = 0usize;
         let flush = |current: &mut Payload, out: &mut Vec<String>| {
-            let next = Payload {
-                from,
-                ns: ns.to_owned(),
-                changes: Vec::new(),
-                keys: Vec::new(),
-                snapshots: Vec::new(),
-                grew: 0,
-            };
-            let done = std::mem::replace(current, next);
+            let done = std::mem::replace(current, fresh(0));
             if let Ok(text) = serde_json::to_string(&done) {
                 out.push(text);
             }
@@ -193,5 +186,43 @@ impl Stored {
             snapshots,
             grew: raw.grew,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A commit that stored a lot is announced in several notifications, each within
+    /// PostgreSQL's limit, which read back to exactly what was stored, its size counted once.
+    #[test]
+    fn a_large_commit_is_split_within_the_limit_and_reads_back_whole() {
+        let mut notice = Notice {
+            grew: 123_456,
+            ..Notice::default()
+        };
+        let doc = DocId::random();
+        for _ in 0..300 {
+            let actor = jarvis_identity::SecretKey::generate().public();
+            notice.change(doc, actor, 1);
+            notice.change(doc, actor, 2);
+            notice.keys.push((DocId::random(), [7; 16]));
+        }
+        notice.snapshots.push(doc);
+        let payloads = notice.clone().payloads(9, "org/00/user/616c696365/");
+        assert!(payloads.len() > 1, "{} payloads", payloads.len());
+        let mut back = Notice::default();
+        for payload in &payloads {
+            assert!(payload.len() < 8_000, "{} bytes", payload.len());
+            let stored = Stored::decode(payload).unwrap();
+            assert_eq!(stored.from, 9);
+            back.changes.extend(stored.changes);
+            back.keys.extend(stored.keys);
+            back.snapshots.extend(stored.snapshots);
+            back.grew += stored.grew;
+        }
+        assert_eq!(back, notice);
     }
 }

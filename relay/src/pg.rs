@@ -325,20 +325,18 @@ impl Pg {
         self.block(async {
             let tx = InTransaction::begin(self.client().await?).await?;
             let client = tx.client()?;
-            let statement = client
-                .prepare_cached(
-                    "INSERT INTO relay_revocations (id, record, org) VALUES ($1, $2, $3)
+            // One statement, however many records: the relay's loop waits on it.
+            let ids: Vec<&[u8]> = records.iter().map(|(id, _)| id.as_slice()).collect();
+            let bodies: Vec<&[u8]> = records.iter().map(|(_, r)| r.as_slice()).collect();
+            let added = client
+                .execute(
+                    "INSERT INTO relay_revocations (id, record, org)
+                     SELECT id, record, $3 FROM UNNEST($1::BYTEA[], $2::BYTEA[]) AS r(id, record)
                      ON CONFLICT DO NOTHING",
+                    &[&ids, &bodies, &&*self.org],
                 )
                 .await
                 .map_err(io)?;
-            let mut added = 0;
-            for (id, record) in records {
-                added += client
-                    .execute(&statement, &[&id.as_slice(), record, &&*self.org])
-                    .await
-                    .map_err(io)?;
-            }
             if added > 0 {
                 client
                     .execute(
@@ -866,10 +864,6 @@ struct Group {
     overlay: std::collections::HashMap<String, Cached>,
 }
 
-/// One namespace's holdings as last read outside any batch: the relay's sessions announce
-/// them to every device every few seconds, which would otherwise cost a round trip per query.
-/// Only ever behind the database (a lag heals by resync), never ahead of it: nothing read
-/// inside an uncommitted transaction is kept, and every write forgets the document first.
 /// What a write changes of a document's cached holdings.
 #[derive(Clone, Copy)]
 enum Aspect {
@@ -879,6 +873,11 @@ enum Aspect {
     Keys,
 }
 
+/// One namespace's holdings as read: the relay's sessions announce them to every device every
+/// few seconds, which would otherwise cost a round trip per query. The cache is only ever
+/// behind the database (a lag heals by resync), never ahead of it: every write takes what it
+/// changes out of the cache before it writes, and what a transaction read or moved on waits in
+/// its overlay until it commits (dropped if it does not).
 #[derive(Default)]
 struct Cached {
     docs: Option<Vec<DocId>>,

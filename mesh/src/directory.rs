@@ -71,6 +71,11 @@ pub struct Directory {
     pub devices: Vec<Entry>,
     /// The org's GPU peers that are online.
     pub gpus: Vec<Entry>,
+    /// The org's relay instances up now (this one included), each with its certificate chain,
+    /// so a device learns the instances added after it enrolled and spreads over them (checked
+    /// by [`crate::relays::listed_relay`]: a relay can leave one out but cannot make one up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<Entry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +89,7 @@ pub struct Entry {
     pub gpu: Option<GpuLoad>,
     /// A device's certificate chain (hex of its encoding), from its hello, so the user's other
     /// devices can check for themselves that it is theirs (the relay cannot make one up) and
-    /// share their conversations with it, even if they never met it.
+    /// share their conversations with it, even if they never met it; a relay instance's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<String>,
 }

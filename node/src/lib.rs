@@ -39,6 +39,7 @@ pub mod front_end;
 pub mod gpu;
 pub mod handle;
 pub mod joined;
+pub mod learned_relays;
 pub mod llm;
 pub mod local_api;
 pub mod mesh;

@@ -309,6 +309,9 @@ pub struct Node {
     redials: Vec<Redial>,
     /// Which of the org's relays is in use: one at a time, the next when it fails.
     relay_pool: RelayPool,
+    /// The org's relays the pool indexes: the bundle's, then those learned (`relays.json`).
+    org_relays: Vec<Multiaddr>,
+    learned_relays: crate::learned_relays::LearnedRelays,
     circuits: Vec<CircuitListen>,
     api_addr: String,
     /// Addresses actually listened on, with this node's peer id: what others dial.
@@ -464,12 +467,23 @@ impl Node {
         };
         // The org's relays (from the bundle or invite this device joined with) are dialled
         // like --peer addresses.
-        let relays: Vec<Multiaddr> = identity
+        let mut relays: Vec<Multiaddr> = identity
             .org
             .relays
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect();
+        // And the instances of the fleet learned since from the directory, checked again.
+        let mut learned_relays = crate::learned_relays::LearnedRelays::load(&home);
+        for (peer, address) in learned_relays.usable(&identity.org.root, now(), &revocations) {
+            if !relays
+                .iter()
+                .any(|r| jarvis_mesh::wire::peer_of(r) == Some(peer))
+            {
+                relays.push(address);
+            }
+        }
+        learned_relays.save(&home);
         // The relays of circuit addresses (listened on or dialled) are dialled themselves, so
         // that they admit us before we ask them for a reservation or a circuit.
         for relay in config
@@ -500,6 +514,8 @@ impl Node {
         // Each device prefers its own relay of the fleet, so the org's devices spread over them.
         let relay_pool = RelayPool::new(swarm.local_peer_id(), &relays, Instant::now());
         Ok(Self {
+            org_relays: relays,
+            learned_relays,
             swarm,
             identity,
             home,
@@ -741,6 +757,7 @@ impl Node {
             }
         };
         self.learn_siblings(&directory.devices);
+        self.learn_relays(&directory.relays);
         let now = Instant::now();
         for gpu in &directory.gpus {
             let Ok(peer) = gpu.peer_id.parse::<PeerId>() else {
@@ -819,6 +836,49 @@ impl Node {
                 self.meet_device(key, recipient.to_owned(), verified.name.as_str());
             }
         }
+    }
+
+    /// The org's relay instances a directory lists: those new to this device (checked by
+    /// [`crate::learned_relays`]) join the pool in reserve, or in use if this device prefers
+    /// one of them, and are kept for the next start.
+    fn learn_relays(&mut self, listed: &[jarvis_mesh::directory::Entry]) {
+        if listed.is_empty() {
+            return;
+        }
+        let known: std::collections::HashSet<PeerId> = self
+            .org_relays
+            .iter()
+            .filter_map(jarvis_mesh::wire::peer_of)
+            .collect();
+        let new = self.learned_relays.learn(
+            listed,
+            |p| known.contains(p),
+            &self.identity.org.root,
+            now(),
+            &self.revocations,
+        );
+        self.learned_relays.save(&self.home);
+        if new.is_empty() {
+            return;
+        }
+        let added_from = self.org_relays.len();
+        for (peer, address) in new {
+            tracing::info!(%peer, %address, "learned a relay of the org from the directory");
+            self.redials.push(Redial {
+                address: address.clone(),
+                next: Instant::now(),
+                backoff: REDIAL_MIN,
+                relay: true,
+                org: Some(self.org_relays.len()),
+                error: None,
+            });
+            self.org_relays.push(address);
+        }
+        let me = self.peer_id();
+        let moved = self
+            .relay_pool
+            .reorder(&me, &self.org_relays, added_from, Instant::now());
+        self.use_relay(moved, "this device prefers a new instance of the fleet");
     }
 
     /// Asks for the circuit reservations not held, on relays that have authenticated us.

@@ -17,6 +17,8 @@ pub struct Listing<P> {
     /// and when (this listing's clock).
     remote: Vec<Shared>,
     remote_at_ms: u64,
+    /// This relay instance itself, as listed to members (and shared with the fleet).
+    own: Option<Shared>,
 }
 
 /// A member as the fleet's instances share it (JSON in the database): what a directory entry
@@ -26,6 +28,9 @@ pub struct Shared {
     pub peer_id: String,
     /// A GPU peer (listed to every member), or a device (listed to its user's other devices).
     pub gpu_peer: bool,
+    /// A relay instance of the fleet (listed to every member, so devices learn new instances).
+    #[serde(default)]
+    pub relay: bool,
     pub name: String,
     pub user: Option<String>,
     pub addresses: Vec<String>,
@@ -45,6 +50,7 @@ impl Shared {
                 .gpu
                 .as_ref()
                 .is_none_or(|g| self.gpu_peer && g.model.len() <= MAX_MODEL_LEN)
+            && !(self.relay && self.gpu_peer)
             && self.name.len() <= 256
             && self.chain.as_ref().is_none_or(|c| c.len() <= 64 * 1024)
     }
@@ -66,6 +72,7 @@ impl<P> Default for Listing<P> {
             online: HashMap::new(),
             remote: Vec::new(),
             remote_at_ms: 0,
+            own: None,
         }
     }
 }
@@ -156,6 +163,7 @@ impl<P: Eq + Hash + Clone + ToString> Listing<P> {
                 let shared = Shared {
                     peer_id: p.to_string(),
                     gpu_peer: o.kind == CertKind::Gpu,
+                    relay: false,
                     name: o.name.clone(),
                     user: o.user.as_ref().map(ToString::to_string),
                     addresses: o.addresses.clone(),
@@ -175,8 +183,43 @@ impl<P: Eq + Hash + Clone + ToString> Listing<P> {
         self.remote_at_ms = now_ms;
     }
 
+    /// This relay instance as members see it (its addresses and certificate chain): listed to
+    /// every member with the fleet's other instances.
+    pub fn set_own(&mut self, own: Shared) {
+        self.own = Some(own);
+    }
+
+    pub fn own(&self) -> Option<&Shared> {
+        self.own.as_ref()
+    }
+
+    /// An address this instance is reached at: listed once, loopback ones last, at most
+    /// [`MAX_ADDRESSES`].
+    pub fn add_own_address(&mut self, address: libp2p::Multiaddr) {
+        let Some(own) = &mut self.own else {
+            return;
+        };
+        let text = address.to_string();
+        if own.addresses.contains(&text) || text.len() > MAX_ADDRESS_LEN {
+            return;
+        }
+        own.addresses.push(text);
+        let loopback = |a: &String| {
+            a.parse::<libp2p::Multiaddr>().is_ok_and(|a| {
+                a.iter().any(|p| match p {
+                    libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+                    libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+                    _ => false,
+                })
+            })
+        };
+        own.addresses.sort_by_key(loopback);
+        own.addresses.truncate(MAX_ADDRESSES);
+    }
+
     /// What `peer` (verified as `who`) may see: its user's other devices and the GPU peers,
-    /// here and at the fleet's other instances.
+    /// here and at the fleet's other instances, and the fleet's relay instances (at most
+    /// [`jarvis_identity::enrol::MAX_RELAYS`], this one first).
     pub fn view(&self, peer: &P, who: &Verified, now_ms: u64) -> Directory {
         let entry = |p: &P, o: &Online| Entry {
             peer_id: p.to_string(),
@@ -206,8 +249,22 @@ impl<P: Eq + Hash + Clone + ToString> Listing<P> {
             self.online.keys().map(ToString::to_string).collect();
         let me = peer.to_string();
         let age = now_ms.saturating_sub(self.remote_at_ms);
+        directory.relays.extend(self.own.iter().map(|own| Entry {
+            peer_id: own.peer_id.clone(),
+            name: own.name.clone(),
+            addresses: own.addresses.clone(),
+            seen_ms_ago: 0,
+            gpu: None,
+            chain: own.chain.clone(),
+        }));
         for r in &self.remote {
             if here.contains(&r.peer_id) || r.peer_id == me {
+                continue;
+            }
+            if r.relay
+                && (directory.relays.len() >= jarvis_identity::enrol::MAX_RELAYS
+                    || directory.relays.iter().any(|o| o.peer_id == r.peer_id))
+            {
                 continue;
             }
             let entry = Entry {
@@ -218,7 +275,9 @@ impl<P: Eq + Hash + Clone + ToString> Listing<P> {
                 gpu: r.gpu.clone(),
                 chain: r.chain.clone(),
             };
-            if r.gpu_peer {
+            if r.relay {
+                directory.relays.push(entry);
+            } else if r.gpu_peer {
                 directory.gpus.push(entry);
             } else if who.kind == CertKind::Device
                 && who.user.is_some()
@@ -320,6 +379,7 @@ mod tests {
         let remote = |name: &str, user: Option<&str>, gpu: Option<GpuLoad>| Shared {
             peer_id: format!("remote-{name}"),
             gpu_peer: gpu.is_some(),
+            relay: false,
             name: name.into(),
             user: user.map(Into::into),
             addresses: vec![],
@@ -329,27 +389,81 @@ mod tests {
         };
         let mut too_many = remote("odd", Some("alice"), None);
         too_many.addresses = vec!["x".into(); MAX_ADDRESSES + 1];
-        listing.set_remote(
-            vec![
-                remote("phone", Some("alice"), None),
-                remote("gpu-2", None, Some(gpu_load())),
-                too_many,
-            ],
-            1_000,
-        );
+        let relay = |name: &str| Shared {
+            relay: true,
+            ..remote(name, None, None)
+        };
+        let mut relay_with_a_model = relay("relay-odd");
+        relay_with_a_model.gpu_peer = true;
+        listing.set_own(relay("relay-1"));
+        let mut remote_members = vec![
+            remote("phone", Some("alice"), None),
+            remote("gpu-2", None, Some(gpu_load())),
+            too_many,
+            relay_with_a_model,
+            relay("relay-1"),
+        ];
+        remote_members.extend((2..40).map(|i| relay(&format!("relay-{i}"))));
+        listing.set_remote(remote_members, 1_000);
         let seen = listing.view(&1, &laptop, 1_500);
         assert_eq!(seen.devices.len(), 1, "{seen:?}");
         assert_eq!(seen.devices[0].name, "phone");
         assert_eq!(seen.devices[0].seen_ms_ago, 600);
         assert_eq!(seen.devices[0].chain.as_deref(), Some("00"));
         assert_eq!(seen.gpus.len(), 1);
-        // Bob sees the GPU peer, not alice's phone.
+        // The fleet's relay instances, this one first, once each, and no more than an org
+        // carries.
+        let names: Vec<&str> = seen.relays.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names.len(), jarvis_identity::enrol::MAX_RELAYS, "{names:?}");
+        assert_eq!(names[..3], ["relay-1", "relay-2", "relay-3"]);
+        assert!(!names.contains(&"relay-odd"));
+        // Bob sees the GPU peer and the relays, not alice's phone.
         let bob_sees = listing.view(&3, &bobs, 1_500);
         assert!(bob_sees.devices.is_empty() && bob_sees.gpus.len() == 1);
+        assert_eq!(bob_sees.relays.len(), jarvis_identity::enrol::MAX_RELAYS);
         // What this instance shares: its own members only.
         let shared = listing.shared(2_000);
         assert_eq!(shared.len(), 2);
         assert!(shared.iter().all(|(_, s, _)| s.seen_ms_ago == 2_000));
+    }
+
+    #[test]
+    fn this_instance_lists_its_addresses_once_loopback_last_and_bounded() {
+        let mut listing = Listing::<u32>::default();
+        listing.add_own_address("/ip4/10.0.0.1/tcp/1".parse().unwrap());
+        assert!(listing.own().is_none(), "nothing listed before set_own");
+        listing.set_own(Shared {
+            peer_id: "me".into(),
+            gpu_peer: false,
+            relay: true,
+            name: "relay-1".into(),
+            user: None,
+            addresses: vec![],
+            gpu: None,
+            chain: None,
+            seen_ms_ago: 0,
+        });
+        for a in [
+            "/ip4/127.0.0.1/udp/4001/quic-v1",
+            "/ip4/10.0.0.1/udp/4001/quic-v1",
+            "/ip4/10.0.0.1/udp/4001/quic-v1",
+            "/ip6/::1/udp/4001/quic-v1",
+        ] {
+            listing.add_own_address(a.parse().unwrap());
+        }
+        assert_eq!(
+            listing.own().unwrap().addresses,
+            [
+                "/ip4/10.0.0.1/udp/4001/quic-v1",
+                "/ip4/127.0.0.1/udp/4001/quic-v1",
+                "/ip6/::1/udp/4001/quic-v1"
+            ]
+        );
+        for i in 0..20 {
+            listing.add_own_address(format!("/ip4/10.0.1.{i}/tcp/1").parse().unwrap());
+        }
+        assert_eq!(listing.own().unwrap().addresses.len(), MAX_ADDRESSES);
+        assert!(listing.own().unwrap().addresses[0].starts_with("/ip4/10."));
     }
 
     #[test]

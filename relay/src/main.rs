@@ -63,6 +63,12 @@ enum Command {
         /// Addresses to listen on (default: QUIC and TCP on port 4001, every interface).
         #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<Multiaddr>,
+        /// Where members reach this instance from outside (repeat for several), e.g.
+        /// /dns/relay-2.example.org/udp/4001/quic-v1: listed in the directory so that devices
+        /// enrolled before this instance existed learn it and spread over the fleet. Default:
+        /// the addresses it listens on.
+        #[arg(long, value_name = "MULTIADDR")]
+        external: Vec<Multiaddr>,
         /// Bytes of sealed data stored per user.
         #[arg(long, value_name = "BYTES", default_value_t = Limits::default().quota_bytes)]
         quota: u64,
@@ -275,6 +281,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Up {
             listen,
+            external,
             quota,
             rate,
             metrics,
@@ -308,6 +315,7 @@ fn run(cli: Cli) -> Result<()> {
             let config = Config {
                 metrics: std::sync::Arc::clone(&shared),
                 listen,
+                external,
                 limits: Limits {
                     quota_bytes: quota,
                     rate_bytes_per_sec: rate,

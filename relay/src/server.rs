@@ -69,6 +69,9 @@ pub struct RelayIdentity {
 
 pub struct Config {
     pub listen: Vec<Multiaddr>,
+    /// Where members reach this instance (`--external`), listed in the directory so devices
+    /// learn the fleet's instances; when empty, the addresses it listens on (loopback last).
+    pub external: Vec<Multiaddr>,
     pub limits: Limits,
     /// Connections from one IP that may wait to prove who they are at once.
     pub max_unproven_per_ip: usize,
@@ -117,8 +120,10 @@ pub struct Relay {
     chains: HashMap<PeerId, String>,
     /// The same peers, as the circuit relay's gate sees them.
     admitted: Admitted,
-    /// Devices and GPU peers online, from their heartbeats.
+    /// Devices and GPU peers online, from their heartbeats, and the fleet's relay instances.
     listing: Listing<PeerId>,
+    /// Whether the operator said where members reach us (else the listen addresses are listed).
+    external_given: bool,
     /// Members ever admitted, and invite claims.
     roster: Roster,
     /// Where the revocation set is kept.
@@ -482,6 +487,26 @@ impl Relay {
                 .listen_on(address.clone())
                 .with_context(|| format!("cannot listen on {address}"))?;
         }
+        let me = *swarm.local_peer_id();
+        let mut listing = Listing::default();
+        listing.set_own(crate::listing::Shared {
+            peer_id: me.to_string(),
+            gpu_peer: false,
+            relay: true,
+            name: identity
+                .chain
+                .leaf()
+                .map(|c| c.name().to_string())
+                .unwrap_or_default(),
+            user: None,
+            addresses: Vec::new(),
+            gpu: None,
+            chain: Some(hex::encode(identity.chain.encode())),
+            seen_ms_ago: 0,
+        });
+        for address in &config.external {
+            listing.add_own_address(address.clone().with_p2p(me).unwrap_or_else(|a| a));
+        }
         Ok(Self {
             swarm,
             identity,
@@ -491,7 +516,8 @@ impl Relay {
             admission: Admission::new(),
             chains: HashMap::new(),
             admitted,
-            listing: Listing::default(),
+            listing,
+            external_given: !config.external.is_empty(),
             roster,
             home,
             started: Instant::now(),
@@ -703,6 +729,10 @@ impl Relay {
                 // reservations (the relay serves no reservation without one).
                 self.swarm.add_external_address(address.clone());
                 let me = self.peer_id();
+                if !self.external_given {
+                    self.listing
+                        .add_own_address(address.clone().with_p2p(me).unwrap_or_else(|a| a));
+                }
                 report.event(serde_json::json!({
                     "event": "listening",
                     "address": address.with_p2p(me).unwrap_or_else(|a| a).to_string(),
@@ -989,6 +1019,10 @@ impl Relay {
             self.published.remove(peer);
         }
         let gone: Vec<String> = gone.iter().map(ToString::to_string).collect();
+        // This instance itself, every time: the row's age is how the others know it is up.
+        if let Some(record) = self.listing.own().and_then(|o| serde_json::to_vec(o).ok()) {
+            online.push((self.peer_id().to_string(), record, unix));
+        }
         if let Err(e) = pg.directory_publish(self.instance, &online, &gone, 2 * expiry) {
             tracing::warn!(error = %e, "cannot share the directory with the fleet");
             // Everything is written again next time.

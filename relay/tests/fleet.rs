@@ -535,6 +535,8 @@ fn devices_on_two_instances_find_each_other_in_the_directory() {
         let names: Vec<String> = rows
             .iter()
             .filter_map(|(r, _)| serde_json::from_slice::<serde_json::Value>(r).ok())
+            // The instances' own rows (they list themselves) aside.
+            .filter(|v| v["relay"] != true)
             .filter_map(|v| v["name"].as_str().map(str::to_owned))
             .collect();
         (names == ["laptop"]).then_some(())
@@ -581,4 +583,68 @@ fn a_users_quota_is_counted_across_instances() {
         quota_refusal(&phone)
     });
     eprintln!("the phone, at instance 2: {refused}");
+}
+
+/// The org's devices enrolled when the fleet had one instance (their bundles name only it). A
+/// second instance starts: the devices learn it from the directory (its certificate chain
+/// checked) and keep it in `relays.json`. The first instance is then `kill -9`ed: the laptop
+/// moves to the second, and, restarted while the first is still down, starts on the second from
+/// what it learned, and its notes reach the phone.
+#[test]
+fn an_instance_added_after_enrolment_is_learned_and_carries_the_devices() {
+    let cluster = common::postgres::Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (admin, [laptop, phone], mut instances) =
+        fleet_with(d, &cluster.url("postgres"), 1, &[], true);
+    let home = d.join("relay-2");
+    enrol_relay_named(&admin, &home, "relay-2");
+    let store = d.join("store-url");
+    let (running, second, _) = start_relay_with(&home, &["--store-file", store.to_str().unwrap()]);
+    let first = instances[0].address.clone();
+    let listen = ["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"];
+    let mut a = node_up(jarvis(&laptop), &listen);
+    let org_relays = |home: &Path| -> Vec<String> {
+        ok(home, &["status"])["dialing"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["kind"] == "relay")
+            .filter_map(|d| d["address"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let known = wait_for("the laptop to learn the second instance", || {
+        let known = org_relays(&laptop);
+        known.contains(&second).then_some(known)
+    });
+    assert!(known.contains(&first), "{known:?}");
+    let kept = std::fs::read_to_string(laptop.join("relays.json")).unwrap();
+    assert!(kept.contains("relay-2"), "{kept}");
+
+    // The first instance dies: the laptop goes to the second.
+    instances[0].running.0.kill().unwrap();
+    instances[0].running.0.wait().unwrap();
+    let killed = Instant::now();
+    wait_for("the laptop to use the second instance", || {
+        (relay_in_use(&laptop).as_deref() == Some(second.as_str())).then_some(())
+    });
+    eprintln!(
+        "first instance killed → laptop on the learned one: {:?}",
+        killed.elapsed()
+    );
+    assert!(killed.elapsed() < std::time::Duration::from_secs(10));
+
+    // Restarted while the first is still down: it starts on what it learned.
+    drop(a);
+    a = node_up(jarvis(&laptop), &listen);
+    wait_for("the restarted laptop to use the second instance", || {
+        (relay_in_use(&laptop).as_deref() == Some(second.as_str())).then_some(())
+    });
+    let _b = up_at(&phone, &second);
+    let conversation = say(&laptop, &["after the first instance died"]);
+    wait_for(
+        "the phone to get the note through the second instance",
+        || (texts(&phone, &conversation) == ["after the first instance died"]).then_some(()),
+    );
+    drop((a, running));
 }

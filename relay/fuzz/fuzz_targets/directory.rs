@@ -1,6 +1,8 @@
 //! The relay's directory messages from arbitrary bytes: requests and responses decode or are
 //! refused with a reason, and every heartbeat that decodes is taken or refused by the listing
-//! (for a device and a GPU peer), with the views staying within bounds. Nothing panics.
+//! (for a device and a GPU peer), with the views staying within bounds; every relay a response
+//! lists is checked as a device checks it (`listed_relay`), and none made up is taken. Nothing
+//! panics.
 #![no_main]
 use jarvis_identity::{CertKind, Name, Roles, SecretKey, UnixTime, Verified};
 use jarvis_mesh::directory::{self, MAX_ADDRESSES, Request, Response};
@@ -23,7 +25,16 @@ fn member(kind: CertKind, name: &str, user: Option<&str>) -> Option<Verified> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = directory::decode::<Response>(data);
+    if let Ok(Response::Directory(listed)) = directory::decode::<Response>(data) {
+        let root = SecretKey::from_seed(&[7; 32]).public();
+        let none = jarvis_identity::RevocationSet::new(root);
+        for relay in &listed.relays {
+            // No chain the fuzzer writes is signed by this root's (unknown) secret key.
+            assert!(
+                jarvis_mesh::relays::listed_relay(relay, &root, UnixTime(1), &none).is_err()
+            );
+        }
+    }
     let (Some(laptop), Some(gpu)) = (
         member(CertKind::Device, "laptop", Some("alice")),
         member(CertKind::Gpu, "gpu", None),

@@ -50,6 +50,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The channel on which instances announce what they stored (`LISTEN`/`NOTIFY`).
 pub const CHANNEL: &str = "jarvis_relay";
+/// Every notification of a commit, in order, in one statement.
+const NOTIFY_ALL: &str =
+    "SELECT pg_notify($1, payload) FROM UNNEST($2::TEXT[]) WITH ORDINALITY AS n(payload, i) ORDER BY i";
 const LISTEN: &str = "LISTEN jarvis_relay";
 /// The listener connection's `application_name`.
 const LISTENER_NAME: &str = "jarvis-relay/listen";
@@ -1524,12 +1527,14 @@ impl Store for PgStore {
                 let _ = tx.finish("ROLLBACK").await;
                 return Err(io(format!("the batch was not stored: {why}")));
             }
-            // Delivered to the listeners only if, and when, the transaction commits.
-            for payload in &notices {
-                let sent = tx
-                    .client()?
-                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, payload])
-                    .await;
+            // Delivered to the listeners only if, and when, the transaction commits: all of
+            // the round's notifications in one statement (one round trip, however many users).
+            if !notices.is_empty() {
+                let client = tx.client()?;
+                let sent = match client.prepare_cached(NOTIFY_ALL).await {
+                    Ok(statement) => client.execute(&statement, &[&CHANNEL, &notices]).await,
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = sent {
                     let _ = tx.finish("ROLLBACK").await;
                     return Err(io(format!("the batch was not stored: {e}")));

@@ -60,6 +60,13 @@ const TICK: Duration = Duration::from_millis(500);
 /// In a fleet, the directory is shared through the database every this many ticks (2 s).
 const DIRECTORY_SHARE_TICKS: u32 = 4;
 
+/// What a share of the directory gives back: whether this instance's rows were written, and
+/// the other instances' rows (record, milliseconds since heard).
+type SharedDirectory = (
+    Result<(), jarvis_crdt::store::StoreError>,
+    Result<Vec<(Vec<u8>, u64)>, jarvis_crdt::store::StoreError>,
+);
+
 /// Who the relay is: its org, its certificate chain (relay role) and its key.
 pub struct RelayIdentity {
     pub org: OrgInfo,
@@ -145,6 +152,9 @@ pub struct Relay {
     grouped: Option<crate::pg::Grouped>,
     /// Members of the directory written to the fleet's database, with the heartbeat written.
     published: HashMap<PeerId, u64>,
+    /// A share of the directory with the fleet in flight (off the loop): whether it was
+    /// written, and the other instances' rows.
+    sharing: Option<tokio::task::JoinHandle<SharedDirectory>>,
     /// Ticks so far.
     ticks: u32,
 }
@@ -530,6 +540,7 @@ impl Relay {
             pg: fleet,
             grouped,
             published: HashMap::new(),
+            sharing: None,
             ticks: 0,
         })
     }
@@ -642,6 +653,7 @@ impl Relay {
         let now_ms = self.now_ms();
         self.listing.expire(now_ms);
         self.ticks = self.ticks.wrapping_add(1);
+        self.shared_directory(now_ms);
         if self.ticks.is_multiple_of(DIRECTORY_SHARE_TICKS) {
             self.share_directory(now_ms);
         }
@@ -992,6 +1004,10 @@ impl Relay {
         let Some(pg) = self.pg.clone() else {
             return;
         };
+        // One share at a time; the next waits for the tick after this one is done.
+        if self.sharing.is_some() {
+            return;
+        }
         let unix = crate::pg::unix_ms();
         let expiry = i64::try_from(jarvis_mesh::directory::EXPIRY.as_millis()).unwrap_or(i64::MAX);
         let mut online = Vec::new();
@@ -1023,12 +1039,32 @@ impl Relay {
         if let Some(record) = self.listing.own().and_then(|o| serde_json::to_vec(o).ok()) {
             online.push((self.peer_id().to_string(), record, unix));
         }
-        if let Err(e) = pg.directory_publish(self.instance, &online, &gone, 2 * expiry) {
+        // The database's round trips (a transaction and its commit) run off the relay's loop,
+        // which goes on serving sync messages; `shared_directory` takes the answer.
+        let instance = self.instance;
+        self.sharing = Some(tokio::task::spawn_blocking(move || {
+            let published = pg.directory_publish(instance, &online, &gone, 2 * expiry);
+            let others = pg.directory_others(instance, expiry);
+            (published, others)
+        }));
+    }
+
+    /// The fleet's part of the directory, once a share is done: the other instances' members.
+    fn shared_directory(&mut self, now_ms: u64) {
+        let Some(sharing) = self.sharing.take_if(|s| s.is_finished()) else {
+            return;
+        };
+        let Some(Ok((published, others))) = futures::FutureExt::now_or_never(sharing) else {
+            tracing::warn!("sharing the directory with the fleet failed");
+            self.published.clear();
+            return;
+        };
+        if let Err(e) = published {
             tracing::warn!(error = %e, "cannot share the directory with the fleet");
             // Everything is written again next time.
             self.published.clear();
         }
-        match pg.directory_others(self.instance, expiry) {
+        match others {
             Ok(rows) => {
                 let remote = rows
                     .into_iter()

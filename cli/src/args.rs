@@ -332,6 +332,24 @@ pub struct GpuUpArgs {
     /// Do not announce this peer on the local network with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Tokens of context per slot (the built-in engine; default 2048).
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(256..=1_048_576), conflicts_with = "backend")]
+    pub ctx: Option<u32>,
+    /// Layers of the model put on the GPU (the built-in engine, in a `cuda`, `vulkan` or
+    /// `metal` build; 999 for all). Default: llama.cpp's.
+    #[arg(long, value_name = "N", conflicts_with = "backend")]
+    pub gpu_layers: Option<u32>,
+    /// Front a server the org already runs instead of the built-in engine:
+    /// `openai=URL`, any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp's
+    /// llama-server, Ollama), e.g. `openai=http://127.0.0.1:8000/v1`.
+    #[arg(long, value_name = "openai=URL", conflicts_with = "model")]
+    pub backend: Option<String>,
+    /// A file holding the backend's API key (sent as a bearer token; never logged).
+    #[arg(long, value_name = "FILE", requires = "backend")]
+    pub backend_key_file: Option<PathBuf>,
+    /// The backend's model to serve (default: the first it lists at /v1/models).
+    #[arg(long, value_name = "NAME", requires = "backend")]
+    pub backend_model: Option<String>,
 }
 
 /// `jarvis listen`.
@@ -385,13 +403,43 @@ impl From<UpArgs> for jarvis_node::up::UpConfig {
     }
 }
 
-impl From<GpuUpArgs> for jarvis_node::gpu::GpuConfig {
-    fn from(args: GpuUpArgs) -> Self {
-        Self {
+impl TryFrom<GpuUpArgs> for jarvis_node::gpu::GpuConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: GpuUpArgs) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let backend = match &args.backend {
+            None => None,
+            Some(spec) => {
+                let Some(url) = spec.strip_prefix("openai=") else {
+                    anyhow::bail!(
+                        "--backend takes openai=URL (an OpenAI-compatible server), e.g. openai=http://127.0.0.1:8000/v1"
+                    );
+                };
+                let key = match &args.backend_key_file {
+                    Some(file) => {
+                        let key = std::fs::read_to_string(file).with_context(|| {
+                            format!("reading the backend's API key from {}", file.display())
+                        })?;
+                        Some(zeroize::Zeroizing::new(key.trim().to_owned()))
+                    }
+                    None => None,
+                };
+                Some(jarvis_node::upstream::UpstreamConfig {
+                    url: url.to_owned(),
+                    key,
+                    model: args.backend_model.clone(),
+                })
+            }
+        };
+        Ok(Self {
             model: args.model,
             slots: args.slots,
             listen: args.listen,
             no_mdns: args.no_mdns,
-        }
+            ctx: args.ctx,
+            gpu_layers: args.gpu_layers,
+            backend,
+        })
     }
 }

@@ -398,6 +398,6 @@ pub fn gpu(home: Home, out: Output, command: GpuCommand) -> Result<()> {
         GpuCommand::Install { bundle } => {
             install_bundle(home, out, &bundle, None, RequestKind::Gpu)
         }
-        GpuCommand::Up(args) => jarvis_node::gpu::run(home, out, args.into()),
+        GpuCommand::Up(args) => jarvis_node::gpu::run(home, out, args.try_into()?),
     }
 }

@@ -8,6 +8,8 @@
 //! - [`models`]: the model cache (`jarvis models list | pull | import`).
 //! - [`metrics`]: queue depth, time to first token, tokens per second, requests by outcome.
 //! - [`openai`]: the OpenAI chat-completions request, checked, sans-IO.
+//! - [`upstream`]: an OpenAI-compatible server as a GPU peer's engine: its request, its
+//!   streamed answer and its load, sans-IO.
 //! - [`offload`]: answers on the org's GPU peers: the stream protocol, the choice of a peer,
 //!   the local-or-offload policy, sans-IO.
 
@@ -17,6 +19,7 @@ pub mod offload;
 pub mod openai;
 pub mod sched;
 pub mod supervisor;
+pub mod upstream;
 pub mod whisper_ggml;
 
 pub use jarvis_inference_protocol::{protocol, stt_protocol, text};

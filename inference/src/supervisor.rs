@@ -44,6 +44,8 @@ pub struct EngineConfig {
     pub slots: u32,
     /// Context per request, in tokens.
     pub ctx_per_slot: u32,
+    /// Layers of the model on the GPU (a GPU build of the worker; none: llama.cpp's default).
+    pub gpu_layers: Option<u32>,
     /// CPU threads for llama.cpp (none: the worker's default, every core).
     pub threads: Option<u32>,
     /// How much lower than normal the worker's CPU priority is (its `nice` value; 0: normal).
@@ -63,6 +65,7 @@ impl EngineConfig {
             model_name,
             slots: 4,
             ctx_per_slot: 2048,
+            gpu_layers: None,
             threads: None,
             nice: 0,
             queue: 256,
@@ -423,6 +426,9 @@ fn spawn_worker(config: &EngineConfig) -> std::io::Result<Worker> {
     }
     if config.nice != 0 {
         process.arg("--nice").arg(config.nice.to_string());
+    }
+    if let Some(layers) = config.gpu_layers {
+        process.arg("--gpu-layers").arg(layers.to_string());
     }
     let mut child = process.spawn()?;
     let (Some(stdin), Some(stdout), Some(stderr)) =

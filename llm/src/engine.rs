@@ -65,6 +65,15 @@ impl Loaded {
     /// # Errors
     /// When the backend cannot start or the file is not a model llama.cpp can load.
     pub fn load(path: &Path, verbose: bool) -> anyhow::Result<Self> {
+        Self::load_with(path, verbose, None)
+    }
+
+    /// [`Loaded::load`] with `gpu_layers` of the model on the GPU (in a `cuda`, `vulkan` or
+    /// `metal` build; none: llama.cpp's default).
+    ///
+    /// # Errors
+    /// As [`Loaded::load`].
+    pub fn load_with(path: &Path, verbose: bool, gpu_layers: Option<u32>) -> anyhow::Result<Self> {
         let mut backend = LlamaBackend::init().context("starting llama.cpp")?;
         if !verbose {
             backend.void_logs();
@@ -72,7 +81,11 @@ impl Loaded {
         if !path.is_file() {
             return Err(anyhow!("no model file at {}", path.display()));
         }
-        let model = LlamaModel::load_from_file(&backend, path, &LlamaModelParams::default())
+        let params = match gpu_layers {
+            Some(layers) => LlamaModelParams::default().with_n_gpu_layers(layers),
+            None => LlamaModelParams::default(),
+        };
+        let model = LlamaModel::load_from_file(&backend, path, &params)
             .with_context(|| format!("loading the model {}", path.display()))?;
         // The model's own template; a model without one gets ChatML, the common default.
         let template = match model.chat_template(None) {

@@ -32,7 +32,7 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: jarvis-llm-worker --model FILE [--slots N] [--ctx N] [--threads N] [--nice N] [--verbose]\n\
+const USAGE: &str = "usage: jarvis-llm-worker --model FILE [--slots N] [--ctx N] [--threads N] [--nice N] [--gpu-layers N] [--verbose]\n\
        jarvis-llm-worker direct --model FILE --prompt TEXT [--max-tokens N] [--threads N]\n\
 This program is started by the Jarvis node; it speaks JSON lines on stdin and stdout.";
 
@@ -41,6 +41,7 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
     let mut config = EngineConfig::default();
     let mut verbose = false;
     let mut nice = 0;
+    let mut gpu_layers = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -53,6 +54,7 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
             "--ctx" => config.ctx_per_slot = value()?.parse().context("--ctx")?,
             "--threads" => config.threads = value()?.parse().context("--threads")?,
             "--nice" => nice = value()?.parse().context("--nice")?,
+            "--gpu-layers" => gpu_layers = Some(value()?.parse().context("--gpu-layers")?),
             "--verbose" => verbose = true,
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -75,7 +77,7 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
         .context("starting the stdin reader")?;
 
     let mut out = Out(std::io::stdout().lock());
-    let loaded = match Loaded::load(&model, verbose) {
+    let loaded = match Loaded::load_with(&model, verbose, gpu_layers) {
         Ok(loaded) => loaded,
         Err(error) => {
             out.send(Event::Error {

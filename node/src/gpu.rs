@@ -19,7 +19,7 @@ use jarvis_identity::{CertKind, RevocationSet, Verified};
 use jarvis_inference::metrics::EngineMetrics;
 use jarvis_inference::offload::{self as core, Ask, Frames, Load, MAX_REQUEST, Reply};
 use jarvis_inference::protocol::ErrorKind;
-use jarvis_inference::supervisor::{EngineHandle, EngineState, Request, Update};
+use jarvis_inference::supervisor::{EngineHandle, EngineState, Generation, Request, Update};
 use jarvis_mesh::admission::{self, Admission, Answer, Reason};
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
@@ -66,6 +66,71 @@ pub struct GpuConfig {
     pub listen: Vec<Multiaddr>,
     /// Do not announce this peer with mDNS.
     pub no_mdns: bool,
+    /// Tokens of context per slot (built-in engine).
+    pub ctx: Option<u32>,
+    /// Layers of the model offloaded to the GPU (built-in engine, in a GPU build).
+    pub gpu_layers: Option<u32>,
+    /// An OpenAI-compatible server to front instead of the built-in engine.
+    pub backend: Option<crate::upstream::UpstreamConfig>,
+}
+
+/// What answers: the built-in llama.cpp engine, or a server the org already runs.
+#[derive(Clone)]
+enum Backend {
+    Engine(EngineHandle),
+    Upstream(Arc<crate::upstream::Upstream>),
+}
+
+impl Backend {
+    fn model_name(&self) -> String {
+        match self {
+            Self::Engine(engine) => engine.model_name().to_owned(),
+            Self::Upstream(upstream) => upstream.model().to_owned(),
+        }
+    }
+
+    /// What `status` and the up line say about the model and where it runs.
+    fn describe(&self) -> serde_json::Value {
+        match self {
+            Self::Engine(engine) => {
+                let mut status = crate::llm::model_status(engine);
+                if let Some(fields) = status.as_object_mut() {
+                    fields.insert("backend".into(), "llama.cpp".into());
+                }
+                status
+            }
+            Self::Upstream(upstream) => json!({
+                "name": upstream.model(),
+                "state": if upstream.load(0).2 { "ready" } else { "unavailable" },
+                "backend": "openai",
+                "url": upstream.url(),
+            }),
+        }
+    }
+
+    /// (slots, busy, ready).
+    fn load(&self, slots: u32) -> (u32, u32, bool) {
+        match self {
+            Self::Engine(engine) => match engine.state() {
+                EngineState::Ready { slots, .. } => (slots, engine.busy(), true),
+                _ => (0, engine.busy(), false),
+            },
+            Self::Upstream(upstream) => upstream.load(slots),
+        }
+    }
+
+    async fn submit(&self, request: Request) -> Result<Generation, String> {
+        match self {
+            Self::Engine(engine) => engine.submit(request).await.map_err(|e| e.to_string()),
+            Self::Upstream(upstream) => Ok(upstream.submit(request)),
+        }
+    }
+
+    async fn shutdown(&self) {
+        if let Self::Engine(engine) = self {
+            engine.shutdown().await;
+        }
+    }
 }
 
 pub fn run(home: Home, out: Output, args: GpuConfig) -> Result<()> {
@@ -104,16 +169,28 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
     if verified.subject != key.public() {
         bail!("this home's key does not match its certificate; the home is damaged");
     }
-    let engine = crate::llm::start_engine_for(
-        EngineMetrics::default(),
-        args.model.clone(),
-        Some(args.slots),
-    );
-    let model_bytes = args
-        .model
-        .as_ref()
-        .and_then(|p| std::fs::metadata(p).ok())
-        .map_or_else(crate::llm::model_bytes, |m| m.len());
+    let (backend, model_bytes) = match args.backend.clone() {
+        Some(config) => {
+            let upstream = crate::upstream::Upstream::connect(config).await?;
+            tokio::spawn(Arc::clone(&upstream).watch_load());
+            (Backend::Upstream(upstream), 0)
+        }
+        None => {
+            let engine = crate::llm::start_gpu_engine(
+                EngineMetrics::default(),
+                args.model.clone(),
+                Some(args.slots),
+                args.ctx,
+                args.gpu_layers,
+            );
+            let model_bytes = args
+                .model
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or_else(crate::llm::model_bytes, |m| m.len());
+            (Backend::Engine(engine), model_bytes)
+        }
+    };
     let keypair = key
         .to_libp2p_keypair()
         .context("deriving the libp2p identity")?;
@@ -159,7 +236,8 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
         .accept(crate::offload::protocol())
         .context("registering the inference protocol")?;
     let server = Server {
-        engine: engine.clone(),
+        backend: backend.clone(),
+        slots: args.slots,
         gate: gate.clone(),
         model_bytes,
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
@@ -168,13 +246,20 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
     };
     // Serving is all a GPU peer does: a model that cannot load ends it, with the reason. A
     // large one still loading after a minute is served once it is ready.
-    let model_state = match engine.wait_ready(Duration::from_secs(60)).await {
-        EngineState::Ready { .. } => "ready",
-        EngineState::Failed(problem) => {
-            engine.shutdown().await;
-            bail!("cannot serve {}: {problem}", engine.model_name());
-        }
-        _ => "loading",
+    let model_state = match &backend {
+        Backend::Engine(engine) => match engine.wait_ready(Duration::from_secs(60)).await {
+            EngineState::Ready { .. } => "ready",
+            EngineState::Failed(problem) => {
+                engine.shutdown().await;
+                bail!("cannot serve {}: {problem}", engine.model_name());
+            }
+            _ => "loading",
+        },
+        Backend::Upstream(_) => "ready",
+    };
+    let backend_line = match &backend {
+        Backend::Engine(_) => "built-in llama.cpp".to_owned(),
+        Backend::Upstream(upstream) => format!("{} (OpenAI-compatible)", upstream.url()),
     };
     tracing::info!(%peer_id, org = %org.name, name = %verified.name, "GPU peer up");
     out.emit(
@@ -183,17 +268,17 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
             "peer_id": peer_id.to_string(),
             "org_id": org.root.to_string(),
             "name": verified.name.as_str(),
-            "model": crate::llm::model_status(&engine),
-            "slots": args.slots,
+            "model": backend.describe(),
+            "slots": backend.load(args.slots).0,
         }),
         || {
             format!(
-                "Jarvis GPU peer up.\n  peer:   {peer_id} `{}`\n  org:    {} ({})\n  model:  {} ({model_state}), {} at once\nDevices reach it on the local network (mDNS) or with `jarvis up --peer ADDRESS`; the addresses follow. Press Ctrl-C to stop.",
+                "Jarvis GPU peer up.\n  peer:    {peer_id} `{}`\n  org:     {} ({})\n  model:   {} ({model_state}), {} at once\n  backend: {backend_line}\nDevices reach it on the local network (mDNS) or with `jarvis up --peer ADDRESS`; the addresses follow. Press Ctrl-C to stop.",
                 verified.name,
                 org.name,
                 org.root,
-                engine.model_name(),
-                args.slots,
+                backend.model_name(),
+                backend.load(args.slots).0,
             )
         },
     );
@@ -373,7 +458,7 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
         }
     }
     tracing::info!("GPU peer stopping");
-    engine.shutdown().await;
+    backend.shutdown().await;
     out.emit(&json!({ "event": "stopped" }), || {
         "Stopped cleanly.".to_owned()
     });
@@ -383,7 +468,9 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
 /// What serving a stream needs.
 #[derive(Clone)]
 struct Server {
-    engine: EngineHandle,
+    backend: Backend,
+    /// Slots to report where the backend does not say.
+    slots: u32,
     gate: Gate,
     model_bytes: u64,
     streams: Arc<Semaphore>,
@@ -519,15 +606,12 @@ impl Server {
     }
 
     fn load(&self) -> Load {
-        let (ready, slots) = match self.engine.state() {
-            EngineState::Ready { slots, .. } => (true, slots),
-            _ => (false, 0),
-        };
+        let (slots, busy, ready) = self.backend.load(self.slots);
         Load {
-            model: self.engine.model_name().to_owned(),
+            model: self.backend.model_name(),
             model_bytes: self.model_bytes,
             slots,
-            busy: self.engine.busy(),
+            busy,
             ready,
         }
     }
@@ -585,12 +669,12 @@ impl Server {
             sampling,
             prefix,
         };
-        let mut generation = match self.engine.submit(request).await {
+        let mut generation = match self.backend.submit(request).await {
             Ok(g) => g,
-            Err(e) => {
+            Err(message) => {
                 let reply = Reply::Failed {
                     kind: ErrorKind::Engine,
-                    message: e.to_string(),
+                    message,
                 };
                 send(&mut writer, &reply).await?;
                 return writer.close().await;

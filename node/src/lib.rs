@@ -58,6 +58,7 @@ pub mod speculate;
 pub mod ui;
 pub mod ui_state;
 pub mod up;
+pub mod upstream;
 pub mod voice_loop;
 pub mod voice_state;
 

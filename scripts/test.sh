@@ -24,6 +24,8 @@ say "building"
 cargo build --locked --workspace --all-targets
 # The tests run the real models (testing.md); they live in the machine's model cache.
 ensure_models "$CARGO_TARGET_DIR/debug/jarvis"
+# The third-party OpenAI-compatible server the GPU tier's tests front (built once, cached).
+ensure_llama_server
 
 say "tests"
 nextest_log="$JARVIS_CACHE/nextest.log"

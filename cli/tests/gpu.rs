@@ -363,3 +363,305 @@ fn the_policy_decides_where_and_a_gpu_peer_that_dies_mid_answer_hands_it_back() 
         "{shown}"
     );
 }
+
+/// llama.cpp's own `llama-server` (a third-party OpenAI-compatible server, built once into the
+/// cache by `ensure_llama_server` in scripts/common.sh) serving the machine's SmolLM2 with two
+/// slots and its metrics, on a free loopback port. Stopped when dropped.
+struct LlamaServer {
+    process: Running,
+    /// `http://127.0.0.1:PORT`.
+    url: String,
+}
+
+fn llama_server() -> LlamaServer {
+    llama_server_as("smollm2-135m-instruct")
+}
+
+/// [`llama_server`], its model served under the name `alias`.
+fn llama_server_as(alias: &str) -> LlamaServer {
+    let cache = std::env::var_os("JARVIS_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/jarvis"),
+        PathBuf::from,
+    );
+    let binary = std::env::var_os("JARVIS_LLAMA_SERVER").map_or_else(
+        || cache.join("llama-server/11434.0.0/bin/llama-server"),
+        PathBuf::from,
+    );
+    assert!(
+        binary.is_file(),
+        "llama.cpp's llama-server is not built at {}: run scripts/test.sh, or `source scripts/common.sh && ensure_llama_server`",
+        binary.display()
+    );
+    let models =
+        std::env::var_os("JARVIS_MODELS").map_or_else(|| cache.join("models"), PathBuf::from);
+    let model = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.is_file(), "run `jarvis models pull` first");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(&binary)
+        .args([
+            "-m",
+            model.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+        ])
+        .arg(port.to_string())
+        .args([
+            "--alias",
+            alias,
+            "-np",
+            "2",
+            "-c",
+            "4096",
+            "-t",
+            "1",
+            "--metrics",
+        ])
+        // Weight repacking uses AMX where the CPU reports it; the CI machine's VM reports it
+        // without enabling it, and llama-server crashes loading the model (in
+        // `ggml_backend_amx_mul_mat`).
+        .arg("--no-repack")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = LlamaServer {
+        process: Running(child),
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    wait_for("llama-server to load its model", || {
+        (server.get("/health").map(|r| r.0) == Some(200)).then_some(())
+    });
+    server
+}
+
+impl LlamaServer {
+    /// A GET to the server: (status, body).
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let host = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n")?.1.to_owned();
+        Some((status, body))
+    }
+
+    /// Whether any of its slots is generating.
+    fn generating(&self) -> bool {
+        let (_, body) = self.get("/slots").unwrap_or_default();
+        body.contains("\"is_processing\":true")
+    }
+}
+
+/// `jarvis gpu up --backend openai=URL`: a GPU peer fronting `server`.
+fn gpu_up_fronting(home: &Path, server: &LlamaServer) -> (Running, String, String) {
+    let backend = format!("openai={}/v1", server.url);
+    let (child, id, address) = common::gpu_up(jarvis(home).args([
+        "gpu",
+        "up",
+        "--json",
+        "--no-mdns",
+        "--backend",
+        &backend,
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ]));
+    (Running(child), id, address)
+}
+
+/// A GPU peer in front of llama.cpp's own server: the org's device without a model is answered
+/// through it, the load the device sees is the server's (its two slots), an answer the device
+/// abandons is cancelled on the server at once, and when the server dies mid-answer the device
+/// finishes the same answer itself.
+#[test]
+fn a_gpu_peer_fronting_llama_server_answers_cancels_and_hands_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = Org::new(dir.path(), "acme");
+    let gpu_home = acme.gpu(dir.path(), "vllm-box");
+    let laptop = acme.device(dir.path(), "ann", "laptop");
+    let mut server = llama_server();
+    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &server);
+
+    // A device without a model, policy `gpu`: answered through the third-party server.
+    let device = device_up(&laptop, &gpu_addr, Some(NO_MODELS));
+    wait_ready(&laptop, &gpu_id);
+    let peer = gpu_peer(&laptop, &gpu_id).unwrap();
+    assert_eq!(peer["model"], "smollm2-135m-instruct", "{peer}");
+    assert_eq!(peer["slots"], 2, "the server's own slots: {peer}");
+    set_policy(&laptop, "gpu");
+    let asked = common::json_ok(
+        {
+            let mut cmd = jarvis(&laptop);
+            cmd.env("JARVIS_MODELS", NO_MODELS);
+            cmd
+        },
+        &["ask", "What is the capital of France?"],
+    );
+    assert_eq!(asked["where"], gpu_id.as_str(), "{asked}");
+    assert_eq!(asked["model"], "smollm2-135m-instruct", "{asked}");
+    assert!(
+        asked["answer"].as_str().unwrap().contains("Paris"),
+        "{asked}"
+    );
+    assert!(
+        asked["timings_ms"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{asked}"
+    );
+
+    // Abandoned mid-answer: the client goes, and the server stops generating at once.
+    let long = json!({ "text": "Write a very long story about a dragon who learns to fly.", "stream": true });
+    let (status, mut reader) = send(&laptop, "POST", "/v1/ask", &long);
+    assert_eq!(status, 200);
+    let mut received = String::new();
+    for (event, data) in sse_events(&mut reader) {
+        if event == "token" {
+            received.push_str(data["text"].as_str().unwrap());
+            if received.len() > 10 {
+                break;
+            }
+        }
+    }
+    assert!(server.generating(), "the answer is being generated");
+    drop(reader);
+    let gone = std::time::Instant::now();
+    wait_for("the server to stop generating the abandoned answer", || {
+        (!server.generating()).then_some(())
+    });
+    eprintln!("client gone → server idle: {:?}", gone.elapsed());
+    assert!(gone.elapsed() < std::time::Duration::from_secs(3));
+    drop(device);
+
+    // The server dies mid-answer: the device (with the model, this time) finishes it.
+    let _device = device_up(&laptop, &gpu_addr, None);
+    wait_ready(&laptop, &gpu_id);
+    let (status, mut reader) = send(&laptop, "POST", "/v1/ask", &long);
+    assert_eq!(status, 200);
+    let mut received = String::new();
+    let mut at_kill = None;
+    let mut done = None;
+    for (event, data) in sse_events(&mut reader) {
+        match event.as_str() {
+            "token" => {
+                received.push_str(data["text"].as_str().unwrap());
+                if at_kill.is_none() && received.len() > 10 {
+                    server.process.kill_now();
+                    at_kill = Some(received.clone());
+                }
+            }
+            "done" => {
+                done = Some(data);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let done = done.expect("the answer ends");
+    let at_kill = at_kill.expect("the answer was long enough to interrupt");
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["where"], "local", "finished here: {done}");
+    assert_eq!(done["offload"]["peer_id"], gpu_id.as_str(), "{done}");
+    assert!(done["offload"]["failed"].is_string(), "{done}");
+    let answer = done["answer"].as_str().unwrap();
+    assert_eq!(answer, received, "the client saw one answer");
+    assert!(answer.starts_with(&at_kill), "{answer}");
+    // The GPU peer stays up, and says its backend is gone.
+    wait_for("the GPU peer to report its backend down", || {
+        gpu_peer(&laptop, &gpu_id).filter(|p| p["ready"] == false)
+    });
+}
+
+/// An OpenAI client (the official Python package) on a device that has its own model: the
+/// device lists its model and the GPU peer's, a request for the GPU peer's model goes there (the
+/// user allows GPU peers), and when llama-server dies mid-answer the client still reads one
+/// answer to the end, finished on the device. A user who keeps answers local is told why that
+/// model is not served.
+#[test]
+fn an_openai_client_is_answered_by_the_gpu_peers_model_and_sees_one_answer_when_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = Org::new(dir.path(), "acme");
+    let gpu_home = acme.gpu(dir.path(), "gpu-box");
+    let laptop = acme.device(dir.path(), "ann", "laptop");
+    let server = llama_server_as("smollm2-on-gpu");
+    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &server);
+    let _device = device_up(&laptop, &gpu_addr, None);
+    wait_ready(&laptop, &gpu_id);
+    set_policy(&laptop, "auto");
+    let (addr, token) = api(&laptop);
+    let script = r#"
+import json, os, signal, sys
+import openai
+from openai import OpenAI
+base, key, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+client = OpenAI(base_url=base, api_key=key, max_retries=0)
+out = {"models": sorted(m.id for m in client.models.list())}
+stream = client.chat.completions.create(model="smollm2-on-gpu", stream=True, temperature=0,
+    messages=[{"role": "user", "content": "Write a very long story about a dragon who learns to fly."}])
+text, at_kill, finish = "", None, None
+for chunk in stream:
+    for choice in chunk.choices:
+        text += choice.delta.content or ""
+        finish = choice.finish_reason or finish
+    if at_kill is None and len(text) > 10:
+        os.kill(pid, signal.SIGKILL)
+        at_kill = text
+out.update(text=text, at_kill=at_kill, finish=finish)
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &format!("http://{addr}/v1"),
+            &token,
+            &server.process.0.id().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("{got}");
+    assert_eq!(
+        got["models"],
+        json!(["smollm2-135m-instruct", "smollm2-on-gpu"]),
+        "{got}"
+    );
+    let text = got["text"].as_str().unwrap();
+    let at_kill = got["at_kill"].as_str().expect("long enough to interrupt");
+    assert!(text.starts_with(at_kill), "one answer, continued: {got}");
+    assert!(
+        text.len() > at_kill.len() + 20,
+        "finished after the kill: {got}"
+    );
+    assert!(got["finish"].is_string(), "{got}");
+    // It was the GPU peer's, and it failed there.
+    let peer = gpu_peer(&laptop, &gpu_id).unwrap();
+    assert_eq!(peer["failures"], 1, "{peer}");
+    drop(server);
+
+    // Answers kept on this device: the GPU peer's model is refused, saying why.
+    set_policy(&laptop, "local");
+    let (status, mut reader) = send(
+        &laptop,
+        "POST",
+        "/v1/chat/completions",
+        &json!({ "model": "smollm2-on-gpu", "messages": [{ "role": "user", "content": "hi" }] }),
+    );
+    let mut body = String::new();
+    reader.read_to_string(&mut body).unwrap();
+    // The peer still lists its model until its backend is seen gone: either way, not served.
+    assert!(status == 503 || status == 404, "{status} {body}");
+}

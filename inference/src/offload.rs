@@ -362,6 +362,30 @@ where
     offload.then_some(best)
 }
 
+/// The GPU peer to send an answer to when the request names `model`, one this device does not
+/// run (a model pinned by the user or an API client): of the peers serving it, the one expected
+/// to finish first. None when the policy keeps answers here or no peer serves it now.
+pub fn choose_serving<'a, P>(
+    policy: Policy,
+    model: &str,
+    candidates: &'a [Candidate<P>],
+    excluded: &[P],
+) -> Option<&'a Candidate<P>>
+where
+    P: PartialEq,
+{
+    if policy == Policy::Local {
+        return None;
+    }
+    candidates
+        .iter()
+        .filter(|c| !excluded.contains(&c.peer))
+        .filter(|c| c.load.as_ref().is_some_and(|l| l.model == model))
+        .filter_map(|c| c.expected_ms().map(|ms| (c, ms)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(c, _)| c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +510,28 @@ mod tests {
             Some(1)
         );
         assert!(choose(Policy::Gpu, LOCAL, 10, &peers, &[1, 2]).is_none());
+    }
+
+    #[test]
+    fn a_pinned_model_goes_to_the_quickest_peer_serving_it_and_never_under_local() {
+        let named = |model: &str, busy: u32| Load {
+            model: model.into(),
+            ..load(1, 4, busy)
+        };
+        let peers = [
+            candidate(1, named("qwen", 0), 800.0),
+            candidate(2, named("llama", 0), 100.0),
+            candidate(3, named("qwen", 0), 300.0),
+        ];
+        let chosen = |policy, model, excluded: &[u8]| {
+            choose_serving(policy, model, &peers, excluded).map(|c| c.peer)
+        };
+        assert_eq!(chosen(Policy::Gpu, "qwen", &[]), Some(3));
+        assert_eq!(chosen(Policy::Auto, "qwen", &[]), Some(3));
+        assert_eq!(chosen(Policy::Auto, "qwen", &[3]), Some(1));
+        assert_eq!(chosen(Policy::Gpu, "qwen", &[1, 3]), None);
+        assert_eq!(chosen(Policy::Gpu, "phi", &[]), None);
+        assert_eq!(chosen(Policy::Local, "llama", &[]), None);
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct ChatCompletion {
     pub stream: bool,
     /// A last chunk with the token counts (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// The model asked for (one of those served).
+    pub model: String,
 }
 
 /// Message content: a string, or (newer clients) a list of parts of which the text ones count.
@@ -124,26 +126,32 @@ struct ChatRequest {
     user: Option<String>,
 }
 
-/// Reads the body of a `/v1/chat/completions` request for `model`, the model this node serves.
+/// Reads the body of a `/v1/chat/completions` request for one of `models`, those this node
+/// serves (its own, and its org's GPU peers').
 ///
 /// # Errors
 /// An [`ApiError`] (400, or 404 for another model) saying what is wrong, in OpenAI's terms.
-pub fn parse_chat(body: &[u8], model: &str) -> Result<ChatCompletion, ApiError> {
+pub fn parse_chat(body: &[u8], models: &[String]) -> Result<ChatCompletion, ApiError> {
     let body: ChatRequest = serde_json::from_slice(body).map_err(|e| {
         bad_request(
             &format!("The body is not a chat completion request: {e}."),
             None,
         )
     })?;
-    if body.model != model {
+    if !models.contains(&body.model) {
         return Err(ApiError::new(
             404,
             "invalid_request_error",
             Some("model_not_found"),
             Some("model"),
             &format!(
-                "The model `{}` does not exist on this node; it serves `{model}` (GET /v1/models).",
-                body.model
+                "The model `{}` does not exist on this node; it serves {} (GET /v1/models).",
+                body.model,
+                models
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     }
@@ -248,6 +256,7 @@ pub fn parse_chat(body: &[u8], model: &str) -> Result<ChatCompletion, ApiError> 
         request,
         stream: body.stream,
         include_usage,
+        model: body.model,
     })
 }
 
@@ -261,7 +270,7 @@ mod tests {
             {"role":"user","content":[{"type":"text","text":"hi "},{"type":"text","text":"there"}]}],
             "stream":true,"stream_options":{"include_usage":true},"max_tokens":7,"temperature":0,
             "seed":-1,"stop":"END","user":"alice"}"#;
-        let chat = parse_chat(body, "m").unwrap();
+        let chat = parse_chat(body, &["m".to_owned()]).unwrap();
         assert!(chat.stream && chat.include_usage);
         assert_eq!(chat.request.client, "alice");
         assert_eq!(
@@ -289,7 +298,7 @@ mod tests {
             (br#"{"model":"m","stop":["a","b","c","d","e"],"messages":[{"role":"user","content":"hi"}]}"#, 400, Some("stop")),
         ];
         for (body, status, param) in cases {
-            let error = parse_chat(body, "m").unwrap_err();
+            let error = parse_chat(body, &["m".to_owned()]).unwrap_err();
             assert_eq!(
                 (error.status, error.param),
                 (*status, *param),

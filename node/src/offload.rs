@@ -210,6 +210,20 @@ impl Offload {
     }
 
     /// Whether a GPU peer could answer now (so a node without a model of its own still can).
+    /// The models the org's GPU peers in reach serve now (ready, reported), once each.
+    pub fn models(&self) -> Vec<String> {
+        let peers = lock(&self.inner.peers);
+        let mut models: Vec<String> = peers
+            .values()
+            .filter_map(|p| p.candidate.load.as_ref())
+            .filter(|l| l.ready)
+            .map(|l| l.model.clone())
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+
     pub fn available(&self) -> bool {
         self.policy() != Policy::Local && self.could_answer()
     }
@@ -311,11 +325,14 @@ impl Offload {
         }
     }
 
+    /// The GPU peer for an answer, or none to answer here. `model`: a model the request names
+    /// that this device does not run (only the peers serving it are candidates).
     fn pick(
         &self,
         engine: &EngineHandle,
         prompt_chars: usize,
         excluded: &[PeerId],
+        model: Option<&str>,
     ) -> Option<(PeerId, String, u64)> {
         let (ready, slots) = match engine.state() {
             EngineState::Ready { slots, .. } => (true, slots),
@@ -329,7 +346,10 @@ impl Offload {
         let mut peers = lock(&self.inner.peers);
         let candidates: Vec<Candidate<PeerId>> =
             peers.values().map(|p| p.candidate.clone()).collect();
-        let chosen = core::choose(self.policy(), local, prompt_chars, &candidates, excluded)?.peer;
+        let chosen = match model {
+            Some(model) => core::choose_serving(self.policy(), model, &candidates, excluded)?.peer,
+            None => core::choose(self.policy(), local, prompt_chars, &candidates, excluded)?.peer,
+        };
         let state = peers.get_mut(&chosen)?;
         state.candidate.in_flight += 1;
         state.last_used = Some(unix_now());
@@ -366,8 +386,35 @@ impl Offload {
         engine: &EngineHandle,
         request: Request,
     ) -> Result<Routed, SubmitError> {
+        self.submit_for(engine, request, None).await
+    }
+
+    /// [`Offload::submit`] for `model`, when the request names a model of the org's GPU peers
+    /// that this device does not run: one of the peers serving it answers (the quickest), as
+    /// the policy allows; if they fail mid-answer, the answer is finished here.
+    ///
+    /// # Errors
+    /// As [`Offload::submit`]; and [`SubmitError::Unavailable`] when no GPU peer serves `model`
+    /// now, or the policy keeps answers on this device.
+    pub async fn submit_for(
+        &self,
+        engine: &EngineHandle,
+        request: Request,
+        model: Option<String>,
+    ) -> Result<Routed, SubmitError> {
         let chars = request.messages.iter().map(|m| m.content.len()).sum();
-        let Some((peer, name, epoch)) = self.pick(engine, chars, &[]) else {
+        let Some((peer, name, epoch)) = self.pick(engine, chars, &[], model.as_deref()) else {
+            if let Some(model) = model {
+                return Err(SubmitError::Unavailable(
+                    if self.policy() == Policy::Local {
+                        format!(
+                            "`{model}` runs on the org's GPU peers, and this device's setting keeps answers here (Settings → \"Where answers are made\")"
+                        )
+                    } else {
+                        format!("no GPU peer serves `{model}` now")
+                    },
+                ));
+            }
             let generation = engine.submit(request).await?;
             let (_, route) = watch::channel(Where::Local);
             return Ok(Routed { generation, route });
@@ -377,7 +424,7 @@ impl Offload {
         let this = self.clone();
         let engine = engine.clone();
         tokio::spawn(async move {
-            this.answer_remotely((peer, epoch), request, engine, updates_tx, route_tx)
+            this.answer_remotely((peer, epoch), request, model, engine, updates_tx, route_tx)
                 .await;
         });
         Ok(Routed {
@@ -393,6 +440,7 @@ impl Offload {
         self,
         (first, first_epoch): (PeerId, u64),
         mut request: Request,
+        model: Option<String>,
         engine: EngineHandle,
         updates: mpsc::Sender<Update>,
         route: watch::Sender<Where>,
@@ -428,7 +476,7 @@ impl Offload {
             tokens = 0;
             let chars = request.messages.iter().map(|m| m.content.len()).sum();
             match (tried.len() < MAX_PEERS_PER_ANSWER)
-                .then(|| self.pick(&engine, chars, &tried))
+                .then(|| self.pick(&engine, chars, &tried, model.as_deref()))
                 .flatten()
             {
                 Some((next, name, next_epoch)) => {

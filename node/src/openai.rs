@@ -2,8 +2,10 @@
 //! speak OpenAI's API (as Ollama and LM Studio users do) can use the node's model:
 //!
 //! ```text
-//! GET  /v1/models             the model this node serves
-//! POST /v1/chat/completions   streaming (SSE, `data: [DONE]` at the end) or not
+//! GET  /v1/models             the model this node serves, and those of its org's GPU peers
+//! POST /v1/chat/completions   streaming (SSE, `data: [DONE]` at the end) or not; answered here
+//!                             or on a GPU peer as the user's setting says (a GPU peer's model
+//!                             only there), with an ask's failover
 //! ```
 //!
 //! Same bearer token as the rest of the API (`jarvis token`; OpenAI clients send it as their API
@@ -77,20 +79,39 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The models a request may name: this node's own, then those of the org's GPU peers in reach
+/// (used as the user's setting allows).
+fn served_models(state: &AppState) -> Vec<String> {
+    let local = state.asking.engine.model_name().to_owned();
+    let mut models = vec![local.clone()];
+    models.extend(
+        state
+            .asking
+            .offload
+            .models()
+            .into_iter()
+            .filter(|m| *m != local),
+    );
+    models
+}
+
 async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.asking.engine.model_name(),
-            "object": "model",
-            "created": 0,
-            "owned_by": "jarvis",
-        }],
-    }))
-    .into_response()
+    let local = state.asking.engine.model_name().to_owned();
+    let data: Vec<Value> = served_models(&state)
+        .into_iter()
+        .map(|id| {
+            let owned_by = if id == local {
+                "jarvis"
+            } else {
+                "jarvis-gpu-peer"
+            };
+            json!({ "id": id, "object": "model", "created": 0, "owned_by": owned_by })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data })).into_response()
 }
 
 fn failure(kind: ErrorKind, message: &str) -> Response {
@@ -158,22 +179,35 @@ async fn chat_completions(
         request,
         stream,
         include_usage,
-    } = match parse_chat(&body, state.asking.engine.model_name()) {
+        model,
+    } = match parse_chat(&body, &served_models(&state)) {
         Ok(chat) => chat,
         Err(e) => return api_error(&e),
     };
-    if let Some(problem) = engine_problem(&state.asking.engine).await {
+    // A model of the org's GPU peers goes to one of them; this node's own, where the user's
+    // setting says (here, or a GPU peer), with the same failover as an ask.
+    let asking = &state.asking;
+    let pinned = (model != asking.engine.model_name()).then(|| model.clone());
+    let local_only = asking.offload.policy() == jarvis_inference::offload::Policy::Local
+        || !asking.offload.available();
+    if pinned.is_none()
+        && local_only
+        && let Some(problem) = engine_problem(&asking.engine).await
+    {
         return api_error(&ApiError::new(503, "server_error", None, None, &problem));
     }
-    let mut generation = match state.asking.engine.submit(request).await {
-        Ok(generation) => generation,
+    let mut generation = match asking
+        .offload
+        .submit_for(&asking.engine, request, pinned)
+        .await
+    {
+        Ok(routed) => routed.generation,
         Err(e) => return submit_error(&e),
     };
     let id = format!(
         "chatcmpl-{}",
         hex::encode(jarvis_identity::keys::random_bytes::<12>())
     );
-    let model = state.asking.engine.model_name().to_owned();
     let created = unix_now();
     // Wait for the prompt to be read, so that a prompt that does not fit is a 400, not a stream
     // that fails after its headers went out.

@@ -7,9 +7,9 @@
 //!   The device going away (the [`Generation`]'s receiver dropped) drops the HTTP response at
 //!   once: the connection closes and the server cancels the request (llama-server and vLLM
 //!   both stop generating for a client that disconnected).
-//! - Its load, for the devices' choice of peer, is read every [`LOAD_EVERY`] from the server's
-//!   Prometheus `/metrics` (vLLM, llama-server with `--metrics`, SGLang, TGI), else
-//!   llama-server's `/slots`, else it is this peer's own count of answers in flight.
+//! - Its load, for the devices' choice of peer, is read every [`LOAD_EVERY`] from
+//!   llama-server's `/slots`, else the server's Prometheus `/metrics` (vLLM, llama-server with
+//!   `--metrics`, SGLang, TGI), else it is this peer's own count of answers in flight.
 //! - The API key (`--backend-key-file`) is sent as a bearer token and never logged.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -174,17 +174,18 @@ impl Upstream {
             .with_context(|| format!("{path} answered more than it should"))
     }
 
-    /// Reads the server's load once: its metrics, else its slots; notes whether it answered.
+    /// Reads the server's load once: `llama-server`'s `/slots` (which also say how many it
+    /// has), else its Prometheus metrics; notes whether it answered at all.
     async fn read_load(&self) {
-        let seen = match self.get("/metrics").await {
-            Ok(page) => upstream::parse_metrics(&page).map(|(busy, flavor)| (Some(busy), flavor)),
+        let seen = match self.get("/slots").await {
+            Ok(body) => upstream::parse_slots(&body).map(|busy| (Some(busy), Flavor::LlamaServer)),
             Err(_) => None,
         };
         let seen = match seen {
             Some(seen) => Some(seen),
-            None => match self.get("/slots").await {
-                Ok(body) => {
-                    upstream::parse_slots(&body).map(|busy| (Some(busy), Flavor::LlamaServer))
+            None => match self.get("/metrics").await {
+                Ok(page) => {
+                    upstream::parse_metrics(&page).map(|(busy, flavor)| (Some(busy), flavor))
                 }
                 Err(_) => None,
             },

@@ -1038,15 +1038,25 @@ impl PgStore {
     }
 
     /// Takes what was cached of `doc` that a write changes (its vector, or its keys), and the
-    /// list of documents, out of the cache before it is written; returns what was there.
+    /// list of documents if `doc` is not on it, out of the cache before it is written; returns
+    /// what was there.
     fn forget(&self, doc: DocId, what: Aspect) -> Cached {
         let mut taken = Cached::default();
         let mut group = lock(&self.group);
-        if let Some(overlay) = group.overlay.get_mut(&self.ns) {
+        // The list of documents changes only if this one is new to it: a list that has it
+        // already stays (a write to a listed document cannot take it off), so a user's resync
+        // reads nothing from the database while its documents merely grow.
+        let unlisted =
+            |docs: &Option<Vec<DocId>>| docs.as_ref().is_none_or(|docs| !docs.contains(&doc));
+        if let Some(overlay) = group.overlay.get_mut(&self.ns)
+            && unlisted(&overlay.docs)
+        {
             overlay.docs = None;
         }
         if let Some(cached) = group.cache.get_mut(&self.ns) {
-            cached.docs = None;
+            if unlisted(&cached.docs) {
+                cached.docs = None;
+            }
             match what {
                 Aspect::Vector => {
                     if let Some(v) = cached.vectors.remove(&doc) {

@@ -254,3 +254,39 @@ fn a_malformed_announcement_is_refused() {
     let long = "x".repeat(9_000);
     assert!(Stored::decode(&long).is_err());
 }
+
+/// A user's list of documents stays cached while writes go to documents on it (a resync then
+/// reads nothing), and is read again once a write adds a document: it may lag the database (a
+/// document another instance added, heard of through its announcement), never lead it.
+#[test]
+fn the_list_of_documents_is_read_again_only_when_a_write_adds_one() {
+    let cluster = Cluster::start();
+    let url = cluster.url("postgres");
+    let pg = Pg::connect(&url, 2).unwrap();
+    let group = pg.group(1);
+    let ns = "user/ann/";
+    let mut store = group.store(ns);
+    let (a, b, c) = (
+        Writer::new(DocId::random()),
+        Writer::new(DocId::random()),
+        Writer::new(DocId::random()),
+    );
+    let write = |store: &mut jarvis_relay::pg::PgStore, w: &Writer, seq| {
+        store.begin_batch();
+        assert_eq!(store.put_change(&w.change(seq, 10)).unwrap(), Put::Stored);
+        store.end_batch().unwrap();
+    };
+    write(&mut store, &a, 1);
+    assert_eq!(store.docs().unwrap(), vec![a.doc]);
+    // Another instance adds a document (its announcement is not heard in this test).
+    let mut elsewhere = Pg::connect(&url, 1).unwrap().store(ns);
+    assert_eq!(elsewhere.put_change(&b.change(1, 10)).unwrap(), Put::Stored);
+    // A write to a listed document: the list is not read again.
+    write(&mut store, &a, 2);
+    assert_eq!(store.docs().unwrap(), vec![a.doc], "kept, not re-read");
+    // A write that adds a document: read again, with the other instance's too.
+    write(&mut store, &c, 1);
+    let mut all = vec![a.doc, b.doc, c.doc];
+    all.sort();
+    assert_eq!(store.docs().unwrap(), all);
+}

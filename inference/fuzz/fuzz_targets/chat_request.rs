@@ -5,7 +5,7 @@ use jarvis_inference::openai::parse_chat;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    match parse_chat(data, "m") {
+    match parse_chat(data, &["m".to_owned()]) {
         Ok(chat) => {
             assert!(!chat.request.messages.is_empty());
             assert!(chat.request.sampling.max_tokens > 0);

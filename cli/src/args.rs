@@ -350,6 +350,14 @@ pub struct GpuUpArgs {
     /// The backend's model to serve (default: the first it lists at /v1/models).
     #[arg(long, value_name = "NAME", requires = "backend")]
     pub backend_model: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`) here, e.g.
+    /// 127.0.0.1:9102.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Label the per-user answer counts with user names (default: a pseudonym of each user's
+    /// key, so the metrics do not say who asked).
+    #[arg(long, requires = "metrics")]
+    pub metrics_user_names: bool,
 }
 
 /// `jarvis listen`.
@@ -440,6 +448,8 @@ impl TryFrom<GpuUpArgs> for jarvis_node::gpu::GpuConfig {
             ctx: args.ctx,
             gpu_layers: args.gpu_layers,
             backend,
+            metrics: args.metrics,
+            metrics_user_names: args.metrics_user_names,
         })
     }
 }

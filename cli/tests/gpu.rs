@@ -463,20 +463,39 @@ impl LlamaServer {
     }
 }
 
-/// `jarvis gpu up --backend openai=URL`: a GPU peer fronting `server`.
-fn gpu_up_fronting(home: &Path, server: &LlamaServer) -> (Running, String, String) {
+/// `jarvis gpu up --backend openai=URL`: a GPU peer fronting `server`, with `extra` arguments.
+fn gpu_up_fronting(home: &Path, server: &LlamaServer, extra: &[&str]) -> (Running, String, String) {
     let backend = format!("openai={}/v1", server.url);
-    let (child, id, address) = common::gpu_up(jarvis(home).args([
-        "gpu",
-        "up",
-        "--json",
-        "--no-mdns",
-        "--backend",
-        &backend,
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-    ]));
+    let (child, id, address) = common::gpu_up(
+        jarvis(home)
+            .args([
+                "gpu",
+                "up",
+                "--json",
+                "--no-mdns",
+                "--backend",
+                &backend,
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ])
+            .args(extra),
+    );
     (Running(child), id, address)
+}
+
+/// A GET on loopback: (status, body).
+fn http_get(host: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
 }
 
 /// A GPU peer in front of llama.cpp's own server: the org's device without a model is answered
@@ -490,7 +509,16 @@ fn a_gpu_peer_fronting_llama_server_answers_cancels_and_hands_back() {
     let gpu_home = acme.gpu(dir.path(), "vllm-box");
     let laptop = acme.device(dir.path(), "ann", "laptop");
     let mut server = llama_server();
-    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &server);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &server, &["--metrics", &metrics]);
+    let (status, health) = http_get(&metrics, "/health").unwrap();
+    assert_eq!(status, 200, "{health}");
+    assert!(health.contains("\"backend\":\"openai\""), "{health}");
 
     // A device without a model, policy `gpu`: answered through the third-party server.
     let device = device_up(&laptop, &gpu_addr, Some(NO_MODELS));
@@ -540,6 +568,25 @@ fn a_gpu_peer_fronting_llama_server_answers_cancels_and_hands_back() {
     eprintln!("client gone → server idle: {:?}", gone.elapsed());
     assert!(gone.elapsed() < std::time::Duration::from_secs(3));
     drop(device);
+    // The GPU peer's metrics count both answers, and not by name.
+    let (_, page) = http_get(&metrics, "/metrics").unwrap();
+    assert!(
+        page.contains("jarvis_gpu_answers_total{outcome=\"done\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("jarvis_gpu_answers_total{outcome=\"cancelled\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("jarvis_gpu_user_answers_total{user=\"u-"),
+        "{page}"
+    );
+    assert!(!page.contains("ann"), "{page}");
+    assert!(
+        page.contains("jarvis_gpu_time_to_first_token_seconds_count 2"),
+        "{page}"
+    );
 
     // The server dies mid-answer: the device (with the model, this time) finishes it.
     let _device = device_up(&laptop, &gpu_addr, None);
@@ -578,6 +625,8 @@ fn a_gpu_peer_fronting_llama_server_answers_cancels_and_hands_back() {
     wait_for("the GPU peer to report its backend down", || {
         gpu_peer(&laptop, &gpu_id).filter(|p| p["ready"] == false)
     });
+    let (status, health) = http_get(&metrics, "/health").unwrap();
+    assert_eq!(status, 503, "{health}");
 }
 
 /// An OpenAI client (the official Python package) on a device that has its own model: the
@@ -592,7 +641,7 @@ fn an_openai_client_is_answered_by_the_gpu_peers_model_and_sees_one_answer_when_
     let gpu_home = acme.gpu(dir.path(), "gpu-box");
     let laptop = acme.device(dir.path(), "ann", "laptop");
     let server = llama_server_as("smollm2-on-gpu");
-    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &server);
+    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &server, &[]);
     let _device = device_up(&laptop, &gpu_addr, None);
     wait_ready(&laptop, &gpu_id);
     set_policy(&laptop, "auto");

@@ -72,6 +72,10 @@ pub struct GpuConfig {
     pub gpu_layers: Option<u32>,
     /// An OpenAI-compatible server to front instead of the built-in engine.
     pub backend: Option<crate::upstream::UpstreamConfig>,
+    /// Serve `/metrics` and `/health` here.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Label per-user metrics with user names (else pseudonyms of their keys).
+    pub metrics_user_names: bool,
 }
 
 /// What answers: the built-in llama.cpp engine, or a server the org already runs.
@@ -169,6 +173,7 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
     if verified.subject != key.public() {
         bail!("this home's key does not match its certificate; the home is damaged");
     }
+    let engine_metrics = EngineMetrics::default();
     let (backend, model_bytes) = match args.backend.clone() {
         Some(config) => {
             let upstream = crate::upstream::Upstream::connect(config).await?;
@@ -177,7 +182,7 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
         }
         None => {
             let engine = crate::llm::start_gpu_engine(
-                EngineMetrics::default(),
+                engine_metrics.clone(),
                 args.model.clone(),
                 Some(args.slots),
                 args.ctx,
@@ -235,7 +240,25 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
         .new_control()
         .accept(crate::offload::protocol())
         .context("registering the inference protocol")?;
+    let metrics = Arc::new(crate::gpu_metrics::GpuMetrics::new(
+        matches!(backend, Backend::Engine(_)).then_some(&engine_metrics),
+        args.metrics_user_names,
+    ));
+    let (slots, busy, ready) = backend.load(args.slots);
+    metrics.set_load(slots, busy, ready, backend.describe());
+    let metrics_address = match args.metrics {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot serve metrics on {address}"))?;
+            let bound = listener.local_addr()?;
+            tokio::spawn(crate::gpu_metrics::serve(listener, Arc::clone(&metrics)));
+            Some(bound.to_string())
+        }
+        None => None,
+    };
     let server = Server {
+        metrics: Arc::clone(&metrics),
         backend: backend.clone(),
         slots: args.slots,
         gate: gate.clone(),
@@ -270,6 +293,7 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
             "name": verified.name.as_str(),
             "model": backend.describe(),
             "slots": backend.load(args.slots).0,
+            "metrics": metrics_address,
         }),
         || {
             format!(
@@ -310,7 +334,11 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
             biased;
             () = shutdown.wait() => break,
             Some((peer, stream)) = incoming.next() => server.accept(peer, stream),
-            _ = tick.tick() => admission.handle_timeout(std::time::Instant::now()),
+            _ = tick.tick() => {
+                admission.handle_timeout(std::time::Instant::now());
+                let (slots, busy, ready) = backend.load(args.slots);
+                metrics.set_load(slots, busy, ready, backend.describe());
+            }
             _ = beat.tick() => {
                 for address in &relay_addresses {
                     let connected = jarvis_mesh::wire::peer_of(address).is_some_and(|p| swarm.is_connected(&p));
@@ -468,6 +496,7 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
 /// What serving a stream needs.
 #[derive(Clone)]
 struct Server {
+    metrics: Arc<crate::gpu_metrics::GpuMetrics>,
     backend: Backend,
     /// Slots to report where the backend does not say.
     slots: u32,
@@ -659,10 +688,7 @@ impl Server {
             }
         };
         // Fair between users: the supervisor's queue takes turns between clients.
-        let client = verified
-            .user
-            .as_ref()
-            .map_or_else(|| verified.name.to_string(), ToString::to_string);
+        let client = client_name(&verified);
         let request = Request {
             client,
             messages,
@@ -672,6 +698,8 @@ impl Server {
         let mut generation = match self.backend.submit(request).await {
             Ok(g) => g,
             Err(message) => {
+                self.metrics
+                    .answered("refused", (&client_name(&verified), &client_key(&verified)));
                 let reply = Reply::Failed {
                     kind: ErrorKind::Engine,
                     message,
@@ -680,13 +708,19 @@ impl Server {
                 return writer.close().await;
             }
         };
+        let user = (client_name(&verified), client_key(&verified));
+        let asked = std::time::Instant::now();
+        let mut first = true;
         let mut closed = [0u8; 1];
         loop {
             // Whichever comes first: the next piece of the answer, or the device closing the
             // stream (the answer is then cancelled: `generation` is dropped on return).
             let update = tokio::select! {
                 update = generation.updates.recv() => update,
-                _ = reader.read(&mut closed) => return Ok(()),
+                _ = reader.read(&mut closed) => {
+                    self.metrics.answered("cancelled", (&user.0, &user.1));
+                    return Ok(());
+                }
             };
             let reply = match update {
                 None => Reply::Failed {
@@ -694,16 +728,32 @@ impl Server {
                     message: "the engine stopped".into(),
                 },
                 Some(Update::Started { prompt_tokens }) => Reply::Started { prompt_tokens },
-                Some(Update::Token(text)) => Reply::Token { text },
-                Some(Update::Done(s)) => Reply::Done {
-                    finish_reason: s.finish_reason,
-                    prompt_tokens: s.prompt_tokens,
-                    completion_tokens: s.completion_tokens,
-                    generation_ms: s.generation.as_secs_f64() * 1_000.0,
-                    model: s.model,
-                },
+                Some(Update::Token(text)) => {
+                    if std::mem::take(&mut first) {
+                        self.metrics.first_token(asked.elapsed().as_secs_f64());
+                    }
+                    Reply::Token { text }
+                }
+                Some(Update::Done(s)) => {
+                    self.metrics.speed(s.tokens_per_second());
+                    let outcome = match s.finish_reason {
+                        jarvis_inference::protocol::FinishReason::Length => "length",
+                        _ => "done",
+                    };
+                    self.metrics.answered(outcome, (&user.0, &user.1));
+                    Reply::Done {
+                        finish_reason: s.finish_reason,
+                        prompt_tokens: s.prompt_tokens,
+                        completion_tokens: s.completion_tokens,
+                        generation_ms: s.generation.as_secs_f64() * 1_000.0,
+                        model: s.model,
+                    }
+                }
                 Some(Update::Failed { kind, message }) => Reply::Failed { kind, message },
             };
+            if matches!(reply, Reply::Failed { .. }) {
+                self.metrics.answered("failed", (&user.0, &user.1));
+            }
             let last = matches!(reply, Reply::Done { .. } | Reply::Failed { .. });
             send(&mut writer, &reply).await?;
             if last {
@@ -711,6 +761,19 @@ impl Server {
             }
         }
     }
+}
+
+fn client_name(verified: &Verified) -> String {
+    verified
+        .user
+        .as_ref()
+        .map_or_else(|| verified.name.to_string(), ToString::to_string)
+}
+
+fn client_key(verified: &Verified) -> String {
+    verified
+        .user_key
+        .map_or_else(|| verified.subject.to_string(), |k| k.to_string())
 }
 
 /// Says why a stream is not served. As an engine failure: the device then asks elsewhere.

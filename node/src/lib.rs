@@ -37,6 +37,7 @@ pub mod ask;
 pub mod conversations;
 pub mod front_end;
 pub mod gpu;
+pub mod gpu_metrics;
 pub mod handle;
 pub mod joined;
 pub mod learned_relays;

@@ -37,7 +37,7 @@ pub const NAME: &str = "llm-local";
 /// One prompt per round, each starting differently: the engine keeps what a slot has read and
 /// reuses a shared start (the reference cannot), so repeating one prompt would flatter it. The
 /// `cached` figure measures that reuse on purpose.
-const PROMPTS: &[&str] = &[
+pub(crate) const PROMPTS: &[&str] = &[
     "Write a short story about a dragon who learns to fly.",
     "Tell me a short story about a robot who paints.",
     "Describe a day in the life of a lighthouse keeper.",
@@ -50,10 +50,10 @@ const THREADS: u32 = 2;
 
 /// One measurement: time to first token (ms) and tokens per second.
 #[derive(Debug, Clone, Copy)]
-struct Run {
-    ttft_ms: f64,
-    tokens_per_s: f64,
-    tokens: u64,
+pub(crate) struct Run {
+    pub(crate) ttft_ms: f64,
+    pub(crate) tokens_per_s: f64,
+    pub(crate) tokens: u64,
 }
 
 fn direct(worker: &Path, model: &Path, prompt: &str, max_tokens: u32) -> Result<Run> {
@@ -94,6 +94,7 @@ async fn engine_run(engine: &EngineHandle, prompt: &str, max_tokens: u32) -> Res
             ..Sampling::default()
         },
         prefix: String::new(),
+        voice: false,
     };
     let mut generation = engine.submit(request).await?;
     while let Some(update) = generation.updates.recv().await {
@@ -113,15 +114,15 @@ async fn engine_run(engine: &EngineHandle, prompt: &str, max_tokens: u32) -> Res
 }
 
 /// A `jarvis up` node on a throwaway home.
-struct Node {
+pub(crate) struct Node {
     child: Child,
     _home: tempfile::TempDir,
-    api: String,
-    token: String,
+    pub(crate) api: String,
+    pub(crate) token: String,
 }
 
 impl Node {
-    fn start(jarvis: &Path) -> Result<Self> {
+    pub(crate) fn start(jarvis: &Path) -> Result<Self> {
         let home = tempfile::tempdir()?;
         let mut child = Command::new(jarvis)
             .env("JARVIS_PASSPHRASE", "bench")
@@ -165,59 +166,73 @@ impl Node {
     }
 
     async fn run(&self, client: &reqwest::Client, prompt: &str, max_tokens: u32) -> Result<Run> {
-        let body = json!({
-            "model": DEFAULT_LLM, "stream": true, "temperature": 0, "max_tokens": max_tokens,
-            "stream_options": { "include_usage": true },
-            "messages": [{ "role": "user", "content": prompt }],
-        });
-        let start = Instant::now();
-        let mut response = client
-            .post(format!("http://{}/v1/chat/completions", self.api))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?;
-        let mut first: Option<Instant> = None;
-        let mut last = start;
-        let mut tokens = 0u64;
-        let mut buffer = String::new();
-        while let Some(chunk) = response.chunk().await? {
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let event: String = buffer.drain(..end + 2).collect();
-                let Some(data) = event.trim().strip_prefix("data: ") else {
-                    continue;
-                };
-                if data == "[DONE]" {
-                    continue;
-                }
-                let v: Value = serde_json::from_str(data)?;
-                if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                    tokens = n;
-                }
-                if v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .is_some_and(|c| !c.is_empty())
-                {
-                    let now = Instant::now();
-                    first.get_or_insert(now);
-                    last = now;
-                }
+        let base = format!("http://{}", self.api);
+        stream_chat(client, &base, Some(&self.token), prompt, max_tokens).await
+    }
+}
+
+/// A streamed `/v1/chat/completions` of the default model at `base` (a node, or any
+/// OpenAI-compatible server), greedy: time to the first content chunk and tokens per second.
+pub(crate) async fn stream_chat(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    prompt: &str,
+    max_tokens: u32,
+) -> Result<Run> {
+    let body = json!({
+        "model": DEFAULT_LLM, "stream": true, "temperature": 0, "max_tokens": max_tokens,
+        "stream_options": { "include_usage": true },
+        "messages": [{ "role": "user", "content": prompt }],
+    });
+    let start = Instant::now();
+    let mut request = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let mut response = request.send().await?.error_for_status()?;
+
+    let mut first: Option<Instant> = None;
+    let mut last = start;
+    let mut tokens = 0u64;
+    let mut buffer = String::new();
+    while let Some(chunk) = response.chunk().await? {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let Some(data) = event.trim().strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(data)?;
+            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                tokens = n;
+            }
+            if v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+            {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
             }
         }
-        let first = first.context("no text came back")?;
-        let generation = last.duration_since(first).as_secs_f64();
-        Ok(Run {
-            ttft_ms: first.duration_since(start).as_secs_f64() * 1000.0,
-            tokens_per_s: if generation > 0.0 {
-                tokens.saturating_sub(1) as f64 / generation
-            } else {
-                0.0
-            },
-            tokens,
-        })
     }
+    let first = first.context("no text came back")?;
+    let generation = last.duration_since(first).as_secs_f64();
+    Ok(Run {
+        ttft_ms: first.duration_since(start).as_secs_f64() * 1000.0,
+        tokens_per_s: if generation > 0.0 {
+            tokens.saturating_sub(1) as f64 / generation
+        } else {
+            0.0
+        },
+        tokens,
+    })
 }
 
 impl Drop for Node {

@@ -10,6 +10,7 @@ mod identity_verify;
 mod iroh;
 mod llm_local;
 mod mesh_sync;
+mod offload;
 mod ramp;
 mod relay;
 mod strangers;
@@ -74,6 +75,11 @@ const BENCHES: &[Bench] = &[
         name: llm_local::NAME,
         about: "local engine (and through the HTTP API) vs llama-cpp-2 called directly: time to first token, tokens/s",
         run: llm_local::run,
+    },
+    Bench {
+        name: offload::NAME,
+        about: "an answer through a GPU peer over QUIC on loopback vs the same engine asked directly: tokens/s and the time to first token it adds, for llama.cpp's llama-server behind the peer and for the built-in engine",
+        run: offload::run,
     },
     Bench {
         name: voice::STT,

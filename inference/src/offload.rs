@@ -40,6 +40,9 @@ pub enum Ask {
         /// The answer so far, to continue (an answer resumed after another peer failed).
         #[serde(default, skip_serializing_if = "String::is_empty")]
         prefix: String,
+        /// A spoken turn: the peer queues it ahead of typed and API requests.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        voice: bool,
     },
 }
 
@@ -94,6 +97,10 @@ pub struct Load {
     pub busy: u32,
     /// Whether its engine is ready.
     pub ready: bool,
+    /// What answers there: `llama.cpp` (the built-in engine) or `openai` (a server the org
+    /// runs, such as vLLM, behind the peer). Empty from peers that do not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend: String,
 }
 
 /// Why a frame could not be read.
@@ -397,6 +404,7 @@ mod tests {
             slots,
             busy,
             ready: true,
+            backend: String::new(),
         }
     }
 
@@ -422,6 +430,7 @@ mod tests {
                 messages: vec![ChatMessage::new("user", "héllo")],
                 sampling: Sampling::default(),
                 prefix: "Par".into(),
+                voice: true,
             },
         ];
         let bytes: Vec<u8> = asks.iter().flat_map(encode).collect();

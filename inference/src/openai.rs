@@ -251,6 +251,7 @@ pub fn parse_chat(body: &[u8], models: &[String]) -> Result<ChatCompletion, ApiE
         messages,
         sampling,
         prefix: String::new(),
+        voice: false,
     };
     Ok(ChatCompletion {
         request,

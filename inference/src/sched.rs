@@ -1,4 +1,10 @@
-//! A bounded, fair queue of requests: round-robin between clients, first-come within a client.
+//! A bounded, fair queue of requests: round-robin between clients, first-come within a client,
+//! and a spoken turn ahead of typed and API requests.
+//!
+//! A voice turn has someone waiting in silence, so it is queued in an urgent class taken before
+//! every other request ([`FairQueue::push_urgent`]), round-robin between clients there too. A
+//! client cannot use that class to starve others: beyond [`URGENT_PER_CLIENT`] urgent requests
+//! waiting (more than anyone can be saying at once), its requests queue as ordinary ones.
 //!
 //! The engine generates a few requests at once (its slots); the rest wait here. A script that sends
 //! fifty requests must not push a user's one voice question behind all fifty, so the queue takes
@@ -18,9 +24,14 @@ pub enum Full {
     Client(usize),
 }
 
+/// Urgent (spoken) requests one client may have waiting; more wait as ordinary requests.
+pub const URGENT_PER_CLIENT: usize = 2;
+
 /// The queue. `K` names a client, `T` is a request.
 #[derive(Debug)]
 pub struct FairQueue<K, T> {
+    /// Clients with urgent requests waiting, in turn order: taken first.
+    urgent: VecDeque<(K, VecDeque<T>)>,
     /// Clients with waiting requests, in turn order.
     clients: VecDeque<(K, VecDeque<T>)>,
     len: usize,
@@ -32,6 +43,7 @@ impl<K: PartialEq + Clone, T> FairQueue<K, T> {
     /// A queue holding at most `capacity` requests, and at most `per_client` from one client.
     pub fn new(capacity: usize, per_client: usize) -> Self {
         Self {
+            urgent: VecDeque::new(),
             clients: VecDeque::new(),
             len: 0,
             capacity,
@@ -49,54 +61,104 @@ impl<K: PartialEq + Clone, T> FairQueue<K, T> {
         self.len == 0
     }
 
+    /// Requests `client` has waiting, of both classes.
+    fn waiting(&self, client: &K) -> usize {
+        self.urgent
+            .iter()
+            .chain(&self.clients)
+            .filter(|(k, _)| k == client)
+            .map(|(_, queue)| queue.len())
+            .sum()
+    }
+
     /// Queues `request` for `client`.
     ///
     /// # Errors
     /// [`Full`] when the queue, or this client's share of it, is full; the request is not queued.
     pub fn push(&mut self, client: K, request: T) -> Result<(), Full> {
-        if self.len >= self.capacity {
-            return Err(Full::Total(self.len));
-        }
-        if let Some((_, queue)) = self.clients.iter_mut().find(|(k, _)| *k == client) {
-            if queue.len() >= self.per_client {
-                return Err(Full::Client(queue.len()));
-            }
-            queue.push_back(request);
-        } else {
-            if self.per_client == 0 {
-                return Err(Full::Client(0));
-            }
-            self.clients.push_back((client, VecDeque::from([request])));
-        }
+        self.admit(&client)?;
+        Self::append(&mut self.clients, client, request);
         self.len += 1;
         Ok(())
     }
 
-    /// The next request: the oldest of the client whose turn it is; that client goes to the back.
+    /// Queues `request` for `client` ahead of every ordinary request (a spoken turn); as an
+    /// ordinary one if the client has [`URGENT_PER_CLIENT`] urgent ones waiting already.
+    ///
+    /// # Errors
+    /// As [`FairQueue::push`].
+    pub fn push_urgent(&mut self, client: K, request: T) -> Result<(), Full> {
+        self.admit(&client)?;
+        let urgent_waiting = self
+            .urgent
+            .iter()
+            .find(|(k, _)| *k == client)
+            .map_or(0, |(_, queue)| queue.len());
+        let class = if urgent_waiting < URGENT_PER_CLIENT {
+            &mut self.urgent
+        } else {
+            &mut self.clients
+        };
+        Self::append(class, client, request);
+        self.len += 1;
+        Ok(())
+    }
+
+    fn admit(&self, client: &K) -> Result<(), Full> {
+        if self.len >= self.capacity {
+            return Err(Full::Total(self.len));
+        }
+        let waiting = self.waiting(client);
+        if waiting >= self.per_client {
+            return Err(Full::Client(waiting));
+        }
+        Ok(())
+    }
+
+    fn append(class: &mut VecDeque<(K, VecDeque<T>)>, client: K, request: T) {
+        if let Some((_, queue)) = class.iter_mut().find(|(k, _)| *k == client) {
+            queue.push_back(request);
+        } else {
+            class.push_back((client, VecDeque::from([request])));
+        }
+    }
+
+    /// The next request: an urgent one if any waits, else an ordinary one; the oldest of the
+    /// client whose turn it is in that class, and that client goes to the back.
     pub fn pop(&mut self) -> Option<(K, T)> {
-        let (client, mut queue) = self.clients.pop_front()?;
+        let class = if self.urgent.is_empty() {
+            &mut self.clients
+        } else {
+            &mut self.urgent
+        };
+        let (client, mut queue) = class.pop_front()?;
         let request = queue.pop_front()?;
         self.len -= 1;
         if !queue.is_empty() {
-            self.clients.push_back((client.clone(), queue));
+            class.push_back((client.clone(), queue));
         }
         Some((client, request))
     }
 
     /// Takes out the first waiting request that `matches` (a cancelled one), wherever it is.
     pub fn remove(&mut self, mut matches: impl FnMut(&T) -> bool) -> Option<T> {
-        let (c, at) = self
-            .clients
-            .iter()
-            .enumerate()
-            .find_map(|(c, (_, queue))| queue.iter().position(&mut matches).map(|at| (c, at)))?;
-        let (_, queue) = self.clients.get_mut(c)?;
-        let request = queue.remove(at)?;
-        if queue.is_empty() {
-            self.clients.remove(c);
+        for class in [&mut self.urgent, &mut self.clients] {
+            let Some((c, at)) = class
+                .iter()
+                .enumerate()
+                .find_map(|(c, (_, queue))| queue.iter().position(&mut matches).map(|at| (c, at)))
+            else {
+                continue;
+            };
+            let (_, queue) = class.get_mut(c)?;
+            let request = queue.remove(at)?;
+            if queue.is_empty() {
+                class.remove(c);
+            }
+            self.len -= 1;
+            return Some(request);
         }
-        self.len -= 1;
-        Some(request)
+        None
     }
 }
 
@@ -120,6 +182,37 @@ mod tests {
         );
         assert_eq!(q.pop(), Some(("script", 1)));
         assert_eq!(q.len(), 8);
+    }
+
+    #[test]
+    fn a_spoken_turn_goes_first_but_cannot_starve_the_others() {
+        let mut q = FairQueue::new(100, 50);
+        for i in 0..5 {
+            q.push("script", i).unwrap();
+        }
+        q.push_urgent("ann", 100).unwrap();
+        q.push_urgent("bob", 200).unwrap();
+        assert_eq!(q.pop(), Some(("ann", 100)), "urgent first");
+        assert_eq!(q.pop(), Some(("bob", 200)), "round-robin among urgent");
+        assert_eq!(q.pop(), Some(("script", 0)));
+        // A client marking everything urgent gets URGENT_PER_CLIENT ahead; the rest wait their
+        // ordinary turn with everyone else.
+        for i in 0..6 {
+            q.push_urgent("greedy", 300 + i).unwrap();
+        }
+        for i in 0..URGENT_PER_CLIENT {
+            assert_eq!(q.pop(), Some(("greedy", 300 + i as i32)));
+        }
+        assert_eq!(q.pop(), Some(("script", 1)), "then ordinary turns, fairly");
+        assert_eq!(q.pop(), Some(("greedy", 302)));
+        assert_eq!(q.pop(), Some(("script", 2)));
+        // Limits count both classes; removal finds either.
+        let mut small = FairQueue::new(10, 2);
+        small.push_urgent(1, "a").unwrap();
+        small.push(1, "b").unwrap();
+        assert_eq!(small.push_urgent(1, "c"), Err(Full::Client(2)));
+        assert_eq!(small.remove(|r| *r == "a"), Some("a"));
+        assert_eq!(small.len(), 1);
     }
 
     #[test]

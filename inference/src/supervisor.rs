@@ -121,6 +121,9 @@ pub struct Request {
     pub sampling: Sampling,
     /// The answer so far, for the model to continue (empty for a new answer).
     pub prefix: String,
+    /// A spoken turn (someone waits in silence): queued ahead of typed and API requests
+    /// ([`crate::sched::FairQueue::push_urgent`]).
+    pub voice: bool,
 }
 
 /// How a finished request went.
@@ -578,7 +581,12 @@ impl Supervisor {
             updates,
             submitted: Instant::now(),
         };
-        if let Err(full) = self.queue.push(request.client, pending) {
+        let queued = if request.voice {
+            self.queue.push_urgent(request.client, pending)
+        } else {
+            self.queue.push(request.client, pending)
+        };
+        if let Err(full) = queued {
             self.metrics.outcome("refused");
             return Err(full.into());
         }

@@ -336,6 +336,7 @@ mod tests {
                 stop: vec!["\n\n".into()],
             },
             prefix: String::new(),
+            voice: false,
         };
         let fresh = chat_body(&request, "qwen");
         assert_eq!(fresh["model"], "qwen");

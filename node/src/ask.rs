@@ -162,6 +162,8 @@ impl Asking {
             messages: started.history,
             sampling: crate::answer::ask_sampling(),
             prefix: String::new(),
+            // A voice turn's question comes with the timings of its wake and speech.
+            voice: !question.timings_ms.is_empty(),
         };
         let routed = match self.offload.submit(&self.engine, request).await {
             Ok(routed) => routed,
@@ -241,6 +243,7 @@ impl Asking {
             messages: history,
             sampling: crate::answer::ask_sampling(),
             prefix: String::new(),
+            voice: !question.timings_ms.is_empty(),
         };
         let routed = self
             .offload

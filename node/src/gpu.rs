@@ -642,6 +642,10 @@ impl Server {
             slots,
             busy,
             ready,
+            backend: match self.backend {
+                Backend::Engine(_) => "llama.cpp".to_owned(),
+                Backend::Upstream(_) => "openai".to_owned(),
+            },
         }
     }
 
@@ -672,7 +676,7 @@ impl Server {
         })
         .await
         .unwrap_or_else(|_| Err((ErrorKind::Engine, "no request in time".to_owned())));
-        let (messages, sampling, prefix) = match ask {
+        let (messages, sampling, prefix, voice) = match ask {
             Ok(Ask::Load) => {
                 send(&mut writer, &Reply::Load(self.load())).await?;
                 return writer.close().await;
@@ -681,19 +685,22 @@ impl Server {
                 messages,
                 sampling,
                 prefix,
-            }) => (messages, sampling, prefix),
+                voice,
+            }) => (messages, sampling, prefix, voice),
             Err((kind, message)) => {
                 send(&mut writer, &Reply::Failed { kind, message }).await?;
                 return writer.close().await;
             }
         };
-        // Fair between users: the supervisor's queue takes turns between clients.
+        // Fair between users: the supervisor's queue takes turns between clients, a spoken
+        // turn's ahead of typed ones (a few per user at most).
         let client = client_name(&verified);
         let request = Request {
             client,
             messages,
             sampling,
             prefix,
+            voice,
         };
         let mut generation = match self.backend.submit(request).await {
             Ok(g) => g,

@@ -60,6 +60,7 @@ pub async fn ask_offline(
         messages: history,
         sampling: crate::answer::ask_sampling(),
         prefix: String::new(),
+        voice: false,
     };
     let generation = engine.submit(request).await?;
     let (pieces, mut printer) = tokio::sync::mpsc::channel::<String>(256);

@@ -245,6 +245,7 @@ impl Offload {
                     "peer_id": id.to_string(),
                     "name": p.name,
                     "model": load.map(|l| l.model.clone()),
+                    "backend": load.map(|l| l.backend.clone()).filter(|b| !b.is_empty()),
                     "ready": load.is_some_and(|l| l.ready),
                     "slots": load.map(|l| l.slots),
                     "busy": load.map(|l| l.busy),
@@ -552,6 +553,7 @@ impl Offload {
                 messages: request.messages.clone(),
                 sampling: request.sampling.clone(),
                 prefix: request.prefix.clone(),
+                voice: request.voice,
             };
             // A peer that does not read its request is given up on like a silent one.
             let send = async {

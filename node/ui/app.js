@@ -441,7 +441,8 @@ function renderGpus(offload) {
   const peers = offload.gpu_peers || [];
   $('gpu-list').replaceChildren(...peers.map((g) => el('tr', { 'data-id': g.peer_id },
     el('td', { text: g.name || g.peer_id.slice(0, 12) + '…', title: g.peer_id }),
-    el('td', { text: g.model || '—' }),
+    el('td', { text: g.model || '—', title: g.backend === 'openai' ? 'served by an OpenAI-compatible server behind the peer' : g.backend === 'llama.cpp' ? 'served by the peer\'s built-in llama.cpp' : '' },
+      g.backend ? el('div', { class: 'small muted', text: g.backend === 'openai' ? 'OpenAI-compatible server' : 'built-in llama.cpp' }) : ''),
     el('td', { text: g.slots ? `${g.busy} busy of ${g.slots}` : '—' }),
     el('td', { text: g.expected_ms != null ? `${(g.expected_ms / 1000).toFixed(1)} s` : '—' }),
     el('td', { text: `${g.answers}${g.failures ? ` (${g.failures} failed)` : ''}` }),

@@ -75,6 +75,10 @@ pub enum Command {
         /// Continue this conversation (an id from `jarvis conversations`).
         #[arg(long, value_name = "ID")]
         conversation: Option<String>,
+        /// Answer with this model of the org's GPU peers (`jarvis status` lists them), as your
+        /// setting for where answers are made allows.
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
     },
 
     /// Run the voice pipeline on a recording instead of the microphone: wake word, transcript,

@@ -142,7 +142,13 @@ pub fn status(home: &Home, out: Output) -> Result<()> {
 
 /// `jarvis ask`: through the running node (streaming its answer), or, with no node running, with
 /// the model run here and the exchange written to the store for the node to sync later.
-pub fn ask(home: &Home, out: Output, text: &str, conversation: Option<String>) -> Result<()> {
+pub fn ask(
+    home: &Home,
+    out: Output,
+    text: &str,
+    conversation: Option<String>,
+    model: Option<&str>,
+) -> Result<()> {
     let print = |piece: &str| print_piece(out, piece);
     let answer = match running(home)? {
         Some(client) => {
@@ -150,6 +156,7 @@ pub fn ask(home: &Home, out: Output, text: &str, conversation: Option<String>) -
                 &client,
                 text,
                 conversation,
+                model,
                 Default::default(),
                 print,
             ))?;
@@ -167,6 +174,11 @@ pub fn ask(home: &Home, out: Output, text: &str, conversation: Option<String>) -
             answer
         }
         None => {
+            if let Some(model) = model {
+                anyhow::bail!(
+                    "`--model {model}` asks the org's GPU peers, through the running node: start it with `jarvis up`"
+                );
+            }
             let answer = block_on(ask_offline(
                 home,
                 None,

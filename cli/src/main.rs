@@ -85,7 +85,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Ask { text, conversation } => client::ask(&home, out, &text, conversation),
+        Command::Ask {
+            text,
+            conversation,
+            model,
+        } => client::ask(&home, out, &text, conversation, model.as_deref()),
         Command::Listen(args) => listen::run(&home, out, args),
         Command::Conversations => client::conversations(&home, out),
         Command::Show { id } => client::show(&home, out, &id),

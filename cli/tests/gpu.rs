@@ -645,6 +645,31 @@ fn an_openai_client_is_answered_by_the_gpu_peers_model_and_sees_one_answer_when_
     let _device = device_up(&laptop, &gpu_addr, None);
     wait_ready(&laptop, &gpu_id);
     set_policy(&laptop, "auto");
+    // `jarvis ask --model`: the GPU peer's model, though the laptop has its own.
+    let asked = ok(
+        &laptop,
+        &[
+            "ask",
+            "What is the capital of France?",
+            "--model",
+            "smollm2-on-gpu",
+        ],
+    );
+    assert_eq!(asked["where"], gpu_id.as_str(), "{asked}");
+    assert_eq!(asked["model"], "smollm2-on-gpu", "{asked}");
+    let out = jarvis(&laptop)
+        .args(["ask", "Hello", "--model", "no-such-model", "--json"])
+        .output()
+        .unwrap();
+    let refused: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success(), "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("no GPU peer serves `no-such-model`"),
+        "{refused}"
+    );
     let (addr, token) = api(&laptop);
     let script = r#"
 import json, os, signal, sys

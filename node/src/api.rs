@@ -244,6 +244,9 @@ struct AskRequest {
     /// closing the stream first (or not confirming within [`crate::ask::HOLD_FOR`]) drops both.
     #[serde(default)]
     hold: bool,
+    /// A model of the org's GPU peers to answer with (`GET /v1/models` lists them).
+    #[serde(default)]
+    model: Option<String>,
 }
 
 /// `POST /v1/ask/confirm`: keep a held answer.
@@ -318,6 +321,7 @@ async fn ask(
         text: body.text,
         conversation,
         timings_ms: body.timings_ms,
+        model: body.model,
     };
     if body.hold {
         if !body.stream {

@@ -44,6 +44,9 @@ pub struct Question {
     /// Timings of what came before the question (a voice turn's wake, end of speech and
     /// transcript), stored with the answer's own.
     pub timings_ms: BTreeMap<String, u64>,
+    /// A model of the org's GPU peers to answer with (the question is then theirs to answer,
+    /// as the user's setting allows); none: wherever the setting says, with the local model.
+    pub model: Option<String>,
 }
 
 /// What an answer says as it goes.
@@ -165,7 +168,11 @@ impl Asking {
             // A voice turn's question comes with the timings of its wake and speech.
             voice: !question.timings_ms.is_empty(),
         };
-        let routed = match self.offload.submit(&self.engine, request).await {
+        let pinned = question
+            .model
+            .clone()
+            .filter(|m| m != self.engine.model_name());
+        let routed = match self.offload.submit_for(&self.engine, request, pinned).await {
             Ok(routed) => routed,
             Err(e) => {
                 let _ = self
@@ -243,7 +250,8 @@ impl Asking {
             messages: history,
             sampling: crate::answer::ask_sampling(),
             prefix: String::new(),
-            voice: !question.timings_ms.is_empty(),
+            // Held answers are the voice loop's: spoken while the user is still talking.
+            voice: true,
         };
         let routed = self
             .offload

@@ -31,13 +31,14 @@ impl NodeHandle {
     ) -> Result<Value> {
         match self {
             Self::Http(client) => {
-                crate::remote::ask_node(client, text, conversation, timings, on_piece).await
+                crate::remote::ask_node(client, text, conversation, None, timings, on_piece).await
             }
             Self::InProcess(asking) => {
                 let question = Question {
                     text: text.to_owned(),
                     conversation: parse(conversation)?,
                     timings_ms: timings,
+                    model: None,
                 };
                 match asking.ask(question, true).await? {
                     Answer::Streaming { events, .. } => finish(events, on_piece).await,
@@ -67,6 +68,7 @@ impl NodeHandle {
                     text: text.to_owned(),
                     conversation: parse(conversation)?,
                     timings_ms: BTreeMap::new(),
+                    model: None,
                 };
                 let (id, events) = asking.ask_held(question).await?;
                 let _ = ticket.send(id);

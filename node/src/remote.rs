@@ -12,15 +12,20 @@ use serde_json::{Value, json};
 use crate::local_api::Client;
 
 /// Asks the running node, streaming: each piece of the answer goes to `on_piece` as it comes.
-/// `timings` (a voice turn's, from before the question) are stored with the answer.
+/// `timings` (a voice turn's, from before the question) are stored with the answer; `model`
+/// names a model of the org's GPU peers to answer with.
 pub async fn ask_node(
     client: &Client,
     text: &str,
     conversation: Option<String>,
+    model: Option<&str>,
     timings: BTreeMap<String, u64>,
     on_piece: impl FnMut(&str),
 ) -> Result<Value> {
-    let body = json!({ "text": text, "conversation": conversation, "stream": true, "timings_ms": timings });
+    let mut body = json!({ "text": text, "conversation": conversation, "stream": true, "timings_ms": timings });
+    if let (Some(model), Some(fields)) = (model, body.as_object_mut()) {
+        fields.insert("model".into(), model.into());
+    }
     stream_answer(client, &body, None, on_piece).await
 }
 

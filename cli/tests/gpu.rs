@@ -739,3 +739,207 @@ print(json.dumps(out))
     // The peer still lists its model until its backend is seen gone: either way, not served.
     assert!(status == 503 || status == 404, "{status} {body}");
 }
+
+/// A small stand-in for vLLM (its `/v1/models`, its `vllm:` gauges at `/metrics`, no `/slots`,
+/// and a streamed chat completion of numbered words, one every 30 ms), recording each chat
+/// request's body: for what only vLLM-flavoured servers do (its metric names, continuing a
+/// final assistant message), beside the real llama-server above.
+struct FakeVllm {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+fn fake_vllm(model: &'static str) -> FakeVllm {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = std::sync::Arc::clone(&bodies);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let recorded = std::sync::Arc::clone(&recorded);
+            std::thread::spawn(move || fake_vllm_serve(stream, model, &recorded));
+        }
+    });
+    FakeVllm { url, bodies }
+}
+
+fn fake_vllm_serve(
+    stream: std::net::TcpStream,
+    model: &str,
+    recorded: &std::sync::Mutex<Vec<Value>>,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    let _ = reader.read_exact(&mut body);
+    let mut out = stream;
+    let reply = |out: &mut std::net::TcpStream, status: &str, kind: &str, body: &str| {
+        let _ = write!(
+            out,
+            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    let path = request_line.split(' ').nth(1).unwrap_or("");
+    match path {
+        "/v1/models" => reply(
+            &mut out,
+            "200 OK",
+            "application/json",
+            &json!({ "object": "list", "data": [{ "id": model, "object": "model" }] }).to_string(),
+        ),
+        "/metrics" => reply(
+            &mut out,
+            "200 OK",
+            "text/plain",
+            "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"m\"} 3.0\nvllm:num_requests_waiting{model_name=\"m\"} 4.0\n",
+        ),
+        "/v1/chat/completions" => {
+            recorded
+                .lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+            );
+            let chunk = |delta: Value, finish: Value| {
+                format!(
+                    "data: {}\n\n",
+                    json!({ "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
+                )
+            };
+            let _ = out.write_all(chunk(json!({ "role": "assistant" }), Value::Null).as_bytes());
+            for i in 0..20 {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                let word = chunk(json!({ "content": format!(" w{i}") }), Value::Null);
+                if out.write_all(word.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            let _ = out.write_all(chunk(json!({}), json!("stop")).as_bytes());
+            let usage =
+                json!({ "choices": [], "usage": { "prompt_tokens": 11, "completion_tokens": 20 } });
+            let _ = write!(out, "data: {usage}\n\ndata: [DONE]\n\n");
+        }
+        _ => reply(&mut out, "404 Not Found", "text/plain", "not found"),
+    }
+}
+
+/// Two GPU peers serving one model: one fronts llama-server, the other a vLLM-like server whose
+/// metrics say it is busy. The device goes to the idle one; when llama-server dies mid-answer
+/// the answer moves to the vLLM-like one, which is asked to continue the final assistant message
+/// (vLLM's `continue_final_message`), and the client reads one answer.
+#[test]
+fn an_answer_moves_to_a_vllm_backed_peer_that_continues_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = Org::new(dir.path(), "acme");
+    let (home_a, home_b) = (acme.gpu(dir.path(), "gpu-a"), acme.gpu(dir.path(), "gpu-b"));
+    let laptop = acme.device(dir.path(), "ann", "laptop");
+    let mut server = llama_server();
+    let vllm = fake_vllm("smollm2-135m-instruct");
+    let (_a, id_a, addr_a) = gpu_up_fronting(&home_a, &server, &[]);
+    let backend_b = format!("openai={}/v1", vllm.url);
+    let (b, id_b, addr_b) = common::gpu_up(jarvis(&home_b).args([
+        "gpu",
+        "up",
+        "--json",
+        "--no-mdns",
+        "--backend",
+        &backend_b,
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ]));
+    let _b = Running(b);
+    let mut cmd = jarvis(&laptop);
+    cmd.env("JARVIS_MODELS", NO_MODELS).args([
+        "up",
+        "--json",
+        "--no-voice",
+        "--no-mdns",
+        "--api",
+        "127.0.0.1:0",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--peer",
+        &addr_a,
+        "--peer",
+        &addr_b,
+    ]);
+    let (child, _, _) = common::spawn_up(cmd.stderr(Stdio::null()));
+    let _device = Running(child);
+    wait_ready(&laptop, &id_a);
+    wait_ready(&laptop, &id_b);
+    // The vLLM-like peer's load is what its server's gauges say: 3 running and 4 waiting.
+    let busy = gpu_peer(&laptop, &id_b).unwrap();
+    assert_eq!(busy["busy"], 7, "{busy}");
+    assert_eq!(busy["backend"], "openai", "{busy}");
+    set_policy(&laptop, "gpu");
+
+    let (status, mut reader) = send(
+        &laptop,
+        "POST",
+        "/v1/ask",
+        &json!({ "text": "Write a very long story about a dragon who learns to fly.", "stream": true }),
+    );
+    assert_eq!(status, 200);
+    let mut received = String::new();
+    let mut done = None;
+    let mut killed = false;
+    for (event, data) in sse_events(&mut reader) {
+        match event.as_str() {
+            "token" => {
+                received.push_str(data["text"].as_str().unwrap());
+                if !killed && received.len() > 10 {
+                    server.process.kill_now();
+                    killed = true;
+                }
+            }
+            "done" => {
+                done = Some(data);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let done = done.expect("the answer ends");
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(
+        done["where"],
+        id_b.as_str(),
+        "finished on the other peer: {done}"
+    );
+    let answer = done["answer"].as_str().unwrap();
+    assert_eq!(answer, received, "one answer");
+    assert!(
+        answer.ends_with(" w19"),
+        "the vLLM-like server wrote the rest: {answer}"
+    );
+    // What the vLLM-like server was asked: to continue the answer so far.
+    let bodies = vllm.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let body = &bodies[0];
+    assert_eq!(body["continue_final_message"], true, "{body}");
+    assert_eq!(body["add_generation_prompt"], false, "{body}");
+    let last = body["messages"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["role"], "assistant", "{body}");
+    let prefix = last["content"].as_str().unwrap();
+    assert!(
+        !prefix.is_empty() && answer.starts_with(prefix.trim_end()),
+        "{body}"
+    );
+}

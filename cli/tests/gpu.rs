@@ -285,6 +285,45 @@ fn sse_events(
     })
 }
 
+/// Asks `home`'s node for a long story, streamed, and calls `kill` once a few characters have
+/// arrived; returns what the client received in all, what it had when `kill` was called, and
+/// the `done` event.
+fn interrupted_answer(home: &Path, kill: impl FnOnce()) -> (String, String, Value) {
+    let question = json!({ "text": "Write a very long story about a dragon who learns to fly.", "stream": true });
+    let (status, mut reader) = send(home, "POST", "/v1/ask", &question);
+    assert_eq!(status, 200);
+    let mut received = String::new();
+    let mut kill = Some(kill);
+    let mut at_kill = None;
+    for (event, data) in sse_events(&mut reader) {
+        match event.as_str() {
+            "token" => {
+                received.push_str(data["text"].as_str().unwrap());
+                if received.len() > 10
+                    && let Some(kill) = kill.take()
+                {
+                    kill();
+                    at_kill = Some(received.clone());
+                }
+            }
+            "done" => {
+                let at_kill = at_kill.expect("the answer was long enough to interrupt");
+                return (received, at_kill, data);
+            }
+            _ => {}
+        }
+    }
+    panic!("the answer did not end: {received:?}");
+}
+
+/// The `done` event of an answer `peer` failed mid-way and this device finished.
+fn assert_finished_here(done: &Value, peer: &str) {
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["where"], "local", "finished here: {done}");
+    assert_eq!(done["offload"]["peer_id"], peer, "{done}");
+    assert!(done["offload"]["failed"].is_string(), "{done}");
+}
+
 #[test]
 fn the_policy_decides_where_and_a_gpu_peer_that_dies_mid_answer_hands_it_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -309,38 +348,8 @@ fn the_policy_decides_where_and_a_gpu_peer_that_dies_mid_answer_hands_it_back() 
 
     // Offloaded, streamed: the GPU peer is killed after the first pieces arrive.
     set_policy(&laptop, "gpu");
-    let (status, mut reader) = send(
-        &laptop,
-        "POST",
-        "/v1/ask",
-        &json!({ "text": "Write a long story about a dragon who learns to fly.", "stream": true }),
-    );
-    assert_eq!(status, 200);
-    let mut received = String::new();
-    let mut at_kill = None;
-    let mut done = None;
-    for (event, data) in sse_events(&mut reader) {
-        match event.as_str() {
-            "token" => {
-                received.push_str(data["text"].as_str().unwrap());
-                if at_kill.is_none() && received.len() > 10 {
-                    gpu.kill_now();
-                    at_kill = Some(received.clone());
-                }
-            }
-            "done" => {
-                done = Some(data);
-                break;
-            }
-            _ => {}
-        }
-    }
-    let done = done.expect("the answer ends");
-    let at_kill = at_kill.expect("the answer was long enough to interrupt");
-    assert_eq!(done["status"], "done", "{done}");
-    assert_eq!(done["where"], "local", "finished here: {done}");
-    assert_eq!(done["offload"]["peer_id"], gpu_id.as_str(), "{done}");
-    assert!(done["offload"]["failed"].is_string(), "{done}");
+    let (received, at_kill, done) = interrupted_answer(&laptop, || gpu.kill_now());
+    assert_finished_here(&done, &gpu_id);
     let answer = done["answer"].as_str().unwrap();
     eprintln!("received before the kill: {at_kill:?}\nthe whole answer: {answer:?}");
     assert_eq!(answer, received, "the client saw the whole answer");
@@ -591,33 +600,8 @@ fn a_gpu_peer_fronting_llama_server_answers_cancels_and_hands_back() {
     // The server dies mid-answer: the device (with the model, this time) finishes it.
     let _device = device_up(&laptop, &gpu_addr, None);
     wait_ready(&laptop, &gpu_id);
-    let (status, mut reader) = send(&laptop, "POST", "/v1/ask", &long);
-    assert_eq!(status, 200);
-    let mut received = String::new();
-    let mut at_kill = None;
-    let mut done = None;
-    for (event, data) in sse_events(&mut reader) {
-        match event.as_str() {
-            "token" => {
-                received.push_str(data["text"].as_str().unwrap());
-                if at_kill.is_none() && received.len() > 10 {
-                    server.process.kill_now();
-                    at_kill = Some(received.clone());
-                }
-            }
-            "done" => {
-                done = Some(data);
-                break;
-            }
-            _ => {}
-        }
-    }
-    let done = done.expect("the answer ends");
-    let at_kill = at_kill.expect("the answer was long enough to interrupt");
-    assert_eq!(done["status"], "done", "{done}");
-    assert_eq!(done["where"], "local", "finished here: {done}");
-    assert_eq!(done["offload"]["peer_id"], gpu_id.as_str(), "{done}");
-    assert!(done["offload"]["failed"].is_string(), "{done}");
+    let (received, at_kill, done) = interrupted_answer(&laptop, || server.process.kill_now());
+    assert_finished_here(&done, &gpu_id);
     let answer = done["answer"].as_str().unwrap();
     assert_eq!(answer, received, "the client saw one answer");
     assert!(answer.starts_with(&at_kill), "{answer}");
@@ -890,33 +874,7 @@ fn an_answer_moves_to_a_vllm_backed_peer_that_continues_it() {
     assert_eq!(busy["backend"], "openai", "{busy}");
     set_policy(&laptop, "gpu");
 
-    let (status, mut reader) = send(
-        &laptop,
-        "POST",
-        "/v1/ask",
-        &json!({ "text": "Write a very long story about a dragon who learns to fly.", "stream": true }),
-    );
-    assert_eq!(status, 200);
-    let mut received = String::new();
-    let mut done = None;
-    let mut killed = false;
-    for (event, data) in sse_events(&mut reader) {
-        match event.as_str() {
-            "token" => {
-                received.push_str(data["text"].as_str().unwrap());
-                if !killed && received.len() > 10 {
-                    server.process.kill_now();
-                    killed = true;
-                }
-            }
-            "done" => {
-                done = Some(data);
-                break;
-            }
-            _ => {}
-        }
-    }
-    let done = done.expect("the answer ends");
+    let (received, _, done) = interrupted_answer(&laptop, || server.process.kill_now());
     assert_eq!(done["status"], "done", "{done}");
     assert_eq!(
         done["where"],

@@ -327,9 +327,11 @@ pub struct GpuUpArgs {
     /// model cache).
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    /// Requests generated at once (continuous batching); more wait in a fair queue per user.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub slots: u32,
+    /// Requests generated at once (continuous batching; default 4); more wait in a fair queue per
+    /// user, spoken turns first. With --backend: answers sent to the server at once (default:
+    /// its own slot count where it says, else 64).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub slots: Option<u32>,
     /// Addresses to listen on (default: QUIC and TCP on every interface, port 4011).
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<libp2p::Multiaddr>,
@@ -441,6 +443,7 @@ impl TryFrom<GpuUpArgs> for jarvis_node::gpu::GpuConfig {
                     url: url.to_owned(),
                     key,
                     model: args.backend_model.clone(),
+                    slots: args.slots,
                 })
             }
         };

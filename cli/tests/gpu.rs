@@ -535,6 +535,8 @@ fn a_gpu_peer_fronting_llama_server_answers_cancels_and_hands_back() {
     let peer = gpu_peer(&laptop, &gpu_id).unwrap();
     assert_eq!(peer["model"], "smollm2-135m-instruct", "{peer}");
     assert_eq!(peer["slots"], 2, "the server's own slots: {peer}");
+    // The model's size, as llama-server says it (the `auto` policy compares it with the device's).
+    assert!(peer["model_bytes"].as_u64().unwrap() > 50_000_000, "{peer}");
     set_policy(&laptop, "gpu");
     let asked = common::json_ok(
         {
@@ -900,4 +902,77 @@ fn an_answer_moves_to_a_vllm_backed_peer_that_continues_it() {
         !prefix.is_empty() && answer.starts_with(prefix.trim_end()),
         "{body}"
     );
+}
+
+/// Behind a third-party server, answers beyond those sent to it at once (`--slots 1`) wait at
+/// the GPU peer, and a spoken turn goes before typed questions that came earlier.
+#[test]
+fn a_spoken_turn_overtakes_typed_ones_waiting_for_a_busy_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = Org::new(dir.path(), "acme");
+    let gpu_home = acme.gpu(dir.path(), "gpu-box");
+    let laptop = acme.device(dir.path(), "ann", "laptop");
+    let vllm = fake_vllm("smollm2-135m-instruct");
+    let backend = format!("openai={}/v1", vllm.url);
+    let (gpu, gpu_id, gpu_addr) = common::gpu_up(jarvis(&gpu_home).args([
+        "gpu",
+        "up",
+        "--json",
+        "--no-mdns",
+        "--backend",
+        &backend,
+        "--slots",
+        "1",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ]));
+    let _gpu = Running(gpu);
+    let _device = device_up(&laptop, &gpu_addr, Some(NO_MODELS));
+    wait_ready(&laptop, &gpu_id);
+    set_policy(&laptop, "gpu");
+    let asked = |text: &'static str, spoken: bool| {
+        let laptop = laptop.clone();
+        std::thread::spawn(move || {
+            let timings = if spoken {
+                json!({ "wake_ms": 3 })
+            } else {
+                json!({})
+            };
+            let (status, mut reader) = send(
+                &laptop,
+                "POST",
+                "/v1/ask",
+                &json!({ "text": text, "timings_ms": timings }),
+            );
+            let mut body = String::new();
+            reader.read_to_string(&mut body).unwrap();
+            assert_eq!(status, 200, "{body}");
+        })
+    };
+    let asked_of = |i: usize| -> String {
+        let bodies = vllm.bodies.lock().unwrap();
+        bodies[i]["messages"].as_array().unwrap().last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = asked("The first typed question", false);
+    wait_for("the first question at the server", || {
+        (vllm.bodies.lock().unwrap().len() == 1).then_some(())
+    });
+    // While it is answered (about 600 ms), a second typed question, then a spoken one.
+    let second = asked("The second typed question", false);
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let spoken = asked("The spoken question", true);
+    for question in [first, second, spoken] {
+        question.join().unwrap();
+    }
+    assert_eq!(vllm.bodies.lock().unwrap().len(), 3);
+    let order: Vec<String> = (0..3).map(asked_of).collect();
+    assert!(order[0].contains("first typed"), "{order:?}");
+    assert!(
+        order[1].contains("spoken"),
+        "the spoken turn went first: {order:?}"
+    );
+    assert!(order[2].contains("second typed"), "{order:?}");
 }

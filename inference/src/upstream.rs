@@ -1,8 +1,9 @@
 //! An OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp's `llama-server`, Ollama) as a GPU
 //! peer's engine (`jarvis gpu up --backend openai=URL`), sans-IO: the request body it is sent,
-//! its streamed answer (server-sent events of chat-completion chunks) read into the engine's
-//! [`Update`]s, and its load read from what it publishes (Prometheus metrics or `llama-server`'s
-//! `/slots`). The shell that does the HTTP is `node/src/upstream.rs`; the fuzzer drives this.
+//! its streamed answer (server-sent events of chat-completion chunks) read into [`Event`]s (which
+//! the shell turns into the engine's updates), and its load read from what it publishes
+//! (Prometheus metrics or `llama-server`'s `/slots`). The shell that does the HTTP is
+//! `node/src/upstream.rs`; the fuzzer drives this.
 //!
 //! Everything the server sends is bounded before it is read: an event line longer than
 //! [`MAX_EVENT_BYTES`], or a metrics or slots document longer than [`MAX_LOAD_BYTES`], is an
@@ -288,8 +289,17 @@ pub fn parse_slots(body: &[u8]) -> Option<Busy> {
     })
 }
 
-/// The model ids of a `/v1/models` answer (at most 64, each at most 256 bytes).
-pub fn parse_models(body: &[u8]) -> Option<Vec<String>> {
+/// A model a `/v1/models` answer lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: String,
+    /// Its size in bytes, where the server says (`llama-server`'s `meta.size`): how the
+    /// devices' `auto` policy compares it with their own model.
+    pub bytes: Option<u64>,
+}
+
+/// The models of a `/v1/models` answer (at most 64, each id at most 256 bytes).
+pub fn parse_models(body: &[u8]) -> Option<Vec<Listed>> {
     #[derive(serde::Deserialize)]
     struct Models {
         data: Vec<Model>,
@@ -297,6 +307,13 @@ pub fn parse_models(body: &[u8]) -> Option<Vec<String>> {
     #[derive(serde::Deserialize)]
     struct Model {
         id: String,
+        #[serde(default)]
+        meta: Option<Meta>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(default)]
+        size: Option<u64>,
     }
     if body.len() > MAX_LOAD_BYTES {
         return None;
@@ -306,9 +323,12 @@ pub fn parse_models(body: &[u8]) -> Option<Vec<String>> {
         models
             .data
             .into_iter()
-            .map(|m| m.id)
-            .filter(|id| !id.is_empty() && id.len() <= 256)
+            .filter(|m| !m.id.is_empty() && m.id.len() <= 256)
             .take(64)
+            .map(|m| Listed {
+                id: m.id,
+                bytes: m.meta.and_then(|meta| meta.size),
+            })
             .collect(),
     )
 }
@@ -444,7 +464,13 @@ mod tests {
         assert_eq!(parse_slots(b"{\"error\":1}"), None);
         assert_eq!(
             parse_models(br#"{"object":"list","data":[{"id":"qwen"},{"id":""}]}"#),
-            Some(vec!["qwen".to_owned()])
+            Some(vec![Listed {
+                id: "qwen".to_owned(),
+                bytes: None
+            }])
         );
+        // llama-server says how large its model is.
+        let llama = br#"{"object":"list","data":[{"id":"a","owned_by":"llamacpp","meta":{"n_params":134515008,"size":96576768}}]}"#;
+        assert_eq!(parse_models(llama).unwrap()[0].bytes, Some(96_576_768));
     }
 }

@@ -47,6 +47,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one write may wait for a device that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The built-in engine's requests generated at once, unless `--slots` says.
+const DEFAULT_SLOTS: u32 = 4;
+
 /// The peers whose chains verified, with what they are.
 type Gate = Arc<Mutex<HashMap<PeerId, Verified>>>;
 
@@ -60,8 +63,9 @@ fn gate_lock(gate: &Gate) -> std::sync::MutexGuard<'_, HashMap<PeerId, Verified>
 pub struct GpuConfig {
     /// The GGUF model to serve (default: `JARVIS_MODEL` or the catalog's default).
     pub model: Option<std::path::PathBuf>,
-    /// Requests generated at once (continuous batching).
-    pub slots: u32,
+    /// Requests generated at once (continuous batching; the built-in engine's default 4; with a
+    /// backend, answers sent to it at once).
+    pub slots: Option<u32>,
     /// Addresses to listen on (empty: QUIC and TCP on every interface, port 4011).
     pub listen: Vec<Multiaddr>,
     /// Do not announce this peer with mDNS.
@@ -105,7 +109,7 @@ impl Backend {
             }
             Self::Upstream(upstream) => json!({
                 "name": upstream.model(),
-                "state": if upstream.load(0).2 { "ready" } else { "unavailable" },
+                "state": if upstream.load(upstream.concurrency()).2 { "ready" } else { "unavailable" },
                 "backend": "openai",
                 "url": upstream.url(),
             }),
@@ -113,13 +117,14 @@ impl Backend {
     }
 
     /// (slots, busy, ready).
-    fn load(&self, slots: u32) -> (u32, u32, bool) {
+    fn load(&self) -> (u32, u32, bool) {
         match self {
             Self::Engine(engine) => match engine.state() {
                 EngineState::Ready { slots, .. } => (slots, engine.busy(), true),
                 _ => (0, engine.busy(), false),
             },
-            Self::Upstream(upstream) => upstream.load(slots),
+            // Where the server does not say how many it runs: as many as are sent to it.
+            Self::Upstream(upstream) => upstream.load(upstream.concurrency()),
         }
     }
 
@@ -178,13 +183,14 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
         Some(config) => {
             let upstream = crate::upstream::Upstream::connect(config).await?;
             tokio::spawn(Arc::clone(&upstream).watch_load());
-            (Backend::Upstream(upstream), 0)
+            let bytes = upstream.model_bytes();
+            (Backend::Upstream(upstream), bytes)
         }
         None => {
             let engine = crate::llm::start_gpu_engine(
                 engine_metrics.clone(),
                 args.model.clone(),
-                Some(args.slots),
+                Some(args.slots.unwrap_or(DEFAULT_SLOTS).min(64)),
                 args.ctx,
                 args.gpu_layers,
             );
@@ -244,8 +250,8 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
         matches!(backend, Backend::Engine(_)).then_some(&engine_metrics),
         args.metrics_user_names,
     ));
-    let (slots, busy, ready) = backend.load(args.slots);
-    metrics.set_load(slots, busy, ready, backend.describe());
+    let (reported, busy, ready) = backend.load();
+    metrics.set_load(reported, busy, ready, backend.describe());
     let metrics_address = match args.metrics {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
@@ -260,7 +266,6 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
     let server = Server {
         metrics: Arc::clone(&metrics),
         backend: backend.clone(),
-        slots: args.slots,
         gate: gate.clone(),
         model_bytes,
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
@@ -285,6 +290,10 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
         Backend::Upstream(upstream) => format!("{} (OpenAI-compatible)", upstream.url()),
     };
     tracing::info!(%peer_id, org = %org.name, name = %verified.name, "GPU peer up");
+    let at_once = match &backend {
+        Backend::Engine(_) => args.slots.unwrap_or(DEFAULT_SLOTS).min(64),
+        Backend::Upstream(upstream) => upstream.concurrency(),
+    };
     out.emit(
         &json!({
             "event": "up",
@@ -292,7 +301,7 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
             "org_id": org.root.to_string(),
             "name": verified.name.as_str(),
             "model": backend.describe(),
-            "slots": backend.load(args.slots).0,
+            "slots": at_once,
             "metrics": metrics_address,
         }),
         || {
@@ -302,7 +311,7 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
                 org.name,
                 org.root,
                 backend.model_name(),
-                backend.load(args.slots).0,
+                at_once,
             )
         },
     );
@@ -336,8 +345,8 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
             Some((peer, stream)) = incoming.next() => server.accept(peer, stream),
             _ = tick.tick() => {
                 admission.handle_timeout(std::time::Instant::now());
-                let (slots, busy, ready) = backend.load(args.slots);
-                metrics.set_load(slots, busy, ready, backend.describe());
+                let (reported, busy, ready) = backend.load();
+                metrics.set_load(reported, busy, ready, backend.describe());
             }
             _ = beat.tick() => {
                 for address in &relay_addresses {
@@ -498,8 +507,6 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
 struct Server {
     metrics: Arc<crate::gpu_metrics::GpuMetrics>,
     backend: Backend,
-    /// Slots to report where the backend does not say.
-    slots: u32,
     gate: Gate,
     model_bytes: u64,
     streams: Arc<Semaphore>,
@@ -635,7 +642,7 @@ impl Server {
     }
 
     fn load(&self) -> Load {
-        let (slots, busy, ready) = self.backend.load(self.slots);
+        let (slots, busy, ready) = self.backend.load();
         Load {
             model: self.backend.model_name(),
             model_bytes: self.model_bytes,

@@ -246,6 +246,7 @@ impl Offload {
                     "name": p.name,
                     "model": load.map(|l| l.model.clone()),
                     "backend": load.map(|l| l.backend.clone()).filter(|b| !b.is_empty()),
+                    "model_bytes": load.map(|l| l.model_bytes),
                     "ready": load.is_some_and(|l| l.ready),
                     "slots": load.map(|l| l.slots),
                     "busy": load.map(|l| l.busy),

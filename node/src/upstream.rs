@@ -10,6 +10,10 @@
 //! - Its load, for the devices' choice of peer, is read every [`LOAD_EVERY`] from
 //!   llama-server's `/slots`, else the server's Prometheus `/metrics` (vLLM, llama-server with
 //!   `--metrics`, SGLang, TGI), else it is this peer's own count of answers in flight.
+//! - At most `limit` answers are sent to the server at once (`--slots`; else llama-server's own
+//!   slot count from `/slots`; else [`DEFAULT_CONCURRENCY`]); the rest wait here in the same fair
+//!   queue as the built-in engine's ([`jarvis_inference::sched::FairQueue`]): users take turns and
+//!   a spoken turn goes first. A waiting answer whose device goes away leaves the queue.
 //! - The API key (`--backend-key-file`) is sent as a bearer token and never logged.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use jarvis_inference::protocol::{ErrorKind, FinishReason};
+use jarvis_inference::sched::FairQueue;
 use jarvis_inference::supervisor::{Generation, Request, Summary, Update};
 use jarvis_inference::upstream::{self, Busy, Event, Events, Flavor};
 use tokio::sync::mpsc;
@@ -31,6 +36,12 @@ const IDLE: Duration = Duration::from_secs(120);
 const CONNECT: Duration = Duration::from_secs(5);
 /// How much of an error answer is read.
 const MAX_ERROR_BYTES: usize = 16 * 1024;
+/// Answers sent to a server at once when neither the operator nor the server says how many it
+/// runs (a vLLM-class server batches far more than this; `--slots` raises it).
+pub const DEFAULT_CONCURRENCY: u32 = 64;
+/// Answers that may wait here in all, and per user.
+const QUEUE: usize = 256;
+const PER_USER: usize = 64;
 
 /// Where the server is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -41,6 +52,22 @@ pub struct UpstreamConfig {
     pub key: Option<Zeroizing<String>>,
     /// The model to ask for (default: the first it lists).
     pub model: Option<String>,
+    /// Answers to send it at once (default: its own slot count where it says, else
+    /// [`DEFAULT_CONCURRENCY`]).
+    pub slots: Option<u32>,
+}
+
+/// Who may send an answer to the server now, and who waits.
+struct Admission {
+    waiting: FairQueue<String, Waiter>,
+    running: u32,
+    limit: u32,
+}
+
+/// An answer waiting for its turn: told to go through `go`.
+struct Waiter {
+    id: u64,
+    go: tokio::sync::oneshot::Sender<()>,
 }
 
 /// The server, as a GPU peer's engine.
@@ -50,6 +77,8 @@ pub struct Upstream {
     base: String,
     key: Option<Zeroizing<String>>,
     model: String,
+    /// The model's size in bytes, where the server says (else 0: unknown).
+    model_bytes: u64,
     /// Answers this peer has in flight there.
     in_flight: Arc<AtomicU32>,
     /// What the server last said about its load, and what it is.
@@ -57,6 +86,7 @@ pub struct Upstream {
     /// Whether it answered the last time it was asked.
     reachable: AtomicBool,
     next_id: AtomicU64,
+    admission: Mutex<Admission>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -105,10 +135,16 @@ impl Upstream {
             base,
             key: config.key,
             model: String::new(),
+            model_bytes: 0,
             in_flight: Arc::new(AtomicU32::new(0)),
             seen: Mutex::new((None, Flavor::Other)),
             reachable: AtomicBool::new(true),
             next_id: AtomicU64::new(1),
+            admission: Mutex::new(Admission {
+                waiting: FairQueue::new(QUEUE, PER_USER),
+                running: 0,
+                limit: DEFAULT_CONCURRENCY,
+            }),
         };
         let models = upstream
             .get("/v1/models")
@@ -122,23 +158,36 @@ impl Upstream {
         })?;
         let model = match config.model {
             Some(model) => {
-                if !listed.is_empty() && !listed.contains(&model) {
+                if !listed.is_empty() && !listed.iter().any(|m| m.id == model) {
+                    let ids: Vec<&str> = listed.iter().map(|m| m.id.as_str()).collect();
                     bail!(
                         "the backend does not serve `{model}`; it lists: {}",
-                        listed.join(", ")
+                        ids.join(", ")
                     );
                 }
                 model
             }
-            None => listed.into_iter().next().with_context(|| {
+            None => listed.first().map(|m| m.id.clone()).with_context(|| {
                 format!(
                     "{} lists no model; name one with --backend-model",
                     upstream.base
                 )
             })?,
         };
-        let upstream = Arc::new(Self { model, ..upstream });
+        let model_bytes = listed
+            .iter()
+            .find(|m| m.id == model)
+            .and_then(|m| m.bytes)
+            .unwrap_or(0);
+        let upstream = Arc::new(Self {
+            model,
+            model_bytes,
+            ..upstream
+        });
         upstream.read_load().await;
+        let slots = upstream.seen_lock().0.and_then(|busy| busy.slots);
+        upstream.admission_lock().limit =
+            config.slots.or(slots).unwrap_or(DEFAULT_CONCURRENCY).max(1);
         Ok(upstream)
     }
 
@@ -146,8 +195,89 @@ impl Upstream {
         &self.model
     }
 
+    /// The model's size in bytes, where the server says (0: unknown).
+    pub fn model_bytes(&self) -> u64 {
+        self.model_bytes
+    }
+
     pub fn url(&self) -> &str {
         &self.base
+    }
+
+    fn seen_lock(&self) -> std::sync::MutexGuard<'_, (Option<Busy>, Flavor)> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn admission_lock(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Answers sent to the server at once.
+    pub fn concurrency(&self) -> u32 {
+        self.admission_lock().limit
+    }
+
+    /// Waits for this answer's turn to be sent to the server (at once while fewer than the
+    /// limit are); `None` when the device went away first, or the queue is full (then said on
+    /// `tx`).
+    async fn turn(
+        self: &Arc<Self>,
+        id: u64,
+        request: &Request,
+        tx: &mpsc::Sender<Update>,
+    ) -> Option<Turn> {
+        let go = {
+            let mut admission = self.admission_lock();
+            if admission.running < admission.limit {
+                admission.running += 1;
+                return Some(Turn(Arc::clone(self)));
+            }
+            let (go, wait) = tokio::sync::oneshot::channel();
+            let waiter = Waiter { id, go };
+            let queued = if request.voice {
+                admission
+                    .waiting
+                    .push_urgent(request.client.clone(), waiter)
+            } else {
+                admission.waiting.push(request.client.clone(), waiter)
+            };
+            if let Err(full) = queued {
+                drop(admission);
+                let _ = tx.try_send(Update::Failed {
+                    kind: ErrorKind::Engine,
+                    message: full.to_string(),
+                });
+                return None;
+            }
+            wait
+        };
+        tokio::select! {
+            went = go => went.ok().map(|()| Turn(Arc::clone(self))),
+            () = tx.closed() => {
+                // Gone while waiting: out of the queue; if its turn came meanwhile, handed on.
+                let removed = self.admission_lock().waiting.remove(|w| w.id == id).is_some();
+                if !removed {
+                    drop(Turn(Arc::clone(self)));
+                }
+                None
+            }
+        }
+    }
+
+    /// An answer's turn ended: the next waiting one goes (its device still there), else the
+    /// place is free.
+    fn release(&self) {
+        let mut admission = self.admission_lock();
+        while let Some((_, waiter)) = admission.waiting.pop() {
+            if waiter.go.send(()).is_ok() {
+                return;
+            }
+        }
+        admission.running = admission.running.saturating_sub(1);
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -243,6 +373,9 @@ impl Upstream {
         let guard = InFlight::take(&self.in_flight);
         tokio::spawn(async move {
             let _guard = guard;
+            let Some(_turn) = this.turn(id, &request, &tx).await else {
+                return;
+            };
             let outcome = tokio::select! {
                 outcome = this.stream(&request, &tx) => outcome,
                 // The device went away: the response (and its connection) is dropped here.
@@ -358,6 +491,15 @@ impl Upstream {
         };
         let _ = tx.send(Update::Done(summary)).await;
         Ok(())
+    }
+}
+
+/// An answer's place among those sent to the server; dropping it hands the place on.
+struct Turn(Arc<Upstream>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 

@@ -29,6 +29,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = parse_slots(rest);
     if let Some(models) = parse_models(rest) {
-        assert!(models.len() <= 64 && models.iter().all(|m| !m.is_empty() && m.len() <= 256));
+        assert!(models.len() <= 64 && models.iter().all(|m| !m.id.is_empty() && m.id.len() <= 256));
     }
 });

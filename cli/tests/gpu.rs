@@ -840,6 +840,7 @@ fn an_answer_moves_to_a_vllm_backed_peer_that_continues_it() {
     let vllm = fake_vllm("smollm2-135m-instruct");
     let (_a, id_a, addr_a) = gpu_up_fronting(&home_a, &server, &[]);
     let backend_b = format!("openai={}/v1", vllm.url);
+    // Two at once, so its 7 answers in flight make it the busier peer (llama-server's is 0 of 2).
     let (b, id_b, addr_b) = common::gpu_up(jarvis(&home_b).args([
         "gpu",
         "up",
@@ -847,6 +848,8 @@ fn an_answer_moves_to_a_vllm_backed_peer_that_continues_it() {
         "--no-mdns",
         "--backend",
         &backend_b,
+        "--slots",
+        "2",
         "--listen",
         "/ip4/127.0.0.1/udp/0/quic-v1",
     ]));

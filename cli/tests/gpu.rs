@@ -472,9 +472,10 @@ impl LlamaServer {
     }
 }
 
-/// `jarvis gpu up --backend openai=URL`: a GPU peer fronting `server`, with `extra` arguments.
-fn gpu_up_fronting(home: &Path, server: &LlamaServer, extra: &[&str]) -> (Running, String, String) {
-    let backend = format!("openai={}/v1", server.url);
+/// `jarvis gpu up --backend openai=URL/v1`: a GPU peer fronting the server at `url`, with
+/// `extra` arguments.
+fn gpu_up_fronting(home: &Path, url: &str, extra: &[&str]) -> (Running, String, String) {
+    let backend = format!("openai={url}/v1");
     let (child, id, address) = common::gpu_up(
         jarvis(home)
             .args([
@@ -524,7 +525,8 @@ fn a_gpu_peer_fronting_llama_server_answers_cancels_and_hands_back() {
         .unwrap()
         .port();
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &server, &["--metrics", &metrics]);
+    let (_gpu, gpu_id, gpu_addr) =
+        gpu_up_fronting(&gpu_home, &server.url, &["--metrics", &metrics]);
     let (status, health) = http_get(&metrics, "/health").unwrap();
     assert_eq!(status, 200, "{health}");
     assert!(health.contains("\"backend\":\"openai\""), "{health}");
@@ -627,7 +629,7 @@ fn an_openai_client_is_answered_by_the_gpu_peers_model_and_sees_one_answer_when_
     let gpu_home = acme.gpu(dir.path(), "gpu-box");
     let laptop = acme.device(dir.path(), "ann", "laptop");
     let server = llama_server_as("smollm2-on-gpu");
-    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &server, &[]);
+    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &server.url, &[]);
     let _device = device_up(&laptop, &gpu_addr, None);
     wait_ready(&laptop, &gpu_id);
     set_policy(&laptop, "auto");
@@ -838,22 +840,9 @@ fn an_answer_moves_to_a_vllm_backed_peer_that_continues_it() {
     let laptop = acme.device(dir.path(), "ann", "laptop");
     let mut server = llama_server();
     let vllm = fake_vllm("smollm2-135m-instruct");
-    let (_a, id_a, addr_a) = gpu_up_fronting(&home_a, &server, &[]);
-    let backend_b = format!("openai={}/v1", vllm.url);
+    let (_a, id_a, addr_a) = gpu_up_fronting(&home_a, &server.url, &[]);
     // Two at once, so its 7 answers in flight make it the busier peer (llama-server's is 0 of 2).
-    let (b, id_b, addr_b) = common::gpu_up(jarvis(&home_b).args([
-        "gpu",
-        "up",
-        "--json",
-        "--no-mdns",
-        "--backend",
-        &backend_b,
-        "--slots",
-        "2",
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-    ]));
-    let _b = Running(b);
+    let (_b, id_b, addr_b) = gpu_up_fronting(&home_b, &vllm.url, &["--slots", "2"]);
     let mut cmd = jarvis(&laptop);
     cmd.env("JARVIS_MODELS", NO_MODELS).args([
         "up",
@@ -916,20 +905,7 @@ fn a_spoken_turn_overtakes_typed_ones_waiting_for_a_busy_backend() {
     let gpu_home = acme.gpu(dir.path(), "gpu-box");
     let laptop = acme.device(dir.path(), "ann", "laptop");
     let vllm = fake_vllm("smollm2-135m-instruct");
-    let backend = format!("openai={}/v1", vllm.url);
-    let (gpu, gpu_id, gpu_addr) = common::gpu_up(jarvis(&gpu_home).args([
-        "gpu",
-        "up",
-        "--json",
-        "--no-mdns",
-        "--backend",
-        &backend,
-        "--slots",
-        "1",
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-    ]));
-    let _gpu = Running(gpu);
+    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &vllm.url, &["--slots", "1"]);
     let _device = device_up(&laptop, &gpu_addr, Some(NO_MODELS));
     wait_ready(&laptop, &gpu_id);
     set_policy(&laptop, "gpu");

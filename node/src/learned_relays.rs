@@ -125,14 +125,19 @@ impl LearnedRelays {
                     continue;
                 }
             };
+            // Kept as checked: the addresses a device reads, not whatever more the relay sent.
+            let mut listed = entry.clone();
+            listed
+                .addresses
+                .truncate(jarvis_mesh::directory::MAX_ADDRESSES);
             if let Some(kept) = self
                 .learned
                 .iter_mut()
                 .find(|l| l.entry.peer_id == entry.peer_id)
             {
-                if now.0.saturating_sub(kept.listed_at) > REFRESH_SECS || kept.entry != *entry {
+                if now.0.saturating_sub(kept.listed_at) > REFRESH_SECS || kept.entry != listed {
                     kept.listed_at = now.0;
-                    kept.entry = entry.clone();
+                    kept.entry = listed;
                     self.dirty = true;
                 }
                 continue;
@@ -141,7 +146,7 @@ impl LearnedRelays {
                 continue;
             }
             self.learned.push(Learned {
-                entry: entry.clone(),
+                entry: listed,
                 listed_at: now.0,
             });
             self.dirty = true;

@@ -332,6 +332,11 @@ pub struct GpuUpArgs {
     /// its own slot count where it says, else 64).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub slots: Option<u32>,
+    /// Places kept for spoken turns beyond --slots, so a voice question starts at once while
+    /// typed and API requests queue (with --backend and no --slots, they come out of the
+    /// server's own slot count).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub voice_slots: u32,
     /// Addresses to listen on (default: QUIC and TCP on every interface, port 4011).
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<libp2p::Multiaddr>,
@@ -444,12 +449,14 @@ impl TryFrom<GpuUpArgs> for jarvis_node::gpu::GpuConfig {
                     key,
                     model: args.backend_model.clone(),
                     slots: args.slots,
+                    voice_slots: args.voice_slots,
                 })
             }
         };
         Ok(Self {
             model: args.model,
             slots: args.slots,
+            voice_slots: args.voice_slots,
             listen: args.listen,
             no_mdns: args.no_mdns,
             ctx: args.ctx,

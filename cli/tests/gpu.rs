@@ -735,27 +735,65 @@ print(json.dumps(out))
 struct FakeVllm {
     url: String,
     bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    /// Each answer: its question, when it started and when it ended.
+    served: std::sync::Arc<std::sync::Mutex<Vec<Served>>>,
+}
+
+/// An answer a fake server made.
+#[derive(Debug, Clone)]
+struct Served {
+    question: String,
+    start: std::time::Instant,
+    end: Option<std::time::Instant>,
+    /// Whether it was answered to the end (not cancelled).
+    done: bool,
+}
+
+/// What a fake server's `/metrics` says it runs: always 3 running and 4 waiting, or the
+/// answers it is making now (and none waiting).
+#[derive(Clone)]
+enum Gauges {
+    Fixed,
+    Live(std::sync::Arc<std::sync::atomic::AtomicU32>),
 }
 
 fn fake_vllm(model: &'static str) -> FakeVllm {
+    fake_vllm_with(model, Gauges::Fixed)
+}
+
+fn fake_vllm_with(model: &'static str, gauges: Gauges) -> FakeVllm {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let recorded = std::sync::Arc::clone(&bodies);
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (recorded, log) = (
+        std::sync::Arc::clone(&bodies),
+        std::sync::Arc::clone(&served),
+    );
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let recorded = std::sync::Arc::clone(&recorded);
-            std::thread::spawn(move || fake_vllm_serve(stream, model, &recorded));
+            let (recorded, log, gauges) = (
+                std::sync::Arc::clone(&recorded),
+                std::sync::Arc::clone(&log),
+                gauges.clone(),
+            );
+            std::thread::spawn(move || fake_vllm_serve(stream, model, &recorded, &log, &gauges));
         }
     });
-    FakeVllm { url, bodies }
+    FakeVllm {
+        url,
+        bodies,
+        served,
+    }
 }
 
 fn fake_vllm_serve(
     stream: std::net::TcpStream,
     model: &str,
     recorded: &std::sync::Mutex<Vec<Value>>,
+    served: &std::sync::Mutex<Vec<Served>>,
+    gauges: &Gauges,
 ) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request_line = String::new();
@@ -790,17 +828,55 @@ fn fake_vllm_serve(
             "application/json",
             &json!({ "object": "list", "data": [{ "id": model, "object": "model" }] }).to_string(),
         ),
-        "/metrics" => reply(
-            &mut out,
-            "200 OK",
-            "text/plain",
-            "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"m\"} 3.0\nvllm:num_requests_waiting{model_name=\"m\"} 4.0\n",
-        ),
+        "/metrics" => {
+            let (running, waiting) = match gauges {
+                Gauges::Fixed => (3, 4),
+                Gauges::Live(running) => (running.load(std::sync::atomic::Ordering::SeqCst), 0),
+            };
+            reply(
+                &mut out,
+                "200 OK",
+                "text/plain",
+                &format!(
+                    "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"m\"}} {running}.0\nvllm:num_requests_waiting{{model_name=\"m\"}} {waiting}.0\n"
+                ),
+            );
+        }
         "/v1/chat/completions" => {
-            recorded
-                .lock()
-                .unwrap()
-                .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let question = body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            recorded.lock().unwrap().push(body);
+            let at = {
+                let mut served = served.lock().unwrap();
+                served.push(Served {
+                    question,
+                    start: std::time::Instant::now(),
+                    end: None,
+                    done: false,
+                });
+                served.len() - 1
+            };
+            if let Gauges::Live(running) = gauges {
+                running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            // Counted out, and its end noted, however it ends.
+            struct Ended<'a>(&'a std::sync::Mutex<Vec<Served>>, usize, &'a Gauges);
+            impl Drop for Ended<'_> {
+                fn drop(&mut self) {
+                    if let Some(s) = self.0.lock().unwrap().get_mut(self.1) {
+                        s.end = Some(std::time::Instant::now());
+                    }
+                    if let Gauges::Live(running) = self.2 {
+                        running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+            let _ended = Ended(served, at, gauges);
             let _ = write!(
                 out,
                 "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
@@ -818,6 +894,10 @@ fn fake_vllm_serve(
                 if out.write_all(word.as_bytes()).is_err() {
                     return;
                 }
+            }
+            // Every word went out: answered (marked before the end reaches the device).
+            if let Some(s) = served.lock().unwrap().get_mut(at) {
+                s.done = true;
             }
             let _ = out.write_all(chunk(json!({}), json!("stop")).as_bytes());
             let usage =
@@ -954,4 +1034,172 @@ fn a_spoken_turn_overtakes_typed_ones_waiting_for_a_busy_backend() {
         "the spoken turn went first: {order:?}"
     );
     assert!(order[2].contains("second typed"), "{order:?}");
+}
+
+/// How many devices ask at once in [`three_gpu_peers_share_a_burst_and_spoken_turns_go_first`]
+/// (the 30; `jarvis-bench gpu-fleet` measures the same set-up's timings).
+const FLEET_DEVICES: usize = 30;
+
+/// Three GPU peers (each fronting a vLLM-like server, two typed answers at once and a place
+/// for a spoken turn) and 30 devices of 30 users asking at once: every answer completes, the
+/// load spreads over the three (a device sent to a full peer tries the others, then waits at
+/// the one with the shortest queue), and spoken questions asked while typed ones queue start
+/// before those typed ones.
+#[test]
+fn three_gpu_peers_share_a_burst_and_spoken_turns_go_first() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU32;
+    let dir = tempfile::tempdir().unwrap();
+    let acme = Org::new(dir.path(), "acme");
+    let mut peers = Vec::new();
+    let mut fakes = Vec::new();
+    for i in 0..3 {
+        let home = acme.gpu(dir.path(), &format!("gpu-{i}"));
+        let fake = fake_vllm_with(
+            "smollm2-135m-instruct",
+            Gauges::Live(Arc::new(AtomicU32::new(0))),
+        );
+        peers.push(gpu_up_fronting(&home, &fake.url, &["--slots", "2"]));
+        fakes.push(fake);
+    }
+    let addresses: Vec<String> = peers.iter().map(|p| p.2.clone()).collect();
+    let homes: Vec<PathBuf> = (0..FLEET_DEVICES)
+        .map(|i| acme.device(dir.path(), &format!("user{i}"), &format!("device{i}")))
+        .collect();
+    let mut devices = Vec::new();
+    for home in &homes {
+        let mut cmd = jarvis(home);
+        cmd.env("JARVIS_MODELS", NO_MODELS).args([
+            "up",
+            "--json",
+            "--no-voice",
+            "--no-mdns",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ]);
+        for address in &addresses {
+            cmd.args(["--peer", address]);
+        }
+        let (child, _, _) = common::spawn_up(cmd.stderr(Stdio::null()));
+        devices.push(Running(child));
+    }
+    for home in &homes {
+        for (_, id, _) in &peers {
+            wait_ready(home, id);
+        }
+        set_policy(home, "gpu");
+    }
+    let ask = |home: &Path, text: String, spoken: bool| {
+        let home = home.to_owned();
+        std::thread::spawn(move || {
+            let timings = if spoken {
+                json!({ "wake_ms": 3 })
+            } else {
+                json!({})
+            };
+            let (status, mut reader) = send(
+                &home,
+                "POST",
+                "/v1/ask",
+                &json!({ "text": text.clone(), "timings_ms": timings }),
+            );
+            let mut body = String::new();
+            reader.read_to_string(&mut body).unwrap();
+            assert_eq!(status, 200, "{body}");
+            let done: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(done["status"], "done", "{done}");
+            done["where"].as_str().unwrap().to_owned()
+        })
+    };
+    let typed: Vec<_> = homes
+        .iter()
+        .enumerate()
+        .map(|(i, home)| ask(home, format!("Typed question {i}"), false))
+        .collect();
+    // Once every peer's typed slots are taken (and the rest wait), three spoken questions.
+    wait_for("the typed questions to fill every peer", || {
+        fakes
+            .iter()
+            .all(|f| f.served.lock().unwrap().len() >= 2)
+            .then_some(())
+    });
+    let spoken: Vec<_> = homes
+        .iter()
+        .take(3)
+        .enumerate()
+        .map(|(i, home)| ask(home, format!("Spoken question {i}"), true))
+        .collect();
+    let answered_by: Vec<String> = typed
+        .into_iter()
+        .chain(spoken)
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(answered_by.len(), FLEET_DEVICES + 3);
+    let timelines: Vec<Vec<Served>> = fakes
+        .iter()
+        .map(|f| f.served.lock().unwrap().clone())
+        .collect();
+    // Answers a server made to the end (one that started in two queues at once is cancelled
+    // in the slower).
+    let answered = |served: &[Served]| served.iter().filter(|s| s.done).count();
+    let shares: Vec<usize> = timelines.iter().map(|t| answered(t)).collect();
+    for (i, ((_, id, _), served)) in peers.iter().zip(&timelines).enumerate() {
+        let by_id = answered_by.iter().filter(|w| *w == id).count();
+        assert_eq!(
+            by_id,
+            answered(served),
+            "peer {i}'s answers are its server's"
+        );
+        // An even share is 11 of 33: each peer gets a fair part of the burst.
+        assert!(answered(served) >= 8, "the load spreads: {shares:?}");
+    }
+    for served in &timelines {
+        for voice in served.iter().filter(|s| s.question.starts_with("Spoken")) {
+            let overtaken = served
+                .iter()
+                .filter(|s| s.done && s.question.starts_with("Typed") && s.start > voice.start)
+                .count();
+            assert!(
+                overtaken > 0,
+                "a spoken question went ahead of typed ones waiting at its peer: {served:?}"
+            );
+        }
+    }
+    // No peer sat with a free typed slot while another still had typed questions waiting:
+    // until the last typed question started anywhere, the share of slot time left idle.
+    let first = timelines.iter().flatten().map(|s| s.start).min().unwrap();
+    let last_start = timelines
+        .iter()
+        .flatten()
+        .filter(|s| s.question.starts_with("Typed"))
+        .map(|s| s.start)
+        .max()
+        .unwrap();
+    let window = last_start.duration_since(first).as_secs_f64();
+    let mut idle = 0.0;
+    for served in &timelines {
+        // 2 typed slots; busy slot time of typed answers within the window.
+        let busy: f64 = served
+            .iter()
+            .filter(|s| s.question.starts_with("Typed"))
+            .map(|s| {
+                let end = s.end.unwrap().min(last_start);
+                end.saturating_duration_since(s.start).as_secs_f64()
+            })
+            .sum();
+        idle += (2.0 * window - busy).max(0.0);
+    }
+    let share = idle / (6.0 * window);
+    eprintln!(
+        "answers per peer {shares:?} (started and cancelled: {}); typed slot time idle while others waited: {:.1} %",
+        timelines.iter().flatten().filter(|s| !s.done).count(),
+        share * 100.0
+    );
+    assert!(
+        share < 0.15,
+        "peers sat idle while others had a queue ({:.0} % of slot time)",
+        share * 100.0
+    );
 }

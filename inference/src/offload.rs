@@ -8,6 +8,7 @@
 //!    │ ◀───────────────── Load{model, …} ── │
 //!    │ ── Generate{messages, sampling} ──▶  │   (one stream per answer)
 //!    │ ◀─ Started · Token… · Done|Failed ── │   (closing the stream cancels the answer)
+//!    │ ◀───────────────────── Busy{load} ── │   (or, asked not to wait: every slot taken)
 //! ```
 //!
 //! Every frame is a big-endian `u32` length and that many bytes of JSON, bounded on both sides
@@ -43,6 +44,10 @@ pub enum Ask {
         /// A spoken turn: the peer queues it ahead of typed and API requests.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         voice: bool,
+        /// Rather than wait for a slot there, the peer says [`Reply::Busy`] at once (the
+        /// device has other peers to try; it sends its last try without this).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        bounce: bool,
     },
 }
 
@@ -52,6 +57,9 @@ pub enum Ask {
 pub enum Reply {
     /// Its model and load.
     Load(Load),
+    /// Every slot is taken and the request asked not to wait ([`Ask::Generate::bounce`]): its
+    /// load now. Nothing was generated.
+    Busy(Load),
     /// The prompt is read; text follows.
     Started {
         /// Tokens in the prompt.
@@ -304,7 +312,10 @@ impl<P> Candidate<P> {
         let load = self.load.as_ref().filter(|l| l.ready)?;
         let slots = f64::from(load.slots.max(1));
         let ahead = f64::from(load.busy.max(self.in_flight));
-        let waves = (ahead / slots).floor();
+        // It starts once all but `slots - 1` of those ahead have finished: none to wait for
+        // while a slot is free, and each one more queued adds a slot's share of an answer (so
+        // a queue one longer is always slower, which spreads a burst evenly).
+        let waves = ((ahead + 1.0 - slots) / slots).max(0.0);
         Some(self.rtt_ms + waves * self.answer_ms + self.answer_ms + self.penalty_ms)
     }
 
@@ -334,14 +345,40 @@ pub struct Local {
     pub saturated: bool,
 }
 
+/// Expected finish times this close to the best count as a tie: within a tenth of it, and a few
+/// milliseconds (round-trip noise on a LAN).
+const TIE_SHARE: f64 = 0.1;
+const TIE_MS: f64 = 5.0;
+
+/// Of `candidates` (with their expected finish times), the one expected to finish first; among
+/// those about as quick (a tie: [`TIE_SHARE`], [`TIE_MS`]), the `draw`-th (modulo their
+/// number). Devices draw at random: many devices whose reports say the same peers are idle
+/// (reports are seconds old) then spread over them instead of all choosing the same one.
+fn quickest<'a, P>(
+    candidates: impl Iterator<Item = (&'a Candidate<P>, f64)>,
+    draw: u64,
+) -> Option<&'a Candidate<P>> {
+    let scored: Vec<(&Candidate<P>, f64)> = candidates.collect();
+    let best = scored.iter().map(|(_, ms)| *ms).min_by(f64::total_cmp)?;
+    let tied: Vec<&Candidate<P>> = scored
+        .iter()
+        .filter(|(_, ms)| *ms <= best + best.abs() * TIE_SHARE + TIE_MS)
+        .map(|(c, _)| *c)
+        .collect();
+    let count = u64::try_from(tied.len()).ok()?.max(1);
+    let at = usize::try_from(draw % count).ok()?;
+    tied.get(at).copied()
+}
+
 /// The GPU peer to send an answer to, or none to answer here: the candidate expected to finish
-/// first, if the policy says to offload.
+/// first (among ties, the `draw`-th: see [`quickest`]), if the policy says to offload.
 pub fn choose<'a, P>(
     policy: Policy,
     local: Local,
     prompt_chars: usize,
     candidates: &'a [Candidate<P>],
     excluded: &[P],
+    draw: u64,
 ) -> Option<&'a Candidate<P>>
 where
     P: PartialEq,
@@ -349,12 +386,13 @@ where
     if policy == Policy::Local {
         return None;
     }
-    let best = candidates
-        .iter()
-        .filter(|c| !excluded.contains(&c.peer))
-        .filter_map(|c| c.expected_ms().map(|ms| (c, ms)))
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(c, _)| c)?;
+    let best = quickest(
+        candidates
+            .iter()
+            .filter(|c| !excluded.contains(&c.peer))
+            .filter_map(|c| c.expected_ms().map(|ms| (c, ms))),
+        draw,
+    )?;
     let offload = match policy {
         Policy::Local => false,
         Policy::Gpu => true,
@@ -371,12 +409,14 @@ where
 
 /// The GPU peer to send an answer to when the request names `model`, one this device does not
 /// run (a model pinned by the user or an API client): of the peers serving it, the one expected
-/// to finish first. None when the policy keeps answers here or no peer serves it now.
+/// to finish first (among ties, the `draw`-th). None when the policy keeps answers here or no
+/// peer serves it now.
 pub fn choose_serving<'a, P>(
     policy: Policy,
     model: &str,
     candidates: &'a [Candidate<P>],
     excluded: &[P],
+    draw: u64,
 ) -> Option<&'a Candidate<P>>
 where
     P: PartialEq,
@@ -384,13 +424,14 @@ where
     if policy == Policy::Local {
         return None;
     }
-    candidates
-        .iter()
-        .filter(|c| !excluded.contains(&c.peer))
-        .filter(|c| c.load.as_ref().is_some_and(|l| l.model == model))
-        .filter_map(|c| c.expected_ms().map(|ms| (c, ms)))
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(c, _)| c)
+    quickest(
+        candidates
+            .iter()
+            .filter(|c| !excluded.contains(&c.peer))
+            .filter(|c| c.load.as_ref().is_some_and(|l| l.model == model))
+            .filter_map(|c| c.expected_ms().map(|ms| (c, ms))),
+        draw,
+    )
 }
 
 #[cfg(test)]
@@ -431,6 +472,14 @@ mod tests {
                 sampling: Sampling::default(),
                 prefix: "Par".into(),
                 voice: true,
+                bounce: false,
+            },
+            Ask::Generate {
+                messages: vec![ChatMessage::new("user", "hi")],
+                sampling: Sampling::default(),
+                prefix: String::new(),
+                voice: false,
+                bounce: true,
             },
         ];
         let bytes: Vec<u8> = asks.iter().flat_map(encode).collect();
@@ -473,29 +522,29 @@ mod tests {
             ready: false,
             ..LOCAL
         };
-        assert!(choose(Policy::Local, down, 100_000, &c, &[]).is_none());
+        assert!(choose(Policy::Local, down, 100_000, &c, &[], 0).is_none());
     }
 
     #[test]
     fn auto_offloads_for_a_bigger_model_a_busy_or_missing_engine_or_a_long_prompt() {
         let same = [candidate(1, load(100, 4, 0), 10.0)];
-        assert!(choose(Policy::Auto, LOCAL, 10, &same, &[]).is_none());
+        assert!(choose(Policy::Auto, LOCAL, 10, &same, &[], 0).is_none());
         let bigger = [candidate(1, load(1_000, 4, 0), 10.0)];
         assert_eq!(
-            choose(Policy::Auto, LOCAL, 10, &bigger, &[]).map(|c| c.peer),
+            choose(Policy::Auto, LOCAL, 10, &bigger, &[], 0).map(|c| c.peer),
             Some(1)
         );
         let busy = Local {
             saturated: true,
             ..LOCAL
         };
-        assert!(choose(Policy::Auto, busy, 10, &same, &[]).is_some());
+        assert!(choose(Policy::Auto, busy, 10, &same, &[], 0).is_some());
         let missing = Local {
             ready: false,
             ..LOCAL
         };
-        assert!(choose(Policy::Auto, missing, 10, &same, &[]).is_some());
-        assert!(choose(Policy::Auto, LOCAL, LONG_PROMPT_CHARS + 1, &same, &[]).is_some());
+        assert!(choose(Policy::Auto, missing, 10, &same, &[], 0).is_some());
+        assert!(choose(Policy::Auto, LOCAL, LONG_PROMPT_CHARS + 1, &same, &[], 0).is_some());
     }
 
     #[test]
@@ -503,7 +552,7 @@ mod tests {
         let mut unready = load(1_000, 4, 0);
         unready.ready = false;
         let peers = [
-            // Fast but queued: 8 ahead on 2 slots = 4 waves of 100 ms, then its own: 500.
+            // Fast but queued: 8 ahead on 2 slots = 3.5 waves of 100 ms, then its own: 450.
             candidate(1, load(100, 2, 8), 100.0),
             // Slower per answer but free: 300.
             candidate(2, load(100, 4, 1), 300.0),
@@ -511,14 +560,14 @@ mod tests {
             Candidate::new(4),
         ];
         assert_eq!(
-            choose(Policy::Gpu, LOCAL, 10, &peers, &[]).map(|c| c.peer),
+            choose(Policy::Gpu, LOCAL, 10, &peers, &[], 0).map(|c| c.peer),
             Some(2)
         );
         assert_eq!(
-            choose(Policy::Gpu, LOCAL, 10, &peers, &[2]).map(|c| c.peer),
+            choose(Policy::Gpu, LOCAL, 10, &peers, &[2], 0).map(|c| c.peer),
             Some(1)
         );
-        assert!(choose(Policy::Gpu, LOCAL, 10, &peers, &[1, 2]).is_none());
+        assert!(choose(Policy::Gpu, LOCAL, 10, &peers, &[1, 2], 0).is_none());
     }
 
     #[test]
@@ -533,7 +582,7 @@ mod tests {
             candidate(3, named("qwen", 0), 300.0),
         ];
         let chosen = |policy, model, excluded: &[u8]| {
-            choose_serving(policy, model, &peers, excluded).map(|c| c.peer)
+            choose_serving(policy, model, &peers, excluded, 0).map(|c| c.peer)
         };
         assert_eq!(chosen(Policy::Gpu, "qwen", &[]), Some(3));
         assert_eq!(chosen(Policy::Auto, "qwen", &[]), Some(3));
@@ -544,13 +593,48 @@ mod tests {
     }
 
     #[test]
+    fn devices_spread_over_peers_that_look_equally_quick() {
+        // Three idle peers, their round trips a millisecond apart, and a busier fourth.
+        let peers = [
+            candidate(1, load(100, 2, 0), 600.0),
+            candidate(2, load(100, 2, 0), 600.0),
+            candidate(3, load(100, 2, 0), 600.0),
+            candidate(4, load(100, 2, 2), 600.0),
+        ];
+        let mut peers = peers.to_vec();
+        for (i, p) in peers.iter_mut().enumerate() {
+            p.rtt_ms = 1.0 + f64::from(u8::try_from(i).unwrap());
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for draw in 0..30u64 {
+            let chosen = choose(Policy::Gpu, LOCAL, 10, &peers, &[], draw)
+                .unwrap()
+                .peer;
+            *counts.entry(chosen).or_insert(0) += 1;
+        }
+        assert_eq!(
+            counts,
+            [(1, 10), (2, 10), (3, 10)].into_iter().collect(),
+            "the idle ones share the draws; the busy one gets none"
+        );
+        // A clearly quicker peer is chosen whatever the draw.
+        peers[1].answer_ms = 300.0;
+        for draw in 0..5 {
+            assert_eq!(
+                choose(Policy::Gpu, LOCAL, 10, &peers, &[], draw).map(|c| c.peer),
+                Some(2)
+            );
+        }
+    }
+
+    #[test]
     fn a_failed_peer_is_avoided_until_it_succeeds_again() {
         let mut a = candidate(1, load(100, 4, 0), 100.0);
         let b = candidate(2, load(100, 4, 0), 400.0);
         a.record(0.0, true);
         let both = [a.clone(), b.clone()];
         assert_eq!(
-            choose(Policy::Gpu, LOCAL, 10, &both, &[]).map(|c| c.peer),
+            choose(Policy::Gpu, LOCAL, 10, &both, &[], 0).map(|c| c.peer),
             Some(2)
         );
         for _ in 0..20 {
@@ -559,7 +643,7 @@ mod tests {
         assert_eq!(a.penalty_ms, 0.0);
         let both = [a, b];
         assert_eq!(
-            choose(Policy::Gpu, LOCAL, 10, &both, &[]).map(|c| c.peer),
+            choose(Policy::Gpu, LOCAL, 10, &both, &[], 0).map(|c| c.peer),
             Some(1)
         );
     }

@@ -140,6 +140,18 @@ impl<K: PartialEq + Clone, T> FairQueue<K, T> {
         Some((client, request))
     }
 
+    /// The next request when only urgent ones may start now (every ordinary place is taken and
+    /// a place is kept for spoken turns): the next urgent one, if any waits.
+    pub fn pop_urgent(&mut self) -> Option<(K, T)> {
+        let (client, mut queue) = self.urgent.pop_front()?;
+        let request = queue.pop_front()?;
+        self.len -= 1;
+        if !queue.is_empty() {
+            self.urgent.push_back((client.clone(), queue));
+        }
+        Some((client, request))
+    }
+
     /// Takes out the first waiting request that `matches` (a cancelled one), wherever it is.
     pub fn remove(&mut self, mut matches: impl FnMut(&T) -> bool) -> Option<T> {
         for class in [&mut self.urgent, &mut self.clients] {
@@ -213,6 +225,21 @@ mod tests {
         assert_eq!(small.push_urgent(1, "c"), Err(Full::Client(2)));
         assert_eq!(small.remove(|r| *r == "a"), Some("a"));
         assert_eq!(small.len(), 1);
+    }
+
+    #[test]
+    fn a_place_kept_for_spoken_turns_takes_only_them() {
+        let mut q = FairQueue::new(100, 50);
+        q.push("typed", 1).unwrap();
+        assert_eq!(q.pop_urgent(), None, "an ordinary request does not take it");
+        assert_eq!(q.len(), 1);
+        q.push_urgent("ann", 2).unwrap();
+        q.push_urgent("bob", 3).unwrap();
+        assert_eq!(q.pop_urgent(), Some(("ann", 2)));
+        assert_eq!(q.pop_urgent(), Some(("bob", 3)));
+        assert_eq!(q.pop_urgent(), None);
+        assert_eq!(q.pop(), Some(("typed", 1)));
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct EngineConfig {
     pub model_name: String,
     /// Requests generated at once.
     pub slots: u32,
+    /// Of `slots`, how many only spoken turns may take (`Request::voice`): a voice turn
+    /// starts at once while typed and API requests fill the rest. Typed requests always have at
+    /// least one slot.
+    pub voice_slots: u32,
     /// Context per request, in tokens.
     pub ctx_per_slot: u32,
     /// Layers of the model on the GPU (a GPU build of the worker; none: llama.cpp's default).
@@ -64,6 +68,7 @@ impl EngineConfig {
             model,
             model_name,
             slots: 4,
+            voice_slots: 0,
             ctx_per_slot: 2048,
             gpu_layers: None,
             threads: None,
@@ -228,6 +233,7 @@ pub struct EngineHandle {
     messages: mpsc::Sender<Message>,
     state: watch::Receiver<EngineState>,
     model_name: String,
+    voice_slots: u32,
     metrics: EngineMetrics,
 }
 
@@ -237,6 +243,7 @@ impl EngineHandle {
         let (messages, inbox) = mpsc::channel(COMMAND_QUEUE);
         let (state_tx, state) = watch::channel(EngineState::Starting);
         let model_name = config.model_name.clone();
+        let voice_slots = config.voice_slots;
         let supervisor = Supervisor {
             queue: FairQueue::new(config.queue, config.per_client),
             config,
@@ -251,8 +258,14 @@ impl EngineHandle {
             messages,
             state,
             model_name,
+            voice_slots,
             metrics,
         }
+    }
+
+    /// Of the engine's slots, those only spoken turns take ([`EngineConfig::voice_slots`]).
+    pub fn voice_slots(&self) -> u32 {
+        self.voice_slots
     }
 
     /// The model's name.
@@ -599,8 +612,15 @@ impl Supervisor {
 
     /// Sends waiting requests to the worker while it has free slots.
     async fn dispatch(&mut self, worker: &mut Worker) {
+        let reserve = usize::try_from(self.config.voice_slots).unwrap_or(usize::MAX);
+        let typed = self.slots.saturating_sub(reserve).max(1);
         while self.inflight.len() < self.slots {
-            let Some((_, pending)) = self.queue.pop() else {
+            let next = if self.inflight.len() < typed {
+                self.queue.pop()
+            } else {
+                self.queue.pop_urgent()
+            };
+            let Some((_, pending)) = next else {
                 break;
             };
             if pending.updates.is_closed() {

@@ -44,6 +44,8 @@ const MAX_STREAMS_PER_PEER: usize = 16;
 const MAX_PENDING: usize = 64;
 /// How long a peer has, after opening a stream, to be authenticated and to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stream answered at once (busy) is kept open for the device to let go of it.
+const LINGER: Duration = Duration::from_secs(2);
 /// How long one write may wait for a device that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -66,6 +68,9 @@ pub struct GpuConfig {
     /// Requests generated at once (continuous batching; the built-in engine's default 4; with a
     /// backend, answers sent to it at once).
     pub slots: Option<u32>,
+    /// Places kept for spoken turns beyond `slots` (a voice question starts at once while
+    /// typed ones queue).
+    pub voice_slots: u32,
     /// Addresses to listen on (empty: QUIC and TCP on every interface, port 4011).
     pub listen: Vec<Multiaddr>,
     /// Do not announce this peer with mDNS.
@@ -119,12 +124,28 @@ impl Backend {
     /// (slots, busy, ready).
     fn load(&self) -> (u32, u32, bool) {
         match self {
+            // The places kept for spoken turns are not offered to the devices' choice.
             Self::Engine(engine) => match engine.state() {
-                EngineState::Ready { slots, .. } => (slots, engine.busy(), true),
+                EngineState::Ready { slots, .. } => (
+                    slots.saturating_sub(engine.voice_slots()).max(1),
+                    engine.busy(),
+                    true,
+                ),
                 _ => (0, engine.busy(), false),
             },
             // Where the server does not say how many it runs: as many as are sent to it.
             Self::Upstream(upstream) => upstream.load(upstream.concurrency()),
+        }
+    }
+
+    /// Whether a typed request sent now would wait for a slot (spoken turns have their own).
+    fn would_wait(&self) -> bool {
+        match self {
+            Self::Engine(_) => {
+                let (slots, busy, ready) = self.load();
+                !ready || busy >= slots
+            }
+            Self::Upstream(upstream) => upstream.would_wait(),
         }
     }
 
@@ -191,6 +212,7 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
                 engine_metrics.clone(),
                 args.model.clone(),
                 Some(args.slots.unwrap_or(DEFAULT_SLOTS).min(64)),
+                args.voice_slots,
                 args.ctx,
                 args.gpu_layers,
             );
@@ -334,6 +356,17 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
             "a {kind} may not ask a GPU peer for answers"
         ))),
     };
+    // Streams are taken by a task of their own: libp2p-stream holds one new stream at a time
+    // for its taker and drops any other that arrives before it is taken (upstream
+    // rust-libp2p#5651), so a burst of devices asking at once must not wait for this loop.
+    let acceptor = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                server.accept(peer, stream);
+            }
+        })
+    };
     let mut beat = tokio::time::interval(jarvis_mesh::directory::HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(TICK);
@@ -342,7 +375,6 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
         tokio::select! {
             biased;
             () = shutdown.wait() => break,
-            Some((peer, stream)) = incoming.next() => server.accept(peer, stream),
             _ = tick.tick() => {
                 admission.handle_timeout(std::time::Instant::now());
                 let (reported, busy, ready) = backend.load();
@@ -495,6 +527,7 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
         }
     }
     tracing::info!("GPU peer stopping");
+    acceptor.abort();
     backend.shutdown().await;
     out.emit(&json!({ "event": "stopped" }), || {
         "Stopped cleanly.".to_owned()
@@ -683,7 +716,7 @@ impl Server {
         })
         .await
         .unwrap_or_else(|_| Err((ErrorKind::Engine, "no request in time".to_owned())));
-        let (messages, sampling, prefix, voice) = match ask {
+        let (messages, sampling, prefix, voice, bounce) = match ask {
             Ok(Ask::Load) => {
                 send(&mut writer, &Reply::Load(self.load())).await?;
                 return writer.close().await;
@@ -693,12 +726,23 @@ impl Server {
                 sampling,
                 prefix,
                 voice,
-            }) => (messages, sampling, prefix, voice),
+                bounce,
+            }) => (messages, sampling, prefix, voice, bounce),
             Err((kind, message)) => {
                 send(&mut writer, &Reply::Failed { kind, message }).await?;
                 return writer.close().await;
             }
         };
+        // Asked not to wait, and it would: the device tries another peer.
+        if bounce && !voice && self.backend.would_wait() {
+            self.metrics.bounced();
+            send(&mut writer, &Reply::Busy(self.load())).await?;
+            writer.close().await?;
+            // Until the device has read it and let go: stopping our reading side at once can
+            // fail the device's sending of the request it is still flushing.
+            let _ = tokio::time::timeout(LINGER, reader.read(&mut buf)).await;
+            return Ok(());
+        }
         // Fair between users: the supervisor's queue takes turns between clients, a spoken
         // turn's ahead of typed ones (a few per user at most).
         let client = client_name(&verified);

@@ -4,7 +4,8 @@
 //! - `jarvis_gpu_answers_in_flight`, `jarvis_gpu_slots`, `jarvis_gpu_backend_up`: what the
 //!   devices' load reports say, as gauges;
 //! - `jarvis_gpu_time_to_first_token_seconds`, `jarvis_gpu_tokens_per_second` (histograms) and
-//!   `jarvis_gpu_answers_total{outcome}` (`done`, `length`, `failed`, `cancelled`, `refused`);
+//!   `jarvis_gpu_answers_total{outcome}` (`done`, `length`, `failed`, `cancelled`, `refused`, and `busy`: sent to another peer
+//!   because every slot here was taken);
 //! - `jarvis_gpu_user_answers_total{user}`: answers per user, labelled by a short pseudonym of
 //!   the user's key unless the operator asks for names (`--metrics-user-names`);
 //! - the built-in engine's own `jarvis_llm_…` metrics, when it runs one.
@@ -124,6 +125,16 @@ impl GpuMetrics {
             pseudonym(user.1)
         };
         self.per_user.get_or_create(&User { user: label }).inc();
+    }
+
+    /// A request that asked not to wait found every slot taken (the device tried another
+    /// peer): `jarvis_gpu_answers_total{outcome="busy"}`.
+    pub fn bounced(&self) {
+        self.answers
+            .get_or_create(&Outcome {
+                outcome: "busy".to_owned(),
+            })
+            .inc();
     }
 
     pub fn first_token(&self, seconds: f64) {

@@ -46,17 +46,21 @@ pub fn start_engine_with(metrics: EngineMetrics, threads: Option<u32>) -> Engine
 pub const LOCAL_NICE: i32 = 10;
 
 /// The engine of a GPU peer: `model` (a GGUF file; default as for `jarvis up`) with `slots`
-/// requests at once, `ctx` tokens of context each, `gpu_layers` of the model on the GPU (in a
+/// requests at once and `voice_slots` more for spoken turns only, `ctx` tokens of context each, `gpu_layers` of the model on the GPU (in a
 /// GPU build of the worker).
 pub fn start_gpu_engine(
     metrics: EngineMetrics,
     model: Option<std::path::PathBuf>,
     slots: Option<u32>,
+    voice_slots: u32,
     ctx: Option<u32>,
     gpu_layers: Option<u32>,
 ) -> EngineHandle {
     // A GPU peer's engine is its main work: normal priority.
     start_configured(metrics, model, None, slots, 0, |config| {
+        // The worker runs the typed slots and the places kept for spoken turns.
+        config.voice_slots = voice_slots.min(64);
+        config.slots = config.slots.saturating_add(config.voice_slots).min(64);
         if let Some(ctx) = ctx {
             config.ctx_per_slot = ctx;
         }

@@ -42,11 +42,20 @@ const MAX_PEERS_PER_ANSWER: usize = 2;
 /// runs of spaces or punctuation well under this), and the most an answer may average per token.
 const MAX_TOKEN_BYTES: usize = 256;
 const AVERAGE_TOKEN_BYTES: usize = 32;
+/// Tries of one peer whose stream closed before it said anything, and the pause before each
+/// (times the try's number).
+const DROPPED_RETRIES: u32 = 3;
+const DROPPED_BACKOFF: Duration = Duration::from_millis(20);
 /// Updates buffered between the stream and the answer's reader.
 const UPDATES: usize = 64;
 
 pub fn protocol() -> StreamProtocol {
     StreamProtocol::new(core::PROTOCOL)
+}
+
+/// Whether `ask` asks the peer to say it is busy rather than queue it.
+fn ask_bounces(ask: &Ask) -> bool {
+    matches!(ask, Ask::Generate { bounce: true, .. })
 }
 
 /// Where an answer was made.
@@ -111,6 +120,11 @@ enum Attempt {
     Abandoned,
     /// The peer failed; the answer goes on elsewhere.
     Failed(String),
+    /// Every slot there was taken (asked not to wait): its load now. Nothing was generated.
+    Busy(Load),
+    /// The stream closed before the peer said anything: it never took the request (a peer
+    /// drops streams that arrive faster than it takes them). Worth another try.
+    Dropped,
 }
 
 struct GpuPeer {
@@ -336,6 +350,43 @@ impl Offload {
         excluded: &[PeerId],
         model: Option<&str>,
     ) -> Option<(PeerId, String, u64)> {
+        let chosen = self.choice(engine, prompt_chars, excluded, model)?;
+        let mut peers = lock(&self.inner.peers);
+        let state = peers.get_mut(&chosen)?;
+        state.candidate.in_flight += 1;
+        state.last_used = Some(unix_now());
+        Some((chosen, state.name.clone(), state.epoch))
+    }
+
+    /// The name of a GPU peer (empty if it left).
+    fn name_of(&self, peer: PeerId) -> String {
+        lock(&self.inner.peers)
+            .get(&peer)
+            .map(|p| p.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// GPU peers that could answer now (ready; serving `model` if one is named), but those in
+    /// `excluded`.
+    fn serving_peers(&self, model: Option<&str>, excluded: &[PeerId]) -> usize {
+        lock(&self.inner.peers)
+            .iter()
+            .filter(|(id, _)| !excluded.contains(id))
+            .filter(|(_, p)| p.candidate.expected_ms().is_some())
+            .filter(|(_, p)| {
+                model.is_none_or(|m| p.candidate.load.as_ref().is_some_and(|l| l.model == m))
+            })
+            .count()
+    }
+
+    /// The GPU peer [`Offload::pick`] would choose now (none: answer here), without taking it.
+    fn choice(
+        &self,
+        engine: &EngineHandle,
+        prompt_chars: usize,
+        excluded: &[PeerId],
+        model: Option<&str>,
+    ) -> Option<PeerId> {
         let (ready, slots) = match engine.state() {
             EngineState::Ready { slots, .. } => (true, slots),
             _ => (false, 0),
@@ -345,17 +396,30 @@ impl Offload {
             model_bytes: self.inner.local_model_bytes,
             saturated: ready && engine.busy() >= slots,
         };
-        let mut peers = lock(&self.inner.peers);
-        let candidates: Vec<Candidate<PeerId>> =
-            peers.values().map(|p| p.candidate.clone()).collect();
+        let candidates: Vec<Candidate<PeerId>> = lock(&self.inner.peers)
+            .values()
+            .map(|p| p.candidate.clone())
+            .collect();
+        // Among peers that look equally quick, one at random: devices whose (seconds-old)
+        // reports say the same peers are idle spread over them. No secret is at stake.
+        let draw = getrandom::u64().unwrap_or_else(|_| unix_now());
         let chosen = match model {
-            Some(model) => core::choose_serving(self.policy(), model, &candidates, excluded)?.peer,
-            None => core::choose(self.policy(), local, prompt_chars, &candidates, excluded)?.peer,
+            Some(model) => {
+                core::choose_serving(self.policy(), model, &candidates, excluded, draw)?.peer
+            }
+            None => {
+                core::choose(
+                    self.policy(),
+                    local,
+                    prompt_chars,
+                    &candidates,
+                    excluded,
+                    draw,
+                )?
+                .peer
+            }
         };
-        let state = peers.get_mut(&chosen)?;
-        state.candidate.in_flight += 1;
-        state.last_used = Some(unix_now());
-        Some((chosen, state.name.clone(), state.epoch))
+        Some(chosen)
     }
 
     fn finished(&self, peer: PeerId, epoch: u64, took: Duration, attempt: &Attempt) {
@@ -363,6 +427,10 @@ impl Offload {
         let Some(state) = peers.get_mut(&peer).filter(|s| s.epoch == epoch) else {
             return;
         };
+        // A dropped request is tried again on the same peer: still in flight there.
+        if matches!(attempt, Attempt::Dropped) {
+            return;
+        }
         state.candidate.in_flight = state.candidate.in_flight.saturating_sub(1);
         let took_ms = took.as_secs_f64() * 1_000.0;
         match attempt {
@@ -370,7 +438,9 @@ impl Offload {
                 state.candidate.record(took_ms, false);
                 state.answers += 1;
             }
-            Attempt::Abandoned => {}
+            Attempt::Abandoned | Attempt::Dropped => {}
+            // What it says now is fresher than its last report.
+            Attempt::Busy(load) => state.candidate.load = Some(load.clone()),
             Attempt::Failed(e) => {
                 state.candidate.record(took_ms, true);
                 state.failures += 1;
@@ -450,25 +520,96 @@ impl Offload {
         let submitted = Instant::now();
         let mut text = String::new();
         let mut tried = vec![first];
+        // Peers that said every slot was taken: the answer goes to one with a free slot if any
+        // has one, else waits at the quickest (its last try is sent without `bounce`).
+        let mut full: Vec<PeerId> = Vec::new();
         let (mut peer, mut epoch) = (first, first_epoch);
         let mut rejoin = Rejoin::default();
         let mut tokens = 0u32;
+        let mut dropped = 0u32;
+        // When every peer said it was full: a second one, where the request waits too.
+        let mut also: Option<(PeerId, u64)> = None;
         let reason = loop {
             let started = Instant::now();
-            let attempt = self
+            let chars = request.messages.iter().map(|m| m.content.len()).sum();
+            // A typed request not yet begun asks a peer that has not said it is full to say so
+            // rather than queue it, if there is another peer to go to. A spoken turn has
+            // places of its own on a peer.
+            let bounce = !request.voice
+                && text.is_empty()
+                && !full.contains(&peer)
+                && self.serving_peers(model.as_deref(), &tried) > 0;
+            let peers: Vec<PeerId> = [peer].into_iter().chain(also.map(|a| a.0)).collect();
+            let (at, attempt) = self
                 .stream_answer(
-                    peer,
+                    &peers,
                     &request,
+                    bounce,
                     submitted,
-                    &mut text,
-                    &mut tokens,
-                    &mut rejoin,
-                    &updates,
+                    (&mut text, &mut tokens, &mut rejoin),
+                    (&updates, &route),
                 )
                 .await;
+            if let Some((other, other_epoch)) = also.take() {
+                // The one that did not start gave its place up.
+                let (lost, lost_epoch) = if at == 0 {
+                    (other, other_epoch)
+                } else {
+                    let lost = (peer, epoch);
+                    (peer, epoch) = (other, other_epoch);
+                    lost
+                };
+                self.finished(lost, lost_epoch, started.elapsed(), &Attempt::Abandoned);
+                tried.retain(|p| *p != lost);
+            }
             self.finished(peer, epoch, started.elapsed(), &attempt);
             let reason = match attempt {
                 Attempt::Answered | Attempt::Abandoned => return,
+                Attempt::Dropped if dropped < DROPPED_RETRIES => {
+                    dropped += 1;
+                    tokio::time::sleep(DROPPED_BACKOFF * dropped).await;
+                    continue;
+                }
+                Attempt::Dropped => {
+                    let reason = "it closed the stream before answering, again".to_owned();
+                    self.finished(
+                        peer,
+                        epoch,
+                        started.elapsed(),
+                        &Attempt::Failed(reason.clone()),
+                    );
+                    reason
+                }
+                Attempt::Busy(_) => {
+                    full.push(peer);
+                    tried.retain(|p| *p != peer);
+                    let excluded: Vec<PeerId> = tried.iter().chain(&full).copied().collect();
+                    // One that has not said it is full; else (all full) the two expected to
+                    // finish first by what they said (the shortest queues): it waits in both.
+                    let next = match self.pick(&engine, chars, &excluded, model.as_deref()) {
+                        Some(next) => Some(next),
+                        None => {
+                            let best = self.pick(&engine, chars, &tried, model.as_deref());
+                            if let Some((best, _, _)) = &best {
+                                let without: Vec<PeerId> =
+                                    tried.iter().chain([best]).copied().collect();
+                                also = self
+                                    .pick(&engine, chars, &without, model.as_deref())
+                                    .map(|(id, _, e)| (id, e));
+                            }
+                            best
+                        }
+                    };
+                    let Some((next, name, next_epoch)) = next else {
+                        break "every GPU peer was busy and none could take it".to_owned();
+                    };
+                    (peer, epoch) = (next, next_epoch);
+                    if !tried.contains(&next) {
+                        tried.push(next);
+                    }
+                    route.send_replace(Where::Peer { id: next, name });
+                    continue;
+                }
                 Attempt::Failed(reason) => reason,
             };
             tracing::warn!(%peer, %reason, received = text.len(), "GPU peer failed mid-answer");
@@ -533,48 +674,134 @@ impl Offload {
     }
 
     /// One attempt on one peer. `text` collects what was received, `tokens` counts its pieces.
-    #[allow(clippy::too_many_arguments)]
+    /// One attempt: on `peers[0]`; or, given two (every peer is full), on both at once, the
+    /// answer taken from whichever starts first and the other cancelled (its place in that
+    /// queue given up). `bounce`: ask the peer to say [`Reply::Busy`] rather than wait for a
+    /// slot. Returns which peer it was, and how it went.
     async fn stream_answer(
         &self,
-        peer: PeerId,
+        peers: &[PeerId],
         request: &Request,
+        bounce: bool,
         submitted: Instant,
-        text: &mut String,
-        tokens: &mut u32,
-        rejoin: &mut Rejoin,
-        updates: &mpsc::Sender<Update>,
-    ) -> Attempt {
+        (text, tokens, rejoin): (&mut String, &mut u32, &mut Rejoin),
+        (updates, route): (&mpsc::Sender<Update>, &watch::Sender<Where>),
+    ) -> (usize, Attempt) {
+        let ask = Ask::Generate {
+            messages: request.messages.clone(),
+            sampling: request.sampling.clone(),
+            prefix: request.prefix.clone(),
+            voice: request.voice,
+            bounce: bounce && peers.len() == 1,
+        };
         let attempt = async {
-            let mut stream =
-                tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, protocol()))
-                    .await
-                    .map_err(|_| "opening a stream to it timed out".to_owned())?
-                    .map_err(|e| e.to_string())?;
-            let ask = Ask::Generate {
-                messages: request.messages.clone(),
-                sampling: request.sampling.clone(),
-                prefix: request.prefix.clone(),
-                voice: request.voice,
+            let (at, stream, first, unsent) = match peers {
+                [peer] => {
+                    let (stream, unsent) = self.ask_peer(*peer, &ask).await?;
+                    (0, stream, Vec::new(), unsent)
+                }
+                _ => {
+                    let won = self.first_to_start(peers, &ask).await?;
+                    // Said before any of the answer is passed on.
+                    if let Some(&peer) = peers.get(won.0).filter(|_| won.0 > 0) {
+                        let name = self.name_of(peer);
+                        route.send_replace(Where::Peer { id: peer, name });
+                    }
+                    won
+                }
             };
-            // A peer that does not read its request is given up on like a silent one.
-            let send = async {
-                stream.write_all(&core::encode(&ask)).await?;
-                stream.flush().await
-            };
-            tokio::time::timeout(OPEN_TIMEOUT, send)
-                .await
-                .map_err(|_| "it did not take the request".to_owned())?
-                .map_err(|e| format!("sending the request: {e}"))?;
-            self.read_answer(stream, request, submitted, text, tokens, rejoin, updates)
-                .await
+            let read = self
+                .read_answer(
+                    stream,
+                    request,
+                    ask_bounces(&ask),
+                    submitted,
+                    &first,
+                    (text, tokens, rejoin),
+                    updates,
+                )
+                .await;
+            Ok::<_, (usize, String)>((
+                at,
+                match (read, unsent) {
+                    (Err(read), Some(unsent)) => Err(format!("{unsent} ({read})")),
+                    (read, _) => read,
+                },
+            ))
         };
         tokio::select! {
             result = attempt => match result {
-                Ok(attempt) => attempt,
-                Err(reason) => Attempt::Failed(reason),
+                Ok((at, Ok(attempt))) => (at, attempt),
+                Ok((at, Err(reason))) | Err((at, reason)) => (at, Attempt::Failed(reason)),
             },
-            () = updates.closed() => Attempt::Abandoned,
+            () = updates.closed() => (0, Attempt::Abandoned),
         }
+    }
+
+    /// Opens a stream to `peer` and sends `ask`; the stream, and why sending failed if it did:
+    /// a peer that answers at once (busy, or a refusal) and closes its side can stop our
+    /// sending before the flush sees the request acknowledged, and its reply still counts.
+    async fn ask_peer(
+        &self,
+        peer: PeerId,
+        ask: &Ask,
+    ) -> Result<(libp2p::Stream, Option<String>), (usize, String)> {
+        let mut stream =
+            tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, protocol()))
+                .await
+                .map_err(|_| (0, "opening a stream to it timed out".to_owned()))?
+                .map_err(|e| (0, e.to_string()))?;
+        // A peer that does not read its request is given up on like a silent one.
+        let send = async {
+            stream.write_all(&core::encode(ask)).await?;
+            stream.flush().await
+        };
+        let sent = tokio::time::timeout(OPEN_TIMEOUT, send)
+            .await
+            .map_err(|_| (0, "it did not take the request".to_owned()))?;
+        Ok((
+            stream,
+            sent.err().map(|e| format!("sending the request: {e}")),
+        ))
+    }
+
+    /// Sends `ask` to each of `peers` and waits for the first to say anything (it has taken the
+    /// request: a slot freed there); the others' streams are closed, which takes the request
+    /// out of their queues. Late binding, as Sparrow's scheduler does it: a request waits in
+    /// two queues and runs in whichever moves first, so no peer idles while another has a
+    /// queue. Returns the winner's index, its stream, and the bytes read from it.
+    async fn first_to_start(
+        &self,
+        peers: &[PeerId],
+        ask: &Ask,
+    ) -> Result<(usize, libp2p::Stream, Vec<u8>, Option<String>), (usize, String)> {
+        use futures::FutureExt;
+        let tries = peers.iter().enumerate().map(|(at, &peer)| {
+            async move {
+                let (mut stream, unsent) =
+                    self.ask_peer(peer, ask).await.map_err(|(_, e)| (at, e))?;
+                let mut buf = vec![0u8; 8192];
+                let n = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf))
+                    .await
+                    .map_err(|_| {
+                        (
+                            at,
+                            format!("it went silent for {} s", IDLE_TIMEOUT.as_secs()),
+                        )
+                    })?
+                    .map_err(|e| (at, format!("the stream broke: {e}")))?;
+                if n == 0 {
+                    let reason = unsent.unwrap_or_else(|| "it closed the stream".to_owned());
+                    return Err((at, reason));
+                }
+                buf.truncate(n);
+                Ok((at, stream, buf, None))
+            }
+            .boxed()
+        });
+        futures::future::select_ok(tries)
+            .await
+            .map(|(won, _others)| won)
     }
 
     /// Reads the peer's replies into `updates` until the answer ends.
@@ -583,15 +810,17 @@ impl Offload {
         &self,
         mut stream: libp2p::Stream,
         request: &Request,
+        bounce: bool,
         submitted: Instant,
-        text: &mut String,
-        tokens: &mut u32,
-        rejoin: &mut Rejoin,
+        first: &[u8],
+        (text, tokens, rejoin): (&mut String, &mut u32, &mut Rejoin),
         updates: &mpsc::Sender<Update>,
     ) -> Result<Attempt, String> {
         let mut frames = Frames::new(MAX_EVENT);
+        frames.push(first);
         let mut buf = [0u8; 8192];
         let mut first_token = None;
+        let mut heard = !first.is_empty();
         loop {
             while let Some(reply) = frames.next_frame::<Reply>().map_err(|e| e.to_string())? {
                 let update = match reply {
@@ -651,6 +880,11 @@ impl Offload {
                     } if text.is_empty() => return Err(message),
                     Reply::Failed { kind, message } => Update::Failed { kind, message },
                     Reply::Load(_) => continue,
+                    // Only before anything was said, and only if asked.
+                    Reply::Busy(load) if bounce && text.is_empty() && *tokens == 0 => {
+                        return Ok(Attempt::Busy(load));
+                    }
+                    Reply::Busy(_) => return Err("it said it was busy mid-answer".into()),
                 };
                 let last = matches!(update, Update::Done(_) | Update::Failed { .. });
                 if updates.send(update).await.is_err() {
@@ -670,8 +904,12 @@ impl Offload {
                 .map_err(|_| format!("it went silent for {} s", patience.as_secs()))?
                 .map_err(|e| format!("the stream broke: {e}"))?;
             if n == 0 {
+                if !heard {
+                    return Ok(Attempt::Dropped);
+                }
                 return Err("it closed the stream before the answer was complete".into());
             }
+            heard = true;
             frames.push(buf.get(..n).unwrap_or_default());
         }
     }

@@ -55,13 +55,34 @@ pub struct UpstreamConfig {
     /// Answers to send it at once (default: its own slot count where it says, else
     /// [`DEFAULT_CONCURRENCY`]).
     pub slots: Option<u32>,
+    /// Answers beyond `slots` that only spoken turns may send (where the server says how many
+    /// it runs, they come out of its count instead).
+    pub voice_slots: u32,
 }
 
 /// Who may send an answer to the server now, and who waits.
 struct Admission {
     waiting: FairQueue<String, Waiter>,
     running: u32,
+    /// Answers at the server at once, spoken turns included.
     limit: u32,
+    /// Of those, how many typed and API answers may be (the rest are kept for spoken turns).
+    typed: u32,
+}
+
+impl Admission {
+    /// The next waiting answer that may go now, counted as running.
+    fn next(&mut self) -> Option<Waiter> {
+        let (_, waiter) = if self.running < self.typed {
+            self.waiting.pop()?
+        } else if self.running < self.limit {
+            self.waiting.pop_urgent()?
+        } else {
+            return None;
+        };
+        self.running += 1;
+        Some(waiter)
+    }
 }
 
 /// An answer waiting for its turn: told to go through `go`.
@@ -144,6 +165,7 @@ impl Upstream {
                 waiting: FairQueue::new(QUEUE, PER_USER),
                 running: 0,
                 limit: DEFAULT_CONCURRENCY,
+                typed: DEFAULT_CONCURRENCY,
             }),
         };
         let models = upstream
@@ -185,9 +207,21 @@ impl Upstream {
             ..upstream
         });
         upstream.read_load().await;
-        let slots = upstream.seen_lock().0.and_then(|busy| busy.slots);
-        upstream.admission_lock().limit =
-            config.slots.or(slots).unwrap_or(DEFAULT_CONCURRENCY).max(1);
+        let served = upstream.seen_lock().0.and_then(|busy| busy.slots);
+        {
+            let mut admission = upstream.admission_lock();
+            let voice = config.voice_slots.min(64);
+            (admission.typed, admission.limit) = match (config.slots, served) {
+                (Some(slots), _) => (slots.max(1), slots.max(1).saturating_add(voice)),
+                // The server's own count is its ceiling: the places for spoken turns come out
+                // of it (typed answers keep at least one).
+                (None, Some(slots)) => (slots.saturating_sub(voice).max(1), slots.max(1)),
+                (None, None) => (
+                    DEFAULT_CONCURRENCY,
+                    DEFAULT_CONCURRENCY.saturating_add(voice),
+                ),
+            };
+        }
         Ok(upstream)
     }
 
@@ -217,8 +251,15 @@ impl Upstream {
     }
 
     /// Answers sent to the server at once.
+    /// Whether a typed answer asked for now would wait here for its turn.
+    pub fn would_wait(&self) -> bool {
+        let admission = self.admission_lock();
+        admission.running >= admission.typed || !self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Typed and API answers sent to the server at once (spoken turns may add a few more).
     pub fn concurrency(&self) -> u32 {
-        self.admission_lock().limit
+        self.admission_lock().typed
     }
 
     /// Waits for this answer's turn to be sent to the server (at once while fewer than the
@@ -232,7 +273,12 @@ impl Upstream {
     ) -> Option<Turn> {
         let go = {
             let mut admission = self.admission_lock();
-            if admission.running < admission.limit {
+            let cap = if request.voice {
+                admission.limit
+            } else {
+                admission.typed
+            };
+            if admission.running < cap {
                 admission.running += 1;
                 return Some(Turn(Arc::clone(self)));
             }
@@ -272,12 +318,14 @@ impl Upstream {
     /// place is free.
     fn release(&self) {
         let mut admission = self.admission_lock();
-        while let Some((_, waiter)) = admission.waiting.pop() {
+        admission.running = admission.running.saturating_sub(1);
+        while let Some(waiter) = admission.next() {
             if waiter.go.send(()).is_ok() {
                 return;
             }
+            // Its device went away meanwhile: the place is free again.
+            admission.running = admission.running.saturating_sub(1);
         }
-        admission.running = admission.running.saturating_sub(1);
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

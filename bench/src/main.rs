@@ -5,6 +5,7 @@
 
 mod crdt;
 mod fleet;
+mod gpu_fleet;
 mod harness;
 mod identity_verify;
 mod iroh;
@@ -80,6 +81,11 @@ const BENCHES: &[Bench] = &[
         name: offload::NAME,
         about: "an answer through a GPU peer over QUIC on loopback vs the same engine asked directly: tokens/s and the time to first token it adds, for llama.cpp's llama-server behind the peer and for the built-in engine",
         run: offload::run,
+    },
+    Bench {
+        name: gpu_fleet::NAME,
+        about: "three GPU peers (vLLM-like servers behind them) and thirty devices asking at once: a spoken question's first-word p95 while typed ones queue vs on the idle fleet, typed answers completed, slot time left idle while others queued",
+        run: gpu_fleet::run,
     },
     Bench {
         name: voice::STT,

@@ -32,7 +32,7 @@ pub const NAME: &str = "offload";
 const THREADS: &str = "2";
 
 /// A child process stopped (SIGINT) when dropped.
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -40,7 +40,7 @@ impl Drop for Process {
     }
 }
 
-fn jarvis(bin: &Path, home: &Path) -> Command {
+pub(crate) fn jarvis(bin: &Path, home: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.env("JARVIS_PASSPHRASE", PASSPHRASE)
         .env("JARVIS_KDF_WORK_FACTOR", "10")
@@ -54,7 +54,7 @@ fn jarvis(bin: &Path, home: &Path) -> Command {
 
 /// Runs `cmd` and reads its first JSON lines up to (and including) the one whose `event` is
 /// `until`; returns the process and those lines.
-fn started(mut cmd: Command, until: &str) -> Result<(Process, Vec<Value>)> {
+pub(crate) fn started(mut cmd: Command, until: &str) -> Result<(Process, Vec<Value>)> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -278,7 +278,12 @@ impl EngineHandle {
         &self.metrics
     }
 
-    /// Requests generating or waiting now.
+    /// Requests generating now.
+    pub fn running(&self) -> u32 {
+        u32::try_from(self.metrics.active.get()).unwrap_or(0)
+    }
+
+    /// Requests generating or waiting.
     pub fn busy(&self) -> u32 {
         let busy = self.metrics.queue_depth.get() + self.metrics.active.get();
         u32::try_from(busy).unwrap_or(0)

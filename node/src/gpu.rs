@@ -138,14 +138,19 @@ impl Backend {
         }
     }
 
-    /// Whether a typed request sent now would wait for a slot (spoken turns have their own).
-    fn would_wait(&self) -> bool {
+    /// Whether a request sent now would wait for a slot (a spoken turn's, `voice`, may take
+    /// the places kept for spoken turns too).
+    fn would_wait(&self, voice: bool) -> bool {
         match self {
+            Self::Engine(engine) if voice => match engine.state() {
+                EngineState::Ready { slots, .. } => engine.running() >= slots,
+                _ => true,
+            },
             Self::Engine(_) => {
                 let (slots, busy, ready) = self.load();
                 !ready || busy >= slots
             }
-            Self::Upstream(upstream) => upstream.would_wait(),
+            Self::Upstream(upstream) => upstream.would_wait(voice),
         }
     }
 
@@ -734,7 +739,7 @@ impl Server {
             }
         };
         // Asked not to wait, and it would: the device tries another peer.
-        if bounce && !voice && self.backend.would_wait() {
+        if bounce && self.backend.would_wait(voice) {
             self.metrics.bounced();
             send(&mut writer, &Reply::Busy(self.load())).await?;
             writer.close().await?;

@@ -532,11 +532,10 @@ impl Offload {
         let reason = loop {
             let started = Instant::now();
             let chars = request.messages.iter().map(|m| m.content.len()).sum();
-            // A typed request not yet begun asks a peer that has not said it is full to say so
-            // rather than queue it, if there is another peer to go to. A spoken turn has
-            // places of its own on a peer.
-            let bounce = !request.voice
-                && text.is_empty()
+            // A request not yet begun asks a peer that has not said it is full to say so rather
+            // than queue it, if there is another peer to go to (a spoken turn: full even of
+            // the places kept for spoken turns).
+            let bounce = text.is_empty()
                 && !full.contains(&peer)
                 && self.serving_peers(model.as_deref(), &tried) > 0;
             let peers: Vec<PeerId> = [peer].into_iter().chain(also.map(|a| a.0)).collect();

@@ -250,11 +250,16 @@ impl Upstream {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Answers sent to the server at once.
-    /// Whether a typed answer asked for now would wait here for its turn.
-    pub fn would_wait(&self) -> bool {
+    /// Whether an answer asked for now (a spoken turn's: `voice`) would wait here for its
+    /// turn.
+    pub fn would_wait(&self, voice: bool) -> bool {
         let admission = self.admission_lock();
-        admission.running >= admission.typed || !self.reachable.load(Ordering::Relaxed)
+        let cap = if voice {
+            admission.limit
+        } else {
+            admission.typed
+        };
+        admission.running >= cap || !self.reachable.load(Ordering::Relaxed)
     }
 
     /// Typed and API answers sent to the server at once (spoken turns may add a few more).

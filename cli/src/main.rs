@@ -21,20 +21,21 @@ use crate::args::{Cli, Command, ModelsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JARVIS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(cli) {
+    // Logs to stderr; traces to an OTLP collector when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    // (flushed when `telemetry` is dropped, before the process ends).
+    let telemetry = jarvis_telemetry::init(match &cli.command {
+        Command::Gpu(_) => "jarvis-gpu",
+        _ => "jarvis-node",
+    });
+    let code = match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(telemetry);
+    code
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -747,6 +747,8 @@ struct Served {
     end: Option<std::time::Instant>,
     /// Whether it was answered to the end (not cancelled).
     done: bool,
+    /// The W3C trace context the request carried.
+    traceparent: Option<String>,
 }
 
 /// What a fake server's `/metrics` says it runs: always 3 running and 4 waiting, or the
@@ -801,6 +803,7 @@ fn fake_vllm_serve(
         return;
     }
     let mut length = 0usize;
+    let mut traceparent = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -808,6 +811,9 @@ fn fake_vllm_serve(
         }
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
             length = v.trim().parse().unwrap_or(0);
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("traceparent:") {
+            traceparent = Some(v.trim().to_owned());
         }
     }
     let mut body = vec![0u8; length];
@@ -858,6 +864,7 @@ fn fake_vllm_serve(
                     start: std::time::Instant::now(),
                     end: None,
                     done: false,
+                    traceparent,
                 });
                 served.len() - 1
             };
@@ -1201,5 +1208,138 @@ fn three_gpu_peers_share_a_burst_and_spoken_turns_go_first() {
         share < 0.15,
         "peers sat idle while others had a queue ({:.0} % of slot time)",
         share * 100.0
+    );
+}
+
+/// One trace per request across processes: a device (policy `gpu`) asks, a GPU peer fronting a
+/// vLLM-like server answers, and both export their spans over OTLP/HTTP to a receiver built on
+/// OpenTelemetry's own protobuf definitions. The device's `offload` and `gpu_peer` spans, the
+/// peer's `serve` and `backend` spans are one trace, each the child of the one before, and the
+/// server's request carries that trace's context (W3C `traceparent`, parent: `backend`).
+#[test]
+fn an_offloaded_answer_is_one_trace_over_the_device_the_gpu_peer_and_its_backend() {
+    let receiver_script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/otlp_receiver.py");
+    let mut receiver = Command::new("python3")
+        .arg(&receiver_script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut spans_out = BufReader::new(receiver.stdout.take().unwrap());
+    let mut port = String::new();
+    spans_out.read_line(&mut port).unwrap();
+    assert!(
+        port.trim().parse::<u16>().is_ok(),
+        "the OTLP receiver did not start (scripts/test.sh installs opentelemetry-proto): {port:?}"
+    );
+    let receiver = Running(receiver);
+    let endpoint = format!("http://127.0.0.1:{}", port.trim());
+    let traced = |mut cmd: Command| {
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+        cmd
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let acme = Org::new(dir.path(), "acme");
+    let gpu_home = acme.gpu(dir.path(), "gpu-box");
+    let laptop = acme.device(dir.path(), "ann", "laptop");
+    let vllm = fake_vllm("smollm2-135m-instruct");
+    let backend = format!("openai={}/v1", vllm.url);
+    let mut gpu_cmd = traced(jarvis(&gpu_home));
+    gpu_cmd.args([
+        "gpu",
+        "up",
+        "--json",
+        "--no-mdns",
+        "--backend",
+        &backend,
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ]);
+    let (gpu_child, gpu_id, gpu_addr) = common::gpu_up(&mut gpu_cmd);
+    let gpu = Running(gpu_child);
+    let mut device_cmd = traced(jarvis(&laptop));
+    device_cmd.env("JARVIS_MODELS", NO_MODELS).args([
+        "up",
+        "--json",
+        "--no-voice",
+        "--no-mdns",
+        "--api",
+        "127.0.0.1:0",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--peer",
+        &gpu_addr,
+    ]);
+    let (device_child, _, _) = common::spawn_up(device_cmd.stderr(Stdio::null()));
+    let device = Running(device_child);
+    wait_ready(&laptop, &gpu_id);
+    set_policy(&laptop, "gpu");
+    let (status, mut reader) = send(
+        &laptop,
+        "POST",
+        "/v1/ask",
+        &json!({ "text": "What is the capital of France?" }),
+    );
+    let mut body = String::new();
+    reader.read_to_string(&mut body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&gpu_id), "answered by the GPU peer: {body}");
+    // Stopping them flushes what they have not exported yet.
+    drop(device);
+    drop(gpu);
+    let wanted = ["offload", "gpu_peer", "serve", "backend"];
+    let mut spans: Vec<Value> = Vec::new();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in spans_out.lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    while !wanted.iter().all(|w| spans.iter().any(|s| s["name"] == *w)) {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("spans missing; received: {spans:#?}"));
+        spans.push(serde_json::from_str(&line).unwrap());
+    }
+    drop(receiver);
+    let span = |name: &str| spans.iter().find(|s| s["name"] == name).unwrap().clone();
+    let (offload, attempt, serve, backend_span) = (
+        span("offload"),
+        span("gpu_peer"),
+        span("serve"),
+        span("backend"),
+    );
+    assert_eq!(offload["service"], "jarvis-node", "{offload}");
+    assert_eq!(attempt["service"], "jarvis-node", "{attempt}");
+    assert_eq!(serve["service"], "jarvis-gpu", "{serve}");
+    assert_eq!(backend_span["service"], "jarvis-gpu", "{backend_span}");
+    let trace = offload["trace_id"].as_str().unwrap();
+    for s in [&attempt, &serve, &backend_span] {
+        assert_eq!(s["trace_id"], trace, "one trace: {spans:#?}");
+    }
+    assert_eq!(attempt["parent_span_id"], offload["span_id"], "{spans:#?}");
+    assert_eq!(
+        serve["parent_span_id"], attempt["span_id"],
+        "across the mesh: {spans:#?}"
+    );
+    assert_eq!(
+        backend_span["parent_span_id"], serve["span_id"],
+        "{spans:#?}"
+    );
+    // And on to the backend's HTTP request.
+    let served = vllm.served.lock().unwrap().clone();
+    let traceparent = served[0].traceparent.clone().expect("a traceparent header");
+    assert_eq!(
+        traceparent,
+        format!(
+            "00-{trace}-{}-01",
+            backend_span["span_id"].as_str().unwrap()
+        )
     );
 }

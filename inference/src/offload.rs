@@ -48,6 +48,11 @@ pub enum Ask {
         /// device has other peers to try; it sends its last try without this).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         bounce: bool,
+        /// The device's W3C trace context for this answer (`traceparent`), so the GPU peer's
+        /// work and its backend's join the device's trace. Untrusted: bounded and checked by
+        /// the peer (`jarvis_telemetry::adopt`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
 }
 
@@ -473,6 +478,7 @@ mod tests {
                 prefix: "Par".into(),
                 voice: true,
                 bounce: false,
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             },
             Ask::Generate {
                 messages: vec![ChatMessage::new("user", "hi")],
@@ -480,6 +486,7 @@ mod tests {
                 prefix: String::new(),
                 voice: false,
                 bounce: true,
+                traceparent: None,
             },
         ];
         let bytes: Vec<u8> = asks.iter().flat_map(encode).collect();

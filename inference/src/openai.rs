@@ -252,6 +252,7 @@ pub fn parse_chat(body: &[u8], models: &[String]) -> Result<ChatCompletion, ApiE
         sampling,
         prefix: String::new(),
         voice: false,
+        traceparent: None,
     };
     Ok(ChatCompletion {
         request,

@@ -129,6 +129,9 @@ pub struct Request {
     /// A spoken turn (someone waits in silence): queued ahead of typed and API requests
     /// ([`crate::sched::FairQueue::push_urgent`]).
     pub voice: bool,
+    /// The request's W3C trace context (`traceparent`), passed on where the engine is another
+    /// process that traces (a third-party backend's HTTP request); none when not traced.
+    pub traceparent: Option<String>,
 }
 
 /// How a finished request went.

@@ -357,6 +357,7 @@ mod tests {
             },
             prefix: String::new(),
             voice: false,
+            traceparent: None,
         };
         let fresh = chat_body(&request, "qwen");
         assert_eq!(fresh["model"], "qwen");

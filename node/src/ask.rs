@@ -167,6 +167,7 @@ impl Asking {
             prefix: String::new(),
             // A voice turn's question comes with the timings of its wake and speech.
             voice: !question.timings_ms.is_empty(),
+            traceparent: None,
         };
         let pinned = question
             .model
@@ -252,6 +253,7 @@ impl Asking {
             prefix: String::new(),
             // Held answers are the voice loop's: spoken while the user is still talking.
             voice: true,
+            traceparent: None,
         };
         let routed = self
             .offload

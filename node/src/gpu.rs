@@ -721,7 +721,7 @@ impl Server {
         })
         .await
         .unwrap_or_else(|_| Err((ErrorKind::Engine, "no request in time".to_owned())));
-        let (messages, sampling, prefix, voice, bounce) = match ask {
+        let (messages, sampling, prefix, voice, bounce, traceparent) = match ask {
             Ok(Ask::Load) => {
                 send(&mut writer, &Reply::Load(self.load())).await?;
                 return writer.close().await;
@@ -732,7 +732,8 @@ impl Server {
                 prefix,
                 voice,
                 bounce,
-            }) => (messages, sampling, prefix, voice, bounce),
+                traceparent,
+            }) => (messages, sampling, prefix, voice, bounce, traceparent),
             Err((kind, message)) => {
                 send(&mut writer, &Reply::Failed { kind, message }).await?;
                 return writer.close().await;
@@ -751,14 +752,21 @@ impl Server {
         // Fair between users: the supervisor's queue takes turns between clients, a spoken
         // turn's ahead of typed ones (a few per user at most).
         let client = client_name(&verified);
+        // This answer's span here, in the device's trace where it sent one; what it sent is
+        // passed on to the backend only if it is a valid trace context.
+        let span = tracing::info_span!("serve", model = %self.backend.model_name(), voice);
+        let traceparent =
+            traceparent.filter(|t| jarvis_telemetry::adopt(&span, t) || jarvis_telemetry::valid(t));
         let request = Request {
             client,
             messages,
             sampling,
             prefix,
             voice,
+            traceparent,
         };
-        let mut generation = match self.backend.submit(request).await {
+        let submitted = tracing::Instrument::instrument(self.backend.submit(request), span.clone());
+        let mut generation = match submitted.await {
             Ok(g) => g,
             Err(message) => {
                 self.metrics

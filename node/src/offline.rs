@@ -61,6 +61,7 @@ pub async fn ask_offline(
         sampling: crate::answer::ask_sampling(),
         prefix: String::new(),
         voice: false,
+        traceparent: None,
     };
     let generation = engine.submit(request).await?;
     let (pieces, mut printer) = tokio::sync::mpsc::channel::<String>(256);

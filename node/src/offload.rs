@@ -495,10 +495,19 @@ impl Offload {
         let (route_tx, route) = watch::channel(Where::Peer { id: peer, name });
         let this = self.clone();
         let engine = engine.clone();
-        tokio::spawn(async move {
+        // The answer's span: its attempts on GPU peers are its children, and each peer's work
+        // joins the trace through the `traceparent` its request carries.
+        let span = tracing::info_span!(
+            "offload",
+            policy = self.policy().as_str(),
+            model = model.as_deref().unwrap_or_default(),
+            voice = request.voice,
+        );
+        let work = async move {
             this.answer_remotely((peer, epoch), request, model, engine, updates_tx, route_tx)
                 .await;
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(work, span));
         Ok(Routed {
             generation: Generation { id: 0, updates },
             route,
@@ -686,12 +695,19 @@ impl Offload {
         (text, tokens, rejoin): (&mut String, &mut u32, &mut Rejoin),
         (updates, route): (&mpsc::Sender<Update>, &watch::Sender<Where>),
     ) -> (usize, Attempt) {
+        let span = tracing::info_span!(
+            "gpu_peer",
+            peer = %peers.first().map(ToString::to_string).unwrap_or_default(),
+            also = peers.len() > 1,
+            bounce,
+        );
         let ask = Ask::Generate {
             messages: request.messages.clone(),
             sampling: request.sampling.clone(),
             prefix: request.prefix.clone(),
             voice: request.voice,
             bounce: bounce && peers.len() == 1,
+            traceparent: jarvis_telemetry::traceparent(&span),
         };
         let attempt = async {
             let (at, stream, first, unsent) = match peers {
@@ -728,6 +744,7 @@ impl Offload {
                 },
             ))
         };
+        let attempt = tracing::Instrument::instrument(attempt, span);
         tokio::select! {
             result = attempt => match result {
                 Ok((at, Ok(attempt))) => (at, attempt),

@@ -424,7 +424,9 @@ impl Upstream {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let this = Arc::clone(self);
         let guard = InFlight::take(&self.in_flight);
-        tokio::spawn(async move {
+        // The answer's wait here and its request to the server, in the caller's trace.
+        let span = tracing::info_span!("backend", model = %self.model, url = %self.base);
+        let work = async move {
             let _guard = guard;
             let Some(_turn) = this.turn(id, &request, &tx).await else {
                 return;
@@ -438,7 +440,8 @@ impl Upstream {
                 tracing::debug!(%message, "the backend's answer failed");
                 let _ = tx.send(Update::Failed { kind, message }).await;
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(work, span));
         Generation { id, updates }
     }
 
@@ -450,15 +453,20 @@ impl Upstream {
         let submitted = Instant::now();
         let engine = |e: String| (ErrorKind::Engine, e);
         let body = upstream::chat_body(request, &self.model);
-        let response = tokio::time::timeout(
-            IDLE,
-            self.request(reqwest::Method::POST, "/v1/chat/completions")
-                .json(&body)
-                .send(),
-        )
-        .await
-        .map_err(|_| engine("the backend did not answer in time".into()))?
-        .map_err(|e| engine(format!("the backend is unreachable: {e}")))?;
+        let mut post = self
+            .request(reqwest::Method::POST, "/v1/chat/completions")
+            .json(&body);
+        // The server's own tracing (vLLM, SGLang and TGI read W3C trace context) joins the
+        // trace: this request's span where this peer exports, else what the device sent.
+        if let Some(traceparent) = jarvis_telemetry::traceparent(&tracing::Span::current())
+            .or_else(|| request.traceparent.clone())
+        {
+            post = post.header("traceparent", traceparent);
+        }
+        let response = tokio::time::timeout(IDLE, post.send())
+            .await
+            .map_err(|_| engine("the backend did not answer in time".into()))?
+            .map_err(|e| engine(format!("the backend is unreachable: {e}")))?;
         let status = response.status();
         if !status.is_success() {
             let said = bounded_body(response, MAX_ERROR_BYTES)

@@ -108,21 +108,19 @@ struct StoreArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JARVIS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs to stderr; traces to an OTLP collector when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    // (flushed when `telemetry` is dropped, before the process ends).
+    let telemetry = jarvis_telemetry::init("jarvis-relay");
     let cli = Cli::parse();
-    match run(cli) {
+    let code = match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(telemetry);
+    code
 }
 
 fn home(dir: Option<PathBuf>) -> Result<Home> {

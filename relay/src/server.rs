@@ -793,6 +793,8 @@ impl Relay {
         bytes: &[u8],
         channel: Option<request_response::ResponseChannel<Vec<u8>>>,
     ) {
+        // Spans of the relay's work (exported to a collector where one is configured).
+        let _span = tracing::info_span!("hello", %peer, bytes = bytes.len()).entered();
         let now = jarvis_home::now();
         let roster = &mut self.roster;
         let mut policy = |peer: &PeerId, checked: &Checked| {
@@ -1212,6 +1214,7 @@ impl Relay {
         let request_response::Event::Message { peer, message, .. } = event else {
             return;
         };
+        let _span = tracing::info_span!("sync", %peer).entered();
         let Message::Request {
             request, channel, ..
         } = message

@@ -20,7 +20,7 @@ use serde_json::Value;
 mod common;
 use common::{
     Running, approve_offline, jarvis, json_ok, ok, relay_cmd, sample, say, scrape, start_relay,
-    start_relay_with, texts, wait_for,
+    start_relay_from, start_relay_with, texts, wait_for,
 };
 
 fn start_node(home: &Path, relay: &str) -> Running {
@@ -924,4 +924,64 @@ fn a_relay_on_postgres_forwards_everything_and_its_database_reads_nothing() {
         (health.status() == 200).then_some(())
     });
     drop(relay);
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the relay exports its spans (a device's hello, its
+/// sync requests) over OTLP/HTTP, as `jarvis-relay`, to a receiver built on OpenTelemetry's own
+/// protobuf definitions; and flushes them when it stops.
+#[test]
+fn a_relay_exports_its_spans_to_an_otlp_collector() {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/support/otlp_receiver.py");
+    let mut receiver = std::process::Command::new("python3")
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut spans = BufReader::new(receiver.stdout.take().unwrap());
+    let receiver = Running(receiver);
+    let mut port = String::new();
+    spans.read_line(&mut port).unwrap();
+    assert!(
+        port.trim().parse::<u16>().is_ok(),
+        "the OTLP receiver did not start (scripts/test.sh installs opentelemetry-proto): {port:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (_, devices, relay_home) = org(dir.path(), &[]);
+    let mut cmd = relay_cmd(&relay_home);
+    cmd.env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{}", port.trim()),
+    )
+    .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+    let (relay, address, _) = start_relay_from(cmd, &[]);
+    let node = start_node(&devices[0], &address);
+    say(&devices[0], &["a note for the relay"]);
+    settled_bytes(&relay_home);
+    drop(node);
+    drop(relay);
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in spans.lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen: Vec<Value> = Vec::new();
+    while !["hello", "sync"]
+        .iter()
+        .all(|name| seen.iter().any(|s| s["name"] == *name))
+    {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the relay's spans did not arrive: {seen:#?}"));
+        seen.push(serde_json::from_str(&line).unwrap());
+    }
+    drop(receiver);
+    assert!(
+        seen.iter().all(|s| s["service"] == "jarvis-relay"),
+        "{seen:#?}"
+    );
 }

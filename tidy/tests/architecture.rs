@@ -24,6 +24,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The sans-IO cores.
     ("jarvis-identity", &[]),
     ("jarvis-crdt", &["jarvis-identity"]),
+    // Logs and traces across processes (OpenTelemetry): used by the programs and the node.
+    ("jarvis-telemetry", &[]),
     ("jarvis-inference-protocol", &[]),
     ("jarvis-inference", &["jarvis-inference-protocol"]),
     // A home on disk.
@@ -43,6 +45,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "jarvis-crdt",
             "jarvis-home",
             "jarvis-mesh",
+            "jarvis-telemetry",
         ],
     ),
     // The node as a library, and the command line over it.
@@ -55,6 +58,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "jarvis-mesh",
             "jarvis-inference",
             "jarvis-voice",
+            "jarvis-telemetry",
         ],
     ),
     (
@@ -67,6 +71,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "jarvis-inference",
             "jarvis-voice",
             "jarvis-node",
+            "jarvis-telemetry",
         ],
     ),
     ("jarvis-desktop", &[]),
@@ -89,11 +94,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
 /// What the workers (`jarvis-llm-worker`, `jarvis-stt-worker`) must not link.
 const NOT_IN_WORKERS: &[&str] = &["tokio", "reqwest", "zip", "hyper", "axum"];
 
-/// What the node library must not link: parsing a command line and setting up the process's
-/// logging are the `jarvis` binary's (`cli/`); a program that embeds the node (the desktop app,
-/// a test) does its own. (Progress bars and the passphrase prompt still come in from below:
-/// `inference`'s download takes an indicatif bar, `home` prompts with rpassword.)
-const NOT_IN_NODE_LIBRARY: &[&str] = &["clap", "tracing-subscriber"];
+/// What the node library must not link: parsing a command line is the `jarvis` binary's
+/// (`cli/`); a program that embeds the node (the desktop app, a test) does its own. (Progress
+/// bars and the passphrase prompt still come in from below: `inference`'s download takes an
+/// indicatif bar, `home` prompts with rpassword.) Setting up the process's logging and trace
+/// export is the binary's too, but `tracing-subscriber` is linked (tracing-opentelemetry's span
+/// extension, which carries trace context, needs its registry): that rule is checked in the
+/// sources instead ([`NOT_CALLED_IN_NODE_LIBRARY`]).
+const NOT_IN_NODE_LIBRARY: &[&str] = &["clap"];
+
+/// What the node library's sources must not call: the process-wide logging and trace set-up.
+const NOT_CALLED_IN_NODE_LIBRARY: &[&str] = &["tracing_subscriber::", "jarvis_telemetry::init"];
 
 fn workspace_root() -> PathBuf {
     // The running package's directory (cargo and nextest set it when running tests), not the
@@ -472,6 +483,22 @@ fn the_node_library_knows_no_command_line() {
         .filter(|c| node.contains(**c))
         .collect();
     assert!(unwanted.is_empty(), "jarvis-node links {unwanted:?}");
+    let root = workspace_root();
+    let mut files = vec![root.join("node/src")];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for call in NOT_CALLED_IN_NODE_LIBRARY {
+                assert!(
+                    !text.contains(call),
+                    "{} calls {call}: the process's logging is set up by the program",
+                    path.display()
+                );
+            }
+        }
+    }
     // And the binary does link what it needs: the check above looks at the right names.
     assert!(linked("jarvis-cli").contains("clap"));
 }

@@ -992,7 +992,18 @@ fn a_spoken_turn_overtakes_typed_ones_waiting_for_a_busy_backend() {
     let gpu_home = acme.gpu(dir.path(), "gpu-box");
     let laptop = acme.device(dir.path(), "ann", "laptop");
     let vllm = fake_vllm("smollm2-135m-instruct");
-    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(&gpu_home, &vllm.url, &["--slots", "1"]);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    // One typed answer at once, and no place kept for a spoken turn: it must queue too.
+    let (_gpu, gpu_id, gpu_addr) = gpu_up_fronting(
+        &gpu_home,
+        &vllm.url,
+        &["--slots", "1", "--voice-slots", "0", "--metrics", &metrics],
+    );
     let _device = device_up(&laptop, &gpu_addr, Some(NO_MODELS));
     wait_ready(&laptop, &gpu_id);
     set_policy(&laptop, "gpu");
@@ -1030,6 +1041,13 @@ fn a_spoken_turn_overtakes_typed_ones_waiting_for_a_busy_backend() {
     let second = asked("The second typed question", false);
     std::thread::sleep(std::time::Duration::from_millis(150));
     let spoken = asked("The spoken question", true);
+    // The peer's metrics say what waits, by priority.
+    wait_for("a spoken and a typed answer waiting in the metrics", || {
+        let (_, page) = http_get(&metrics, "/metrics")?;
+        (page.contains("jarvis_gpu_queue_depth{priority=\"voice\"} 1")
+            && page.contains("jarvis_gpu_queue_depth{priority=\"typed\"} 1"))
+        .then_some(())
+    });
     for question in [first, second, spoken] {
         question.join().unwrap();
     }

@@ -20,6 +20,8 @@ pub struct Outcome {
 pub struct EngineMetrics {
     /// Requests waiting for a slot.
     pub queue_depth: Gauge,
+    /// Of those, spoken turns (queued ahead of the rest).
+    pub queue_depth_voice: Gauge,
     /// Requests generating now.
     pub active: Gauge,
     /// From submission to the first token, in seconds.
@@ -36,6 +38,7 @@ impl Default for EngineMetrics {
     fn default() -> Self {
         Self {
             queue_depth: Gauge::default(),
+            queue_depth_voice: Gauge::default(),
             active: Gauge::default(),
             time_to_first_token: Histogram::new([
                 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -55,6 +58,11 @@ impl EngineMetrics {
             "queue_depth",
             "Requests waiting for an engine slot",
             self.queue_depth.clone(),
+        );
+        llm.register(
+            "queue_depth_voice",
+            "Spoken turns waiting for an engine slot (ahead of the rest)",
+            self.queue_depth_voice.clone(),
         );
         llm.register(
             "active_requests",

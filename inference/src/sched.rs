@@ -56,6 +56,11 @@ impl<K: PartialEq + Clone, T> FairQueue<K, T> {
         self.len
     }
 
+    /// Requests waiting in the urgent class (spoken turns ahead of the rest).
+    pub fn urgent_len(&self) -> usize {
+        self.urgent.iter().map(|(_, queue)| queue.len()).sum()
+    }
+
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -612,6 +612,9 @@ impl Supervisor {
             return Err(full.into());
         }
         self.metrics.queue_depth.set(gauge(self.queue.len()));
+        self.metrics
+            .queue_depth_voice
+            .set(gauge(self.queue.urgent_len()));
         Ok(Generation {
             id,
             updates: receiver,
@@ -660,6 +663,9 @@ impl Supervisor {
             );
         }
         self.metrics.queue_depth.set(gauge(self.queue.len()));
+        self.metrics
+            .queue_depth_voice
+            .set(gauge(self.queue.urgent_len()));
         self.metrics.active.set(gauge(self.inflight.len()));
     }
 
@@ -763,6 +769,9 @@ impl Supervisor {
             let _ = send(worker, &Command::Cancel { id }).await;
         }
         self.metrics.queue_depth.set(gauge(self.queue.len()));
+        self.metrics
+            .queue_depth_voice
+            .set(gauge(self.queue.urgent_len()));
     }
 
     fn fail_inflight(&mut self, message: &str) {
@@ -785,6 +794,7 @@ impl Supervisor {
             });
         }
         self.metrics.queue_depth.set(0);
+        self.metrics.queue_depth_voice.set(0);
     }
 
     async fn stop(&mut self, worker: Option<Worker>) {

@@ -138,6 +138,19 @@ impl Backend {
         }
     }
 
+    /// Answers waiting for a slot: (spoken turns, the rest).
+    fn queued(&self) -> (usize, usize) {
+        match self {
+            Self::Engine(engine) => {
+                let metrics = engine.metrics();
+                let all = usize::try_from(metrics.queue_depth.get()).unwrap_or(0);
+                let voice = usize::try_from(metrics.queue_depth_voice.get()).unwrap_or(0);
+                (voice, all.saturating_sub(voice))
+            }
+            Self::Upstream(upstream) => upstream.queued(),
+        }
+    }
+
     /// Whether a request sent now would wait for a slot (a spoken turn's, `voice`, may take
     /// the places kept for spoken turns too).
     fn would_wait(&self, voice: bool) -> bool {
@@ -279,6 +292,10 @@ async fn up(home: Home, out: Output, args: GpuConfig) -> Result<()> {
     ));
     let (reported, busy, ready) = backend.load();
     metrics.set_load(reported, busy, ready, backend.describe());
+    {
+        let backend = backend.clone();
+        metrics.watch_queues(move || backend.queued());
+    }
     let metrics_address = match args.metrics {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)

@@ -2,7 +2,8 @@
 //! `jarvis-relay up --metrics` has them: `GET /metrics` and `GET /health`.
 //!
 //! - `jarvis_gpu_answers_in_flight`, `jarvis_gpu_slots`, `jarvis_gpu_backend_up`: what the
-//!   devices' load reports say, as gauges;
+//!   devices' load reports say, as gauges; `jarvis_gpu_queue_depth{priority}` (`voice`,
+//!   `typed`): answers waiting here for a slot;
 //! - `jarvis_gpu_time_to_first_token_seconds`, `jarvis_gpu_tokens_per_second` (histograms) and
 //!   `jarvis_gpu_answers_total{outcome}` (`done`, `length`, `failed`, `cancelled`, `refused`, and `busy`: sent to another peer
 //!   because every slot here was taken);
@@ -31,6 +32,11 @@ struct Outcome {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Priority {
+    priority: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct User {
     user: String,
 }
@@ -41,6 +47,7 @@ pub struct GpuMetrics {
     pub in_flight: Gauge,
     pub slots: Gauge,
     pub backend_up: Gauge,
+    queue_depth: Family<Priority, Gauge>,
     time_to_first_token: Histogram,
     tokens_per_second: Histogram,
     answers: Family<Outcome, Counter>,
@@ -50,6 +57,8 @@ pub struct GpuMetrics {
     ready: AtomicBool,
     /// What `/health` says the model and backend are.
     describe: std::sync::Mutex<serde_json::Value>,
+    /// Reads the queues at each scrape: (spoken turns, the rest).
+    queued: std::sync::OnceLock<Box<dyn Fn() -> (usize, usize) + Send + Sync>>,
 }
 
 impl GpuMetrics {
@@ -64,6 +73,7 @@ impl GpuMetrics {
             in_flight: Gauge::default(),
             slots: Gauge::default(),
             backend_up: Gauge::default(),
+            queue_depth: Family::default(),
             time_to_first_token: Histogram::new([
                 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
@@ -73,6 +83,7 @@ impl GpuMetrics {
             user_names,
             ready: AtomicBool::new(false),
             describe: std::sync::Mutex::new(serde_json::Value::Null),
+            queued: std::sync::OnceLock::new(),
         };
         let gpu = registry.sub_registry_with_prefix("jarvis_gpu");
         gpu.register(
@@ -89,6 +100,11 @@ impl GpuMetrics {
             "backend_up",
             "Whether the backend can answer (1) or not (0)",
             this.backend_up.clone(),
+        );
+        gpu.register(
+            "queue_depth",
+            "Answers waiting here for a slot, by priority (voice: spoken turns, ahead of typed)",
+            this.queue_depth.clone(),
         );
         gpu.register(
             "time_to_first_token_seconds",
@@ -147,6 +163,20 @@ impl GpuMetrics {
         }
     }
 
+    /// Where the queue depths come from (read at each scrape, so they are never stale).
+    pub fn watch_queues(&self, queued: impl Fn() -> (usize, usize) + Send + Sync + 'static) {
+        let _ = self.queued.set(Box::new(queued));
+    }
+
+    /// Answers waiting for a slot: (spoken turns, typed and API requests).
+    fn set_queued(&self, (voice, typed): (usize, usize)) {
+        for (priority, count) in [("voice", voice), ("typed", typed)] {
+            self.queue_depth
+                .get_or_create(&Priority { priority })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The backend's state, as the load reports carry it.
     pub fn set_load(&self, slots: u32, busy: u32, ready: bool, describe: serde_json::Value) {
         self.slots.set(i64::from(slots));
@@ -159,6 +189,9 @@ impl GpuMetrics {
     }
 
     pub fn render(&self) -> String {
+        if let Some(queued) = self.queued.get() {
+            self.set_queued(queued());
+        }
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "cannot encode metrics");

@@ -262,6 +262,13 @@ impl Upstream {
         admission.running >= cap || !self.reachable.load(Ordering::Relaxed)
     }
 
+    /// Answers waiting here for their turn: (spoken turns, the rest).
+    pub fn queued(&self) -> (usize, usize) {
+        let admission = self.admission_lock();
+        let voice = admission.waiting.urgent_len();
+        (voice, admission.waiting.len().saturating_sub(voice))
+    }
+
     /// Typed and API answers sent to the server at once (spoken turns may add a few more).
     pub fn concurrency(&self) -> u32 {
         self.admission_lock().typed

@@ -81,11 +81,17 @@ fn org(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 fn gpu_peer(dir: &Path, admin: &Path, models: &Path) -> (Running, String) {
     let home = dir.join("gpu-1");
     common::enrol_gpu(admin, &home, "gpu-1");
+    // The default model under another name, so the UI's model picker can tell the GPU peer's
+    // model from this computer's.
+    let renamed = dir.join("smollm2-on-gpu.gguf");
+    std::os::unix::fs::symlink(models.join("SmolLM2-135M-Instruct.Q4_1.gguf"), &renamed).unwrap();
     let (child, _, address) = common::gpu_up(
         jarvis(&home)
             .env("JARVIS_MODELS", models)
             .env("JARVIS_LLM_THREADS", "1")
             .args(["gpu", "up", "--json", "--no-mdns", "--slots", "1"])
+            .arg("--model")
+            .arg(&renamed)
             .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]),
     );
     (Running(child), address)

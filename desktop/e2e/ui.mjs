@@ -230,7 +230,7 @@ try {
   const gpuRow = page.locator('#gpu-list tr', { hasText: 'gpu-1' });
   await gpuRow.locator('.badge', { hasText: 'ready' }).waitFor({ timeout: 30_000 });
   report.gpu_row = await gpuRow.textContent();
-  check(report.gpu_row.includes('smollm2-135m-instruct'), `the GPU peer's model is shown (${report.gpu_row})`);
+  check(report.gpu_row.includes('smollm2-on-gpu'), `the GPU peer's model is shown (${report.gpu_row})`);
   await shot(page, 'peers');
   await page.keyboard.press('Alt+4');
   await page.locator('#model-list tr', { hasText: 'smollm2-135m-instruct' }).locator('.badge', { hasText: 'installed' }).waitFor();
@@ -256,6 +256,22 @@ try {
   await page.keyboard.press('Alt+5');
   await page.locator('#offload-form input[value="auto"]').check();
   await page.locator('#offload-saved', { hasText: 'Automatic' }).waitFor();
+  // The model picker: the GPU peer's model, chosen for a question, is answered there even under
+  // Automatic (this computer does not run it); this computer's model is offered too.
+  await page.keyboard.press('Alt+1');
+  await page.keyboard.press('Control+n');
+  await page.locator('#model-choice option', { hasText: 'smollm2-on-gpu (GPU peer)' }).waitFor({ state: 'attached', timeout: 30_000 });
+  report.model_choices = await page.locator('#model-choice option').allTextContents();
+  check(report.model_choices.some((t) => t.includes('(this computer)')), `this computer's model is offered (${report.model_choices})`);
+  await page.selectOption('#model-choice', 'smollm2-on-gpu');
+  await page.fill('#question', 'What is the capital of Italy?');
+  await page.keyboard.press('Enter');
+  const pinned = page.locator('#messages .msg.assistant .meta', { hasText: 'on GPU peer gpu-1' });
+  await pinned.waitFor({ timeout: 60_000 });
+  report.pinned = await pinned.textContent();
+  await shot(page, 'model-picker');
+  await page.selectOption('#model-choice', '');
+  await page.keyboard.press('Alt+5');
   // The wake word off: the voice bar says to press Talk; the installed voices are offered.
   await page.locator('#wake-word').uncheck();
   await page.locator('#voice-saved', { hasText: 'wake word off' }).waitFor();

@@ -257,7 +257,9 @@ async function ask(text) {
   list.append(question, answer);
   list.scrollTop = list.scrollHeight;
   try {
-    const response = await api('/v1/ask', { body: { text, conversation: current, stream: true }, raw: true });
+    const body = { text, conversation: current, stream: true };
+    if ($('model-choice').value) body.model = $('model-choice').value;
+    const response = await api('/v1/ask', { body, raw: true });
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
       answer.remove();
@@ -425,11 +427,35 @@ async function loadStatus() {
       : unreachable.some((d) => d.kind === 'relay' && notAccepted(d)) ? ' · relay not accepted' : ' · relay unreachable';
   }
   renderGpus(status.offload || { policy: 'local', gpu_peers: [] });
+  loadModelChoices();
   const info = [['Device', status.device_id], ['User', status.user], ['Org', status.org_id], ['API', status.api],
     ['Listening on', (status.listen || []).join('\n')], ['Conversations', status.documents],
     ['Revocations known', status.revocations], ['Model', (status.models || []).map((m) => `${m.name || ''} ${m.state || ''}`).join(', ')]];
   $('node-info').replaceChildren(...info.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: String(v ?? '') })]));
 }
+
+// The model picker: Automatic, or a model this computer or a GPU peer of the org serves (as
+// `/v1/models` lists them), sent as `model` with the question.
+async function loadModelChoices() {
+  let list;
+  try { list = await api('/v1/models'); } catch (e) { return; }
+  const select = $('model-choice');
+  const chosen = select.value;
+  const models = (list.data || []).map((m) => el('option', {
+    value: m.id,
+    text: `${m.id} (${m.owned_by === 'jarvis-gpu-peer' ? 'GPU peer' : 'this computer'})`,
+  }));
+  // A chosen model that is gone stays listed (marked) so the choice is not changed silently.
+  if (chosen && !(list.data || []).some((m) => m.id === chosen)) {
+    models.push(el('option', { value: chosen, text: `${chosen} (not available now)` }));
+  }
+  select.replaceChildren(el('option', { value: '', text: 'Automatic' }), ...models);
+  select.value = chosen;
+}
+
+$('model-choice').addEventListener('focus', loadModelChoices);
+// GPU peers come and go: the list is read again every few seconds.
+setInterval(() => { if (document.body.dataset.connected === 'true') loadModelChoices(); }, 5000);
 
 const policyText = {
   local: 'Answers are made only on this computer (Settings → Where answers are made). GPU peers below are connected but not used.',

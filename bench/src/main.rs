@@ -5,6 +5,7 @@
 
 mod crdt;
 mod fleet;
+mod gpu_cuda;
 mod gpu_fleet;
 mod harness;
 mod identity_verify;
@@ -86,6 +87,11 @@ const BENCHES: &[Bench] = &[
         name: gpu_fleet::NAME,
         about: "three GPU peers (vLLM-like servers behind them) and thirty devices asking at once: a spoken question's first-word p95 while typed ones queue vs on the idle fleet, typed answers completed, slot time left idle while others queued",
         run: gpu_fleet::run,
+    },
+    Bench {
+        name: gpu_cuda::NAME,
+        about: "a GPU peer's built-in engine on an NVIDIA GPU (a `cuda` build of jarvis-llm-worker, JARVIS_LLM_WORKER_CUDA) vs the same peer on the CPU: tokens/s, and the CUDA device reported; says why and reports nothing without a GPU",
+        run: gpu_cuda::run,
     },
     Bench {
         name: voice::STT,

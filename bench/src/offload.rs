@@ -78,14 +78,14 @@ pub(crate) fn started(mut cmd: Command, until: &str) -> Result<(Process, Vec<Val
 }
 
 /// The org: an admin, a GPU peer's enrolled home, and a device's (a user's first).
-struct Org {
+pub(crate) struct Org {
     _dir: tempfile::TempDir,
-    gpu: PathBuf,
-    device: PathBuf,
+    pub(crate) gpu: PathBuf,
+    pub(crate) device: PathBuf,
 }
 
 impl Org {
-    fn new(bin: &Path) -> Result<Self> {
+    pub(crate) fn new(bin: &Path) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let admin = dir.path().join("admin");
         cli_json(bin, &admin, &["admin", "init", "--org", "bench"])?;
@@ -115,13 +115,13 @@ impl Org {
 }
 
 /// A running API to ask: its base URL and bearer token.
-struct Api {
-    base: String,
-    token: Option<String>,
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) token: Option<String>,
 }
 
 /// The device, without a model, its answers sent to the GPU peer at `peer`.
-fn device(
+pub(crate) fn device(
     runtime: &tokio::runtime::Runtime,
     bin: &Path,
     home: &Path,

@@ -220,6 +220,14 @@ fn a_device_without_a_model_is_answered_by_its_orgs_gpu_peer_and_a_stranger_is_n
     let peer = gpu_peer(&laptop, &gpu_id).unwrap();
     assert_eq!(peer["name"], "big-gpu", "{peer}");
     assert_eq!(peer["model"], "smollm2-135m-instruct", "{peer}");
+    // What its engine runs on, as its worker found it: this machine has no GPU, and the
+    // default build has the CPU backend only (a `cuda` build on a GPU machine says CUDA0 first).
+    assert!(
+        peer["accelerator"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("CPU")),
+        "{peer}"
+    );
     let asked = ok(&laptop, &["ask", "What is the capital of France?"]);
     assert_eq!(asked["where"], gpu_id.as_str(), "{asked}");
     assert_eq!(asked["offload"]["name"], "big-gpu", "{asked}");

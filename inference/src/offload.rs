@@ -114,6 +114,10 @@ pub struct Load {
     /// runs, such as vLLM, behind the peer). Empty from peers that do not say.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backend: String,
+    /// What the built-in engine runs on: its first compute device (`CUDA0 (NVIDIA …)`, else
+    /// the CPU). Empty behind a third-party server, and from peers that do not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub accelerator: String,
 }
 
 /// Why a frame could not be read.
@@ -451,6 +455,7 @@ mod tests {
             busy,
             ready: true,
             backend: String::new(),
+            accelerator: String::new(),
         }
     }
 

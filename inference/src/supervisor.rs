@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -237,6 +238,8 @@ pub struct EngineHandle {
     state: watch::Receiver<EngineState>,
     model_name: String,
     voice_slots: u32,
+    /// The compute devices the worker reported (empty until it is ready).
+    devices: Arc<std::sync::Mutex<Vec<String>>>,
     metrics: EngineMetrics,
 }
 
@@ -247,6 +250,7 @@ impl EngineHandle {
         let (state_tx, state) = watch::channel(EngineState::Starting);
         let model_name = config.model_name.clone();
         let voice_slots = config.voice_slots;
+        let devices = Arc::default();
         let supervisor = Supervisor {
             queue: FairQueue::new(config.queue, config.per_client),
             config,
@@ -255,6 +259,7 @@ impl EngineHandle {
             next_id: 1,
             state: state_tx,
             slots: 0,
+            devices: Arc::clone(&devices),
         };
         tokio::spawn(supervisor.run(inbox));
         Self {
@@ -262,8 +267,15 @@ impl EngineHandle {
             state,
             model_name,
             voice_slots,
+            devices,
             metrics,
         }
+    }
+
+    /// The compute devices the engine's worker found (`CUDA0 (NVIDIA …, 79.2 GiB)`, `CPU (…)`):
+    /// accelerators first. Empty until the engine is ready.
+    pub fn devices(&self) -> Vec<String> {
+        self.devices.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
     /// Of the engine's slots, those only spoken turns take ([`EngineConfig::voice_slots`]).
@@ -365,6 +377,8 @@ struct Supervisor {
     state: watch::Sender<EngineState>,
     /// The worker's slots once it is ready (0 until then).
     slots: usize,
+    /// What the worker said its compute devices are (shared with the handles).
+    devices: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Reads lines from the worker's stdout into events; ends (closing the channel) at EOF.
@@ -675,8 +689,12 @@ impl Supervisor {
                 model,
                 n_ctx,
                 slots,
+                devices,
             } => {
-                tracing::info!(%model, n_ctx, slots, "engine ready");
+                tracing::info!(%model, n_ctx, slots, ?devices, "engine ready");
+                if let Ok(mut known) = self.devices.lock() {
+                    *known = devices.into_iter().take(16).collect();
+                }
                 self.slots = slots as usize;
                 self.state.send_replace(EngineState::Ready { slots, n_ctx });
             }

@@ -257,6 +257,7 @@ impl<'m> Engine<'m> {
             model: self.loaded.name().to_owned(),
             n_ctx: self.config.ctx_per_slot,
             slots: self.config.slots,
+            devices: devices(),
         }
     }
 
@@ -594,4 +595,24 @@ fn count(n: usize) -> u32 {
 
 fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// The compute devices llama.cpp's backends found: `NAME (description, N GiB)`, accelerators
+/// first. A CPU-only build lists the CPU alone; a `cuda` build on a machine with an NVIDIA GPU
+/// lists `CUDA0 (NVIDIA …)` before it.
+fn devices() -> Vec<String> {
+    let mut devices = llama_cpp_2::list_llama_ggml_backend_devices();
+    devices.sort_by_key(|d| d.device_type == llama_cpp_2::LlamaBackendDeviceType::Cpu);
+    devices
+        .into_iter()
+        .map(|d| {
+            #[allow(clippy::cast_precision_loss)]
+            let gib = d.memory_total as f64 / f64::from(1u32 << 30);
+            if d.memory_total > 0 {
+                format!("{} ({}, {gib:.1} GiB)", d.name, d.description.trim())
+            } else {
+                format!("{} ({})", d.name, d.description.trim())
+            }
+        })
+        .collect()
 }

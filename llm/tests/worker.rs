@@ -85,10 +85,18 @@ impl Worker {
         };
         match worker.next() {
             Event::Ready {
-                slots: s, n_ctx, ..
+                slots: s,
+                n_ctx,
+                devices,
+                ..
             } => {
                 assert_eq!(s, slots);
                 assert_eq!(n_ctx, 512);
+                // The compute devices this build found: this machine's CPU at least, last.
+                assert!(
+                    devices.last().is_some_and(|d| d.starts_with("CPU")),
+                    "{devices:?}"
+                );
             }
             other => panic!("expected ready, got {other:?}"),
         }

@@ -708,6 +708,10 @@ impl Server {
                 Backend::Engine(_) => "llama.cpp".to_owned(),
                 Backend::Upstream(_) => "openai".to_owned(),
             },
+            accelerator: match &self.backend {
+                Backend::Engine(engine) => engine.devices().into_iter().next().unwrap_or_default(),
+                Backend::Upstream(_) => String::new(),
+            },
         }
     }
 

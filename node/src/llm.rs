@@ -142,7 +142,13 @@ pub fn model_status(engine: &EngineHandle) -> Value {
         EngineState::Failed(problem) => ("unavailable", Some(problem)),
         EngineState::Stopped => ("stopped", None),
     };
-    json!({ "name": engine.model_name(), "state": state, "problem": detail })
+    json!({
+        "name": engine.model_name(),
+        "state": state,
+        "problem": detail,
+        // Where it runs: `CUDA0 (NVIDIA …)` first in a GPU build on a GPU machine, else the CPU.
+        "devices": engine.devices(),
+    })
 }
 
 /// How long a question waits for a model that is still loading.

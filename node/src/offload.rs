@@ -260,6 +260,10 @@ impl Offload {
                     "name": p.name,
                     "model": load.map(|l| l.model.clone()),
                     "backend": load.map(|l| l.backend.clone()).filter(|b| !b.is_empty()),
+                    // A peer's word, shown as it is: bounded like the model's name.
+                    "accelerator": load
+                        .map(|l| l.accelerator.chars().take(128).collect::<String>())
+                        .filter(|a| !a.is_empty()),
                     "model_bytes": load.map(|l| l.model_bytes),
                     "ready": load.is_some_and(|l| l.ready),
                     "slots": load.map(|l| l.slots),

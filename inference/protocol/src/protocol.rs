@@ -130,6 +130,10 @@ pub enum Event {
         n_ctx: u32,
         /// How many requests the worker generates at once.
         slots: u32,
+        /// The compute devices llama.cpp found (`CPU`, `CUDA0`, `Vulkan0`…: name, what it is,
+        /// memory), the CPU's last: which backends this build of the worker has.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        devices: Vec<String>,
     },
     /// The prompt of `id` is evaluated and its first token is on the way.
     Started {

@@ -392,28 +392,26 @@ pub fn choose<'a, P>(
 where
     P: PartialEq,
 {
-    if policy == Policy::Local {
-        return None;
-    }
-    let best = quickest(
+    // Under `Auto`, when this machine could answer, only a peer with a larger model is worth
+    // it (decided before the draw, so the draw never decides whether to offload).
+    let only_bigger = match policy {
+        Policy::Local => return None,
+        Policy::Gpu => false,
+        Policy::Auto => local.ready && !local.saturated && prompt_chars <= LONG_PROMPT_CHARS,
+    };
+    quickest(
         candidates
             .iter()
             .filter(|c| !excluded.contains(&c.peer))
+            .filter(|c| {
+                !only_bigger
+                    || c.load
+                        .as_ref()
+                        .is_some_and(|l| l.model_bytes > local.model_bytes)
+            })
             .filter_map(|c| c.expected_ms().map(|ms| (c, ms))),
         draw,
-    )?;
-    let offload = match policy {
-        Policy::Local => false,
-        Policy::Gpu => true,
-        Policy::Auto => {
-            let bigger = best
-                .load
-                .as_ref()
-                .is_some_and(|l| l.model_bytes > local.model_bytes);
-            !local.ready || local.saturated || bigger || prompt_chars > LONG_PROMPT_CHARS
-        }
-    };
-    offload.then_some(best)
+    )
 }
 
 /// The GPU peer to send an answer to when the request names `model`, one this device does not
@@ -557,6 +555,18 @@ mod tests {
         };
         assert!(choose(Policy::Auto, missing, 10, &same, &[], 0).is_some());
         assert!(choose(Policy::Auto, LOCAL, LONG_PROMPT_CHARS + 1, &same, &[], 0).is_some());
+        // Two peers as quick, one with a larger model: whatever the draw, that one (the draw
+        // never decides whether to offload).
+        let mixed = [
+            candidate(1, load(100, 4, 0), 10.0),
+            candidate(2, load(1_000, 4, 0), 10.0),
+        ];
+        for draw in 0..4 {
+            assert_eq!(
+                choose(Policy::Auto, LOCAL, 10, &mixed, &[], draw).map(|c| c.peer),
+                Some(2)
+            );
+        }
     }
 
     #[test]

@@ -569,6 +569,12 @@ impl Offload {
                 } else {
                     let lost = (peer, epoch);
                     (peer, epoch) = (other, other_epoch);
+                    if !tried.contains(&peer) {
+                        tried.push(peer);
+                    }
+                    // Said where it is now (when both failed, too: the last error was this one's).
+                    let name = self.name_of(peer);
+                    route.send_replace(Where::Peer { id: peer, name });
                     lost
                 };
                 self.finished(lost, lost_epoch, started.elapsed(), &Attempt::Abandoned);
@@ -800,22 +806,48 @@ impl Offload {
             async move {
                 let (mut stream, unsent) =
                     self.ask_peer(peer, ask).await.map_err(|(_, e)| (at, e))?;
+                // It wins once it starts the answer (`Started` or a first piece); a refusal or
+                // a failure loses, and the other goes on waiting.
+                let mut frames = Frames::new(MAX_EVENT);
+                let mut seen = Vec::new();
                 let mut buf = vec![0u8; 8192];
-                let n = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf))
-                    .await
-                    .map_err(|_| {
-                        (
-                            at,
-                            format!("it went silent for {} s", IDLE_TIMEOUT.as_secs()),
-                        )
-                    })?
-                    .map_err(|e| (at, format!("the stream broke: {e}")))?;
-                if n == 0 {
-                    let reason = unsent.unwrap_or_else(|| "it closed the stream".to_owned());
-                    return Err((at, reason));
+                loop {
+                    let n = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf))
+                        .await
+                        .map_err(|_| {
+                            (
+                                at,
+                                format!("it went silent for {} s", IDLE_TIMEOUT.as_secs()),
+                            )
+                        })?
+                        .map_err(|e| (at, format!("the stream broke: {e}")))?;
+                    if n == 0 {
+                        let reason = unsent.unwrap_or_else(|| "it closed the stream".to_owned());
+                        return Err((at, reason));
+                    }
+                    let bytes = buf.get(..n).unwrap_or_default();
+                    seen.extend_from_slice(bytes);
+                    // Load reports are all it may send before starting; a few frames' worth.
+                    if seen.len() > 2 * MAX_EVENT {
+                        return Err((at, "it sent too much before starting".to_owned()));
+                    }
+                    frames.push(bytes);
+                    while let Some(reply) = frames
+                        .next_frame::<Reply>()
+                        .map_err(|e| (at, e.to_string()))?
+                    {
+                        match reply {
+                            Reply::Started { .. } | Reply::Token { .. } | Reply::Done { .. } => {
+                                return Ok((at, stream, seen, None));
+                            }
+                            Reply::Load(_) => {}
+                            Reply::Failed { message, .. } => return Err((at, message)),
+                            Reply::Busy(_) => {
+                                return Err((at, "it said it was busy, unasked".to_owned()));
+                            }
+                        }
+                    }
                 }
-                buf.truncate(n);
-                Ok((at, stream, buf, None))
             }
             .boxed()
         });
@@ -841,6 +873,8 @@ impl Offload {
         let mut buf = [0u8; 8192];
         let mut first_token = None;
         let mut heard = !first.is_empty();
+        // Whether anything of this attempt was passed on (a Busy is taken only before).
+        let mut said = false;
         loop {
             while let Some(reply) = frames.next_frame::<Reply>().map_err(|e| e.to_string())? {
                 let update = match reply {
@@ -901,12 +935,13 @@ impl Offload {
                     Reply::Failed { kind, message } => Update::Failed { kind, message },
                     Reply::Load(_) => continue,
                     // Only before anything was said, and only if asked.
-                    Reply::Busy(load) if bounce && text.is_empty() && *tokens == 0 => {
+                    Reply::Busy(load) if bounce && !said && *tokens == 0 => {
                         return Ok(Attempt::Busy(load));
                     }
                     Reply::Busy(_) => return Err("it said it was busy mid-answer".into()),
                 };
                 let last = matches!(update, Update::Done(_) | Update::Failed { .. });
+                said = true;
                 if updates.send(update).await.is_err() {
                     return Ok(Attempt::Abandoned);
                 }

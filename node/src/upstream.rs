@@ -313,12 +313,16 @@ impl Upstream {
             }
             wait
         };
+        let mut go = go;
         tokio::select! {
-            went = go => went.ok().map(|()| Turn(Arc::clone(self))),
+            went = &mut go => went.ok().map(|()| Turn(Arc::clone(self))),
             () = tx.closed() => {
-                // Gone while waiting: out of the queue; if its turn came meanwhile, handed on.
-                let removed = self.admission_lock().waiting.remove(|w| w.id == id).is_some();
-                if !removed {
+                // Gone while waiting: out of the queue; if its turn came meanwhile (the
+                // receiver is still alive, so `release` could hand it over), handed on.
+                let mut admission = self.admission_lock();
+                let removed = admission.waiting.remove(|w| w.id == id).is_some();
+                drop(admission);
+                if !removed && go.try_recv().is_ok() {
                     drop(Turn(Arc::clone(self)));
                 }
                 None

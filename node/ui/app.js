@@ -482,10 +482,14 @@ function renderGpus(offload) {
 }
 
 // ---- Settings --------------------------------------------------------------------------------
+// Changes the user made: a settings read that started before one must not undo it on screen.
+let settingsEdits = 0;
 async function loadSettings() {
   loadStatus();
+  const edits = settingsEdits;
   let settings;
   try { settings = await api('/v1/settings'); } catch (e) { showError('offload-error', e); return; }
+  if (edits !== settingsEdits) return;
   $('wake-word').checked = settings.wake_word;
   $('wake-threshold').value = String(settings.wake_threshold);
   if (![...$('wake-threshold').options].some((o) => o.selected)) $('wake-threshold').append(el('option', { value: String(settings.wake_threshold), selected: '' }, `custom (${settings.wake_threshold})`));
@@ -496,6 +500,7 @@ async function loadSettings() {
     el('b', { text: c.label }), el('div', { class: 'small muted', text: c.detail }))));
 }
 $('offload-form').addEventListener('change', async (e) => {
+  settingsEdits += 1;
   $('offload-error').hidden = true;
   try {
     const saved = await api('/v1/settings', { method: 'PUT', body: { offload: e.target.value } });
@@ -507,6 +512,7 @@ $('offload-form').addEventListener('change', async (e) => {
 });
 
 async function saveVoiceSettings(change, what) {
+  settingsEdits += 1;
   $('voice-settings-error').hidden = true;
   try {
     await api('/v1/settings', { method: 'PUT', body: change });

@@ -380,7 +380,8 @@ fn quickest<'a, P>(
 }
 
 /// The GPU peer to send an answer to, or none to answer here: the candidate expected to finish
-/// first (among ties, the `draw`-th: see [`quickest`]), if the policy says to offload.
+/// first (among ties, the `draw`-th: the caller draws at random), if the policy says to
+/// offload.
 pub fn choose<'a, P>(
     policy: Policy,
     local: Local,

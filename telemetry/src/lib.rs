@@ -69,28 +69,39 @@ pub fn init(service: &'static str) -> Telemetry {
         tracing_subscriber::EnvFilter::try_from_env("JARVIS_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
     };
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter());
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = configured().then(|| provider(service)).and_then(|p| {
         p.map_err(|e| eprintln!("warning: traces will not be exported: {e}"))
             .ok()
     });
-    let traces = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service))
-            // Our own spans only, at any level (`JARVIS_LOG` is for what is printed).
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                meta.is_span() && meta.target().starts_with("jarvis")
-            }))
-    });
     // A second init (a test calling it twice) keeps the first.
+    let Some(provider) = provider else {
+        // Not exporting: the one global filter, so that the many `trace!`/`debug!` call sites
+        // of libp2p, quinn and hyper cost nothing (each is switched off once, for good). Per-
+        // layer filters beside an absent layer would evaluate every one of them, every time.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .try_init();
+        return Telemetry { provider: None };
+    };
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter());
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        // Our own crates only, at any level (`JARVIS_LOG` is for what is printed); a static
+        // filter by target, so other crates' call sites are switched off once.
+        .with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("jarvis", tracing::Level::TRACE),
+        );
     let _ = tracing_subscriber::registry()
         .with(logs)
         .with(traces)
         .try_init();
-    Telemetry { provider }
+    Telemetry {
+        provider: Some(provider),
+    }
 }
 
 use tracing_subscriber::Layer as _;

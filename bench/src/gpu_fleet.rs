@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::harness::{Figure, cli_json, sibling};
-use crate::offload::{Process, jarvis, started};
+use crate::offload::{Process, enrol_gpu, jarvis, started};
 
 pub const NAME: &str = "gpu-fleet";
 const PEERS: usize = 3;
@@ -235,22 +235,7 @@ fn org(bin: &Path, dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut gpus = Vec::new();
     for i in 0..PEERS {
         let home = dir.join(format!("gpu-{i}"));
-        let request = cli_json(
-            bin,
-            &home,
-            &["gpu", "request", "--name", &format!("gpu-{i}")],
-        )?;
-        let request = request["request"]
-            .as_str()
-            .context("no request")?
-            .to_owned();
-        let bundle = cli_json(
-            bin,
-            &admin,
-            &["admin", "enroll", "--request", &request, "--role", "gpu"],
-        )?;
-        let bundle = bundle["bundle"].as_str().context("no bundle")?.to_owned();
-        cli_json(bin, &home, &["gpu", "install", &bundle])?;
+        enrol_gpu(bin, &admin, &home, &format!("gpu-{i}"))?;
         gpus.push(home);
     }
     let mut devices = Vec::new();

@@ -84,24 +84,30 @@ pub(crate) struct Org {
     pub(crate) device: PathBuf,
 }
 
+/// Enrols a GPU peer `name` of the org of `admin` in `home` (request, enrol, install).
+pub(crate) fn enrol_gpu(bin: &Path, admin: &Path, home: &Path, name: &str) -> Result<()> {
+    let request = cli_json(bin, home, &["gpu", "request", "--name", name])?;
+    let request = request["request"]
+        .as_str()
+        .context("no request")?
+        .to_owned();
+    let bundle = cli_json(
+        bin,
+        admin,
+        &["admin", "enroll", "--request", &request, "--role", "gpu"],
+    )?;
+    let bundle = bundle["bundle"].as_str().context("no bundle")?.to_owned();
+    cli_json(bin, home, &["gpu", "install", &bundle])?;
+    Ok(())
+}
+
 impl Org {
     pub(crate) fn new(bin: &Path) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let admin = dir.path().join("admin");
         cli_json(bin, &admin, &["admin", "init", "--org", "bench"])?;
         let gpu = dir.path().join("gpu");
-        let request = cli_json(bin, &gpu, &["gpu", "request", "--name", "gpu-1"])?;
-        let request = request["request"]
-            .as_str()
-            .context("no request")?
-            .to_owned();
-        let bundle = cli_json(
-            bin,
-            &admin,
-            &["admin", "enroll", "--request", &request, "--role", "gpu"],
-        )?;
-        let bundle = bundle["bundle"].as_str().context("no bundle")?.to_owned();
-        cli_json(bin, &gpu, &["gpu", "install", &bundle])?;
+        enrol_gpu(bin, &admin, &gpu, "gpu-1")?;
         let invite = cli_json(bin, &admin, &["admin", "invite", "ann"])?;
         let token = invite["token"].as_str().context("no invite")?.to_owned();
         let device = dir.path().join("laptop");

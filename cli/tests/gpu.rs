@@ -923,6 +923,29 @@ fn fake_vllm_serve(
     }
 }
 
+/// Asks `home`'s node `text` (a spoken turn if `spoken`: it comes with wake timings) on a
+/// thread of its own; the answer's JSON, once it is 200.
+fn ask_in_thread(home: &Path, text: String, spoken: bool) -> std::thread::JoinHandle<Value> {
+    let home = home.to_owned();
+    std::thread::spawn(move || {
+        let timings = if spoken {
+            json!({ "wake_ms": 3 })
+        } else {
+            json!({})
+        };
+        let (status, mut reader) = send(
+            &home,
+            "POST",
+            "/v1/ask",
+            &json!({ "text": text, "timings_ms": timings }),
+        );
+        let mut body = String::new();
+        reader.read_to_string(&mut body).unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    })
+}
+
 /// Two GPU peers serving one model: one fronts llama-server, the other a vLLM-like server whose
 /// metrics say it is busy. The device goes to the idle one; when llama-server dies mid-answer
 /// the answer moves to the vLLM-like one, which is asked to continue the final assistant message
@@ -1015,25 +1038,7 @@ fn a_spoken_turn_overtakes_typed_ones_waiting_for_a_busy_backend() {
     let _device = device_up(&laptop, &gpu_addr, Some(NO_MODELS));
     wait_ready(&laptop, &gpu_id);
     set_policy(&laptop, "gpu");
-    let asked = |text: &'static str, spoken: bool| {
-        let laptop = laptop.clone();
-        std::thread::spawn(move || {
-            let timings = if spoken {
-                json!({ "wake_ms": 3 })
-            } else {
-                json!({})
-            };
-            let (status, mut reader) = send(
-                &laptop,
-                "POST",
-                "/v1/ask",
-                &json!({ "text": text, "timings_ms": timings }),
-            );
-            let mut body = String::new();
-            reader.read_to_string(&mut body).unwrap();
-            assert_eq!(status, 200, "{body}");
-        })
-    };
+    let asked = |text: &str, spoken: bool| ask_in_thread(&laptop, text.to_owned(), spoken);
     let asked_of = |i: usize| -> String {
         let bodies = vllm.bodies.lock().unwrap();
         bodies[i]["messages"].as_array().unwrap().last().unwrap()["content"]
@@ -1124,28 +1129,7 @@ fn three_gpu_peers_share_a_burst_and_spoken_turns_go_first() {
         }
         set_policy(home, "gpu");
     }
-    let ask = |home: &Path, text: String, spoken: bool| {
-        let home = home.to_owned();
-        std::thread::spawn(move || {
-            let timings = if spoken {
-                json!({ "wake_ms": 3 })
-            } else {
-                json!({})
-            };
-            let (status, mut reader) = send(
-                &home,
-                "POST",
-                "/v1/ask",
-                &json!({ "text": text.clone(), "timings_ms": timings }),
-            );
-            let mut body = String::new();
-            reader.read_to_string(&mut body).unwrap();
-            assert_eq!(status, 200, "{body}");
-            let done: Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(done["status"], "done", "{done}");
-            done["where"].as_str().unwrap().to_owned()
-        })
-    };
+    let ask = ask_in_thread;
     let typed: Vec<_> = homes
         .iter()
         .enumerate()
@@ -1167,7 +1151,11 @@ fn three_gpu_peers_share_a_burst_and_spoken_turns_go_first() {
     let answered_by: Vec<String> = typed
         .into_iter()
         .chain(spoken)
-        .map(|t| t.join().unwrap())
+        .map(|t| {
+            let done = t.join().unwrap();
+            assert_eq!(done["status"], "done", "{done}");
+            done["where"].as_str().unwrap().to_owned()
+        })
         .collect();
     assert_eq!(answered_by.len(), FLEET_DEVICES + 3);
     let timelines: Vec<Vec<Served>> = fakes

@@ -147,8 +147,13 @@ impl Upstream {
     /// Reaches the server (its `/v1/models`) and settles the model to ask for.
     pub async fn connect(config: UpstreamConfig) -> Result<Arc<Self>> {
         let base = base_of(&config.url)?;
+        // A connection per request: with pooled ones, `jarvis-bench offload` measured the first
+        // token 4.6 ms later than llama-server asked directly (median of four runs), with a
+        // connection each 2.4 ms; a connect on a LAN costs a fraction of a millisecond, and an
+        // idle connection the server closed is never written to.
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT)
+            .pool_max_idle_per_host(0)
             .build()
             .context("setting up the HTTP client")?;
         let upstream = Self {

@@ -147,6 +147,35 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Its device id and the first address it listens on (the API answers before QUIC has
+    /// said where it listens, so this waits for it).
+    async fn listening(&self, client: &reqwest::Client) -> Result<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.get(client, "/v1/status").await?;
+            let address = status
+                .get("listen")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            match address {
+                Some(address) => return Ok((field(&status, "device_id")?, address)),
+                None if Instant::now() > deadline => bail!("the node listens nowhere"),
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+/// A node of nobody's pair (a personal org of its own) on the same machine: what an attack
+/// aimed elsewhere costs the pair, for comparison with one aimed at the laptop.
+pub(crate) struct Decoy {
+    _node: Node,
+    pub(crate) address: String,
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         crate::harness::interrupt(&mut self.child);
@@ -163,6 +192,16 @@ pub(crate) struct Pair {
 }
 
 impl Pair {
+    /// Starts a [`Decoy`] beside the pair.
+    pub(crate) async fn decoy(&self, jarvis: &Path, client: &reqwest::Client) -> Result<Decoy> {
+        let node = Node::start(jarvis, &self._dir.path().join("decoy"), &[])?;
+        let (_, address) = node.listening(client).await?;
+        Ok(Decoy {
+            _node: node,
+            address,
+        })
+    }
+
     /// The laptop node's process id.
     pub(crate) fn laptop_pid(&self) -> u32 {
         self.laptop.child.id()
@@ -214,15 +253,7 @@ impl Pair {
         cli_json(jarvis, &phone, &["join", &bundle])?;
 
         let laptop_node = Node::start(jarvis, &laptop, &[])?;
-        let status = laptop_node.get(client, "/v1/status").await?;
-        let laptop_id = field(&status, "device_id")?;
-        let address = status
-            .get("listen")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-            .context("the laptop listens nowhere")?
-            .to_owned();
+        let (laptop_id, address) = laptop_node.listening(client).await?;
         let laptop_address = address.clone();
         let phone_node = Node::start(jarvis, &phone, &["--peer".into(), address])?;
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,4 +1,18 @@
-//! `jarvis-sim`: drives the real sans-IO cores (sync, relay store logic, revocation, the offload
-//! scheduler) for many simulated devices on a virtual clock with a seeded random source.
+//! `jarvis-sim`: drives the real sans-IO cores (sync sessions, replicas, the relay hub) for many
+//! simulated devices on a virtual clock with a seeded random source.
 //!
-//! Not built yet: scenarios arrive with the cores they simulate.
+//! - [`engine`]: the event queue, the clock, and random draws that are a pure function of
+//!   (seed, stream, counter), so a seed and arguments decide a run bit for bit.
+//! - [`net`]: the modelled network (latency distributions, loss as retransmission delay,
+//!   bandwidth, connections that end with a partition).
+//! - [`world`]: the org — devices with real replicas and sessions, relay instances running the
+//!   real hub — and the events that move it.
+//! - [`scenario`]: what `jarvis-sim list` names and `jarvis-sim run` runs, and the report.
+//!
+//! Built so far: `org-day` and `partition`. The other scenarios of issue #23, the scale figures,
+//! plots, `plan`, and the comparison with real runs are not built yet.
+
+pub mod engine;
+pub mod net;
+pub mod scenario;
+pub mod world;

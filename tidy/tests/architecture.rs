@@ -76,7 +76,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("jarvis-desktop", &[]),
     // Measuring them.
-    ("jarvis-sim", &["jarvis-identity"]),
+    // The simulator drives the sans-IO cores themselves (sync, replicas, the relay hub).
+    ("jarvis-sim", &["jarvis-identity", "jarvis-crdt", "jarvis-relay"]),
     (
         "jarvis-bench",
         &[

@@ -1,0 +1,215 @@
+//! The discrete-event core: a virtual clock, an event queue ordered by (time, key), and a
+//! counter-based random source.
+//!
+//! Determinism: nothing here reads the wall clock or the OS's randomness. Events that fall at
+//! the same microsecond run in the order of their keys, which callers make from stable names
+//! (a link and its message counter, a device and its timer), never from insertion order, so
+//! iteration order elsewhere (a hash map's) cannot change what happens. Random draws are a pure
+//! function of (seed, stream, counter): a link's latencies depend only on that link's own
+//! messages.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+/// Virtual time, in microseconds since the start of the run.
+pub type Micros = u64;
+
+pub const MS: Micros = 1_000;
+pub const SECOND: Micros = 1_000_000;
+pub const MINUTE: Micros = 60 * SECOND;
+pub const HOUR: Micros = 60 * MINUTE;
+
+/// An event due at `at`, ordered among events of the same time by `key`.
+struct Scheduled<E> {
+    at: Micros,
+    key: (u64, u64),
+    event: E,
+}
+
+impl<E> PartialEq for Scheduled<E> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.key) == (other.at, other.key)
+    }
+}
+impl<E> Eq for Scheduled<E> {}
+impl<E> PartialOrd for Scheduled<E> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<E> Ord for Scheduled<E> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.key).cmp(&(other.at, other.key))
+    }
+}
+
+/// The event queue and the clock it drives.
+pub struct Queue<E> {
+    heap: BinaryHeap<Reverse<Scheduled<E>>>,
+    now: Micros,
+    /// Events run so far.
+    pub ran: u64,
+}
+
+impl<E> Default for Queue<E> {
+    fn default() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            now: 0,
+            ran: 0,
+        }
+    }
+}
+
+impl<E> Queue<E> {
+    pub fn now(&self) -> Micros {
+        self.now
+    }
+
+    /// Schedules `event` at `at` (never before now). `key` orders events of the same time and
+    /// must be unique among them.
+    pub fn at(&mut self, at: Micros, key: (u64, u64), event: E) {
+        self.heap.push(Reverse(Scheduled {
+            at: at.max(self.now),
+            key,
+            event,
+        }));
+    }
+
+    /// The next event due at or before `until`, advancing the clock to it.
+    pub fn next(&mut self, until: Micros) -> Option<E> {
+        let due = self.heap.peek().is_some_and(|Reverse(s)| s.at <= until);
+        if !due {
+            self.now = self.now.max(until);
+            return None;
+        }
+        let Reverse(s) = self.heap.pop()?;
+        self.now = s.at;
+        self.ran += 1;
+        Some(s.event)
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+/// SplitMix64's finaliser: a good 64-bit mix, cheap and stateless.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Random draws as a pure function of (seed, stream, counter).
+#[derive(Debug, Clone, Copy)]
+pub struct Draws {
+    seed: u64,
+}
+
+impl Draws {
+    pub fn new(seed: u64) -> Self {
+        Self { seed: mix(seed) }
+    }
+
+    pub fn u64(&self, stream: u64, counter: u64) -> u64 {
+        mix(self.seed ^ mix(stream ^ mix(counter)))
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&self, stream: u64, counter: u64) -> f64 {
+        (self.u64(stream, counter) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A standard normal (Box–Muller over two draws of the stream).
+    pub fn normal(&self, stream: u64, counter: u64) -> f64 {
+        let u1 = self
+            .unit(stream, counter.wrapping_mul(2))
+            .max(f64::MIN_POSITIVE);
+        let u2 = self.unit(stream, counter.wrapping_mul(2).wrapping_add(1));
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// Exponential with the given mean (the gaps of a Poisson process).
+    pub fn exponential(&self, stream: u64, counter: u64, mean: f64) -> f64 {
+        let u = self.unit(stream, counter).max(f64::MIN_POSITIVE);
+        -mean * u.ln()
+    }
+
+    /// A seed of 32 bytes for a key, from (stream, counter).
+    pub fn seed32(&self, stream: u64, counter: u64) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(
+                &self
+                    .u64(stream, counter.wrapping_mul(4) + i as u64)
+                    .to_le_bytes(),
+            );
+        }
+        out
+    }
+}
+
+/// The `p`-quantile (nearest rank) of `values`, sorted in place; 0 when empty.
+pub fn quantile(values: &mut [u64], p: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values.get(rank - 1).copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_of_one_time_run_in_key_order_whatever_the_insertion_order() {
+        let mut q = Queue::default();
+        q.at(5, (2, 0), "c");
+        q.at(5, (1, 9), "b");
+        q.at(1, (9, 9), "a");
+        q.at(7, (0, 0), "late");
+        let mut seen = Vec::new();
+        while let Some(e) = q.next(6) {
+            seen.push((q.now(), e));
+        }
+        assert_eq!(seen, vec![(1, "a"), (5, "b"), (5, "c")]);
+        assert_eq!(
+            q.now(),
+            6,
+            "the clock moves to the horizon when nothing more is due"
+        );
+        assert_eq!(q.next(10), Some("late"));
+    }
+
+    #[test]
+    fn draws_are_a_function_of_seed_stream_and_counter() {
+        let (a, b) = (Draws::new(1), Draws::new(1));
+        assert_eq!(a.u64(3, 4), b.u64(3, 4));
+        assert_ne!(a.u64(3, 4), a.u64(3, 5));
+        assert_ne!(a.u64(3, 4), Draws::new(2).u64(3, 4));
+        // A normal's mean and spread, over many draws.
+        let n = 20_000;
+        let xs: Vec<f64> = (0..n).map(|i| a.normal(7, i)).collect();
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 0.03, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.05, "variance {var}");
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(quantile(&mut v, 0.5), 50);
+        assert_eq!(quantile(&mut v, 0.95), 95);
+        assert_eq!(quantile(&mut v, 1.0), 100);
+        assert_eq!(quantile(&mut [], 0.5), 0);
+    }
+}

@@ -1,0 +1,226 @@
+//! The scenarios `jarvis-sim` runs, and the report each writes.
+
+use serde::Serialize;
+
+use crate::engine::{MINUTE, Micros, SECOND, quantile};
+use crate::net::LinkModel;
+use crate::world::{BuildError, Shape, Tally, Traffic, World};
+
+/// A scenario `jarvis-sim list` names.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// Whether `run` can run it yet.
+    pub built: bool,
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "org-day",
+        about: "an org's working hour at the day's peak: users with several devices writing to their conversations through the org's relay instances",
+        built: true,
+    },
+    Scenario {
+        name: "partition",
+        about: "one of two sites cut off from the relays for an hour while both keep writing, then healed; every replica must converge",
+        built: true,
+    },
+    Scenario {
+        name: "mass-revocation",
+        about: "a mass revocation spreading through the org (not built yet)",
+        built: false,
+    },
+    Scenario {
+        name: "relay-loss",
+        about: "a relay instance lost under load; no acknowledged change may be lost (not built yet)",
+        built: false,
+    },
+    Scenario {
+        name: "gpu-failure",
+        about: "a GPU peer failing mid-answers, the offload scheduler choosing again (not built yet)",
+        built: false,
+    },
+    Scenario {
+        name: "month-offline",
+        about: "a device back after a month offline (not built yet)",
+        built: false,
+    },
+];
+
+/// What a run was asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub seed: u64,
+    /// Devices in all (rounded down to whole users); `None`: the scenario's default.
+    pub devices: Option<u32>,
+}
+
+/// Why a run could not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no scenario is called `{0}` (`jarvis-sim list` names them)")]
+    Unknown(String),
+    #[error("`{0}` is not built yet (issue #23): `jarvis-sim list` says which scenarios run")]
+    NotBuilt(&'static str),
+    #[error("--devices must be at least {0} (one user's devices)")]
+    TooFew(u32),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Latency figures, in milliseconds.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Quantiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Quantiles {
+    fn of(values: &mut [u64]) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: values.len(),
+            p50: ms(quantile(values, 0.50)),
+            p95: ms(quantile(values, 0.95)),
+            p99: ms(quantile(values, 0.99)),
+            max: ms(quantile(values, 1.0)),
+        }
+    }
+}
+
+/// `report.json`: only what the seed and arguments decide (no wall time, no memory), so two
+/// runs with the same seed and arguments write the same bytes.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub seed: u64,
+    pub shape: Shape,
+    pub devices: usize,
+    pub traffic: Traffic,
+    pub link: LinkModel,
+    pub simulated_s: f64,
+    pub events: u64,
+    /// Write → arrival at each other device of the same user.
+    pub convergence_ms: Quantiles,
+    /// All bytes on all links, per change written.
+    pub bytes_per_change_end_to_end: f64,
+    pub relay_storage_bytes: Vec<u64>,
+    pub relay_connections_at_end: Vec<u64>,
+    pub tally: Tally,
+    /// Every device holds every change of its user's devices at the end.
+    pub converged: bool,
+    pub unconverged_devices: usize,
+    pub undelivered_changes: usize,
+    pub partition: Option<Partition>,
+    pub assumptions: Vec<&'static str>,
+}
+
+/// The partition scenario's timeline, in simulated seconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Partition {
+    pub site: u16,
+    pub cut_at_s: f64,
+    pub healed_at_s: f64,
+    /// From the heal until every change written during the cut (on either side) had reached
+    /// every other device of its user; `None` if that never happened.
+    pub backlog_delivered_after_s: Option<f64>,
+}
+
+const ASSUMPTIONS: &[&str] = &[
+    "devices, relay hubs and sync sessions are the project's own code (jarvis-crdt Replica and Session on in-memory stores, jarvis-relay Hub); every change is really sealed and signed, and every message is encoded and decoded",
+    "time is virtual: the work's wall time does not advance the simulated clock (no CPU cost is charged to devices or relays)",
+    "each user's devices use one relay instance (users spread over instances by number); instances do not share a database",
+    "links: one-way latency log-normal (median and p95 given), a loss delays a message by a retransmission timeout (QUIC is reliable), FIFO with a bandwidth per direction",
+    "each user has one conversation; every write appends one message of 72 characters",
+    "devices write at the peak rate thinned by a working day's curve from the start hour",
+];
+
+fn lookup(name: &str) -> Result<&'static Scenario, RunError> {
+    SCENARIOS
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| RunError::Unknown(name.to_owned()))
+}
+
+/// Progress: simulated time done, of the total.
+pub type Progress<'a> = &'a mut dyn FnMut(Micros, Micros);
+
+/// Runs `name`; the report.
+pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Report, RunError> {
+    let scenario = lookup(name)?;
+    if !scenario.built {
+        return Err(RunError::NotBuilt(scenario.name));
+    }
+    let link = LinkModel::WAN;
+    let devices_per_user = 3;
+    let (default_devices, relays, sites, hours): (u32, u16, u16, u64) = match scenario.name {
+        "partition" => (120, 1, 2, 2),
+        _ => (300, 2, 1, 1),
+    };
+    let devices = options.devices.unwrap_or(default_devices);
+    if devices < devices_per_user {
+        return Err(RunError::TooFew(devices_per_user));
+    }
+    let shape = Shape {
+        users: devices / devices_per_user,
+        devices_per_user,
+        relays,
+        sites,
+    };
+    let traffic = Traffic {
+        changes_per_device_per_hour: 30.0,
+        start_hour: 10.0,
+    };
+    let end = hours * 60 * MINUTE;
+    // Writes stop two minutes before the end, so the end shows whether everything arrived.
+    let writing_until = end - 2 * MINUTE;
+    let mut world = World::new(options.seed, shape, traffic, link, writing_until)?;
+    let partition = (scenario.name == "partition").then(|| {
+        let (cut, heal) = (20 * MINUTE, 80 * MINUTE);
+        world.partition(1, cut, heal);
+        Partition {
+            site: 1,
+            cut_at_s: (cut / SECOND) as f64,
+            healed_at_s: (heal / SECOND) as f64,
+            backlog_delivered_after_s: None,
+        }
+    });
+    let step = MINUTE;
+    let mut at = 0;
+    while at < end {
+        at = (at + step).min(end);
+        world.run_until(at);
+        progress(at, end);
+    }
+    let partition = partition.map(|p| Partition {
+        backlog_delivered_after_s: world.healed_in().map(|us| us as f64 / SECOND as f64),
+        ..p
+    });
+    let unconverged = world.unconverged();
+    let tally = world.tally.clone();
+    let written = tally.changes_written.max(1) as f64;
+    Ok(Report {
+        scenario: scenario.name,
+        seed: options.seed,
+        shape,
+        devices: world.devices(),
+        traffic,
+        link,
+        simulated_s: (end / SECOND) as f64,
+        events: world.events_run(),
+        convergence_ms: Quantiles::of(&mut world.latencies),
+        bytes_per_change_end_to_end: (tally.bytes_up + tally.bytes_down) as f64 / written,
+        relay_storage_bytes: world.relay_storage(),
+        relay_connections_at_end: world.relay_connections(),
+        converged: unconverged.is_empty(),
+        unconverged_devices: unconverged.len(),
+        undelivered_changes: world.undelivered(),
+        tally,
+        partition,
+        assumptions: ASSUMPTIONS.to_vec(),
+    })
+}

@@ -1,0 +1,155 @@
+//! The simulator end to end: determinism, convergence after a partition, and the CLI.
+
+#![allow(clippy::panic, clippy::indexing_slicing)]
+
+use assert_cmd::Command;
+use jarvis_sim::engine::{MINUTE, SECOND};
+use jarvis_sim::net::LinkModel;
+use jarvis_sim::scenario::{self, Options};
+use jarvis_sim::world::{Shape, Traffic, World};
+
+fn run(name: &str, devices: u32, seed: u64) -> scenario::Report {
+    scenario::run(
+        name,
+        Options {
+            seed,
+            devices: Some(devices),
+        },
+        &mut |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn report_bytes(dir: &std::path::Path, seed: &str) -> Vec<u8> {
+    Command::cargo_bin("jarvis-sim")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .args(["run", "org-day", "--devices", "9", "--seed", seed, "--out"])
+        .arg(dir)
+        .assert()
+        .success();
+    std::fs::read(dir.join("report.json")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_same_seed_and_arguments_give_the_same_report_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let a = report_bytes(&dir.path().join("a"), "7");
+    let b = report_bytes(&dir.path().join("b"), "7");
+    let c = report_bytes(&dir.path().join("c"), "8");
+    assert_eq!(a, b, "two runs with seed 7 wrote different reports");
+    assert_ne!(a, c, "another seed should give another run");
+    let report: serde_json::Value = serde_json::from_slice(&a).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report["devices"], 9);
+    assert_eq!(report["converged"], true);
+    // Wall time and memory are kept out of the report (they differ run to run), in run.json.
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("a/run.json")).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(run["wall_s"].as_f64().is_some_and(|w| w > 0.0), "{run}");
+}
+
+#[test]
+fn an_org_day_delivers_every_change_at_about_two_link_latencies() {
+    let report = run("org-day", 30, 1);
+    assert!(report.converged, "{report:?}");
+    assert_eq!(report.undelivered_changes, 0);
+    assert!(report.tally.changes_written > 300, "{:?}", report.tally);
+    // Every change (and each conversation's first, made at the start) reaches the user's two
+    // other devices.
+    let users = u64::from(report.shape.users);
+    assert_eq!(
+        report.tally.deliveries,
+        (report.tally.changes_written + users) * 2
+    );
+    assert_eq!(report.tally.session_errors, 0);
+    assert_eq!(report.tally.malformed, 0);
+    // Device → relay → device: two one-way latencies of 20 ms median.
+    let p50 = report.convergence_ms.p50;
+    assert!((35.0..60.0).contains(&p50), "p50 {p50} ms");
+    assert!(report.relay_storage_bytes.iter().all(|&b| b > 0));
+}
+
+#[test]
+fn after_a_partition_heals_every_replica_converges() {
+    let report = run("partition", 12, 3);
+    assert!(report.converged, "{report:?}");
+    assert_eq!(report.undelivered_changes, 0);
+    let partition = report.partition.unwrap_or_else(|| panic!("no partition"));
+    let after = partition
+        .backlog_delivered_after_s
+        .unwrap_or_else(|| panic!("the backlog never arrived"));
+    // Reconnection within 5 s, then the backlog in a few round trips.
+    assert!(after < 30.0, "{after} s after the heal");
+    // The cut held changes back: some waited most of the hour.
+    assert!(
+        report.convergence_ms.max > 30.0 * 60.0 * 1000.0,
+        "max {} ms",
+        report.convergence_ms.max
+    );
+    assert!(report.tally.dropped_with_connection > 0 || report.tally.connects > 12);
+}
+
+#[test]
+fn a_site_that_never_heals_is_reported_unconverged() {
+    let shape = Shape {
+        users: 2,
+        devices_per_user: 2,
+        relays: 1,
+        sites: 2,
+    };
+    let traffic = Traffic {
+        changes_per_device_per_hour: 120.0,
+        start_hour: 10.0,
+    };
+    let mut world = World::new(5, shape, traffic, LinkModel::WAN, 10 * MINUTE)
+        .unwrap_or_else(|e| panic!("{e}"));
+    world.partition(1, MINUTE, 100 * MINUTE);
+    world.run_until(12 * MINUTE);
+    let behind = world.unconverged();
+    assert!(
+        !behind.is_empty(),
+        "a cut site's devices cannot have converged"
+    );
+    assert!(world.undelivered() > 0);
+    assert_eq!(world.healed_in(), None);
+    // Healing it brings everything together.
+    world.partition(1, 12 * MINUTE + SECOND, 12 * MINUTE + 2 * SECOND);
+    world.run_until(14 * MINUTE);
+    assert!(world.unconverged().is_empty());
+    assert_eq!(world.undelivered(), 0);
+}
+
+#[test]
+fn the_cli_names_every_scenario_and_says_which_are_not_built() {
+    let out = Command::cargo_bin("jarvis-sim")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .arg("list")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "org-day",
+        "partition",
+        "mass-revocation",
+        "relay-loss",
+        "gpu-failure",
+        "month-offline",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (scenario, says) in [
+        ("relay-loss", "not built yet"),
+        ("no-such", "jarvis-sim list"),
+    ] {
+        let out = Command::cargo_bin("jarvis-sim")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .args(["run", scenario, "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{scenario} ran");
+        assert!(stderr.contains(says), "{scenario}: {stderr}");
+    }
+}

@@ -8,11 +8,14 @@
 //! - [`world`]: the org — devices with real replicas and sessions, relay instances running the
 //!   real hub — and the events that move it.
 //! - [`scenario`]: what `jarvis-sim list` names and `jarvis-sim run` runs, and the report.
+//! - [`plot`]: the run's plots (SVG).
 //!
-//! Built so far: `org-day` and `partition`. The other scenarios of issue #23, the scale figures,
-//! plots, `plan`, and the comparison with real runs are not built yet.
+//! Built so far: `org-day` and `partition`, with a plot of convergence latency. The other
+//! scenarios of issue #23, the light device model the scale figures need, the other plots,
+//! `plan`, and the comparison with real runs are not built yet.
 
 pub mod engine;
 pub mod net;
+pub mod plot;
 pub mod scenario;
 pub mod world;

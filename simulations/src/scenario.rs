@@ -137,6 +137,7 @@ const ASSUMPTIONS: &[&str] = &[
     "links: one-way latency log-normal (median and p95 given), a loss delays a message by a retransmission timeout (QUIC is reliable), FIFO with a bandwidth per direction",
     "each user has one conversation; every write appends one message of 72 characters",
     "devices write at the peak rate thinned by a working day's curve from the start hour",
+    "devices connect during the first 10 simulated seconds; writing (and measuring) starts after them",
 ];
 
 fn lookup(name: &str) -> Result<&'static Scenario, RunError> {
@@ -149,8 +150,14 @@ fn lookup(name: &str) -> Result<&'static Scenario, RunError> {
 /// Progress: simulated time done, of the total.
 pub type Progress<'a> = &'a mut dyn FnMut(Micros, Micros);
 
-/// Runs `name`; the report.
-pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Report, RunError> {
+/// A finished run: its report, and the convergence latencies (µs) the plots are drawn from.
+pub struct Run {
+    pub report: Report,
+    pub convergence_us: Vec<u64>,
+}
+
+/// Runs `name`.
+pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, RunError> {
     let scenario = lookup(name)?;
     if !scenario.built {
         return Err(RunError::NotBuilt(scenario.name));
@@ -203,7 +210,7 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Repor
     let unconverged = world.unconverged();
     let tally = world.tally.clone();
     let written = tally.changes_written.max(1) as f64;
-    Ok(Report {
+    let report = Report {
         scenario: scenario.name,
         seed: options.seed,
         shape,
@@ -222,5 +229,9 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Repor
         tally,
         partition,
         assumptions: ASSUMPTIONS.to_vec(),
+    };
+    Ok(Run {
+        report,
+        convergence_us: std::mem::take(&mut world.latencies),
     })
 }

@@ -88,6 +88,9 @@ const K_RELAY: u64 = 5 << 56;
 const K_SITE: u64 = 6 << 56;
 const K_CONNECT: u64 = 7 << 56;
 
+/// Devices connect during this time at the start; writing starts after it.
+pub const WARM_UP: Micros = 10 * SECOND;
+
 /// How often each relay instance runs its sessions' timers.
 const RELAY_TICK: Micros = SECOND;
 
@@ -184,7 +187,7 @@ impl World {
         let mut devices = Vec::new();
         let mut users = Vec::new();
         let mut actors = HashMap::new();
-        let mut pending = HashMap::new();
+        let pending = HashMap::new();
         let mut key_grease = HashMap::new();
         for user in 0..shape.users {
             let first = devices.len() as u32;
@@ -215,9 +218,6 @@ impl World {
                     doc = Some(id);
                     grease = greased(&record.encode());
                     sealed = 1;
-                    if shape.devices_per_user > 1 {
-                        pending.insert((index, 1), (0, shape.devices_per_user - 1));
-                    }
                 }
                 actors.insert(key, index);
                 devices.push(Device {
@@ -265,15 +265,16 @@ impl World {
             connected: 0,
         };
         for device in 0..world.devices.len() as u32 {
-            // Devices come up over the first ten seconds.
-            let at = (world.draws.unit(K_CONNECT | u64::from(device), 0) * 10.0 * SECOND as f64)
-                as Micros;
+            // Devices come up over the warm-up; they write (and the convergence of what they
+            // write is measured) from its end.
+            let at =
+                (world.draws.unit(K_CONNECT | u64::from(device), 0) * WARM_UP as f64) as Micros;
             world.queue.at(
                 at,
                 (K_CONNECT | u64::from(device), 0),
                 Event::Connect { device },
             );
-            world.schedule_write(device, at);
+            world.schedule_write(device, WARM_UP);
         }
         for relay in 0..shape.relays {
             world.queue.at(

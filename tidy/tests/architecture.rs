@@ -77,7 +77,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("jarvis-desktop", &[]),
     // Measuring them.
     // The simulator drives the sans-IO cores themselves (sync, replicas, the relay hub).
-    ("jarvis-sim", &["jarvis-identity", "jarvis-crdt", "jarvis-relay"]),
+    (
+        "jarvis-sim",
+        &["jarvis-identity", "jarvis-crdt", "jarvis-relay"],
+    ),
     (
         "jarvis-bench",
         &[

@@ -97,20 +97,30 @@ fn main() -> Result<()> {
                     if terminal { "" } else { "\n" },
                 );
             };
-            let report = scenario::run(&name, Options { seed, devices }, &mut progress)?;
+            let run = scenario::run(&name, Options { seed, devices }, &mut progress)?;
+            let report = run.report;
             eprintln!();
             let wall_s = started.elapsed().as_secs_f64();
             let path = out.join("report.json");
             let text = serde_json::to_string_pretty(&report)?;
             std::fs::write(&path, format!("{text}\n"))
                 .with_context(|| format!("writing {}", path.display()))?;
-            let run = serde_json::json!({
+            let run_json = serde_json::json!({
                 "wall_s": wall_s,
                 "peak_rss_bytes": peak_rss(),
                 "devices": report.devices,
                 "events": report.events,
             });
-            std::fs::write(out.join("run.json"), format!("{run:#}\n"))?;
+            std::fs::write(out.join("run.json"), format!("{run_json:#}\n"))?;
+            let plot = out.join("convergence.svg");
+            jarvis_sim::plot::convergence_cdf(
+                &plot,
+                &format!(
+                    "{name}: {} devices, seed {seed} — write to arrival at the user's other devices",
+                    report.devices
+                ),
+                &run.convergence_us,
+            )?;
             eprintln!(
                 "{} devices, {} simulated s, {} events in {wall_s:.1} s wall; convergence p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms over {} deliveries; {} bytes per change end to end; converged: {}",
                 report.devices,

@@ -9,6 +9,7 @@
 //!   real hub — and the events that move it.
 //! - [`scenario`]: what `jarvis-sim list` names and `jarvis-sim run` runs, and the report.
 //! - [`plot`]: the run's plots (SVG).
+//! - [`store`]: the relay instances' storage, their own or one shared database.
 //!
 //! Built so far: `org-day` and `partition`, with a plot of convergence latency. The other
 //! scenarios of issue #23, the light device model the scale figures need, the other plots,
@@ -18,4 +19,5 @@ pub mod engine;
 pub mod net;
 pub mod plot;
 pub mod scenario;
+pub mod store;
 pub mod world;

@@ -33,8 +33,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "relay-loss",
-        about: "a relay instance lost under load; no acknowledged change may be lost (not built yet)",
-        built: false,
+        about: "one of two relay instances on a shared database lost at half time; its devices move to the other and no change may be lost",
+        built: true,
     },
     Scenario {
         name: "gpu-failure",
@@ -116,7 +116,20 @@ pub struct Report {
     pub unconverged_devices: usize,
     pub undelivered_changes: usize,
     pub partition: Option<Partition>,
+    pub relay_loss: Option<RelayLoss>,
     pub assumptions: Vec<&'static str>,
+}
+
+/// The relay-loss scenario: which instance, when, and what it cost.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RelayLoss {
+    pub instance: u16,
+    pub at_s: f64,
+    /// Devices that reconnected to the surviving instance.
+    pub devices_moved: u64,
+    /// Changes devices sealed that the shared database does not hold at the end (every one
+    /// acknowledged was committed there first, so this must be 0).
+    pub changes_missing_from_database: u64,
 }
 
 /// The partition scenario's timeline, in simulated seconds.
@@ -133,7 +146,7 @@ pub struct Partition {
 const ASSUMPTIONS: &[&str] = &[
     "devices, relay hubs and sync sessions are the project's own code (jarvis-crdt Replica and Session on in-memory stores, jarvis-relay Hub); every change is really sealed and signed, and every message is encoded and decoded",
     "time is virtual: the work's wall time does not advance the simulated clock (no CPU cost is charged to devices or relays)",
-    "each user's devices use one relay instance (users spread over instances by number); instances do not share a database",
+    "without a shared database (org-day, partition) each user's devices use one relay instance and instances store apart; with one (relay-loss) devices spread over instances, which share the stores and announce what they stored to each other after 5 ms",
     "links: one-way latency log-normal (median and p95 given), a loss delays a message by a retransmission timeout (QUIC is reliable), FIFO with a bandwidth per direction",
     "each user has one conversation; every write appends one message of 72 characters",
     "devices write at the peak rate thinned by a working day's curve from the start hour",
@@ -168,6 +181,7 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
         "partition" => (120, 1, 2, 2),
         _ => (300, 2, 1, 1),
     };
+    let shared_database = scenario.name == "relay-loss";
     let devices = options.devices.unwrap_or(default_devices);
     if devices < devices_per_user {
         return Err(RunError::TooFew(devices_per_user));
@@ -177,6 +191,7 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
         devices_per_user,
         relays,
         sites,
+        shared_database,
     };
     let traffic = Traffic {
         changes_per_device_per_hour: 30.0,
@@ -196,6 +211,16 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
             backlog_delivered_after_s: None,
         }
     });
+    let relay_loss = shared_database.then(|| {
+        let at = end / 2;
+        world.lose_relay(0, at);
+        RelayLoss {
+            instance: 0,
+            at_s: (at / SECOND) as f64,
+            devices_moved: 0,
+            changes_missing_from_database: 0,
+        }
+    });
     let step = MINUTE;
     let mut at = 0;
     while at < end {
@@ -206,6 +231,11 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
     let partition = partition.map(|p| Partition {
         backlog_delivered_after_s: world.healed_in().map(|us| us as f64 / SECOND as f64),
         ..p
+    });
+    let relay_loss = relay_loss.map(|r| RelayLoss {
+        devices_moved: world.moved,
+        changes_missing_from_database: world.missing_from_database(),
+        ..r
     });
     let unconverged = world.unconverged();
     let tally = world.tally.clone();
@@ -228,6 +258,7 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
         undelivered_changes: world.undelivered(),
         tally,
         partition,
+        relay_loss,
         assumptions: ASSUMPTIONS.to_vec(),
     };
     Ok(Run {

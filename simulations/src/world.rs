@@ -7,16 +7,18 @@
 //! modelled network encoded, as bytes, and is decoded by the receiver as untrusted input. Only
 //! time is virtual: the work takes wall time, not simulated time (the report says so).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use jarvis_crdt::doc::{Doc, NewMessage, Role, Status};
 use jarvis_crdt::store::MemStore;
-use jarvis_crdt::{DocId, Replica, Session, SyncMessage};
+use jarvis_crdt::{DocId, KeyId, Replica, Session, Store, SyncMessage};
 use jarvis_identity::{Name, PublicKey, SecretKey};
 use jarvis_relay::hub::{Hub, Limits};
 
 use crate::engine::{Draws, HOUR, MS, Micros, Queue, SECOND};
 use crate::net::{Link, LinkModel};
+use crate::store::SimStore;
 
 /// Who is in the org and where.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -26,6 +28,10 @@ pub struct Shape {
     pub relays: u16,
     /// Sites (offices, homes) the users are spread over; a partition cuts one off.
     pub sites: u16,
+    /// The instances share one database (as on PostgreSQL), a user's devices are spread over
+    /// them, and what one instance stores is announced to the others; else each instance has
+    /// its own storage and all of a user's devices use one instance.
+    pub shared_database: bool,
 }
 
 /// How much the devices write.
@@ -77,6 +83,16 @@ enum Event {
     Connect {
         device: u32,
     },
+    /// Another instance stored these for `user` (the shared database's notification).
+    Announce {
+        relay: u16,
+        user: u32,
+        changes: Vec<(DocId, PublicKey, u64, u64)>,
+        keys: Vec<(DocId, KeyId)>,
+    },
+    KillRelay {
+        relay: u16,
+    },
 }
 
 // Event-key kinds (the high bits of the key's first half): see `engine` on determinism.
@@ -87,6 +103,14 @@ const K_TIMER: u64 = 4 << 56;
 const K_RELAY: u64 = 5 << 56;
 const K_SITE: u64 = 6 << 56;
 const K_CONNECT: u64 = 7 << 56;
+const K_ANNOUNCE: u64 = 8 << 56;
+const K_KILL: u64 = 9 << 56;
+
+/// From one instance's commit to the others' hearing of it through the database.
+const DB_NOTIFY: Micros = 5 * MS;
+
+/// Users' rows in the database the instances share.
+type Database = Arc<Mutex<BTreeMap<Name, Arc<Mutex<MemStore>>>>>;
 
 /// Devices connect during this time at the start; writing starts after it.
 pub const WARM_UP: Micros = 10 * SECOND;
@@ -139,7 +163,12 @@ pub struct World {
     pub shape: Shape,
     pub traffic: Traffic,
     devices: Vec<Device>,
-    relays: Vec<Hub<u32, MemStore>>,
+    relays: Vec<Hub<u32, SimStore>>,
+    alive: Vec<bool>,
+    database: Option<Database>,
+    announcements: u64,
+    /// Devices moved to another instance when theirs was lost.
+    pub moved: u64,
     users: Vec<(Name, DocId)>,
     actors: HashMap<PublicKey, u32>,
     /// The grease in each user's key record (see [`greased`]), left out of the storage counted.
@@ -201,7 +230,6 @@ impl World {
             let recipients: Vec<_> = ages.iter().map(age::x25519::Identity::to_public).collect();
             let publics: Vec<PublicKey> = keys.iter().map(SecretKey::public).collect();
             let site = (user % u32::from(sites)) as u16;
-            let relay = (user % u32::from(shape.relays)) as u16;
             let mut doc = None;
             let mut grease = 0;
             for (d, (secret, age)) in keys.into_iter().zip(ages).enumerate() {
@@ -220,6 +248,10 @@ impl World {
                     sealed = 1;
                 }
                 actors.insert(key, index);
+                // Spread over the instances device by device where they share a database,
+                // else user by user.
+                let spread = if shape.shared_database { index } else { user };
+                let relay = (spread % u32::from(shape.relays)) as u16;
                 devices.push(Device {
                     user,
                     site,
@@ -240,8 +272,25 @@ impl World {
             key_grease.insert(name.clone(), grease as u64);
             users.push((name, doc.ok_or(BuildError::Empty)?));
         }
+        let database: Option<Database> = shape.shared_database.then(Database::default);
         let relays = (0..shape.relays)
-            .map(|_| Hub::new(Limits::default(), Box::new(|_| Ok(MemStore::new()))))
+            .map(|_| {
+                let database = database.clone();
+                Hub::new(
+                    Limits::default(),
+                    Box::new(move |user: &Name| {
+                        Ok(match &database {
+                            Some(db) => SimStore::Shared(Arc::clone(
+                                db.lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .entry(user.clone())
+                                    .or_default(),
+                            )),
+                            None => SimStore::Own(MemStore::new()),
+                        })
+                    }),
+                )
+            })
             .collect();
         let mut world = Self {
             queue: Queue::default(),
@@ -251,6 +300,10 @@ impl World {
             traffic,
             devices,
             relays,
+            alive: vec![true; usize::from(shape.relays)],
+            database,
+            announcements: 0,
+            moved: 0,
             users,
             actors,
             key_grease,
@@ -305,6 +358,15 @@ impl World {
         self.queue.at(heal, (key, 1), Event::Heal { site });
     }
 
+    /// Loses relay instance `relay` at `at`: its devices reconnect to another.
+    pub fn lose_relay(&mut self, relay: u16, at: Micros) {
+        self.queue.at(
+            at,
+            (K_KILL | u64::from(relay), 0),
+            Event::KillRelay { relay },
+        );
+    }
+
     /// Runs every event due up to `until`.
     pub fn run_until(&mut self, until: Micros) {
         while let Some(event) = self.queue.next(until) {
@@ -334,6 +396,13 @@ impl World {
             Event::Cut { site } => self.cut_site(site),
             Event::Heal { site } => self.heal_site(site),
             Event::Connect { device } => self.connect(device),
+            Event::Announce {
+                relay,
+                user,
+                changes,
+                keys,
+            } => self.announced(relay, user, &changes, &keys),
+            Event::KillRelay { relay } => self.kill_relay(relay),
         }
     }
 
@@ -482,6 +551,133 @@ impl World {
         for (peer, message) in handled.send {
             self.send_down(peer, &message);
         }
+        if handled.result.is_ok() && self.database.is_some() {
+            self.announce(relay, device, bytes);
+        }
+    }
+
+    /// What instance `from` just stored for `device`'s user, told to the other instances after
+    /// the database's notification delay (the real fleet's announcements: ids only, the rows
+    /// are read back from the shared store).
+    fn announce(&mut self, from: u16, device: u32, bytes: &[u8]) {
+        let Some(user) = self.devices.get(device as usize).map(|d| d.user) else {
+            return;
+        };
+        let (changes, keys) = match SyncMessage::decode(bytes) {
+            Ok(SyncMessage::Changes { doc, changes }) => (
+                changes
+                    .iter()
+                    .map(|c| {
+                        let h = c.header();
+                        (doc, h.actor, h.seq, h.seq)
+                    })
+                    .collect(),
+                Vec::new(),
+            ),
+            Ok(SyncMessage::Keys { doc, keys }) => {
+                (Vec::new(), keys.iter().map(|k| (doc, k.id())).collect())
+            }
+            _ => return,
+        };
+        let at = self.queue.now() + DB_NOTIFY;
+        for relay in 0..self.relays.len() as u16 {
+            if relay == from || !self.alive.get(usize::from(relay)).copied().unwrap_or(false) {
+                continue;
+            }
+            self.announcements += 1;
+            self.queue.at(
+                at,
+                (K_ANNOUNCE | u64::from(relay), self.announcements),
+                Event::Announce {
+                    relay,
+                    user,
+                    changes: changes.clone(),
+                    keys: keys.clone(),
+                },
+            );
+        }
+    }
+
+    fn announced(
+        &mut self,
+        relay: u16,
+        user: u32,
+        changes: &[(DocId, PublicKey, u64, u64)],
+        keys: &[(DocId, KeyId)],
+    ) {
+        if !self.alive.get(usize::from(relay)).copied().unwrap_or(false) {
+            return;
+        }
+        let Some((name, _)) = self.users.get(user as usize) else {
+            return;
+        };
+        let Some(hub) = self.relays.get_mut(usize::from(relay)) else {
+            return;
+        };
+        for (peer, message) in hub.stored_elsewhere(name, changes, keys, 0) {
+            self.send_down(peer, &message);
+        }
+    }
+
+    fn kill_relay(&mut self, relay: u16) {
+        let Some(alive) = self.alive.get_mut(usize::from(relay)) else {
+            return;
+        };
+        *alive = false;
+        let survivor = (0..self.relays.len() as u16)
+            .find(|&r| self.alive.get(usize::from(r)).copied().unwrap_or(false));
+        let now = self.queue.now();
+        let on_it: Vec<u32> = (0..self.devices.len() as u32)
+            .filter(|&i| {
+                self.devices
+                    .get(i as usize)
+                    .is_some_and(|d| d.relay == relay)
+            })
+            .collect();
+        for device in on_it {
+            self.disconnect(device);
+            let Some(survivor) = survivor else {
+                continue;
+            };
+            let Some(d) = self.devices.get_mut(device as usize) else {
+                continue;
+            };
+            d.relay = survivor;
+            self.moved += 1;
+            // The device notices the lost connection and dials the next instance it knows
+            // within its backoff (up to 5 s).
+            let key = K_CONNECT | u64::from(device);
+            let delay = (self.draws.unit(key, d.connects) * 5.0 * SECOND as f64) as Micros;
+            self.queue
+                .at(now + delay, (key, d.connects), Event::Connect { device });
+        }
+    }
+
+    /// Changes some device sealed that the shared database does not hold (0 without one).
+    pub fn missing_from_database(&self) -> u64 {
+        let Some(db) = &self.database else {
+            return 0;
+        };
+        let db = db.lock().unwrap_or_else(PoisonError::into_inner);
+        self.devices
+            .iter()
+            .map(|d| {
+                let Some((name, doc)) = self.users.get(d.user as usize) else {
+                    return 0;
+                };
+                let held = db
+                    .get(name)
+                    .and_then(|store| {
+                        store
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .vector(*doc)
+                            .ok()
+                    })
+                    .map_or(0, |v| v.get(&d.key));
+                d.sealed.saturating_sub(held)
+            })
+            .sum()
     }
 
     fn at_device(&mut self, device: u32, generation: u32, bytes: &[u8]) {
@@ -565,6 +761,9 @@ impl World {
     }
 
     fn relay_timer(&mut self, relay: u16) {
+        if !self.alive.get(usize::from(relay)).copied().unwrap_or(false) {
+            return;
+        }
         let now = self.queue.now();
         let now_ms = self.now_ms();
         if let Some(hub) = self.relays.get_mut(usize::from(relay)) {
@@ -585,7 +784,14 @@ impl World {
         let Some(d) = self.devices.get_mut(device as usize) else {
             return;
         };
-        if d.session.is_some() || self.cut.get(usize::from(d.site)).copied().unwrap_or(false) {
+        if d.session.is_some()
+            || self.cut.get(usize::from(d.site)).copied().unwrap_or(false)
+            || !self
+                .alive
+                .get(usize::from(d.relay))
+                .copied()
+                .unwrap_or(false)
+        {
             return;
         }
         let Some((user, _)) = self.users.get(d.user as usize) else {
@@ -698,6 +904,22 @@ impl World {
     /// Bytes each relay instance stores, summed over its users (key records without their
     /// grease: see [`greased`]).
     pub fn relay_storage(&self) -> Vec<u64> {
+        if let Some(db) = &self.database {
+            let total = db
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(user, store)| {
+                    let bytes = store
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .stored_bytes()
+                        .unwrap_or(0);
+                    bytes.saturating_sub(self.key_grease.get(user).copied().unwrap_or(0))
+                })
+                .sum();
+            return vec![total];
+        }
         self.relays
             .iter()
             .map(|hub| {

@@ -94,12 +94,30 @@ fn after_a_partition_heals_every_replica_converges() {
 }
 
 #[test]
+fn losing_a_relay_instance_loses_no_change_and_its_devices_move() {
+    let report = run("relay-loss", 30, 2);
+    let loss = report.relay_loss.unwrap_or_else(|| panic!("no relay loss"));
+    // Devices were spread over both instances; half of them moved.
+    assert_eq!(loss.devices_moved, 15, "{loss:?}");
+    assert_eq!(loss.changes_missing_from_database, 0, "{loss:?}");
+    assert!(report.converged, "{report:?}");
+    assert_eq!(report.undelivered_changes, 0);
+    assert_eq!(report.tally.deliveries, report.tally.changes_written * 2);
+    // A user's devices sat on different instances: their changes crossed through the shared
+    // database's announcements, still at about two link latencies.
+    let p50 = report.convergence_ms.p50;
+    assert!((35.0..70.0).contains(&p50), "p50 {p50} ms");
+    assert_eq!(report.relay_connections_at_end, vec![0, 30]);
+}
+
+#[test]
 fn a_site_that_never_heals_is_reported_unconverged() {
     let shape = Shape {
         users: 2,
         devices_per_user: 2,
         relays: 1,
         sites: 2,
+        shared_database: false,
     };
     let traffic = Traffic {
         changes_per_device_per_hour: 120.0,
@@ -143,7 +161,7 @@ fn the_cli_names_every_scenario_and_says_which_are_not_built() {
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     for (scenario, says) in [
-        ("relay-loss", "not built yet"),
+        ("gpu-failure", "not built yet"),
         ("no-such", "jarvis-sim list"),
     ] {
         let out = Command::cargo_bin("jarvis-sim")

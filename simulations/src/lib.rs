@@ -11,7 +11,8 @@
 //! - [`plot`]: the run's plots (SVG).
 //! - [`store`]: the relay instances' storage, their own or one shared database.
 //!
-//! Built so far: `org-day` and `partition`, with a plot of convergence latency. The other
+//! Built so far: `org-day`, `partition` and `relay-loss`, with a plot of convergence latency,
+//! and `scale` (wall time and memory against size). The other
 //! scenarios of issue #23, the light device model the scale figures need, the other plots,
 //! `plan`, and the comparison with real runs are not built yet.
 

@@ -74,3 +74,91 @@ pub fn convergence_cdf(path: &Path, title: &str, latencies_us: &[u64]) -> Result
     root.present().map_err(|e| error(&e))?;
     Ok(())
 }
+
+/// One half of the scale plot.
+type Panel<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+/// What a half of the scale plot shows of each run.
+type Measure = fn(&ScalePoint) -> f64;
+
+/// One run of a scale series: its size and what it cost.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct ScalePoint {
+    pub devices: u64,
+    pub events: u64,
+    pub wall_s: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Wall time and peak memory against the number of devices, side by side, each with the line
+/// through the origin and the largest run (what linear growth would be).
+pub fn scale(path: &Path, title: &str, points: &[ScalePoint]) -> Result<(), PlotError> {
+    let error = |e: &dyn std::fmt::Display| PlotError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let root = SVGBackend::new(path, (1000, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| error(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| error(&e))?;
+    let (left, right) = root.split_horizontally(500);
+    let max_n = points.iter().map(|p| p.devices).max().unwrap_or(1).max(1) as f64;
+    let panels: [(&Panel<'_>, &str, Measure); 2] = [
+        (&left, "wall time (s)", |p| p.wall_s),
+        (&right, "peak memory (MB)", |p| {
+            p.peak_rss_bytes as f64 / 1e6
+        }),
+    ];
+    for (area, label, value) in panels {
+        let largest = points
+            .iter()
+            .max_by_key(|p| p.devices)
+            .map_or(1.0, value)
+            .max(1e-9);
+        let top = points.iter().map(value).fold(largest, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..max_n * 1.05, 0.0..top)
+            .map_err(|e| error(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("devices")
+            .y_desc(label)
+            .draw()
+            .map_err(|e| error(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (max_n, largest)],
+                BLACK.mix(0.3).stroke_width(1),
+            ))
+            .map_err(|e| error(&e))?
+            .label("linear")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.3)));
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.devices as f64, value(p))),
+                BLUE.stroke_width(2),
+            ))
+            .map_err(|e| error(&e))?
+            .label("measured")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|p| Circle::new((p.devices as f64, value(p)), 4, BLUE.filled())),
+            )
+            .map_err(|e| error(&e))?;
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| error(&e))?;
+    }
+    root.present().map_err(|e| error(&e))?;
+    Ok(())
+}

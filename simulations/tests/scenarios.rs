@@ -142,6 +142,34 @@ fn a_site_that_never_heals_is_reported_unconverged() {
 }
 
 #[test]
+fn a_scale_series_runs_each_size_and_plots_time_and_memory() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    Command::cargo_bin("jarvis-sim")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .args(["scale", "org-day", "--devices", "6,12", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let scale: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("scale.json")).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+    let runs = scale["runs"].as_array().cloned().unwrap_or_default();
+    let devices: Vec<u64> = runs.iter().filter_map(|r| r["devices"].as_u64()).collect();
+    assert_eq!(devices, vec![6, 12], "{scale}");
+    // Twice the devices, more events and more memory.
+    assert!(
+        runs[1]["events"].as_u64() > runs[0]["events"].as_u64(),
+        "{scale}"
+    );
+    assert!(
+        runs[1]["peak_rss_bytes"].as_u64() > runs[0]["peak_rss_bytes"].as_u64(),
+        "{scale}"
+    );
+    let plot = std::fs::read_to_string(dir.path().join("scale.svg")).unwrap_or_default();
+    assert!(plot.contains("peak memory"), "{plot:.200}");
+}
+
+#[test]
 fn the_cli_names_every_scenario_and_says_which_are_not_built() {
     let out = Command::cargo_bin("jarvis-sim")
         .unwrap_or_else(|e| panic!("{e}"))

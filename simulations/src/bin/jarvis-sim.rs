@@ -43,6 +43,79 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "jarvis-sim-out")]
         out: PathBuf,
     },
+    /// Runs a scenario at several sizes, each in a process of its own, and writes scale.json
+    /// and scale.svg (wall time and peak memory against devices) into --out.
+    Scale {
+        /// A scenario `list` names, e.g. org-day.
+        scenario: String,
+        /// The sizes, in devices, comma-separated.
+        #[arg(
+            long,
+            value_name = "N,N,…",
+            value_delimiter = ',',
+            default_value = "30,100,300"
+        )]
+        devices: Vec<u32>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where the reports go: one folder per size, and the series.
+        #[arg(long, value_name = "DIR", default_value = "jarvis-sim-scale")]
+        out: PathBuf,
+    },
+}
+
+/// Runs each size as `jarvis-sim run` in a child process (so each has its own peak memory) and
+/// gathers their run.json files.
+fn scale(name: &str, sizes: &[u32], seed: u64, out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let me = std::env::current_exe().context("finding jarvis-sim itself")?;
+    let mut points = Vec::new();
+    for (i, &devices) in sizes.iter().enumerate() {
+        eprintln!("{name}: {devices} devices ({} of {})…", i + 1, sizes.len());
+        let dir = out.join(devices.to_string());
+        let status = std::process::Command::new(&me)
+            .args(["run", name, "--seed", &seed.to_string()])
+            .args(["--devices", &devices.to_string(), "--out"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running jarvis-sim run")?;
+        if !status.success() {
+            bail!(
+                "{name} with {devices} devices failed: see {}",
+                dir.display()
+            );
+        }
+        let run: jarvis_sim::plot::ScalePoint = serde_json::from_slice(
+            &std::fs::read(dir.join("run.json")).context("reading run.json")?,
+        )
+        .context("reading run.json")?;
+        points.push(run);
+    }
+    let rows: Vec<serde_json::Value> = points
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "devices": p.devices,
+                "events": p.events,
+                "wall_s": p.wall_s,
+                "peak_rss_bytes": p.peak_rss_bytes,
+                "wall_ms_per_device": p.wall_s * 1000.0 / p.devices.max(1) as f64,
+                "peak_rss_kb_per_device": p.peak_rss_bytes as f64 / 1024.0 / p.devices.max(1) as f64,
+            })
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(
+        &serde_json::json!({ "scenario": name, "seed": seed, "runs": rows }),
+    )?;
+    std::fs::write(out.join("scale.json"), format!("{text}\n"))?;
+    jarvis_sim::plot::scale(
+        &out.join("scale.svg"),
+        &format!("{name}: one simulated hour, by size (seed {seed})"),
+        &points,
+    )?;
+    println!("{}", out.join("scale.json").display());
+    Ok(())
 }
 
 /// The process's peak resident memory, in bytes (Linux; 0 elsewhere).
@@ -59,6 +132,12 @@ fn peak_rss() -> u64 {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Scale {
+            scenario,
+            devices,
+            seed,
+            out,
+        } => scale(&scenario, &devices, seed, &out),
         Command::List { json } => {
             for s in SCENARIOS {
                 if json {

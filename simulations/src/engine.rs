@@ -11,6 +11,8 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
+use serde::Serialize;
+
 /// Virtual time, in microseconds since the start of the run.
 pub type Micros = u64;
 
@@ -163,6 +165,30 @@ pub fn quantile(values: &mut [u64], p: f64) -> u64 {
     values.sort_unstable();
     let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
     values.get(rank - 1).copied().unwrap_or(0)
+}
+
+/// Latency figures, in milliseconds.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Quantiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Quantiles {
+    /// Of latencies in microseconds (sorted in place).
+    pub fn of(values: &mut [u64]) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: values.len(),
+            p50: ms(quantile(values, 0.50)),
+            p95: ms(quantile(values, 0.95)),
+            p99: ms(quantile(values, 0.99)),
+            max: ms(quantile(values, 1.0)),
+        }
+    }
 }
 
 #[cfg(test)]

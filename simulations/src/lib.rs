@@ -10,13 +10,15 @@
 //! - [`scenario`]: what `jarvis-sim list` names and `jarvis-sim run` runs, and the report.
 //! - [`plot`]: the run's plots (SVG).
 //! - [`store`]: the relay instances' storage, their own or one shared database.
+//! - [`gpu`]: GPU peers from a service model, chosen by the node's own offload scheduler.
 //!
-//! Built so far: `org-day`, `partition` and `relay-loss`, with a plot of convergence latency,
+//! Built so far: `org-day`, `partition`, `relay-loss` and `gpu-failure`, with a plot of convergence latency,
 //! and `scale` (wall time and memory against size). The other
 //! scenarios of issue #23, the light device model the scale figures need, the other plots,
 //! `plan`, and the comparison with real runs are not built yet.
 
 pub mod engine;
+pub mod gpu;
 pub mod net;
 pub mod plot;
 pub mod scenario;

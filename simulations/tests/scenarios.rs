@@ -9,7 +9,7 @@ use jarvis_sim::scenario::{self, Options};
 use jarvis_sim::world::{Shape, Traffic, World};
 
 fn run(name: &str, devices: u32, seed: u64) -> scenario::Report {
-    scenario::run(
+    let run = scenario::run(
         name,
         Options {
             seed,
@@ -17,8 +17,11 @@ fn run(name: &str, devices: u32, seed: u64) -> scenario::Report {
         },
         &mut |_, _| {},
     )
-    .unwrap_or_else(|e| panic!("{name}: {e}"))
-    .report
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    match run.report {
+        scenario::Outcome::Sync(report) => *report,
+        scenario::Outcome::Gpu(_) => panic!("{name} is not a sync scenario"),
+    }
 }
 
 fn report_bytes(dir: &std::path::Path, seed: &str) -> Vec<u8> {
@@ -111,6 +114,44 @@ fn losing_a_relay_instance_loses_no_change_and_its_devices_move() {
 }
 
 #[test]
+fn a_failed_gpu_peer_s_answers_move_to_the_others_chosen_by_the_nodes_scheduler() {
+    let run = scenario::run(
+        "gpu-failure",
+        Options {
+            seed: 4,
+            devices: Some(1_000),
+        },
+        &mut |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let scenario::Outcome::Gpu(outcome) = run.report else {
+        panic!("not the GPU tier's report");
+    };
+    let gpu = &outcome.gpu;
+    assert!(gpu.asked > 10_000, "{gpu:?}");
+    // Every answer completed, some of them on a second peer.
+    assert_eq!(gpu.answered, gpu.asked, "{gpu:?}");
+    assert!(gpu.failed_over > 0, "{gpu:?}");
+    assert_eq!(gpu.unanswered, 0);
+    // The load spread: every peer served a share (the failed one until half time).
+    let served = &gpu.served_per_peer;
+    assert_eq!(served.len(), 4);
+    let total: u64 = served.iter().sum();
+    assert!(
+        served.iter().all(|&s| s * 10 > total),
+        "one peer served under a tenth: {served:?}"
+    );
+    assert!(
+        served[0] < served[1],
+        "the failed peer served less: {served:?}"
+    );
+    // A first token: two link latencies and the engine's 60 ms; under a second after a failover.
+    let p50 = gpu.first_token_ms.p50;
+    assert!((80.0..200.0).contains(&p50), "p50 {p50} ms");
+    assert!(gpu.first_token_after_failover_ms.p95 < 1_000.0, "{gpu:?}");
+}
+
+#[test]
 fn a_site_that_never_heals_is_reported_unconverged() {
     let shape = Shape {
         users: 2,
@@ -189,7 +230,7 @@ fn the_cli_names_every_scenario_and_says_which_are_not_built() {
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     for (scenario, says) in [
-        ("gpu-failure", "not built yet"),
+        ("month-offline", "not built yet"),
         ("no-such", "jarvis-sim list"),
     ] {
         let out = Command::cargo_bin("jarvis-sim")

@@ -76,10 +76,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("jarvis-desktop", &[]),
     // Measuring them.
-    // The simulator drives the sans-IO cores themselves (sync, replicas, the relay hub).
+    // The simulator drives the sans-IO cores themselves (sync, replicas, the relay hub, the
+    // offload scheduler).
     (
         "jarvis-sim",
-        &["jarvis-identity", "jarvis-crdt", "jarvis-relay"],
+        &[
+            "jarvis-identity",
+            "jarvis-crdt",
+            "jarvis-relay",
+            "jarvis-inference",
+        ],
     ),
     (
         "jarvis-bench",

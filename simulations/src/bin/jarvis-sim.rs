@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use jarvis_sim::engine::{MINUTE, Micros};
-use jarvis_sim::scenario::{self, Options, SCENARIOS};
+use jarvis_sim::scenario::{self, Options, Outcome, SCENARIOS};
 
 #[derive(Parser)]
 #[command(
@@ -177,49 +177,80 @@ fn main() -> Result<()> {
                 );
             };
             let run = scenario::run(&name, Options { seed, devices }, &mut progress)?;
-            let report = run.report;
+            let report = &run.report;
             eprintln!();
             let wall_s = started.elapsed().as_secs_f64();
             let path = out.join("report.json");
-            let text = serde_json::to_string_pretty(&report)?;
+            let text = serde_json::to_string_pretty(report)?;
             std::fs::write(&path, format!("{text}\n"))
                 .with_context(|| format!("writing {}", path.display()))?;
+            let (devices, events) = match &report {
+                Outcome::Sync(r) => (r.devices as u64, r.events),
+                Outcome::Gpu(g) => (u64::from(g.gpu.devices), g.events),
+            };
             let run_json = serde_json::json!({
                 "wall_s": wall_s,
                 "peak_rss_bytes": peak_rss(),
-                "devices": report.devices,
-                "events": report.events,
+                "devices": devices,
+                "events": events,
             });
             std::fs::write(out.join("run.json"), format!("{run_json:#}\n"))?;
-            let plot = out.join("convergence.svg");
-            jarvis_sim::plot::convergence_cdf(
-                &plot,
-                &format!(
-                    "{name}: {} devices, seed {seed} — write to arrival at the user's other devices",
-                    report.devices
-                ),
-                &run.convergence_us,
-            )?;
-            eprintln!(
-                "{} devices, {} simulated s, {} events in {wall_s:.1} s wall; convergence p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms over {} deliveries; {} bytes per change end to end; converged: {}",
-                report.devices,
-                report.simulated_s,
-                report.events,
-                report.convergence_ms.p50,
-                report.convergence_ms.p95,
-                report.convergence_ms.p99,
-                report.convergence_ms.count,
-                report.bytes_per_change_end_to_end.round(),
-                report.converged,
-            );
-            println!("{}", path.display());
-            if !report.converged {
-                bail!(
-                    "{} devices did not converge ({} changes undelivered): see {}",
-                    report.unconverged_devices,
-                    report.undelivered_changes,
-                    path.display()
-                );
+            match report {
+                Outcome::Gpu(g) => {
+                    let gpu = &g.gpu;
+                    eprintln!(
+                        "{devices} devices, {} GPU peers ({} failed at {} s), {events} events in {wall_s:.1} s wall; {} of {} answered ({} moved to another peer); first token p50 {:.1} ms, p95 {:.1} ms; after a failover p95 {:.1} ms",
+                        gpu.model.peers,
+                        gpu.failed_peer,
+                        gpu.failed_at_s,
+                        gpu.answered,
+                        gpu.asked,
+                        gpu.failed_over,
+                        gpu.first_token_ms.p50,
+                        gpu.first_token_ms.p95,
+                        gpu.first_token_after_failover_ms.p95,
+                    );
+                    println!("{}", path.display());
+                    if gpu.answered_share < 0.999 {
+                        bail!(
+                            "only {:.2}% of answers completed: see {}",
+                            gpu.answered_share * 100.0,
+                            path.display()
+                        );
+                    }
+                }
+                Outcome::Sync(report) => {
+                    let plot = out.join("convergence.svg");
+                    jarvis_sim::plot::convergence_cdf(
+                        &plot,
+                        &format!(
+                            "{name}: {} devices, seed {seed} — write to arrival at the user's other devices",
+                            report.devices
+                        ),
+                        &run.convergence_us,
+                    )?;
+                    eprintln!(
+                        "{} devices, {} simulated s, {} events in {wall_s:.1} s wall; convergence p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms over {} deliveries; {} bytes per change end to end; converged: {}",
+                        report.devices,
+                        report.simulated_s,
+                        report.events,
+                        report.convergence_ms.p50,
+                        report.convergence_ms.p95,
+                        report.convergence_ms.p99,
+                        report.convergence_ms.count,
+                        report.bytes_per_change_end_to_end.round(),
+                        report.converged,
+                    );
+                    println!("{}", path.display());
+                    if !report.converged {
+                        bail!(
+                            "{} devices did not converge ({} changes undelivered): see {}",
+                            report.unconverged_devices,
+                            report.undelivered_changes,
+                            path.display()
+                        );
+                    }
+                }
             }
             Ok(())
         }

@@ -44,8 +44,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "month-offline",
-        about: "a device back after a month offline (not built yet)",
-        built: false,
+        about: "one device put away for thirty days while its user's others keep writing, then back: how long and how many bytes it takes to catch up",
+        built: true,
     },
 ];
 
@@ -95,7 +95,19 @@ pub struct Report {
     pub undelivered_changes: usize,
     pub partition: Option<Partition>,
     pub relay_loss: Option<RelayLoss>,
+    pub month_offline: Option<Away>,
     pub assumptions: Vec<&'static str>,
+}
+
+/// The month-offline scenario: the device put away, and its return.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Away {
+    pub device: u32,
+    pub away_s: f64,
+    /// Changes written elsewhere while it was away (waiting for it when it came back).
+    pub changes_missed: u64,
+    /// From its return until it held all of them.
+    pub caught_up_after_s: Option<f64>,
 }
 
 /// The relay-loss scenario: which instance, when, and what it cost.
@@ -217,6 +229,8 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
     let devices_per_user = 3;
     let (default_devices, relays, sites, hours): (u32, u16, u16, u64) = match scenario.name {
         "partition" => (120, 1, 2, 2),
+        // An hour, thirty days away, and two hours back.
+        "month-offline" => (3, 1, 1, 30 * 24 + 3),
         _ => (300, 2, 1, 1),
     };
     let shared_database = scenario.name == "relay-loss";
@@ -249,6 +263,16 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
             backlog_delivered_after_s: None,
         }
     });
+    let month_offline = (scenario.name == "month-offline").then(|| {
+        let (from, until) = (60 * MINUTE, (30 * 24 + 1) * 60 * MINUTE);
+        world.away(0, from, until);
+        Away {
+            device: 0,
+            away_s: ((until - from) / SECOND) as f64,
+            changes_missed: 0,
+            caught_up_after_s: None,
+        }
+    });
     let relay_loss = shared_database.then(|| {
         let at = end / 2;
         world.lose_relay(0, at);
@@ -259,7 +283,7 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
             changes_missing_from_database: 0,
         }
     });
-    let step = MINUTE;
+    let step = if hours > 24 { 60 * MINUTE } else { MINUTE };
     let mut at = 0;
     while at < end {
         at = (at + step).min(end);
@@ -269,6 +293,11 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
     let partition = partition.map(|p| Partition {
         backlog_delivered_after_s: world.healed_in().map(|us| us as f64 / SECOND as f64),
         ..p
+    });
+    let month_offline = month_offline.map(|a| Away {
+        changes_missed: world.backlog_at_return() as u64,
+        caught_up_after_s: world.healed_in().map(|us| us as f64 / SECOND as f64),
+        ..a
     });
     let relay_loss = relay_loss.map(|r| RelayLoss {
         devices_moved: world.moved,
@@ -297,6 +326,7 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
         tally,
         partition,
         relay_loss,
+        month_offline,
         assumptions: ASSUMPTIONS.to_vec(),
     };
     Ok(Run {

@@ -77,6 +77,13 @@ enum Event {
     Cut {
         site: u16,
     },
+    /// The device is put away (its user does not use it) until `Return`.
+    Away {
+        device: u32,
+    },
+    Return {
+        device: u32,
+    },
     Heal {
         site: u16,
     },
@@ -105,6 +112,7 @@ const K_SITE: u64 = 6 << 56;
 const K_CONNECT: u64 = 7 << 56;
 const K_ANNOUNCE: u64 = 8 << 56;
 const K_KILL: u64 = 9 << 56;
+const K_AWAY: u64 = 10 << 56;
 
 /// From one instance's commit to the others' hearing of it through the database.
 const DB_NOTIFY: Micros = 5 * MS;
@@ -133,6 +141,8 @@ struct Device {
     connects: u64,
     /// Changes this device sealed (its own sequence numbers run 1..=sealed).
     sealed: u64,
+    /// Put away: it neither connects nor writes.
+    away: bool,
 }
 
 /// Figures gathered while running.
@@ -180,6 +190,7 @@ pub struct World {
     cut: Vec<bool>,
     /// Changes still undelivered when the last partition healed, and when they all arrived.
     backlog: HashSet<(u32, u64)>,
+    backlog_size: usize,
     healed: Option<Micros>,
     backlog_cleared: Option<Micros>,
     writing_until: Micros,
@@ -266,6 +277,7 @@ impl World {
                     timers: 0,
                     connects: 0,
                     sealed,
+                    away: false,
                 });
             }
             let name = Name::new(&format!("user-{user}"))?;
@@ -311,6 +323,7 @@ impl World {
             latencies: Vec::new(),
             cut: vec![false; usize::from(sites)],
             backlog: HashSet::new(),
+            backlog_size: 0,
             healed: None,
             backlog_cleared: None,
             writing_until,
@@ -367,6 +380,37 @@ impl World {
         );
     }
 
+    /// Puts `device` away from `from` to `until` (offline, not written on), then brings it back.
+    pub fn away(&mut self, device: u32, from: Micros, until: Micros) {
+        let key = K_AWAY | u64::from(device);
+        self.queue.at(from, (key, 0), Event::Away { device });
+        self.queue.at(until, (key, 1), Event::Return { device });
+    }
+
+    /// The device is back: what the others wrote meanwhile is its backlog (see
+    /// [`World::healed_in`]).
+    fn come_back(&mut self, device: u32) {
+        let now = self.queue.now();
+        if let Some(d) = self.devices.get_mut(device as usize) {
+            d.away = false;
+        }
+        self.healed = Some(now);
+        self.backlog = self.pending.keys().copied().collect();
+        self.backlog_size = self.backlog.len();
+        self.backlog_cleared = self.backlog.is_empty().then_some(now);
+        let connects = self.devices.get(device as usize).map_or(0, |d| d.connects);
+        self.queue.at(
+            now,
+            (K_CONNECT | u64::from(device), connects),
+            Event::Connect { device },
+        );
+    }
+
+    /// Changes waiting for a device put away when it came back.
+    pub fn backlog_at_return(&self) -> usize {
+        self.backlog_size
+    }
+
     /// Runs every event due up to `until`.
     pub fn run_until(&mut self, until: Micros) {
         while let Some(event) = self.queue.next(until) {
@@ -403,6 +447,13 @@ impl World {
                 keys,
             } => self.announced(relay, user, &changes, &keys),
             Event::KillRelay { relay } => self.kill_relay(relay),
+            Event::Away { device } => {
+                if let Some(d) = self.devices.get_mut(device as usize) {
+                    d.away = true;
+                }
+                self.disconnect(device);
+            }
+            Event::Return { device } => self.come_back(device),
         }
     }
 
@@ -435,6 +486,9 @@ impl World {
         let Some(d) = self.devices.get_mut(device as usize) else {
             return;
         };
+        if d.away {
+            return;
+        }
         let Some((_, doc)) = self.users.get(d.user as usize) else {
             return;
         };
@@ -785,6 +839,7 @@ impl World {
             return;
         };
         if d.session.is_some()
+            || d.away
             || self.cut.get(usize::from(d.site)).copied().unwrap_or(false)
             || !self
                 .alive

@@ -152,6 +152,43 @@ fn a_failed_gpu_peer_s_answers_move_to_the_others_chosen_by_the_nodes_scheduler(
 }
 
 #[test]
+fn a_device_put_away_for_a_day_catches_up_on_its_return() {
+    let shape = Shape {
+        users: 1,
+        devices_per_user: 3,
+        relays: 1,
+        sites: 1,
+        shared_database: false,
+    };
+    let traffic = Traffic {
+        changes_per_device_per_hour: 30.0,
+        start_hour: 10.0,
+    };
+    let day = 24 * 60 * MINUTE;
+    let end = day + 2 * 60 * MINUTE;
+    let mut world = World::new(6, shape, traffic, LinkModel::WAN, end - 2 * MINUTE)
+        .unwrap_or_else(|e| panic!("{e}"));
+    world.away(0, 60 * MINUTE, day + 60 * MINUTE);
+    world.run_until(day + 60 * MINUTE - SECOND);
+    assert!(
+        !world.unconverged().is_empty(),
+        "away, it cannot hold the others' changes"
+    );
+    world.run_until(end);
+    // The others wrote through the day; all of it arrived once it was back.
+    assert!(
+        world.backlog_at_return() > 100,
+        "{}",
+        world.backlog_at_return()
+    );
+    let caught_up = world
+        .healed_in()
+        .unwrap_or_else(|| panic!("it never caught up"));
+    assert!(caught_up < 30 * SECOND, "{caught_up} µs");
+    assert!(world.unconverged().is_empty());
+}
+
+#[test]
 fn a_site_that_never_heals_is_reported_unconverged() {
     let shape = Shape {
         users: 2,
@@ -230,7 +267,7 @@ fn the_cli_names_every_scenario_and_says_which_are_not_built() {
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     for (scenario, says) in [
-        ("month-offline", "not built yet"),
+        ("mass-revocation", "not built yet"),
         ("no-such", "jarvis-sim list"),
     ] {
         let out = Command::cargo_bin("jarvis-sim")

@@ -161,11 +161,14 @@ fn main() -> Result<()> {
             let started = Instant::now();
             let mut stderr = std::io::stderr();
             let terminal = stderr.is_terminal();
+            let mut decile = u64::MAX;
             let mut progress = |done: Micros, total: Micros| {
-                // A line that rewrites itself on a terminal; a line per ten minutes elsewhere.
-                if !terminal && !done.is_multiple_of(10 * MINUTE) && done != total {
+                // A line that rewrites itself on a terminal; a line per tenth elsewhere.
+                let now = done * 10 / total.max(1);
+                if !terminal && now == decile {
                     return;
                 }
+                decile = now;
                 let _ = write!(
                     stderr,
                     "{}{name}: {} of {} simulated minutes, {:.1} s{}",

@@ -12,10 +12,10 @@
 //! - [`store`]: the relay instances' storage, their own or one shared database.
 //! - [`gpu`]: GPU peers from a service model, chosen by the node's own offload scheduler.
 //!
-//! Built so far: `org-day`, `partition`, `relay-loss`, `gpu-failure` and `month-offline`, with a plot of convergence latency,
-//! and `scale` (wall time and memory against size). Not built yet: `mass-revocation`, the light
-//! device model the scale figures need, the other plots, `plan`, and the comparison with real
-//! runs.
+//! Built so far: `org-day`, `partition`, `relay-loss`, `gpu-failure` and `month-offline`, with a
+//! plot of convergence latency, and `scale` (wall time and memory against size). Not built yet:
+//! `mass-revocation`, the light device model the scale figures need, the other plots, `plan`,
+//! and the comparison with real runs.
 
 pub mod engine;
 pub mod gpu;

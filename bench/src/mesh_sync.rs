@@ -184,7 +184,7 @@ impl Drop for Node {
 
 /// Two devices of one user, syncing, and the phone's message count as its events report it.
 pub(crate) struct Pair {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     laptop: Node,
     phone: Node,
     /// Where the laptop listens (`…/p2p/ID`), which the phone dials.
@@ -194,7 +194,7 @@ pub(crate) struct Pair {
 impl Pair {
     /// Starts a [`Decoy`] beside the pair.
     pub(crate) async fn decoy(&self, jarvis: &Path, client: &reqwest::Client) -> Result<Decoy> {
-        let node = Node::start(jarvis, &self._dir.path().join("decoy"), &[])?;
+        let node = Node::start(jarvis, &self.dir.path().join("decoy"), &[])?;
         let (_, address) = node.listening(client).await?;
         Ok(Decoy {
             _node: node,
@@ -277,7 +277,7 @@ impl Pair {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(Self {
-            _dir: dir,
+            dir,
             laptop: laptop_node,
             phone: phone_node,
             laptop_address,

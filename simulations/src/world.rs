@@ -532,30 +532,17 @@ impl World {
     }
 
     fn send_up(&mut self, device: u32, messages: Vec<SyncMessage>) {
-        let now = self.queue.now();
-        let Some(d) = self.devices.get_mut(device as usize) else {
-            return;
-        };
-        for message in messages {
-            let bytes = message.encode();
-            let wire = bytes.len() - greased(&bytes);
-            let stream = K_UP | u64::from(device);
-            let (at, n) = d.up.send(&self.link, &self.draws, stream, now, wire);
-            self.tally.messages_up += 1;
-            self.tally.bytes_up += wire as u64;
-            self.queue.at(
-                at,
-                (stream, n),
-                Event::ToRelay {
-                    device,
-                    generation: d.generation,
-                    bytes,
-                },
-            );
+        for message in &messages {
+            self.transmit(device, true, message);
         }
     }
 
     fn send_down(&mut self, device: u32, message: &SyncMessage) {
+        self.transmit(device, false, message);
+    }
+
+    /// Puts `message` on `device`'s connection, toward the relay (`up`) or from it.
+    fn transmit(&mut self, device: u32, up: bool, message: &SyncMessage) {
         let now = self.queue.now();
         let Some(d) = self.devices.get_mut(device as usize) else {
             return;
@@ -564,20 +551,37 @@ impl World {
             return;
         }
         let bytes = message.encode();
-        let wire = bytes.len() - greased(&bytes);
-        let stream = K_DOWN | u64::from(device);
-        let (at, n) = d.down.send(&self.link, &self.draws, stream, now, wire);
-        self.tally.messages_down += 1;
-        self.tally.bytes_down += wire as u64;
-        self.queue.at(
-            at,
-            (stream, n),
+        // Only key records carry age's grease (see [`greased`]).
+        let wire = match message {
+            SyncMessage::Keys { .. } => bytes.len() - greased(&bytes),
+            _ => bytes.len(),
+        };
+        let (kind, link) = if up {
+            (K_UP, &mut d.up)
+        } else {
+            (K_DOWN, &mut d.down)
+        };
+        let stream = kind | u64::from(device);
+        let (at, n) = link.send(&self.link, &self.draws, stream, now, wire);
+        let generation = d.generation;
+        let event = if up {
+            self.tally.messages_up += 1;
+            self.tally.bytes_up += wire as u64;
+            Event::ToRelay {
+                device,
+                generation,
+                bytes,
+            }
+        } else {
+            self.tally.messages_down += 1;
+            self.tally.bytes_down += wire as u64;
             Event::ToDevice {
                 device,
-                generation: d.generation,
+                generation,
                 bytes,
-            },
-        );
+            }
+        };
+        self.queue.at(at, (stream, n), event);
     }
 
     fn current(&self, device: u32, generation: u32) -> bool {

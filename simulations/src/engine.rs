@@ -168,7 +168,7 @@ pub fn quantile(values: &mut [u64], p: f64) -> u64 {
 }
 
 /// Latency figures, in milliseconds.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Quantiles {
     pub count: usize,
     pub p50: f64,
@@ -188,6 +188,107 @@ impl Quantiles {
             p99: ms(quantile(values, 0.99)),
             max: ms(quantile(values, 1.0)),
         }
+    }
+}
+
+/// Latencies in microseconds, counted in buckets of at most 0.2% relative width (exact below
+/// 1,024 µs): constant memory however many are recorded, for runs of millions of deliveries.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    max: u64,
+}
+
+const EXACT: u64 = 1024;
+const MANTISSA_BITS: u32 = 9;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; Self::bucket(u64::MAX) + 1],
+            total: 0,
+            max: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn bucket(v: u64) -> usize {
+        if v < EXACT {
+            return v as usize;
+        }
+        let exponent = 63 - v.leading_zeros(); // ≥ 10
+        let shift = exponent - MANTISSA_BITS;
+        let mantissa = (v >> shift) & ((1 << MANTISSA_BITS) - 1);
+        (EXACT + u64::from(exponent - 10) * (1 << MANTISSA_BITS) + mantissa) as usize
+    }
+
+    /// The smallest value of bucket `b`.
+    fn floor(b: usize) -> u64 {
+        let b = b as u64;
+        if b < EXACT {
+            return b;
+        }
+        let exponent = (b - EXACT) / (1 << MANTISSA_BITS) + 10;
+        let mantissa = (b - EXACT) % (1 << MANTISSA_BITS);
+        (1 << exponent) | (mantissa << (exponent - u64::from(MANTISSA_BITS)))
+    }
+
+    pub fn record(&mut self, us: u64) {
+        if let Some(c) = self.counts.get_mut(Self::bucket(us)) {
+            *c += 1;
+        }
+        self.total += 1;
+        self.max = self.max.max(us);
+    }
+
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The `p`-quantile (nearest rank), as its bucket's smallest value; the maximum exactly.
+    pub fn quantile(&self, p: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        if p >= 1.0 {
+            return self.max;
+        }
+        let rank = ((p * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (b, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::floor(b).min(self.max);
+            }
+        }
+        self.max
+    }
+
+    pub fn quantiles(&self) -> Quantiles {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Quantiles {
+            count: self.total as usize,
+            p50: ms(self.quantile(0.50)),
+            p95: ms(self.quantile(0.95)),
+            p99: ms(self.quantile(0.99)),
+            max: ms(self.quantile(1.0)),
+        }
+    }
+
+    /// `n + 1` values at evenly spaced ranks (for a plot of the distribution).
+    pub fn ranks(&self, n: usize) -> Vec<u64> {
+        if self.total == 0 {
+            return Vec::new();
+        }
+        (0..=n)
+            .map(|i| self.quantile(i as f64 / n.max(1) as f64))
+            .collect()
     }
 }
 
@@ -237,5 +338,31 @@ mod tests {
         assert_eq!(quantile(&mut v, 0.95), 95);
         assert_eq!(quantile(&mut v, 1.0), 100);
         assert_eq!(quantile(&mut [], 0.5), 0);
+    }
+
+    #[test]
+    fn a_histogram_keeps_quantiles_within_its_bucket_width() {
+        let mut h = Histogram::default();
+        let mut exact: Vec<u64> = Vec::new();
+        let draws = Draws::new(9);
+        for i in 0..50_000 {
+            let v = (draws.exponential(1, i, 40_000.0) as u64) + 1;
+            h.record(v);
+            exact.push(v);
+        }
+        for p in [0.5, 0.95, 0.99] {
+            let want = quantile(&mut exact, p) as f64;
+            let got = h.quantile(p) as f64;
+            assert!(
+                (got - want).abs() <= want * 0.002 + 1.0,
+                "p{p}: {got} vs {want}"
+            );
+        }
+        assert_eq!(h.quantile(1.0), quantile(&mut exact, 1.0));
+        for v in [0, 1, 1023, 1024, 1025, 99_999, 1 << 40, u64::MAX] {
+            let b = Histogram::bucket(v);
+            assert!(Histogram::floor(b) <= v, "{v}");
+            assert_eq!(Histogram::bucket(Histogram::floor(b)), b, "{v}");
+        }
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod engine;
 pub mod gpu;
+pub mod light;
 pub mod net;
 pub mod plot;
 pub mod scenario;

@@ -58,6 +58,8 @@ const LOSS_STREAM: u64 = 0x4C05_5000_0000_0000;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Link {
     busy_until: Micros,
+    /// The last arrival of [`Link::send_ordered`].
+    last_arrival: Micros,
     pub sent: u64,
     pub bytes: u64,
 }
@@ -78,6 +80,22 @@ impl Link {
         self.sent += 1;
         self.bytes += bytes as u64;
         (leaves + model.latency(draws, stream, n), n)
+    }
+
+    /// As [`Link::send`], on one ordered stream: a message never arrives before the one sent
+    /// ahead of it (a late one holds up those behind it, as on one QUIC stream).
+    pub fn send_ordered(
+        &mut self,
+        model: &LinkModel,
+        draws: &Draws,
+        stream: u64,
+        now: Micros,
+        bytes: usize,
+    ) -> (Micros, u64) {
+        let (at, n) = self.send(model, draws, stream, now, bytes);
+        let at = at.max(self.last_arrival);
+        self.last_arrival = at;
+        (at, n)
     }
 }
 

@@ -15,6 +15,17 @@ pub struct PlotError {
 /// The distribution of convergence latencies (write → arrival at another device of the user),
 /// as a cumulative share over a logarithmic time axis, with the p50 and p95 marked.
 pub fn convergence_cdf(path: &Path, title: &str, latencies_us: &[u64]) -> Result<(), PlotError> {
+    cdf(
+        path,
+        title,
+        "convergence latency (ms, log scale)",
+        latencies_us,
+    )
+}
+
+/// A distribution of times (µs) as a cumulative share over a logarithmic axis in ms, with the
+/// p50 and p95 marked.
+pub fn cdf(path: &Path, title: &str, x_desc: &str, latencies_us: &[u64]) -> Result<(), PlotError> {
     let error = |e: &dyn std::fmt::Display| PlotError {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -34,8 +45,8 @@ pub fn convergence_cdf(path: &Path, title: &str, latencies_us: &[u64]) -> Result
         .map_err(|e| error(&e))?;
     chart
         .configure_mesh()
-        .x_desc("convergence latency (ms, log scale)")
-        .y_desc("share of deliveries")
+        .x_desc(x_desc)
+        .y_desc("share")
         .draw()
         .map_err(|e| error(&e))?;
     let n = ms.len().max(1) as f64;
@@ -49,7 +60,7 @@ pub fn convergence_cdf(path: &Path, title: &str, latencies_us: &[u64]) -> Result
     chart
         .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
         .map_err(|e| error(&e))?
-        .label("deliveries")
+        .label("cumulative share")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     for (p, colour) in [(0.5, GREEN), (0.95, RED)] {
         let rank = ((p * n).ceil() as usize).clamp(1, ms.len().max(1)) - 1;
@@ -156,6 +167,81 @@ pub fn scale(path: &Path, title: &str, points: &[ScalePoint]) -> Result<(), Plot
             .border_style(BLACK)
             .background_style(WHITE.mix(0.8))
             .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| error(&e))?;
+    }
+    root.present().map_err(|e| error(&e))?;
+    Ok(())
+}
+
+/// The relay fleet over time: connections, CPU share and storage of each instance, one panel
+/// each, stacked.
+pub fn fleet(path: &Path, title: &str, series: &[crate::light::Sample]) -> Result<(), PlotError> {
+    let error = |e: &dyn std::fmt::Display| PlotError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let root = SVGBackend::new(path, (900, 900)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| error(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| error(&e))?;
+    let panels = root.split_evenly((3, 1));
+    let end = series.last().map_or(1.0, |s| s.at_s).max(1.0) / 60.0;
+    let instances = series.first().map_or(0, |s| s.connections.len());
+    type Read = fn(&crate::light::Sample, usize) -> f64;
+    let measures: [(&str, Read); 3] = [
+        ("connections", |s, i| {
+            s.connections.get(i).copied().unwrap_or(0) as f64
+        }),
+        ("CPU (share of its cores)", |s, i| {
+            s.cpu.get(i).copied().unwrap_or(0.0)
+        }),
+        ("storage (MB)", |s, i| {
+            s.storage_bytes.get(i).copied().unwrap_or(0) as f64 / 1e6
+        }),
+    ];
+    for (area, (label, read)) in panels.iter().zip(measures) {
+        let columns = series.first().map_or(0, |s| match label {
+            "storage (MB)" => s.storage_bytes.len(),
+            _ => instances,
+        });
+        let top = series
+            .iter()
+            .flat_map(|s| (0..columns).map(move |i| read(s, i)))
+            .fold(0.0, f64::max)
+            .max(1e-9)
+            * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..end, 0.0..top)
+            .map_err(|e| error(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("simulated minutes")
+            .y_desc(label)
+            .draw()
+            .map_err(|e| error(&e))?;
+        for i in 0..columns {
+            let colour = Palette99::pick(i);
+            chart
+                .draw_series(LineSeries::new(
+                    series.iter().map(|s| (s.at_s / 60.0, read(s, i))),
+                    colour.stroke_width(2),
+                ))
+                .map_err(|e| error(&e))?
+                .label(format!("instance {i}"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], Palette99::pick(i))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(|e| error(&e))?;
     }

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::engine::{MINUTE, Micros, Quantiles, SECOND};
 use crate::gpu::{GpuModel, GpuReport, GpuWorld};
+use crate::light::{Costs, LightWorld, RevocationReport, Sample, Sizes};
 use crate::net::LinkModel;
 use crate::world::{BuildError, Shape, Tally, Traffic, World};
 
@@ -29,8 +30,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "mass-revocation",
-        about: "a mass revocation spreading through the org (not built yet)",
-        built: false,
+        about: "the admin revokes one device of every tenth user at once, with a tenth of the org offline: how fast every relay refuses them, every other device holds the records and each affected user's key is rotated (light model)",
+        built: true,
     },
     Scenario {
         name: "relay-loss",
@@ -49,12 +50,54 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// Which device model runs a scenario (see [`crate::light`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Model {
+    /// Real replicas, sessions and relay hubs: every change sealed, encoded and decoded.
+    Full,
+    /// Counters and measured sizes, cryptography as a cost model: for org scale.
+    Light,
+}
+
+impl std::str::FromStr for Model {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(Self::Full),
+            "light" => Ok(Self::Light),
+            _ => Err(format!("`{s}` is not a model: full or light")),
+        }
+    }
+}
+
+/// Above this many devices a run uses the light model unless told otherwise.
+pub const FULL_MODEL_UP_TO: u32 = 3_000;
+
 /// What a run was asked for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub seed: u64,
     /// Devices in all (rounded down to whole users); `None`: the scenario's default.
     pub devices: Option<u32>,
+    /// Relay instances; `None`: the scenario's default.
+    pub relays: Option<u16>,
+    /// `None`: full up to [`FULL_MODEL_UP_TO`] devices, light above (and for mass-revocation).
+    pub model: Option<Model>,
+    /// The light model's cryptography costs.
+    pub costs: Costs,
+}
+
+impl Options {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            devices: None,
+            relays: None,
+            model: None,
+            costs: Costs::measured_here(),
+        }
+    }
 }
 
 /// Why a run could not happen.
@@ -66,6 +109,10 @@ pub enum RunError {
     NotBuilt(&'static str),
     #[error("--devices must be at least {0} (one user's devices)")]
     TooFew(u32),
+    #[error("`{0}` runs in the light model only (leave out --model, or say --model light)")]
+    LightOnly(&'static str),
+    #[error("--relays must be at least 1")]
+    NoRelays,
     #[error(transparent)]
     Build(#[from] BuildError),
 }
@@ -76,6 +123,7 @@ pub enum RunError {
 pub struct Report {
     pub scenario: &'static str,
     pub seed: u64,
+    pub model: Model,
     pub shape: Shape,
     pub devices: usize,
     pub traffic: Traffic,
@@ -96,6 +144,14 @@ pub struct Report {
     pub partition: Option<Partition>,
     pub relay_loss: Option<RelayLoss>,
     pub month_offline: Option<Away>,
+    pub revocation: Option<RevocationReport>,
+    /// A change sent as written → its acknowledgement (light model).
+    pub ack_ms: Option<Quantiles>,
+    /// The light model's cryptography costs and measured sizes.
+    pub costs: Option<Costs>,
+    pub sizes: Option<Sizes>,
+    /// The relay fleet over time: connections, CPU and storage per instance (light model).
+    pub series: Vec<Sample>,
     pub assumptions: Vec<&'static str>,
 }
 
@@ -173,10 +229,12 @@ pub struct GpuOutcome {
 }
 
 /// A finished run: its report, and the convergence latencies (µs) the plots are drawn from
-/// (none for the GPU tier).
+/// (none for the GPU tier; in the light model, values at evenly spaced ranks).
 pub struct Run {
     pub report: Outcome,
     pub convergence_us: Vec<u64>,
+    /// Revocation → each other device holding the records (µs; mass-revocation only).
+    pub revocation_us: Vec<u64>,
 }
 
 const GPU_ASSUMPTIONS: &[&str] = &[
@@ -186,7 +244,7 @@ const GPU_ASSUMPTIONS: &[&str] = &[
     "the failed peer's process ends: each device's stream closes a link latency later, the node records the failure and asks another peer for the rest (its first token again counts from the original ask)",
 ];
 
-fn run_gpu(options: Options, progress: Progress<'_>) -> Run {
+fn run_gpu(options: &Options, progress: Progress<'_>) -> Run {
     let devices = options.devices.unwrap_or(1_000).max(1);
     let end = 60 * MINUTE;
     let failed_at = end / 2;
@@ -213,11 +271,74 @@ fn run_gpu(options: Options, progress: Progress<'_>) -> Run {
             assumptions: GPU_ASSUMPTIONS.to_vec(),
         })),
         convergence_us: Vec::new(),
+        revocation_us: Vec::new(),
     }
 }
 
+const LIGHT_ASSUMPTIONS: &[&str] = &[
+    "light model: a device's replica is a vector of counters and the fleet's store a counter per writer; the sync protocol's shape is kept (hello answered with what the device lacks, changes as written, an acknowledgement once stored, fan-out to the user's other devices, announcements between instances through the database)",
+    "light model: message sizes are the real encodings' (measured at start with the project's code: see `sizes`); cryptography is a cost model from jarvis-bench (see `costs`): a device pays a seal before a change leaves and a signature check and an open per change it takes; a relay instance's cores pay a signature check per change and a chain check per hello, and messages queue behind its busy cores",
+    "light model: each direction of a connection is one ordered stream (a late message holds up those behind it); the sessions' periodic resync is not modelled (nothing is lost on a live ordered stream; a new connection resyncs)",
+    "light model: the relay's storage commit and rate limits are not charged (the relay-ack comparison in `validate` measures how far that matters)",
+];
+
+const REVOCATION_ASSUMPTIONS: &[&str] = &[
+    "mass revocation: the admin's records reach relay instance 0 at once and the others through the database; each instance drops the revoked devices' connections, refuses them from then on, checks each record's signature once and sends the records to every device it has admitted (devices that connect later get them with the answer to their hello)",
+    "a tenth of the devices are away at the revocation (gone between the warm-up and it, back at a random time before the last ten minutes); the first remaining device of an affected user to hold the records wraps a new key epoch to the others (the wrap's CPU is not charged: no benchmark measures it yet)",
+];
+
+/// Everything a sync scenario decides before it runs.
+struct Setup {
+    name: &'static str,
+    shape: Shape,
+    traffic: Traffic,
+    hours: u64,
+    end: Micros,
+    writing_until: Micros,
+}
+
+fn setup(scenario: &Scenario, options: &Options) -> Result<Setup, RunError> {
+    let devices_per_user = 3;
+    let (default_devices, default_relays, sites, hours): (u32, u16, u16, u64) = match scenario.name
+    {
+        "partition" => (120, 1, 2, 2),
+        // An hour, thirty days away, and two hours back.
+        "month-offline" => (3, 1, 1, 30 * 24 + 3),
+        "mass-revocation" => (3_000, 2, 1, 1),
+        _ => (300, 2, 1, 1),
+    };
+    let shared_database = matches!(scenario.name, "relay-loss" | "mass-revocation");
+    let devices = options.devices.unwrap_or(default_devices);
+    if devices < devices_per_user {
+        return Err(RunError::TooFew(devices_per_user));
+    }
+    let relays = options.relays.unwrap_or(default_relays);
+    if relays == 0 {
+        return Err(RunError::NoRelays);
+    }
+    let end = hours * 60 * MINUTE;
+    Ok(Setup {
+        name: scenario.name,
+        shape: Shape {
+            users: devices / devices_per_user,
+            devices_per_user,
+            relays,
+            sites,
+            shared_database,
+        },
+        traffic: Traffic {
+            changes_per_device_per_hour: 30.0,
+            start_hour: 10.0,
+        },
+        hours,
+        end,
+        // Writes stop two minutes before the end, so the end shows whether everything arrived.
+        writing_until: end - 2 * MINUTE,
+    })
+}
+
 /// Runs `name`.
-pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, RunError> {
+pub fn run(name: &str, options: &Options, progress: Progress<'_>) -> Result<Run, RunError> {
     let scenario = lookup(name)?;
     if !scenario.built {
         return Err(RunError::NotBuilt(scenario.name));
@@ -225,96 +346,128 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
     if scenario.name == "gpu-failure" {
         return Ok(run_gpu(options, progress));
     }
-    let link = LinkModel::WAN;
-    let devices_per_user = 3;
-    let (default_devices, relays, sites, hours): (u32, u16, u16, u64) = match scenario.name {
-        "partition" => (120, 1, 2, 2),
-        // An hour, thirty days away, and two hours back.
-        "month-offline" => (3, 1, 1, 30 * 24 + 3),
-        _ => (300, 2, 1, 1),
-    };
-    let shared_database = scenario.name == "relay-loss";
-    let devices = options.devices.unwrap_or(default_devices);
-    if devices < devices_per_user {
-        return Err(RunError::TooFew(devices_per_user));
+    let setup = setup(scenario, options)?;
+    let light_only = scenario.name == "mass-revocation";
+    let devices = setup.shape.users * setup.shape.devices_per_user;
+    let model = options
+        .model
+        .unwrap_or(if light_only || devices > FULL_MODEL_UP_TO {
+            Model::Light
+        } else {
+            Model::Full
+        });
+    match model {
+        Model::Full if light_only => Err(RunError::LightOnly(scenario.name)),
+        Model::Full => run_full(&setup, options, progress),
+        Model::Light => run_light(&setup, options, progress),
     }
-    let shape = Shape {
-        users: devices / devices_per_user,
-        devices_per_user,
-        relays,
-        sites,
-        shared_database,
-    };
-    let traffic = Traffic {
-        changes_per_device_per_hour: 30.0,
-        start_hour: 10.0,
-    };
-    let end = hours * 60 * MINUTE;
-    // Writes stop two minutes before the end, so the end shows whether everything arrived.
-    let writing_until = end - 2 * MINUTE;
-    let mut world = World::new(options.seed, shape, traffic, link, writing_until)?;
-    let partition = (scenario.name == "partition").then(|| {
-        let (cut, heal) = (20 * MINUTE, 80 * MINUTE);
-        world.partition(1, cut, heal);
-        Partition {
-            site: 1,
-            cut_at_s: (cut / SECOND) as f64,
-            healed_at_s: (heal / SECOND) as f64,
-            backlog_delivered_after_s: None,
+}
+
+/// What both models report the same way.
+struct Common {
+    partition: Option<Partition>,
+    month_offline: Option<Away>,
+    relay_loss: Option<RelayLoss>,
+}
+
+impl Common {
+    const CUT: (Micros, Micros) = (20 * MINUTE, 80 * MINUTE);
+    const AWAY: (Micros, Micros) = (60 * MINUTE, (30 * 24 + 1) * 60 * MINUTE);
+
+    fn of(setup: &Setup) -> Self {
+        Self {
+            partition: (setup.name == "partition").then_some(Partition {
+                site: 1,
+                cut_at_s: (Self::CUT.0 / SECOND) as f64,
+                healed_at_s: (Self::CUT.1 / SECOND) as f64,
+                backlog_delivered_after_s: None,
+            }),
+            month_offline: (setup.name == "month-offline").then_some(Away {
+                device: 0,
+                away_s: ((Self::AWAY.1 - Self::AWAY.0) / SECOND) as f64,
+                changes_missed: 0,
+                caught_up_after_s: None,
+            }),
+            relay_loss: (setup.name == "relay-loss").then_some(RelayLoss {
+                instance: 0,
+                at_s: (setup.end / 2 / SECOND) as f64,
+                devices_moved: 0,
+                changes_missing_from_database: 0,
+            }),
         }
-    });
-    let month_offline = (scenario.name == "month-offline").then(|| {
-        let (from, until) = (60 * MINUTE, (30 * 24 + 1) * 60 * MINUTE);
-        world.away(0, from, until);
-        Away {
-            device: 0,
-            away_s: ((until - from) / SECOND) as f64,
-            changes_missed: 0,
-            caught_up_after_s: None,
+    }
+
+    /// Fills in what the run measured.
+    fn finish(self, healed_in: Option<Micros>, backlog: u64, moved: u64, missing: u64) -> Self {
+        let seconds = healed_in.map(|us| us as f64 / SECOND as f64);
+        Self {
+            partition: self.partition.map(|p| Partition {
+                backlog_delivered_after_s: seconds,
+                ..p
+            }),
+            month_offline: self.month_offline.map(|a| Away {
+                changes_missed: backlog,
+                caught_up_after_s: seconds,
+                ..a
+            }),
+            relay_loss: self.relay_loss.map(|r| RelayLoss {
+                devices_moved: moved,
+                changes_missing_from_database: missing,
+                ..r
+            }),
         }
-    });
-    let relay_loss = shared_database.then(|| {
-        let at = end / 2;
-        world.lose_relay(0, at);
-        RelayLoss {
-            instance: 0,
-            at_s: (at / SECOND) as f64,
-            devices_moved: 0,
-            changes_missing_from_database: 0,
-        }
-    });
+    }
+}
+
+/// Steps the clock to `end`, calling `each` after every step.
+fn drive(end: Micros, hours: u64, progress: Progress<'_>, mut each: impl FnMut(Micros)) {
     let step = if hours > 24 { 60 * MINUTE } else { MINUTE };
     let mut at = 0;
     while at < end {
         at = (at + step).min(end);
-        world.run_until(at);
+        each(at);
         progress(at, end);
     }
-    let partition = partition.map(|p| Partition {
-        backlog_delivered_after_s: world.healed_in().map(|us| us as f64 / SECOND as f64),
-        ..p
-    });
-    let month_offline = month_offline.map(|a| Away {
-        changes_missed: world.backlog_at_return() as u64,
-        caught_up_after_s: world.healed_in().map(|us| us as f64 / SECOND as f64),
-        ..a
-    });
-    let relay_loss = relay_loss.map(|r| RelayLoss {
-        devices_moved: world.moved,
-        changes_missing_from_database: world.missing_from_database(),
-        ..r
-    });
+}
+
+fn run_full(setup: &Setup, options: &Options, progress: Progress<'_>) -> Result<Run, RunError> {
+    let link = LinkModel::WAN;
+    let mut world = World::new(
+        options.seed,
+        setup.shape,
+        setup.traffic,
+        link,
+        setup.writing_until,
+    )?;
+    let common = Common::of(setup);
+    if common.partition.is_some() {
+        world.partition(1, Common::CUT.0, Common::CUT.1);
+    }
+    if common.month_offline.is_some() {
+        world.away(0, Common::AWAY.0, Common::AWAY.1);
+    }
+    if common.relay_loss.is_some() {
+        world.lose_relay(0, setup.end / 2);
+    }
+    drive(setup.end, setup.hours, progress, |at| world.run_until(at));
+    let common = common.finish(
+        world.healed_in(),
+        world.backlog_at_return() as u64,
+        world.moved,
+        world.missing_from_database(),
+    );
     let unconverged = world.unconverged();
     let tally = world.tally.clone();
     let written = tally.changes_written.max(1) as f64;
     let report = Report {
-        scenario: scenario.name,
+        scenario: setup.name,
         seed: options.seed,
-        shape,
+        model: Model::Full,
+        shape: setup.shape,
         devices: world.devices(),
-        traffic,
+        traffic: setup.traffic,
         link,
-        simulated_s: (end / SECOND) as f64,
+        simulated_s: (setup.end / SECOND) as f64,
         events: world.events_run(),
         convergence_ms: Quantiles::of(&mut world.latencies),
         bytes_per_change_end_to_end: (tally.bytes_up + tally.bytes_down) as f64 / written,
@@ -324,13 +477,101 @@ pub fn run(name: &str, options: Options, progress: Progress<'_>) -> Result<Run, 
         unconverged_devices: unconverged.len(),
         undelivered_changes: world.undelivered(),
         tally,
-        partition,
-        relay_loss,
-        month_offline,
+        partition: common.partition,
+        relay_loss: common.relay_loss,
+        month_offline: common.month_offline,
+        revocation: None,
+        ack_ms: None,
+        costs: None,
+        sizes: None,
+        series: Vec::new(),
         assumptions: ASSUMPTIONS.to_vec(),
     };
     Ok(Run {
         report: Outcome::Sync(Box::new(report)),
         convergence_us: std::mem::take(&mut world.latencies),
+        revocation_us: Vec::new(),
+    })
+}
+
+fn run_light(setup: &Setup, options: &Options, progress: Progress<'_>) -> Result<Run, RunError> {
+    let link = LinkModel::WAN;
+    let mut world = LightWorld::new(
+        options.seed,
+        setup.shape,
+        setup.traffic,
+        link,
+        setup.writing_until,
+        options.costs.clone(),
+    )?;
+    let common = Common::of(setup);
+    if common.partition.is_some() {
+        world.partition(1, Common::CUT.0, Common::CUT.1);
+    }
+    if common.month_offline.is_some() {
+        world.away(0, Common::AWAY.0, Common::AWAY.1);
+    }
+    if common.relay_loss.is_some() {
+        world.lose_relay(0, setup.end / 2);
+    }
+    let revoking = setup.name == "mass-revocation";
+    if revoking {
+        let at = 20 * MINUTE;
+        world.some_away(0.1, crate::world::WARM_UP, at, setup.end - 10 * MINUTE);
+        let targets = world.every_nth_users_last_device(10);
+        world.revoke(at, targets);
+    }
+    drive(setup.end, setup.hours, progress, |at| {
+        world.run_until(at);
+        world.sample();
+    });
+    let common = common.finish(
+        world.healed_in(),
+        world.backlog_at_return(),
+        world.moved,
+        world.missing_from_database(),
+    );
+    let (unconverged, undelivered) = world.unconverged();
+    let tally = world.tally.clone();
+    let written = tally.changes_written.max(1) as f64;
+    let mut assumptions = ASSUMPTIONS.to_vec();
+    // The full model's first two notes do not hold here.
+    assumptions.drain(..2.min(assumptions.len()));
+    assumptions.extend_from_slice(LIGHT_ASSUMPTIONS);
+    if revoking {
+        assumptions.extend_from_slice(REVOCATION_ASSUMPTIONS);
+    }
+    let report = Report {
+        scenario: setup.name,
+        seed: options.seed,
+        model: Model::Light,
+        shape: setup.shape,
+        devices: world.devices(),
+        traffic: setup.traffic,
+        link,
+        simulated_s: (setup.end / SECOND) as f64,
+        events: world.events_run(),
+        convergence_ms: world.latencies.quantiles(),
+        bytes_per_change_end_to_end: (tally.bytes_up + tally.bytes_down) as f64 / written,
+        relay_storage_bytes: world.relay_storage(),
+        relay_connections_at_end: world.relay_connections(),
+        converged: unconverged == 0,
+        unconverged_devices: unconverged,
+        undelivered_changes: undelivered as usize,
+        tally,
+        partition: common.partition,
+        relay_loss: common.relay_loss,
+        month_offline: common.month_offline,
+        revocation: world.revocation_report(),
+        ack_ms: Some(world.acks.quantiles()),
+        costs: Some(world.costs.clone()),
+        sizes: Some(world.sizes),
+        series: std::mem::take(&mut world.series),
+        assumptions,
+    };
+    Ok(Run {
+        report: Outcome::Sync(Box::new(report)),
+        convergence_us: world.latencies.ranks(2_000),
+        revocation_us: world.revocation_spread(),
     })
 }

@@ -52,6 +52,33 @@ pub fn diurnal(hour: f64) -> f64 {
     (0.05 + 0.95 * bump(10.5, 2.0).max(bump(15.0, 2.2)) - 0.25 * bump(12.5, 0.6)).clamp(0.02, 1.0)
 }
 
+/// A device's next write after `from` (before `until`): a Poisson process at the peak rate,
+/// thinned by the time of day. `counter` counts the draws of `stream` used so far; returns the
+/// time and the write's number (unique for the stream, to key its event).
+pub fn next_write(
+    draws: &Draws,
+    traffic: &Traffic,
+    stream: u64,
+    counter: &mut u64,
+    from: Micros,
+    until: Micros,
+) -> Option<(Micros, u64)> {
+    let mean = HOUR as f64 / traffic.changes_per_device_per_hour.max(1e-9);
+    let mut at = from;
+    loop {
+        let n = *counter;
+        *counter += 1;
+        at += draws.exponential(stream, n * 2, mean) as Micros;
+        if at >= until {
+            return None;
+        }
+        let hour = traffic.start_hour + at as f64 / HOUR as f64;
+        if draws.unit(stream, n * 2 + 1) < diurnal(hour) {
+            return Some((at, n));
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Event {
     Write {
@@ -115,10 +142,14 @@ const K_KILL: u64 = 9 << 56;
 const K_AWAY: u64 = 10 << 56;
 
 /// From one instance's commit to the others' hearing of it through the database.
-const DB_NOTIFY: Micros = 5 * MS;
+pub(crate) const DB_NOTIFY: Micros = 5 * MS;
 
 /// Users' rows in the database the instances share.
 type Database = Arc<Mutex<BTreeMap<Name, Arc<Mutex<MemStore>>>>>;
+
+/// What every write appends (72 characters).
+pub(crate) const MESSAGE: &str =
+    "What's on my calendar after lunch, and can you move the review to Friday?";
 
 /// Devices connect during this time at the start; writing starts after it.
 pub const WARM_UP: Micros = 10 * SECOND;
@@ -207,6 +238,8 @@ pub enum BuildError {
     Replica(#[from] jarvis_crdt::replica::ReplicaError),
     #[error(transparent)]
     Name(#[from] jarvis_identity::encoding::DecodeError),
+    #[error("measuring the real encodings' sizes: {0}")]
+    Measure(String),
 }
 
 impl World {
@@ -462,21 +495,15 @@ impl World {
             return;
         };
         let stream = K_WRITE | u64::from(device);
-        let mean = HOUR as f64 / self.traffic.changes_per_device_per_hour.max(1e-9);
-        // A Poisson process at the peak rate, thinned by the time of day.
-        let mut at = from;
-        loop {
-            let n = d.writes;
-            d.writes += 1;
-            at += self.draws.exponential(stream, n * 2, mean) as Micros;
-            if at >= self.writing_until {
-                return;
-            }
-            let hour = self.traffic.start_hour + at as f64 / HOUR as f64;
-            if self.draws.unit(stream, n * 2 + 1) < diurnal(hour) {
-                self.queue.at(at, (stream, n), Event::Write { device });
-                return;
-            }
+        if let Some((at, n)) = next_write(
+            &self.draws,
+            &self.traffic,
+            stream,
+            &mut d.writes,
+            from,
+            self.writing_until,
+        ) {
+            self.queue.at(at, (stream, n), Event::Write { device });
         }
     }
 
@@ -498,7 +525,7 @@ impl World {
             return;
         }
         let id = format!("m{device}-{}", d.sealed + 1);
-        let text = "What's on my calendar after lunch, and can you move the review to Friday?";
+        let text = MESSAGE;
         let sealed = d.replica.edit(doc, |doc, me| {
             doc.append(
                 NewMessage {

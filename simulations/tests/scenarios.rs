@@ -5,19 +5,21 @@
 use assert_cmd::Command;
 use jarvis_sim::engine::{MINUTE, SECOND};
 use jarvis_sim::net::LinkModel;
-use jarvis_sim::scenario::{self, Options};
+use jarvis_sim::scenario::{self, Model, Options};
 use jarvis_sim::world::{Shape, Traffic, World};
 
 fn run(name: &str, devices: u32, seed: u64) -> scenario::Report {
-    let run = scenario::run(
-        name,
-        Options {
-            seed,
-            devices: Some(devices),
-        },
-        &mut |_, _| {},
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    run_model(name, devices, seed, None)
+}
+
+fn run_model(name: &str, devices: u32, seed: u64, model: Option<Model>) -> scenario::Report {
+    let options = Options {
+        devices: Some(devices),
+        model,
+        ..Options::new(seed)
+    };
+    let run =
+        scenario::run(name, &options, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
     match run.report {
         scenario::Outcome::Sync(report) => *report,
         scenario::Outcome::Gpu(_) => panic!("{name} is not a sync scenario"),
@@ -25,9 +27,14 @@ fn run(name: &str, devices: u32, seed: u64) -> scenario::Report {
 }
 
 fn report_bytes(dir: &std::path::Path, seed: &str) -> Vec<u8> {
+    report_bytes_of(dir, seed, "full")
+}
+
+fn report_bytes_of(dir: &std::path::Path, seed: &str, model: &str) -> Vec<u8> {
     Command::cargo_bin("jarvis-sim")
         .unwrap_or_else(|e| panic!("{e}"))
-        .args(["run", "org-day", "--devices", "9", "--seed", seed, "--out"])
+        .args(["run", "org-day", "--devices", "9", "--seed", seed])
+        .args(["--model", model, "--out"])
         .arg(dir)
         .assert()
         .success();
@@ -115,15 +122,12 @@ fn losing_a_relay_instance_loses_no_change_and_its_devices_move() {
 
 #[test]
 fn a_failed_gpu_peer_s_answers_move_to_the_others_chosen_by_the_nodes_scheduler() {
-    let run = scenario::run(
-        "gpu-failure",
-        Options {
-            seed: 4,
-            devices: Some(1_000),
-        },
-        &mut |_, _| {},
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let options = Options {
+        devices: Some(1_000),
+        ..Options::new(4)
+    };
+    let run =
+        scenario::run("gpu-failure", &options, &mut |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
     let scenario::Outcome::Gpu(outcome) = run.report else {
         panic!("not the GPU tier's report");
     };
@@ -266,13 +270,20 @@ fn the_cli_names_every_scenario_and_says_which_are_not_built() {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    for (scenario, says) in [
-        ("mass-revocation", "not built yet"),
-        ("no-such", "jarvis-sim list"),
+    for (args, says) in [
+        (
+            &["mass-revocation", "--model", "full"][..],
+            "light model only",
+        ),
+        (&["org-day", "--model", "heavy"][..], "full or light"),
+        (&["no-such"][..], "jarvis-sim list"),
     ] {
+        let scenario = args.join(" ");
         let out = Command::cargo_bin("jarvis-sim")
             .unwrap_or_else(|e| panic!("{e}"))
-            .args(["run", scenario, "--out"])
+            .arg("run")
+            .args(args)
+            .arg("--out")
             .arg(dir.path())
             .output()
             .unwrap_or_else(|e| panic!("{e}"));
@@ -280,4 +291,112 @@ fn the_cli_names_every_scenario_and_says_which_are_not_built() {
         assert!(!out.status.success(), "{scenario} ran");
         assert!(stderr.contains(says), "{scenario}: {stderr}");
     }
+}
+
+#[test]
+fn the_light_model_is_deterministic_and_plots_the_relay_fleet() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let a = report_bytes_of(&dir.path().join("a"), "5", "light");
+    let b = report_bytes_of(&dir.path().join("b"), "5", "light");
+    assert_eq!(a, b, "two light runs with seed 5 wrote different reports");
+    let report: serde_json::Value = serde_json::from_slice(&a).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report["model"], "light");
+    assert!(
+        report["costs"]["seal_us"].as_f64().is_some_and(|c| c > 0.0),
+        "{report}"
+    );
+    assert!(
+        report["sizes"]["change"].as_u64().is_some_and(|c| c > 72),
+        "{report}"
+    );
+    assert_eq!(
+        report["series"].as_array().map(Vec::len),
+        Some(60),
+        "a sample a minute"
+    );
+    let plot = std::fs::read_to_string(dir.path().join("a/relays.svg")).unwrap_or_default();
+    assert!(
+        plot.contains("CPU") && plot.contains("connections"),
+        "{plot:.200}"
+    );
+}
+
+/// The light model stands in for the full one at scale only because the two agree where both
+/// run: the same org, seed and writes, compared figure by figure.
+#[test]
+fn the_light_model_agrees_with_the_full_one_on_the_same_org() {
+    let full = run_model("org-day", 150, 3, Some(Model::Full));
+    let light = run_model("org-day", 150, 3, Some(Model::Light));
+    assert_eq!(light.tally.changes_written, full.tally.changes_written);
+    assert_eq!(light.tally.deliveries, full.tally.deliveries);
+    assert!(full.converged && light.converged);
+    let close = |what: &str, a: f64, b: f64, within: f64| {
+        assert!(
+            (a - b).abs() <= b * within,
+            "{what}: light {a} vs full {b} (more than {within} apart)"
+        );
+    };
+    close(
+        "p50",
+        light.convergence_ms.p50,
+        full.convergence_ms.p50,
+        0.05,
+    );
+    close(
+        "p95",
+        light.convergence_ms.p95,
+        full.convergence_ms.p95,
+        0.10,
+    );
+    // A relay instance lost: the same devices move, nothing acknowledged is lost.
+    let full = run_model("relay-loss", 60, 3, Some(Model::Full));
+    let light = run_model("relay-loss", 60, 3, Some(Model::Light));
+    let (f, l) = (
+        full.relay_loss
+            .unwrap_or_else(|| panic!("no relay-loss figures")),
+        light
+            .relay_loss
+            .unwrap_or_else(|| panic!("no relay-loss figures")),
+    );
+    assert_eq!(l.devices_moved, f.devices_moved);
+    assert_eq!(
+        (
+            l.changes_missing_from_database,
+            f.changes_missing_from_database
+        ),
+        (0, 0)
+    );
+    assert!(light.converged);
+}
+
+#[test]
+fn a_mass_revocation_is_refused_everywhere_and_every_remaining_key_rotated() {
+    let report = run("mass-revocation", 3_000, 2);
+    assert_eq!(report.model, Model::Light);
+    let rv = report
+        .revocation
+        .clone()
+        .unwrap_or_else(|| panic!("no revocation figures"));
+    assert_eq!(rv.revoked_devices, 100, "one device of every tenth user");
+    assert_eq!(rv.users_affected, 100);
+    // Instance 0 at once, the other through the database's notification (5 ms).
+    assert_eq!(rv.all_relays_refuse_after_ms, Some(5.0));
+    // Every revoked device was refused once: dropped where it was connected, or at its hello
+    // when it came back.
+    assert_eq!(rv.connections_refused, 100);
+    // Devices away at the revocation learn when they come back; by the end all have.
+    assert_eq!(rv.devices_unaware_at_end, 0);
+    assert_eq!(rv.users_not_rotated_at_end, 0);
+    assert!(rv.spread_ms.p50 < 1_000.0, "{:?}", rv.spread_ms);
+    assert!(
+        rv.spread_ms.max > 60_000.0,
+        "the away devices are in the tail: {:?}",
+        rv.spread_ms
+    );
+    // The remaining devices converge; revoked ones are left out.
+    assert!(
+        report.converged,
+        "{} undelivered",
+        report.undelivered_changes
+    );
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use jarvis_sim::engine::{MINUTE, Micros};
+use jarvis_sim::light::Costs;
 use jarvis_sim::scenario::{self, Options, Outcome, SCENARIOS};
 
 #[derive(Parser)]
@@ -42,6 +43,8 @@ enum Command {
         /// Where the reports go (created if missing).
         #[arg(long, value_name = "DIR", default_value = "jarvis-sim-out")]
         out: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Runs a scenario at several sizes, each in a process of its own, and writes scale.json
     /// and scale.svg (wall time and peak memory against devices) into --out.
@@ -61,12 +64,72 @@ enum Command {
         /// Where the reports go: one folder per size, and the series.
         #[arg(long, value_name = "DIR", default_value = "jarvis-sim-scale")]
         out: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
     },
+}
+
+/// How the devices are modelled, and the fleet's size.
+#[derive(clap::Args, Clone)]
+struct ModelArgs {
+    /// `full` (real replicas, sessions and relay hubs) or `light` (counters, measured sizes,
+    /// cryptography as a cost model); default: full up to 3,000 devices, light above.
+    #[arg(long, value_name = "MODEL")]
+    model: Option<scenario::Model>,
+    /// Relay instances (default: the scenario's own).
+    #[arg(long, value_name = "N")]
+    relays: Option<u16>,
+    /// The light model's cryptography costs: a file of `jarvis-bench crdt-seal --json` and
+    /// `jarvis-bench identity-verify --json` output (default: figures measured on the 2-core
+    /// development machine; the report names them).
+    #[arg(long, value_name = "FILE")]
+    costs: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn options(&self, seed: u64, devices: Option<u32>) -> Result<Options> {
+        let costs = match &self.costs {
+            None => Costs::measured_here(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Costs::from_bench_output(&path.display().to_string(), &text)?
+            }
+        };
+        Ok(Options {
+            seed,
+            devices,
+            relays: self.relays,
+            model: self.model,
+            costs,
+        })
+    }
+
+    /// The same flags again, for a child `jarvis-sim run`.
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(m) = self.model {
+            args.extend(["--model".into(), format!("{m:?}").to_lowercase()]);
+        }
+        if let Some(r) = self.relays {
+            args.extend(["--relays".into(), r.to_string()]);
+        }
+        if let Some(c) = &self.costs {
+            args.extend(["--costs".into(), c.display().to_string()]);
+        }
+        args
+    }
 }
 
 /// Runs each size as `jarvis-sim run` in a child process (so each has its own peak memory) and
 /// gathers their run.json files.
-fn scale(name: &str, sizes: &[u32], seed: u64, out: &std::path::Path) -> Result<()> {
+fn scale(
+    name: &str,
+    sizes: &[u32],
+    seed: u64,
+    out: &std::path::Path,
+    model: &ModelArgs,
+) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let me = std::env::current_exe().context("finding jarvis-sim itself")?;
     let mut points = Vec::new();
@@ -75,7 +138,9 @@ fn scale(name: &str, sizes: &[u32], seed: u64, out: &std::path::Path) -> Result<
         let dir = out.join(devices.to_string());
         let status = std::process::Command::new(&me)
             .args(["run", name, "--seed", &seed.to_string()])
-            .args(["--devices", &devices.to_string(), "--out"])
+            .args(["--devices", &devices.to_string()])
+            .args(model.args())
+            .arg("--out")
             .arg(&dir)
             .stdout(std::process::Stdio::null())
             .status()
@@ -137,7 +202,8 @@ fn main() -> Result<()> {
             devices,
             seed,
             out,
-        } => scale(&scenario, &devices, seed, &out),
+            model,
+        } => scale(&scenario, &devices, seed, &out, &model),
         Command::List { json } => {
             for s in SCENARIOS {
                 if json {
@@ -156,7 +222,9 @@ fn main() -> Result<()> {
             seed,
             devices,
             out,
+            model,
         } => {
+            let options = model.options(seed, devices)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let started = Instant::now();
             let mut stderr = std::io::stderr();
@@ -179,7 +247,7 @@ fn main() -> Result<()> {
                     if terminal { "" } else { "\n" },
                 );
             };
-            let run = scenario::run(&name, Options { seed, devices }, &mut progress)?;
+            let run = scenario::run(&name, &options, &mut progress)?;
             let report = &run.report;
             eprintln!();
             let wall_s = started.elapsed().as_secs_f64();
@@ -232,9 +300,42 @@ fn main() -> Result<()> {
                         ),
                         &run.convergence_us,
                     )?;
+                    if !report.series.is_empty() {
+                        jarvis_sim::plot::fleet(
+                            &out.join("relays.svg"),
+                            &format!(
+                                "{name}: the relay fleet, {} devices, seed {seed}",
+                                report.devices
+                            ),
+                            &report.series,
+                        )?;
+                    }
+                    if let Some(rv) = &report.revocation {
+                        jarvis_sim::plot::cdf(
+                            &out.join("revocation.svg"),
+                            &format!(
+                                "{name}: {} devices revoked among {}, seed {seed} — revocation to each other device holding the records",
+                                rv.revoked_devices, report.devices
+                            ),
+                            "revocation spread (ms, log scale)",
+                            &run.revocation_us,
+                        )?;
+                        eprintln!(
+                            "revocation of {} devices: every relay refusing them after {:.1} ms; spread to the others p50 {:.1} ms, p95 {:.1} ms, max {:.1} s ({} unaware at the end); keys rotated p50 {:.1} ms, p95 {:.1} ms",
+                            rv.revoked_devices,
+                            rv.all_relays_refuse_after_ms.unwrap_or(f64::NAN),
+                            rv.spread_ms.p50,
+                            rv.spread_ms.p95,
+                            rv.spread_ms.max / 1000.0,
+                            rv.devices_unaware_at_end,
+                            rv.key_rotated_ms.p50,
+                            rv.key_rotated_ms.p95,
+                        );
+                    }
                     eprintln!(
-                        "{} devices, {} simulated s, {} events in {wall_s:.1} s wall; convergence p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms over {} deliveries; {} bytes per change end to end; converged: {}",
+                        "{} devices ({:?} model), {} simulated s, {} events in {wall_s:.1} s wall; convergence p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms over {} deliveries; {} bytes per change end to end; converged: {}",
                         report.devices,
+                        report.model,
                         report.simulated_s,
                         report.events,
                         report.convergence_ms.p50,

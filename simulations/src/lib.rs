@@ -21,6 +21,7 @@ pub mod engine;
 pub mod gpu;
 pub mod light;
 pub mod net;
+pub mod plan;
 pub mod plot;
 pub mod scenario;
 pub mod store;

@@ -400,3 +400,63 @@ fn a_mass_revocation_is_refused_everywhere_and_every_remaining_key_rotated() {
         report.undelivered_changes
     );
 }
+
+#[test]
+fn a_plan_sizes_a_fleet_that_meets_the_targets_and_says_when_none_does() {
+    let out = Command::cargo_bin("jarvis-sim")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .args([
+            "plan",
+            "--users",
+            "300",
+            "--voice-turns-per-user-per-hour",
+            "12",
+            "--json",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan["meets_targets"], true, "{plan}");
+    let relays = plan["relay_instances"].as_f64().unwrap_or(0.0);
+    let peers = plan["gpu_peers"].as_f64().unwrap_or(0.0);
+    // One spare of each, so one can be down.
+    assert!(relays >= 2.0 && peers >= 2.0, "{plan}");
+    assert!(
+        plan["sync_ms"]["p95"].as_f64().is_some_and(|p| p <= 100.0),
+        "{plan}"
+    );
+    assert!(
+        plan["gpu_first_token_ms"]["p95"]
+            .as_f64()
+            .is_some_and(|p| p <= 500.0),
+        "{plan}"
+    );
+    let per_user = (relays * 15.0 + peers * 1_200.0) / 300.0;
+    let cost = plan["cost_per_user_per_month"].as_f64().unwrap_or(0.0);
+    assert!((cost - per_user).abs() < 1e-9, "{cost} vs {per_user}");
+    // A GPU whose first token alone is over the target: no fleet can meet it, and it says so.
+    let out = Command::cargo_bin("jarvis-sim")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .args(["plan", "--users", "30", "--gpu-ttft-ms", "600"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("TARGETS NOT MET") && stdout.contains("tried: "),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("no fleet tried meets the targets"),
+        "{stderr}"
+    );
+}

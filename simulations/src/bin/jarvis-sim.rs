@@ -24,6 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The smallest fleet (relay instances, GPU peers) that meets the targets for an org — sync
+    /// P95 ≤ 100 ms, GPU first token P95 ≤ 500 ms, 99.9% answered with one instance or peer
+    /// down — found by simulating candidate fleets, and its cost per user per month.
+    Plan(PlanArgs),
     /// The scenarios, and which of them run yet.
     List {
         /// One JSON object per scenario.
@@ -67,6 +71,133 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+}
+
+/// `plan`'s arguments.
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// Users in the org.
+    #[arg(long, value_name = "N")]
+    users: u32,
+    /// Devices per user.
+    #[arg(long, value_name = "D", default_value_t = 3)]
+    devices_per_user: u32,
+    /// Voice turns (answers from a GPU peer) per user per hour at the peak.
+    #[arg(long, value_name = "V", default_value_t = 10.0)]
+    voice_turns_per_user_per_hour: f64,
+    /// Conversation changes each device writes per hour at the peak.
+    #[arg(long, value_name = "C", default_value_t = 30.0)]
+    changes_per_device_per_hour: f64,
+    /// Devices one relay instance holds within its memory budget (`jarvis-bench
+    /// relay-capacity`: 2,581 within 200 MB, measured on the development machine).
+    #[arg(long, value_name = "N", default_value_t = 2_581)]
+    relay_devices_per_instance: u32,
+    /// A GPU peer's slots (answers at once).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    gpu_slots: u32,
+    /// A GPU peer's first token, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 60.0)]
+    gpu_ttft_ms: f64,
+    /// A GPU peer's tokens per second for one answer alone.
+    #[arg(long, value_name = "T", default_value_t = 60.0)]
+    gpu_tokens_per_s: f64,
+    /// Price of one relay instance per month (any currency; the cost comes out in it).
+    #[arg(long, value_name = "PRICE", default_value_t = 15.0)]
+    relay_cost_per_month: f64,
+    /// Price of one GPU peer per month.
+    #[arg(long, value_name = "PRICE", default_value_t = 1_200.0)]
+    gpu_cost_per_month: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the plan as JSON here.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Print the plan as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The light model's cryptography costs (as `run --costs`).
+    #[arg(long, value_name = "FILE")]
+    costs: Option<PathBuf>,
+}
+
+fn plan(args: &PlanArgs) -> Result<()> {
+    if args.users == 0 || args.devices_per_user == 0 {
+        bail!("--users and --devices-per-user must be at least 1");
+    }
+    let model = ModelArgs {
+        model: None,
+        relays: None,
+        costs: args.costs.clone(),
+    };
+    let costs = model.options(args.seed, None)?.costs;
+    let demand = jarvis_sim::plan::Demand {
+        users: args.users,
+        devices_per_user: args.devices_per_user,
+        voice_turns_per_user_per_hour: args.voice_turns_per_user_per_hour,
+        changes_per_device_per_hour: args.changes_per_device_per_hour,
+        relay_devices_per_instance: args.relay_devices_per_instance,
+        gpu: jarvis_sim::gpu::GpuModel {
+            slots: args.gpu_slots,
+            ttft_ms: args.gpu_ttft_ms,
+            tokens_per_s: args.gpu_tokens_per_s,
+            ..jarvis_sim::gpu::GpuModel::DATACENTRE
+        },
+        relay_cost_per_month: args.relay_cost_per_month,
+        gpu_cost_per_month: args.gpu_cost_per_month,
+        seed: args.seed,
+    };
+    let started = Instant::now();
+    let plan = jarvis_sim::plan::plan(demand, &costs, &mut |what| {
+        eprintln!("[{:5.1} s] {what}", started.elapsed().as_secs_f64());
+    })?;
+    let json = serde_json::to_string_pretty(&plan)?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        let d = &plan.demand;
+        println!(
+            "{} users × {} devices, {} voice turns per user per hour:",
+            d.users, d.devices_per_user, d.voice_turns_per_user_per_hour
+        );
+        println!(
+            "  relay instances  {:>5}   sync p95 {:.1} ms with one lost (target ≤ 100), busiest core share {:.0}%",
+            plan.relay_instances,
+            plan.sync_ms.p95,
+            plan.relay_cpu_peak * 100.0
+        );
+        println!(
+            "  GPU peers        {:>5}   first token p95 {:.1} ms with one failed (target ≤ 500), {:.2}% answered (target ≥ 99.9)",
+            plan.gpu_peers,
+            plan.gpu_first_token_ms.p95,
+            plan.gpu_answered_share * 100.0
+        );
+        println!(
+            "  cost             {:.2} per month, {:.4} per user per month (relays alone {:.4}){}",
+            plan.cost_per_month,
+            plan.cost_per_user_per_month,
+            plan.sync_cost_per_user_per_month,
+            if plan.meets_targets {
+                ""
+            } else {
+                "  (TARGETS NOT MET: see `tried`)"
+            }
+        );
+        for t in &plan.tried {
+            println!("  tried: {t}");
+        }
+        println!("assumptions:");
+        for a in &plan.assumptions {
+            println!("  - {a}");
+        }
+    }
+    if !plan.meets_targets {
+        bail!("no fleet tried meets the targets");
+    }
+    Ok(())
 }
 
 /// How the devices are modelled, and the fleet's size.
@@ -197,6 +328,7 @@ fn peak_rss() -> u64 {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Plan(args) => plan(&args),
         Command::Scale {
             scenario,
             devices,

@@ -12,10 +12,12 @@
 //! - [`store`]: the relay instances' storage, their own or one shared database.
 //! - [`gpu`]: GPU peers from a service model, chosen by the node's own offload scheduler.
 //!
-//! Built so far: `org-day`, `partition`, `relay-loss`, `gpu-failure` and `month-offline`, with a
-//! plot of convergence latency, and `scale` (wall time and memory against size). Not built yet:
-//! `mass-revocation`, the light device model the scale figures need, the other plots, `plan`,
-//! and the comparison with real runs.
+//! - [`light`]: the light device model (counters, the real encodings' sizes, cryptography as a
+//!   cost model), for org scale; [`plan`]: the smallest fleet meeting the targets.
+//!
+//! Scenarios: `org-day`, `partition`, `mass-revocation` (light model only), `relay-loss`,
+//! `gpu-failure` and `month-offline`; `scale` (wall time and memory against size) and `plan`.
+//! Not built yet: the comparison with real runs.
 
 pub mod engine;
 pub mod gpu;

@@ -45,9 +45,28 @@ impl<E> Ord for Scheduled<E> {
     }
 }
 
-/// The event queue and the clock it drives.
+/// Width of one slot of the queue's wheel.
+const SLOT: Micros = 1_000;
+/// Slots in the wheel (262 s of them): events due within this many slots of the cursor live in
+/// the wheel, later ones in `far` until the cursor comes near. Long enough that a device's next
+/// write (minutes apart) is usually in the wheel.
+const SLOTS: usize = 1 << 18;
+
+type Heap<E> = BinaryHeap<Reverse<Scheduled<E>>>;
+
+/// The event queue and the clock it drives: a calendar queue (a wheel of 1 ms slots, each a
+/// small heap, and one heap for what is due beyond the wheel), so that taking the next event
+/// costs about the same for a million devices as for a thousand. The order is exactly (time,
+/// key), as one heap of everything would give.
 pub struct Queue<E> {
-    heap: BinaryHeap<Reverse<Scheduled<E>>>,
+    wheel: Vec<Heap<E>>,
+    /// A bit per slot: set while it holds something (to skip empty ones quickly).
+    occupied: Vec<u64>,
+    far: Heap<E>,
+    in_wheel: usize,
+    /// The start of the slot being drained; every event in the wheel is due in
+    /// `[cursor, cursor + SLOTS × SLOT)`, so each slot holds one slot's worth of time.
+    cursor: Micros,
     now: Micros,
     /// Events run so far.
     pub ran: u64,
@@ -56,7 +75,11 @@ pub struct Queue<E> {
 impl<E> Default for Queue<E> {
     fn default() -> Self {
         Self {
-            heap: BinaryHeap::new(),
+            wheel: (0..SLOTS).map(|_| BinaryHeap::new()).collect(),
+            occupied: vec![0; SLOTS / 64],
+            far: BinaryHeap::new(),
+            in_wheel: 0,
+            cursor: 0,
             now: 0,
             ran: 0,
         }
@@ -68,35 +91,122 @@ impl<E> Queue<E> {
         self.now
     }
 
+    fn horizon(&self) -> Micros {
+        self.cursor + SLOT * SLOTS as Micros
+    }
+
+    fn slot(at: Micros) -> usize {
+        ((at / SLOT) % SLOTS as Micros) as usize
+    }
+
+    /// How many slots from the cursor's to the next occupied one (the wheel is not empty).
+    fn to_next_occupied(&self) -> usize {
+        let start = Self::slot(self.cursor);
+        let words = self.occupied.len();
+        let (first, bit) = (start / 64, start % 64);
+        for step in 0..=words {
+            let w = (first + step) % words;
+            let mut word = self.occupied.get(w).copied().unwrap_or(0);
+            if step == 0 {
+                word &= !0u64 << bit;
+            }
+            if word != 0 {
+                let found = w * 64 + word.trailing_zeros() as usize;
+                return (found + SLOTS - start) % SLOTS;
+            }
+        }
+        0
+    }
+
+    fn place(&mut self, scheduled: Scheduled<E>) {
+        if scheduled.at < self.horizon() {
+            let slot = Self::slot(scheduled.at);
+            if let Some(heap) = self.wheel.get_mut(slot) {
+                heap.push(Reverse(scheduled));
+                self.in_wheel += 1;
+                if let Some(w) = self.occupied.get_mut(slot / 64) {
+                    *w |= 1 << (slot % 64);
+                }
+            }
+        } else {
+            self.far.push(Reverse(scheduled));
+        }
+    }
+
+    /// Moves what the wheel now reaches out of `far`.
+    fn pull_far(&mut self) {
+        while self
+            .far
+            .peek()
+            .is_some_and(|Reverse(s)| s.at < self.horizon())
+        {
+            if let Some(Reverse(s)) = self.far.pop() {
+                self.place(s);
+            }
+        }
+    }
+
     /// Schedules `event` at `at` (never before now). `key` orders events of the same time and
     /// must be unique among them.
     pub fn at(&mut self, at: Micros, key: (u64, u64), event: E) {
-        self.heap.push(Reverse(Scheduled {
+        self.place(Scheduled {
             at: at.max(self.now),
             key,
             event,
-        }));
+        });
     }
 
     /// The next event due at or before `until`, advancing the clock to it.
     pub fn next(&mut self, until: Micros) -> Option<E> {
-        let due = self.heap.peek().is_some_and(|Reverse(s)| s.at <= until);
-        if !due {
-            self.now = self.now.max(until);
-            return None;
+        loop {
+            if self.in_wheel == 0 {
+                match self.far.peek() {
+                    Some(Reverse(s)) if s.at <= until => {
+                        self.cursor = s.at / SLOT * SLOT;
+                        self.pull_far();
+                    }
+                    _ => {
+                        self.now = self.now.max(until);
+                        return None;
+                    }
+                }
+            }
+            let slot = Self::slot(self.cursor);
+            let heap = self.wheel.get_mut(slot)?;
+            if let Some(Reverse(s)) = heap.peek() {
+                if s.at > until {
+                    self.now = self.now.max(until);
+                    return None;
+                }
+                let Reverse(s) = heap.pop()?;
+                if heap.is_empty()
+                    && let Some(w) = self.occupied.get_mut(slot / 64)
+                {
+                    *w &= !(1 << (slot % 64));
+                }
+                self.in_wheel -= 1;
+                self.now = s.at;
+                self.ran += 1;
+                return Some(s.event);
+            }
+            // On to the next slot that holds something (far events only become due beyond
+            // the wheel's old end, after it).
+            let next = self.cursor + self.to_next_occupied().max(1) as Micros * SLOT;
+            if next > until {
+                self.now = self.now.max(until);
+                return None;
+            }
+            self.cursor = next;
+            self.pull_far();
         }
-        let Reverse(s) = self.heap.pop()?;
-        self.now = s.at;
-        self.ran += 1;
-        Some(s.event)
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.in_wheel + self.far.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.len() == 0
     }
 }
 
@@ -364,5 +474,42 @@ mod tests {
             assert!(Histogram::floor(b) <= v, "{v}");
             assert_eq!(Histogram::bucket(Histogram::floor(b)), b, "{v}");
         }
+    }
+
+    #[test]
+    fn the_wheel_gives_the_order_one_heap_would_across_slots_and_far_events() {
+        let draws = Draws::new(3);
+        let mut q = Queue::default();
+        let mut want = Vec::new();
+        // Due from now to ten minutes out (most beyond the wheel), some at the same time.
+        for i in 0..20_000u64 {
+            let at = draws.u64(1, i) % (600 * SECOND) / 7 * 7;
+            q.at(at, (draws.u64(2, i) % 5, i), (at, i));
+            want.push((at, draws.u64(2, i) % 5, i));
+        }
+        want.sort_unstable();
+        let mut got = Vec::new();
+        let mut until = 0;
+        while got.len() < want.len() {
+            until += 37 * SECOND / 10;
+            while let Some((at, i)) = q.next(until) {
+                assert!(at <= until);
+                assert_eq!(q.now(), at);
+                got.push((at, draws.u64(2, i) % 5, i));
+                // Events scheduled while running, some at the same instant.
+                if i < 1_000_000 && i % 1_000 == 0 {
+                    let later = at + draws.u64(3, i) % (20 * SECOND);
+                    q.at(later, (9, i), (later, i + 1_000_000));
+                    want.push((later, 9, i + 1_000_000));
+                }
+            }
+            assert_eq!(q.now(), until);
+        }
+        want.sort_unstable();
+        let got: Vec<(u64, u64)> = got.iter().map(|g| (g.0, g.2)).collect();
+        let want: Vec<(u64, u64)> = want.iter().map(|w| (w.0, w.2)).collect();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the wheel's order differs from (time, key)");
+        assert!(q.is_empty());
     }
 }

@@ -47,10 +47,9 @@ impl<E> Ord for Scheduled<E> {
 
 /// Width of one slot of the queue's wheel.
 const SLOT: Micros = 1_000;
-/// Slots in the wheel (262 s of them): events due within this many slots of the cursor live in
-/// the wheel, later ones in `far` until the cursor comes near. Long enough that a device's next
-/// write (minutes apart) is usually in the wheel.
-const SLOTS: usize = 1 << 18;
+/// Slots in the wheel (65 s of them): events due within this many slots of the cursor live in
+/// the wheel, later ones in `far` until the cursor comes near.
+const SLOTS: usize = 1 << 16;
 
 type Heap<E> = BinaryHeap<Reverse<Scheduled<E>>>;
 
@@ -179,10 +178,14 @@ impl<E> Queue<E> {
                     return None;
                 }
                 let Reverse(s) = heap.pop()?;
-                if heap.is_empty()
-                    && let Some(w) = self.occupied.get_mut(slot / 64)
-                {
-                    *w &= !(1 << (slot % 64));
+                if heap.is_empty() {
+                    // A burst's slot gives its memory back, so the wheel stays small.
+                    if heap.capacity() > 32 {
+                        heap.shrink_to(8);
+                    }
+                    if let Some(w) = self.occupied.get_mut(slot / 64) {
+                        *w &= !(1 << (slot % 64));
+                    }
                 }
                 self.in_wheel -= 1;
                 self.now = s.at;

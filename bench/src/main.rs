@@ -15,6 +15,7 @@ mod mesh_sync;
 mod offload;
 mod ramp;
 mod relay;
+mod sim_validate;
 mod strangers;
 mod voice;
 
@@ -62,6 +63,11 @@ const BENCHES: &[Bench] = &[
         name: relay::ACK,
         about: "store-and-forward acknowledgement latency (p50, p95) with 1,000 active devices, and the others' p95 while one device floods (absolute, and flood vs calm)",
         run: relay::ack,
+    },
+    Bench {
+        name: sim_validate::NAME,
+        about: "jarvis-sim's light model vs real processes over real QUIC on the same org and load: convergence P50/P95 of 3 users × 2 devices behind tc netem (20 ms ± 5 ms; needs root), and relay-ack's P50/P95 at 1,000 devices with the relay's measured CPU per change",
+        run: sim_validate::run,
     },
     Bench {
         name: fleet::NAME,

@@ -75,6 +75,17 @@ impl Org {
     /// [`Org::start`] with `instances` relays, each enrolled with its own key (a fleet, when
     /// `extra` gives them one store).
     pub fn start_fleet(extra: &[&str], instances: usize) -> Result<Self> {
+        Self::start_with(extra, instances, &[], "/ip4/127.0.0.1/udp/0/quic-v1")
+    }
+
+    /// [`Org::start_fleet`] with each relay run under `prefix` (e.g. `ip netns exec NS`) and
+    /// listening on `listen`.
+    pub fn start_with(
+        extra: &[&str],
+        instances: usize,
+        prefix: &[&str],
+        listen: &str,
+    ) -> Result<Self> {
         let (jarvis, relay_bin) = (sibling("jarvis")?, sibling("jarvis-relay")?);
         let dir = tempfile::tempdir()?;
         let admin = dir.path().join("admin");
@@ -96,7 +107,7 @@ impl Org {
                 "bundle",
             )?;
             cli_json(&relay_bin, &relay_home, &["install", &bundle])?;
-            let (relay, address) = spawn_relay(&relay_bin, &relay_home, extra)?;
+            let (relay, address) = spawn_relay(&relay_bin, &relay_home, extra, prefix, listen)?;
             relays.push(relay);
             addresses.push(address);
         }
@@ -176,12 +187,22 @@ fn spawn_relay(
     relay_bin: &std::path::Path,
     home: &std::path::Path,
     extra: &[&str],
+    prefix: &[&str],
+    listen: &str,
 ) -> Result<(Child, Multiaddr)> {
-    let mut relay = Command::new(relay_bin)
+    let mut command = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(relay_bin);
+            c
+        }
+        None => Command::new(relay_bin),
+    };
+    let mut relay = command
         .env("JARVIS_PASSPHRASE", PASSPHRASE)
         .arg("--home")
         .arg(home)
-        .args(["up", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        .args(["up", "--listen", listen])
         // Every device here comes from 127.0.0.1, in waves of a hundred: not the one
         // machine flooding that the per-address limit is for (unless `extra` says).
         .args(if extra.contains(&"--max-unproven-per-ip") {
@@ -290,6 +311,44 @@ pub struct Tally {
     pub done: AtomicUsize,
     /// [`Mode::Saturate`] devices start sending once this is set (all connected first).
     pub go: AtomicBool,
+    /// When each change an active device wrote was written, by (author, sequence number).
+    pub written: std::sync::Mutex<HashMap<(jarvis_identity::PublicKey, u64), Instant>>,
+    /// Write → arrival at another device of the user (through the relay), while measuring.
+    pub fanout_ms: std::sync::Mutex<Vec<f64>>,
+}
+
+impl Tally {
+    fn wrote(&self, change: &jarvis_crdt::SealedChange) {
+        let h = change.header();
+        if let Ok(mut w) = self.written.lock() {
+            w.insert((h.actor, h.seq), Instant::now());
+        }
+    }
+
+    /// Changes in `message` that another device of this process wrote: their write → now.
+    fn arrived(&self, message: &SyncMessage) {
+        let SyncMessage::Changes { changes, .. } = message else {
+            return;
+        };
+        if !self.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(written) = self.written.lock() else {
+            return;
+        };
+        let times: Vec<f64> = changes
+            .iter()
+            .filter_map(|c| {
+                let h = c.header();
+                written.get(&(h.actor, h.seq))
+            })
+            .map(|at| at.elapsed().as_secs_f64() * 1000.0)
+            .collect();
+        drop(written);
+        if let Ok(mut f) = self.fanout_ms.lock() {
+            f.extend(times);
+        }
+    }
 }
 
 /// A flooder's changes: 4 KiB of text each, enough of them to go past its burst allowance
@@ -338,7 +397,10 @@ fn swarm_for(key: &SecretKey) -> Result<Swarm<Client>> {
                 auth: wire::behaviour(AUTH_PROTOCOL, MAX_AUTH_BYTES, Duration::from_secs(60)),
                 sync: wire::behaviour(SYNC_PROTOCOL, MAX_SYNC_BYTES, Duration::from_secs(60)),
             })?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(Duration::from_secs(3600))
+                    .with_substream_upgrade_protocol_override(jarvis_mesh::wire::NEGOTIATION)
+            })
             .build(),
     )
 }
@@ -392,12 +454,14 @@ async fn device_loop(
                                 &recipients,
                             )?;
                             doc = Some(id);
+                            tally.wrote(&change);
                             let mut m = session.on_new_key(&record);
                             m.extend(session.on_new_change(&change, &replica)?);
                             m
                         }
                         Some(id) => {
                             let change = append(&mut replica, id, count, 200)?;
+                            tally.wrote(&change);
                             session.on_new_change(&change, &replica)?
                         }
                     };
@@ -470,7 +534,12 @@ async fn device_loop(
                         let _ = swarm.behaviour_mut().sync.send_response(channel, Vec::new());
                     }
                     Message::Request { request, channel, .. } => {
-                        let out = session.handle(SyncMessage::decode(&request)?, now_ms(), &mut replica)?;
+                        let message = SyncMessage::decode(&request)?;
+                        let changes = matches!(message, SyncMessage::Changes { .. }).then(|| message.clone());
+                        let out = session.handle(message, now_ms(), &mut replica)?;
+                        if let Some(m) = &changes {
+                            tally.arrived(m);
+                        }
                         let _ = swarm.behaviour_mut().sync.send_response(channel, Vec::new());
                         for m in out.send {
                             swarm.behaviour_mut().sync.send_request(&peer, m.encode());
@@ -737,12 +806,32 @@ pub async fn connect_members(
     // A few at a time: every device here comes from 127.0.0.1, and a relay started with the
     // deployed `--max-unproven-per-ip` (32) closes connections beyond it that have yet to prove
     // who they are (a wave of 100 lost a third of them).
-    let mut devices = org.devices("m", count / 2, 2)?.into_iter().peekable();
+    connect_devices(
+        org.devices("m", count / 2, 2)?,
+        org,
+        active,
+        tally,
+        stop,
+        16,
+    )
+    .await
+}
+
+/// Starts `devices` `wave` at a time, each wave admitted before the next.
+pub async fn connect_devices(
+    devices: Vec<Device>,
+    org: &Org,
+    mode: Mode,
+    tally: &Arc<Tally>,
+    stop: &watch::Receiver<bool>,
+    wave: usize,
+) -> Result<()> {
+    let mut devices = devices.into_iter().peekable();
     let mut admitted = 0;
     while devices.peek().is_some() {
-        let wave: Vec<Device> = devices.by_ref().take(16).collect();
-        let size = wave.len();
-        connect(wave, org, active, tally, stop, admitted).await?;
+        let batch: Vec<Device> = devices.by_ref().take(wave.max(1)).collect();
+        let size = batch.len();
+        connect(batch, org, mode, tally, stop, admitted).await?;
         admitted += size;
     }
     Ok(())

@@ -154,7 +154,10 @@ async fn stranger(relay: Multiaddr, attack: Arc<Attack>, mut stop: watch::Receiv
         // Building the behaviour cannot fail (its error type is uninhabited).
         let Ok(builder) = builder;
         let mut swarm = builder
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(Duration::from_secs(3600))
+                    .with_substream_upgrade_protocol_override(jarvis_mesh::wire::NEGOTIATION)
+            })
             .build();
         if swarm.dial(relay.clone()).is_err() {
             return;

@@ -212,3 +212,31 @@ fn relay_capacity_quick_measures_ours_and_iroh_relay() {
         assert!(reference.is_finite() && reference > 0.0, "{f}");
     }
 }
+
+/// `sim-validate` runs the simulator and real processes on the same org and load: over the
+/// delayed link the two agree within the 20%, and relay-ack's figures are measured on
+/// both sides.
+#[test]
+fn sim_validate_quick_compares_the_simulator_with_real_runs() {
+    let figures = quick("sim-validate");
+    let metric = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["metric"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {figures:?}"))
+    };
+    for name in ["delayed_convergence_p50_ms", "delayed_convergence_p95_ms"] {
+        let f = metric(name);
+        let ratio = f["ratio"].as_f64().unwrap();
+        assert!(
+            (0.8..=1.2).contains(&ratio),
+            "{name}: simulated ÷ real = {ratio}: {f}"
+        );
+    }
+    for name in ["relay_ack_p50_ms", "relay_ack_p95_ms"] {
+        let f = metric(name);
+        assert!(f["ours"].as_f64().unwrap() > 0.0, "{f}");
+        assert!(f["reference"].as_f64().unwrap() > 0.0, "{f}");
+    }
+}

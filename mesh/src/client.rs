@@ -142,7 +142,10 @@ async fn exchange(
             revocations: wire::revocations_behaviour(),
         })
         .map_err(|e| format!("setting up: {e}"))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(timeout))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(timeout)
+                .with_substream_upgrade_protocol_override(crate::wire::NEGOTIATION)
+        })
         .build();
     let mut results: HashMap<PeerId, Exchange> = HashMap::new();
     let mut out = Vec::new();

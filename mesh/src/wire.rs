@@ -23,6 +23,15 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 
+/// Protocol negotiation on every new stream (each request is one) without a round trip of its
+/// own: multistream-select's `V1Lazy` sends the protocol and the request together, where `V1`
+/// (libp2p's default) waits for the listener's confirmation first. Every stream we open names
+/// one protocol our own peers speak, with no negotiation nested inside, the case `V1Lazy` is
+/// safe for. Measured with 20 ms ± 5 ms each way (`jarvis-bench sim-validate`): an
+/// acknowledgement took 87 ms with `V1` (two round trips), a change reached the user's other
+/// device in 131 ms (three).
+pub const NEGOTIATION: libp2p::core::upgrade::Version = libp2p::core::upgrade::Version::V1Lazy;
+
 pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/auth/1");
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/sync/1");
 pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/jarvis/pair/1");

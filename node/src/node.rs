@@ -425,7 +425,10 @@ impl Node {
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .context("setting up the behaviour")?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(Duration::from_secs(60))
+                    .with_substream_upgrade_protocol_override(jarvis_mesh::wire::NEGOTIATION)
+            })
             .build();
         let mut circuits = Vec::new();
         let mut circuit_relays = Vec::new();

@@ -66,7 +66,10 @@ fn swarm(key: &SecretKey) -> Result<Swarm<PairBehaviour>> {
             ),
         })
         .context("setting up pairing")?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(30))
+                .with_substream_upgrade_protocol_override(jarvis_mesh::wire::NEGOTIATION)
+        })
         .build())
 }
 

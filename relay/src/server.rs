@@ -490,7 +490,10 @@ impl Relay {
                 })
             })
             .context("setting up the relay")?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(Duration::from_secs(120))
+                    .with_substream_upgrade_protocol_override(jarvis_mesh::wire::NEGOTIATION)
+            })
             .build();
         for address in &config.listen {
             swarm

@@ -17,7 +17,7 @@
 //!
 //! Scenarios: `org-day`, `partition`, `mass-revocation` (light model only), `relay-loss`,
 //! `gpu-failure` and `month-offline`; `scale` (wall time and memory against size) and `plan`.
-//! Not built yet: the comparison with real runs.
+//! Compared with real runs by `jarvis-bench sim-validate` (through [`light::probe`]).
 
 pub mod engine;
 pub mod gpu;

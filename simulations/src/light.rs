@@ -43,6 +43,10 @@ pub struct Costs {
     pub signature_verify_us: f64,
     /// A device's whole certificate chain, checked once per hello (`identity-verify`).
     pub chain_verify_us: f64,
+    /// What a relay instance spends per change beyond the signature check (transport,
+    /// decoding, storage, fan-out): 0 unless measured (`jarvis-bench sim-validate` measures
+    /// it from the real relay's CPU time).
+    pub relay_change_us: f64,
     /// Cores per relay instance.
     pub relay_cores: u32,
     /// Where the figures came from.
@@ -85,6 +89,7 @@ impl Costs {
             seal_us: 1e6 / sealed_per_s.max(1.0),
             signature_verify_us: chain_verify_us / 4.0,
             chain_verify_us,
+            relay_change_us: 0.0,
             relay_cores: 2,
             source: source.to_owned(),
         }
@@ -138,7 +143,7 @@ impl Costs {
 /// Sizes on the wire, in bytes, measured from the real encodings.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Sizes {
-    /// A `Changes` message carrying one change of [`MESSAGE`].
+    /// A `Changes` message carrying one change of the 72-character message every write appends.
     pub change: u32,
     /// A `Have` (hello or acknowledgement) naming every device of the user and a key.
     pub have: u32,
@@ -882,7 +887,11 @@ impl LightWorld {
                     return;
                 }
                 let count = to.saturating_sub(from) + 1;
-                let done = relay.serve(now, f64::from(count) * self.costs.signature_verify_us);
+                let done = relay.serve(
+                    now,
+                    f64::from(count)
+                        * (self.costs.signature_verify_us + self.costs.relay_change_us),
+                );
                 let Some(stored) = self.stored.get_mut(device as usize) else {
                     return;
                 };
@@ -1547,4 +1556,55 @@ mod tests {
             "without age's grease, a key record's size is fixed"
         );
     }
+}
+
+/// What [`probe`] measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probed {
+    /// Write → arrival at the user's other devices.
+    pub convergence_ms: crate::engine::Quantiles,
+    /// A change sent as written → its acknowledgement.
+    pub ack_ms: crate::engine::Quantiles,
+    /// The busiest relay core share over the run.
+    pub relay_cpu: f64,
+}
+
+/// A small steady run for comparing with a real one (`jarvis-bench sim-validate`): `users` ×
+/// `devices_per_user` on one relay instance, each device writing `changes_per_device_per_hour`
+/// at the day's peak over `link`, measured for `seconds` after the warm-up.
+pub fn probe(
+    seed: u64,
+    users: u32,
+    devices_per_user: u32,
+    changes_per_device_per_hour: f64,
+    link: LinkModel,
+    costs: Costs,
+    seconds: u64,
+) -> Result<Probed, BuildError> {
+    let end = WARM_UP + seconds * SECOND;
+    let shape = Shape {
+        users,
+        devices_per_user,
+        relays: 1,
+        sites: 1,
+        shared_database: false,
+    };
+    let traffic = Traffic {
+        changes_per_device_per_hour,
+        // The peak of the working day's curve: writes are not thinned.
+        start_hour: 10.5,
+    };
+    let mut world = LightWorld::new(seed, shape, traffic, link, end, costs)?;
+    world.run_until(end + 5 * SECOND);
+    world.sample();
+    let relay_cpu = world
+        .series
+        .iter()
+        .flat_map(|s| s.cpu.iter().copied())
+        .fold(0.0, f64::max);
+    Ok(Probed {
+        convergence_ms: world.latencies.quantiles(),
+        ack_ms: world.acks.quantiles(),
+        relay_cpu,
+    })
 }

@@ -96,6 +96,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "jarvis-mesh",
             "jarvis-inference",
             "jarvis-voice",
+            "jarvis-sim",
         ],
     ),
     ("jarvis-tidy", &[]),

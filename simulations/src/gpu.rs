@@ -183,6 +183,10 @@ impl GpuWorld {
         world
     }
 
+    pub fn model(&self) -> GpuModel {
+        self.model
+    }
+
     /// Fails `peer` at `at`.
     pub fn fail(&mut self, peer: u16, at: Micros) {
         self.queue

@@ -86,6 +86,10 @@ pub struct Options {
     pub model: Option<Model>,
     /// The light model's cryptography costs.
     pub costs: Costs,
+    /// GPU peers answering the users' voice turns alongside (org-day; `None`: none).
+    pub gpu_peers: Option<u16>,
+    /// Voice turns per user per hour at the peak, each answered by a GPU peer.
+    pub voice_turns_per_user_per_hour: f64,
 }
 
 impl Options {
@@ -96,6 +100,8 @@ impl Options {
             relays: None,
             model: None,
             costs: Costs::measured_here(),
+            gpu_peers: None,
+            voice_turns_per_user_per_hour: 10.0,
         }
     }
 }
@@ -152,7 +158,53 @@ pub struct Report {
     pub sizes: Option<Sizes>,
     /// The relay fleet over time: connections, CPU and storage per instance (light model).
     pub series: Vec<Sample>,
+    /// The GPU tier alongside (`--gpu-peers`).
+    pub gpu: Option<GpuTier>,
     pub assumptions: Vec<&'static str>,
+}
+
+/// The GPU peers answering the users' voice turns during a sync scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuTier {
+    pub model: GpuModel,
+    pub users: u32,
+    pub asked: u64,
+    pub answered: u64,
+    pub answered_share: f64,
+    pub first_token_ms: Quantiles,
+    pub queue_wait_ms: Quantiles,
+    pub events: u64,
+}
+
+/// A GPU tier for `setup`'s users if `options` asks for one: each user's voice turns go to
+/// the peers, chosen by the node's own scheduler (see [`crate::gpu`]).
+fn gpu_tier(setup: &Setup, options: &Options) -> Option<GpuWorld> {
+    let peers = options.gpu_peers?;
+    let model = GpuModel {
+        peers,
+        asks_per_device_per_hour: options.voice_turns_per_user_per_hour,
+        ..GpuModel::DATACENTRE
+    };
+    Some(GpuWorld::new(
+        options.seed,
+        setup.shape.users,
+        model,
+        setup.writing_until,
+    ))
+}
+
+fn gpu_figures(world: &GpuWorld, users: u32, model: GpuModel) -> GpuTier {
+    let r = world.report_of(u16::MAX, 0);
+    GpuTier {
+        model,
+        users,
+        asked: r.asked,
+        answered: r.answered,
+        answered_share: r.answered_share,
+        first_token_ms: r.first_token_ms,
+        queue_wait_ms: r.queue_wait_ms,
+        events: world.events_run(),
+    }
 }
 
 /// The month-offline scenario: the device put away, and its return.
@@ -449,7 +501,14 @@ fn run_full(setup: &Setup, options: &Options, progress: Progress<'_>) -> Result<
     if common.relay_loss.is_some() {
         world.lose_relay(0, setup.end / 2);
     }
-    drive(setup.end, setup.hours, progress, |at| world.run_until(at));
+    let mut gpu = gpu_tier(setup, options);
+    drive(setup.end, setup.hours, progress, |at| {
+        world.run_until(at);
+        if let Some(g) = gpu.as_mut() {
+            g.run_until(at);
+        }
+    });
+    let gpu = gpu.map(|g| gpu_figures(&g, setup.shape.users, g.model()));
     let common = common.finish(
         world.healed_in(),
         world.backlog_at_return() as u64,
@@ -468,7 +527,7 @@ fn run_full(setup: &Setup, options: &Options, progress: Progress<'_>) -> Result<
         traffic: setup.traffic,
         link,
         simulated_s: (setup.end / SECOND) as f64,
-        events: world.events_run(),
+        events: world.events_run() + gpu.as_ref().map_or(0, |g| g.events),
         convergence_ms: Quantiles::of(&mut world.latencies),
         bytes_per_change_end_to_end: (tally.bytes_up + tally.bytes_down) as f64 / written,
         relay_storage_bytes: world.relay_storage(),
@@ -485,7 +544,8 @@ fn run_full(setup: &Setup, options: &Options, progress: Progress<'_>) -> Result<
         costs: None,
         sizes: None,
         series: Vec::new(),
-        assumptions: ASSUMPTIONS.to_vec(),
+        assumptions: with_gpu(ASSUMPTIONS.to_vec(), gpu.is_some()),
+        gpu,
     };
     Ok(Run {
         report: Outcome::Sync(Box::new(report)),
@@ -521,10 +581,15 @@ fn run_light(setup: &Setup, options: &Options, progress: Progress<'_>) -> Result
         let targets = world.every_nth_users_last_device(10);
         world.revoke(at, targets);
     }
+    let mut gpu = gpu_tier(setup, options);
     drive(setup.end, setup.hours, progress, |at| {
         world.run_until(at);
         world.sample();
+        if let Some(g) = gpu.as_mut() {
+            g.run_until(at);
+        }
     });
+    let gpu = gpu.map(|g| gpu_figures(&g, setup.shape.users, g.model()));
     let common = common.finish(
         world.healed_in(),
         world.backlog_at_return(),
@@ -541,6 +606,7 @@ fn run_light(setup: &Setup, options: &Options, progress: Progress<'_>) -> Result
     if revoking {
         assumptions.extend_from_slice(REVOCATION_ASSUMPTIONS);
     }
+    let assumptions = with_gpu(assumptions, gpu.is_some());
     let report = Report {
         scenario: setup.name,
         seed: options.seed,
@@ -550,7 +616,7 @@ fn run_light(setup: &Setup, options: &Options, progress: Progress<'_>) -> Result
         traffic: setup.traffic,
         link,
         simulated_s: (setup.end / SECOND) as f64,
-        events: world.events_run(),
+        events: world.events_run() + gpu.as_ref().map_or(0, |g| g.events),
         convergence_ms: world.latencies.quantiles(),
         bytes_per_change_end_to_end: (tally.bytes_up + tally.bytes_down) as f64 / written,
         relay_storage_bytes: world.relay_storage(),
@@ -568,10 +634,21 @@ fn run_light(setup: &Setup, options: &Options, progress: Progress<'_>) -> Result
         sizes: Some(world.sizes),
         series: std::mem::take(&mut world.series),
         assumptions,
+        gpu,
     };
     Ok(Run {
         report: Outcome::Sync(Box::new(report)),
         convergence_us: world.latencies.ranks(2_000),
         revocation_us: world.revocation_spread(),
     })
+}
+
+/// `assumptions`, with the GPU tier's when there is one.
+fn with_gpu(mut assumptions: Vec<&'static str>, gpu: bool) -> Vec<&'static str> {
+    if gpu {
+        assumptions.push(
+            "GPU tier (`--gpu-peers`): each user asks for voice answers as a Poisson process at the given rate, each answered by a GPU peer the node's own scheduler chooses; the peers' service model is the gpu-failure scenario's (assumed datacentre figures), run alongside the sync model on the same clock",
+        );
+    }
+    assumptions
 }

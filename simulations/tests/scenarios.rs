@@ -460,3 +460,32 @@ fn a_plan_sizes_a_fleet_that_meets_the_targets_and_says_when_none_does() {
         "{stderr}"
     );
 }
+
+/// The org shape in small: users × 3 devices with the GPU peers answering their voice
+/// turns on the same clock, chosen by the node's own scheduler.
+#[test]
+fn an_org_day_runs_its_gpu_tier_alongside_the_sync() {
+    let options = Options {
+        devices: Some(3_000),
+        relays: Some(2),
+        model: Some(Model::Light),
+        gpu_peers: Some(3),
+        voice_turns_per_user_per_hour: 10.0,
+        ..Options::new(6)
+    };
+    let run = scenario::run("org-day", &options, &mut |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+    let scenario::Outcome::Sync(report) = run.report else {
+        panic!("not a sync report");
+    };
+    assert!(report.converged);
+    let gpu = report
+        .gpu
+        .clone()
+        .unwrap_or_else(|| panic!("no GPU tier in the report"));
+    assert_eq!(gpu.model.peers, 3);
+    // 1,000 users at 10 an hour for 58 minutes: about 9,700 turns.
+    assert!((9_000..10_500).contains(&gpu.asked), "{gpu:?}");
+    assert!(gpu.answered_share >= 0.999, "{gpu:?}");
+    assert!(gpu.first_token_ms.p95 < 500.0, "{gpu:?}");
+    assert!(report.assumptions.iter().any(|a| a.contains("GPU tier")));
+}

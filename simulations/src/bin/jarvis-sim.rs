@@ -128,6 +128,8 @@ fn plan(args: &PlanArgs) -> Result<()> {
         model: None,
         relays: None,
         costs: args.costs.clone(),
+        gpu_peers: None,
+        voice_turns_per_user_per_hour: args.voice_turns_per_user_per_hour,
     };
     let costs = model.options(args.seed, None)?.costs;
     let demand = jarvis_sim::plan::Demand {
@@ -215,6 +217,12 @@ struct ModelArgs {
     /// development machine; the report names them).
     #[arg(long, value_name = "FILE")]
     costs: Option<PathBuf>,
+    /// GPU peers answering the users' voice turns alongside (sync scenarios; default: none).
+    #[arg(long, value_name = "N")]
+    gpu_peers: Option<u16>,
+    /// Voice turns per user per hour, each answered by a GPU peer (with --gpu-peers).
+    #[arg(long, value_name = "V", default_value_t = 10.0)]
+    voice_turns_per_user_per_hour: f64,
 }
 
 impl ModelArgs {
@@ -233,6 +241,8 @@ impl ModelArgs {
             relays: self.relays,
             model: self.model,
             costs,
+            gpu_peers: self.gpu_peers,
+            voice_turns_per_user_per_hour: self.voice_turns_per_user_per_hour,
         })
     }
 
@@ -247,6 +257,13 @@ impl ModelArgs {
         }
         if let Some(c) = &self.costs {
             args.extend(["--costs".into(), c.display().to_string()]);
+        }
+        if let Some(g) = self.gpu_peers {
+            args.extend(["--gpu-peers".into(), g.to_string()]);
+            args.extend([
+                "--voice-turns-per-user-per-hour".into(),
+                self.voice_turns_per_user_per_hour.to_string(),
+            ]);
         }
         args
     }
@@ -477,6 +494,17 @@ fn main() -> Result<()> {
                         report.bytes_per_change_end_to_end.round(),
                         report.converged,
                     );
+                    if let Some(g) = &report.gpu {
+                        eprintln!(
+                            "GPU tier: {} peers, {} of {} voice turns answered; first token p50 {:.1} ms, p95 {:.1} ms; queue wait p95 {:.1} ms",
+                            g.model.peers,
+                            g.answered,
+                            g.asked,
+                            g.first_token_ms.p50,
+                            g.first_token_ms.p95,
+                            g.queue_wait_ms.p95,
+                        );
+                    }
                     println!("{}", path.display());
                     if !report.converged {
                         bail!(

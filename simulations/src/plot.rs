@@ -136,6 +136,13 @@ pub fn scale(path: &Path, title: &str, points: &[ScalePoint]) -> Result<(), Plot
         chart
             .configure_mesh()
             .x_desc("devices")
+            .x_label_formatter(&|x| {
+                if *x >= 1_000.0 {
+                    format!("{:.0}k", x / 1_000.0)
+                } else {
+                    format!("{x:.0}")
+                }
+            })
             .y_desc(label)
             .draw()
             .map_err(|e| error(&e))?;
@@ -241,7 +248,7 @@ pub fn fleet(path: &Path, title: &str, series: &[crate::light::Sample]) -> Resul
             .configure_series_labels()
             .border_style(BLACK)
             .background_style(WHITE.mix(0.8))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::LowerRight)
             .draw()
             .map_err(|e| error(&e))?;
     }

@@ -60,6 +60,8 @@ const MAX_KEYS: usize = 1024;
 /// How often a session re-announces its holdings, recovering anything lost: 2 × a slow
 /// round trip plus headroom.
 pub const RESYNC_MS: u64 = 5_000;
+/// Every this many resyncs, every document is announced, settled or not (once a minute).
+pub const FULL_RESYNC_EVERY: u64 = 12;
 
 /// Why a `Have` is sent, which decides how the receiver treats it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +256,8 @@ struct PeerDoc {
     keys: BTreeSet<KeyId>,
     /// `Changes` and `Snapshot` messages sent and not yet acknowledged.
     in_flight: usize,
+    /// Our last announcement of it.
+    announced: Option<SyncMessage>,
 }
 
 /// One sync session with one peer. Cancel-safe by construction: it is plain data.
@@ -261,6 +265,7 @@ struct PeerDoc {
 pub struct Session {
     docs: BTreeMap<DocId, PeerDoc>,
     next_resync_ms: Option<u64>,
+    resyncs: u64,
 }
 
 impl Session {
@@ -294,15 +299,39 @@ impl Session {
         now_ms: u64,
         replica: &Replica<S>,
     ) -> Result<Vec<SyncMessage>, SyncError> {
+        self.resyncs = 0;
+        self.announce(now_ms, replica, true)
+    }
+
+    /// Announces the documents not settled with the peer — ours changed since we last
+    /// announced it, something sent is unacknowledged, or the peer may lack something we hold —
+    /// or all of them when `all`. A settled document's announcement would only repeat the last
+    /// one (it was 90% of the sync messages of a simulated org day).
+    fn announce<S: Store>(
+        &mut self,
+        now_ms: u64,
+        replica: &Replica<S>,
+        all: bool,
+    ) -> Result<Vec<SyncMessage>, SyncError> {
         self.next_resync_ms = Some(now_ms + RESYNC_MS);
-        replica
-            .docs()?
-            .into_iter()
-            .map(|doc| {
-                self.docs.entry(doc).or_default();
-                Self::have(replica, doc, HaveKind::Announce)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for doc in replica.docs()? {
+            let have = Self::have(replica, doc, HaveKind::Announce)?;
+            let peer = self.docs.entry(doc).or_default();
+            let settled = peer.in_flight == 0
+                && peer.announced.as_ref() == Some(&have)
+                && match &have {
+                    SyncMessage::Have { vector, keys, .. } => {
+                        peer.has.dominates(vector) && keys.iter().all(|k| peer.keys.contains(k))
+                    }
+                    _ => false,
+                };
+            if all || !settled {
+                peer.announced = Some(have.clone());
+                out.push(have);
+            }
+        }
+        Ok(out)
     }
 
     /// When [`Self::poll`] next has something to do.
@@ -310,14 +339,19 @@ impl Session {
         self.next_resync_ms
     }
 
-    /// Timer: re-announce holdings (authoritatively) so anything lost is resent.
+    /// Timer: re-announce (authoritatively) the documents not settled with the peer, and every
+    /// [`FULL_RESYNC_EVERY`] times all of them, so anything lost is resent.
     pub fn poll<S: Store>(
         &mut self,
         now_ms: u64,
         replica: &Replica<S>,
     ) -> Result<Vec<SyncMessage>, SyncError> {
         match self.next_resync_ms {
-            Some(due) if now_ms >= due => self.start(now_ms, replica),
+            Some(due) if now_ms >= due => {
+                self.resyncs += 1;
+                let all = self.resyncs.is_multiple_of(FULL_RESYNC_EVERY);
+                self.announce(now_ms, replica, all)
+            }
             _ => Ok(Vec::new()),
         }
     }

@@ -320,3 +320,77 @@ fn a_new_device_catches_up_from_a_relayed_snapshot_plus_later_changes() {
     assert_eq!(d2.message_count().unwrap(), 1510);
     assert_eq!(d1.heads(), d2.heads());
 }
+
+/// The resync timer announces only documents not settled with the peer, and all of them every
+/// `FULL_RESYNC_EVERY` resyncs; a change whose push was lost is still recovered at the next one.
+#[test]
+fn a_settled_session_s_resync_is_quiet_but_still_recovers_a_lost_push() {
+    use jarvis_crdt::sync::FULL_RESYNC_EVERY;
+    let setups = devices(2);
+    let recipients: Vec<_> = setups.iter().map(|s| s.age.to_public()).collect();
+    let mut net = Net::star(setups);
+    let (doc, key, first) = net.nodes[1]
+        .replica
+        .create(|me| Doc::create_conversation(me, "chat", 0), &recipients)
+        .unwrap();
+    net.start();
+    net.fan_out_key(1, &key);
+    net.fan_out(1, None, &[first]);
+    net.drain();
+    // The first resync announces the document once where it arrived after the session began.
+    net.tick();
+    net.drain();
+    // Settled: the resyncs up to the full one send nothing.
+    let mut quiet = 0;
+    for _ in 2..FULL_RESYNC_EVERY {
+        net.tick();
+        if net.queue.is_empty() {
+            quiet += 1;
+        }
+        net.drain();
+    }
+    assert_eq!(
+        quiet,
+        FULL_RESYNC_EVERY - 2,
+        "settled resyncs announced something"
+    );
+    // The full one announces everything, everywhere.
+    net.tick();
+    assert!(!net.queue.is_empty(), "the full resync announced nothing");
+    net.drain();
+    // A change on device 1 whose pushes are all lost: the next resync recovers it.
+    let change = net.nodes[1]
+        .replica
+        .edit(doc, |d, me| {
+            d.append(
+                NewMessage {
+                    id: "lost",
+                    role: Role::User,
+                    text: "lost on the way",
+                    status: Status::Done,
+                    now_ms: 1,
+                },
+                me,
+            )
+        })
+        .unwrap();
+    net.fan_out(1, None, &[change]);
+    net.queue.clear();
+    net.tick();
+    assert!(
+        !net.queue.is_empty(),
+        "an unsettled document was not announced"
+    );
+    net.drain();
+    let seen = |net: &Net<MemStore>, device: usize| {
+        net.nodes[device]
+            .replica
+            .doc(doc)
+            .and_then(|d| d.messages().ok())
+            .is_some_and(|ms| ms.iter().any(|m| m.id == "lost"))
+    };
+    assert!(
+        seen(&net, 2),
+        "device 2 never got the change whose push was lost"
+    );
+}

@@ -325,23 +325,31 @@ impl Tally {
         }
     }
 
-    /// Changes in `message` that another device of this process wrote: their write → now.
-    fn arrived(&self, message: &SyncMessage) {
-        let SyncMessage::Changes { changes, .. } = message else {
-            return;
-        };
-        if !self.measuring.load(Ordering::Relaxed) {
+    /// The (author, sequence number) of each change in `message`, while measuring (read before
+    /// the message is handed to the session, without copying it).
+    fn arriving(&self, message: &SyncMessage) -> Vec<(jarvis_identity::PublicKey, u64)> {
+        match message {
+            SyncMessage::Changes { changes, .. } if self.measuring.load(Ordering::Relaxed) => {
+                changes
+                    .iter()
+                    .map(|c| (c.header().actor, c.header().seq))
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Changes another device of this process wrote, now stored here: their write → now.
+    fn arrived(&self, ids: &[(jarvis_identity::PublicKey, u64)]) {
+        if ids.is_empty() {
             return;
         }
         let Ok(written) = self.written.lock() else {
             return;
         };
-        let times: Vec<f64> = changes
+        let times: Vec<f64> = ids
             .iter()
-            .filter_map(|c| {
-                let h = c.header();
-                written.get(&(h.actor, h.seq))
-            })
+            .filter_map(|id| written.get(id))
             .map(|at| at.elapsed().as_secs_f64() * 1000.0)
             .collect();
         drop(written);
@@ -535,11 +543,9 @@ async fn device_loop(
                     }
                     Message::Request { request, channel, .. } => {
                         let message = SyncMessage::decode(&request)?;
-                        let changes = matches!(message, SyncMessage::Changes { .. }).then(|| message.clone());
+                        let arriving = tally.arriving(&message);
                         let out = session.handle(message, now_ms(), &mut replica)?;
-                        if let Some(m) = &changes {
-                            tally.arrived(m);
-                        }
+                        tally.arrived(&arriving);
                         let _ = swarm.behaviour_mut().sync.send_response(channel, Vec::new());
                         for m in out.send {
                             swarm.behaviour_mut().sync.send_request(&peer, m.encode());
